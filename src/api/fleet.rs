@@ -1,0 +1,1247 @@
+//! `BrowserFleet`: a fleet of EC2 instances running browsers for CDP clients.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use super::validation::{CrossFieldRule, Violations};
+
+/// Condition type: the fleet serves sessions at its desired size.
+pub const CONDITION_READY: &str = "Ready";
+/// Condition type: the fleet is launching or retiring instances.
+pub const CONDITION_SCALING: &str = "Scaling";
+/// Condition type: something needs a human (invalid spec, AWS errors, instances
+/// that never became ready).
+pub const CONDITION_DEGRADED: &str = "Degraded";
+
+/// Schema patterns for the AWS identifiers a fleet names. They only check the
+/// shape, so a typo is refused at `kubectl apply` instead of at launch time.
+pub mod patterns {
+    /// An AMI id such as `ami-0abc1234def567890`.
+    pub const AMI_ID: &str = "^ami-([0-9a-f]{8}|[0-9a-f]{17})$";
+    /// A subnet id such as `subnet-0abc1234def567890`.
+    pub const SUBNET_ID: &str = "^subnet-([0-9a-f]{8}|[0-9a-f]{17})$";
+    /// A security group id such as `sg-0abc1234def567890`.
+    pub const SECURITY_GROUP_ID: &str = "^sg-([0-9a-f]{8}|[0-9a-f]{17})$";
+    /// An SSM Parameter Store name, with or without a leading `/`.
+    pub const SSM_PARAMETER_NAME: &str = "^[A-Za-z0-9_.\\-/]{1,2048}$";
+    /// An EC2 instance type such as `m6i.xlarge` or `c7i.metal-24xl`.
+    pub const INSTANCE_TYPE: &str = "^[a-z][a-z0-9-]*\\.[a-z0-9-]+$";
+    /// An IAM instance profile, by name or by ARN.
+    pub const INSTANCE_PROFILE: &str = "^([A-Za-z0-9+=,.@_-]{1,128}|arn:aws[a-z-]*:iam::[0-9]{12}:instance-profile/[A-Za-z0-9+=,.@_/-]{1,512})$";
+    /// A KMS key id, key ARN, alias name or alias ARN.
+    pub const KMS_KEY: &str = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32}|alias/[A-Za-z0-9/_-]{1,250}|arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key|alias)/[A-Za-z0-9/_-]{1,250})$";
+    /// An SQS queue URL (https on AWS; http for local endpoints such as moto).
+    pub const QUEUE_URL: &str = "^https?://[^\\s]+/[0-9]{12}/[A-Za-z0-9_-]{1,80}(\\.fifo)?$";
+    /// Where the agent artifact is downloaded from.
+    pub const ARTIFACT_URL: &str = "^(https?|s3)://[^\\s]+$";
+    /// A lower-case hex SHA-256 digest.
+    pub const SHA256: &str = "^[0-9a-f]{64}$";
+    /// A Chromium command-line switch, optionally with a value: `--name` or
+    /// `--name=value`.
+    pub const BROWSER_SWITCH: &str = "^--[A-Za-z0-9][A-Za-z0-9-]*(=.*)?$";
+}
+
+/// The cross-field rules of [`BrowserFleetSpec`], enforced by CEL in the CRD
+/// and by [`BrowserFleetSpec::validate`].
+pub mod rules {
+    use super::CrossFieldRule;
+
+    /// The floor of the fleet cannot be above its ceiling.
+    pub const MIN_WITHIN_MAX: CrossFieldRule = CrossFieldRule {
+        cel: "self.capacity.minInstances <= self.capacity.maxInstances",
+        message: "minInstances must not be greater than maxInstances",
+        field_path: ".capacity.minInstances",
+    };
+    /// Warm headroom must fit under the ceiling.
+    pub const WARM_WITHIN_MAX: CrossFieldRule = CrossFieldRule {
+        cel: "self.capacity.warmInstances <= self.capacity.maxInstances",
+        message: "warmInstances must not be greater than maxInstances",
+        field_path: ".capacity.warmInstances",
+    };
+    /// The instance image comes from exactly one place.
+    pub const ONE_IMAGE_SOURCE: CrossFieldRule = CrossFieldRule {
+        cel: "has(self.instance.image.imageId) != has(self.instance.image.ssmParameter)",
+        message: "set exactly one of imageId and ssmParameter",
+        field_path: ".instance.image",
+    };
+    /// A KMS key only makes sense on an encrypted volume.
+    pub const KMS_KEY_NEEDS_ENCRYPTION: CrossFieldRule = CrossFieldRule {
+        cel: "!has(self.instance.rootVolume.kmsKeyId) || self.instance.rootVolume.encrypted",
+        message: "kmsKeyId requires encrypted: true",
+        field_path: ".instance.rootVolume.kmsKeyId",
+    };
+    /// EC2 limits tag keys to 128 characters; the operator's own tags cannot
+    /// be overridden, and `aws:` is reserved by AWS.
+    pub const USER_TAGS_NOT_RESERVED: CrossFieldRule = CrossFieldRule {
+        cel: "!has(self.instance.tags) || self.instance.tags.all(k, size(k) >= 1 && size(k) <= 128 && !k.startsWith('browserfleet.io/') && !k.startsWith('aws:'))",
+        message: "tag keys must have 1 to 128 characters and not start with browserfleet.io/ or aws:",
+        field_path: ".instance.tags",
+    };
+    /// The browser port range runs upwards.
+    pub const PORT_RANGE_ORDERED: CrossFieldRule = CrossFieldRule {
+        cel: "self.agent.browserPortRange.start < self.agent.browserPortRange.end",
+        message: "browserPortRange.start must be less than browserPortRange.end",
+        field_path: ".agent.browserPortRange",
+    };
+    /// Every session on an instance needs a DevTools port of its own. Checked
+    /// only on an ordered range, so a reversed range is reported once.
+    pub const PORT_RANGE_FITS_SESSIONS: CrossFieldRule = CrossFieldRule {
+        cel: "self.agent.browserPortRange.start >= self.agent.browserPortRange.end || self.agent.browserPortRange.end - self.agent.browserPortRange.start + 1 >= self.capacity.sessionsPerInstance",
+        message: "browserPortRange must hold at least sessionsPerInstance ports",
+        field_path: ".agent.browserPortRange",
+    };
+    /// The gateway cannot share a port with a browser.
+    pub const GATEWAY_OUTSIDE_PORT_RANGE: CrossFieldRule = CrossFieldRule {
+        cel: "self.agent.gatewayPort < self.agent.browserPortRange.start || self.agent.gatewayPort > self.agent.browserPortRange.end",
+        message: "gatewayPort must lie outside browserPortRange",
+        field_path: ".agent.gatewayPort",
+    };
+    /// A session's default lifetime cannot exceed the hard maximum.
+    pub const DEFAULT_TTL_WITHIN_MAX: CrossFieldRule = CrossFieldRule {
+        cel: "self.agent.sessions.defaultTtlSeconds <= self.agent.sessions.maxTtlSeconds",
+        message: "sessions.defaultTtlSeconds must not be greater than sessions.maxTtlSeconds",
+        field_path: ".agent.sessions.defaultTtlSeconds",
+    };
+    /// The browser is started one way.
+    pub const ONE_LAUNCH_METHOD: CrossFieldRule = CrossFieldRule {
+        cel: "!(has(self.agent.browser.executable) && has(self.agent.browser.launcherCommand))",
+        message: "set at most one of browser.executable and browser.launcherCommand",
+        field_path: ".agent.browser",
+    };
+    /// DevTools wiring and profile placement belong to the agent alone.
+    pub const ALLOWED_ARGS_NOT_RESERVED: CrossFieldRule = CrossFieldRule {
+        cel: "!has(self.agent.browser.allowedArgs) || self.agent.browser.allowedArgs.all(a, !a.startsWith('--remote-debugging') && !a.startsWith('--user-data-dir'))",
+        message: "allowedArgs cannot allow --remote-debugging-* or --user-data-dir",
+        field_path: ".agent.browser.allowedArgs",
+    };
+    /// Auto-logon is a Windows mechanism.
+    pub const AUTO_LOGON_ONLY_ON_WINDOWS: CrossFieldRule = CrossFieldRule {
+        cel: "!has(self.agent.windowsAutoLogon) || self.instance.platform == 'Windows'",
+        message: "windowsAutoLogon requires instance.platform Windows",
+        field_path: ".agent.windowsAutoLogon",
+    };
+    /// A headful browser on Windows needs a logged-on desktop to draw on.
+    pub const HEADFUL_WINDOWS_NEEDS_AUTO_LOGON: CrossFieldRule = CrossFieldRule {
+        cel: "self.agent.browser.headless || self.instance.platform != 'Windows' || has(self.agent.windowsAutoLogon)",
+        message: "a headful browser on Windows requires agent.windowsAutoLogon",
+        field_path: ".agent.browser.headless",
+    };
+
+    /// Every rule, in the order the CRD lists them.
+    pub const ALL: [CrossFieldRule; 13] = [
+        MIN_WITHIN_MAX,
+        WARM_WITHIN_MAX,
+        ONE_IMAGE_SOURCE,
+        KMS_KEY_NEEDS_ENCRYPTION,
+        USER_TAGS_NOT_RESERVED,
+        PORT_RANGE_ORDERED,
+        PORT_RANGE_FITS_SESSIONS,
+        GATEWAY_OUTSIDE_PORT_RANGE,
+        DEFAULT_TTL_WITHIN_MAX,
+        ONE_LAUNCH_METHOD,
+        ALLOWED_ARGS_NOT_RESERVED,
+        AUTO_LOGON_ONLY_ON_WINDOWS,
+        HEADFUL_WINDOWS_NEEDS_AUTO_LOGON,
+    ];
+}
+
+/// Desired state of a fleet of browser instances.
+// kube's printcolumn(...) lists repeat `type_ = ...`, which clippy mistakes
+// for a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "browserfleet.io",
+    version = "v1alpha1",
+    kind = "BrowserFleet",
+    plural = "browserfleets",
+    singular = "browserfleet",
+    namespaced,
+    status = "BrowserFleetStatus",
+    shortname = "bfleet",
+    category = "browserfleet",
+    derive = "PartialEq",
+    doc = "A fleet of EC2 instances, each running a browserfleet agent that hosts browsers for Chrome DevTools Protocol clients, sized from the depth of a session request queue.",
+    printcolumn(
+        name = "Desired",
+        type_ = "integer",
+        json_path = ".status.desiredInstances",
+        description = "Instances the operator wants"
+    ),
+    printcolumn(
+        name = "Ready",
+        type_ = "integer",
+        json_path = ".status.readyInstances",
+        description = "Instances whose agent takes sessions"
+    ),
+    printcolumn(
+        name = "Sessions",
+        type_ = "integer",
+        json_path = ".status.activeSessions",
+        description = "Live browser sessions"
+    ),
+    printcolumn(
+        name = "Capacity",
+        type_ = "integer",
+        json_path = ".status.sessionCapacity",
+        description = "Session slots on ready instances"
+    ),
+    printcolumn(
+        name = "Queue",
+        type_ = "integer",
+        json_path = ".status.queueVisible",
+        description = "Requests waiting in the request queue"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[x_kube(
+    validation = rules::MIN_WITHIN_MAX.to_cel(),
+    validation = rules::WARM_WITHIN_MAX.to_cel(),
+    validation = rules::ONE_IMAGE_SOURCE.to_cel(),
+    validation = rules::KMS_KEY_NEEDS_ENCRYPTION.to_cel(),
+    validation = rules::USER_TAGS_NOT_RESERVED.to_cel(),
+    validation = rules::PORT_RANGE_ORDERED.to_cel(),
+    validation = rules::PORT_RANGE_FITS_SESSIONS.to_cel(),
+    validation = rules::GATEWAY_OUTSIDE_PORT_RANGE.to_cel(),
+    validation = rules::DEFAULT_TTL_WITHIN_MAX.to_cel(),
+    validation = rules::ONE_LAUNCH_METHOD.to_cel(),
+    validation = rules::ALLOWED_ARGS_NOT_RESERVED.to_cel(),
+    validation = rules::AUTO_LOGON_ONLY_ON_WINDOWS.to_cel(),
+    validation = rules::HEADFUL_WINDOWS_NEEDS_AUTO_LOGON.to_cel()
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BrowserFleetSpec {
+    /// How each EC2 instance of the fleet is launched.
+    pub instance: InstanceSpec,
+    /// How many instances the fleet may have and how many sessions each hosts.
+    pub capacity: CapacitySpec,
+    /// How fast the fleet grows and shrinks.
+    #[serde(default)]
+    pub scaling: ScalingSpec,
+    /// The SQS queue that session requests arrive on.
+    #[serde(default)]
+    pub queue: QueueSpec,
+    /// How the agent on each instance runs browsers.
+    #[serde(default)]
+    pub agent: AgentSpec,
+    /// When true the operator keeps every running instance and session as it is
+    /// and launches, drains and terminates nothing; status is still updated.
+    #[serde(default)]
+    pub paused: bool,
+}
+
+impl BrowserFleetSpec {
+    /// Checks the cross-field rules the CRD enforces with CEL and returns every
+    /// one that is broken, so the operator can report them all at once.
+    pub fn validate(&self) -> Result<(), Violations> {
+        let capacity = &self.capacity;
+        let image = &self.instance.image;
+        let volume = &self.instance.root_volume;
+        let ports = &self.agent.browser_port_range;
+        let browser = &self.agent.browser;
+        let windows = self.instance.platform == Platform::Windows;
+        let mut found = Violations::default();
+        found.check(
+            &rules::MIN_WITHIN_MAX,
+            capacity.min_instances <= capacity.max_instances,
+        );
+        found.check(
+            &rules::WARM_WITHIN_MAX,
+            capacity.warm_instances <= capacity.max_instances,
+        );
+        found.check(
+            &rules::ONE_IMAGE_SOURCE,
+            image.image_id.is_some() != image.ssm_parameter.is_some(),
+        );
+        found.check(
+            &rules::KMS_KEY_NEEDS_ENCRYPTION,
+            volume.kms_key_id.is_none() || volume.encrypted,
+        );
+        found.check(
+            &rules::USER_TAGS_NOT_RESERVED,
+            self.instance.tags.keys().all(|k| {
+                // CEL's size() counts code points, not bytes.
+                (1..=128).contains(&k.chars().count())
+                    && !k.starts_with("browserfleet.io/")
+                    && !k.starts_with("aws:")
+            }),
+        );
+        found.check(&rules::PORT_RANGE_ORDERED, ports.start < ports.end);
+        found.check(
+            &rules::PORT_RANGE_FITS_SESSIONS,
+            ports.start >= ports.end
+                || i64::from(ports.end) - i64::from(ports.start) + 1
+                    >= i64::from(capacity.sessions_per_instance),
+        );
+        found.check(
+            &rules::GATEWAY_OUTSIDE_PORT_RANGE,
+            self.agent.gateway_port < ports.start || self.agent.gateway_port > ports.end,
+        );
+        found.check(
+            &rules::DEFAULT_TTL_WITHIN_MAX,
+            self.agent.sessions.default_ttl_seconds <= self.agent.sessions.max_ttl_seconds,
+        );
+        found.check(
+            &rules::ONE_LAUNCH_METHOD,
+            browser.executable.is_none() || browser.launcher_command.is_none(),
+        );
+        found.check(
+            &rules::ALLOWED_ARGS_NOT_RESERVED,
+            browser
+                .allowed_args
+                .iter()
+                .all(|a| !a.starts_with("--remote-debugging") && !a.starts_with("--user-data-dir")),
+        );
+        found.check(
+            &rules::AUTO_LOGON_ONLY_ON_WINDOWS,
+            self.agent.windows_auto_logon.is_none() || windows,
+        );
+        found.check(
+            &rules::HEADFUL_WINDOWS_NEEDS_AUTO_LOGON,
+            browser.headless || !windows || self.agent.windows_auto_logon.is_some(),
+        );
+        found.into_result()
+    }
+}
+
+/// Operating system family of the fleet's image; decides how the agent is
+/// installed (PowerShell or shell) and how browsers are found and stopped.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum Platform {
+    /// Windows Server; the agent runs in the auto-logged-on desktop session or
+    /// as a service for headless fleets.
+    #[default]
+    Windows,
+    /// Linux; the agent runs as a systemd service.
+    Linux,
+}
+
+/// How each EC2 instance of the fleet is launched.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceSpec {
+    /// Operating system family of the image.
+    #[serde(default)]
+    pub platform: Platform,
+    /// The machine image (AMI) to launch; set exactly one of its fields.
+    pub image: ImageSource,
+    /// Instance types in order of preference. When EC2 has no capacity for one
+    /// (InsufficientInstanceCapacity, Unsupported) the next is tried, then the
+    /// next subnet.
+    #[schemars(length(min = 1, max = 10), inner(pattern(patterns::INSTANCE_TYPE)))]
+    pub instance_types: Vec<String>,
+    /// Subnets to launch into; new instances are spread across them round-robin.
+    #[schemars(length(min = 1, max = 16), inner(pattern(patterns::SUBNET_ID)))]
+    pub subnet_ids: Vec<String>,
+    /// Security groups for the instances. They must let the operator and
+    /// clients reach the agent's gateway port.
+    #[schemars(length(min = 1, max = 5), inner(pattern(patterns::SECURITY_GROUP_ID)))]
+    pub security_group_ids: Vec<String>,
+    /// IAM instance profile (name or ARN) the instances run as. It needs at least
+    /// the AmazonSSMManagedInstanceCore policy, SQS access to the fleet's queues
+    /// and read access to the agent configuration parameter.
+    #[schemars(pattern(patterns::INSTANCE_PROFILE))]
+    pub instance_profile: String,
+    /// EC2 key pair for emergency access; omit to launch without one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 255))]
+    pub key_name: Option<String>,
+    /// The root EBS volume.
+    #[serde(default)]
+    pub root_volume: RootVolumeSpec,
+    /// Extra tags for instances and volumes: at most 40, keys of 1 to 128
+    /// characters, values of up to 256. Keys starting with `browserfleet.io/`
+    /// or `aws:` are reserved.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend(
+        "maxProperties" = 40,
+        "additionalProperties" = {"type": "string", "maxLength": 256}
+    ))]
+    pub tags: BTreeMap<String, String>,
+    /// Script appended to the user data the operator generates (PowerShell on
+    /// Windows, shell on Linux). Never put secrets here: user data is readable
+    /// from inside the instance and by anyone with ec2:DescribeInstanceAttribute.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 8192))]
+    pub user_data_append: Option<String>,
+    /// Give instances a public IPv4 address. Off by default: clients are
+    /// expected to reach the gateway inside the VPC.
+    #[serde(default)]
+    pub associate_public_ip: bool,
+}
+
+/// Where the AMI comes from; set exactly one field.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ImageSource {
+    /// A fixed AMI id, e.g. `ami-0abc1234def567890`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(patterns::AMI_ID))]
+    pub image_id: Option<String>,
+    /// An SSM parameter whose value is an AMI id, resolved at every launch, e.g.
+    /// `/aws/service/ami-windows-latest/Windows_Server-2022-English-Full-Base`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(patterns::SSM_PARAMETER_NAME))]
+    pub ssm_parameter: Option<String>,
+}
+
+/// EBS volume type of the root volume.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum VolumeType {
+    /// General purpose SSD, current generation.
+    #[default]
+    Gp3,
+    /// General purpose SSD, previous generation.
+    Gp2,
+    /// Provisioned IOPS SSD.
+    Io1,
+    /// Provisioned IOPS SSD, current generation.
+    Io2,
+}
+
+/// The instance's root EBS volume.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RootVolumeSpec {
+    /// Size in GiB. Windows Server needs at least 30.
+    #[serde(default = "default_root_volume_gib")]
+    #[schemars(range(min = 8, max = 16384))]
+    pub size_gib: i32,
+    /// EBS volume type.
+    #[serde(default)]
+    pub volume_type: VolumeType,
+    /// Encrypt the volume. On by default.
+    #[serde(default = "default_true")]
+    pub encrypted: bool,
+    /// KMS key for the encryption (id, ARN or alias); the account's default EBS
+    /// key when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(pattern(patterns::KMS_KEY))]
+    pub kms_key_id: Option<String>,
+}
+
+impl Default for RootVolumeSpec {
+    fn default() -> Self {
+        Self {
+            size_gib: default_root_volume_gib(),
+            volume_type: VolumeType::default(),
+            encrypted: true,
+            kms_key_id: None,
+        }
+    }
+}
+
+/// How many instances the fleet may have and how many sessions each hosts.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CapacitySpec {
+    /// The fleet never shrinks below this many instances.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub min_instances: i32,
+    /// The fleet never grows beyond this many instances. Required: it is the
+    /// ceiling on what the fleet can cost.
+    #[schemars(range(min = 0, max = 1000))]
+    pub max_instances: i32,
+    /// Concurrent browser sessions per instance.
+    #[serde(default = "default_sessions_per_instance")]
+    #[schemars(range(min = 1, max = 64))]
+    pub sessions_per_instance: i32,
+    /// Ready, idle instances kept on top of demand so that a burst does not wait
+    /// for an instance to boot.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub warm_instances: i32,
+}
+
+/// How fast the fleet grows and shrinks.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScalingSpec {
+    /// Demand must have been lower for this long before the fleet shrinks, so a
+    /// short lull does not retire instances that take minutes to replace.
+    #[serde(default = "default_scale_down_stabilization_seconds")]
+    #[schemars(range(min = 0, max = 3600))]
+    pub scale_down_stabilization_seconds: i32,
+    /// At most this many instances are launched per minute.
+    #[serde(default = "default_max_launches_per_minute")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_launches_per_minute: i32,
+    /// An instance must have hosted no session for this long before it may be
+    /// retired.
+    #[serde(default = "default_idle_timeout_seconds")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub idle_timeout_seconds: i32,
+    /// A draining instance is terminated after this long even if sessions remain.
+    #[serde(default = "default_drain_timeout_seconds")]
+    #[schemars(range(min = 0, max = 86400))]
+    pub drain_timeout_seconds: i32,
+    /// An instance whose agent has not reported ready this long after launch is
+    /// replaced.
+    #[serde(default = "default_ready_timeout_seconds")]
+    #[schemars(range(min = 60, max = 7200))]
+    pub ready_timeout_seconds: i32,
+}
+
+impl Default for ScalingSpec {
+    fn default() -> Self {
+        Self {
+            scale_down_stabilization_seconds: default_scale_down_stabilization_seconds(),
+            max_launches_per_minute: default_max_launches_per_minute(),
+            idle_timeout_seconds: default_idle_timeout_seconds(),
+            drain_timeout_seconds: default_drain_timeout_seconds(),
+            ready_timeout_seconds: default_ready_timeout_seconds(),
+        }
+    }
+}
+
+/// The SQS queue that session requests arrive on.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueSpec {
+    /// Use this existing request queue instead of creating one. The operator
+    /// then neither configures nor deletes it (nor a dead-letter queue).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024), pattern(patterns::QUEUE_URL))]
+    pub request_queue_url: Option<String>,
+    /// How long a received request stays invisible to other agents while one
+    /// launches its browser.
+    #[serde(default = "default_visibility_timeout_seconds")]
+    #[schemars(range(min = 0, max = 43200))]
+    pub visibility_timeout_seconds: i32,
+    /// Receives after which a request that no agent could handle moves to the
+    /// dead-letter queue.
+    #[serde(default = "default_max_receive_count")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_receive_count: i32,
+    /// How long an unhandled request is kept in the queue.
+    #[serde(default = "default_message_retention_seconds")]
+    #[schemars(range(min = 60, max = 1209600))]
+    pub message_retention_seconds: i32,
+}
+
+impl Default for QueueSpec {
+    fn default() -> Self {
+        Self {
+            request_queue_url: None,
+            visibility_timeout_seconds: default_visibility_timeout_seconds(),
+            max_receive_count: default_max_receive_count(),
+            message_retention_seconds: default_message_retention_seconds(),
+        }
+    }
+}
+
+/// How the agent on each instance runs browsers.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSpec {
+    /// Agent build to install and keep installed through SSM Run Command; when
+    /// omitted the image must already contain the agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<AgentArtifact>,
+    /// Port of the agent's single HTTP listener: health, control API, metrics
+    /// and the authenticated DevTools gateway.
+    #[serde(default = "default_gateway_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub gateway_port: i32,
+    /// Local ports the browsers' DevTools endpoints bind to, on 127.0.0.1 only.
+    #[serde(default)]
+    pub browser_port_range: PortRange,
+    /// Which browser is started and with which arguments.
+    #[serde(default)]
+    pub browser: BrowserSpec,
+    /// Session lifetimes.
+    #[serde(default)]
+    pub sessions: SessionLimits,
+    /// Browser profiles kept on the instance.
+    #[serde(default)]
+    pub profiles: ProfilePolicy,
+    /// Log a Windows user on automatically at boot so the agent and headful
+    /// browsers run in an interactive desktop session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub windows_auto_logon: Option<WindowsAutoLogon>,
+}
+
+impl Default for AgentSpec {
+    fn default() -> Self {
+        Self {
+            artifact: None,
+            gateway_port: default_gateway_port(),
+            browser_port_range: PortRange::default(),
+            browser: BrowserSpec::default(),
+            sessions: SessionLimits::default(),
+            profiles: ProfilePolicy::default(),
+            windows_auto_logon: None,
+        }
+    }
+}
+
+/// A downloadable agent build, checked against its digest before it is run.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentArtifact {
+    /// https, http or s3 URL of the agent binary or archive.
+    #[schemars(length(max = 2048), pattern(patterns::ARTIFACT_URL))]
+    pub url: String,
+    /// Lower-case hex SHA-256 of the artifact; a mismatch aborts the install.
+    #[schemars(pattern(patterns::SHA256))]
+    pub sha256: String,
+}
+
+/// An inclusive range of TCP ports.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PortRange {
+    /// First port of the range.
+    #[schemars(range(min = 1024, max = 65535))]
+    pub start: i32,
+    /// Last port of the range (inclusive).
+    #[schemars(range(min = 1024, max = 65535))]
+    pub end: i32,
+}
+
+impl Default for PortRange {
+    fn default() -> Self {
+        Self {
+            start: 9300,
+            end: 9399,
+        }
+    }
+}
+
+/// Which browser is started and with which arguments.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BrowserSpec {
+    /// Absolute path of the browser executable; found in the usual install
+    /// locations of Chrome, Chromium and Edge when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub executable: Option<String>,
+    /// A command (program and arguments) that starts the browser instead; the
+    /// agent appends the DevTools port, profile directory and session arguments.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 32), inner(length(min = 1, max = 1024)))]
+    pub launcher_command: Option<Vec<String>>,
+    /// Run browsers without a window. A headful browser on Windows needs
+    /// `windowsAutoLogon`.
+    #[serde(default = "default_true")]
+    pub headless: bool,
+    /// Arguments added to every browser of the fleet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(length(max = 1024), pattern(patterns::BROWSER_SWITCH))
+    )]
+    pub extra_args: Vec<String>,
+    /// Switches sessions may not pass, on top of the agent's built-in blocklist
+    /// (`--remote-debugging-*`, `--user-data-dir` and other dangerous flags). A
+    /// switch matches with or without a value.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(length(max = 256), pattern(patterns::BROWSER_SWITCH))
+    )]
+    pub blocked_args: Vec<String>,
+    /// Switches from the built-in blocklist that sessions of this fleet may pass,
+    /// e.g. `--disable-web-security`. `--remote-debugging-*` and
+    /// `--user-data-dir` can never be allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(
+        length(max = 64),
+        inner(length(max = 256), pattern(patterns::BROWSER_SWITCH))
+    )]
+    pub allowed_args: Vec<String>,
+}
+
+impl Default for BrowserSpec {
+    fn default() -> Self {
+        Self {
+            executable: None,
+            launcher_command: None,
+            headless: true,
+            extra_args: Vec::new(),
+            blocked_args: Vec::new(),
+            allowed_args: Vec::new(),
+        }
+    }
+}
+
+/// Session lifetimes enforced by the agent.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionLimits {
+    /// Lifetime of a session whose request names none.
+    #[serde(default = "default_session_ttl_seconds")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub default_ttl_seconds: i32,
+    /// Hard maximum lifetime; longer requests are cut to it.
+    #[serde(default = "default_max_session_ttl_seconds")]
+    #[schemars(range(min = 1, max = 604800))]
+    pub max_ttl_seconds: i32,
+    /// A session that no client has used (no DevTools connection, still on its
+    /// start page) this long after start is ended with reason `neverUsed`.
+    #[serde(default = "default_never_used_timeout_seconds")]
+    #[schemars(range(min = 10, max = 86400))]
+    pub never_used_timeout_seconds: i32,
+}
+
+impl Default for SessionLimits {
+    fn default() -> Self {
+        Self {
+            default_ttl_seconds: default_session_ttl_seconds(),
+            max_ttl_seconds: default_max_session_ttl_seconds(),
+            never_used_timeout_seconds: default_never_used_timeout_seconds(),
+        }
+    }
+}
+
+/// Browser profiles kept on the instance.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ProfilePolicy {
+    /// Let sessions ask for a named profile that outlives them (cookies, logins)
+    /// and is reused by later sessions with the same name. When off, every
+    /// session gets a fresh temporary profile that is deleted at its end.
+    #[serde(default)]
+    pub allow_persistent: bool,
+    /// A persistent profile unused for this long is deleted; a profile in use is
+    /// never touched.
+    #[serde(default = "default_profile_max_age_seconds")]
+    #[schemars(range(min = 3600, max = 31536000))]
+    pub max_age_seconds: i32,
+}
+
+impl Default for ProfilePolicy {
+    fn default() -> Self {
+        Self {
+            allow_persistent: false,
+            max_age_seconds: default_profile_max_age_seconds(),
+        }
+    }
+}
+
+/// Windows auto-logon for an interactive desktop session.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WindowsAutoLogon {
+    /// Local Windows user to log on.
+    #[schemars(length(min = 1, max = 104))]
+    pub user_name: String,
+    /// Name of the SSM SecureString parameter holding the user's password. The
+    /// password itself never appears in user data, status or logs.
+    #[schemars(pattern(patterns::SSM_PARAMETER_NAME))]
+    pub password_parameter: String,
+}
+
+/// Observed state of a fleet, written by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BrowserFleetStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Instances the operator wants running.
+    #[serde(default)]
+    pub desired_instances: i32,
+    /// Instances that exist and are not terminated.
+    #[serde(default)]
+    pub current_instances: i32,
+    /// Instances whose agent takes sessions.
+    #[serde(default)]
+    pub ready_instances: i32,
+    /// Instances taking no new sessions before they are terminated.
+    #[serde(default)]
+    pub draining_instances: i32,
+    /// Live browser sessions across the fleet.
+    #[serde(default)]
+    pub active_sessions: i32,
+    /// Session slots on ready instances.
+    #[serde(default)]
+    pub session_capacity: i32,
+    /// Requests waiting in the request queue.
+    #[serde(default)]
+    pub queue_visible: i32,
+    /// Requests received by an agent and not yet answered.
+    #[serde(default)]
+    pub queue_in_flight: i32,
+    /// The most recent change of the desired size.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_scale_decision: Option<ScaleDecision>,
+    /// The fleet's instances, at most 250; the counts above always cover all.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 250))]
+    pub instances: Vec<InstanceStatus>,
+    /// The queues the fleet uses.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queues: Option<QueueUrls>,
+    /// SSM parameter holding the agent configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_config_parameter: Option<String>,
+    /// `Ready`, `Scaling` and `Degraded`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// A change of the fleet's desired size and why it was made.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ScaleDecision {
+    /// Desired instances before.
+    pub from: i32,
+    /// Desired instances after.
+    pub to: i32,
+    /// The scaling policy's explanation.
+    pub reason: String,
+    /// When the decision was made.
+    pub time: Time,
+}
+
+/// Lifecycle of one instance as the operator sees it.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum InstanceState {
+    /// Launched; EC2 has not reported it running yet.
+    Pending,
+    /// Running; the agent is being installed or has not reported ready.
+    Bootstrapping,
+    /// The agent takes sessions.
+    Ready,
+    /// Takes no new sessions; terminated once its sessions end or the drain
+    /// timeout passes.
+    Draining,
+    /// Termination requested.
+    Terminating,
+}
+
+/// One instance of the fleet.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceStatus {
+    /// EC2 instance id.
+    pub instance_id: String,
+    /// Lifecycle state.
+    pub state: InstanceState,
+    /// Subnet the instance runs in.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub subnet_id: Option<String>,
+    /// Private IPv4 address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_ip: Option<String>,
+    /// When EC2 launched it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_time: Option<Time>,
+    /// Live sessions on it.
+    #[serde(default)]
+    pub sessions: i32,
+    /// Version its agent reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+    /// Last time its agent answered.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_seen: Option<Time>,
+    /// The SSM command that installs or upgrades its agent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<BootstrapStatus>,
+}
+
+/// Outcome of an SSM Run Command invocation on one instance.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum CommandState {
+    /// Sent, not yet started.
+    Pending,
+    /// Running.
+    InProgress,
+    /// Finished successfully.
+    Success,
+    /// Finished with an error.
+    Failed,
+    /// Did not finish in time.
+    TimedOut,
+    /// Cancelled.
+    Cancelled,
+}
+
+/// The SSM command that installs or upgrades an instance's agent.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BootstrapStatus {
+    /// SSM command id.
+    pub command_id: String,
+    /// Its state on this instance.
+    pub state: CommandState,
+    /// A short excerpt of its output when it failed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+/// The queues the fleet uses.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct QueueUrls {
+    /// Where session requests arrive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub requests: Option<String>,
+    /// Where requests go after `maxReceiveCount` failed receives.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dead_letter: Option<String>,
+    /// Where agents send replies for BrowserSessions and forwarded deletes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub events: Option<String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_root_volume_gib() -> i32 {
+    50
+}
+fn default_sessions_per_instance() -> i32 {
+    4
+}
+fn default_scale_down_stabilization_seconds() -> i32 {
+    300
+}
+fn default_max_launches_per_minute() -> i32 {
+    10
+}
+fn default_idle_timeout_seconds() -> i32 {
+    600
+}
+fn default_drain_timeout_seconds() -> i32 {
+    3600
+}
+fn default_ready_timeout_seconds() -> i32 {
+    1200
+}
+fn default_visibility_timeout_seconds() -> i32 {
+    60
+}
+fn default_max_receive_count() -> i32 {
+    5
+}
+fn default_message_retention_seconds() -> i32 {
+    345600
+}
+fn default_gateway_port() -> i32 {
+    9900
+}
+fn default_session_ttl_seconds() -> i32 {
+    1800
+}
+fn default_max_session_ttl_seconds() -> i32 {
+    14400
+}
+fn default_never_used_timeout_seconds() -> i32 {
+    300
+}
+fn default_profile_max_age_seconds() -> i32 {
+    604800
+}
+
+#[cfg(test)]
+mod tests {
+    use kube::CustomResourceExt;
+    use proptest::prelude::*;
+
+    use super::*;
+
+    fn valid_spec() -> BrowserFleetSpec {
+        BrowserFleetSpec {
+            instance: InstanceSpec {
+                platform: Platform::Windows,
+                image: ImageSource {
+                    image_id: Some("ami-0abc1234def567890".into()),
+                    ssm_parameter: None,
+                },
+                instance_types: vec!["m6i.xlarge".into()],
+                subnet_ids: vec!["subnet-0abc1234def567890".into()],
+                security_group_ids: vec!["sg-0abc1234def567890".into()],
+                instance_profile: "browserfleet-node".into(),
+                key_name: None,
+                root_volume: RootVolumeSpec::default(),
+                tags: BTreeMap::from([("team".into(), "qa".into())]),
+                user_data_append: None,
+                associate_public_ip: false,
+            },
+            capacity: CapacitySpec {
+                min_instances: 1,
+                max_instances: 5,
+                sessions_per_instance: 4,
+                warm_instances: 1,
+            },
+            scaling: ScalingSpec::default(),
+            queue: QueueSpec::default(),
+            agent: AgentSpec::default(),
+            paused: false,
+        }
+    }
+
+    fn broken_by(rule: &CrossFieldRule, spec: &BrowserFleetSpec) -> bool {
+        let violations = spec.validate().expect_err("spec should be invalid");
+        violations.as_slice().len() == 1
+            && violations.as_slice()[0].message == rule.message
+            && violations.as_slice()[0].field == format!("spec{}", rule.field_path)
+    }
+
+    #[test]
+    fn valid_spec_has_no_violations() {
+        assert_eq!(valid_spec().validate(), Ok(()));
+    }
+
+    #[test]
+    fn min_above_max_is_a_violation() {
+        let mut spec = valid_spec();
+        spec.capacity.min_instances = 6;
+        assert!(broken_by(&rules::MIN_WITHIN_MAX, &spec));
+    }
+
+    #[test]
+    fn min_equal_to_max_is_allowed() {
+        let mut spec = valid_spec();
+        spec.capacity.min_instances = 5;
+        assert_eq!(spec.validate(), Ok(()));
+    }
+
+    #[test]
+    fn warm_above_max_is_a_violation() {
+        let mut spec = valid_spec();
+        spec.capacity.warm_instances = 6;
+        assert!(broken_by(&rules::WARM_WITHIN_MAX, &spec));
+    }
+
+    #[test]
+    fn no_image_source_is_a_violation() {
+        let mut spec = valid_spec();
+        spec.instance.image.image_id = None;
+        assert!(broken_by(&rules::ONE_IMAGE_SOURCE, &spec));
+    }
+
+    #[test]
+    fn two_image_sources_are_a_violation() {
+        let mut spec = valid_spec();
+        spec.instance.image.ssm_parameter = Some("/aws/service/ami".into());
+        assert!(broken_by(&rules::ONE_IMAGE_SOURCE, &spec));
+    }
+
+    #[test]
+    fn kms_key_on_unencrypted_volume_is_a_violation() {
+        let mut spec = valid_spec();
+        spec.instance.root_volume.encrypted = false;
+        spec.instance.root_volume.kms_key_id = Some("alias/browserfleet".into());
+        assert!(broken_by(&rules::KMS_KEY_NEEDS_ENCRYPTION, &spec));
+    }
+
+    #[test]
+    fn unencrypted_volume_without_kms_key_is_allowed() {
+        let mut spec = valid_spec();
+        spec.instance.root_volume.encrypted = false;
+        assert_eq!(spec.validate(), Ok(()));
+    }
+
+    #[test]
+    fn reserved_or_overlong_tag_keys_are_violations() {
+        for key in [
+            "browserfleet.io/fleet",
+            "aws:cloudformation:stack-name",
+            "",
+            &"k".repeat(129),
+        ] {
+            let mut spec = valid_spec();
+            spec.instance.tags.insert(key.to_owned(), "x".into());
+            assert!(
+                broken_by(&rules::USER_TAGS_NOT_RESERVED, &spec),
+                "key {key:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn reversed_port_range_is_one_violation() {
+        let mut spec = valid_spec();
+        spec.agent.browser_port_range = PortRange {
+            start: 9400,
+            end: 9300,
+        };
+        assert!(broken_by(&rules::PORT_RANGE_ORDERED, &spec));
+    }
+
+    #[test]
+    fn port_range_smaller_than_sessions_is_a_violation() {
+        let mut spec = valid_spec();
+        spec.agent.browser_port_range = PortRange {
+            start: 9300,
+            end: 9302,
+        };
+        assert!(broken_by(&rules::PORT_RANGE_FITS_SESSIONS, &spec));
+        spec.agent.browser_port_range.end = 9303;
+        assert_eq!(spec.validate(), Ok(()));
+    }
+
+    #[test]
+    fn gateway_inside_port_range_is_a_violation() {
+        for port in [9300, 9350, 9399] {
+            let mut spec = valid_spec();
+            spec.agent.gateway_port = port;
+            assert!(
+                broken_by(&rules::GATEWAY_OUTSIDE_PORT_RANGE, &spec),
+                "port {port}"
+            );
+        }
+    }
+
+    #[test]
+    fn default_ttl_above_max_is_a_violation() {
+        let mut spec = valid_spec();
+        spec.agent.sessions.default_ttl_seconds = spec.agent.sessions.max_ttl_seconds + 1;
+        assert!(broken_by(&rules::DEFAULT_TTL_WITHIN_MAX, &spec));
+    }
+
+    #[test]
+    fn executable_and_launcher_together_are_a_violation() {
+        let mut spec = valid_spec();
+        spec.agent.browser.executable = Some("/usr/bin/chromium".into());
+        spec.agent.browser.launcher_command = Some(vec!["/opt/launch".into()]);
+        assert!(broken_by(&rules::ONE_LAUNCH_METHOD, &spec));
+    }
+
+    #[test]
+    fn allowing_devtools_or_profile_switches_is_a_violation() {
+        for arg in [
+            "--remote-debugging-port=1",
+            "--remote-debugging-address",
+            "--user-data-dir=/",
+        ] {
+            let mut spec = valid_spec();
+            spec.agent.browser.allowed_args = vec![arg.into()];
+            assert!(
+                broken_by(&rules::ALLOWED_ARGS_NOT_RESERVED, &spec),
+                "arg {arg}"
+            );
+        }
+    }
+
+    #[test]
+    fn auto_logon_on_linux_is_a_violation() {
+        let mut spec = valid_spec();
+        spec.instance.platform = Platform::Linux;
+        spec.agent.windows_auto_logon = Some(WindowsAutoLogon {
+            user_name: "browser".into(),
+            password_parameter: "/browserfleet/password".into(),
+        });
+        assert!(broken_by(&rules::AUTO_LOGON_ONLY_ON_WINDOWS, &spec));
+    }
+
+    #[test]
+    fn headful_windows_without_auto_logon_is_a_violation() {
+        let mut spec = valid_spec();
+        spec.agent.browser.headless = false;
+        assert!(broken_by(&rules::HEADFUL_WINDOWS_NEEDS_AUTO_LOGON, &spec));
+        spec.instance.platform = Platform::Linux;
+        assert_eq!(spec.validate(), Ok(()));
+    }
+
+    #[test]
+    fn every_violation_is_reported_at_once() {
+        let mut spec = valid_spec();
+        spec.capacity.min_instances = 9;
+        spec.capacity.warm_instances = 9;
+        spec.instance.image.image_id = None;
+        spec.agent.gateway_port = 9300;
+        let violations = spec.validate().expect_err("invalid");
+        assert_eq!(
+            violations.messages(),
+            vec![
+                rules::MIN_WITHIN_MAX.message,
+                rules::WARM_WITHIN_MAX.message,
+                rules::ONE_IMAGE_SOURCE.message,
+                rules::GATEWAY_OUTSIDE_PORT_RANGE.message,
+            ]
+        );
+        assert!(
+            violations
+                .to_string()
+                .contains("spec.capacity.minInstances: ")
+        );
+    }
+
+    #[test]
+    fn crd_carries_exactly_the_rust_rules() {
+        let crd = serde_json::to_value(BrowserFleet::crd()).unwrap();
+        let in_crd = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+            ["x-kubernetes-validations"];
+        let expected: Vec<serde_json::Value> = rules::ALL
+            .iter()
+            .map(|r| serde_json::to_value(r.to_cel()).unwrap())
+            .collect();
+        assert_eq!(in_crd, &serde_json::Value::Array(expected));
+    }
+
+    fn cel_messages(
+        schema: &kube::core::cel::CompiledSchema,
+        spec: &BrowserFleetSpec,
+    ) -> Vec<String> {
+        let object = serde_json::to_value(BrowserFleet::new("f", spec.clone())).unwrap();
+        let mut messages: Vec<String> =
+            match kube::core::cel::Validator::new().validate_compiled(schema, &object, None) {
+                Ok(()) => Vec::new(),
+                Err(errors) => errors.into_vec().into_iter().map(|e| e.message).collect(),
+            };
+        messages.sort();
+        messages
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(300))]
+
+        /// The hand-written checks and the CEL rules kube-apiserver evaluates
+        /// reach the same verdict on arbitrary numbers and switches.
+        #[test]
+        fn validate_agrees_with_the_cel_rules(
+            min in 0..12i32, max in 0..12i32, warm in 0..12i32, per in 1..16i32,
+            start in 9290..9320i32, end in 9290..9320i32, gateway in 9280..9330i32,
+            ttl in 1..20i32, max_ttl in 1..20i32,
+            image_id in any::<bool>(), ssm in any::<bool>(),
+            encrypted in any::<bool>(), kms in any::<bool>(),
+            linux in any::<bool>(), headless in any::<bool>(), logon in any::<bool>(),
+            executable in any::<bool>(), launcher in any::<bool>(),
+            allowed in prop::sample::select(vec!["--disable-web-security", "--remote-debugging-pipe", "--user-data-dir=x"]),
+            tag in prop::sample::select(vec!["team", "aws:x", "browserfleet.io/x", ""]),
+        ) {
+            let schema = serde_json::to_value(
+                BrowserFleet::crd().spec.versions[0].schema.clone().unwrap().open_api_v3_schema.unwrap(),
+            ).unwrap();
+            let compiled = kube::core::cel::compile_schema(&schema);
+            let mut spec = valid_spec();
+            spec.capacity = CapacitySpec { min_instances: min, max_instances: max, sessions_per_instance: per, warm_instances: warm };
+            spec.agent.browser_port_range = PortRange { start, end };
+            spec.agent.gateway_port = gateway;
+            spec.agent.sessions.default_ttl_seconds = ttl;
+            spec.agent.sessions.max_ttl_seconds = max_ttl;
+            spec.instance.image.image_id = image_id.then(|| "ami-0abc1234def567890".into());
+            spec.instance.image.ssm_parameter = ssm.then(|| "/aws/ami".into());
+            spec.instance.root_volume.encrypted = encrypted;
+            spec.instance.root_volume.kms_key_id = kms.then(|| "alias/k".into());
+            spec.instance.platform = if linux { Platform::Linux } else { Platform::Windows };
+            spec.agent.browser.headless = headless;
+            spec.agent.windows_auto_logon = logon.then(|| WindowsAutoLogon { user_name: "u".into(), password_parameter: "/p".into() });
+            spec.agent.browser.executable = executable.then(|| "/usr/bin/chromium".into());
+            spec.agent.browser.launcher_command = launcher.then(|| vec!["/opt/launch".into()]);
+            spec.agent.browser.allowed_args = vec![allowed.into()];
+            spec.instance.tags = BTreeMap::from([(tag.to_owned(), "v".to_owned())]);
+
+            let mut rust: Vec<String> = spec.validate().err().map(|v| v.messages().into_iter().map(str::to_owned).collect()).unwrap_or_default();
+            rust.sort();
+            prop_assert_eq!(rust, cel_messages(&compiled, &spec));
+        }
+    }
+}
