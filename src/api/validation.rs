@@ -84,3 +84,20 @@ impl fmt::Display for Violations {
         f.write_str(&parts.join("; "))
     }
 }
+
+/// Test support: the `x-kubernetes-validations` a CRD carries on its spec,
+/// and what `rules` would put there.
+#[cfg(test)]
+pub(crate) fn spec_rules_in_crd<K: kube::CustomResourceExt>(
+    rules: &[CrossFieldRule],
+) -> (serde_json::Value, serde_json::Value) {
+    let crd = serde_json::to_value(K::crd()).expect("CRD serializes");
+    let in_crd = crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]
+        ["x-kubernetes-validations"]
+        .clone();
+    let expected = rules
+        .iter()
+        .map(|r| serde_json::to_value(r.to_cel()).expect("rule serializes"))
+        .collect();
+    (in_crd, serde_json::Value::Array(expected))
+}
