@@ -305,7 +305,6 @@ pub struct BrowserSessionStatus {
 
 #[cfg(test)]
 mod tests {
-
     use super::*;
 
     fn valid_spec() -> BrowserSessionSpec {
