@@ -23,3 +23,31 @@ crds:
 ## crds-check: fail when crds/ differs from the Rust types
 crds-check:
 	$(CARGO) run --locked --quiet -- crdgen --out-dir crds --check
+
+# The traces the scaling report replays, made by `browserfleet trace` with each
+# shape's fixed seed.
+TRACE_SHAPES := steady diurnal bursty spike-then-silence long-sessions
+REPORT_TRACES := $(foreach s,$(sort $(TRACE_SHAPES)),--trace benches/traces/$(s).csv)
+RELEASE_BIN := target/release/browserfleet
+
+.PHONY: release traces scaling-report scaling-bench
+
+release:
+	$(CARGO) build --locked --release --quiet
+
+## traces: regenerate benches/traces/ (deterministic)
+traces: release
+	for s in $(TRACE_SHAPES); do $(RELEASE_BIN) trace --shape $$s --out benches/traces/$$s.csv; done
+
+## scaling-report: regenerate docs/scaling.md from docs/scaling.intro.md and the simulator
+scaling-report: release
+	{ cat docs/scaling.intro.md; \
+	  for seed in 42 7; do \
+	    printf '\n## Results: boot normal:300,60, seed %s\n\n' $$seed; \
+	    $(RELEASE_BIN) simulate --seed $$seed --format markdown $(REPORT_TRACES) 2>/dev/null; \
+	  done; } > docs/scaling.md
+
+## scaling-bench: time the simulator on a 24-hour trace of ~100,000 requests
+scaling-bench: release
+	$(RELEASE_BIN) trace --shape perf --out target/perf-24h.csv
+	$(RELEASE_BIN) simulate --trace target/perf-24h.csv

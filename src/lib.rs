@@ -1,6 +1,7 @@
 //! browserfleet: a Kubernetes operator that runs fleets of browsers on EC2
 //! instances for Chrome DevTools Protocol clients.
 //!
-//! Only the resource types exist so far; see README.md for what is built.
+//! See README.md for what is built so far.
 
 pub mod api;
+pub mod scaling;

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use browserfleet::api;
+use browserfleet::scaling::{self, PolicyName, simulator::BootDistribution, trace};
 
 /// browserfleet runs fleets of browsers on EC2 instances for Chrome DevTools
 /// Protocol clients, described by BrowserFleet and BrowserSession resources.
@@ -39,13 +40,141 @@ enum Command {
         #[arg(long)]
         check: bool,
     },
+    /// Replay request traces against scaling policies and report queue waits
+    /// and instance-hours.
+    ///
+    /// Every trace is run against every policy named (all when none is), on
+    /// the fleet of docs/scaling.md (0 to 100 instances, 4 sessions each).
+    /// The same seed gives the same report.
+    Simulate {
+        /// Trace files (CSV: arrival_seconds,duration_seconds), e.g.
+        /// benches/traces/bursty.csv.
+        #[arg(long = "trace", required = true)]
+        traces: Vec<PathBuf>,
+        /// Policies to run; all of them when omitted.
+        #[arg(long = "policy", value_enum)]
+        policies: Vec<PolicyName>,
+        /// Instance boot delay: fixed:SECONDS, uniform:LOW-HIGH or
+        /// normal:MEAN,SD.
+        #[arg(long, default_value_t = BootDistribution::default())]
+        boot_seconds: BootDistribution,
+        /// Seed for the boot delays.
+        #[arg(long, default_value_t = 42)]
+        seed: u64,
+        /// Output format.
+        #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
+        format: OutputFormat,
+    },
+    /// Generate a request trace of a given shape from a fixed seed.
+    Trace {
+        /// Workload shape.
+        #[arg(long, value_enum)]
+        shape: trace::TraceShape,
+        /// Seed; the shape's checked-in seed when omitted.
+        #[arg(long)]
+        seed: Option<u64>,
+        /// File to write; standard output when omitted.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+}
+
+/// How `simulate` prints its results.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum OutputFormat {
+    /// Aligned columns.
+    Table,
+    /// One JSON array of results.
+    Json,
+    /// A Markdown table, as in docs/scaling.md.
+    Markdown,
 }
 
 fn main() -> anyhow::Result<ExitCode> {
     let cli = Cli::parse();
     match cli.command {
         Command::Crdgen { out_dir, check } => crdgen(&out_dir, check),
+        Command::Simulate {
+            traces,
+            policies,
+            boot_seconds,
+            seed,
+            format,
+        } => simulate(&traces, &policies, boot_seconds, seed, format),
+        Command::Trace { shape, seed, out } => write_trace(shape, seed, out.as_deref()),
     }
+}
+
+fn simulate(
+    paths: &[PathBuf],
+    policies: &[PolicyName],
+    boot: BootDistribution,
+    seed: u64,
+    format: OutputFormat,
+) -> anyhow::Result<ExitCode> {
+    let policies = if policies.is_empty() {
+        &PolicyName::ALL[..]
+    } else {
+        policies
+    };
+    let fleet = scaling::report_fleet();
+    let mut rows = Vec::new();
+    for path in paths {
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+        let trace =
+            trace::Trace::parse(&text).with_context(|| format!("parsing {}", path.display()))?;
+        let name = path.file_stem().map_or_else(
+            || path.display().to_string(),
+            |s| s.to_string_lossy().into_owned(),
+        );
+        for &policy in policies {
+            let started = std::time::Instant::now();
+            let report = scaling::simulate(&trace, policy, &fleet, boot, seed);
+            // Wall time goes to stderr: the report itself stays deterministic.
+            eprintln!(
+                "simulated {name} with {} in {:.3} s ({} requests)",
+                policy.as_str(),
+                started.elapsed().as_secs_f64(),
+                report.requests
+            );
+            rows.push(scaling::Comparison {
+                trace: name.clone(),
+                policy,
+                report,
+            });
+        }
+    }
+    match format {
+        OutputFormat::Table => print!("{}", scaling::render_table(&rows, false)),
+        OutputFormat::Markdown => {
+            print!("{}", scaling::render_table(&rows, true));
+            println!();
+            print!("{}", scaling::render_verdicts(&rows));
+        }
+        OutputFormat::Json => println!("{}", serde_json::to_string_pretty(&rows)?),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_trace(
+    shape: trace::TraceShape,
+    seed: Option<u64>,
+    out: Option<&Path>,
+) -> anyhow::Result<ExitCode> {
+    let seed = seed.unwrap_or(shape.default_seed());
+    let generated = trace::generate(shape, seed);
+    let csv = generated.to_csv(&format!(
+        "browserfleet trace v1 shape={} seed={seed}",
+        shape.name()
+    ));
+    match out {
+        Some(path) => {
+            std::fs::write(path, csv).with_context(|| format!("writing {}", path.display()))?
+        }
+        None => print!("{csv}"),
+    }
+    Ok(ExitCode::SUCCESS)
 }
 
 fn crdgen(out_dir: &Path, check: bool) -> anyhow::Result<ExitCode> {

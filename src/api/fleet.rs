@@ -468,16 +468,20 @@ pub struct CapacitySpec {
 #[serde(rename_all = "camelCase")]
 pub struct ScalingSpec {
     /// Demand must have been lower for this long before the fleet shrinks, so a
-    /// short lull does not retire instances that take minutes to replace.
+    /// short lull does not retire instances that take minutes to replace. The
+    /// default is the best trade-off between queue wait and instance-hours
+    /// found by `browserfleet simulate` (docs/scaling.md).
     #[serde(default = "default_scale_down_stabilization_seconds")]
     #[schemars(range(min = 0, max = 3600))]
     pub scale_down_stabilization_seconds: i32,
-    /// At most this many instances are launched per minute.
+    /// At most this many instances are launched in any minute: a ceiling on
+    /// how fast a runaway queue can spend money. Below about 30 a tenfold burst
+    /// waits for launches as well as for boots (docs/scaling.md).
     #[serde(default = "default_max_launches_per_minute")]
     #[schemars(range(min = 1, max = 1000))]
     pub max_launches_per_minute: i32,
     /// An instance must have hosted no session for this long before it may be
-    /// retired.
+    /// retired, on top of the stabilization window.
     #[serde(default = "default_idle_timeout_seconds")]
     #[schemars(range(min = 0, max = 86400))]
     pub idle_timeout_seconds: i32,
@@ -909,13 +913,13 @@ fn default_sessions_per_instance() -> i32 {
     4
 }
 fn default_scale_down_stabilization_seconds() -> i32 {
-    300
+    180
 }
 fn default_max_launches_per_minute() -> i32 {
-    10
+    30
 }
 fn default_idle_timeout_seconds() -> i32 {
-    600
+    60
 }
 fn default_drain_timeout_seconds() -> i32 {
     3600
