@@ -204,3 +204,48 @@ fn schema_defaults_agree_with_serde_defaults() {
         }
     }
 }
+
+/// Paths of object keys in `manifest` that `typed` (the manifest read into the
+/// Rust type and written back) does not have: fields the schema would prune.
+fn unknown_fields(manifest: &Value, typed: &Value, path: &str, found: &mut Vec<String>) {
+    match (manifest, typed) {
+        (Value::Object(m), Value::Object(t)) => {
+            for (k, v) in m {
+                let child = format!("{path}.{k}");
+                match t.get(k) {
+                    Some(tv) => unknown_fields(v, tv, &child, found),
+                    None => found.push(child),
+                }
+            }
+        }
+        (Value::Array(m), Value::Array(t)) => {
+            for (i, (mv, tv)) in m.iter().zip(t).enumerate() {
+                unknown_fields(mv, tv, &format!("{path}[{i}]"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn examples_use_only_fields_the_schema_knows() {
+    // kube-apiserver silently prunes unknown fields, so a misspelt field in an
+    // example would teach users a setting that does nothing.
+    let mut files = yaml_files(&examples_dir());
+    files.extend(yaml_files(&examples_dir().join("invalid")));
+    for path in files {
+        let (_, manifest) = load(&path);
+        let kind = manifest["kind"].as_str().expect("kind").to_owned();
+        let defaulted = kube::core::cel::apply_defaults(&schema_of(&kind), &manifest);
+        let typed = match kind.as_str() {
+            "BrowserFleet" => serde_json::from_value::<BrowserFleet>(defaulted.clone()).map(|f| serde_json::to_value(f).unwrap()),
+            _ => serde_json::from_value::<BrowserSession>(defaulted.clone()).map(|s| serde_json::to_value(s).unwrap()),
+        };
+        // Invalid examples that miss a required field do not deserialize.
+        let Ok(typed) = typed else { continue };
+        let mut found = Vec::new();
+        unknown_fields(&defaulted, &typed, "", &mut found);
+        found.retain(|f| !f.starts_with(".metadata") && f != ".apiVersion" && f != ".kind");
+        assert!(found.is_empty(), "{}: unknown fields {found:?}", path.display());
+    }
+}

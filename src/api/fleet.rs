@@ -413,7 +413,7 @@ pub enum VolumeType {
 #[serde(rename_all = "camelCase")]
 pub struct RootVolumeSpec {
     /// Size in GiB. Windows Server needs at least 30.
-    #[serde(default = "default_root_volume_gib")]
+    #[serde(default = "default_root_volume_gib", rename = "sizeGiB")]
     #[schemars(range(min = 8, max = 16384))]
     pub size_gib: i32,
     /// EBS volume type.
