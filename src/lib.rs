@@ -4,4 +4,5 @@
 //! See README.md for what is built so far.
 
 pub mod api;
+pub mod local;
 pub mod scaling;

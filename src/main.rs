@@ -65,6 +65,11 @@ enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
+    /// Development tools that stand in for a cluster.
+    Dev {
+        #[command(subcommand)]
+        command: DevCommand,
+    },
     /// Generate a request trace of a given shape from a fixed seed.
     Trace {
         /// Workload shape.
@@ -76,6 +81,22 @@ enum Command {
         /// File to write; standard output when omitted.
         #[arg(long)]
         out: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum DevCommand {
+    /// Serve a Kubernetes-compatible API in memory, for local runs and tests.
+    ///
+    /// Prints `listening on URL` once ready, writes a kubeconfig for kubectl
+    /// and kube-rs, and serves until SIGTERM or Ctrl-C. State is lost on exit.
+    Apiserver {
+        /// Address to listen on; port 0 picks a free port.
+        #[arg(long, default_value = "127.0.0.1:0")]
+        listen: String,
+        /// Where to write the kubeconfig.
+        #[arg(long)]
+        kubeconfig: PathBuf,
     },
 }
 
@@ -102,6 +123,46 @@ fn main() -> anyhow::Result<ExitCode> {
             format,
         } => simulate(&traces, &policies, boot_seconds, seed, format),
         Command::Trace { shape, seed, out } => write_trace(shape, seed, out.as_deref()),
+        Command::Dev {
+            command: DevCommand::Apiserver { listen, kubeconfig },
+        } => dev_apiserver(&listen, &kubeconfig),
+    }
+}
+
+fn dev_apiserver(listen: &str, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("listening on {listen}"))?;
+        let url = format!("http://{}", listener.local_addr()?);
+        std::fs::write(kubeconfig, browserfleet::local::apiserver::kubeconfig(&url))
+            .with_context(|| format!("writing {}", kubeconfig.display()))?;
+        println!("listening on {url}");
+        browserfleet::local::apiserver::serve(listener, shutdown_signal()).await?;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// Completes on SIGTERM or Ctrl-C.
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut signal) => {
+                signal.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        () = ctrl_c => {}
+        () = term => {}
     }
 }
 

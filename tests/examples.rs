@@ -238,14 +238,20 @@ fn examples_use_only_fields_the_schema_knows() {
         let kind = manifest["kind"].as_str().expect("kind").to_owned();
         let defaulted = kube::core::cel::apply_defaults(&schema_of(&kind), &manifest);
         let typed = match kind.as_str() {
-            "BrowserFleet" => serde_json::from_value::<BrowserFleet>(defaulted.clone()).map(|f| serde_json::to_value(f).unwrap()),
-            _ => serde_json::from_value::<BrowserSession>(defaulted.clone()).map(|s| serde_json::to_value(s).unwrap()),
+            "BrowserFleet" => serde_json::from_value::<BrowserFleet>(defaulted.clone())
+                .map(|f| serde_json::to_value(f).unwrap()),
+            _ => serde_json::from_value::<BrowserSession>(defaulted.clone())
+                .map(|s| serde_json::to_value(s).unwrap()),
         };
         // Invalid examples that miss a required field do not deserialize.
         let Ok(typed) = typed else { continue };
         let mut found = Vec::new();
         unknown_fields(&defaulted, &typed, "", &mut found);
         found.retain(|f| !f.starts_with(".metadata") && f != ".apiVersion" && f != ".kind");
-        assert!(found.is_empty(), "{}: unknown fields {found:?}", path.display());
+        assert!(
+            found.is_empty(),
+            "{}: unknown fields {found:?}",
+            path.display()
+        );
     }
 }

@@ -1,0 +1,868 @@
+//! Conformance of the development API server, through kube-rs's typed and
+//! dynamic APIs and kube-runtime, the way the operator will use it.
+//!
+//! Each test starts its own server in-process on an ephemeral port.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use browserfleet::api::{self, BrowserFleet, BrowserSession};
+use browserfleet::local::apiserver::DevApiServer;
+use futures::{StreamExt, TryStreamExt};
+use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::api::{
+    Api, DeleteParams, DynamicObject, ListParams, Patch, PatchParams, PostParams, WatchEvent,
+    WatchParams,
+};
+use kube::core::{ApiResource, GroupVersionKind};
+use kube::runtime::{Controller, controller::Action, reflector, watcher};
+use kube::{Client, CustomResourceExt, ResourceExt};
+use serde_json::json;
+
+async fn server() -> DevApiServer {
+    DevApiServer::start().await.expect("dev API server starts")
+}
+
+async fn server_with_crds() -> DevApiServer {
+    let server = server().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(server.client.clone());
+    for crd in api::crds() {
+        crds.create(&PostParams::default(), &crd)
+            .await
+            .expect("CRD accepted");
+    }
+    server
+}
+
+fn example(path: &str) -> serde_json::Value {
+    let full = format!("{}/examples/{path}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&full).expect("example exists");
+    serde_saphyr::from_str(&text).expect("example is YAML")
+}
+
+fn fleet(name: &str) -> BrowserFleet {
+    let mut value = example("fleet-minimal.yaml");
+    value["metadata"] = json!({"name": name});
+    serde_json::from_value(value).expect("typed fleet")
+}
+
+fn api_error(result: Result<impl std::fmt::Debug, kube::Error>) -> kube::core::Status {
+    match result {
+        Err(kube::Error::Api(status)) => *status,
+        other => panic!("expected an API error, got {other:?}"),
+    }
+}
+
+/// Waits for `check` to hold, polling, for at most ten seconds.
+async fn eventually<F, Fut>(what: &str, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    while tokio::time::Instant::now() < deadline {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("timed out waiting for {what}");
+}
+
+#[tokio::test]
+async fn discovery_lists_builtins_and_registered_crds() {
+    let server = server_with_crds().await;
+    let version = server.client.apiserver_version().await.expect("/version");
+    assert_eq!(version.major, "1");
+    let discovery = kube::Discovery::new(server.client.clone())
+        .run()
+        .await
+        .expect("discovery");
+    let (fleet_resource, caps) = discovery
+        .resolve_gvk(&GroupVersionKind::gvk(
+            "browserfleet.io",
+            "v1alpha1",
+            "BrowserFleet",
+        ))
+        .expect("BrowserFleet discovered");
+    assert_eq!(fleet_resource.plural, "browserfleets");
+    assert_eq!(caps.scope, kube::discovery::Scope::Namespaced);
+    assert!(caps.subresources.iter().any(|(r, _)| r.plural == "status"));
+    for (group, kind) in [
+        ("", "Namespace"),
+        ("", "Secret"),
+        ("", "ConfigMap"),
+        ("", "Event"),
+        ("events.k8s.io", "Event"),
+        ("coordination.k8s.io", "Lease"),
+        ("apiextensions.k8s.io", "CustomResourceDefinition"),
+    ] {
+        assert!(
+            discovery
+                .resolve_gvk(&GroupVersionKind::gvk(group, "v1", kind))
+                .is_some(),
+            "{group}/{kind} discovered"
+        );
+    }
+    // Short names and categories, as kubectl reads them.
+    let list: serde_json::Value = server
+        .client
+        .request(
+            http::Request::get("/apis/browserfleet.io/v1alpha1")
+                .body(Vec::new())
+                .unwrap(),
+        )
+        .await
+        .expect("resource list");
+    let fleets = &list["resources"][0];
+    assert_eq!(fleets["shortNames"], json!(["bfleet"]));
+    assert_eq!(fleets["categories"], json!(["browserfleet"]));
+}
+
+#[tokio::test]
+async fn new_crd_is_established_and_served_at_once() {
+    let server = server().await;
+    let crds: Api<CustomResourceDefinition> = Api::all(server.client.clone());
+    let created = crds
+        .create(&PostParams::default(), &BrowserSession::crd())
+        .await
+        .expect("CRD created");
+    let conditions = created
+        .status
+        .clone()
+        .expect("status")
+        .conditions
+        .expect("conditions");
+    for kind in ["Established", "NamesAccepted"] {
+        assert!(
+            conditions
+                .iter()
+                .any(|c| c.type_ == kind && c.status == "True"),
+            "{kind}"
+        );
+    }
+    let sessions: Api<BrowserSession> = Api::namespaced(server.client.clone(), "default");
+    let session: BrowserSession = serde_json::from_value(example("session.yaml")).unwrap();
+    sessions
+        .create(&PostParams::default(), &session)
+        .await
+        .expect("served at once");
+    crds.delete(&created.name_any(), &DeleteParams::default())
+        .await
+        .expect("CRD deleted");
+    let gone = api_error(sessions.list(&ListParams::default()).await);
+    assert_eq!(gone.code, 404);
+}
+
+#[tokio::test]
+async fn schema_and_cel_violations_are_422_with_causes() {
+    let server = server_with_crds().await;
+    let invalid =
+        std::fs::read_dir(format!("{}/examples/invalid", env!("CARGO_MANIFEST_DIR"))).unwrap();
+    let mut checked = 0;
+    for entry in invalid {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let expected = text
+            .lines()
+            .find_map(|l| l.strip_prefix("# expect: "))
+            .unwrap()
+            .to_owned();
+        let value: serde_json::Value = serde_saphyr::from_str(&text).unwrap();
+        let kind = value["kind"].as_str().unwrap();
+        let plural = if kind == "BrowserFleet" {
+            "browserfleets"
+        } else {
+            "browsersessions"
+        };
+        let resource = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("browserfleet.io", "v1alpha1", kind),
+            plural,
+        );
+        let dynamic: Api<DynamicObject> =
+            Api::namespaced_with(server.client.clone(), "default", &resource);
+        let object: DynamicObject = serde_json::from_value(value).unwrap();
+        let status = api_error(dynamic.create(&PostParams::default(), &object).await);
+        assert_eq!(
+            (status.code, status.reason.as_str()),
+            (422, "Invalid"),
+            "{}",
+            path.display()
+        );
+        // The examples state the message of the test's JSON-schema validator;
+        // compare on the field it names and, for CEL rules, the rule message.
+        let field = expected.split(':').next().unwrap_or_default();
+        assert!(
+            status.message.contains(&expected) || status.message.contains(field),
+            "{}: {} does not mention {expected:?}",
+            path.display(),
+            status.message
+        );
+        checked += 1;
+    }
+    assert!(checked >= 4);
+}
+
+#[tokio::test]
+async fn defaults_are_applied_and_unknown_fields_pruned() {
+    let server = server_with_crds().await;
+    let resource = ApiResource::erase::<BrowserFleet>(&());
+    let dynamic: Api<DynamicObject> =
+        Api::namespaced_with(server.client.clone(), "default", &resource);
+    let mut value = example("fleet-minimal.yaml");
+    value["spec"]["capacity"]["bogus"] = json!(1);
+    value["spec"]["unknownTopLevel"] = json!({"x": 1});
+    let created = dynamic
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(value).unwrap(),
+        )
+        .await
+        .expect("created");
+    let spec = &created.data["spec"];
+    assert_eq!(
+        spec["capacity"]["sessionsPerInstance"], 4,
+        "default applied"
+    );
+    assert_eq!(spec["agent"]["gatewayPort"], 9900, "nested default applied");
+    assert!(
+        spec["capacity"].get("bogus").is_none(),
+        "unknown field pruned"
+    );
+    assert!(
+        spec.get("unknownTopLevel").is_none(),
+        "unknown field pruned"
+    );
+    assert_eq!(created.metadata.generation, Some(1));
+    assert!(created.metadata.uid.is_some() && created.metadata.creation_timestamp.is_some());
+}
+
+#[tokio::test]
+async fn create_get_list_with_selectors_and_pages() {
+    let server = server().await;
+    let maps: Api<ConfigMap> = Api::namespaced(server.client.clone(), "default");
+    for i in 0..7 {
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some(format!("cm-{i}"));
+        cm.metadata.labels = Some(BTreeMap::from([
+            (
+                "tier".to_owned(),
+                if i % 2 == 0 { "front" } else { "back" }.to_owned(),
+            ),
+            ("n".to_owned(), i.to_string()),
+        ]));
+        maps.create(&PostParams::default(), &cm)
+            .await
+            .expect("created");
+    }
+    let mut generated = ConfigMap::default();
+    generated.metadata.generate_name = Some("gen-".into());
+    let generated = maps
+        .create(&PostParams::default(), &generated)
+        .await
+        .unwrap();
+    assert!(generated.name_any().starts_with("gen-") && generated.name_any().len() == 9);
+    let duplicate = api_error(
+        maps.create(&PostParams::default(), &maps.get("cm-0").await.unwrap())
+            .await,
+    );
+    assert_eq!(
+        (duplicate.code, duplicate.reason.as_str()),
+        (409, "AlreadyExists")
+    );
+    let names = |list: kube::core::ObjectList<ConfigMap>| {
+        list.items.iter().map(|c| c.name_any()).collect::<Vec<_>>()
+    };
+    let front = maps
+        .list(&ListParams::default().labels("tier=front"))
+        .await
+        .unwrap();
+    assert_eq!(names(front), ["cm-0", "cm-2", "cm-4", "cm-6"]);
+    let set = maps
+        .list(&ListParams::default().labels("n in (1,3),tier!=front"))
+        .await
+        .unwrap();
+    assert_eq!(names(set), ["cm-1", "cm-3"]);
+    let exists = maps
+        .list(&ListParams::default().labels("!n"))
+        .await
+        .unwrap();
+    assert_eq!(names(exists), [generated.name_any()]);
+    let by_name = maps
+        .list(&ListParams::default().fields("metadata.name=cm-5"))
+        .await
+        .unwrap();
+    assert_eq!(names(by_name), ["cm-5"]);
+    // Pages of three, continued until done.
+    let mut seen = Vec::new();
+    let mut params = ListParams::default().limit(3);
+    loop {
+        let page = maps.list(&params).await.unwrap();
+        let cont = page.metadata.continue_.clone();
+        seen.extend(names(page));
+        match cont.filter(|c| !c.is_empty()) {
+            Some(token) => params = params.continue_token(&token),
+            None => break,
+        }
+    }
+    assert_eq!(seen.len(), 8);
+    let all_namespaces: Api<ConfigMap> = Api::all(server.client.clone());
+    assert_eq!(
+        all_namespaces
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .len(),
+        8
+    );
+}
+
+#[tokio::test]
+async fn replace_uses_optimistic_concurrency() {
+    let server = server_with_crds().await;
+    let fleets: Api<BrowserFleet> = Api::namespaced(server.client.clone(), "default");
+    let created = fleets
+        .create(&PostParams::default(), &fleet("f"))
+        .await
+        .unwrap();
+    let mut first = created.clone();
+    first.spec.capacity.max_instances = 7;
+    let updated = fleets
+        .replace("f", &PostParams::default(), &first)
+        .await
+        .expect("fresh update");
+    assert_eq!(
+        updated.metadata.generation,
+        Some(2),
+        "spec change bumps generation"
+    );
+    let mut stale = created.clone();
+    stale.spec.capacity.max_instances = 9;
+    let conflict = api_error(fleets.replace("f", &PostParams::default(), &stale).await);
+    assert_eq!((conflict.code, conflict.reason.as_str()), (409, "Conflict"));
+    let mut unversioned = updated.clone();
+    unversioned.metadata.resource_version = None;
+    let invalid = api_error(
+        fleets
+            .replace("f", &PostParams::default(), &unversioned)
+            .await,
+    );
+    assert_eq!(invalid.code, 422);
+    let unchanged = fleets
+        .replace("f", &PostParams::default(), &updated)
+        .await
+        .unwrap();
+    assert_eq!(
+        unchanged.metadata.resource_version, updated.metadata.resource_version,
+        "no-op update"
+    );
+}
+
+#[tokio::test]
+async fn status_subresource_and_generation() {
+    let server = server_with_crds().await;
+    let fleets: Api<BrowserFleet> = Api::namespaced(server.client.clone(), "default");
+    let mut with_status = fleet("s");
+    with_status.status = Some(api::BrowserFleetStatus {
+        ready_instances: 3,
+        ..Default::default()
+    });
+    let created = fleets
+        .create(&PostParams::default(), &with_status)
+        .await
+        .unwrap();
+    assert!(created.status.is_none(), "status is dropped on create");
+    let status = json!({"status": {"readyInstances": 2, "desiredInstances": 2}});
+    let patched = fleets
+        .patch_status("s", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .unwrap();
+    assert_eq!(patched.status.as_ref().unwrap().ready_instances, 2);
+    assert_eq!(
+        patched.metadata.generation,
+        Some(1),
+        "status does not bump generation"
+    );
+    // The main resource ignores status; /status ignores spec.
+    let main = json!({"spec": {"paused": true}, "status": {"readyInstances": 9}});
+    let after_main = fleets
+        .patch("s", &PatchParams::default(), &Patch::Merge(&main))
+        .await
+        .unwrap();
+    assert!(after_main.spec.paused);
+    assert_eq!(after_main.status.as_ref().unwrap().ready_instances, 2);
+    assert_eq!(after_main.metadata.generation, Some(2));
+    let via_status = json!({"spec": {"paused": false}, "status": {"readyInstances": 5}});
+    let after_status = fleets
+        .patch_status("s", &PatchParams::default(), &Patch::Merge(&via_status))
+        .await
+        .unwrap();
+    assert!(after_status.spec.paused, "spec unchanged through /status");
+    assert_eq!(after_status.status.unwrap().ready_instances, 5);
+}
+
+#[tokio::test]
+async fn json_merge_strategic_and_apply_patches() {
+    let server = server_with_crds().await;
+    let maps: Api<ConfigMap> = Api::namespaced(server.client.clone(), "default");
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("p".into());
+    cm.data = Some(BTreeMap::from([("a".to_owned(), "1".to_owned())]));
+    maps.create(&PostParams::default(), &cm).await.unwrap();
+    let json_patch: json_patch::Patch = serde_json::from_value(json!([
+        {"op": "add", "path": "/data/b", "value": "2"},
+        {"op": "test", "path": "/data/a", "value": "1"}
+    ]))
+    .unwrap();
+    let after = maps
+        .patch("p", &PatchParams::default(), &Patch::Json::<()>(json_patch))
+        .await
+        .unwrap();
+    assert_eq!(after.data.as_ref().unwrap()["b"], "2");
+    let failing: json_patch::Patch =
+        serde_json::from_value(json!([{"op": "test", "path": "/data/a", "value": "x"}])).unwrap();
+    assert_eq!(
+        api_error(
+            maps.patch("p", &PatchParams::default(), &Patch::Json::<()>(failing))
+                .await
+        )
+        .code,
+        422
+    );
+    let strategic = json!({"metadata": {"finalizers": ["x/y"]}, "data": {"a": null, "c": "3"}});
+    let after = maps
+        .patch("p", &PatchParams::default(), &Patch::Strategic(&strategic))
+        .await
+        .unwrap();
+    assert_eq!(
+        after.data.as_ref().unwrap().keys().collect::<Vec<_>>(),
+        ["b", "c"]
+    );
+    assert_eq!(after.metadata.finalizers, Some(vec!["x/y".to_owned()]));
+
+    let fleets: Api<BrowserFleet> = Api::namespaced(server.client.clone(), "default");
+    let ssa = PatchParams::apply("browserfleet-test").force();
+    let applied = fleets
+        .patch("applied", &ssa, &Patch::Apply(&fleet("applied")))
+        .await
+        .expect("apply creates");
+    assert_eq!(
+        applied.managed_fields()[0].manager.as_deref(),
+        Some("browserfleet-test")
+    );
+    let change = json!({"apiVersion": "browserfleet.io/v1alpha1", "kind": "BrowserFleet", "spec": {"capacity": {"maxInstances": 8}}});
+    let reapplied = fleets
+        .patch("applied", &ssa, &Patch::Apply(&change))
+        .await
+        .expect("apply updates");
+    assert_eq!(reapplied.spec.capacity.max_instances, 8);
+    assert_eq!(
+        reapplied.spec.instance.instance_types,
+        ["m6i.xlarge"],
+        "other fields kept"
+    );
+    let strategic_on_cr = api_error(
+        fleets
+            .patch(
+                "applied",
+                &PatchParams::default(),
+                &Patch::Strategic(&json!({"spec": {}})),
+            )
+            .await,
+    );
+    assert_eq!(strategic_on_cr.code, 415);
+}
+
+#[tokio::test]
+async fn finalizers_hold_deletion_until_removed() {
+    let server = server_with_crds().await;
+    let fleets: Api<BrowserFleet> = Api::namespaced(server.client.clone(), "default");
+    let mut f = fleet("fin");
+    f.metadata.finalizers = Some(vec!["browserfleet.io/cleanup".into()]);
+    fleets.create(&PostParams::default(), &f).await.unwrap();
+    fleets
+        .delete("fin", &DeleteParams::default())
+        .await
+        .unwrap();
+    let deleting = fleets.get("fin").await.expect("still there");
+    assert!(deleting.metadata.deletion_timestamp.is_some());
+    let more = json!({"metadata": {"finalizers": ["browserfleet.io/cleanup", "other/one"]}});
+    let refused = api_error(
+        fleets
+            .patch("fin", &PatchParams::default(), &Patch::Merge(&more))
+            .await,
+    );
+    assert_eq!(refused.code, 422);
+    assert!(
+        refused.message.contains("no new finalizers"),
+        "{}",
+        refused.message
+    );
+    let none = json!({"metadata": {"finalizers": null}});
+    fleets
+        .patch("fin", &PatchParams::default(), &Patch::Merge(&none))
+        .await
+        .unwrap();
+    assert_eq!(api_error(fleets.get("fin").await).code, 404);
+}
+
+#[tokio::test]
+async fn dependents_are_collected_with_their_owner() {
+    let server = server_with_crds().await;
+    let fleets: Api<BrowserFleet> = Api::namespaced(server.client.clone(), "default");
+    let maps: Api<ConfigMap> = Api::namespaced(server.client.clone(), "default");
+    for (owner, orphan) in [("owner-a", false), ("owner-b", true)] {
+        let created = fleets
+            .create(&PostParams::default(), &fleet(owner))
+            .await
+            .unwrap();
+        let mut cm = ConfigMap::default();
+        cm.metadata.name = Some(format!("{owner}-child"));
+        cm.metadata.owner_references = Some(vec![OwnerReference {
+            api_version: "browserfleet.io/v1alpha1".into(),
+            kind: "BrowserFleet".into(),
+            name: owner.into(),
+            uid: created.uid().unwrap(),
+            controller: Some(true),
+            block_owner_deletion: None,
+        }]);
+        maps.create(&PostParams::default(), &cm).await.unwrap();
+        let params = if orphan {
+            DeleteParams::orphan()
+        } else {
+            DeleteParams::background()
+        };
+        fleets.delete(owner, &params).await.unwrap();
+    }
+    assert_eq!(
+        api_error(maps.get("owner-a-child").await).code,
+        404,
+        "collected"
+    );
+    let kept = maps.get("owner-b-child").await.expect("orphaned, kept");
+    assert!(
+        kept.metadata
+            .owner_references
+            .unwrap_or_default()
+            .is_empty()
+    );
+}
+
+#[tokio::test]
+async fn namespaces_exist_scope_writes_and_take_their_contents() {
+    let server = server().await;
+    let namespaces: Api<Namespace> = Api::all(server.client.clone());
+    for ns in ["default", "kube-system"] {
+        namespaces.get(ns).await.expect("exists");
+    }
+    let missing: Api<ConfigMap> = Api::namespaced(server.client.clone(), "nowhere");
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("x".into());
+    let status = api_error(missing.create(&PostParams::default(), &cm).await);
+    assert_eq!((status.code, status.reason.as_str()), (404, "NotFound"));
+    let mut team = Namespace::default();
+    team.metadata.name = Some("team".into());
+    namespaces
+        .create(&PostParams::default(), &team)
+        .await
+        .unwrap();
+    let inside: Api<ConfigMap> = Api::namespaced(server.client.clone(), "team");
+    inside.create(&PostParams::default(), &cm).await.unwrap();
+    namespaces
+        .delete("team", &DeleteParams::default())
+        .await
+        .unwrap();
+    assert_eq!(api_error(inside.get("x").await).code, 404);
+    assert_eq!(api_error(namespaces.get("team").await).code, 404);
+}
+
+#[tokio::test]
+async fn watch_streams_changes_bookmarks_and_resumes() {
+    let server = server_with_crds().await;
+    let maps: Api<ConfigMap> = Api::namespaced(server.client.clone(), "default");
+    let start = maps
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("w".into());
+    maps.create(&PostParams::default(), &cm).await.unwrap();
+    maps.patch(
+        "w",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"data": {"k": "v"}})),
+    )
+    .await
+    .unwrap();
+    maps.delete("w", &DeleteParams::default()).await.unwrap();
+    let params = WatchParams::default().timeout(3);
+    let events: Vec<WatchEvent<ConfigMap>> = maps
+        .watch(&params, &start)
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let kinds: Vec<&str> = events
+        .iter()
+        .map(|e| match e {
+            WatchEvent::Added(_) => "ADDED",
+            WatchEvent::Modified(_) => "MODIFIED",
+            WatchEvent::Deleted(_) => "DELETED",
+            WatchEvent::Bookmark(_) => "BOOKMARK",
+            WatchEvent::Error(_) => "ERROR",
+        })
+        .collect();
+    assert_eq!(&kinds[..3], ["ADDED", "MODIFIED", "DELETED"]);
+    assert!(
+        kinds[3..].contains(&"BOOKMARK"),
+        "bookmarks within 3 s: {kinds:?}"
+    );
+    server.forget_history();
+    let gone = maps
+        .watch(&WatchParams::default().timeout(1), &start)
+        .await
+        .unwrap()
+        .try_collect::<Vec<_>>()
+        .await;
+    match gone {
+        Ok(events) => assert!(
+            matches!(events.first(), Some(WatchEvent::Error(e)) if e.code == 410),
+            "{events:?}"
+        ),
+        Err(kube::Error::Api(status)) => assert_eq!(status.code, 410),
+        Err(other) => panic!("unexpected {other}"),
+    }
+}
+
+#[tokio::test]
+async fn watcher_reflector_and_controller_see_every_change_across_a_410() {
+    let server = server_with_crds().await;
+    let client = server.client.clone();
+    let fleets: Api<BrowserFleet> = Api::namespaced(client.clone(), "default");
+    let (reader, writer) = reflector::store::<BrowserFleet>();
+    let gone_seen = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let gone = gone_seen.clone();
+    let stream =
+        reflector::reflector(writer, watcher(fleets.clone(), watcher::Config::default())).boxed();
+    let watching = tokio::spawn(stream.for_each(move |event| {
+        if let Err(watcher::Error::WatchError(status)) = &event
+            && status.code == 410
+        {
+            gone.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+        async {}
+    }));
+    let reconciled = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let seen = reconciled.clone();
+    let controller = Controller::new(fleets.clone(), watcher::Config::default())
+        .run(
+            move |obj: Arc<BrowserFleet>, _ctx: Arc<()>| {
+                let seen = seen.clone();
+                async move {
+                    seen.lock().unwrap().push(format!(
+                        "{}:{}",
+                        obj.name_any(),
+                        obj.spec.capacity.max_instances
+                    ));
+                    Ok::<_, kube::Error>(Action::await_change())
+                }
+            },
+            |_obj, _err: &kube::Error, _ctx| Action::await_change(),
+            Arc::new(()),
+        )
+        .for_each(|_| async {});
+    let controlling = tokio::spawn(controller);
+    for name in ["a", "b"] {
+        fleets
+            .create(&PostParams::default(), &fleet(name))
+            .await
+            .unwrap();
+    }
+    eventually("reflector has both", || async { reader.state().len() == 2 }).await;
+    server.forget_history();
+    // Changes after the forced 410: the watcher re-lists and sees them all.
+    fleets.delete("a", &DeleteParams::default()).await.unwrap();
+    let patch = json!({"spec": {"capacity": {"maxInstances": 3}}});
+    fleets
+        .patch("b", &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .unwrap();
+    fleets
+        .create(&PostParams::default(), &fleet("c"))
+        .await
+        .unwrap();
+    eventually("reflector caught up after 410", || async {
+        let mut names: Vec<(String, i32)> = reader
+            .state()
+            .iter()
+            .map(|f| (f.name_any(), f.spec.capacity.max_instances))
+            .collect();
+        names.sort();
+        names == [("b".to_owned(), 3), ("c".to_owned(), 5)]
+    })
+    .await;
+    assert!(
+        gone_seen.load(std::sync::atomic::Ordering::SeqCst) >= 1,
+        "the watcher met 410 Gone"
+    );
+    eventually("controller reconciled the change", || async {
+        let seen = reconciled.lock().unwrap();
+        seen.contains(&"b:3".to_owned()) && seen.contains(&"c:5".to_owned())
+    })
+    .await;
+    watching.abort();
+    controlling.abort();
+}
+
+#[tokio::test]
+async fn malformed_requests_get_a_status_not_a_panic() {
+    let server = server_with_crds().await;
+    let client: Client = server.client.clone();
+    let send = |method: &str, path: &str, content_type: &str, body: Vec<u8>| {
+        let client = client.clone();
+        let request = http::Request::builder()
+            .method(method)
+            .uri(path)
+            .header("content-type", content_type)
+            .body(body)
+            .unwrap();
+        async move { client.request::<serde_json::Value>(request).await }
+    };
+    let base = "/api/v1/namespaces/default/configmaps";
+    // (method, path, content type, body, expected code, expected reason)
+    type Case<'a> = (&'a str, String, &'a str, Vec<u8>, u16, &'a str);
+    let cases: Vec<Case> = vec![
+        (
+            "POST",
+            base.into(),
+            "application/json",
+            b"{not json".to_vec(),
+            400,
+            "BadRequest",
+        ),
+        (
+            "POST",
+            base.into(),
+            "application/yaml",
+            b"a: [unclosed".to_vec(),
+            400,
+            "BadRequest",
+        ),
+        (
+            "GET",
+            "/apis/nothing.io/v1/things".into(),
+            "application/json",
+            vec![],
+            404,
+            "NotFound",
+        ),
+        (
+            "POST",
+            base.into(),
+            "application/json",
+            vec![b' '; 3 * 1024 * 1024 + 1],
+            413,
+            "RequestEntityTooLarge",
+        ),
+        (
+            "GET",
+            format!("{base}?limit=many"),
+            "application/json",
+            vec![],
+            400,
+            "BadRequest",
+        ),
+        (
+            "GET",
+            format!("{base}?labelSelector=a%20in%20b"),
+            "application/json",
+            vec![],
+            400,
+            "BadRequest",
+        ),
+        (
+            "POST",
+            format!("{base}/some-name"),
+            "application/json",
+            b"{}".to_vec(),
+            405,
+            "MethodNotAllowed",
+        ),
+        (
+            "PATCH",
+            format!("{base}/absent"),
+            "text/plain",
+            b"{}".to_vec(),
+            415,
+            "UnsupportedMediaType",
+        ),
+        (
+            "GET",
+            format!("{base}/absent"),
+            "application/json",
+            vec![],
+            404,
+            "NotFound",
+        ),
+    ];
+    for (method, path, content_type, body, code, reason) in cases {
+        let status = api_error(send(method, &path, content_type, body).await);
+        assert_eq!(
+            (status.code, status.reason.as_str()),
+            (code, reason),
+            "{method} {path}"
+        );
+    }
+    // Still serving.
+    server.client.apiserver_version().await.expect("alive");
+}
+
+#[tokio::test]
+async fn cli_writes_a_kubeconfig_kube_rs_can_use() {
+    let dir = std::env::temp_dir().join(format!("bf-kubeconfig-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("config");
+    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_browserfleet"))
+        .args([
+            "dev",
+            "apiserver",
+            "--listen",
+            "127.0.0.1:0",
+            "--kubeconfig",
+        ])
+        .arg(&path)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("browserfleet starts");
+    let stdout = child.stdout.take().unwrap();
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let first = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert!(
+        first.starts_with("listening on http://127.0.0.1:"),
+        "{first}"
+    );
+    let kubeconfig = kube::config::Kubeconfig::read_from(&path).expect("kubeconfig parses");
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .unwrap();
+    let client = Client::try_from(config).unwrap();
+    let namespaces: Api<Namespace> = Api::all(client);
+    namespaces
+        .get("default")
+        .await
+        .expect("served through the kubeconfig");
+    child.kill().await.unwrap();
+}
