@@ -1,15 +1,20 @@
 # Every target works on a fresh checkout; cargo fetches what it needs.
 CARGO ?= cargo
 
-.PHONY: build test lint crds crds-check
+.PHONY: build test lint crds crds-check kubectl
 
 ## build: compile the browserfleet binary
 build:
 	$(CARGO) build --locked
 
-## test: run every test (unit, property, CRD drift, structural schema, examples)
-test:
+## test: run every test (unit, property, CRD drift, structural schema, examples,
+##       the development API server through kube-rs and kubectl)
+test: kubectl
 	$(CARGO) test --locked
+
+## kubectl: install kubectl into .venv/ when it is missing (idempotent)
+kubectl:
+	bash scripts/install-kubectl.sh
 
 ## lint: formatting and clippy, warnings are errors
 lint:

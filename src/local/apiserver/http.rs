@@ -19,6 +19,7 @@ use super::resources::ResourceType;
 use super::selectors::{FieldSelector, LabelSelector};
 use super::status::ApiError;
 use super::store::{Change, DeleteOptions, Part};
+use super::{openapi, schema, table};
 
 /// kube-apiserver refuses bodies over 3 MiB.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -75,6 +76,13 @@ async fn route(server: Arc<Server>, request: Request) -> Result<Response, ApiErr
                 .group(group)
                 .map(|g| json_response(StatusCode::OK, &g));
         }
+        ["openapi", "v3"] => return ok(openapi::root(server.lock().types())),
+        ["openapi", "v3", "api", version] => {
+            return ok(openapi::document(server.lock().types(), "", version));
+        }
+        ["openapi", "v3", "apis", group, version] => {
+            return ok(openapi::document(server.lock().types(), group, version));
+        }
         ["apis", group, version] => {
             let list = server.resource_list(group, version);
             if list["resources"].as_array().is_some_and(Vec::is_empty) {
@@ -104,9 +112,17 @@ async fn route(server: Arc<Server>, request: Request) -> Result<Response, ApiErr
         Bytes::new()
     };
     let dry_run = query.get("dryRun").is_some_and(|v| v == "All");
+    let as_table = parts
+        .headers
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(table::wanted);
+    let strict = query.get("fieldValidation").is_some_and(|v| v == "Strict");
     match (&parts.method, &target.name) {
-        (&Method::GET, None) if is_true(&query, "watch")? => watch(server, target, &query),
-        (&Method::GET, None) => list(&server, &target, &query),
+        (&Method::GET, None) if is_true(&query, "watch")? => {
+            watch(server, target, &query, as_table)
+        }
+        (&Method::GET, None) => list(&server, &target, &query, as_table),
         (&Method::GET, Some(name)) if is_true(&query, "watch")? => {
             let mut query = query.clone();
             query.insert("fieldSelector".into(), format!("metadata.name={name}"));
@@ -117,16 +133,26 @@ async fn route(server: Arc<Server>, request: Request) -> Result<Response, ApiErr
                     ..target
                 },
                 &query,
+                as_table,
             )
         }
         (&Method::GET, Some(name)) => {
             let object = server
                 .lock()
                 .get(&target.rt, target.namespace.as_deref(), name)?;
+            if as_table {
+                let rv = object["metadata"]["resourceVersion"].clone();
+                return ok(table::table(
+                    &target.rt,
+                    &[object],
+                    json!({"resourceVersion": rv}),
+                ));
+            }
             ok(object)
         }
         (&Method::POST, None) => {
             let object = decode(&body, &content_type, &target.rt)?;
+            check_strict(strict, &target.rt, &object)?;
             let created =
                 server
                     .lock()
@@ -135,6 +161,7 @@ async fn route(server: Arc<Server>, request: Request) -> Result<Response, ApiErr
         }
         (&Method::PUT, Some(name)) => {
             let object = decode(&body, &content_type, &target.rt)?;
+            check_strict(strict, &target.rt, &object)?;
             let part = part_of(&target)?;
             let updated = server.lock().replace(
                 &target.rt,
@@ -148,8 +175,9 @@ async fn route(server: Arc<Server>, request: Request) -> Result<Response, ApiErr
         }
         (&Method::PATCH, Some(name)) => {
             let patch_type = PatchType::from_content_type(&content_type)?;
+            let flags = PatchFlags { dry_run, strict };
             let (code, object) =
-                apply_patch(&server, &target, name, patch_type, &body, &query, dry_run)?;
+                apply_patch(&server, &target, name, patch_type, &body, &query, flags)?;
             Ok(json_response(code, &object))
         }
         (&Method::DELETE, Some(name)) => {
@@ -163,6 +191,33 @@ async fn route(server: Arc<Server>, request: Request) -> Result<Response, ApiErr
         (&Method::DELETE, None) => delete_collection(&server, &target, &body, &query),
         (method, _) => Err(ApiError::method_not_allowed(method.as_str())),
     }
+}
+
+/// `fieldValidation=Strict`: unknown fields are an error instead of being
+/// pruned.
+fn check_strict(strict: bool, rt: &ResourceType, object: &Value) -> Result<(), ApiError> {
+    let Some(schema) = rt.schema.as_ref().filter(|_| strict) else {
+        return Ok(());
+    };
+    let unknown = schema::unknown_fields(schema, object);
+    if unknown.is_empty() {
+        return Ok(());
+    }
+    let listed: Vec<String> = unknown
+        .iter()
+        .map(|f| format!("unknown field \"{f}\""))
+        .collect();
+    Err(ApiError::bad_request(format!(
+        "strict decoding error: {}",
+        listed.join(", ")
+    )))
+}
+
+/// Flags of a PATCH from its query.
+#[derive(Clone, Copy)]
+struct PatchFlags {
+    dry_run: bool,
+    strict: bool,
 }
 
 fn part_of(target: &Target) -> Result<Part, ApiError> {
@@ -325,6 +380,7 @@ fn list(
     server: &Server,
     target: &Target,
     query: &HashMap<String, String>,
+    as_table: bool,
 ) -> Result<Response, ApiError> {
     let (labels, fields) = selectors(query)?;
     let limit: Option<usize> = number(query, "limit")?.filter(|l| *l > 0);
@@ -346,6 +402,9 @@ fn list(
     let mut metadata = json!({"resourceVersion": list_rv.to_string()});
     if let Some(next) = next {
         metadata["continue"] = json!(encode_continue(&next, list_rv));
+    }
+    if as_table {
+        return ok(table::table(&target.rt, &items, metadata));
     }
     ok(json!({
         "kind": format!("{}List", target.rt.kind),
@@ -391,8 +450,9 @@ fn apply_patch(
     patch_type: PatchType,
     body: &[u8],
     query: &HashMap<String, String>,
-    dry_run: bool,
+    flags: PatchFlags,
 ) -> Result<(StatusCode, Value), ApiError> {
+    let PatchFlags { dry_run, strict } = flags;
     let part = part_of(target)?;
     let rt = &target.rt;
     let ns = target.namespace.as_deref();
@@ -405,6 +465,7 @@ fn apply_patch(
                 ApiError::bad_request("PATCH apply requests must set the fieldManager parameter")
             })?;
         let applied = decode(body, "application/apply-patch+yaml", rt)?;
+        check_strict(strict, rt, &applied)?;
         let now = jiff::Timestamp::now()
             .round(jiff::Unit::Second)
             .map(|t| t.to_string())
@@ -443,6 +504,7 @@ fn apply_patch(
         PatchType::Strategic => patch::strategic_merge(&mut object, &patch_doc),
         PatchType::Apply => {}
     }
+    check_strict(strict, rt, &object)?;
     // A patch is unconditional unless it sets a resourceVersion itself.
     if object["metadata"]["resourceVersion"].is_null() || !object["metadata"].is_object() {
         if !object["metadata"].is_object() {
@@ -459,6 +521,7 @@ fn watch(
     server: Arc<Server>,
     target: Target,
     query: &HashMap<String, String>,
+    as_table: bool,
 ) -> Result<Response, ApiError> {
     let (labels, fields) = selectors(query)?;
     let timeout: Option<u64> = number(query, "timeoutSeconds")?;
@@ -515,7 +578,7 @@ fn watch(
     let mut initial: Vec<Value> = backlog
         .iter()
         .filter(|c| matches(c))
-        .map(|c| event_json(c, &rt))
+        .map(|c| event_json(c, &rt, as_table))
         .collect();
     if initial_events {
         initial.push(bookmark(&rt, start_rv, true));
@@ -530,6 +593,7 @@ fn watch(
         bookmark_every: bookmarks.then_some(Duration::from_secs(1)),
         last_rv: since.unwrap_or(start_rv),
         done: false,
+        as_table,
     };
     let stream =
         futures::stream::unfold(state, next_watch_line).map(Ok::<_, std::convert::Infallible>);
@@ -551,11 +615,16 @@ struct WatchState {
     bookmark_every: Option<Duration>,
     last_rv: u64,
     done: bool,
+    as_table: bool,
 }
 
-fn event_json(change: &Change, rt: &ResourceType) -> Value {
+fn event_json(change: &Change, rt: &ResourceType, as_table: bool) -> Value {
     let mut object = change.object.clone();
     object["apiVersion"] = json!(rt.api_version());
+    if as_table {
+        let rv = object["metadata"]["resourceVersion"].clone();
+        object = table::table(rt, &[object], json!({"resourceVersion": rv}));
+    }
     json!({"type": change.kind.as_str(), "object": object})
 }
 
@@ -587,7 +656,7 @@ async fn next_watch_line(mut state: WatchState) -> Option<(Bytes, WatchState)> {
                 Ok(change) => {
                     state.last_rv = state.last_rv.max(change.rv);
                     if (state.matches)(&change) {
-                        return Some((line(&event_json(&change, &state.rt)), state));
+                        return Some((line(&event_json(&change, &state.rt, state.as_table)), state));
                     }
                 }
                 Err(RecvError::Lagged(_)) => {
@@ -605,7 +674,7 @@ async fn next_watch_line(mut state: WatchState) -> Option<(Bytes, WatchState)> {
                 let current = state.server.lock().resource_version();
                 while let Ok(change) = state.receiver.try_recv() {
                     if (state.matches)(&change) {
-                        state.pending.push_back(event_json(&change, &state.rt));
+                        state.pending.push_back(event_json(&change, &state.rt, state.as_table));
                     }
                 }
                 state.last_rv = state.last_rv.max(current);

@@ -12,12 +12,14 @@
 //! [`patch`], list snapshots in [`http`], storage versions in [`store`]).
 
 mod http;
+mod openapi;
 mod patch;
 mod resources;
 mod schema;
 mod selectors;
 mod status;
 mod store;
+mod table;
 
 use std::future::Future;
 use std::net::SocketAddr;

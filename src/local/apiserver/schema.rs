@@ -57,6 +57,54 @@ fn prune_node(schema: &Value, value: &mut Value, root: bool) {
     }
 }
 
+/// Paths of the fields pruning would remove: what `fieldValidation=Strict`
+/// refuses.
+pub fn unknown_fields(schema: &Value, value: &Value) -> Vec<String> {
+    let mut found = Vec::new();
+    unknown_node(schema, value, "", true, &mut found);
+    found
+}
+
+fn unknown_node(schema: &Value, value: &Value, path: &str, root: bool, found: &mut Vec<String>) {
+    if schema["x-kubernetes-preserve-unknown-fields"] == Value::Bool(true) {
+        return;
+    }
+    match value {
+        Value::Object(map) => {
+            let props = schema["properties"].as_object();
+            for (k, v) in map {
+                let child = if path.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{path}.{k}")
+                };
+                if root && matches!(k.as_str(), "apiVersion" | "kind" | "metadata") {
+                    continue;
+                }
+                match props.and_then(|p| p.get(k)) {
+                    Some(child_schema) => unknown_node(child_schema, v, &child, false, found),
+                    None if schema["additionalProperties"].is_object() => {
+                        unknown_node(&schema["additionalProperties"], v, &child, false, found);
+                    }
+                    None => found.push(child),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                unknown_node(
+                    &schema["items"],
+                    item,
+                    &format!("{path}[{i}]"),
+                    false,
+                    found,
+                );
+            }
+        }
+        _ => {}
+    }
+}
+
 /// Fills in schema defaults, as kube-apiserver does when it decodes an object.
 pub fn apply_defaults(schema: &Value, value: &Value) -> Value {
     kube::core::cel::apply_defaults(schema, value)
