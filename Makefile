@@ -56,3 +56,8 @@ scaling-report: release
 scaling-bench: release
 	$(RELEASE_BIN) trace --shape perf --out target/perf-24h.csv
 	$(RELEASE_BIN) simulate --trace target/perf-24h.csv
+
+## apiserver-bench: the development API server with 10,000 BrowserSessions and 50 watchers
+.PHONY: apiserver-bench
+apiserver-bench:
+	$(CARGO) bench --locked --bench apiserver

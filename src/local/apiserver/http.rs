@@ -392,26 +392,61 @@ fn list(
         }
         None => (None, store.resource_version()),
     };
-    let (items, next) = store.list(
+    let keep = |o: &Value| labels.matches(o) && fields.matches(o);
+    let (items, next) = store.list_refs(
         &target.rt,
         target.namespace.as_deref(),
         after.as_ref(),
         limit,
-        |o| labels.matches(o) && fields.matches(o),
+        keep,
     );
     let mut metadata = json!({"resourceVersion": list_rv.to_string()});
     if let Some(next) = next {
         metadata["continue"] = json!(encode_continue(&next, list_rv));
     }
-    if as_table {
-        return ok(table::table(&target.rt, &items, metadata));
+    let api_version = target.rt.api_version();
+    if as_table
+        || items
+            .iter()
+            .any(|o| o["apiVersion"] != api_version.as_str())
+    {
+        // Rare paths (kubectl tables, objects stored under another version of
+        // the CRD) copy the objects.
+        let mut owned: Vec<Value> = items.into_iter().cloned().collect();
+        for o in &mut owned {
+            o["apiVersion"] = json!(api_version);
+        }
+        if as_table {
+            return ok(table::table(&target.rt, &owned, metadata));
+        }
+        return ok(
+            json!({"kind": format!("{}List", target.rt.kind), "apiVersion": api_version, "metadata": metadata, "items": owned}),
+        );
     }
-    ok(json!({
-        "kind": format!("{}List", target.rt.kind),
-        "apiVersion": target.rt.api_version(),
-        "metadata": metadata,
-        "items": items,
-    }))
+    // The common path serializes the stored objects in place, under the lock.
+    let body = ListBody {
+        kind: format!("{}List", target.rt.kind),
+        api_version,
+        metadata,
+        items,
+    };
+    let bytes = serde_json::to_vec(&body).map_err(|e| ApiError::bad_request(e.to_string()))?;
+    drop(store);
+    Ok((
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        bytes,
+    )
+        .into_response())
+}
+
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct ListBody<'a> {
+    kind: String,
+    api_version: String,
+    metadata: Value,
+    items: Vec<&'a Value>,
 }
 
 fn delete_collection(
@@ -575,13 +610,13 @@ fn watch(
     };
     let rt = target.rt.clone();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout.unwrap_or(1800));
-    let mut initial: Vec<Value> = backlog
+    let mut initial: Vec<Bytes> = backlog
         .iter()
         .filter(|c| matches(c))
-        .map(|c| event_json(c, &rt, as_table))
+        .map(|c| event_line(c, &rt, as_table))
         .collect();
     if initial_events {
-        initial.push(bookmark(&rt, start_rv, true));
+        initial.push(line(&bookmark(&rt, start_rv, true)));
     }
     let state = WatchState {
         server,
@@ -610,12 +645,24 @@ struct WatchState {
     receiver: tokio::sync::broadcast::Receiver<Arc<Change>>,
     matches: Box<dyn Fn(&Change) -> bool + Send>,
     rt: ResourceType,
-    pending: std::collections::VecDeque<Value>,
+    pending: std::collections::VecDeque<Bytes>,
     deadline: tokio::time::Instant,
     bookmark_every: Option<Duration>,
     last_rv: u64,
     done: bool,
     as_table: bool,
+}
+
+/// The watch line of a change, rendered once and shared when the watcher
+/// wants the object as stored.
+fn event_line(change: &Change, rt: &ResourceType, as_table: bool) -> Bytes {
+    if as_table || change.object["apiVersion"] != rt.api_version().as_str() {
+        return line(&event_json(change, rt, as_table));
+    }
+    change
+        .line
+        .get_or_init(|| line(&json!({"type": change.kind.as_str(), "object": change.object})))
+        .clone()
 }
 
 fn event_json(change: &Change, rt: &ResourceType, as_table: bool) -> Value {
@@ -645,7 +692,7 @@ fn line(event: &Value) -> Bytes {
 async fn next_watch_line(mut state: WatchState) -> Option<(Bytes, WatchState)> {
     loop {
         if let Some(event) = state.pending.pop_front() {
-            return Some((line(&event), state));
+            return Some((event, state));
         }
         if state.done {
             return None;
@@ -656,7 +703,7 @@ async fn next_watch_line(mut state: WatchState) -> Option<(Bytes, WatchState)> {
                 Ok(change) => {
                     state.last_rv = state.last_rv.max(change.rv);
                     if (state.matches)(&change) {
-                        return Some((line(&event_json(&change, &state.rt, state.as_table)), state));
+                        return Some((event_line(&change, &state.rt, state.as_table), state));
                     }
                 }
                 Err(RecvError::Lagged(_)) => {
@@ -674,12 +721,12 @@ async fn next_watch_line(mut state: WatchState) -> Option<(Bytes, WatchState)> {
                 let current = state.server.lock().resource_version();
                 while let Ok(change) = state.receiver.try_recv() {
                     if (state.matches)(&change) {
-                        state.pending.push_back(event_json(&change, &state.rt, state.as_table));
+                        state.pending.push_back(event_line(&change, &state.rt, state.as_table));
                     }
                 }
                 state.last_rv = state.last_rv.max(current);
                 let mark = bookmark(&state.rt, state.last_rv, false);
-                state.pending.push_back(mark);
+                state.pending.push_back(line(&mark));
             }
         }
     }

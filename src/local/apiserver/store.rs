@@ -53,6 +53,9 @@ pub struct Change {
     pub plural: String,
     /// The object after the change (before it, for a deletion, with the new rv).
     pub object: Value,
+    /// The watch event line, rendered once for every watcher that wants it in
+    /// the object's own apiVersion.
+    pub line: std::sync::OnceLock<axum::body::Bytes>,
 }
 
 /// Options of a delete (`DeleteOptions` and the query).
@@ -209,6 +212,7 @@ impl Store {
             group: rt.group.clone(),
             plural: rt.plural.clone(),
             object: object.clone(),
+            line: std::sync::OnceLock::new(),
         });
         self.history.push_back(change.clone());
         while self.history.len() > self.history_limit {
@@ -396,6 +400,44 @@ impl Store {
             .ok_or_else(|| ApiError::not_found(&rt.plural, &rt.group, name))?;
         object["apiVersion"] = json!(rt.api_version());
         Ok(object)
+    }
+
+    /// Like [`Store::list`], without copying the objects: for serializing a
+    /// page under the lock.
+    pub fn list_refs(
+        &self,
+        rt: &ResourceType,
+        ns: Option<&str>,
+        after: Option<&(String, String)>,
+        limit: Option<usize>,
+        keep: impl Fn(&Value) -> bool,
+    ) -> (Vec<&Value>, Option<(String, String)>) {
+        let mut items: Vec<&Value> = Vec::new();
+        let mut more = false;
+        let range = self.table(rt).iter().filter(|(k, _)| {
+            after.is_none_or(|a| *k > a) && ns.is_none_or(|ns| !rt.namespaced || k.0 == ns)
+        });
+        for (_, object) in range {
+            if !keep(object) {
+                continue;
+            }
+            if limit.is_some_and(|l| items.len() >= l) {
+                more = true;
+                break;
+            }
+            items.push(object);
+        }
+        let cont = more
+            .then(|| {
+                items.last().map(|o| {
+                    (
+                        meta_str(o, "namespace").unwrap_or_default().to_owned(),
+                        meta_str(o, "name").unwrap_or_default().to_owned(),
+                    )
+                })
+            })
+            .flatten();
+        (items, cont)
     }
 
     /// Objects of `rt`, in `ns` or in every namespace, from `after` on (the
@@ -858,6 +900,7 @@ impl Store {
                         group: rt.group.clone(),
                         plural: rt.plural.clone(),
                         object: object.clone(),
+                        line: std::sync::OnceLock::new(),
                     })
                 })
                 .collect();
