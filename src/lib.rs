@@ -4,3 +4,4 @@
 //! Only the resource types exist so far; see README.md for what is built.
 
 pub mod api;
+pub mod cloud;
