@@ -40,7 +40,11 @@ async fn attributes(aws: &Aws, url: &QueueUrl) -> HashMap<QueueAttributeName, St
     out.attributes().cloned().unwrap_or_default()
 }
 
-async fn request_queue(aws: &Aws, fleet: &FleetId, spec: &QueueSpec) -> (Sqs, browserfleet::cloud::EnsuredQueue) {
+async fn request_queue(
+    aws: &Aws,
+    fleet: &FleetId,
+    spec: &QueueSpec,
+) -> (Sqs, browserfleet::cloud::EnsuredQueue) {
     let sqs = Sqs::new(aws);
     let ensured = sqs
         .ensure_queue(&QueueDefinition::requests_for(fleet, spec))
@@ -63,22 +67,43 @@ async fn ensure_creates_the_queue_with_its_dead_letter_queue_redrive_and_tags() 
 
     let attrs = attributes(&aws, &ensured.url).await;
     assert_eq!(attrs[&QueueAttributeName::VisibilityTimeout], "45");
-    assert_eq!(attrs[&QueueAttributeName::ReceiveMessageWaitTimeSeconds], "20");
+    assert_eq!(
+        attrs[&QueueAttributeName::ReceiveMessageWaitTimeSeconds],
+        "20"
+    );
     assert_eq!(attrs[&QueueAttributeName::MessageRetentionPeriod], "3600");
     let redrive: serde_json::Value =
-        serde_json::from_str(&attrs[&QueueAttributeName::RedrivePolicy]).expect("redrive policy is JSON");
-    let dlq_arn = ensured.dead_letter_arn.clone().expect("a dead-letter queue");
+        serde_json::from_str(&attrs[&QueueAttributeName::RedrivePolicy])
+            .expect("redrive policy is JSON");
+    let dlq_arn = ensured
+        .dead_letter_arn
+        .clone()
+        .expect("a dead-letter queue");
     assert_eq!(redrive["deadLetterTargetArn"], dlq_arn.as_str());
-    assert_eq!(redrive["maxReceiveCount"].to_string().trim_matches('"'), "3");
+    assert_eq!(
+        redrive["maxReceiveCount"].to_string().trim_matches('"'),
+        "3"
+    );
     assert_eq!(attrs[&QueueAttributeName::QueueArn], ensured.arn);
 
-    let dlq_url = ensured.dead_letter_url.clone().expect("a dead-letter queue URL");
+    let dlq_url = ensured
+        .dead_letter_url
+        .clone()
+        .expect("a dead-letter queue URL");
     let dlq_attrs = attributes(&aws, &dlq_url).await;
-    assert_eq!(dlq_attrs[&QueueAttributeName::MessageRetentionPeriod], "1209600");
+    assert_eq!(
+        dlq_attrs[&QueueAttributeName::MessageRetentionPeriod],
+        "1209600"
+    );
 
     let sqs = aws_sdk_sqs::Client::new(aws.sdk_config());
     for url in [&ensured.url, &dlq_url] {
-        let tags = sqs.list_queue_tags().queue_url(url.as_str()).send().await.expect("tags");
+        let tags = sqs
+            .list_queue_tags()
+            .queue_url(url.as_str())
+            .send()
+            .await
+            .expect("tags");
         let tags = tags.tags().cloned().unwrap_or_default();
         assert_eq!(tags["browserfleet.io/fleet"], fleet.to_string());
         assert_eq!(tags["browserfleet.io/fleet-uid"], fleet.uid());
@@ -97,7 +122,11 @@ async fn ensure_is_idempotent_and_converges_changed_attributes() {
         .await
         .expect("second ensure succeeds");
     assert_eq!(first, second);
-    assert_eq!(aws.recorder().count(Service::Sqs, "CreateQueue"), 2, "queue and DLQ created once");
+    assert_eq!(
+        aws.recorder().count(Service::Sqs, "CreateQueue"),
+        2,
+        "queue and DLQ created once"
+    );
 
     let changed = QueueSpec {
         visibility_timeout_seconds: 120,
@@ -109,12 +138,20 @@ async fn ensure_is_idempotent_and_converges_changed_attributes() {
         .await
         .expect("converging ensure succeeds");
     assert_eq!(third.url, first.url);
-    assert_eq!(aws.recorder().count(Service::Sqs, "CreateQueue"), 2, "nothing recreated");
+    assert_eq!(
+        aws.recorder().count(Service::Sqs, "CreateQueue"),
+        2,
+        "nothing recreated"
+    );
     let attrs = attributes(&aws, &third.url).await;
     assert_eq!(attrs[&QueueAttributeName::VisibilityTimeout], "120");
     let redrive: serde_json::Value =
-        serde_json::from_str(&attrs[&QueueAttributeName::RedrivePolicy]).expect("redrive policy is JSON");
-    assert_eq!(redrive["maxReceiveCount"].to_string().trim_matches('"'), "9");
+        serde_json::from_str(&attrs[&QueueAttributeName::RedrivePolicy])
+            .expect("redrive policy is JSON");
+    assert_eq!(
+        redrive["maxReceiveCount"].to_string().trim_matches('"'),
+        "9"
+    );
 
     let sqs_raw = aws_sdk_sqs::Client::new(aws.sdk_config());
     let listed = sqs_raw
@@ -123,7 +160,12 @@ async fn ensure_is_idempotent_and_converges_changed_attributes() {
         .send()
         .await
         .expect("list queues");
-    assert_eq!(listed.queue_urls().len(), 2, "one queue and one DLQ: {:?}", listed.queue_urls());
+    assert_eq!(
+        listed.queue_urls().len(),
+        2,
+        "one queue and one DLQ: {:?}",
+        listed.queue_urls()
+    );
 }
 
 #[tokio::test]
@@ -152,7 +194,11 @@ async fn depth_counts_visible_in_flight_and_delayed_in_one_call() {
             delayed: 1
         }
     );
-    assert_eq!(aws.recorder().total(), 1, "depth is one GetQueueAttributes call");
+    assert_eq!(
+        aws.recorder().total(),
+        1,
+        "depth is one GetQueueAttributes call"
+    );
     assert_eq!(aws.recorder().count(Service::Sqs, "GetQueueAttributes"), 1);
 }
 
@@ -163,7 +209,10 @@ async fn send_batch_splits_into_batches_of_ten() {
     let (sqs, queue) = request_queue(&aws, &fleet, &QueueSpec::default()).await;
     let messages: Vec<_> = (0..25).map(|i| message(&format!("request {i}"))).collect();
     aws.recorder().reset();
-    let outcome = sqs.send_batch(&queue.url, &messages).await.expect("send batch");
+    let outcome = sqs
+        .send_batch(&queue.url, &messages)
+        .await
+        .expect("send batch");
     assert_eq!(aws.recorder().count(Service::Sqs, "SendMessageBatch"), 3);
     assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
     let mut indexes: Vec<usize> = outcome.succeeded.iter().map(|(i, _)| *i).collect();
@@ -179,7 +228,9 @@ async fn receive_then_delete_batch_empties_the_queue_in_batches_of_ten() {
     let fleet = support::unique_fleet("delete-batch");
     let (sqs, queue) = request_queue(&aws, &fleet, &QueueSpec::default()).await;
     let messages: Vec<_> = (0..15).map(|i| message(&format!("m{i}"))).collect();
-    sqs.send_batch(&queue.url, &messages).await.expect("send batch");
+    sqs.send_batch(&queue.url, &messages)
+        .await
+        .expect("send batch");
 
     let mut receipts = Vec::new();
     let deadline = Instant::now() + Duration::from_secs(20);
@@ -192,11 +243,17 @@ async fn receive_then_delete_batch_empties_the_queue_in_batches_of_ten() {
     assert_eq!(sqs.depth(&queue.url).await.expect("depth").in_flight, 15);
 
     aws.recorder().reset();
-    let outcome = sqs.delete_batch(&queue.url, &receipts).await.expect("delete batch");
+    let outcome = sqs
+        .delete_batch(&queue.url, &receipts)
+        .await
+        .expect("delete batch");
     assert_eq!(aws.recorder().count(Service::Sqs, "DeleteMessageBatch"), 2);
     assert_eq!(outcome.succeeded.len(), 15);
     assert!(outcome.failed.is_empty());
-    assert_eq!(sqs.depth(&queue.url).await.expect("depth"), QueueDepth::default());
+    assert_eq!(
+        sqs.depth(&queue.url).await.expect("depth"),
+        QueueDepth::default()
+    );
 }
 
 #[tokio::test]
@@ -204,14 +261,22 @@ async fn receive_reports_body_and_count_and_delete_removes_one_message() {
     let aws = support::aws().await;
     let fleet = support::unique_fleet("receive");
     let (sqs, queue) = request_queue(&aws, &fleet, &QueueSpec::default()).await;
-    let id = sqs.send(&queue.url, &message(r#"{"version":1,"action":"create"}"#)).await.expect("send");
+    let id = sqs
+        .send(&queue.url, &message(r#"{"version":1,"action":"create"}"#))
+        .await
+        .expect("send");
     let got = sqs.receive(&queue.url, no_wait(10)).await.expect("receive");
     assert_eq!(got.len(), 1);
     assert_eq!(got[0].message_id, id);
     assert_eq!(got[0].body, r#"{"version":1,"action":"create"}"#);
     assert_eq!(got[0].receive_count, 1);
-    sqs.delete(&queue.url, &got[0].receipt).await.expect("delete");
-    assert_eq!(sqs.depth(&queue.url).await.expect("depth"), QueueDepth::default());
+    sqs.delete(&queue.url, &got[0].receipt)
+        .await
+        .expect("delete");
+    assert_eq!(
+        sqs.depth(&queue.url).await.expect("depth"),
+        QueueDepth::default()
+    );
 }
 
 #[tokio::test]
@@ -219,14 +284,21 @@ async fn change_visibility_to_zero_makes_a_message_visible_again() {
     let aws = support::aws().await;
     let fleet = support::unique_fleet("visibility");
     let (sqs, queue) = request_queue(&aws, &fleet, &QueueSpec::default()).await;
-    sqs.send(&queue.url, &message("retry me")).await.expect("send");
+    sqs.send(&queue.url, &message("retry me"))
+        .await
+        .expect("send");
     let options = ReceiveOptions {
         visibility: Some(Duration::from_secs(600)),
         ..no_wait(1)
     };
     let got = sqs.receive(&queue.url, options).await.expect("receive");
     assert_eq!(got.len(), 1);
-    assert!(sqs.receive(&queue.url, no_wait(1)).await.expect("receive").is_empty());
+    assert!(
+        sqs.receive(&queue.url, no_wait(1))
+            .await
+            .expect("receive")
+            .is_empty()
+    );
 
     sqs.change_visibility(&queue.url, &got[0].receipt, Duration::ZERO)
         .await
@@ -246,7 +318,9 @@ async fn a_message_moves_to_the_dead_letter_queue_after_max_receive_count() {
         ..QueueSpec::default()
     };
     let (sqs, queue) = request_queue(&aws, &fleet, &spec).await;
-    sqs.send(&queue.url, &message("poison")).await.expect("send");
+    sqs.send(&queue.url, &message("poison"))
+        .await
+        .expect("send");
     let give_back = ReceiveOptions {
         visibility: Some(Duration::ZERO),
         ..no_wait(1)
@@ -257,13 +331,22 @@ async fn a_message_moves_to_the_dead_letter_queue_after_max_receive_count() {
         assert_eq!(got[0].receive_count, attempt);
     }
     let third = sqs.receive(&queue.url, give_back).await.expect("receive");
-    assert!(third.is_empty(), "after two receives the message left the queue");
+    assert!(
+        third.is_empty(),
+        "after two receives the message left the queue"
+    );
 
     let dlq = queue.dead_letter_url.clone().expect("a dead-letter queue");
-    let dead = sqs.receive(&dlq, no_wait(10)).await.expect("receive from DLQ");
+    let dead = sqs
+        .receive(&dlq, no_wait(10))
+        .await
+        .expect("receive from DLQ");
     assert_eq!(dead.len(), 1);
     assert_eq!(dead[0].body, "poison");
-    assert_eq!(sqs.depth(&queue.url).await.expect("depth"), QueueDepth::default());
+    assert_eq!(
+        sqs.depth(&queue.url).await.expect("depth"),
+        QueueDepth::default()
+    );
 }
 
 #[tokio::test]
@@ -278,7 +361,11 @@ async fn receive_long_polls_an_empty_queue_for_the_wait() {
     let started = Instant::now();
     let got = sqs.receive(&queue.url, options).await.expect("receive");
     assert!(got.is_empty());
-    assert!(started.elapsed() >= Duration::from_millis(900), "waited {:?}", started.elapsed());
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "waited {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -291,8 +378,15 @@ async fn deleted_queue_is_gone_and_calls_on_it_are_not_found() {
     assert!(ensured.dead_letter_url.is_none());
     sqs.delete_queue(&ensured.url).await.expect("delete queue");
 
-    let err = sqs.depth(&ensured.url).await.expect_err("the queue is gone");
+    let err = sqs
+        .depth(&ensured.url)
+        .await
+        .expect_err("the queue is gone");
     assert!(matches!(err, QueueError::NotFound(_)), "{err:?}");
     assert!(!err.is_retryable());
-    assert!(err.aws_code().is_some_and(|c| c.contains("NonExistentQueue") || c.contains("QueueDoesNotExist")), "{err:?}");
+    assert!(
+        err.aws_code()
+            .is_some_and(|c| c.contains("NonExistentQueue") || c.contains("QueueDoesNotExist")),
+        "{err:?}"
+    );
 }

@@ -13,6 +13,12 @@
 //! * moto's `DescribeInstances` pages by *reservation* (`MaxResults` counts
 //!   reservations) where AWS counts instances. The listing follows `NextToken`
 //!   until it is absent, so it is correct for both.
+//! * moto launches `MinCount` instances and ignores `MaxCount`. Launches set
+//!   both to the group size (all or nothing per placement), which behaves the
+//!   same on both.
+//! * moto does not echo `IamInstanceProfile` in `DescribeInstances` and
+//!   associates the profile with the first instance of a reservation only;
+//!   AWS applies it to every instance of the request.
 //! * moto never answers `InsufficientInstanceCapacity` or `Unsupported`; the
 //!   fallback order is tested by injecting those errors at the HTTP layer.
 
@@ -533,7 +539,10 @@ impl Ec2Compute {
             .run_instances()
             .image_id(blueprint.image_id.as_str())
             .instance_type(InstanceType::from(placement.instance_type))
-            .min_count(1)
+            // All or nothing per placement: when a zone cannot fit the whole
+            // group, EC2 answers InsufficientInstanceCapacity and the group
+            // moves to the next type or subnet, rather than half-launching.
+            .min_count(placement.count as i32)
             .max_count(placement.count as i32)
             .client_token(placement.token.as_str())
             .iam_instance_profile(

@@ -76,7 +76,11 @@ pub struct RuleHandle {
 impl RuleHandle {
     /// Requests that matched the rule so far, faulted or forwarded.
     pub fn seen(&self) -> usize {
-        self.proxy.rules.lock().map(|rules| rules[self.index].seen).unwrap_or(0)
+        self.proxy
+            .rules
+            .lock()
+            .map(|rules| rules[self.index].seen)
+            .unwrap_or(0)
     }
 }
 
@@ -124,7 +128,10 @@ static PROXY: OnceLock<FaultProxy> = OnceLock::new();
 /// SDK's environment points at the proxy.
 pub fn proxy() -> &'static FaultProxy {
     let proxy = PROXY.get_or_init(|| {
-        let upstream = moto::moto().endpoint.trim_start_matches("http://").to_owned();
+        let upstream = moto::moto()
+            .endpoint
+            .trim_start_matches("http://")
+            .to_owned();
         let listener = match std::net::TcpListener::bind("127.0.0.1:0") {
             Ok(listener) => listener,
             Err(e) => panic!("binding the fault proxy: {e}"),
@@ -146,7 +153,11 @@ pub fn proxy() -> &'static FaultProxy {
 }
 
 fn serve(listener: std::net::TcpListener, upstream: String) {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => panic!("fault proxy runtime: {e}"),
     };
@@ -172,7 +183,10 @@ struct Request {
     head_len: usize,
 }
 
-async fn read_request(stream: &mut TcpStream, buffer: &mut Vec<u8>) -> std::io::Result<Option<Request>> {
+async fn read_request(
+    stream: &mut TcpStream,
+    buffer: &mut Vec<u8>,
+) -> std::io::Result<Option<Request>> {
     loop {
         if let Some(end) = find(buffer, b"\r\n\r\n") {
             let head_len = end + 4;
@@ -212,7 +226,12 @@ fn operation_of(request: &Request) -> String {
         if let Some((name, value)) = line.split_once(':')
             && name.eq_ignore_ascii_case("x-amz-target")
         {
-            return value.trim().rsplit('.').next().unwrap_or_default().to_owned();
+            return value
+                .trim()
+                .rsplit('.')
+                .next()
+                .unwrap_or_default()
+                .to_owned();
         }
     }
     let body = String::from_utf8_lossy(&request.bytes[request.head_len..]);
@@ -226,7 +245,9 @@ async fn handle(mut client: TcpStream, upstream: &str) -> std::io::Result<()> {
     let mut buffer = Vec::new();
     while let Some(request) = read_request(&mut client, &mut buffer).await? {
         let operation = operation_of(&request);
-        let fault = PROXY.get().and_then(|p| p.fault_for(&operation, &request.bytes));
+        let fault = PROXY
+            .get()
+            .and_then(|p| p.fault_for(&operation, &request.bytes));
         match fault {
             Some(Fault::Drop) => return Ok(()),
             Some(Fault::Respond {
@@ -282,7 +303,9 @@ async fn forward(request: &Request, upstream: &str) -> std::io::Result<Vec<u8>> 
     let body = &response[end + 4..];
     let mut out = String::new();
     for line in head.split("\r\n") {
-        let name = line.split_once(':').map(|(n, _)| n.trim().to_ascii_lowercase());
+        let name = line
+            .split_once(':')
+            .map(|(n, _)| n.trim().to_ascii_lowercase());
         match name.as_deref() {
             Some("content-length") | Some("connection") | Some("transfer-encoding") => {}
             _ => {

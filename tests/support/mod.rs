@@ -54,7 +54,11 @@ pub fn unique_fleet(name: &str) -> FleetId {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos())
         .unwrap_or_default();
-    let uid = format!("{:08x}-{n:04x}-4000-8000-{:012x}", std::process::id(), nanos % (1 << 48));
+    let uid = format!(
+        "{:08x}-{n:04x}-4000-8000-{:012x}",
+        std::process::id(),
+        nanos % (1 << 48)
+    );
     match FleetId::new("tests", name, uid) {
         Ok(fleet) => fleet,
         Err(e) => panic!("fleet id: {e}"),
