@@ -14,6 +14,9 @@
 //!   agent is online cannot be checked there; the operator treats a command
 //!   on an instance that is not yet registered (`InvalidInstanceId` on AWS,
 //!   reported as [`SsmError::NotFound`]) as "retry later", not as a failure.
+//! * moto sends a command without `Targets` to every instance of the region
+//!   as well as to the ones named; AWS sends it only to the named instances,
+//!   which is all [`Commands::send_command`] ever names.
 //! * moto has no `ListCommandInvocations`; invocations are read one instance
 //!   at a time with `GetCommandInvocation`, which AWS supports too.
 
