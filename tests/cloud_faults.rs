@@ -176,7 +176,7 @@ async fn a_stalled_attempt_times_out_and_is_retried() {
     proxy();
     let aws = support::load(AwsSettings {
         max_attempts: 3,
-        attempt_timeout: Duration::from_millis(500),
+        attempt_timeout: Duration::from_secs(1),
         ..support::fast_settings()
     })
     .await;
@@ -197,7 +197,7 @@ async fn a_call_that_always_stalls_is_a_typed_timeout() {
     proxy();
     let aws = support::load(AwsSettings {
         max_attempts: 2,
-        attempt_timeout: Duration::from_millis(300),
+        attempt_timeout: Duration::from_secs(1),
         operation_timeout: Duration::from_secs(5),
         ..support::fast_settings()
     })

@@ -390,3 +390,30 @@ async fn deleted_queue_is_gone_and_calls_on_it_are_not_found() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn the_region_given_in_settings_wins_over_the_environment() {
+    let aws = support::aws_with(browserfleet::cloud::AwsSettings {
+        region: Some("eu-west-1".to_owned()),
+        ..support::fast_settings()
+    })
+    .await;
+    assert_eq!(aws.region(), Some("eu-west-1"));
+    let fleet = support::unique_fleet("region");
+    let ensured = Sqs::new(&aws)
+        .ensure_queue(&QueueDefinition::events_for(&fleet))
+        .await
+        .expect("ensure in eu-west-1");
+    assert!(
+        ensured.arn.starts_with("arn:aws:sqs:eu-west-1:"),
+        "{}",
+        ensured.arn
+    );
+
+    let from_env = support::aws().await;
+    assert_eq!(
+        from_env.region(),
+        Some("us-east-1"),
+        "AWS_REGION when none is given"
+    );
+}
