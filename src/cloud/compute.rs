@@ -432,6 +432,15 @@ pub trait Compute: Send + Sync {
     /// Launches `request.count` instances spread round-robin over the
     /// blueprint's subnets, falling back to the next instance type and then the
     /// next subnet when EC2 has no capacity.
+    ///
+    /// Each subnet's share is one group, placed whole or not at all. The
+    /// outcome may hold fewer instances than asked when some group found no
+    /// capacity anywhere (its misses say where it tried);
+    /// [`ComputeError::NoCapacity`] means no group was placed. On any other
+    /// error the instances that earlier groups launched are already tagged,
+    /// so the next [`Compute::list_instances`] finds them, and a retry with the
+    /// same `sequence` reuses the same client tokens, so AWS does not launch
+    /// those groups again.
     fn launch(
         &self,
         fleet: &FleetId,
