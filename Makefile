@@ -1,20 +1,31 @@
-# Every target works on a fresh checkout; cargo fetches what it needs.
+# Every target works on a fresh checkout: cargo fetches the crates, and
+# scripts/install-moto.sh and scripts/install-kubectl.sh install moto and
+# kubectl into .venv/ for the targets that need them.
 CARGO ?= cargo
 
-.PHONY: build test lint crds crds-check kubectl
+.PHONY: build test lint crds crds-check moto kubectl bench-observe
 
 ## build: compile the browserfleet binary
 build:
 	$(CARGO) build --locked
 
 ## test: run every test (unit, property, CRD drift, structural schema, examples,
-##       the development API server through kube-rs and kubectl)
-test: kubectl
+##       the development API server through kube-rs and kubectl, the cloud
+##       layer against moto); installs moto and kubectl into .venv/ when missing
+test: moto kubectl
 	$(CARGO) test --locked
+
+## moto: install moto[server] into .venv/ when it is missing (idempotent)
+moto:
+	bash scripts/install-moto.sh
 
 ## kubectl: install kubectl into .venv/ when it is missing (idempotent)
 kubectl:
 	bash scripts/install-kubectl.sh
+
+## bench-observe: AWS calls per fleet observation for 10, 100, 1000 instances (moto)
+bench-observe: moto
+	$(CARGO) run --locked --quiet --example observe_fleet
 
 ## lint: formatting and clippy, warnings are errors
 lint:

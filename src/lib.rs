@@ -4,5 +4,6 @@
 //! See README.md for what is built so far.
 
 pub mod api;
+pub mod cloud;
 pub mod local;
 pub mod scaling;

@@ -1,0 +1,92 @@
+//! What a launch test launches into: an AMI, two default subnets, a security
+//! group and a key pair in moto, and a blueprint that uses all of them.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::Filter;
+use browserfleet::api::fleet::VolumeType;
+use browserfleet::cloud::{Aws, ImageId, InstanceBlueprint, RootVolume};
+
+/// What a test launches into: an AMI, two subnets, a security group, a key.
+pub struct World {
+    pub image_id: ImageId,
+    pub subnets: Vec<String>,
+    pub security_group: String,
+    pub key_name: String,
+}
+
+pub async fn world(aws: &Aws, name: &str) -> World {
+    let ec2 = aws_sdk_ec2::Client::new(aws.sdk_config());
+    let images = ec2
+        .describe_images()
+        .owners("amazon")
+        .send()
+        .await
+        .expect("describe images");
+    let image_id = images
+        .images()
+        .iter()
+        .find(|i| i.root_device_name().is_some())
+        .and_then(|i| i.image_id())
+        .and_then(ImageId::new)
+        .expect("moto ships default AMIs");
+    let subnets = ec2
+        .describe_subnets()
+        .filters(
+            Filter::builder()
+                .name("default-for-az")
+                .values("true")
+                .build(),
+        )
+        .send()
+        .await
+        .expect("describe subnets");
+    let mut subnets: Vec<String> = subnets
+        .subnets()
+        .iter()
+        .filter_map(|s| s.subnet_id())
+        .map(str::to_owned)
+        .collect();
+    subnets.sort();
+    subnets.truncate(2);
+    assert_eq!(subnets.len(), 2, "moto has default subnets");
+    let group = ec2
+        .create_security_group()
+        .group_name(format!("bf-{name}-{}", super::unique_fleet(name).uid()))
+        .description("browserfleet test")
+        .send()
+        .await
+        .expect("create security group");
+    let key_name = format!("bf-{}", super::unique_fleet(name).uid());
+    ec2.create_key_pair()
+        .key_name(&key_name)
+        .send()
+        .await
+        .expect("create key pair");
+    World {
+        image_id,
+        subnets,
+        security_group: group.group_id().expect("group id").to_owned(),
+        key_name,
+    }
+}
+
+pub fn blueprint(world: &World) -> InstanceBlueprint {
+    InstanceBlueprint {
+        image_id: world.image_id.clone(),
+        instance_types: vec!["m6i.xlarge".to_owned(), "m5.xlarge".to_owned()],
+        subnet_ids: world.subnets.clone(),
+        security_group_ids: vec![world.security_group.clone()],
+        instance_profile: super::moto::INSTANCE_PROFILE.to_owned(),
+        key_name: Some(world.key_name.clone()),
+        root_volume: RootVolume {
+            size_gib: 64,
+            volume_type: VolumeType::Gp3,
+            encrypted: true,
+            kms_key_id: Some("alias/browserfleet".to_owned()),
+        },
+        user_data: Some("<powershell>Write-Output hello</powershell>".to_owned()),
+        associate_public_ip: false,
+        tags: BTreeMap::from([("team".to_owned(), "qa".to_owned())]),
+    }
+}

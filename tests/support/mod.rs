@@ -1,0 +1,67 @@
+//! The local world the cloud tests run in: a moto server, AWS clients pointed
+//! at it through the standard environment, and a fault-injecting proxy.
+
+#![allow(dead_code)] // each test binary uses its own part of this module
+
+pub mod fault_proxy;
+pub mod launch_world;
+pub mod moto;
+
+use std::time::Duration;
+
+use browserfleet::cloud::{Aws, AwsSettings, FleetId, RetryMode};
+
+/// Settings for tests: quick backoff so retries do not slow the suite.
+pub fn fast_settings() -> AwsSettings {
+    AwsSettings {
+        region: None,
+        retry_mode: RetryMode::Standard,
+        max_attempts: 3,
+        initial_backoff: Duration::from_millis(10),
+        max_backoff: Duration::from_millis(50),
+        operation_timeout: Duration::from_secs(60),
+        attempt_timeout: Duration::from_secs(30),
+        connect_timeout: Duration::from_secs(5),
+    }
+}
+
+/// AWS configuration pointed at this binary's moto.
+pub async fn aws() -> Aws {
+    aws_with(fast_settings()).await
+}
+
+/// AWS configuration pointed at this binary's moto, with these settings.
+pub async fn aws_with(settings: AwsSettings) -> Aws {
+    let moto = moto::moto();
+    moto::use_endpoint(&moto.endpoint);
+    load(settings).await
+}
+
+/// AWS configuration from the environment as it is (the caller has pointed it
+/// at moto or at the fault proxy).
+pub async fn load(settings: AwsSettings) -> Aws {
+    match Aws::load(settings).await {
+        Ok(aws) => aws,
+        Err(e) => panic!("loading AWS config: {e}"),
+    }
+}
+
+/// A fleet of its own for one test, so tests never see each other's resources.
+pub fn unique_fleet(name: &str) -> FleetId {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos())
+        .unwrap_or_default();
+    let uid = format!(
+        "{:08x}-{n:04x}-4000-8000-{:012x}",
+        std::process::id(),
+        nanos % (1 << 48)
+    );
+    match FleetId::new("tests", name, uid) {
+        Ok(fleet) => fleet,
+        Err(e) => panic!("fleet id: {e}"),
+    }
+}
