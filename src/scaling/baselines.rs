@@ -344,7 +344,7 @@ mod tests {
 
     fn instance(n: u32, phase: InstancePhase, sessions: u32) -> InstanceView {
         InstanceView {
-            id: InstanceId(format!("i-{n:05}")),
+            id: InstanceId::new(format!("i-{n:05}")),
             phase,
             sessions,
             idle_since: (sessions == 0).then(|| at(0)),
@@ -367,7 +367,7 @@ mod tests {
         let d = converge(&obs, 0, String::new());
         assert_eq!(
             d.terminate,
-            vec![InstanceId("i-00003".into()), InstanceId("i-00002".into())]
+            vec![InstanceId::new("i-00003"), InstanceId::new("i-00002")]
         );
     }
 

@@ -35,7 +35,6 @@
 //! observed boot time) to demand, so one wave of launches meets the burst.
 
 use std::collections::VecDeque;
-use std::fmt;
 use std::time::Duration;
 
 use crate::api::BrowserFleetSpec;
@@ -68,15 +67,7 @@ impl Timestamp {
     }
 }
 
-/// An EC2 instance id (or a simulated one).
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct InstanceId(pub String);
-
-impl fmt::Display for InstanceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+pub use crate::cloud::InstanceId;
 
 /// The part of a fleet spec the policy reads.
 #[derive(Clone, Debug, PartialEq)]
@@ -562,7 +553,7 @@ mod tests {
 
     fn ready(n: u32, sessions: u32, idle_since: Option<u64>) -> InstanceView {
         InstanceView {
-            id: InstanceId(format!("i-{n}")),
+            id: InstanceId::new(format!("i-{n}")),
             phase: InstancePhase::Ready,
             sessions,
             idle_since: idle_since.map(at),
@@ -607,7 +598,7 @@ mod tests {
     #[test]
     fn booting_instances_count_as_coming_capacity() {
         let booting = |n: u32| InstanceView {
-            id: InstanceId(format!("b-{n}")),
+            id: InstanceId::new(format!("b-{n}")),
             phase: InstancePhase::Booting,
             sessions: 0,
             idle_since: None,
@@ -649,7 +640,7 @@ mod tests {
         let (d, _) = decide(&c, &observe(190, 4, 0, busy_then_idle(190)), &memory);
         assert_eq!(d.drain.len(), 2, "4 running, 2 required");
         assert!(
-            !d.drain.contains(&InstanceId("i-1".into())),
+            !d.drain.contains(&InstanceId::new("i-1")),
             "busy instance kept"
         );
     }
@@ -672,7 +663,7 @@ mod tests {
             ],
         );
         let (d, _) = decide(&config(), &obs, &PolicyMemory::default());
-        assert_eq!(d.terminate, vec![InstanceId("i-7".into())]);
+        assert_eq!(d.terminate, vec![InstanceId::new("i-7")]);
     }
 
     #[test]
@@ -778,7 +769,7 @@ mod tests {
                     sessions
                 };
                 InstanceView {
-                    id: InstanceId(format!("i-{n}")),
+                    id: InstanceId::new(format!("i-{n}")),
                     phase,
                     sessions,
                     idle_since: (sessions == 0 && phase != InstancePhase::Booting)

@@ -272,7 +272,7 @@ impl Fleet<'_> {
     fn add_instance(&mut self, now: Duration) -> usize {
         let index = self.instances.len();
         self.instances.push(SimInstance {
-            id: InstanceId(format!("i-{index:05}")),
+            id: InstanceId::new(format!("i-{index:05}")),
             phase: InstancePhase::Booting,
             sessions: 0,
             launched_at: now,
@@ -290,7 +290,7 @@ impl Fleet<'_> {
     }
 
     fn index_of(id: &InstanceId) -> Option<usize> {
-        id.0.strip_prefix("i-")?.parse().ok()
+        id.as_str().strip_prefix("i-")?.parse().ok()
     }
 
     fn mark_ready(&mut self, index: usize, now: Duration) {
