@@ -620,16 +620,7 @@ impl Queues for Sqs {
                         .push((index, Some(ok.message_id().to_owned())));
                 }
             }
-            for failed in out.failed() {
-                if let Ok(index) = failed.id().parse() {
-                    outcome.failed.push(BatchFailure {
-                        index,
-                        code: failed.code().to_owned(),
-                        message: failed.message().unwrap_or_default().to_owned(),
-                        sender_fault: failed.sender_fault(),
-                    });
-                }
-            }
+            outcome.failed.extend(batch_failures(out.failed()));
         }
         Ok(outcome)
     }
@@ -727,16 +718,7 @@ impl Queues for Sqs {
                     outcome.succeeded.push((index, None));
                 }
             }
-            for failed in out.failed() {
-                if let Ok(index) = failed.id().parse() {
-                    outcome.failed.push(BatchFailure {
-                        index,
-                        code: failed.code().to_owned(),
-                        message: failed.message().unwrap_or_default().to_owned(),
-                        sender_fault: failed.sender_fault(),
-                    });
-                }
-            }
+            outcome.failed.extend(batch_failures(out.failed()));
         }
         Ok(outcome)
     }
@@ -770,6 +752,23 @@ impl Queues for Sqs {
         observe(&self.recorder, Service::Sqs, "DeleteQueue", call).await?;
         Ok(())
     }
+}
+
+/// The entries SQS refused in a batch call, by their index in the batch (the
+/// entry ids are the indexes as strings).
+fn batch_failures(failed: &[aws_sdk_sqs::types::BatchResultErrorEntry]) -> Vec<BatchFailure> {
+    failed
+        .iter()
+        .filter_map(|f| {
+            let index = f.id().parse().ok()?;
+            Some(BatchFailure {
+                index,
+                code: f.code().to_owned(),
+                message: f.message().unwrap_or_default().to_owned(),
+                sender_fault: f.sender_fault(),
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
