@@ -27,26 +27,31 @@ use serde_json::json;
 /// of its own, so tests run in parallel and leave each other alone.
 struct TestCluster {
     client: Client,
+    /// How `client` was configured, for tests that need a differently
+    /// configured client against the same server.
+    config: kube::Config,
     ns: String,
     dev: Option<DevApiServer>,
 }
 
 impl TestCluster {
     async fn new(test: &str, with_crds: bool) -> Self {
-        let (client, dev) = match std::env::var_os("BROWSERFLEET_TEST_KUBECONFIG") {
+        let (config, dev) = match std::env::var_os("BROWSERFLEET_TEST_KUBECONFIG") {
             Some(path) => {
                 let kubeconfig = kube::config::Kubeconfig::read_from(&path)
                     .expect("BROWSERFLEET_TEST_KUBECONFIG is readable");
                 let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
                     .await
                     .expect("kubeconfig usable");
-                (Client::try_from(config).expect("client"), None)
+                (config, None)
             }
             None => {
                 let server = DevApiServer::start().await.expect("dev API server starts");
-                (server.client.clone(), Some(server))
+                let url = server.url.parse().expect("dev server URL");
+                (kube::Config::new(url), Some(server))
             }
         };
+        let client = Client::try_from(config.clone()).expect("client");
         let ns = format!(
             "bf-test-{test}-{}",
             &uuid::Uuid::new_v4().simple().to_string()[..6]
@@ -58,7 +63,12 @@ impl TestCluster {
             .create(&PostParams::default(), &namespace)
             .await
             .expect("test namespace");
-        let cluster = Self { client, ns, dev };
+        let cluster = Self {
+            client,
+            config,
+            ns,
+            dev,
+        };
         if with_crds {
             cluster.install_crds().await;
         }
@@ -207,7 +217,7 @@ async fn discovery_lists_builtins_and_registered_crds() {
 }
 
 #[tokio::test]
-async fn new_crd_is_established_and_served_at_once() {
+async fn crd_is_established_served_at_once_and_updated() {
     let cluster = TestCluster::new("newcrd", false).await;
     // A CRD of its own, so that deleting it disturbs no other test.
     let group = format!("{}.test.browserfleet.io", cluster.ns);
@@ -272,6 +282,22 @@ async fn new_crd_is_established_and_served_at_once() {
         api_error(widgets.create(&PostParams::default(), &too_small).await).code,
         422
     );
+    // An updated CRD is served with its new schema.
+    let mut current = crds.get(&name).await.expect("CRD");
+    let mut schema = serde_json::to_value(&current.spec.versions[0].schema).unwrap();
+    schema["openAPIV3Schema"]["properties"]["spec"]["properties"]["size"]["maximum"] = json!(3);
+    current.spec.versions[0].schema = Some(serde_json::from_value(schema).unwrap());
+    crds.replace(&name, &PostParams::default(), &current)
+        .await
+        .expect("CRD updated");
+    let mut too_big = widget.clone();
+    too_big.metadata.name = Some("big".into());
+    too_big.data["spec"]["size"] = json!(5);
+    eventually("the new maximum is enforced", || {
+        let (widgets, too_big) = (widgets.clone(), too_big.clone());
+        async move { matches!(widgets.create(&PostParams::default(), &too_big).await, Err(kube::Error::Api(s)) if s.code == 422) }
+    })
+    .await;
     crds.delete(&name, &DeleteParams::default())
         .await
         .expect("CRD deleted");
@@ -890,7 +916,11 @@ async fn watcher_reflector_and_controller_see_every_change_across_a_410() {
 #[tokio::test]
 async fn malformed_requests_get_a_status_not_a_panic() {
     let cluster = TestCluster::new("malformedreq", true).await;
-    let client: Client = cluster.client.clone();
+    // kube's default client retries 429/503/504 with backoff for minutes;
+    // these cases want to see the first answer.
+    let mut config = cluster.config.clone();
+    config.default_retry = false;
+    let client = Client::try_from(config).expect("client");
     let send = |method: &str, path: &str, content_type: &str, body: Vec<u8>| {
         let client = client.clone();
         let request = http::Request::builder()
@@ -901,7 +931,7 @@ async fn malformed_requests_get_a_status_not_a_panic() {
             .unwrap();
         async move { client.request::<serde_json::Value>(request).await }
     };
-    let base = "/api/v1/namespaces/default/configmaps";
+    let base = &format!("/api/v1/namespaces/{}/configmaps", cluster.ns);
     // (method, path, content type, body, expected code, expected reason)
     type Case<'a> = (&'a str, String, &'a str, Vec<u8>, u16, &'a str);
     let cases: Vec<Case> = vec![
@@ -978,6 +1008,47 @@ async fn malformed_requests_get_a_status_not_a_panic() {
             "NotFound",
         ),
     ];
+    // Patches that would leave something other than an object.
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("target".into());
+    let maps: Api<ConfigMap> = cluster.api();
+    maps.create(&PostParams::default(), &cm).await.unwrap();
+    let target = format!("/api/v1/namespaces/{}/configmaps/target", cluster.ns);
+    let patch_cases: Vec<Case> = vec![
+        (
+            "PATCH",
+            target.clone(),
+            "application/merge-patch+json",
+            b"[]".to_vec(),
+            422,
+            "Invalid",
+        ),
+        (
+            "PATCH",
+            target.clone(),
+            "application/json-patch+json",
+            br#"[{"op":"replace","path":"","value":[]}]"#.to_vec(),
+            422,
+            "Invalid",
+        ),
+        (
+            "PATCH",
+            format!("{target}?fieldManager=t"),
+            "application/apply-patch+yaml",
+            b"apiVersion: v1\nkind: ConfigMap\nmetadata: x\n".to_vec(),
+            400,
+            "BadRequest",
+        ),
+        (
+            "GET",
+            format!("{base}?watch=true&resourceVersion=18446744073709551615"),
+            "application/json",
+            vec![],
+            504,
+            "Timeout",
+        ),
+    ];
+    let cases: Vec<Case> = cases.into_iter().chain(patch_cases).collect();
     for (method, path, content_type, body, code, reason) in cases {
         let status = api_error(send(method, &path, content_type, body).await);
         assert_eq!(
@@ -1030,4 +1101,71 @@ async fn cli_writes_a_kubeconfig_kube_rs_can_use() {
         .await
         .expect("served through the kubeconfig");
     child.kill().await.unwrap();
+}
+
+#[tokio::test]
+async fn terminating_namespace_waits_for_finalized_contents() {
+    let cluster = TestCluster::new("nsfinal", false).await;
+    let namespaces: Api<Namespace> = Api::all(cluster.client.clone());
+    let maps: Api<ConfigMap> = cluster.api();
+    let mut cm = ConfigMap::default();
+    cm.metadata.name = Some("held".into());
+    cm.metadata.finalizers = Some(vec!["browserfleet.io/test".into()]);
+    maps.create(&PostParams::default(), &cm).await.unwrap();
+    namespaces
+        .delete(&cluster.ns, &DeleteParams::default())
+        .await
+        .unwrap();
+    // An update of the terminating namespace does not finish it early.
+    let label = json!({"metadata": {"labels": {"touched": "yes"}}});
+    namespaces
+        .patch(&cluster.ns, &PatchParams::default(), &Patch::Merge(&label))
+        .await
+        .expect("still there");
+    eventually("content marked deleting", || {
+        let maps = maps.clone();
+        async move {
+            maps.get("held")
+                .await
+                .is_ok_and(|c| c.metadata.deletion_timestamp.is_some())
+        }
+    })
+    .await;
+    assert!(
+        namespaces.get(&cluster.ns).await.is_ok(),
+        "namespace waits for its contents"
+    );
+    let release = json!({"metadata": {"finalizers": null}});
+    maps.patch("held", &PatchParams::default(), &Patch::Merge(&release))
+        .await
+        .unwrap();
+    eventually("namespace gone with its last object", || {
+        let (namespaces, ns) = (namespaces.clone(), cluster.ns.clone());
+        async move { matches!(namespaces.get(&ns).await, Err(kube::Error::Api(s)) if s.code == 404) }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn dev_server_stops_promptly_with_a_watch_open() {
+    let server = DevApiServer::start().await.expect("starts");
+    let maps: Api<ConfigMap> = Api::namespaced(server.client.clone(), "default");
+    let rv = maps
+        .list(&ListParams::default())
+        .await
+        .unwrap()
+        .metadata
+        .resource_version
+        .unwrap();
+    let stream = maps
+        .watch(&WatchParams::default().timeout(290), &rv)
+        .await
+        .unwrap();
+    let watching = tokio::spawn(async move { stream.boxed().count().await });
+    tokio::time::timeout(Duration::from_secs(5), server.stop())
+        .await
+        .expect("stop does not wait for the watch");
+    let _ = tokio::time::timeout(Duration::from_secs(5), watching)
+        .await
+        .expect("watch ended");
 }

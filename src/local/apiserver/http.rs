@@ -11,7 +11,7 @@ use axum::http::{Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures::StreamExt;
 use serde_json::{Value, json};
-use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::broadcast::error::{RecvError, TryRecvError};
 
 use super::Server;
 use super::patch::{self, PatchType};
@@ -23,6 +23,12 @@ use super::{openapi, schema, table};
 
 /// kube-apiserver refuses bodies over 3 MiB.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+/// How often a watch that allows bookmarks gets one.
+const BOOKMARK_EVERY: Duration = Duration::from_secs(1);
+
+/// Longest watch a client can ask for; longer requests are cut to it.
+const MAX_WATCH_SECONDS: u64 = 24 * 3600;
 
 /// The version this server claims to be.
 const SERVER_VERSION: (&str, &str) = ("1", "33");
@@ -290,6 +296,9 @@ fn decode(body: &[u8], content_type: &str, rt: &ResourceType) -> Result<Value, A
             rt.kind
         )));
     }
+    if !(value["metadata"].is_object() || value["metadata"].is_null()) {
+        return Err(ApiError::bad_request("metadata must be an object"));
+    }
     if let Some(api_version) = value["apiVersion"].as_str()
         && api_version != rt.api_version()
         && !api_version.is_empty()
@@ -468,7 +477,12 @@ fn delete_collection(
             .unwrap_or_default()
             .to_owned();
         let ns = item["metadata"]["namespace"].as_str().map(str::to_owned);
-        deleted.push(store.delete(&target.rt, ns.as_deref(), &name, &options)?);
+        // An earlier deletion may have collected this one as a dependent.
+        match store.delete(&target.rt, ns.as_deref(), &name, &options) {
+            Ok(object) => deleted.push(object),
+            Err(e) if e.code == StatusCode::NOT_FOUND => {}
+            Err(e) => return Err(e),
+        }
     }
     ok(json!({
         "kind": format!("{}List", target.rt.kind),
@@ -540,6 +554,11 @@ fn apply_patch(
         PatchType::Apply => {}
     }
     check_strict(strict, rt, &object)?;
+    if !object.is_object() || !(object["metadata"].is_object() || object["metadata"].is_null()) {
+        return Err(ApiError::invalid_patch(
+            "the patched object is not a JSON object with object metadata".into(),
+        ));
+    }
     // A patch is unconditional unless it sets a resourceVersion itself.
     if object["metadata"]["resourceVersion"].is_null() || !object["metadata"].is_object() {
         if !object["metadata"].is_object() {
@@ -609,7 +628,8 @@ fn watch(
             && fields.matches(&c.object)
     };
     let rt = target.rt.clone();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(timeout.unwrap_or(1800));
+    let deadline = tokio::time::Instant::now()
+        + Duration::from_secs(timeout.unwrap_or(1800).min(MAX_WATCH_SECONDS));
     let mut initial: Vec<Bytes> = backlog
         .iter()
         .filter(|c| matches(c))
@@ -625,7 +645,8 @@ fn watch(
         rt,
         pending: initial.into(),
         deadline,
-        bookmark_every: bookmarks.then_some(Duration::from_secs(1)),
+        bookmark_every: bookmarks.then_some(BOOKMARK_EVERY),
+        next_bookmark: bookmarks.then(|| tokio::time::Instant::now() + BOOKMARK_EVERY),
         last_rv: since.unwrap_or(start_rv),
         done: false,
         as_table,
@@ -648,6 +669,7 @@ struct WatchState {
     pending: std::collections::VecDeque<Bytes>,
     deadline: tokio::time::Instant,
     bookmark_every: Option<Duration>,
+    next_bookmark: Option<tokio::time::Instant>,
     last_rv: u64,
     done: bool,
     as_table: bool,
@@ -697,7 +719,7 @@ async fn next_watch_line(mut state: WatchState) -> Option<(Bytes, WatchState)> {
         if state.done {
             return None;
         }
-        let tick = state.bookmark_every.unwrap_or(Duration::from_secs(3600));
+        let next_bookmark = state.next_bookmark;
         tokio::select! {
             received = state.receiver.recv() => match received {
                 Ok(change) => {
@@ -706,22 +728,28 @@ async fn next_watch_line(mut state: WatchState) -> Option<(Bytes, WatchState)> {
                         return Some((event_line(&change, &state.rt, state.as_table), state));
                     }
                 }
-                Err(RecvError::Lagged(_)) => {
-                    state.done = true;
-                    let gone = ApiError::gone("the watch fell behind; list again").to_status();
-                    return Some((line(&json!({"type": "ERROR", "object": gone})), state));
-                }
+                Err(RecvError::Lagged(_)) => return Some(fell_behind(state)),
                 Err(RecvError::Closed) => return None,
             },
             () = tokio::time::sleep_until(state.deadline) => return None,
-            () = tokio::time::sleep(tick), if state.bookmark_every.is_some() => {
+            () = sleep_until_some(next_bookmark) => {
+                if let Some(every) = state.bookmark_every {
+                    state.next_bookmark = Some(tokio::time::Instant::now() + every);
+                }
                 // Every change up to the store's version is already in the
                 // receiver (changes are sent under the lock), so draining it
                 // first makes the bookmark safe to resume from.
                 let current = state.server.lock().resource_version();
-                while let Ok(change) = state.receiver.try_recv() {
-                    if (state.matches)(&change) {
-                        state.pending.push_back(event_line(&change, &state.rt, state.as_table));
+                loop {
+                    match state.receiver.try_recv() {
+                        Ok(change) => {
+                            state.last_rv = state.last_rv.max(change.rv);
+                            if (state.matches)(&change) {
+                                state.pending.push_back(event_line(&change, &state.rt, state.as_table));
+                            }
+                        }
+                        Err(TryRecvError::Lagged(_)) => return Some(fell_behind(state)),
+                        Err(TryRecvError::Empty | TryRecvError::Closed) => break,
                     }
                 }
                 state.last_rv = state.last_rv.max(current);
@@ -729,6 +757,23 @@ async fn next_watch_line(mut state: WatchState) -> Option<(Bytes, WatchState)> {
                 state.pending.push_back(line(&mark));
             }
         }
+    }
+}
+
+/// Ends a watch whose receiver fell behind the change feed: the client must
+/// list again, as after any 410.
+fn fell_behind(mut state: WatchState) -> (Bytes, WatchState) {
+    state.done = true;
+    state.pending.clear();
+    let gone = ApiError::gone("the watch fell behind; list again").to_status();
+    (line(&json!({"type": "ERROR", "object": gone})), state)
+}
+
+/// Sleeps until `at`, or forever without one.
+async fn sleep_until_some(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
     }
 }
 

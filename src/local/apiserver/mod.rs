@@ -91,9 +91,16 @@ async fn serve_state(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    let for_shutdown = server.clone();
     let app = axum::Router::new()
         .fallback(http::handle)
         .with_state(server);
+    // Graceful shutdown waits for open responses; watches would hold it for
+    // their whole timeout, so they are ended first.
+    let shutdown = async move {
+        shutdown.await;
+        for_shutdown.lock().end_watches();
+    };
     axum::serve(listener, app)
         .with_graceful_shutdown(shutdown)
         .await

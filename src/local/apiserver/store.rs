@@ -153,11 +153,14 @@ fn random_suffix() -> String {
 }
 
 /// The part of an object whose change bumps `metadata.generation`.
-fn generation_relevant(object: &Value) -> Value {
+/// Without a status subresource, a status change is a change like any other.
+fn generation_relevant(rt: &ResourceType, object: &Value) -> Value {
     let mut copy = object.clone();
     if let Some(map) = copy.as_object_mut() {
         map.remove("metadata");
-        map.remove("status");
+        if rt.status_subresource {
+            map.remove("status");
+        }
     }
     copy
 }
@@ -495,6 +498,11 @@ impl Store {
             ));
         }
         match meta_str(&object, "resourceVersion") {
+            // Most built-in kinds allow an unconditional update; custom
+            // resources, CRDs and leases do not.
+            None | Some("")
+                if !rt.is_custom()
+                    && !matches!(rt.plural.as_str(), "customresourcedefinitions" | "leases") => {}
             None | Some("") => {
                 return Err(ApiError::invalid(
                     &rt.kind,
@@ -558,7 +566,7 @@ impl Store {
         };
         self.check_finalizers(rt, &old, &object)?;
         self.admit(rt, &mut object, Some(&old))?;
-        if rt.is_custom() && generation_relevant(&object) != generation_relevant(&old) {
+        if rt.is_custom() && generation_relevant(rt, &object) != generation_relevant(rt, &old) {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
             object["metadata"]["generation"] = json!(generation);
         }
@@ -576,7 +584,8 @@ impl Store {
         let finalizers_left = object["metadata"]["finalizers"]
             .as_array()
             .is_some_and(|f| !f.is_empty());
-        if deleting && !finalizers_left {
+        let is_namespace = rt.group.is_empty() && rt.plural == "namespaces";
+        if deleting && !finalizers_left && !is_namespace {
             self.table_mut(rt)
                 .insert((ns_of(rt, ns), name.to_owned()), object);
             return self.remove(rt, ns, name, false);
@@ -585,6 +594,12 @@ impl Store {
         self.table_mut(rt)
             .insert((ns_of(rt, ns), name.to_owned()), object.clone());
         self.record(ChangeKind::Modified, rt, &object);
+        if is_namespace && deleting {
+            // Its last finalizer may just have gone.
+            if let Some(gone) = self.finish_namespace(name)? {
+                return Ok(gone);
+            }
+        }
         Ok(object)
     }
 
@@ -672,6 +687,10 @@ impl Store {
         if !object["metadata"]["deletionTimestamp"].is_string() {
             object["metadata"]["deletionTimestamp"] = json!(now_rfc3339());
             object["metadata"]["deletionGracePeriodSeconds"] = json!(0);
+            // kube-apiserver bumps generation when it marks an object deleting.
+            if let Some(generation) = object["metadata"]["generation"].as_i64() {
+                object["metadata"]["generation"] = json!(generation + 1);
+            }
             if is_namespace {
                 object["status"] = json!({"phase": "Terminating"});
             }
@@ -792,7 +811,12 @@ impl Store {
         let terminating = self
             .table(&rt)
             .get(&(String::new(), ns.to_owned()))
-            .is_some_and(|n| n["metadata"]["deletionTimestamp"].is_string());
+            .is_some_and(|n| {
+                n["metadata"]["deletionTimestamp"].is_string()
+                    && n["metadata"]["finalizers"]
+                        .as_array()
+                        .is_none_or(Vec::is_empty)
+            });
         let empty = self
             .tables
             .iter()
@@ -907,7 +931,10 @@ impl Store {
             return Ok((current, receiver));
         };
         let oldest = self.history.front().map_or(self.rv + 1, |c| c.rv);
-        if (since + 1 < oldest && since < self.rv) || since < self.compacted {
+        if since > self.rv {
+            return Err(ApiError::too_large_resource_version(since, self.rv));
+        }
+        if (since.saturating_add(1) < oldest && since < self.rv) || since < self.compacted {
             return Err(ApiError::gone(format!(
                 "too old resource version: {since} ({})",
                 oldest - 1
@@ -931,6 +958,11 @@ impl Store {
         self.rv += 1;
         self.compacted = self.rv;
         self.history.clear();
+        self.end_watches();
+    }
+
+    /// Ends every open watch (their streams close; clients reconnect).
+    pub fn end_watches(&mut self) {
         let (changes, _) = broadcast::channel(self.history_limit.max(1024));
         // Dropping the old sender closes every receiver.
         self.changes = changes;
