@@ -3,7 +3,9 @@
 //!
 //! See README.md for what is built so far.
 
+pub mod agent;
 pub mod api;
 pub mod cloud;
 pub mod local;
+pub mod protocol;
 pub mod scaling;
