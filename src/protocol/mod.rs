@@ -1,3 +1,31 @@
 //! What crosses the wire between producers, agents and requesters: queue
 //! messages (protocol v1 and the legacy launcher shape), replies, and signed
 //! callbacks. Pure data and parsing; no I/O.
+//!
+//! * [`parse_message`] turns a request-queue message into an [`Inbound`]
+//!   request, or a [`MessageError`] that still says where to answer.
+//! * [`reply`] holds what agents send back ([`Reply`]) and what they forward
+//!   to the fleet's events queue ([`EventsMessage`]).
+//! * [`callback`] signs and verifies HTTP callbacks and schedules their
+//!   retries.
+
+pub mod callback;
+pub mod error;
+pub mod ids;
+pub mod proxy;
+pub mod reply;
+pub mod request;
+pub mod urls;
+
+pub use callback::{CallbackSignature, RetrySchedule, VerifyError, sign, verify};
+pub use error::{MessageError, ReplyTarget};
+pub use ids::{InvalidValue, ProfileName, RequestId, SessionId};
+pub use proxy::ProxyConfig;
+pub use reply::{
+    Endpoints, EventsMessage, Failed, FailureReason, FleetEvent, Ready, Reply, ReplyKind,
+    SessionToken, Terminated, TerminationReason,
+};
+pub use request::{
+    CreateRequest, DeleteRequest, Inbound, MAX_MESSAGE_BYTES, MAX_TTL, parse_message,
+};
+pub use urls::{CallbackUrl, ReplyQueueUrl};
