@@ -3,7 +3,7 @@
 # kubectl into .venv/ for the targets that need them.
 CARGO ?= cargo
 
-.PHONY: build test lint crds crds-check moto kubectl bench-observe
+.PHONY: build test lint crds crds-check moto kubectl chromium bench-observe
 
 ## build: compile the browserfleet binary
 build:
@@ -12,12 +12,16 @@ build:
 ## test: run every test (unit, property, CRD drift, structural schema, examples,
 ##       the development API server through kube-rs and kubectl, the cloud
 ##       layer against moto); installs moto and kubectl into .venv/ when missing
-test: moto kubectl
+test: moto kubectl chromium
 	$(CARGO) test --locked
 
 ## moto: install moto[server] into .venv/ when it is missing (idempotent)
 moto:
 	bash scripts/install-moto.sh
+
+## chromium: install Debian's chromium when it is missing (idempotent)
+chromium:
+	bash scripts/install-chromium.sh
 
 ## kubectl: install kubectl into .venv/ when it is missing (idempotent)
 kubectl:
@@ -67,6 +71,11 @@ scaling-report: release
 scaling-bench: release
 	$(RELEASE_BIN) trace --shape perf --out target/perf-24h.csv
 	$(RELEASE_BIN) simulate --trace target/perf-24h.csv
+
+## agent-bench: launch latency vs raw Chromium, gateway vs direct CDP, agent memory and CPU
+.PHONY: agent-bench
+agent-bench: moto chromium
+	$(CARGO) bench --locked --bench agent
 
 ## apiserver-bench: the development API server with 10,000 BrowserSessions and 50 watchers
 .PHONY: apiserver-bench

@@ -65,6 +65,37 @@ enum Command {
         #[arg(long, value_enum, default_value_t = OutputFormat::Table)]
         format: OutputFormat,
     },
+    /// Run the node agent: take session requests off the fleet's queue, start
+    /// and guard one browser per session, serve the control API and the
+    /// authenticated DevTools gateway.
+    ///
+    /// Identity (instance id, address to advertise) comes from the EC2
+    /// instance metadata service (IMDSv2) unless both --instance-id and
+    /// --advertise-address are given. Stops on SIGTERM or Ctrl-C (browsers
+    /// keep running for the next agent to re-adopt), or after a drain.
+    Agent {
+        /// The configuration JSON file.
+        #[arg(
+            long,
+            conflicts_with = "config_ssm_parameter",
+            required_unless_present = "config_ssm_parameter"
+        )]
+        config: Option<PathBuf>,
+        /// Name of the SSM parameter holding the configuration (String or
+        /// SecureString), as the operator writes it.
+        #[arg(long)]
+        config_ssm_parameter: Option<String>,
+        /// Instance id to report, instead of asking the metadata service.
+        #[arg(long, requires = "advertise_address")]
+        instance_id: Option<String>,
+        /// host:port clients reach the gateway at, instead of the instance's
+        /// private address and the gateway port.
+        #[arg(long, requires = "instance_id")]
+        advertise_address: Option<String>,
+        /// Log as JSON lines (production) instead of human-readable text.
+        #[arg(long)]
+        json_logs: bool,
+    },
     /// Development tools that stand in for a cluster.
     Dev {
         #[command(subcommand)]
@@ -126,7 +157,80 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Dev {
             command: DevCommand::Apiserver { listen, kubeconfig },
         } => dev_apiserver(&listen, &kubeconfig),
+        Command::Agent {
+            config,
+            config_ssm_parameter,
+            instance_id,
+            advertise_address,
+            json_logs,
+        } => run_agent(
+            config.as_deref(),
+            config_ssm_parameter.as_deref(),
+            instance_id.zip(advertise_address),
+            json_logs,
+        ),
     }
+}
+
+fn run_agent(
+    config_file: Option<&Path>,
+    ssm_parameter: Option<&str>,
+    identity: Option<(String, String)>,
+    json_logs: bool,
+) -> anyhow::Result<ExitCode> {
+    use browserfleet::agent::{self, config::AgentConfig, runtime::NodeIdentity};
+    use browserfleet::cloud::{Aws, AwsSettings, Parameters, Sqs, Ssm};
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let logs = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_writer(std::io::stderr);
+    if json_logs {
+        logs.json().init();
+    } else {
+        logs.init();
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let aws = Aws::load(AwsSettings::default()).await?;
+        let json = match (config_file, ssm_parameter) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+            (None, Some(name)) => {
+                Ssm::new(&aws)
+                    .get_parameter(name)
+                    .await
+                    .with_context(|| format!("reading SSM parameter {name}"))?
+                    .value
+            }
+            (None, None) => anyhow::bail!("--config or --config-ssm-parameter is required"),
+        };
+        let settings = AgentConfig::parse(&json)?;
+        let identity = match identity {
+            Some((instance_id, advertise)) => NodeIdentity {
+                instance_id,
+                advertise,
+            },
+            None => {
+                let metadata = agent::imds::read().await?;
+                NodeIdentity {
+                    advertise: format!("{}:{}", metadata.private_ip, settings.config.gateway_port),
+                    instance_id: metadata.instance_id,
+                }
+            }
+        };
+        let running =
+            agent::start(settings, Some(identity), Sqs::new(&aws), Default::default()).await?;
+        println!("listening on {}", running.address);
+        let agent = running.agent.clone();
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            agent.stop();
+        });
+        running.wait().await;
+        Ok(ExitCode::SUCCESS)
+    })
 }
 
 fn dev_apiserver(listen: &str, kubeconfig: &Path) -> anyhow::Result<ExitCode> {

@@ -1,3 +1,189 @@
 //! The node agent: takes session requests off the fleet's queue while it has
 //! free slots, launches and supervises one browser per session, and serves
 //! the control API and the authenticated DevTools gateway on one port.
+//!
+//! [`run`] wires the parts: [`runtime::Agent`] owns sessions, slots, ports
+//! and profiles; [`intake`] feeds it from the queue; a supervision loop
+//! ends sessions; [`http`] serves the listener.
+
+pub mod args;
+pub mod config;
+pub mod devtools;
+pub mod http;
+pub mod imds;
+pub mod intake;
+pub mod launch;
+pub mod metrics;
+pub mod process;
+pub mod profiles;
+pub mod replies;
+pub mod runtime;
+pub mod slots;
+pub mod supervise;
+pub mod table;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use thiserror::Error;
+
+use crate::cloud::queues::Queues;
+use config::AgentSettings;
+use runtime::{Agent, NodeIdentity};
+
+/// How often sessions are checked.
+pub const SUPERVISION_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Why the agent could not start or had to stop.
+#[derive(Debug, Error)]
+pub enum AgentError {
+    /// No browser to start.
+    #[error("no browser found: set browser.executable or install Chrome or Chromium")]
+    NoBrowser,
+    /// The listener could not bind.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The saved session table is unreadable.
+    #[error(transparent)]
+    Table(#[from] table::TableError),
+}
+
+/// Options of a run that are not part of the fleet's configuration.
+#[derive(Clone, Debug, Default)]
+pub struct RunOptions {
+    /// Long-poll wait of the intake (20 s when `None`).
+    pub receive_wait: Option<Duration>,
+}
+
+/// A running agent.
+pub struct RunningAgent<Q> {
+    /// The agent.
+    pub agent: Arc<Agent<Q>>,
+    /// The listener's address.
+    pub address: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl<Q: Queues + 'static> RunningAgent<Q> {
+    /// Waits until the agent has stopped (SIGTERM via [`Agent::stop`], or the
+    /// end of a drain).
+    pub async fn wait(self) {
+        let _ = self.task.await;
+    }
+
+    /// Stops it and waits: intake ends, sessions stay alive for the next
+    /// agent to re-adopt.
+    pub async fn stop(self) {
+        self.agent.stop();
+        self.wait().await;
+    }
+}
+
+/// Starts an agent: re-adopts browsers of the saved table, then serves the
+/// listener, the intake and supervision until it is stopped or drained.
+pub async fn start<Q: Queues + 'static>(
+    settings: AgentSettings,
+    identity: Option<NodeIdentity>,
+    queues: Q,
+    options: RunOptions,
+) -> Result<RunningAgent<Q>, AgentError> {
+    let executable = match &settings.config.browser.executable {
+        Some(path) => PathBuf::from(path),
+        None if settings.config.browser.launcher_command.is_some() => PathBuf::new(),
+        None => process::discover_browser().ok_or(AgentError::NoBrowser)?,
+    };
+    let address: SocketAddr = SocketAddr::new(
+        settings
+            .config
+            .listen_address
+            .parse()
+            .unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()),
+        settings.config.gateway_port,
+    );
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| AgentError::Listen { address, source })?;
+    let address = listener
+        .local_addr()
+        .map_err(|source| AgentError::Listen { address, source })?;
+    let mut identity = identity.unwrap_or_else(|| NodeIdentity {
+        instance_id: "local".into(),
+        advertise: address.to_string(),
+    });
+    // An advertised port 0 (a listener on a port picked at start) is the
+    // port actually bound.
+    if let Some(host) = identity.advertise.strip_suffix(":0") {
+        identity.advertise = format!("{host}:{}", address.port());
+    }
+    let agent = Arc::new(Agent::new(
+        settings,
+        identity,
+        queues,
+        process::native(),
+        executable,
+    ));
+    let report = agent.recover().await?;
+    tracing::info!(
+        adopted = report.adopted.len(),
+        ended = report.ended.len(),
+        orphans_killed = report.orphans_killed.len(),
+        "agent started"
+    );
+    let task = tokio::spawn(serve(agent.clone(), listener, options));
+    Ok(RunningAgent {
+        agent,
+        address,
+        task,
+    })
+}
+
+async fn serve<Q: Queues + 'static>(
+    agent: Arc<Agent<Q>>,
+    listener: tokio::net::TcpListener,
+    options: RunOptions,
+) {
+    let mut stopping = agent.stopping();
+    let router = http::router(agent.clone());
+    let mut server_stop = agent.stopping();
+    let server = tokio::spawn(async move {
+        let _ = axum::serve(listener, router)
+            .with_graceful_shutdown(async move {
+                let _ = server_stop.wait_for(|s| *s).await;
+            })
+            .await;
+    });
+    let intake = tokio::spawn(intake::run(
+        agent.clone(),
+        intake::IntakeOptions {
+            wait: options.receive_wait.unwrap_or(Duration::from_secs(20)),
+        },
+    ));
+    let mut tick = tokio::time::interval(SUPERVISION_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if agent.supervise_once().await {
+                    tracing::info!("drain finished");
+                    agent.stop();
+                }
+            }
+            _ = stopping.changed() => {}
+        }
+        if *stopping.borrow() {
+            break;
+        }
+    }
+    let _ = intake.await;
+    // Websocket clients keep their connections to the browsers open; the
+    // listener's graceful shutdown would wait for them, so it gets a moment.
+    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    agent.replier().finish(Duration::from_secs(5)).await;
+}

@@ -3,6 +3,7 @@
 
 #![allow(dead_code)] // each test binary uses its own part of this module
 
+pub mod agent_world;
 pub mod fault_proxy;
 pub mod launch_world;
 pub mod moto;

@@ -1,0 +1,173 @@
+//! The command line that starts one session's browser: pure, so every flag
+//! the agent chooses is tested without starting anything.
+
+use std::path::{Path, PathBuf};
+
+use crate::api::fleet::BrowserSpec;
+use crate::protocol::ProxyConfig;
+
+use super::slots::Port;
+
+/// Flags every browser gets from the agent, before the fleet's and the
+/// session's own. They keep a browser on a closed network from spending its
+/// start on update checks, sync and first-run UI, none of which a session
+/// wants.
+const QUIET_FLAGS: &[&str] = &[
+    "--no-first-run",
+    "--no-default-browser-check",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-default-apps",
+    "--metrics-recording-only",
+    "--password-store=basic",
+];
+
+/// What to start for one session.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct BrowserCommand {
+    /// The program (the browser, or the fleet's launcher).
+    pub program: PathBuf,
+    /// Its arguments.
+    pub args: Vec<String>,
+}
+
+/// Everything of one session that shapes its command line.
+#[derive(Clone, Debug)]
+pub struct SessionLaunch<'a> {
+    /// The browser's DevTools port (bound to 127.0.0.1).
+    pub port: Port,
+    /// The session's own profile directory.
+    pub profile_dir: &'a Path,
+    /// The request's arguments, already sanitized.
+    pub session_args: &'a [String],
+    /// The request's proxy.
+    pub proxy: Option<&'a ProxyConfig>,
+    /// Unpacked extension directories to load.
+    pub extensions: &'a [String],
+    /// First page to open.
+    pub start_url: Option<&'a str>,
+}
+
+/// Builds the command line of a session's browser.
+///
+/// Order: the agent's DevTools and profile flags, the quiet flags, headless,
+/// the fleet's `extraArgs`, then the session's. The DevTools flags come from
+/// the agent only (the sanitizer refuses them in a request), so a session
+/// cannot move DevTools off 127.0.0.1 or onto another session's profile.
+/// A launcher command gets the same arguments appended to its own.
+pub fn browser_command(
+    browser: &BrowserSpec,
+    executable: &Path,
+    session: &SessionLaunch<'_>,
+) -> BrowserCommand {
+    let mut args = Vec::new();
+    let program = match &browser.launcher_command {
+        Some(command) if !command.is_empty() => {
+            args.extend(command[1..].iter().cloned());
+            PathBuf::from(&command[0])
+        }
+        _ => executable.to_path_buf(),
+    };
+    args.push(format!("--remote-debugging-port={}", session.port));
+    args.push("--remote-debugging-address=127.0.0.1".into());
+    args.push(format!("--user-data-dir={}", session.profile_dir.display()));
+    args.extend(QUIET_FLAGS.iter().map(|f| (*f).to_owned()));
+    if browser.headless {
+        args.push("--headless=new".into());
+    }
+    args.extend(browser.extra_args.iter().cloned());
+    if let Some(proxy) = session.proxy {
+        args.push(format!("--proxy-server={}", proxy.server));
+        if let Some(bypass) = &proxy.bypass {
+            args.push(format!("--proxy-bypass-list={bypass}"));
+        }
+    }
+    if !session.extensions.is_empty() {
+        args.push(format!("--load-extension={}", session.extensions.join(",")));
+    }
+    args.extend(session.session_args.iter().cloned());
+    // The start page goes last, after `--`, so it can never be read as a flag.
+    args.push("--".into());
+    args.push(session.start_url.unwrap_or("about:blank").to_owned());
+    BrowserCommand { program, args }
+}
+
+/// A session token: 256 bits from the OS's random source (two v4 UUIDs give
+/// 244 random bits), as 64 hex digits.
+pub fn new_token() -> String {
+    format!(
+        "{}{}",
+        uuid::Uuid::new_v4().simple(),
+        uuid::Uuid::new_v4().simple()
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn launch<'a>(dir: &'a Path, args: &'a [String]) -> SessionLaunch<'a> {
+        SessionLaunch {
+            port: Port(9301),
+            profile_dir: dir,
+            session_args: args,
+            proxy: None,
+            extensions: &[],
+            start_url: None,
+        }
+    }
+
+    #[test]
+    fn the_agent_picks_port_address_and_profile_and_the_session_comes_last() {
+        let browser = BrowserSpec {
+            extra_args: vec!["--no-sandbox".into()],
+            ..BrowserSpec::default()
+        };
+        let session_args = vec!["--window-size=800,600".into()];
+        let dir = PathBuf::from("/state/profiles/tmp/s1");
+        let command = browser_command(
+            &browser,
+            Path::new("/usr/bin/chromium"),
+            &launch(&dir, &session_args),
+        );
+        assert_eq!(command.program, PathBuf::from("/usr/bin/chromium"));
+        assert_eq!(
+            &command.args[..3],
+            [
+                "--remote-debugging-port=9301",
+                "--remote-debugging-address=127.0.0.1",
+                "--user-data-dir=/state/profiles/tmp/s1",
+            ]
+        );
+        let position = |a: &str| command.args.iter().position(|x| x == a).unwrap();
+        assert!(position("--headless=new") < position("--no-sandbox"));
+        assert!(position("--no-sandbox") < position("--window-size=800,600"));
+        assert_eq!(
+            &command.args[command.args.len() - 2..],
+            ["--", "about:blank"]
+        );
+    }
+
+    #[test]
+    fn a_launcher_command_gets_the_same_arguments_after_its_own() {
+        let browser = BrowserSpec {
+            launcher_command: Some(vec!["/opt/launch.sh".into(), "--fast".into()]),
+            headless: false,
+            ..BrowserSpec::default()
+        };
+        let dir = PathBuf::from("/p");
+        let command = browser_command(&browser, Path::new("/unused"), &launch(&dir, &[]));
+        assert_eq!(command.program, PathBuf::from("/opt/launch.sh"));
+        assert_eq!(command.args[0], "--fast");
+        assert_eq!(command.args[1], "--remote-debugging-port=9301");
+        assert!(!command.args.iter().any(|a| a.starts_with("--headless")));
+    }
+
+    #[test]
+    fn tokens_are_long_and_distinct() {
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 64);
+        assert_ne!(a, b);
+    }
+}

@@ -1,0 +1,150 @@
+//! The agent's Prometheus metrics, served on `/metrics` (OpenMetrics text).
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+
+/// Every metric of the agent, registered once.
+pub struct AgentMetrics {
+    registry: Registry,
+    /// Sessions by state (`starting`, `active`).
+    pub sessions: Family<Vec<(String, String)>, Gauge>,
+    /// Browsers launched.
+    pub launches: Counter,
+    /// Failed requests and launches by reason.
+    pub failures: Family<Vec<(String, String)>, Counter>,
+    /// Sessions ended, by termination reason.
+    pub terminations: Family<Vec<(String, String)>, Counter>,
+    /// Seconds from a request's receipt to its browser answering DevTools.
+    pub launch_seconds: Histogram,
+    /// Browser ports by state (`free`, `reserved`, `active`).
+    pub ports: Family<Vec<(String, String)>, Gauge>,
+    /// Failed receives from the request queue.
+    pub queue_receive_errors: Counter,
+    /// Browsers found running without a session after a restart, and killed.
+    pub orphans_killed: Counter,
+}
+
+fn labels(key: &str, value: &str) -> Vec<(String, String)> {
+    vec![(key.to_owned(), value.to_owned())]
+}
+
+impl Default for AgentMetrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl AgentMetrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("browserfleet_agent");
+        let sessions = Family::default();
+        let launches = Counter::default();
+        let failures = Family::default();
+        let terminations = Family::default();
+        // 0.1 s to ~100 s: a warm Linux Chromium starts in well under a
+        // second, a cold Windows Chrome in several.
+        let launch_seconds = Histogram::new(
+            prometheus_client::metrics::histogram::exponential_buckets(0.1, 2.0, 11),
+        );
+        let ports = Family::default();
+        let queue_receive_errors = Counter::default();
+        let orphans_killed = Counter::default();
+        registry.register("sessions", "Sessions by state", sessions.clone());
+        registry.register("launches", "Browsers launched", launches.clone());
+        registry.register("failures", "Failed requests by reason", failures.clone());
+        registry.register(
+            "terminations",
+            "Sessions ended, by reason",
+            terminations.clone(),
+        );
+        registry.register(
+            "launch_seconds",
+            "From request receipt to DevTools ready",
+            launch_seconds.clone(),
+        );
+        registry.register("ports", "Browser ports by state", ports.clone());
+        registry.register(
+            "queue_receive_errors",
+            "Failed receives from the request queue",
+            queue_receive_errors.clone(),
+        );
+        registry.register(
+            "orphans_killed",
+            "Browsers without a session killed after a restart",
+            orphans_killed.clone(),
+        );
+        AgentMetrics {
+            registry,
+            sessions,
+            launches,
+            failures,
+            terminations,
+            launch_seconds,
+            ports,
+            queue_receive_errors,
+            orphans_killed,
+        }
+    }
+
+    /// Counts one failure.
+    pub fn failed(&self, reason: &str) {
+        self.failures.get_or_create(&labels("reason", reason)).inc();
+    }
+
+    /// Counts one ended session.
+    pub fn terminated(&self, reason: &str) {
+        self.terminations
+            .get_or_create(&labels("reason", reason))
+            .inc();
+    }
+
+    /// Sets the session and port gauges.
+    pub fn set_usage(&self, starting: usize, active: usize, free: usize, reserved: usize) {
+        let set = |family: &Family<Vec<(String, String)>, Gauge>, state: &str, value: usize| {
+            family
+                .get_or_create(&labels("state", state))
+                .set(i64::try_from(value).unwrap_or(i64::MAX));
+        };
+        set(&self.sessions, "starting", starting);
+        set(&self.sessions, "active", active);
+        set(&self.ports, "free", free);
+        set(&self.ports, "reserved", reserved);
+        set(&self.ports, "active", active);
+    }
+
+    /// The OpenMetrics text of every metric.
+    pub fn render(&self) -> String {
+        let mut text = String::new();
+        // Writing into a String cannot fail.
+        let _ = encode(&mut text, &self.registry);
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_text_names_every_metric() {
+        let metrics = AgentMetrics::new();
+        metrics.failed("failedToStart");
+        metrics.set_usage(1, 2, 3, 1);
+        metrics.launch_seconds.observe(0.4);
+        let text = metrics.render();
+        for name in [
+            "browserfleet_agent_sessions{state=\"active\"} 2",
+            "browserfleet_agent_failures_total{reason=\"failedToStart\"} 1",
+            "browserfleet_agent_launch_seconds_bucket",
+            "browserfleet_agent_ports{state=\"free\"} 3",
+            "browserfleet_agent_queue_receive_errors_total 0",
+        ] {
+            assert!(text.contains(name), "{name} missing from\n{text}");
+        }
+    }
+}

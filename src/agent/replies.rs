@@ -1,0 +1,156 @@
+//! Answering requesters: a reply on the requester's SQS queue and a signed
+//! HTTP callback. The queue reply is sent before the request message is
+//! deleted (so a request is never lost without an answer); callbacks are
+//! retried with backoff in the background and never hold up a launch.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::Full;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::task::JoinSet;
+
+use crate::cloud::queues::{OutgoingMessage, QueueError, QueueUrl, Queues};
+use crate::protocol::callback::{self, RetrySchedule};
+use crate::protocol::{CallbackUrl, Reply, ReplyQueueUrl};
+
+/// Most callbacks in flight at once; more wait for a free place.
+const MAX_CALLBACKS_IN_FLIGHT: usize = 64;
+/// Deadline of one callback attempt.
+const CALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Where a reply goes.
+#[derive(Clone, Debug, Default)]
+pub struct ReplyTargets {
+    /// The requester's queue.
+    pub reply_to: Option<ReplyQueueUrl>,
+    /// The requester's callback.
+    pub callback_url: Option<CallbackUrl>,
+}
+
+/// Sends replies and callbacks.
+pub struct Replier {
+    secret: Vec<u8>,
+    http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    callbacks: Mutex<JoinSet<()>>,
+    permits: Arc<tokio::sync::Semaphore>,
+}
+
+impl Replier {
+    /// A replier signing callbacks with `secret`.
+    pub fn new(secret: &str) -> Self {
+        // The system's roots (corporate CAs included); Mozilla's bundled roots
+        // on an image that has none.
+        let builder = hyper_rustls::HttpsConnectorBuilder::new();
+        let builder = match builder.with_native_roots() {
+            Ok(builder) => builder,
+            Err(_) => hyper_rustls::HttpsConnectorBuilder::new().with_webpki_roots(),
+        };
+        let connector = builder.https_or_http().enable_http1().build();
+        Replier {
+            secret: secret.as_bytes().to_vec(),
+            http: Client::builder(TokioExecutor::new()).build(connector),
+            callbacks: Mutex::new(JoinSet::new()),
+            permits: Arc::new(tokio::sync::Semaphore::new(MAX_CALLBACKS_IN_FLIGHT)),
+        }
+    }
+
+    /// Sends `reply` to the queue target (waiting for SQS to take it) and
+    /// starts its callback in the background.
+    pub async fn send<Q: Queues>(
+        &self,
+        queues: &Q,
+        targets: &ReplyTargets,
+        reply: &Reply,
+    ) -> Result<(), QueueError> {
+        let body = match serde_json::to_string(reply) {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::error!(%error, "reply could not be encoded");
+                return Ok(());
+            }
+        };
+        if let Some(url) = &targets.callback_url {
+            self.start_callback(url.as_str().to_owned(), body.clone());
+        }
+        if let Some(queue) = &targets.reply_to {
+            let message = OutgoingMessage {
+                body,
+                delay: Duration::ZERO,
+            };
+            queues
+                .send(&QueueUrl::new(queue.as_str()), &message)
+                .await?;
+        }
+        Ok(())
+    }
+
+    fn start_callback(&self, url: String, body: String) {
+        let http = self.http.clone();
+        let secret = self.secret.clone();
+        let permits = self.permits.clone();
+        let mut callbacks = self.callbacks.lock().unwrap_or_else(|p| p.into_inner());
+        // Reap finished callbacks so the set does not grow.
+        while callbacks.try_join_next().is_some() {}
+        callbacks.spawn(async move {
+            let Ok(_permit) = permits.acquire_owned().await else {
+                return;
+            };
+            let schedule = RetrySchedule::default();
+            let mut attempt = 1;
+            while let Some(delay) = schedule.delay_before(attempt) {
+                tokio::time::sleep(delay).await;
+                match post_signed(&http, &url, &secret, &body).await {
+                    Ok(()) => return,
+                    Err(error) => tracing::warn!(attempt, %error, "callback failed"),
+                }
+                attempt += 1;
+            }
+            tracing::warn!("callback abandoned after its last attempt");
+        });
+    }
+
+    /// Waits up to `deadline` for callbacks in flight, then abandons the rest.
+    pub async fn finish(&self, deadline: Duration) {
+        let mut callbacks =
+            std::mem::take(&mut *self.callbacks.lock().unwrap_or_else(|p| p.into_inner()));
+        let drained = tokio::time::timeout(deadline, async {
+            while callbacks.join_next().await.is_some() {}
+        })
+        .await;
+        if drained.is_err() {
+            callbacks.abort_all();
+        }
+    }
+}
+
+async fn post_signed(
+    http: &Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    url: &str,
+    secret: &[u8],
+    body: &str,
+) -> Result<(), String> {
+    let timestamp = jiff::Timestamp::now().as_second();
+    let signature = callback::sign(secret, timestamp, body.as_bytes());
+    let mut request =
+        hyper::Request::post(url).header(hyper::header::CONTENT_TYPE, "application/json");
+    for (name, value) in signature.headers() {
+        request = request.header(name, value);
+    }
+    let request = request
+        .body(Full::new(Bytes::from(body.to_owned())))
+        .map_err(|e| e.to_string())?;
+    let response = tokio::time::timeout(CALLBACK_TIMEOUT, http.request(request))
+        .await
+        .map_err(|_| "timed out".to_owned())?
+        .map_err(|e| e.to_string())?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("HTTP {}", response.status()))
+    }
+}

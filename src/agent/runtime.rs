@@ -1,0 +1,933 @@
+//! The agent's sessions: launching a browser for a request, supervising it,
+//! ending it with a reason, draining, and finding browsers again after a
+//! restart. Everything that must not leak — slots, ports, processes,
+//! profiles — is taken and given back here, under one lock.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use serde::Serialize;
+use tokio::sync::{Notify, watch};
+
+use super::args::sanitize;
+use super::config::AgentSettings;
+use super::devtools::DevTools;
+use super::launch::{SessionLaunch, browser_command, new_token};
+use super::metrics::AgentMetrics;
+use super::process::{ExitWatch, LaunchSpec, ProcessControl, ProcessExit};
+use super::profiles::{Profile, ProfileKind, ProfileStore};
+use super::replies::{Replier, ReplyTargets};
+use super::slots::{Port, PortState, SlotError, SlotPool};
+use super::supervise::{BrowserHealth, Deadlines, shows_use, verdict};
+use super::table::{SessionRecord, TableFileStore};
+use crate::cloud::compute::InstanceId;
+use crate::cloud::queues::{OutgoingMessage, QueueUrl, Queues};
+use crate::protocol::{
+    CreateRequest, Endpoints, EventsMessage, FailureReason, Ready, Reply, ReplyKind, SessionId,
+    SessionToken, Terminated, TerminationReason,
+};
+
+/// Who this agent is.
+#[derive(Clone, Debug)]
+pub struct NodeIdentity {
+    /// EC2 instance id (or a name for local runs).
+    pub instance_id: String,
+    /// Address clients reach the gateway at (`host:port`).
+    pub advertise: String,
+}
+
+/// A session's phase.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub enum Phase {
+    /// Its browser is starting.
+    Starting,
+    /// Its browser answers DevTools.
+    Active,
+}
+
+/// A session hosted here.
+struct LiveSession {
+    record: SessionRecord,
+    phase: Phase,
+    /// Set by the gateway when a client connects.
+    used: Arc<AtomicBool>,
+    /// The exit of a browser this agent process started; `None` for a
+    /// browser adopted after a restart (watched through its identity).
+    exit: Option<ExitWatch>,
+    profile: Profile,
+}
+
+struct State {
+    pool: SlotPool<SessionId>,
+    sessions: BTreeMap<SessionId, LiveSession>,
+}
+
+/// What the gateway needs to reach one session's browser.
+#[derive(Clone, Debug)]
+pub struct GatewayRoute {
+    /// The session.
+    pub id: SessionId,
+    /// Its browser's DevTools port.
+    pub port: Port,
+    /// Its token.
+    pub token: String,
+    used: Arc<AtomicBool>,
+}
+
+impl GatewayRoute {
+    /// Records that a client used the session.
+    pub fn mark_used(&self) {
+        self.used.store(true, Ordering::Relaxed);
+    }
+}
+
+struct Housekeeping {
+    use_checked: Instant,
+    profiles_cleaned: Instant,
+}
+
+/// How often unused sessions' pages are read for signs of use.
+const USE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// How often old profiles are looked for.
+const PROFILE_CLEANUP_INTERVAL: Duration = Duration::from_secs(600);
+
+/// What a delete did.
+#[derive(Debug, PartialEq, Eq)]
+pub enum DeleteOutcome {
+    /// The session was here and has ended.
+    Ended,
+    /// Not here: forwarded to the fleet's events queue.
+    Forwarded,
+    /// Not here, and the events queue refused the forward.
+    ForwardFailed(String),
+}
+
+/// Why a request was not launched.
+#[derive(Debug)]
+pub enum LaunchFailure {
+    /// The request can never succeed here: answer `session.failed`.
+    Rejected {
+        /// Machine reason.
+        reason: FailureReason,
+        /// For humans.
+        message: String,
+    },
+    /// Something that may work on a retry (here or elsewhere): give the
+    /// message back.
+    Retry(String),
+}
+
+/// `/v1/state`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct StateView {
+    instance_id: String,
+    fleet: String,
+    draining: bool,
+    slots: usize,
+    free_slots: usize,
+    sessions: Vec<SessionView>,
+}
+
+/// One session in `/v1/state` (no token).
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionView {
+    id: String,
+    phase: Phase,
+    port: u16,
+    pid: u32,
+    started: jiff::Timestamp,
+    expires: jiff::Timestamp,
+    used: bool,
+}
+
+fn timestamp(t: SystemTime) -> jiff::Timestamp {
+    jiff::Timestamp::try_from(t).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+/// The agent.
+pub struct Agent<Q> {
+    settings: AgentSettings,
+    identity: NodeIdentity,
+    queues: Q,
+    requests: QueueUrl,
+    events: QueueUrl,
+    dead_letter: Option<QueueUrl>,
+    processes: Arc<dyn ProcessControl>,
+    profiles: ProfileStore,
+    devtools: DevTools,
+    table: TableFileStore,
+    metrics: AgentMetrics,
+    replier: Replier,
+    executable: PathBuf,
+    state: Mutex<State>,
+    /// Wakes the intake when a slot frees.
+    slot_freed: Notify,
+    /// When page URLs were last read to detect use, and when old profiles
+    /// were last cleaned up: both are slower than the supervision tick.
+    housekeeping: Mutex<Housekeeping>,
+    draining: watch::Sender<Option<Instant>>,
+    /// Set when the agent should stop (SIGTERM, or the end of a drain).
+    stopping: watch::Sender<bool>,
+}
+
+impl<Q: Queues + 'static> Agent<Q> {
+    /// An agent over its settings and parts. Call [`Agent::recover`] before
+    /// serving.
+    pub fn new(
+        settings: AgentSettings,
+        identity: NodeIdentity,
+        queues: Q,
+        processes: Arc<dyn ProcessControl>,
+        executable: PathBuf,
+    ) -> Self {
+        let config = &settings.config;
+        let pool = SlotPool::new(
+            usize::from(config.slots),
+            settings.first_port,
+            settings.last_port,
+        );
+        Agent {
+            requests: QueueUrl::new(&config.request_queue_url),
+            events: QueueUrl::new(&config.events_queue_url),
+            dead_letter: config.dead_letter_queue_url.as_deref().map(QueueUrl::new),
+            profiles: ProfileStore::new(settings.state_dir.join("profiles")),
+            table: TableFileStore::new(&settings.state_dir),
+            replier: Replier::new(&config.callback_secret),
+            devtools: DevTools::new(),
+            metrics: AgentMetrics::new(),
+            state: Mutex::new(State {
+                pool,
+                sessions: BTreeMap::new(),
+            }),
+            slot_freed: Notify::new(),
+            housekeeping: Mutex::new(Housekeeping {
+                use_checked: Instant::now(),
+                profiles_cleaned: Instant::now(),
+            }),
+            draining: watch::Sender::new(None),
+            stopping: watch::Sender::new(false),
+            settings,
+            identity,
+            queues,
+            processes,
+            executable,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent data behind (every
+        // change is a single assignment), so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The settings.
+    pub fn settings(&self) -> &AgentSettings {
+        &self.settings
+    }
+    /// The metrics.
+    pub fn metrics(&self) -> &AgentMetrics {
+        &self.metrics
+    }
+    /// The DevTools client.
+    pub fn devtools(&self) -> &DevTools {
+        &self.devtools
+    }
+    /// The queues.
+    pub fn queues(&self) -> &Q {
+        &self.queues
+    }
+    /// The request queue.
+    pub fn request_queue(&self) -> &QueueUrl {
+        &self.requests
+    }
+    /// The dead-letter queue, when configured.
+    pub fn dead_letter_queue(&self) -> Option<&QueueUrl> {
+        self.dead_letter.as_ref()
+    }
+    /// The fleet token.
+    pub fn fleet_token(&self) -> &str {
+        &self.settings.config.fleet_token
+    }
+    /// The replier.
+    pub fn replier(&self) -> &Replier {
+        &self.replier
+    }
+    /// The instance.
+    pub fn identity(&self) -> &NodeIdentity {
+        &self.identity
+    }
+    /// Where clients reach the gateway.
+    pub fn advertised_gateway(&self) -> String {
+        self.identity.advertise.clone()
+    }
+
+    /// Free slots now.
+    pub fn free_slots(&self) -> usize {
+        self.lock().pool.usage().free_slots()
+    }
+
+    /// Waits until a slot may have freed (or a short while passed).
+    pub async fn slot_freed(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.slot_freed.notified()).await;
+    }
+
+    /// Whether a drain has started.
+    pub fn is_draining(&self) -> bool {
+        self.draining.borrow().is_some()
+    }
+
+    /// A receiver that turns true when the agent should stop.
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
+    /// Asks the agent to stop (SIGTERM): intake ends, sessions stay alive for
+    /// the next agent to re-adopt.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// Starts a drain: no more intake; sessions run to their end, and those
+    /// still running at the drain timeout end as `drained`; then the agent
+    /// stops.
+    pub fn start_drain(&self) {
+        self.draining.send_if_modified(|deadline| {
+            if deadline.is_none() {
+                *deadline = Some(Instant::now() + self.settings.drain_timeout);
+                tracing::info!("drain started");
+                true
+            } else {
+                false
+            }
+        });
+    }
+
+    /// The gateway's view of a session.
+    pub fn route(&self, id: &SessionId) -> Option<GatewayRoute> {
+        let state = self.lock();
+        let session = state.sessions.get(id)?;
+        (session.phase == Phase::Active).then(|| GatewayRoute {
+            id: id.clone(),
+            port: session.record.port(),
+            token: session.record.token.clone(),
+            used: session.used.clone(),
+        })
+    }
+
+    /// Whether a session is hosted here.
+    pub fn hosts(&self, id: &SessionId) -> bool {
+        self.lock().sessions.contains_key(id)
+    }
+
+    /// `/v1/state`.
+    pub fn state_view(&self) -> StateView {
+        let state = self.lock();
+        StateView {
+            instance_id: self.identity.instance_id.clone(),
+            fleet: self.settings.config.fleet.clone(),
+            draining: self.is_draining(),
+            slots: state.pool.usage().slots,
+            free_slots: state.pool.usage().free_slots(),
+            sessions: state
+                .sessions
+                .values()
+                .map(|s| SessionView {
+                    id: s.record.id.to_string(),
+                    phase: s.phase,
+                    port: s.record.port,
+                    pid: s.record.process.pid,
+                    started: timestamp(s.record.started),
+                    expires: timestamp(s.record.expires),
+                    used: s.record.used || s.used.load(Ordering::Relaxed),
+                })
+                .collect(),
+        }
+    }
+
+    /// Updates the session and port gauges.
+    pub fn refresh_usage_metrics(&self) {
+        let state = self.lock();
+        let usage = state.pool.usage();
+        let starting = state
+            .sessions
+            .values()
+            .filter(|s| s.phase == Phase::Starting)
+            .count();
+        self.metrics.set_usage(
+            starting,
+            usage.active,
+            usage.ports - usage.reserved - usage.active,
+            usage.reserved,
+        );
+    }
+
+    fn save_table(&self, state: &State) {
+        let records: Vec<SessionRecord> = state
+            .sessions
+            .values()
+            .map(|s| {
+                let mut record = s.record.clone();
+                record.used |= s.used.load(Ordering::Relaxed);
+                record
+            })
+            .collect();
+        if let Err(error) = self.table.save(&records) {
+            // The sessions still run; only a restart would lose track of them.
+            tracing::error!(%error, "session table not saved");
+        }
+    }
+
+    /// Reserves a slot and port for a request about to launch. `None` when
+    /// no slot is free.
+    pub fn reserve(&self, owner: &SessionId) -> Result<Port, SlotError> {
+        let deadline = Instant::now() + self.settings.launch_timeout + Duration::from_secs(10);
+        let mut state = self.lock();
+        state.pool.reserve(owner.clone(), deadline, port_is_free)
+    }
+
+    /// Gives back a reservation that will not be launched.
+    pub fn unreserve(&self, owner: &SessionId, port: Port) {
+        let _ = self.lock().pool.release(owner, port);
+        self.slot_freed.notify_waiters();
+    }
+
+    /// The ready reply of a hosted, active session (a redelivered create).
+    pub fn ready_reply(&self, id: &SessionId) -> Option<Reply> {
+        let state = self.lock();
+        let session = state.sessions.get(id)?;
+        (session.phase == Phase::Active).then(|| self.ready(&session.record))
+    }
+
+    fn ready(&self, record: &SessionRecord) -> Reply {
+        self.reply(
+            record,
+            ReplyKind::Ready(Ready {
+                endpoints: Endpoints::through_gateway(
+                    &self.identity.advertise,
+                    &record.id,
+                    &record.browser_path,
+                ),
+                token: SessionToken::new(record.token.clone()),
+                expires_at: timestamp(record.expires),
+            }),
+        )
+    }
+
+    fn reply(&self, record: &SessionRecord, kind: ReplyKind) -> Reply {
+        Reply {
+            kind,
+            session_id: record.id.clone(),
+            request_id: record.request_id.clone(),
+            instance_id: self.instance_id(),
+            labels: record.labels.clone(),
+            at: jiff::Timestamp::now(),
+        }
+    }
+
+    /// The instance id, as replies carry it.
+    pub fn instance_id(&self) -> InstanceId {
+        InstanceId::new(self.identity.instance_id.clone())
+    }
+
+    /// Launches the browser of `request` on the reserved `port`, waits until
+    /// it answers DevTools, and returns the `session.ready` reply. On failure
+    /// everything taken is given back (port, profile, process).
+    pub async fn launch(
+        &self,
+        id: SessionId,
+        port: Port,
+        request: &CreateRequest,
+        received: Instant,
+    ) -> Result<(Reply, ReplyTargets), LaunchFailure> {
+        let rejected = |reason, message: String| {
+            self.unreserve(&id, port);
+            LaunchFailure::Rejected { reason, message }
+        };
+        let browser = &self.settings.config.browser;
+        let args = match sanitize(&request.args, &self.settings.arg_policy) {
+            Ok(args) => args,
+            Err(violations) => {
+                let message = violations
+                    .iter()
+                    .map(ToString::to_string)
+                    .collect::<Vec<_>>()
+                    .join("; ");
+                return Err(rejected(FailureReason::ForbiddenArgument, message));
+            }
+        };
+        let profile = match &request.profile {
+            Some(_) if !self.settings.config.profiles.allow_persistent => {
+                return Err(rejected(
+                    FailureReason::InvalidRequest,
+                    "this fleet does not keep named profiles (profiles.allowPersistent is off)"
+                        .into(),
+                ));
+            }
+            Some(name) => self.profiles.open_named(name.as_str()).await,
+            None => self.profiles.create_temporary(id.as_str()).await,
+        };
+        let profile = match profile {
+            Ok(profile) => profile,
+            Err(error) => {
+                // In use by another session, or not creatable on disk.
+                return Err(rejected(
+                    FailureReason::ProfileUnavailable,
+                    format!("profile: {error}"),
+                ));
+            }
+        };
+        let command = browser_command(
+            browser,
+            &self.executable,
+            &SessionLaunch {
+                port,
+                profile_dir: profile.path(),
+                session_args: &args,
+                proxy: request.proxy.as_ref(),
+                extensions: &request.extensions,
+                start_url: request.start_url.as_deref(),
+            },
+        );
+        let spec = LaunchSpec {
+            program: command.program,
+            args: command.args,
+            env: Vec::new(),
+            working_dir: None,
+            log_file: None,
+        };
+        let spawned = match self.processes.spawn(&spec) {
+            Ok(spawned) => spawned,
+            Err(error) => {
+                self.release_profile(&profile).await;
+                self.unreserve(&id, port);
+                self.metrics.failed("failedToStart");
+                return Err(LaunchFailure::Retry(format!(
+                    "browser did not start: {error}"
+                )));
+            }
+        };
+        self.metrics.launches.inc();
+        let started = SystemTime::now();
+        let limits = &self.settings;
+        let requested = request.ttl.unwrap_or(limits.default_ttl);
+        let ttl = requested.min(limits.max_ttl);
+        let record = SessionRecord {
+            id: id.clone(),
+            request_id: request.request_id.clone(),
+            port: port.0,
+            token: new_token(),
+            process: spawned.identity,
+            profile_dir: profile.path().to_path_buf(),
+            profile_temporary: profile.kind() == ProfileKind::Temporary,
+            browser_path: String::new(),
+            started,
+            expires: started + ttl,
+            ttl_was_cut: requested > limits.max_ttl,
+            use_by: started + limits.never_used_timeout,
+            used: false,
+            start_url: request.start_url.clone(),
+            reply_to: request.reply_to.clone(),
+            callback_url: request.callback_url.clone(),
+            labels: request.labels.clone(),
+        };
+        {
+            let mut state = self.lock();
+            state.sessions.insert(
+                id.clone(),
+                LiveSession {
+                    record,
+                    phase: Phase::Starting,
+                    used: Arc::new(AtomicBool::new(false)),
+                    exit: Some(spawned.exit.clone()),
+                    profile,
+                },
+            );
+            // Persisted before the wait, so an agent that dies now still
+            // knows this browser after its restart.
+            self.save_table(&state);
+        }
+        let mut exit = spawned.exit;
+        let ready = tokio::select! {
+            ready = self.devtools.wait_ready(port, self.settings.launch_timeout) => ready.map_err(|e| e.to_string()),
+            code = exit.wait() => Err(format!("browser exited during start: {code:?}")),
+        };
+        let version = match ready {
+            Ok(version) => version,
+            Err(message) => {
+                self.metrics.failed("failedToStart");
+                self.end(&id, TerminationReason::FailedToStart, false).await;
+                return Err(LaunchFailure::Retry(message));
+            }
+        };
+        let activated = self.activate(&id, port, &version);
+        let (reply, targets) = match activated {
+            Ok(ready) => ready,
+            Err(message) => {
+                self.end(&id, TerminationReason::FailedToStart, false).await;
+                return Err(LaunchFailure::Retry(message));
+            }
+        };
+        self.metrics
+            .launch_seconds
+            .observe(received.elapsed().as_secs_f64());
+        tracing::info!(session = %id, %port, "session ready");
+        Ok((reply, targets))
+    }
+
+    /// Marks a started session active and builds its ready reply.
+    fn activate(
+        &self,
+        id: &SessionId,
+        port: Port,
+        version: &super::devtools::BrowserVersion,
+    ) -> Result<(Reply, ReplyTargets), String> {
+        let mut state = self.lock();
+        state
+            .pool
+            .activate(id, port, Instant::now())
+            .map_err(|e| e.to_string())?;
+        let session = state
+            .sessions
+            .get_mut(id)
+            .ok_or("session ended during its start")?;
+        session.phase = Phase::Active;
+        session.record.browser_path = version.browser_path().unwrap_or_default().to_owned();
+        let reply = self.ready(&session.record);
+        let targets = ReplyTargets {
+            reply_to: session.record.reply_to.clone(),
+            callback_url: session.record.callback_url.clone(),
+        };
+        self.save_table(&state);
+        Ok((reply, targets))
+    }
+
+    /// Ends a session: kills its browser's process tree, frees its port,
+    /// releases its profile (deleting a temporary one), saves the table and,
+    /// when `announce`, sends `session.terminated` to its requester.
+    /// Returns false when the session was not hosted here.
+    pub async fn end(&self, id: &SessionId, reason: TerminationReason, announce: bool) -> bool {
+        let session = {
+            let mut state = self.lock();
+            let Some(session) = state.sessions.remove(id) else {
+                return false;
+            };
+            self.save_table(&state);
+            session
+        };
+        match self.processes.kill_tree(session.record.process).await {
+            Ok(outcome) => tracing::debug!(session = %id, ?outcome, "browser killed"),
+            Err(error) => tracing::warn!(session = %id, %error, "browser kill failed"),
+        }
+        self.release_profile(&session.profile).await;
+        {
+            let mut state = self.lock();
+            if let Err(error) = state.pool.release(id, session.record.port()) {
+                tracing::warn!(session = %id, %error, "port was not held");
+            }
+        }
+        self.slot_freed.notify_waiters();
+        self.metrics.terminated(&reason.to_string());
+        tracing::info!(session = %id, %reason, "session ended");
+        if announce {
+            let record = &session.record;
+            let reply = self.reply(
+                record,
+                ReplyKind::Terminated(Terminated {
+                    reason,
+                    message: None,
+                }),
+            );
+            let targets = ReplyTargets {
+                reply_to: record.reply_to.clone(),
+                callback_url: record.callback_url.clone(),
+            };
+            if let Err(error) = self.replier.send(&self.queues, &targets, &reply).await {
+                tracing::warn!(session = %id, %error, "termination reply not sent");
+            }
+        }
+        true
+    }
+
+    /// A delete: ends the session if hosted here, or forwards the delete to
+    /// the fleet's events queue for the agent that hosts it.
+    pub async fn delete_session(
+        &self,
+        id: &SessionId,
+        request_id: Option<crate::protocol::RequestId>,
+        targets: ReplyTargets,
+    ) -> DeleteOutcome {
+        if self.end(id, TerminationReason::Deleted, true).await {
+            return DeleteOutcome::Ended;
+        }
+        let forward = EventsMessage {
+            session_id: id.clone(),
+            request_id,
+            from_instance: self.instance_id(),
+            reply_to: targets.reply_to,
+            callback_url: targets.callback_url,
+        };
+        let body = match serde_json::to_string(&forward) {
+            Ok(body) => body,
+            Err(error) => return DeleteOutcome::ForwardFailed(error.to_string()),
+        };
+        let message = OutgoingMessage {
+            body,
+            delay: Duration::ZERO,
+        };
+        match self.queues.send(&self.events, &message).await {
+            Ok(_) => DeleteOutcome::Forwarded,
+            Err(error) => DeleteOutcome::ForwardFailed(error.to_string()),
+        }
+    }
+
+    /// One supervision pass: ends sessions whose browser exited, whose TTL
+    /// passed or that nobody used; expires stale reservations; advances a
+    /// drain. Returns true when a drain has finished and the agent should
+    /// exit.
+    pub async fn supervise_once(&self) -> bool {
+        let now = SystemTime::now();
+        let expired = self.lock().pool.expire(Instant::now());
+        for (port, owner) in expired {
+            tracing::warn!(session = %owner, %port, "reservation expired");
+        }
+        let checks: Vec<(
+            SessionId,
+            Deadlines,
+            BrowserHealth,
+            bool,
+            Port,
+            Option<String>,
+        )> = {
+            let state = self.lock();
+            state
+                .sessions
+                .values()
+                .filter(|s| s.phase == Phase::Active)
+                .map(|s| {
+                    let health = match &s.exit {
+                        Some(exit) => match exit.exited() {
+                            None => BrowserHealth::Running,
+                            Some(ProcessExit::Code(code)) => BrowserHealth::Exited(Some(code)),
+                            Some(_) => BrowserHealth::Exited(None),
+                        },
+                        None if self.processes.is_alive(&s.record.process) => {
+                            BrowserHealth::Running
+                        }
+                        None => BrowserHealth::Exited(None),
+                    };
+                    let r = &s.record;
+                    (
+                        r.id.clone(),
+                        Deadlines {
+                            started: r.started,
+                            expires: r.expires,
+                            ttl_was_cut: r.ttl_was_cut,
+                            use_by: r.use_by,
+                        },
+                        health,
+                        r.used || s.used.load(Ordering::Relaxed),
+                        r.port(),
+                        r.start_url.clone(),
+                    )
+                })
+                .collect()
+        };
+        let check_use = {
+            let mut housekeeping = self.housekeeping.lock().unwrap_or_else(|p| p.into_inner());
+            let due = housekeeping.use_checked.elapsed() >= USE_CHECK_INTERVAL;
+            if due {
+                housekeeping.use_checked = Instant::now();
+            }
+            due
+        };
+        for (id, deadlines, health, mut used, port, start_url) in checks {
+            if check_use && !used && health == BrowserHealth::Running {
+                // A client may drive the browser without the gateway knowing
+                // (a connection opened before a restart): its pages tell.
+                if let Ok(urls) = self.devtools.page_urls(port).await
+                    && urls.iter().any(|u| shows_use(u, start_url.as_deref()))
+                {
+                    used = true;
+                    if let Some(session) = self.lock().sessions.get(&id) {
+                        session.used.store(true, Ordering::Relaxed);
+                    }
+                }
+            }
+            if let Some(reason) = verdict(&deadlines, health, used, now) {
+                self.end(&id, reason, true).await;
+            }
+        }
+        self.refresh_usage_metrics();
+        self.clean_profiles_when_due().await;
+        let deadline = *self.draining.borrow();
+        if let Some(deadline) = deadline {
+            let remaining: Vec<SessionId> = self.lock().sessions.keys().cloned().collect();
+            if remaining.is_empty() {
+                return true;
+            }
+            if Instant::now() >= deadline {
+                for id in remaining {
+                    self.end(&id, TerminationReason::Drained, true).await;
+                }
+                return true;
+            }
+        }
+        false
+    }
+
+    /// After a restart: re-adopts the browsers of the saved table that still
+    /// run and answer DevTools, ends the others (reporting them), and kills
+    /// browsers found running from our profiles that no session owns.
+    pub async fn recover(&self) -> Result<RecoveryReport, super::table::TableError> {
+        let records = self.table.load()?;
+        let mut report = RecoveryReport::default();
+        for record in records {
+            let mut record = record;
+            let version = if self.processes.is_alive(&record.process) {
+                self.devtools.version(record.port()).await.ok()
+            } else {
+                None
+            };
+            let alive = version.is_some();
+            if let Some(version) = &version
+                && record.browser_path.is_empty()
+            {
+                // The agent died while this browser started: its ready reply
+                // was never sent, and the redelivered request will ask for it.
+                record.browser_path = version.browser_path().unwrap_or_default().to_owned();
+            }
+            let profile = self.profiles.adopt(&record.profile_dir);
+            let adopted = {
+                let mut state = self.lock();
+                let taken = alive && state.pool.adopt(record.id.clone(), record.port()).is_ok();
+                let profile = match profile {
+                    Ok(profile) => profile,
+                    Err(error) => {
+                        tracing::warn!(session = %record.id, %error, "profile not adoptable");
+                        continue;
+                    }
+                };
+                if taken {
+                    state.sessions.insert(
+                        record.id.clone(),
+                        LiveSession {
+                            used: Arc::new(AtomicBool::new(record.used)),
+                            record: record.clone(),
+                            phase: Phase::Active,
+                            exit: None,
+                            profile,
+                        },
+                    );
+                } else {
+                    // Kept in the table only long enough to be ended below.
+                    state.sessions.insert(
+                        record.id.clone(),
+                        LiveSession {
+                            used: Arc::new(AtomicBool::new(record.used)),
+                            record: record.clone(),
+                            phase: Phase::Starting,
+                            exit: None,
+                            profile,
+                        },
+                    );
+                }
+                taken
+            };
+            if adopted {
+                tracing::info!(session = %record.id, port = record.port, "session re-adopted");
+                report.adopted.push(record.id);
+            } else {
+                self.end(&record.id, TerminationReason::Crashed, true).await;
+                report.ended.push(record.id);
+            }
+        }
+        self.save_table(&self.lock());
+        let marker = format!("--user-data-dir={}", self.profiles.root().display());
+        let known: Vec<_> = self
+            .lock()
+            .sessions
+            .values()
+            .map(|s| s.record.process)
+            .collect();
+        match self.processes.find_by_marker(&marker).await {
+            Ok(found) => {
+                for orphan in found.into_iter().filter(|p| !known.contains(p)) {
+                    tracing::warn!(pid = orphan.pid, "killing a browser no session owns");
+                    if self.processes.kill_tree(orphan).await.is_ok() {
+                        self.metrics.orphans_killed.inc();
+                        report.orphans_killed.push(orphan.pid);
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "could not look for orphaned browsers"),
+        }
+        self.clean_profiles().await;
+        Ok(report)
+    }
+
+    async fn clean_profiles_when_due(&self) {
+        {
+            let mut housekeeping = self.housekeeping.lock().unwrap_or_else(|p| p.into_inner());
+            if housekeeping.profiles_cleaned.elapsed() < PROFILE_CLEANUP_INTERVAL {
+                return;
+            }
+            housekeeping.profiles_cleaned = Instant::now();
+        }
+        self.clean_profiles().await;
+    }
+
+    /// Removes leftover temporary profiles and named ones unused for longer
+    /// than the fleet's maximum age; profiles in use are never touched (the
+    /// store knows which are).
+    async fn clean_profiles(&self) {
+        match self
+            .profiles
+            .cleanup(self.settings.profile_max_age, SystemTime::now())
+            .await
+        {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(count = removed.len(), "old profiles removed")
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "profile cleanup failed"),
+        }
+    }
+
+    async fn release_profile(&self, profile: &Profile) {
+        if let Err(error) = self.profiles.release(profile).await {
+            tracing::warn!(%error, "profile not released");
+        }
+    }
+
+    /// Whether the port is held by anyone, for tests and `/v1/state`.
+    pub fn port_state(&self, port: Port) -> Option<&'static str> {
+        self.lock().pool.state(port).map(|s| match s {
+            PortState::Free => "free",
+            PortState::Reserved { .. } => "reserved",
+            PortState::Active { .. } => "active",
+        })
+    }
+}
+
+/// What [`Agent::recover`] found.
+#[derive(Debug, Default)]
+pub struct RecoveryReport {
+    /// Sessions whose browsers run on.
+    pub adopted: Vec<SessionId>,
+    /// Sessions whose browsers were gone or unreachable.
+    pub ended: Vec<SessionId>,
+    /// Browsers without a session, killed.
+    pub orphans_killed: Vec<u32>,
+}
+
+/// Whether nothing listens on the port on 127.0.0.1 (the browser's bind
+/// would fail otherwise).
+fn port_is_free(port: Port) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port.0)).is_ok()
+}

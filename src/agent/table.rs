@@ -1,0 +1,167 @@
+//! The session table on disk, so that an agent restarted after a crash or an
+//! upgrade finds its browsers again.
+//!
+//! The file is replaced atomically (write a temporary file beside it, flush
+//! it to disk, rename over the old one), so a crash mid-write leaves the old
+//! table or the new one, never half of either.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+
+use super::process::ProcessIdentity;
+use super::slots::Port;
+use crate::protocol::{CallbackUrl, ReplyQueueUrl, RequestId, SessionId};
+
+/// Format version of the file; a newer agent reads older versions.
+const TABLE_VERSION: u32 = 1;
+
+/// One session as persisted.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionRecord {
+    /// Session id.
+    pub id: SessionId,
+    /// Request id of the create, echoed in replies.
+    pub request_id: Option<RequestId>,
+    /// The browser's DevTools port.
+    pub port: u16,
+    /// The session's gateway token. The state directory is readable by the
+    /// agent's account only, like the configuration holding the fleet token.
+    pub token: String,
+    /// The browser process, guarded by its start time.
+    pub process: ProcessIdentity,
+    /// The browser's profile directory.
+    pub profile_dir: PathBuf,
+    /// Whether the profile is deleted at the session's end.
+    pub profile_temporary: bool,
+    /// Path of the browser target (`/devtools/browser/<id>`).
+    pub browser_path: String,
+    /// When the browser started.
+    pub started: SystemTime,
+    /// End of the TTL (cut to the fleet maximum).
+    pub expires: SystemTime,
+    /// Whether the requested TTL was cut.
+    pub ttl_was_cut: bool,
+    /// Ended as never used if still unused then.
+    pub use_by: SystemTime,
+    /// Whether a client has used it.
+    pub used: bool,
+    /// The start URL the request asked for.
+    pub start_url: Option<String>,
+    /// Reply queue of the requester.
+    pub reply_to: Option<ReplyQueueUrl>,
+    /// Callback of the requester.
+    pub callback_url: Option<CallbackUrl>,
+    /// Labels from the request, echoed in replies.
+    pub labels: BTreeMap<String, String>,
+}
+
+impl SessionRecord {
+    /// The port as its type.
+    pub fn port(&self) -> Port {
+        Port(self.port)
+    }
+}
+
+#[derive(Serialize, Deserialize)]
+struct TableFile {
+    version: u32,
+    sessions: Vec<SessionRecord>,
+}
+
+/// Why the table could not be read or written.
+#[derive(Debug, Error)]
+pub enum TableError {
+    /// File system trouble.
+    #[error("session table {path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        source: std::io::Error,
+    },
+    /// The file is not a session table this agent understands.
+    #[error("session table {path} is unreadable: {message}")]
+    Corrupt {
+        /// The file.
+        path: PathBuf,
+        /// What was wrong.
+        message: String,
+    },
+}
+
+/// The table's file.
+#[derive(Clone, Debug)]
+pub struct TableFileStore {
+    path: PathBuf,
+}
+
+impl TableFileStore {
+    /// The table at `state_dir/sessions.json`.
+    pub fn new(state_dir: &Path) -> Self {
+        TableFileStore {
+            path: state_dir.join("sessions.json"),
+        }
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Reads the table; an absent file is an empty table.
+    pub fn load(&self) -> Result<Vec<SessionRecord>, TableError> {
+        let bytes = match std::fs::read(&self.path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(TableError::Io {
+                    path: self.path.clone(),
+                    source,
+                });
+            }
+        };
+        let file: TableFile = serde_json::from_slice(&bytes).map_err(|e| TableError::Corrupt {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        if file.version > TABLE_VERSION {
+            return Err(TableError::Corrupt {
+                path: self.path.clone(),
+                message: format!("version {} is newer than this agent", file.version),
+            });
+        }
+        Ok(file.sessions)
+    }
+
+    /// Replaces the table atomically.
+    pub fn save(&self, sessions: &[SessionRecord]) -> Result<(), TableError> {
+        let io = |source| TableError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let file = TableFile {
+            version: TABLE_VERSION,
+            sessions: sessions.to_vec(),
+        };
+        let json = serde_json::to_vec_pretty(&file).map_err(|e| TableError::Corrupt {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        if let Some(dir) = self.path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let temporary = self.path.with_extension("json.tmp");
+        let mut out = std::fs::File::create(&temporary).map_err(io)?;
+        out.write_all(&json).map_err(io)?;
+        out.sync_all().map_err(io)?;
+        drop(out);
+        std::fs::rename(&temporary, &self.path).map_err(io)?;
+        Ok(())
+    }
+}

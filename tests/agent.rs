@@ -1,0 +1,605 @@
+//! The node agent end to end: real Chromium, moto SQS, the agent's own HTTP
+//! listener, a CDP client connecting through the gateway.
+
+mod support;
+
+use std::time::Duration;
+
+use browserfleet::agent::{self, RunOptions, RunningAgent};
+use browserfleet::cloud::Sqs;
+use browserfleet::protocol::callback;
+use serde_json::{Value, json};
+use support::agent_world::{
+    AgentWorld, CallbackReceiver, Cdp, evaluate_in_new_page, eventually, processes_with,
+};
+
+async fn start(world: &AgentWorld) -> RunningAgent<Sqs> {
+    agent::start(
+        world.settings(),
+        None,
+        world.sqs.clone(),
+        RunOptions {
+            receive_wait: Some(Duration::from_secs(1)),
+        },
+    )
+    .await
+    .expect("agent starts")
+}
+
+fn http() -> reqwest_lite::Client {
+    reqwest_lite::Client::new()
+}
+
+/// A tiny HTTP client for the tests (GET/POST/DELETE with headers).
+mod reqwest_lite {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Empty};
+    use hyper_util::client::legacy::Client as HyperClient;
+    use hyper_util::client::legacy::connect::HttpConnector;
+    use hyper_util::rt::TokioExecutor;
+
+    pub struct Client(HyperClient<HttpConnector, Empty<Bytes>>);
+
+    impl Client {
+        pub fn new() -> Self {
+            Client(HyperClient::builder(TokioExecutor::new()).build(HttpConnector::new()))
+        }
+
+        pub async fn call(&self, method: &str, url: &str, token: Option<&str>) -> (u16, String) {
+            let mut request = hyper::Request::builder().method(method).uri(url);
+            if let Some(token) = token {
+                request = request.header("authorization", format!("Bearer {token}"));
+            }
+            let response = self
+                .0
+                .request(request.body(Empty::new()).unwrap())
+                .await
+                .expect("HTTP call");
+            let status = response.status().as_u16();
+            let body = response.into_body().collect().await.unwrap().to_bytes();
+            (status, String::from_utf8_lossy(&body).into_owned())
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_gets_a_ready_reply_a_signed_callback_and_a_working_gateway() {
+    let world = AgentWorld::new("agent-ready", 2).await;
+    let callbacks = CallbackReceiver::start().await;
+    let running = start(&world).await;
+    world
+        .request(
+            "s-ready",
+            json!({"callbackUrl": callbacks.url, "labels": {"team": "qa"}}),
+        )
+        .await;
+    let ready = world.reply("session.ready", "s-ready").await;
+    assert_eq!(ready["requestId"], "req-s-ready");
+    assert_eq!(ready["labels"]["team"], "qa");
+    let token = ready["token"].as_str().expect("token").to_owned();
+    let ws = ready["endpoints"]["webSocketDebuggerUrl"]
+        .as_str()
+        .expect("websocket URL")
+        .to_owned();
+    assert!(ws.contains(&running.address.to_string()), "{ws}");
+
+    // The callback carries a valid signature over its body.
+    eventually("callback received", Duration::from_secs(10), || async {
+        !callbacks.received.lock().unwrap().is_empty()
+    })
+    .await;
+    let callback = callbacks.received.lock().unwrap()[0].clone();
+    let body: Value = serde_json::from_str(&callback.body).unwrap();
+    assert_eq!(body["type"], "session.ready");
+    callback::verify(
+        b"ssssssssssssssssssssssssssssssssssssssss",
+        &callback.headers[&callback::TIMESTAMP_HEADER.to_ascii_lowercase()],
+        &callback.headers[&callback::SIGNATURE_HEADER.to_ascii_lowercase()],
+        callback.body.as_bytes(),
+        jiff::Timestamp::now().as_second(),
+        Duration::from_secs(300),
+    )
+    .expect("callback signature verifies");
+
+    // A CDP client through the gateway with the token.
+    let mut cdp = Cdp::connect(&format!("{ws}?token={token}"))
+        .await
+        .expect("gateway admits the token");
+    assert_eq!(evaluate_in_new_page(&mut cdp, "6 * 7").await, json!(42));
+    assert_eq!(
+        evaluate_in_new_page(
+            &mut cdp,
+            "new Promise(r => document.readyState === 'complete' ? r(document.title) \
+             : addEventListener('load', () => r(document.title)))"
+        )
+        .await,
+        json!("browserfleet")
+    );
+
+    // json/list through the gateway points back at the gateway.
+    let base = format!("http://{}/sessions/s-ready", running.address);
+    let (code, list) = http()
+        .call("GET", &format!("{base}/json/list?token={token}"), None)
+        .await;
+    assert_eq!(code, 200, "{list}");
+    let list: Value = serde_json::from_str(&list).unwrap();
+    let page = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["type"] == "page")
+        .expect("a page target")
+        .clone();
+    let page_ws = page["webSocketDebuggerUrl"].as_str().unwrap();
+    assert!(
+        page_ws.starts_with(&format!(
+            "ws://{}/sessions/s-ready/devtools/page/",
+            running.address
+        )),
+        "{page_ws}"
+    );
+    let mut page_cdp = Cdp::connect(page_ws)
+        .await
+        .expect("page websocket via the gateway");
+    let evaluated = page_cdp
+        .call("Runtime.evaluate", json!({"expression": "1 + 1"}), None)
+        .await;
+    assert_eq!(evaluated["result"]["value"], 2);
+
+    // Without a token: 401; with another session's token: 403; unknown: 404.
+    assert_eq!(
+        http()
+            .call("GET", &format!("{base}/json/version"), None)
+            .await
+            .0,
+        401
+    );
+    assert!(
+        Cdp::connect(&ws)
+            .await
+            .err()
+            .expect("refused")
+            .contains("401")
+    );
+    world.request("s-other", json!({})).await;
+    let other = world.reply("session.ready", "s-other").await;
+    let other_token = other["token"].as_str().unwrap();
+    assert_eq!(
+        http()
+            .call("GET", &format!("{base}/json/version"), Some(other_token))
+            .await
+            .0,
+        403
+    );
+    assert!(
+        Cdp::connect(&format!("{ws}?token={other_token}"))
+            .await
+            .err()
+            .expect("refused")
+            .contains("403")
+    );
+    assert_eq!(
+        http()
+            .call(
+                "GET",
+                &format!("http://{}/sessions/nope/json/version", running.address),
+                Some(&token)
+            )
+            .await
+            .0,
+        404
+    );
+    // The browser's own DevTools port is bound to 127.0.0.1 only.
+    let state = state(&world, &running).await;
+    for session in state["sessions"].as_array().unwrap() {
+        let port = session["port"].as_u64().unwrap();
+        let listeners = std::fs::read_to_string("/proc/net/tcp").unwrap();
+        let hex_port = format!(":{port:04X} ");
+        for line in listeners.lines().filter(|l| l.contains(&hex_port)) {
+            let local = line.split_whitespace().nth(1).unwrap();
+            if local.ends_with(&format!(":{port:04X}"))
+                && line.split_whitespace().nth(3) == Some("0A")
+            {
+                assert!(
+                    local.starts_with("0100007F"),
+                    "port {port} listens on {local}"
+                );
+            }
+        }
+    }
+    running
+        .agent
+        .end(
+            &"s-ready".parse().unwrap(),
+            browserfleet::protocol::TerminationReason::Deleted,
+            false,
+        )
+        .await;
+    running
+        .agent
+        .end(
+            &"s-other".parse().unwrap(),
+            browserfleet::protocol::TerminationReason::Deleted,
+            false,
+        )
+        .await;
+    running.stop().await;
+}
+
+async fn state(world: &AgentWorld, running: &RunningAgent<Sqs>) -> Value {
+    let (code, body) = http()
+        .call(
+            "GET",
+            &format!("http://{}/v1/state", running.address),
+            Some(&world.fleet_token()),
+        )
+        .await;
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_n_slots_n_requests_run_and_the_rest_wait_in_the_queue() {
+    let world = AgentWorld::new("agent-slots", 2).await;
+    let running = start(&world).await;
+    for i in 0..4 {
+        world.request(&format!("s-slot-{i}"), json!({})).await;
+    }
+    let first = world
+        .next_message(&world.replies, Duration::from_secs(45), |v| {
+            v["type"] == "session.ready"
+        })
+        .await;
+    let second = world
+        .next_message(&world.replies, Duration::from_secs(45), |v| {
+            v["type"] == "session.ready"
+        })
+        .await;
+    // Two run; two stay on the queue, neither deleted nor failed.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert_eq!(
+        state(&world, &running).await["sessions"]
+            .as_array()
+            .unwrap()
+            .len(),
+        2
+    );
+    assert_eq!(world.queued_requests().await, 2);
+    // As slots free, the waiting requests run.
+    for ready in [first, second] {
+        let id = ready["sessionId"].as_str().unwrap().to_owned();
+        let (code, _) = http()
+            .call(
+                "DELETE",
+                &format!("http://{}/v1/sessions/{id}", running.address),
+                Some(&world.fleet_token()),
+            )
+            .await;
+        assert_eq!(code, 200);
+    }
+    for _ in 0..2 {
+        world
+            .next_message(&world.replies, Duration::from_secs(45), |v| {
+                v["type"] == "session.ready"
+            })
+            .await;
+    }
+    eventually("queue empty", Duration::from_secs(10), || async {
+        world.queued_requests().await == 0
+    })
+    .await;
+    running.agent.start_drain();
+    running.agent.settings();
+    for i in 0..4 {
+        running
+            .agent
+            .end(
+                &format!("s-slot-{i}").parse().unwrap(),
+                browserfleet::protocol::TerminationReason::Deleted,
+                false,
+            )
+            .await;
+    }
+    running.wait().await;
+}
+
+/// Starts a session, returns its ready reply.
+async fn ready_session(world: &AgentWorld, id: &str, extra: Value) -> Value {
+    world.request(id, extra).await;
+    world.reply("session.ready", id).await
+}
+
+/// Checks that a session left nothing behind: port free, temporary profile
+/// gone, no Chromium process with its profile.
+async fn assert_cleaned_up(world: &AgentWorld, running: &RunningAgent<Sqs>, id: &str, port: u16) {
+    let profile = world.profiles_root().join("tmp").join(id);
+    eventually("session cleaned up", Duration::from_secs(10), || async {
+        running
+            .agent
+            .port_state(browserfleet::agent::slots::Port(port))
+            == Some("free")
+            && !profile.exists()
+            && processes_with(&profile.display().to_string()).is_empty()
+    })
+    .await;
+}
+
+async fn port_of(world: &AgentWorld, running: &RunningAgent<Sqs>, id: &str) -> u16 {
+    let state = state(world, running).await;
+    state["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .and_then(|s| s["port"].as_u64())
+        .expect("session in state") as u16
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sessions_end_with_their_reason_and_leave_nothing_behind() {
+    let mut world = AgentWorld::new("agent-reasons", 5).await;
+    world.config["sessions"] = json!({
+        "defaultTtlSeconds": 8, "maxTtlSeconds": 8, "neverUsedTimeoutSeconds": 10
+    });
+    let running = start(&world).await;
+    // TTL: 2 s requested, used by a client.
+    let ttl = ready_session(&world, "s-ttl", json!({"ttlSeconds": 2})).await;
+    let ttl_port = port_of(&world, &running, "s-ttl").await;
+    let mut cdp = Cdp::connect(&format!(
+        "{}?token={}",
+        ttl["endpoints"]["webSocketDebuggerUrl"].as_str().unwrap(),
+        ttl["token"].as_str().unwrap()
+    ))
+    .await
+    .unwrap();
+    let _ = cdp.call("Browser.getVersion", json!({}), None).await;
+    // Hard TTL: 60 s requested, cut to the fleet's 8 s.
+    let hard = ready_session(
+        &world,
+        "s-hard",
+        json!({"ttlSeconds": 60, "startUrl": "data:text/html,x"}),
+    )
+    .await;
+    assert!(hard["expiresAt"].is_string());
+    let hard_port = port_of(&world, &running, "s-hard").await;
+    // Killed with SIGKILL.
+    ready_session(&world, "s-kill", json!({"startUrl": "data:text/html,k"})).await;
+    let kill_port = port_of(&world, &running, "s-kill").await;
+    let pid = state(&world, &running).await["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == "s-kill")
+        .unwrap()["pid"]
+        .as_u64()
+        .unwrap();
+    // Closed through CDP.
+    let close = ready_session(&world, "s-close", json!({"startUrl": "data:text/html,c"})).await;
+    let close_port = port_of(&world, &running, "s-close").await;
+
+    // SAFETY: a plain kill(2) of the browser process this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+    let mut closer = Cdp::connect(&format!(
+        "{}?token={}",
+        close["endpoints"]["webSocketDebuggerUrl"].as_str().unwrap(),
+        close["token"].as_str().unwrap()
+    ))
+    .await
+    .unwrap();
+    closer.send("Browser.close").await;
+
+    for (id, reason, port) in [
+        ("s-kill", "crashed", kill_port),
+        ("s-close", "closed", close_port),
+        ("s-ttl", "expired", ttl_port),
+        ("s-hard", "hardTtlExceeded", hard_port),
+    ] {
+        let ended = world.reply("session.terminated", id).await;
+        assert_eq!(ended["reason"], reason, "{id}: {ended}");
+        assert_cleaned_up(&world, &running, id, port).await;
+    }
+    drop(cdp);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_nobody_uses_ends_as_never_used() {
+    let mut world = AgentWorld::new("agent-unused", 1).await;
+    world.config["sessions"] = json!({
+        "defaultTtlSeconds": 300, "maxTtlSeconds": 600, "neverUsedTimeoutSeconds": 10
+    });
+    let running = start(&world).await;
+    ready_session(&world, "s-unused", json!({})).await;
+    let port = port_of(&world, &running, "s-unused").await;
+    let ended = world.reply("session.terminated", "s-unused").await;
+    assert_eq!(ended["reason"], "neverUsed");
+    assert_cleaned_up(&world, &running, "s-unused", port).await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deletes_arrive_by_queue_and_api_and_unknown_ones_go_to_the_events_queue() {
+    // One slot stays free: an agent receives (deletes included) only while
+    // it has room for a create.
+    let world = AgentWorld::new("agent-delete", 3).await;
+    let running = start(&world).await;
+    ready_session(&world, "s-del-queue", json!({})).await;
+    ready_session(&world, "s-del-api", json!({})).await;
+    let queue_port = port_of(&world, &running, "s-del-queue").await;
+    let api_port = port_of(&world, &running, "s-del-api").await;
+    world
+        .send_raw(
+            &json!({"version": 1, "action": "delete", "sessionId": "s-del-queue"}).to_string(),
+        )
+        .await;
+    let ended = world.reply("session.terminated", "s-del-queue").await;
+    assert_eq!(ended["reason"], "deleted");
+    assert_cleaned_up(&world, &running, "s-del-queue", queue_port).await;
+
+    let url = format!("http://{}/v1/sessions/s-del-api", running.address);
+    assert_eq!(http().call("DELETE", &url, None).await.0, 401);
+    assert_eq!(
+        http()
+            .call("DELETE", &url, Some(&world.fleet_token()))
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        world.reply("session.terminated", "s-del-api").await["reason"],
+        "deleted"
+    );
+    assert_cleaned_up(&world, &running, "s-del-api", api_port).await;
+
+    // Unknown here: through the queue and through the API, forwarded.
+    world
+        .send_raw(
+            &json!({"version": 1, "action": "delete", "sessionId": "s-elsewhere"}).to_string(),
+        )
+        .await;
+    let forwarded = world
+        .next_message(&world.events, Duration::from_secs(30), |v| {
+            v["sessionId"] == "s-elsewhere"
+        })
+        .await;
+    assert_eq!(forwarded["type"], "session.delete");
+    let url = format!("http://{}/v1/sessions/s-elsewhere-too", running.address);
+    assert_eq!(
+        http()
+            .call("DELETE", &url, Some(&world.fleet_token()))
+            .await
+            .0,
+        202
+    );
+    world
+        .next_message(&world.events, Duration::from_secs(30), |v| {
+            v["sessionId"] == "s-elsewhere-too"
+        })
+        .await;
+    eventually("request queue empty", Duration::from_secs(10), || async {
+        world.queued_requests().await == 0
+    })
+    .await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_is_answered_or_dead_lettered_and_the_agent_keeps_serving() {
+    let world = AgentWorld::new("agent-bad", 1).await;
+    let running = start(&world).await;
+    let reply_to = world.replies.as_str().to_owned();
+    // No reply target: dead-lettered.
+    world.send_raw("{not json").await;
+    world
+        .send_raw(&json!({"version": 7, "action": "create"}).to_string())
+        .await;
+    world
+        .send_raw(
+            &json!({"version": 1, "action": "create", "args": ["x".repeat(300_000)]}).to_string()
+                [..200_000],
+        )
+        .await;
+    for _ in 0..3 {
+        world
+            .next_message(&world.dead_letter, Duration::from_secs(30), |_| true)
+            .await;
+    }
+    // With a reply target: session.failed.
+    world
+        .send_raw(
+            &json!({"version": 2, "action": "create", "sessionId": "s-v2", "replyTo": reply_to})
+                .to_string(),
+        )
+        .await;
+    let failed = world.reply("session.failed", "s-v2").await;
+    assert_eq!(failed["reason"], "invalidRequest");
+    for (id, arg) in [
+        ("s-port", "--remote-debugging-port=9999"),
+        ("s-dir", "--user-data-dir=/tmp/x"),
+        ("s-addr", "--remote-debugging-address=0.0.0.0"),
+        ("s-web", "--disable-web-security"),
+    ] {
+        world.request(id, json!({"args": [arg]})).await;
+        let failed = world.reply("session.failed", id).await;
+        assert_eq!(failed["reason"], "forbiddenArgument", "{id}: {failed}");
+    }
+    // Still serving.
+    ready_session(&world, "s-after", json!({})).await;
+    let (code, _) = http()
+        .call("GET", &format!("http://{}/healthz", running.address), None)
+        .await;
+    assert_eq!(code, 200);
+    let (_, metrics) = http()
+        .call("GET", &format!("http://{}/metrics", running.address), None)
+        .await;
+    assert!(
+        metrics.contains("browserfleet_agent_failures_total{reason=\"forbiddenArgument\"} 4"),
+        "{metrics}"
+    );
+    running
+        .agent
+        .end(
+            &"s-after".parse().unwrap(),
+            browserfleet::protocol::TerminationReason::Deleted,
+            false,
+        )
+        .await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_may_allow_a_blocked_switch() {
+    let mut world = AgentWorld::new("agent-allow", 1).await;
+    world.config["browser"]["allowedArgs"] = json!(["--disable-web-security"]);
+    let running = start(&world).await;
+    ready_session(
+        &world,
+        "s-allowed",
+        json!({"args": ["--disable-web-security"]}),
+    )
+    .await;
+    running
+        .agent
+        .end(
+            &"s-allowed".parse().unwrap(),
+            browserfleet::protocol::TerminationReason::Deleted,
+            false,
+        )
+        .await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_stops_intake_and_exits_when_the_last_session_ends() {
+    let world = AgentWorld::new("agent-drain", 2).await;
+    let running = start(&world).await;
+    ready_session(&world, "s-drain", json!({})).await;
+    let (code, _) = http()
+        .call(
+            "POST",
+            &format!("http://{}/v1/drain", running.address),
+            Some(&world.fleet_token()),
+        )
+        .await;
+    assert_eq!(code, 202);
+    world.request("s-late", json!({})).await;
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    // Not taken: still on the queue.
+    assert_eq!(world.queued_requests().await, 1);
+    assert!(!running.agent.hosts(&"s-late".parse().unwrap()));
+    let agent = running.agent.clone();
+    let waiting = tokio::spawn(running.wait());
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    assert!(!waiting.is_finished(), "the agent waits for its session");
+    agent
+        .end(
+            &"s-drain".parse().unwrap(),
+            browserfleet::protocol::TerminationReason::Closed,
+            true,
+        )
+        .await;
+    tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("agent exits once the last session ended")
+        .unwrap();
+}

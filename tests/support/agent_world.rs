@@ -1,0 +1,374 @@
+//! The world an agent test runs in: moto queues of its own (requests with a
+//! dead-letter queue, events, a requester's reply queue), a state directory,
+//! a port range no other test uses, real Chromium, a callback receiver, and
+//! a CDP client.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU16, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use browserfleet::agent::config::{AgentConfig, AgentSettings};
+use browserfleet::cloud::{
+    OutgoingMessage, QueueDefinition, QueueUrl, Queues, ReceiveOptions, Sqs,
+};
+use futures::{SinkExt, StreamExt};
+use serde_json::{Value, json};
+use tokio_tungstenite::tungstenite::Message;
+
+/// Chromium as the project's script installs it.
+pub const CHROMIUM: &str = "/usr/bin/chromium";
+
+/// Flags the sandboxed test machine needs: Chromium refuses to run as root
+/// with its sandbox on, and has no GPU.
+pub const TEST_BROWSER_ARGS: &[&str] = &["--no-sandbox", "--disable-gpu"];
+
+static NEXT_RANGE: AtomicU16 = AtomicU16::new(0);
+
+/// A port range of its own for each world: tests run in parallel.
+pub fn port_range(size: u16) -> (u16, u16) {
+    let base = 20_000 + (std::process::id() % 200) as u16 * 100;
+    let start = base + NEXT_RANGE.fetch_add(size, Ordering::Relaxed);
+    (start, start + size - 1)
+}
+
+/// Queues and configuration for one agent.
+pub struct AgentWorld {
+    pub sqs: Sqs,
+    pub requests: QueueUrl,
+    pub dead_letter: QueueUrl,
+    pub events: QueueUrl,
+    pub replies: QueueUrl,
+    pub state_dir: tempfile::TempDir,
+    pub config: Value,
+}
+
+impl AgentWorld {
+    /// Queues named after `name`, and a configuration with `slots` slots.
+    pub async fn new(name: &str, slots: u16) -> Self {
+        let aws = super::aws().await;
+        let sqs = Sqs::new(&aws);
+        let fleet = super::unique_fleet(name);
+        let mut requests = QueueDefinition::requests_for(&fleet, &Default::default());
+        requests.visibility_timeout = Duration::from_secs(60);
+        let ensured = sqs.ensure_queue(&requests).await.expect("request queue");
+        let events = sqs
+            .ensure_queue(&QueueDefinition::events_for(&fleet))
+            .await
+            .expect("events queue");
+        let mut reply = QueueDefinition::events_for(&fleet);
+        reply.name = format!("{}-replies", reply.name.trim_end_matches("-events"));
+        let replies = sqs.ensure_queue(&reply).await.expect("reply queue");
+        let (first, last) = port_range(slots + 4);
+        let state_dir = tempfile::tempdir().expect("state dir");
+        let config = json!({
+            "fleet": "tests/agent",
+            "requestQueueUrl": ensured.url.as_str(),
+            "deadLetterQueueUrl": ensured.dead_letter_url.as_ref().map(|u| u.as_str().to_owned()),
+            "eventsQueueUrl": events.url.as_str(),
+            "slots": slots,
+            "gatewayPort": 0,
+            "listenAddress": "127.0.0.1",
+            "browserPortRange": {"start": first, "end": last},
+            "browser": {
+                "executable": CHROMIUM,
+                "headless": true,
+                "extraArgs": TEST_BROWSER_ARGS,
+            },
+            "sessions": {"defaultTtlSeconds": 300, "maxTtlSeconds": 600, "neverUsedTimeoutSeconds": 120},
+            "launchTimeoutSeconds": 30,
+            "visibilityTimeoutSeconds": 60,
+            "stateDir": state_dir.path(),
+            "fleetToken": "f".repeat(40),
+            "callbackSecret": "s".repeat(40),
+        });
+        AgentWorld {
+            sqs,
+            requests: ensured.url,
+            dead_letter: ensured.dead_letter_url.expect("dead-letter queue"),
+            events: events.url,
+            replies: replies.url,
+            state_dir,
+            config,
+        }
+    }
+
+    /// The validated settings of the current configuration.
+    pub fn settings(&self) -> AgentSettings {
+        AgentConfig::parse(&self.config.to_string()).expect("valid test configuration")
+    }
+
+    pub fn fleet_token(&self) -> String {
+        self.config["fleetToken"].as_str().unwrap().to_owned()
+    }
+
+    pub fn profiles_root(&self) -> PathBuf {
+        self.state_dir.path().join("profiles")
+    }
+
+    /// Sends a raw message to the request queue.
+    pub async fn send_raw(&self, body: &str) {
+        self.sqs
+            .send(
+                &self.requests,
+                &OutgoingMessage {
+                    body: body.to_owned(),
+                    delay: Duration::ZERO,
+                },
+            )
+            .await
+            .expect("send request");
+    }
+
+    /// Sends a v1 create that replies to this world's reply queue.
+    pub async fn request(&self, session_id: &str, extra: Value) {
+        let mut body = json!({
+            "version": 1,
+            "action": "create",
+            "sessionId": session_id,
+            "requestId": format!("req-{session_id}"),
+            "replyTo": self.replies.as_str(),
+        });
+        if let (Value::Object(body), Value::Object(extra)) = (&mut body, extra) {
+            body.extend(extra);
+        }
+        self.send_raw(&body.to_string()).await;
+    }
+
+    /// Waits for the next reply on `queue` for which `pick` holds.
+    pub async fn next_message(
+        &self,
+        queue: &QueueUrl,
+        deadline: Duration,
+        pick: impl Fn(&Value) -> bool,
+    ) -> Value {
+        let started = Instant::now();
+        while started.elapsed() < deadline {
+            let messages = self
+                .sqs
+                .receive(
+                    queue,
+                    ReceiveOptions {
+                        max_messages: 10,
+                        wait: Duration::from_secs(1),
+                        visibility: Some(Duration::from_secs(30)),
+                    },
+                )
+                .await
+                .expect("receive");
+            let mut found = None;
+            for message in messages {
+                let value: Value = serde_json::from_str(&message.body).unwrap_or(Value::Null);
+                if found.is_none() && pick(&value) {
+                    self.sqs
+                        .delete(queue, &message.receipt)
+                        .await
+                        .expect("delete");
+                    found = Some(value);
+                } else {
+                    self.sqs
+                        .change_visibility(queue, &message.receipt, Duration::ZERO)
+                        .await
+                        .expect("give back");
+                }
+            }
+            if let Some(value) = found {
+                return value;
+            }
+        }
+        panic!("no matching message on {queue} within {deadline:?}");
+    }
+
+    /// The next reply of `type` for `session`.
+    pub async fn reply(&self, kind: &str, session: &str) -> Value {
+        self.next_message(&self.replies, Duration::from_secs(45), |v| {
+            v["type"] == kind && v["sessionId"] == session
+        })
+        .await
+    }
+
+    /// Messages now on the request queue, visible or not.
+    pub async fn queued_requests(&self) -> u64 {
+        let depth = self.sqs.depth(&self.requests).await.expect("depth");
+        depth.visible + depth.in_flight + depth.delayed
+    }
+}
+
+/// Waits until `condition` holds, or panics with `what` at the deadline.
+pub async fn eventually<F, Fut>(what: &str, deadline: Duration, mut condition: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let started = Instant::now();
+    while started.elapsed() < deadline {
+        if condition().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{what}: not within {deadline:?}");
+}
+
+/// PIDs of processes whose command line contains `needle`.
+pub fn processes_with(needle: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for entry in entries.flatten() {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(entry.path().join("stat")).unwrap_or_default();
+        let zombie = stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with('Z'));
+        if !zombie && String::from_utf8_lossy(&cmdline).contains(needle) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
+/// A signed callback as the receiver got it.
+#[derive(Clone, Debug)]
+pub struct ReceivedCallback {
+    pub headers: HashMap<String, String>,
+    pub body: String,
+}
+
+/// A local HTTP server that records callbacks.
+pub struct CallbackReceiver {
+    pub url: String,
+    pub received: Arc<Mutex<Vec<ReceivedCallback>>>,
+}
+
+impl CallbackReceiver {
+    pub async fn start() -> Self {
+        let received: Arc<Mutex<Vec<ReceivedCallback>>> = Arc::default();
+        let sink = received.clone();
+        let app = axum::Router::new().route(
+            "/callback",
+            axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
+                let sink = sink.clone();
+                async move {
+                    let headers = headers
+                        .iter()
+                        .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+                        .collect();
+                    sink.lock()
+                        .unwrap()
+                        .push(ReceivedCallback { headers, body });
+                    "ok"
+                }
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address: SocketAddr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        CallbackReceiver {
+            url: format!("http://{address}/callback"),
+            received,
+        }
+    }
+}
+
+/// A minimal CDP client over one websocket.
+pub struct Cdp {
+    socket: tokio_tungstenite::WebSocketStream<
+        tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
+    >,
+    next_id: u64,
+}
+
+impl Cdp {
+    pub async fn connect(url: &str) -> Result<Self, String> {
+        let (socket, _) = tokio_tungstenite::connect_async(url)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(Cdp { socket, next_id: 0 })
+    }
+
+    /// Sends a command (on a flattened target session when given) and
+    /// returns its result, skipping events.
+    pub async fn call(&mut self, method: &str, params: Value, session: Option<&str>) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut command = json!({"id": id, "method": method, "params": params});
+        if let Some(session) = session {
+            command["sessionId"] = session.into();
+        }
+        self.socket
+            .send(Message::text(command.to_string()))
+            .await
+            .expect("CDP send");
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(15), self.socket.next())
+                .await
+                .expect("CDP answer in time")
+                .expect("CDP socket open")
+                .expect("CDP frame");
+            if let Message::Text(text) = frame {
+                let value: Value = serde_json::from_str(&text).expect("CDP JSON");
+                if value["id"] == id {
+                    assert!(value.get("error").is_none(), "{method} failed: {value}");
+                    return value["result"].clone();
+                }
+            }
+        }
+    }
+
+    /// Sends a command without waiting for its answer.
+    pub async fn send(&mut self, method: &str) {
+        self.next_id += 1;
+        let command = json!({"id": self.next_id, "method": method});
+        let _ = self.socket.send(Message::text(command.to_string())).await;
+    }
+}
+
+/// Opens a `data:` page through `cdp` and evaluates `expression` in it.
+pub async fn evaluate_in_new_page(cdp: &mut Cdp, expression: &str) -> Value {
+    let target = cdp
+        .call(
+            "Target.createTarget",
+            json!({"url": "data:text/html,<title>browserfleet</title><p>hello</p>"}),
+            None,
+        )
+        .await;
+    let attached = cdp
+        .call(
+            "Target.attachToTarget",
+            json!({"targetId": target["targetId"], "flatten": true}),
+            None,
+        )
+        .await;
+    let session = attached["sessionId"]
+        .as_str()
+        .expect("CDP session")
+        .to_owned();
+    let evaluated = cdp
+        .call(
+            "Runtime.evaluate",
+            json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
+            Some(&session),
+        )
+        .await;
+    evaluated["result"]["value"].clone()
+}
+
+/// Whether a directory exists.
+pub fn exists(path: &Path) -> bool {
+    path.exists()
+}
