@@ -37,6 +37,8 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const LAUNCHES: usize = 10;
 const ROUND_TRIPS: usize = 10_000;
 const FOOTPRINT_SESSIONS: usize = 8;
+/// Commands in flight in the pipelined gateway measurement.
+const WINDOW: usize = 16;
 const EXTRA_ARGS: [&str; 2] = ["--no-sandbox", "--disable-gpu"];
 
 fn config(dir: &Path, first_port: u16, slots: u16, queues: &(String, String)) -> Value {
@@ -202,6 +204,40 @@ async fn round_trips(socket: &mut Socket, count: usize) -> anyhow::Result<(f64, 
     Ok((count as f64 / started.elapsed().as_secs_f64(), latencies))
 }
 
+/// Throughput with `window` commands in flight: the gateway's added latency
+/// overlaps with the browser's work, as for a client that does not wait for
+/// each answer (event streams, parallel evaluations).
+async fn pipelined(socket: &mut Socket, count: usize, window: usize) -> anyhow::Result<f64> {
+    let started = Instant::now();
+    let (mut sent, mut answered) = (0usize, 0usize);
+    let command = |id: usize| {
+        Message::text(
+            json!({"id": id, "method": "Runtime.evaluate", "params": {"expression": "1+1"}})
+                .to_string(),
+        )
+    };
+    while sent < window.min(count) {
+        socket.send(command(sent)).await?;
+        sent += 1;
+    }
+    while answered < count {
+        let Some(frame) = socket.next().await else {
+            bail!("socket closed");
+        };
+        if let Message::Text(text) = frame? {
+            let value: Value = serde_json::from_str(&text)?;
+            if value.get("id").is_some() {
+                answered += 1;
+                if sent < count {
+                    socket.send(command(sent)).await?;
+                    sent += 1;
+                }
+            }
+        }
+    }
+    Ok(count as f64 / started.elapsed().as_secs_f64())
+}
+
 async fn gateway(aws: &Aws, queues: &(String, String)) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let settings = AgentConfig::parse(&config(dir.path(), 32_000, 1, queues).to_string())?;
@@ -269,9 +305,23 @@ async fn gateway(aws: &Aws, queues: &(String, String)) -> anyhow::Result<()> {
         percentile(&mut gateway_lat, 0.99)
     );
     println!(
-        "gateway throughput {:.1} % of direct; added median latency {:.3} ms\n",
+        "sequential gateway throughput {:.1} % of direct; added median latency {:.3} ms",
         gateway_rate / direct_rate * 100.0,
         gateway_median - direct_median
+    );
+    let (mut direct_rate, mut gateway_rate) = (0.0, 0.0);
+    for _ in 0..2 {
+        direct_rate += pipelined(&mut direct, ROUND_TRIPS / 2, WINDOW).await?;
+        gateway_rate += pipelined(&mut through, ROUND_TRIPS / 2, WINDOW).await?;
+    }
+    println!("\ngateway, {ROUND_TRIPS} Runtime.evaluate round trips, {WINDOW} in flight");
+    println!("| path | round trips/s |");
+    println!("|---|---:|");
+    println!("| direct to 127.0.0.1 | {:.0} |", direct_rate / 2.0);
+    println!("| through the gateway | {:.0} |", gateway_rate / 2.0);
+    println!(
+        "pipelined gateway throughput {:.1} % of direct\n",
+        gateway_rate / direct_rate * 100.0
     );
     agent.end(&id, TerminationReason::Deleted, false).await;
     running.stop().await;

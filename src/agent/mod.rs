@@ -27,6 +27,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use thiserror::Error;
 
 use crate::cloud::queues::Queues;
@@ -153,6 +154,10 @@ async fn serve<Q: Queues + 'static>(
     let router = http::router(agent.clone());
     let mut server_stop = agent.stopping();
     let server = tokio::spawn(async move {
+        // Small DevTools frames must not wait for Nagle's algorithm.
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
         let _ = axum::serve(listener, router)
             .with_graceful_shutdown(async move {
                 let _ = server_stop.wait_for(|s| *s).await;
