@@ -99,6 +99,7 @@ async fn raw_launch(dir: &Path, port: u16) -> anyhow::Result<f64> {
             session_args: &[],
             proxy: None,
             extensions: &[],
+            extensions_dir: dir,
             start_url: None,
         },
     );

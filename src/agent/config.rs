@@ -69,6 +69,10 @@ pub struct AgentConfig {
     /// Where the session table and profiles live; an OS default when absent.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
+    /// Directory of unpacked extensions a request may name;
+    /// `<stateDir>/extensions` when absent.
+    #[serde(default)]
+    pub extensions_dir: Option<PathBuf>,
     /// Token of the control API (`/v1/state`, `/v1/drain`, session delete).
     pub fleet_token: String,
     /// Key of the HMAC signature on callbacks.
@@ -141,6 +145,8 @@ pub struct AgentSettings {
     pub profile_max_age: Duration,
     /// Where the session table and profiles live.
     pub state_dir: PathBuf,
+    /// Unpacked extensions requests may name.
+    pub extensions_dir: PathBuf,
     /// The fleet's allowed and blocked browser switches.
     pub arg_policy: ArgPolicy,
 }
@@ -221,6 +227,23 @@ impl AgentConfig {
                 "set either executable or launcherCommand, not both".into(),
             );
         }
+        for arg in &self.browser.extra_args {
+            // Chromium lets the last repeat of a switch win: a fleet argument
+            // must not move DevTools off 127.0.0.1 or onto another profile.
+            let name = arg
+                .trim()
+                .trim_start_matches('-')
+                .split('=')
+                .next()
+                .unwrap_or_default()
+                .to_ascii_lowercase();
+            if super::args::is_agent_owned(&name) {
+                bad(
+                    "browser.extraArgs",
+                    format!("{arg:?} is chosen by the agent for every browser"),
+                );
+            }
+        }
         if matches!(&self.browser.launcher_command, Some(c) if c.is_empty()) {
             bad("browser.launcherCommand", "is empty".into());
         }
@@ -293,6 +316,12 @@ impl AgentConfig {
             visibility_timeout: Duration::from_secs(self.visibility_timeout_seconds.into()),
             profile_max_age: seconds(self.profiles.max_age_seconds),
             state_dir: self.state_dir.clone().unwrap_or_else(default_state_dir),
+            extensions_dir: self.extensions_dir.clone().unwrap_or_else(|| {
+                self.state_dir
+                    .clone()
+                    .unwrap_or_else(default_state_dir)
+                    .join("extensions")
+            }),
             arg_policy,
             config: self,
         })
@@ -367,6 +396,15 @@ mod tests {
             violations(json),
             vec!["requestQueueUrl", "browserPortRange"]
         );
+    }
+
+    #[test]
+    fn fleet_arguments_cannot_take_the_agents_switches() {
+        let mut json = valid();
+        json["browser"] = serde_json::json!({
+            "extraArgs": ["--no-sandbox", "--Remote-Debugging-Address=0.0.0.0"]
+        });
+        assert_eq!(violations(json), vec!["browser.extraArgs"]);
     }
 
     #[test]

@@ -22,6 +22,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::runtime::{Agent, DeleteOutcome, GatewayRoute};
+use super::table::token_digest;
 use crate::cloud::queues::Queues;
 use crate::protocol::SessionId;
 
@@ -125,7 +126,19 @@ async fn delete_session<Q: Queues + 'static>(
     let Ok(id) = id.parse::<SessionId>() else {
         return status(StatusCode::BAD_REQUEST, "invalid session id");
     };
-    match agent.delete_session(&id, None, Default::default()).await {
+    // In a task of its own: a client that hangs up must not cancel the end
+    // of a session half-way.
+    let ending = {
+        let agent = agent.clone();
+        tokio::spawn(async move { agent.delete_session(&id, None, Default::default()).await })
+    };
+    let Ok(outcome) = ending.await else {
+        return status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "ending the session failed",
+        );
+    };
+    match outcome {
         DeleteOutcome::Ended => status(StatusCode::OK, "session ended"),
         DeleteOutcome::Forwarded => status(
             StatusCode::ACCEPTED,
@@ -174,7 +187,7 @@ fn authorize<Q: Queues + 'static>(
         .ok_or(Refusal::UnknownSession)?;
     match presented_token(headers, query) {
         None => Err(Refusal::NoToken),
-        Some(token) if same_secret(token, &route.token) => Ok(route),
+        Some(token) if same_secret(&token_digest(token), &route.token_sha256) => Ok(route),
         Some(_) => Err(Refusal::WrongToken),
     }
 }
@@ -301,6 +314,20 @@ async fn websocket<Q: Queues + 'static>(
         Ok(route) => route,
         Err(refusal) => return refusal.into_response(),
     };
+    let upgrade = request
+        .headers()
+        .get(header::UPGRADE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("websocket"));
+    if !upgrade {
+        return status(StatusCode::BAD_REQUEST, "a websocket upgrade is required");
+    }
+    let protocol = request
+        .headers()
+        .get(header::SEC_WEBSOCKET_PROTOCOL)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 256 && v.bytes().all(|b| b.is_ascii_graphic() || b == b' '))
+        .map(str::to_owned);
     let Some(key) = request
         .headers()
         .get(header::SEC_WEBSOCKET_KEY)
@@ -317,7 +344,8 @@ async fn websocket<Q: Queues + 'static>(
         return status(StatusCode::BAD_REQUEST, "invalid DevTools target path");
     }
     let path = format!("/devtools/{target}");
-    let (upstream, accept, leftover) = match browser_handshake(route.port.0, &path, &key).await {
+    let handshake = browser_handshake(route.port.0, &path, &key, protocol.as_deref()).await;
+    let (upstream, accept, leftover) = match handshake {
         Ok(connected) => connected,
         Err(message) => return status(StatusCode::BAD_GATEWAY, &message),
     };
@@ -345,27 +373,43 @@ async fn websocket<Q: Queues + 'static>(
     let headers = response.headers_mut();
     headers.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
     headers.insert(header::CONNECTION, HeaderValue::from_static("Upgrade"));
-    if let Ok(accept) = HeaderValue::from_str(&accept) {
+    if let Ok(accept) = HeaderValue::from_str(&accept.accept) {
         headers.insert(header::SEC_WEBSOCKET_ACCEPT, accept);
+    }
+    if let Some(Ok(protocol)) = accept.protocol.as_deref().map(HeaderValue::from_str) {
+        headers.insert(header::SEC_WEBSOCKET_PROTOCOL, protocol);
     }
     response
 }
 
+/// The browser's answer to the websocket handshake.
+struct Accepted {
+    /// `Sec-WebSocket-Accept`.
+    accept: String,
+    /// `Sec-WebSocket-Protocol`, when the browser chose one.
+    protocol: Option<String>,
+}
+
 /// Opens the websocket to the browser: returns the connection, the
-/// browser's `Sec-WebSocket-Accept`, and any bytes read past the handshake.
+/// browser's answer, and any bytes read past the handshake.
 async fn browser_handshake(
     port: u16,
     path: &str,
     key: &str,
-) -> Result<(TcpStream, String, Vec<u8>), String> {
+    protocol: Option<&str>,
+) -> Result<(TcpStream, Accepted, Vec<u8>), String> {
     let connect = async {
         let mut stream = TcpStream::connect(("127.0.0.1", port))
             .await
             .map_err(|e| format!("browser unreachable: {e}"))?;
         let _ = stream.set_nodelay(true);
+        let protocol_line = protocol
+            .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
+            .unwrap_or_default();
         let request = format!(
             "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+             Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
+             {protocol_line}\r\n"
         );
         stream
             .write_all(request.as_bytes())
@@ -394,13 +438,18 @@ async fn browser_handshake(
         if !status_line.starts_with("HTTP/1.1 101") {
             return Err(format!("browser refused the websocket: {status_line}"));
         }
-        let accept = head
-            .lines()
-            .filter_map(|line| line.split_once(':'))
-            .find(|(name, _)| name.trim().eq_ignore_ascii_case("sec-websocket-accept"))
-            .map(|(_, value)| value.trim().to_owned())
-            .ok_or("browser handshake without Sec-WebSocket-Accept")?;
-        Ok((stream, accept, buffer[head_end..].to_vec()))
+        let header = |wanted: &str| {
+            head.lines()
+                .filter_map(|line| line.split_once(':'))
+                .find(|(name, _)| name.trim().eq_ignore_ascii_case(wanted))
+                .map(|(_, value)| value.trim().to_owned())
+        };
+        let accepted = Accepted {
+            accept: header("sec-websocket-accept")
+                .ok_or("browser handshake without Sec-WebSocket-Accept")?,
+            protocol: header("sec-websocket-protocol"),
+        };
+        Ok((stream, accepted, buffer[head_end..].to_vec()))
     };
     tokio::time::timeout(std::time::Duration::from_secs(5), connect)
         .await

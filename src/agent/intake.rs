@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use super::replies::ReplyTargets;
-use super::runtime::{Agent, LaunchFailure};
+use super::runtime::{Agent, DeleteOutcome, LaunchFailure};
 use crate::cloud::queues::{
     MAX_BATCH, OutgoingMessage, QueueUrl, Queues, ReceiveOptions, ReceivedMessage,
 };
@@ -94,6 +94,7 @@ pub async fn run<Q: Queues + 'static>(agent: Arc<Agent<Q>>, options: IntakeOptio
                 continue;
             }
         };
+        let mut port_trouble = false;
         for message in messages {
             let received = Instant::now();
             match parse_message(message.body.as_bytes()) {
@@ -108,10 +109,18 @@ pub async fn run<Q: Queues + 'static>(agent: Arc<Agent<Q>>, options: IntakeOptio
                             reply_to: delete.reply_to.clone(),
                             callback_url: delete.callback_url.clone(),
                         };
-                        agent
+                        let outcome = agent
                             .delete_session(&delete.session_id, delete.request_id.clone(), targets)
                             .await;
-                        finish(&agent, &message).await;
+                        match outcome {
+                            DeleteOutcome::ForwardFailed(error) => {
+                                tracing::warn!(%error, "delete not forwarded; giving it back");
+                                give_back(&agent, &message).await;
+                            }
+                            DeleteOutcome::Ended | DeleteOutcome::Forwarded => {
+                                finish(&agent, &message).await
+                            }
+                        }
                     });
                 }
                 Ok(Inbound::Create(request)) => {
@@ -132,6 +141,10 @@ pub async fn run<Q: Queues + 'static>(agent: Arc<Agent<Q>>, options: IntakeOptio
                         Err(error) => {
                             tracing::info!(%error, "no slot for a request; giving it back");
                             give_back(&agent, &message).await;
+                            // Free slots but no usable port (another program
+                            // holds them): wait before receiving again, so
+                            // requests do not cycle towards the DLQ.
+                            port_trouble = true;
                             continue;
                         }
                     };
@@ -141,6 +154,12 @@ pub async fn run<Q: Queues + 'static>(agent: Arc<Agent<Q>>, options: IntakeOptio
                         answer_launch(&agent, id, &request, &message, launched).await;
                     });
                 }
+            }
+        }
+        if port_trouble {
+            tokio::select! {
+                _ = tokio::time::sleep(GIVE_BACK_DELAY) => {}
+                _ = stopping.changed() => {}
             }
         }
     }
@@ -169,6 +188,10 @@ async fn answer_launch<Q: Queues + 'static>(
         Err(LaunchFailure::Retry(why)) => {
             let reply = failed(agent, &id, request, FailureReason::FailedToStart, why);
             (reply, targets)
+        }
+        Err(LaunchFailure::Ended) => {
+            finish(agent, message).await;
+            return;
         }
         Err(LaunchFailure::Rejected {
             reason,

@@ -43,8 +43,10 @@ pub struct SessionLaunch<'a> {
     pub session_args: &'a [String],
     /// The request's proxy.
     pub proxy: Option<&'a ProxyConfig>,
-    /// Unpacked extension directories to load.
+    /// Unpacked extensions to load, by name in the extensions directory.
     pub extensions: &'a [String],
+    /// Where the extensions are.
+    pub extensions_dir: &'a Path,
     /// First page to open.
     pub start_url: Option<&'a str>,
 }
@@ -84,7 +86,12 @@ pub fn browser_command(
         }
     }
     if !session.extensions.is_empty() {
-        args.push(format!("--load-extension={}", session.extensions.join(",")));
+        let paths: Vec<String> = session
+            .extensions
+            .iter()
+            .map(|name| session.extensions_dir.join(name).display().to_string())
+            .collect();
+        args.push(format!("--load-extension={}", paths.join(",")));
     }
     args.extend(session.session_args.iter().cloned());
     // The start page goes last, after `--`, so it can never be read as a flag.
@@ -114,6 +121,7 @@ mod tests {
             session_args: args,
             proxy: None,
             extensions: &[],
+            extensions_dir: Path::new("/ext"),
             start_url: None,
         }
     }

@@ -97,13 +97,18 @@ impl Replier {
         // Reap finished callbacks so the set does not grow.
         while callbacks.try_join_next().is_some() {}
         callbacks.spawn(async move {
-            let Ok(_permit) = permits.acquire_owned().await else {
-                return;
-            };
             let schedule = RetrySchedule::default();
             let mut attempt = 1;
             while let Some(delay) = schedule.delay_before(attempt) {
-                tokio::time::sleep(delay).await;
+                // Jitter spreads the retries of many callbacks to one
+                // receiver that came back.
+                let unit = f64::from(uuid::Uuid::new_v4().as_bytes()[0]) / 255.0;
+                tokio::time::sleep(RetrySchedule::jittered(delay, unit)).await;
+                // A place is held per attempt, not across the waits, so a dead
+                // receiver does not hold up everyone else's callbacks.
+                let Ok(_permit) = permits.clone().acquire_owned().await else {
+                    return;
+                };
                 match post_signed(&http, &url, &secret, &body).await {
                     Ok(()) => return,
                     Err(error) => tracing::warn!(attempt, %error, "callback failed"),

@@ -22,12 +22,12 @@ use super::profiles::{Profile, ProfileKind, ProfileStore};
 use super::replies::{Replier, ReplyTargets};
 use super::slots::{Port, PortState, SlotError, SlotPool};
 use super::supervise::{BrowserHealth, Deadlines, shows_use, verdict};
-use super::table::{SessionRecord, TableFileStore};
+use super::table::{SessionRecord, TableFileStore, token_digest};
 use crate::cloud::compute::InstanceId;
 use crate::cloud::queues::{OutgoingMessage, QueueUrl, Queues};
 use crate::protocol::{
-    CreateRequest, Endpoints, EventsMessage, FailureReason, Ready, Reply, ReplyKind, SessionId,
-    SessionToken, Terminated, TerminationReason,
+    CreateRequest, Endpoints, EventsMessage, Failed, FailureReason, Ready, Reply, ReplyKind,
+    SessionId, SessionToken, Terminated, TerminationReason,
 };
 
 /// Who this agent is.
@@ -47,12 +47,17 @@ pub enum Phase {
     Starting,
     /// Its browser answers DevTools.
     Active,
+    /// It is being ended: its browser, port and profile are being released.
+    Ending,
 }
 
 /// A session hosted here.
 struct LiveSession {
     record: SessionRecord,
     phase: Phase,
+    /// The gateway token; `None` for a session adopted after a restart (the
+    /// table keeps only its digest).
+    token: Option<String>,
     /// Set by the gateway when a client connects.
     used: Arc<AtomicBool>,
     /// The exit of a browser this agent process started; `None` for a
@@ -73,8 +78,8 @@ pub struct GatewayRoute {
     pub id: SessionId,
     /// Its browser's DevTools port.
     pub port: Port,
-    /// Its token.
-    pub token: String,
+    /// SHA-256 (hex) of its token.
+    pub token_sha256: String,
     used: Arc<AtomicBool>,
 }
 
@@ -83,6 +88,11 @@ impl GatewayRoute {
     pub fn mark_used(&self) {
         self.used.store(true, Ordering::Relaxed);
     }
+}
+
+struct TableSnapshot {
+    sequence: u64,
+    records: Vec<SessionRecord>,
 }
 
 struct Housekeeping {
@@ -94,6 +104,17 @@ struct Housekeeping {
 const USE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// How often old profiles are looked for.
 const PROFILE_CLEANUP_INTERVAL: Duration = Duration::from_secs(600);
+
+/// What [`Agent::end`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// The session was ended.
+    Ended,
+    /// Another caller is ending it.
+    AlreadyEnding,
+    /// No such session here.
+    NotHosted,
+}
 
 /// What a delete did.
 #[derive(Debug, PartialEq, Eq)]
@@ -119,6 +140,9 @@ pub enum LaunchFailure {
     /// Something that may work on a retry (here or elsewhere): give the
     /// message back.
     Retry(String),
+    /// The session was ended (deleted, drained) while it started; its end
+    /// was announced: the request is done.
+    Ended,
 }
 
 /// `/v1/state`.
@@ -168,6 +192,9 @@ pub struct Agent<Q> {
     state: Mutex<State>,
     /// Wakes the intake when a slot frees.
     slot_freed: Notify,
+    /// Numbers table snapshots, and the last one written.
+    table_sequence: std::sync::atomic::AtomicU64,
+    table_written: Mutex<u64>,
     /// When page URLs were last read to detect use, and when old profiles
     /// were last cleaned up: both are slower than the supervision tick.
     housekeeping: Mutex<Housekeeping>,
@@ -206,6 +233,8 @@ impl<Q: Queues + 'static> Agent<Q> {
                 sessions: BTreeMap::new(),
             }),
             slot_freed: Notify::new(),
+            table_sequence: std::sync::atomic::AtomicU64::new(0),
+            table_written: Mutex::new(0),
             housekeeping: Mutex::new(Housekeeping {
                 use_checked: Instant::now(),
                 profiles_cleaned: Instant::now(),
@@ -315,7 +344,7 @@ impl<Q: Queues + 'static> Agent<Q> {
         (session.phase == Phase::Active).then(|| GatewayRoute {
             id: id.clone(),
             port: session.record.port(),
-            token: session.record.token.clone(),
+            token_sha256: session.record.token_sha256.clone(),
             used: session.used.clone(),
         })
     }
@@ -367,8 +396,10 @@ impl<Q: Queues + 'static> Agent<Q> {
         );
     }
 
-    fn save_table(&self, state: &State) {
-        let records: Vec<SessionRecord> = state
+    /// A copy of the table to persist, numbered so that a later copy is
+    /// never overwritten by an earlier one.
+    fn snapshot(&self, state: &State) -> TableSnapshot {
+        let records = state
             .sessions
             .values()
             .map(|s| {
@@ -377,9 +408,23 @@ impl<Q: Queues + 'static> Agent<Q> {
                 record
             })
             .collect();
-        if let Err(error) = self.table.save(&records) {
+        TableSnapshot {
+            sequence: self.table_sequence.fetch_add(1, Ordering::Relaxed) + 1,
+            records,
+        }
+    }
+
+    /// Writes a snapshot unless a later one is already on disk. The file is
+    /// written outside the state lock: gateway lookups never wait for disk.
+    fn persist(&self, snapshot: TableSnapshot) {
+        let mut written = self.table_written.lock().unwrap_or_else(|p| p.into_inner());
+        if snapshot.sequence <= *written {
+            return;
+        }
+        match self.table.save(&snapshot.records) {
+            Ok(()) => *written = snapshot.sequence,
             // The sessions still run; only a restart would lose track of them.
-            tracing::error!(%error, "session table not saved");
+            Err(error) => tracing::error!(%error, "session table not saved"),
         }
     }
 
@@ -401,10 +446,25 @@ impl<Q: Queues + 'static> Agent<Q> {
     pub fn ready_reply(&self, id: &SessionId) -> Option<Reply> {
         let state = self.lock();
         let session = state.sessions.get(id)?;
-        (session.phase == Phase::Active).then(|| self.ready(&session.record))
+        (session.phase == Phase::Active).then(|| self.ready(session))
     }
 
-    fn ready(&self, record: &SessionRecord) -> Reply {
+    /// `session.ready` for an active session; `session.failed`
+    /// (`sessionExists`) for one adopted after a restart, whose token the
+    /// agent no longer knows.
+    fn ready(&self, session: &LiveSession) -> Reply {
+        let record = &session.record;
+        let Some(token) = &session.token else {
+            return self.reply(
+                record,
+                ReplyKind::Failed(Failed {
+                    reason: FailureReason::SessionExists,
+                    message: "the session runs on this instance, but its token is not kept \
+                              across agent restarts"
+                        .into(),
+                }),
+            );
+        };
         self.reply(
             record,
             ReplyKind::Ready(Ready {
@@ -413,7 +473,7 @@ impl<Q: Queues + 'static> Agent<Q> {
                     &record.id,
                     &record.browser_path,
                 ),
-                token: SessionToken::new(record.token.clone()),
+                token: SessionToken::new(token.clone()),
                 expires_at: timestamp(record.expires),
             }),
         )
@@ -470,7 +530,7 @@ impl<Q: Queues + 'static> Agent<Q> {
                 ));
             }
             Some(name) => self.profiles.open_named(name.as_str()).await,
-            None => self.profiles.create_temporary(id.as_str()).await,
+            None => self.profiles.create_temporary(&profile_dir_name(&id)).await,
         };
         let profile = match profile {
             Ok(profile) => profile,
@@ -491,6 +551,7 @@ impl<Q: Queues + 'static> Agent<Q> {
                 session_args: &args,
                 proxy: request.proxy.as_ref(),
                 extensions: &request.extensions,
+                extensions_dir: &self.settings.extensions_dir,
                 start_url: request.start_url.as_deref(),
             },
         );
@@ -517,11 +578,12 @@ impl<Q: Queues + 'static> Agent<Q> {
         let limits = &self.settings;
         let requested = request.ttl.unwrap_or(limits.default_ttl);
         let ttl = requested.min(limits.max_ttl);
+        let token = new_token();
         let record = SessionRecord {
             id: id.clone(),
             request_id: request.request_id.clone(),
             port: port.0,
-            token: new_token(),
+            token_sha256: token_digest(&token),
             process: spawned.identity,
             profile_dir: profile.path().to_path_buf(),
             profile_temporary: profile.kind() == ProfileKind::Temporary,
@@ -536,40 +598,42 @@ impl<Q: Queues + 'static> Agent<Q> {
             callback_url: request.callback_url.clone(),
             labels: request.labels.clone(),
         };
-        {
+        let snapshot = {
             let mut state = self.lock();
             state.sessions.insert(
                 id.clone(),
                 LiveSession {
                     record,
                     phase: Phase::Starting,
+                    token: Some(token),
                     used: Arc::new(AtomicBool::new(false)),
                     exit: Some(spawned.exit.clone()),
                     profile,
                 },
             );
-            // Persisted before the wait, so an agent that dies now still
-            // knows this browser after its restart.
-            self.save_table(&state);
-        }
+            self.snapshot(&state)
+        };
+        // Persisted before the wait, so an agent that dies now still knows
+        // this browser after its restart.
+        self.persist(snapshot);
         let mut exit = spawned.exit;
         let ready = tokio::select! {
             ready = self.devtools.wait_ready(port, self.settings.launch_timeout) => ready.map_err(|e| e.to_string()),
             code = exit.wait() => Err(format!("browser exited during start: {code:?}")),
         };
-        let version = match ready {
-            Ok(version) => version,
-            Err(message) => {
-                self.metrics.failed("failedToStart");
-                self.end(&id, TerminationReason::FailedToStart, false).await;
-                return Err(LaunchFailure::Retry(message));
-            }
+        let activated = match ready {
+            Ok(version) => self.activate(&id, port, &version),
+            Err(message) => Err(message),
         };
-        let activated = self.activate(&id, port, &version);
         let (reply, targets) = match activated {
             Ok(ready) => ready,
             Err(message) => {
-                self.end(&id, TerminationReason::FailedToStart, false).await;
+                // Ended by a delete or a drain while it started: that end
+                // answered the requester, and the request must not run again.
+                if self.end(&id, TerminationReason::FailedToStart, false).await != Ending::Ended {
+                    return Err(LaunchFailure::Ended);
+                }
+                self.metrics.failed("failedToStart");
                 return Err(LaunchFailure::Retry(message));
             }
         };
@@ -596,48 +660,62 @@ impl<Q: Queues + 'static> Agent<Q> {
             .sessions
             .get_mut(id)
             .ok_or("session ended during its start")?;
+        if session.phase != Phase::Starting {
+            return Err("session ended during its start".into());
+        }
         session.phase = Phase::Active;
         session.record.browser_path = version.browser_path().unwrap_or_default().to_owned();
-        let reply = self.ready(&session.record);
+        let reply = self.ready(session);
         let targets = ReplyTargets {
             reply_to: session.record.reply_to.clone(),
             callback_url: session.record.callback_url.clone(),
         };
-        self.save_table(&state);
+        let snapshot = self.snapshot(&state);
+        drop(state);
+        self.persist(snapshot);
         Ok((reply, targets))
     }
 
     /// Ends a session: kills its browser's process tree, frees its port,
     /// releases its profile (deleting a temporary one), saves the table and,
     /// when `announce`, sends `session.terminated` to its requester.
-    /// Returns false when the session was not hosted here.
-    pub async fn end(&self, id: &SessionId, reason: TerminationReason, announce: bool) -> bool {
-        let session = {
+    ///
+    /// The session stays in the table as `Ending` until everything is
+    /// released, so a drain does not finish early and a second `end` (a
+    /// delete racing the supervisor) sees it is already ending. Callers that
+    /// may be cancelled (an HTTP handler) run it in a task of its own.
+    pub async fn end(&self, id: &SessionId, reason: TerminationReason, announce: bool) -> Ending {
+        let (record, profile) = {
             let mut state = self.lock();
-            let Some(session) = state.sessions.remove(id) else {
-                return false;
+            let Some(session) = state.sessions.get_mut(id) else {
+                return Ending::NotHosted;
             };
-            self.save_table(&state);
-            session
+            if session.phase == Phase::Ending {
+                return Ending::AlreadyEnding;
+            }
+            session.phase = Phase::Ending;
+            (session.record.clone(), session.profile.clone())
         };
-        match self.processes.kill_tree(session.record.process).await {
+        match self.processes.kill_tree(record.process).await {
             Ok(outcome) => tracing::debug!(session = %id, ?outcome, "browser killed"),
             Err(error) => tracing::warn!(session = %id, %error, "browser kill failed"),
         }
-        self.release_profile(&session.profile).await;
-        {
+        self.release_profile(&profile).await;
+        let snapshot = {
             let mut state = self.lock();
-            if let Err(error) = state.pool.release(id, session.record.port()) {
+            if let Err(error) = state.pool.release(id, record.port()) {
                 tracing::warn!(session = %id, %error, "port was not held");
             }
-        }
+            state.sessions.remove(id);
+            self.snapshot(&state)
+        };
+        self.persist(snapshot);
         self.slot_freed.notify_waiters();
         self.metrics.terminated(&reason.to_string());
         tracing::info!(session = %id, %reason, "session ended");
         if announce {
-            let record = &session.record;
             let reply = self.reply(
-                record,
+                &record,
                 ReplyKind::Terminated(Terminated {
                     reason,
                     message: None,
@@ -651,7 +729,7 @@ impl<Q: Queues + 'static> Agent<Q> {
                 tracing::warn!(session = %id, %error, "termination reply not sent");
             }
         }
-        true
+        Ending::Ended
     }
 
     /// A delete: ends the session if hosted here, or forwards the delete to
@@ -662,7 +740,7 @@ impl<Q: Queues + 'static> Agent<Q> {
         request_id: Option<crate::protocol::RequestId>,
         targets: ReplyTargets,
     ) -> DeleteOutcome {
-        if self.end(id, TerminationReason::Deleted, true).await {
+        if self.end(id, TerminationReason::Deleted, true).await != Ending::NotHosted {
             return DeleteOutcome::Ended;
         }
         let forward = EventsMessage {
@@ -767,8 +845,13 @@ impl<Q: Queues + 'static> Agent<Q> {
         self.clean_profiles_when_due().await;
         let deadline = *self.draining.borrow();
         if let Some(deadline) = deadline {
-            let remaining: Vec<SessionId> = self.lock().sessions.keys().cloned().collect();
-            if remaining.is_empty() {
+            let (remaining, launching) = {
+                let state = self.lock();
+                let ids: Vec<SessionId> = state.sessions.keys().cloned().collect();
+                (ids, state.pool.usage().reserved)
+            };
+            // A reservation is a launch whose session is not in the map yet.
+            if remaining.is_empty() && launching == 0 {
                 return true;
             }
             if Instant::now() >= deadline {
@@ -785,7 +868,23 @@ impl<Q: Queues + 'static> Agent<Q> {
     /// run and answer DevTools, ends the others (reporting them), and kills
     /// browsers found running from our profiles that no session owns.
     pub async fn recover(&self) -> Result<RecoveryReport, super::table::TableError> {
-        let records = self.table.load()?;
+        let records = match self.table.load() {
+            Ok(records) => records,
+            Err(error) => {
+                // Unreadable: kept aside for a person to look at. Every
+                // browser of ours still running becomes an orphan below.
+                tracing::error!(%error, "session table unreadable; moving it aside");
+                let aside = self.table.path().with_extension("json.unreadable");
+                if let Err(error) = std::fs::rename(self.table.path(), &aside) {
+                    tracing::error!(%error, "could not move the session table aside");
+                    return Err(super::table::TableError::Io {
+                        path: self.table.path().to_path_buf(),
+                        source: error,
+                    });
+                }
+                Vec::new()
+            }
+        };
         let mut report = RecoveryReport::default();
         for record in records {
             let mut record = record;
@@ -820,6 +919,7 @@ impl<Q: Queues + 'static> Agent<Q> {
                             used: Arc::new(AtomicBool::new(record.used)),
                             record: record.clone(),
                             phase: Phase::Active,
+                            token: None,
                             exit: None,
                             profile,
                         },
@@ -832,6 +932,7 @@ impl<Q: Queues + 'static> Agent<Q> {
                             used: Arc::new(AtomicBool::new(record.used)),
                             record: record.clone(),
                             phase: Phase::Starting,
+                            token: None,
                             exit: None,
                             profile,
                         },
@@ -847,7 +948,8 @@ impl<Q: Queues + 'static> Agent<Q> {
                 report.ended.push(record.id);
             }
         }
-        self.save_table(&self.lock());
+        let snapshot = self.snapshot(&self.lock());
+        self.persist(snapshot);
         let marker = format!("--user-data-dir={}", self.profiles.root().display());
         let known: Vec<_> = self
             .lock()
@@ -926,8 +1028,37 @@ pub struct RecoveryReport {
     pub orphans_killed: Vec<u32>,
 }
 
+/// The directory name of a session's temporary profile: the session id when
+/// it is a valid profile name, otherwise a digest of it (ids may be longer
+/// and use characters a directory name should not).
+pub fn profile_dir_name(id: &SessionId) -> String {
+    if super::profiles::validate_name(id.as_str()).is_ok() {
+        id.as_str().to_owned()
+    } else {
+        format!("s-{}", &token_digest(id.as_str())[..32])
+    }
+}
+
 /// Whether nothing listens on the port on 127.0.0.1 (the browser's bind
 /// would fail otherwise).
 fn port_is_free(port: Port) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port.0)).is_ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn profile_directories_are_safe_names_for_any_session_id() {
+        let plain: SessionId = "s-1".parse().unwrap();
+        assert_eq!(profile_dir_name(&plain), "s-1");
+        let odd: SessionId = "team:job:42".parse().unwrap();
+        let name = profile_dir_name(&odd);
+        assert!(
+            super::super::profiles::validate_name(&name).is_ok(),
+            "{name}"
+        );
+        assert_ne!(name, profile_dir_name(&"team:job:43".parse().unwrap()));
+    }
 }

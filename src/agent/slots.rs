@@ -67,6 +67,10 @@ pub enum SlotError {
         /// The state the caller expected.
         expected: &'static str,
     },
+    /// The owner already holds a port (a duplicate request for a session
+    /// that is starting).
+    #[error("this session already holds a port")]
+    AlreadyHeld,
     /// The port is not in the pool's range.
     #[error("port {0} is outside the browser port range")]
     OutOfRange(Port),
@@ -155,6 +159,14 @@ impl<O: Clone + Eq + fmt::Debug> SlotPool<O> {
     ) -> Result<Port, SlotError> {
         if self.usage().free_slots() == 0 {
             return Err(SlotError::NoSlot { slots: self.slots });
+        }
+        // One port per owner: a second create for a session that is still
+        // starting waits instead of starting a second browser.
+        if self.ports.values().any(|state| match state {
+            PortState::Free => false,
+            PortState::Reserved { owner: o, .. } | PortState::Active { owner: o } => *o == owner,
+        }) {
+            return Err(SlotError::AlreadyHeld);
         }
         let candidates: Vec<Port> = self
             .ports
@@ -300,6 +312,17 @@ mod tests {
         assert_eq!(
             pool.reserve("c", deadline, |_| true),
             Err(SlotError::NoSlot { slots: 2 })
+        );
+    }
+
+    #[test]
+    fn one_owner_holds_one_port() {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        let mut pool = pool(3, 3);
+        pool.reserve("a", deadline, |_| true).unwrap();
+        assert_eq!(
+            pool.reserve("a", deadline, |_| true),
+            Err(SlotError::AlreadyHeld)
         );
     }
 

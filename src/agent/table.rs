@@ -30,9 +30,10 @@ pub struct SessionRecord {
     pub request_id: Option<RequestId>,
     /// The browser's DevTools port.
     pub port: u16,
-    /// The session's gateway token. The state directory is readable by the
-    /// agent's account only, like the configuration holding the fleet token.
-    pub token: String,
+    /// SHA-256 (hex) of the session's gateway token. The token itself is
+    /// never written to disk: a browser can read local files, and the table
+    /// would hand every session's token to any of them.
+    pub token_sha256: String,
     /// The browser process, guarded by its start time.
     pub process: ProcessIdentity,
     /// The browser's profile directory.
@@ -66,6 +67,12 @@ impl SessionRecord {
     pub fn port(&self) -> Port {
         Port(self.port)
     }
+}
+
+/// The hex SHA-256 of a token, as the table keeps it.
+pub fn token_digest(token: &str) -> String {
+    use sha2::Digest;
+    hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
 #[derive(Serialize, Deserialize)]
