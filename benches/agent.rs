@@ -452,8 +452,21 @@ async fn main() -> anyhow::Result<()> {
     moto::use_endpoint(&moto.endpoint);
     let aws = Aws::load(AwsSettings::default()).await?;
     let queues = queues(&aws).await?;
-    launch_latency(&aws, &queues).await?;
-    gateway(&aws, &queues).await?;
-    footprint(&aws, &queues, &moto.endpoint).await?;
+    // `cargo bench --bench agent -- gateway` runs one part (launch, gateway,
+    // footprint); no argument runs all three.
+    let only: Vec<String> = std::env::args()
+        .skip(1)
+        .filter(|a| !a.starts_with('-'))
+        .collect();
+    let wanted = |part: &str| only.is_empty() || only.iter().any(|o| o == part);
+    if wanted("launch") {
+        launch_latency(&aws, &queues).await?;
+    }
+    if wanted("gateway") {
+        gateway(&aws, &queues).await?;
+    }
+    if wanted("footprint") {
+        footprint(&aws, &queues, &moto.endpoint).await?;
+    }
     Ok(())
 }

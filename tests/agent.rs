@@ -288,8 +288,8 @@ async fn with_n_slots_n_requests_run_and_the_rest_wait_in_the_queue() {
         world.queued_requests().await == 0
     })
     .await;
-    running.agent.start_drain();
-    running.agent.settings();
+    // Two sessions are left running; ending them all (the first two are
+    // gone already) leaves the agent empty.
     for i in 0..4 {
         running
             .agent
@@ -300,7 +300,7 @@ async fn with_n_slots_n_requests_run_and_the_rest_wait_in_the_queue() {
             )
             .await;
     }
-    running.wait().await;
+    running.stop().await;
 }
 
 /// Starts a session, returns its ready reply.
@@ -602,4 +602,70 @@ async fn a_drain_stops_intake_and_exits_when_the_last_session_ends() {
         .await
         .expect("agent exits once the last session ended")
         .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_launcher_command_starts_the_browser() {
+    let mut world = AgentWorld::new("agent-launcher", 1).await;
+    world.config["browser"] = json!({
+        "launcherCommand": ["/bin/sh", "-c", "exec /usr/bin/chromium \"$@\"", "launcher"],
+        "extraArgs": support::agent_world::TEST_BROWSER_ARGS,
+    });
+    let running = start(&world).await;
+    let ready = ready_session(&world, "s-launched", json!({})).await;
+    let mut cdp = Cdp::connect(&format!(
+        "{}?token={}",
+        ready["endpoints"]["webSocketDebuggerUrl"].as_str().unwrap(),
+        ready["token"].as_str().unwrap()
+    ))
+    .await
+    .unwrap();
+    assert_eq!(
+        evaluate_in_new_page(&mut cdp, "'via ' + 'launcher'").await,
+        json!("via launcher")
+    );
+    running
+        .agent
+        .end(
+            &"s-launched".parse().unwrap(),
+            browserfleet::protocol::TerminationReason::Deleted,
+            false,
+        )
+        .await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_browser_that_never_starts_is_retried_then_failed_and_leaves_nothing() {
+    let mut world = AgentWorld::new("agent-nostart", 1).await;
+    world.config["browser"]["executable"] = "/bin/false".into();
+    let running = start(&world).await;
+    world.request("s-nostart", json!({})).await;
+    let failed = world.reply("session.failed", "s-nostart").await;
+    assert_eq!(failed["reason"], "failedToStart");
+    eventually(
+        "request answered and deleted",
+        Duration::from_secs(10),
+        || async { world.queued_requests().await == 0 },
+    )
+    .await;
+    let state = state(&world, &running).await;
+    assert_eq!(state["sessions"].as_array().unwrap().len(), 0);
+    assert_eq!(state["freeSlots"], 1);
+    assert!(!world.profiles_root().join("tmp").join("s-nostart").exists());
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_drain_timeout_ends_sessions_as_drained() {
+    let mut world = AgentWorld::new("agent-draintimeout", 1).await;
+    world.config["drainTimeoutSeconds"] = 2.into();
+    let running = start(&world).await;
+    ready_session(&world, "s-drained", json!({})).await;
+    running.agent.start_drain();
+    let ended = world.reply("session.terminated", "s-drained").await;
+    assert_eq!(ended["reason"], "drained");
+    tokio::time::timeout(Duration::from_secs(10), running.wait())
+        .await
+        .expect("agent exits after its drain");
 }

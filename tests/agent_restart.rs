@@ -105,7 +105,7 @@ async fn a_killed_agent_readopts_its_browsers_and_kills_strangers() {
     })
     .await;
 
-    let (_agent, new_address) = spawn_agent(&world, &config_path).await;
+    let (mut restarted, new_address) = spawn_agent(&world, &config_path).await;
     eventually("stranger killed", Duration::from_secs(15), || async {
         processes_with(&stranger_marker).is_empty()
     })
@@ -130,4 +130,13 @@ async fn a_killed_agent_readopts_its_browsers_and_kills_strangers() {
         })
         .await;
     }
+    // SIGTERM: a prompt, clean exit.
+    let pid = restarted.id().expect("agent pid");
+    // SAFETY: a plain kill(2) of the agent process this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(10), restarted.wait())
+        .await
+        .expect("agent exits on SIGTERM")
+        .expect("exit status");
+    assert!(status.success(), "{status}");
 }
