@@ -220,13 +220,21 @@ fn run_agent(
                 }
             }
         };
+        // Listening for SIGTERM before the start, which re-adopts browsers
+        // and may take a while: a signal then stops the agent right after.
+        let (signalled, mut on_signal) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            signalled.send_replace(true);
+        });
         let running =
             agent::start(settings, Some(identity), Sqs::new(&aws), Default::default()).await?;
         println!("listening on {}", running.address);
         let agent = running.agent.clone();
         tokio::spawn(async move {
-            shutdown_signal().await;
-            agent.stop();
+            if on_signal.wait_for(|s| *s).await.is_ok() {
+                agent.stop();
+            }
         });
         running.wait().await;
         Ok(ExitCode::SUCCESS)

@@ -513,6 +513,17 @@ async fn bad_input_is_answered_or_dead_lettered_and_the_agent_keeps_serving() {
         .await;
     let failed = world.reply("session.failed", "s-v2").await;
     assert_eq!(failed["reason"], "invalidRequest");
+    // Oversized: one argument of 250,000 characters, in a message just under
+    // SQS's own 256 KiB cap (a larger body cannot travel through SQS; the
+    // parser's size limit is unit-tested).
+    world
+        .request(
+            "s-huge",
+            json!({"args": [format!("--x={}", "y".repeat(250_000))]}),
+        )
+        .await;
+    let failed = world.reply("session.failed", "s-huge").await;
+    assert_eq!(failed["reason"], "invalidRequest", "{failed}");
     for (id, arg) in [
         ("s-port", "--remote-debugging-port=9999"),
         ("s-dir", "--user-data-dir=/tmp/x"),
