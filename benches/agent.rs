@@ -254,7 +254,7 @@ async fn gateway(aws: &Aws, queues: &(String, String)) -> anyhow::Result<()> {
         .launch(id.clone(), port, &request, Instant::now())
         .await
     {
-        Ok((reply, _)) => serde_json::to_value(&reply)?["token"]
+        Ok(reply) => serde_json::to_value(&reply)?["token"]
             .as_str()
             .context("token")?
             .to_owned(),

@@ -19,7 +19,9 @@ use super::runtime::{Agent, DeleteOutcome, LaunchFailure};
 use crate::cloud::queues::{
     MAX_BATCH, OutgoingMessage, QueueUrl, Queues, ReceiveOptions, ReceivedMessage,
 };
-use crate::protocol::{Failed, FailureReason, Inbound, Reply, ReplyKind, SessionId, parse_message};
+use crate::protocol::{
+    CreateRequest, Failed, FailureReason, Inbound, Reply, ReplyKind, SessionId, parse_message,
+};
 
 /// Delay before a request given back becomes visible again.
 const GIVE_BACK_DELAY: Duration = Duration::from_secs(5);
@@ -105,10 +107,10 @@ pub async fn run<Q: Queues + 'static>(agent: Arc<Agent<Q>>, options: IntakeOptio
                 Ok(Inbound::Delete(delete)) => {
                     let agent = agent.clone();
                     handlers.spawn(async move {
-                        let targets = ReplyTargets {
-                            reply_to: delete.reply_to.clone(),
-                            callback_url: delete.callback_url.clone(),
-                        };
+                        let targets = ReplyTargets::new(
+                            delete.reply_to.as_ref(),
+                            delete.callback_url.as_ref(),
+                        );
                         let outcome = agent
                             .delete_session(&delete.session_id, delete.request_id.clone(), targets)
                             .await;
@@ -170,15 +172,11 @@ pub async fn run<Q: Queues + 'static>(agent: Arc<Agent<Q>>, options: IntakeOptio
 async fn answer_launch<Q: Queues + 'static>(
     agent: &Agent<Q>,
     id: SessionId,
-    request: &crate::protocol::CreateRequest,
+    request: &CreateRequest,
     message: &ReceivedMessage,
-    launched: Result<(Reply, ReplyTargets), LaunchFailure>,
+    launched: Result<Reply, LaunchFailure>,
 ) {
-    let targets = ReplyTargets {
-        reply_to: request.reply_to.clone(),
-        callback_url: request.callback_url.clone(),
-    };
-    let (reply, targets) = match launched {
+    let reply = match launched {
         Ok(ready) => ready,
         Err(LaunchFailure::Retry(why)) if message.receive_count < MAX_LAUNCH_ATTEMPTS => {
             tracing::warn!(session = %id, %why, "launch failed; giving the request back");
@@ -186,8 +184,7 @@ async fn answer_launch<Q: Queues + 'static>(
             return;
         }
         Err(LaunchFailure::Retry(why)) => {
-            let reply = failed(agent, &id, request, FailureReason::FailedToStart, why);
-            (reply, targets)
+            failed(agent, &id, request, FailureReason::FailedToStart, why)
         }
         Err(LaunchFailure::Ended) => {
             finish(agent, message).await;
@@ -198,16 +195,35 @@ async fn answer_launch<Q: Queues + 'static>(
             message: why,
         }) => {
             agent.metrics().failed(&reason.to_string());
-            (failed(agent, &id, request, reason, why), targets)
+            failed(agent, &id, request, reason, why)
         }
     };
-    match agent.replier().send(agent.queues(), &targets, &reply).await {
-        Ok(()) => finish(agent, message).await,
+    // When the reply does not reach the requester's queue the request stays
+    // and becomes visible again after its visibility timeout; a ready browser
+    // is kept too: the redelivered request finds it.
+    answer(agent, &request_targets(request), &reply, message).await;
+}
+
+fn request_targets(request: &CreateRequest) -> ReplyTargets {
+    ReplyTargets::new(request.reply_to.as_ref(), request.callback_url.as_ref())
+}
+
+/// Sends `reply` and, once it is on the requester's queue, deletes the
+/// request. Returns whether it did.
+async fn answer<Q: Queues + 'static>(
+    agent: &Agent<Q>,
+    targets: &ReplyTargets,
+    reply: &Reply,
+    message: &ReceivedMessage,
+) -> bool {
+    match agent.replier().send(agent.queues(), targets, reply).await {
+        Ok(()) => {
+            finish(agent, message).await;
+            true
+        }
         Err(error) => {
-            // The reply is not on the requester's queue: keep the request,
-            // which becomes visible again after its visibility timeout. A
-            // ready browser is kept too: the redelivered request finds it.
-            tracing::warn!(session = %id, %error, "reply not sent; the request stays queued");
+            tracing::warn!(session = %reply.session_id, %error, "reply not sent; the request stays queued");
+            false
         }
     }
 }
@@ -215,42 +231,29 @@ async fn answer_launch<Q: Queues + 'static>(
 fn failed<Q: Queues + 'static>(
     agent: &Agent<Q>,
     id: &SessionId,
-    request: &crate::protocol::CreateRequest,
+    request: &CreateRequest,
     reason: FailureReason,
     message: String,
 ) -> Reply {
-    Reply {
-        kind: ReplyKind::Failed(Failed { reason, message }),
-        session_id: id.clone(),
-        request_id: request.request_id.clone(),
-        instance_id: agent.instance_id(),
-        labels: request.labels.clone(),
-        at: jiff::Timestamp::now(),
-    }
+    agent.compose_reply(
+        id.clone(),
+        request.request_id.clone(),
+        request.labels.clone(),
+        ReplyKind::Failed(Failed { reason, message }),
+    )
 }
 
 async fn redelivered<Q: Queues + 'static>(
     agent: &Agent<Q>,
     id: &SessionId,
-    request: &crate::protocol::CreateRequest,
+    request: &CreateRequest,
     message: &ReceivedMessage,
 ) {
     // The same create again (its first reply was lost, or a producer
     // retried): answer with the running session instead of a second browser.
     match agent.ready_reply(id) {
         Some(reply) => {
-            let targets = ReplyTargets {
-                reply_to: request.reply_to.clone(),
-                callback_url: request.callback_url.clone(),
-            };
-            if agent
-                .replier()
-                .send(agent.queues(), &targets, &reply)
-                .await
-                .is_ok()
-            {
-                finish(agent, message).await;
-            }
+            answer(agent, &request_targets(request), &reply, message).await;
         }
         // Still starting: the first delivery will answer.
         None => give_back(agent, message).await,
@@ -266,35 +269,22 @@ async fn refuse<Q: Queues + 'static>(
 ) {
     agent.metrics().failed("invalidRequest");
     tracing::warn!(message_id = %message.message_id, %error, "invalid request");
-    if let Some(target) = error.reply_target() {
-        let targets = ReplyTargets {
-            reply_to: target.reply_to.clone(),
-            callback_url: target.callback_url.clone(),
-        };
-        if targets.reply_to.is_some() || targets.callback_url.is_some() {
-            let reply = Reply {
-                kind: ReplyKind::Failed(Failed {
-                    reason: FailureReason::InvalidRequest,
-                    message: error.to_string(),
-                }),
-                session_id: target
-                    .session_id
-                    .clone()
-                    .unwrap_or_else(SessionId::generate),
-                request_id: target.request_id.clone(),
-                instance_id: agent.instance_id(),
-                labels: Default::default(),
-                at: jiff::Timestamp::now(),
-            };
-            if agent
-                .replier()
-                .send(agent.queues(), &targets, &reply)
-                .await
-                .is_ok()
-            {
-                finish(agent, message).await;
-                return;
-            }
+    if let Some(target) = error.reply_target().filter(|t| t.has_destination()) {
+        let targets = ReplyTargets::new(target.reply_to.as_ref(), target.callback_url.as_ref());
+        let reply = agent.compose_reply(
+            target
+                .session_id
+                .clone()
+                .unwrap_or_else(SessionId::generate),
+            target.request_id.clone(),
+            Default::default(),
+            ReplyKind::Failed(Failed {
+                reason: FailureReason::InvalidRequest,
+                message: error.to_string(),
+            }),
+        );
+        if answer(agent, &targets, &reply, message).await {
+            return;
         }
     }
     dead_letter(agent, message).await;

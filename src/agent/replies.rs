@@ -32,6 +32,16 @@ pub struct ReplyTargets {
     pub callback_url: Option<CallbackUrl>,
 }
 
+impl ReplyTargets {
+    /// The targets a request or session named.
+    pub fn new(reply_to: Option<&ReplyQueueUrl>, callback_url: Option<&CallbackUrl>) -> Self {
+        ReplyTargets {
+            reply_to: reply_to.cloned(),
+            callback_url: callback_url.cloned(),
+        }
+    }
+}
+
 /// Sends replies and callbacks.
 pub struct Replier {
     secret: Vec<u8>,

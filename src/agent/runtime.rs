@@ -480,12 +480,28 @@ impl<Q: Queues + 'static> Agent<Q> {
     }
 
     fn reply(&self, record: &SessionRecord, kind: ReplyKind) -> Reply {
+        self.compose_reply(
+            record.id.clone(),
+            record.request_id.clone(),
+            record.labels.clone(),
+            kind,
+        )
+    }
+
+    /// A reply from this instance, written now.
+    pub fn compose_reply(
+        &self,
+        session_id: SessionId,
+        request_id: Option<crate::protocol::RequestId>,
+        labels: BTreeMap<String, String>,
+        kind: ReplyKind,
+    ) -> Reply {
         Reply {
             kind,
-            session_id: record.id.clone(),
-            request_id: record.request_id.clone(),
+            session_id,
+            request_id,
             instance_id: self.instance_id(),
-            labels: record.labels.clone(),
+            labels,
             at: jiff::Timestamp::now(),
         }
     }
@@ -504,7 +520,7 @@ impl<Q: Queues + 'static> Agent<Q> {
         port: Port,
         request: &CreateRequest,
         received: Instant,
-    ) -> Result<(Reply, ReplyTargets), LaunchFailure> {
+    ) -> Result<Reply, LaunchFailure> {
         let rejected = |reason, message: String| {
             self.unreserve(&id, port);
             LaunchFailure::Rejected { reason, message }
@@ -625,8 +641,8 @@ impl<Q: Queues + 'static> Agent<Q> {
             Ok(version) => self.activate(&id, port, &version),
             Err(message) => Err(message),
         };
-        let (reply, targets) = match activated {
-            Ok(ready) => ready,
+        let reply = match activated {
+            Ok(reply) => reply,
             Err(message) => {
                 // Ended by a delete or a drain while it started: that end
                 // answered the requester, and the request must not run again.
@@ -641,7 +657,7 @@ impl<Q: Queues + 'static> Agent<Q> {
             .launch_seconds
             .observe(received.elapsed().as_secs_f64());
         tracing::info!(session = %id, %port, "session ready");
-        Ok((reply, targets))
+        Ok(reply)
     }
 
     /// Marks a started session active and builds its ready reply.
@@ -650,7 +666,7 @@ impl<Q: Queues + 'static> Agent<Q> {
         id: &SessionId,
         port: Port,
         version: &super::devtools::BrowserVersion,
-    ) -> Result<(Reply, ReplyTargets), String> {
+    ) -> Result<Reply, String> {
         let mut state = self.lock();
         state
             .pool
@@ -666,14 +682,10 @@ impl<Q: Queues + 'static> Agent<Q> {
         session.phase = Phase::Active;
         session.record.browser_path = version.browser_path().unwrap_or_default().to_owned();
         let reply = self.ready(session);
-        let targets = ReplyTargets {
-            reply_to: session.record.reply_to.clone(),
-            callback_url: session.record.callback_url.clone(),
-        };
         let snapshot = self.snapshot(&state);
         drop(state);
         self.persist(snapshot);
-        Ok((reply, targets))
+        Ok(reply)
     }
 
     /// Ends a session: kills its browser's process tree, frees its port,
@@ -721,10 +733,7 @@ impl<Q: Queues + 'static> Agent<Q> {
                     message: None,
                 }),
             );
-            let targets = ReplyTargets {
-                reply_to: record.reply_to.clone(),
-                callback_url: record.callback_url.clone(),
-            };
+            let targets = ReplyTargets::new(record.reply_to.as_ref(), record.callback_url.as_ref());
             if let Err(error) = self.replier.send(&self.queues, &targets, &reply).await {
                 tracing::warn!(session = %id, %error, "termination reply not sent");
             }
