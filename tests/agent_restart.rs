@@ -15,18 +15,26 @@ use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
 /// Starts `browserfleet agent` as its own process; returns it and the
-/// address it listens on.
-async fn spawn_agent(world: &AgentWorld, config: &std::path::Path) -> (Child, String) {
+/// address it listens on. Without `identity` the agent asks the instance
+/// metadata service, which moto serves.
+async fn spawn_agent(
+    world: &AgentWorld,
+    config: &std::path::Path,
+    identity: Option<(&str, &str)>,
+) -> (Child, String) {
     let moto = support::moto::moto();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_browserfleet"))
-        .args(["agent", "--config"])
-        .arg(config)
-        .args([
+    let mut command = Command::new(env!("CARGO_BIN_EXE_browserfleet"));
+    command.args(["agent", "--config"]).arg(config);
+    if let Some((instance_id, advertise)) = identity {
+        command.args([
             "--instance-id",
-            "i-restart",
+            instance_id,
             "--advertise-address",
-            "127.0.0.1:0",
-        ])
+            advertise,
+        ]);
+    }
+    let mut child = command
+        .env("AWS_EC2_METADATA_SERVICE_ENDPOINT", &moto.endpoint)
         .env("AWS_ENDPOINT_URL", &moto.endpoint)
         .env("AWS_ACCESS_KEY_ID", "testing")
         .env("AWS_SECRET_ACCESS_KEY", "testing")
@@ -67,11 +75,15 @@ async fn a_killed_agent_readopts_its_browsers_and_kills_strangers() {
     });
     let config_path = world.state_dir.path().join("config.json");
     std::fs::write(&config_path, world.config.to_string()).unwrap();
-    let (mut agent, address) = spawn_agent(&world, &config_path).await;
+    // The first agent takes its identity from the metadata service (moto's:
+    // instance i-fake at 127.0.0.1), the second from the command line.
+    let (mut agent, address) = spawn_agent(&world, &config_path, None).await;
     let mut sessions: Vec<(String, Value)> = Vec::new();
     for id in ["s-keep-1", "s-keep-2"] {
         world.request(id, json!({"ttlSeconds": 8})).await;
-        sessions.push((id.to_owned(), world.reply("session.ready", id).await));
+        let ready = world.reply("session.ready", id).await;
+        assert_eq!(ready["instanceId"], "i-fake", "identity from IMDSv2");
+        sessions.push((id.to_owned(), ready));
     }
     sigkill(&agent);
     let _ = agent.wait().await;
@@ -105,7 +117,8 @@ async fn a_killed_agent_readopts_its_browsers_and_kills_strangers() {
     })
     .await;
 
-    let (mut restarted, new_address) = spawn_agent(&world, &config_path).await;
+    let (mut restarted, new_address) =
+        spawn_agent(&world, &config_path, Some(("i-restart", "127.0.0.1:0"))).await;
     eventually("stranger killed", Duration::from_secs(15), || async {
         processes_with(&stranger_marker).is_empty()
     })

@@ -38,6 +38,12 @@ pub struct InstanceMetadata {
 pub async fn read() -> Result<InstanceMetadata, ImdsError> {
     let endpoint = std::env::var("AWS_EC2_METADATA_SERVICE_ENDPOINT")
         .unwrap_or_else(|_| DEFAULT_ENDPOINT.to_owned());
+    read_from(&endpoint).await
+}
+
+/// Reads the instance id and private address from the metadata service at
+/// `endpoint` (`http://host[:port]`).
+pub async fn read_from(endpoint: &str) -> Result<InstanceMetadata, ImdsError> {
     let endpoint = endpoint.trim_end_matches('/');
     let mut connector = HttpConnector::new();
     connector.set_connect_timeout(Some(CALL_TIMEOUT));
