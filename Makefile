@@ -3,16 +3,17 @@
 # kubectl into .venv/ for the targets that need them.
 CARGO ?= cargo
 
-.PHONY: build test lint crds crds-check moto kubectl chromium bench-observe
+.PHONY: build test lint crds crds-check moto kubectl chromium playwright kube-apiserver bench-observe
 
 ## build: compile the browserfleet binary
 build:
 	$(CARGO) build --locked
 
-## test: run every test (unit, property, CRD drift, structural schema, examples,
-##       the development API server through kube-rs and kubectl, the cloud
-##       layer against moto); installs moto and kubectl into .venv/ when missing
-test: moto kubectl chromium
+## test: run every test (unit, property, CRD drift, structural schema, CRD
+##       patterns against Go's regexp, examples, the development API server
+##       through kube-rs and kubectl, the cloud layer against moto, the agent
+##       with Chromium and Playwright); installs what they need when missing
+test: moto kubectl chromium playwright kube-apiserver
 	$(CARGO) test --locked
 
 ## moto: install moto[server] into .venv/ when it is missing (idempotent)
@@ -22,6 +23,15 @@ moto:
 ## chromium: install Debian's chromium when it is missing (idempotent)
 chromium:
 	bash scripts/install-chromium.sh
+
+## playwright: install Playwright for Python into .venv/ when it is missing (idempotent)
+playwright:
+	bash scripts/install-playwright.sh
+
+## kube-apiserver: build kube-apiserver v1.20.2 and install etcd and Go when missing
+##       (idempotent; the binaries are cached in ~/.cache/browserfleet)
+kube-apiserver:
+	bash scripts/install-kube-apiserver.sh
 
 ## kubectl: install kubectl into .venv/ when it is missing (idempotent)
 kubectl:

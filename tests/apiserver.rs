@@ -309,6 +309,62 @@ async fn crd_is_established_served_at_once_and_updated() {
 }
 
 #[tokio::test]
+async fn crd_with_a_pattern_gos_regexp_refuses_is_invalid() {
+    let cluster = TestCluster::new("badpattern", false).await;
+    let group = format!("{}.test.browserfleet.io", cluster.ns);
+    let crd = |pattern: &str| -> CustomResourceDefinition {
+        serde_json::from_value(json!({
+            "apiVersion": "apiextensions.k8s.io/v1",
+            "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("gadgets.{group}")},
+            "spec": {
+                "group": group,
+                "names": {"plural": "gadgets", "singular": "gadget", "kind": "Gadget"},
+                "scope": "Namespaced",
+                "versions": [{"name": "v1", "served": true, "storage": true, "schema": {"openAPIV3Schema": {
+                    "type": "object",
+                    "properties": {"spec": {"type": "object", "properties": {
+                        "name": {"type": "string", "pattern": pattern}
+                    }}}
+                }}}]
+            }
+        }))
+        .unwrap()
+    };
+    let crds: Api<CustomResourceDefinition> = Api::all(cluster.client.clone());
+    // Rust's regex accepts this pattern; kube-apiserver compiles patterns
+    // with Go's regexp, which refuses repeat counts above 1000.
+    let status = api_error(
+        crds.create(&PostParams::default(), &crd("^[a-z]{1,2048}$"))
+            .await,
+    );
+    assert_eq!(status.code, 422, "{status:?}");
+    let causes = status.details.map(|d| d.causes).unwrap_or_default();
+    assert!(
+        causes.iter().any(|c| c.field
+            == "spec.validation.openAPIV3Schema.properties[spec].properties[name].pattern"
+            && c.message.contains(
+                "must be a valid regular expression, but isn't: error parsing regexp: invalid repeat count: `{1,2048}`"
+            )),
+        "{causes:?}"
+    );
+    // The same length as maxLength is fine.
+    let mut fixed = serde_json::to_value(crd("^[a-z]+$")).unwrap();
+    fixed["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]
+        ["name"]["maxLength"] = json!(2048);
+    let created = crds
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(fixed).unwrap(),
+        )
+        .await
+        .expect("a CRD with compilable patterns is created");
+    crds.delete(&created.name_any(), &DeleteParams::default())
+        .await
+        .expect("CRD deleted");
+}
+
+#[tokio::test]
 async fn schema_and_cel_violations_are_422_with_causes() {
     let cluster = TestCluster::new("schemaandcel", true).await;
     let invalid =

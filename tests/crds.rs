@@ -370,3 +370,120 @@ fn check_children(
         None => {}
     }
 }
+
+/// Runs `tests/go/regexp_check.go` with the machine's Go (installed by
+/// scripts/install-kube-apiserver.sh, which `make test` runs): for each
+/// pattern, Go's `regexp.Compile` error or `None`.
+fn go_regexp_errors(patterns: &[String]) -> Vec<Option<String>> {
+    use std::io::Write;
+    let program = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/go/regexp_check.go");
+    let cache = std::env::temp_dir().join("bf-go-cache");
+    let mut child = std::process::Command::new("go")
+        .arg("run")
+        .arg(&program)
+        .env("GOCACHE", &cache)
+        .env("GO111MODULE", "off")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect(
+            "`go` runs: install it with `bash scripts/install-kube-apiserver.sh` (make test does)",
+        );
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(serde_json::to_string(patterns).unwrap().as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "go run {} failed", program.display());
+    serde_json::from_slice(&out.stdout).expect("the Go program prints a JSON array")
+}
+
+fn collect_patterns(node: &Value, path: &str, found: &mut Vec<(String, String)>) {
+    match node {
+        Value::Object(map) => {
+            for (key, child) in map {
+                match (key.as_str(), child) {
+                    ("pattern", Value::String(p)) => found.push((path.to_owned(), p.clone())),
+                    _ => collect_patterns(child, &format!("{path}.{key}"), found),
+                }
+            }
+        }
+        Value::Array(items) => {
+            for (i, item) in items.iter().enumerate() {
+                collect_patterns(item, &format!("{path}[{i}]"), found);
+            }
+        }
+        _ => {}
+    }
+}
+
+#[test]
+fn every_pattern_in_crds_compiles_with_gos_regexp() {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(crds_dir()).expect("crds/ exists") {
+        let path = entry.unwrap().path();
+        let text = std::fs::read_to_string(&path).unwrap();
+        let crd: Value = serde_saphyr::from_str(&text).expect("CRD is YAML");
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        collect_patterns(&crd, &name, &mut found);
+    }
+    assert!(
+        found.len() >= 10,
+        "expected the CRDs' patterns, found {found:?}"
+    );
+    let patterns: Vec<String> = found.iter().map(|(_, p)| p.clone()).collect();
+    let refused: Vec<String> = found
+        .iter()
+        .zip(go_regexp_errors(&patterns))
+        .filter_map(|((path, _), error)| error.map(|e| format!("{path}: {e}")))
+        .collect();
+    assert!(
+        refused.is_empty(),
+        "kube-apiserver would refuse: {refused:#?}"
+    );
+}
+
+#[test]
+fn dev_apiserver_refuses_the_patterns_go_refuses() {
+    // Patterns Rust's regex accepts; Go refuses some of them. The development
+    // API server's check must reach Go's verdict on each.
+    let patterns: Vec<String> = [
+        "^[A-Za-z0-9_.\\-/]{1,2048}$",
+        "^[a-z]{1,1000}$",
+        "a{1001}",
+        "a{1001,}",
+        "(a{2}){1000}",
+        "(a{2}){500}",
+        "((ab){10}c){101}",
+        "((ab){10}c){100}",
+        "(a{0}){5000}",
+        "(?<name>a)",
+        "(?P<name>a)",
+        "(?x)a b",
+        "(?i)abc",
+        "(?ms:^a.$)",
+        "(?u:\\w)",
+        "(?U)a+",
+        "\\p{Greek}+",
+        "[[:alpha:]]",
+        "^https?://[^\\s]+/[0-9]{12}/[A-Za-z0-9_-]{1,80}(\\.fifo)?$",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let go = go_regexp_errors(&patterns);
+    for (pattern, go_error) in patterns.iter().zip(go) {
+        let ours = browserfleet::local::apiserver::go_regexp_error(pattern);
+        assert_eq!(
+            ours.is_some(),
+            go_error.is_some(),
+            "{pattern:?}: Go says {go_error:?}, the dev server says {ours:?}"
+        );
+        if let (Some(ours), Some(go)) = (&ours, &go_error)
+            && go.contains("invalid repeat count")
+        {
+            assert_eq!(ours, go, "{pattern:?}");
+        }
+    }
+}

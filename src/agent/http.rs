@@ -39,9 +39,14 @@ pub fn router<Q: Queues + 'static>(agent: Arc<Agent<Q>>) -> Router {
         .route("/v1/state", get(state::<Q>))
         .route("/v1/drain", post(drain::<Q>))
         .route("/v1/sessions/{id}", delete(delete_session::<Q>))
+        // The discovery paths Chromium answers, and as it does: with and
+        // without a trailing slash, except `json/` itself (404 there too).
+        // Playwright's connectOverCDP asks for `json/version/`.
         .route("/sessions/{id}/json", get(json_list::<Q>))
         .route("/sessions/{id}/json/list", get(json_list::<Q>))
+        .route("/sessions/{id}/json/list/", get(json_list::<Q>))
         .route("/sessions/{id}/json/version", get(json_version::<Q>))
+        .route("/sessions/{id}/json/version/", get(json_version::<Q>))
         .route("/sessions/{id}/devtools/{*target}", get(websocket::<Q>))
         .with_state(agent)
 }

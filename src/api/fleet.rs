@@ -26,8 +26,10 @@ pub mod patterns {
     pub const SUBNET_ID: &str = "^subnet-([0-9a-f]{8}|[0-9a-f]{17})$";
     /// A security group id such as `sg-0abc1234def567890`.
     pub const SECURITY_GROUP_ID: &str = "^sg-([0-9a-f]{8}|[0-9a-f]{17})$";
-    /// An SSM Parameter Store name, with or without a leading `/`.
-    pub const SSM_PARAMETER_NAME: &str = "^[A-Za-z0-9_.\\-/]{1,2048}$";
+    /// An SSM Parameter Store name, with or without a leading `/`. Its length
+    /// (at most 2048) is the field's `maxLength`: Go's regexp, which
+    /// kube-apiserver compiles patterns with, refuses repeat counts above 1000.
+    pub const SSM_PARAMETER_NAME: &str = "^[A-Za-z0-9_.\\-/]+$";
     /// An EC2 instance type such as `m6i.xlarge` or `c7i.metal-24xl`.
     pub const INSTANCE_TYPE: &str = "^[a-z][a-z0-9-]*\\.[a-z0-9-]+$";
     /// An IAM instance profile, by name or by ARN.
@@ -389,7 +391,7 @@ pub struct ImageSource {
     /// An SSM parameter whose value is an AMI id, resolved at every launch, e.g.
     /// `/aws/service/ami-windows-latest/Windows_Server-2022-English-Full-Base`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(pattern(patterns::SSM_PARAMETER_NAME))]
+    #[schemars(length(max = 2048), pattern(patterns::SSM_PARAMETER_NAME))]
     pub ssm_parameter: Option<String>,
 }
 
@@ -743,7 +745,7 @@ pub struct WindowsAutoLogon {
     pub user_name: String,
     /// Name of the SSM SecureString parameter holding the user's password. The
     /// password itself never appears in user data, status or logs.
-    #[schemars(pattern(patterns::SSM_PARAMETER_NAME))]
+    #[schemars(length(max = 2048), pattern(patterns::SSM_PARAMETER_NAME))]
     pub password_parameter: String,
 }
 

@@ -11,6 +11,7 @@
 //! What it simplifies is said where it happens (server-side apply in
 //! [`patch`], list snapshots in [`http`], storage versions in [`store`]).
 
+mod go_regexp;
 mod http;
 mod openapi;
 mod patch;
@@ -29,6 +30,7 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
+pub use self::go_regexp::go_regexp_error;
 use self::store::Store;
 
 /// How many changes watches can resume from; older resourceVersions get

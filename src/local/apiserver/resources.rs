@@ -3,6 +3,7 @@
 
 use serde_json::{Value, json};
 
+use super::go_regexp::go_regexp_error;
 use super::status::Cause;
 
 /// One served resource type (one group, version and plural).
@@ -121,6 +122,67 @@ pub fn builtins() -> Vec<ResourceType> {
     ]
 }
 
+/// Where kube-apiserver reports an error in version `i`'s schema: in its
+/// internal form a schema all versions share is the CRD's one
+/// `spec.validation`, checked once (`None` for the other versions).
+fn schema_path(versions: &[Value], i: usize) -> Option<String> {
+    fn schema(version: &Value) -> &Value {
+        &version["schema"]["openAPIV3Schema"]
+    }
+    if !versions.iter().all(|v| schema(v) == schema(&versions[0])) {
+        Some(format!("spec.versions[{i}].schema.openAPIV3Schema"))
+    } else if i == 0 {
+        Some("spec.validation.openAPIV3Schema".into())
+    } else {
+        None
+    }
+}
+
+/// Refuses every `pattern` in `schema` that Go's `regexp` would refuse, as
+/// kube-apiserver does (see [`super::go_regexp`]).
+fn check_patterns(schema: &Value, path: &str, causes: &mut Vec<Cause>) {
+    let Some(node) = schema.as_object() else {
+        return;
+    };
+    if let Some(pattern) = node.get("pattern").and_then(Value::as_str)
+        && let Some(error) = go_regexp_error(pattern)
+    {
+        causes.push(Cause {
+            reason: "FieldValueInvalid",
+            message: format!(
+                "Invalid value: {pattern:?}: must be a valid regular expression, but isn't: {error}"
+            ),
+            field: format!("{path}.pattern"),
+        });
+    }
+    for key in ["properties", "patternProperties", "definitions"] {
+        for (name, child) in node
+            .get(key)
+            .and_then(Value::as_object)
+            .into_iter()
+            .flatten()
+        {
+            check_patterns(child, &format!("{path}.{key}[{name}]"), causes);
+        }
+    }
+    for key in ["items", "additionalProperties", "not"] {
+        if let Some(child) = node.get(key) {
+            check_patterns(child, &format!("{path}.{key}"), causes);
+        }
+    }
+    for key in ["allOf", "anyOf", "oneOf"] {
+        for (i, child) in node
+            .get(key)
+            .and_then(Value::as_array)
+            .into_iter()
+            .flatten()
+            .enumerate()
+        {
+            check_patterns(child, &format!("{path}.{key}[{i}]"), causes);
+        }
+    }
+}
+
 /// The resource types a CRD object defines, one per served version, or why
 /// the CRD is invalid.
 pub fn from_crd(crd: &Value) -> Result<Vec<ResourceType>, Vec<Cause>> {
@@ -187,6 +249,9 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceType>, Vec<Cause>> {
                 message: "schemas are required".into(),
                 field: format!("spec.versions[{i}].schema.openAPIV3Schema"),
             });
+        }
+        if let Some(path) = schema_path(&versions, i) {
+            check_patterns(&schema, &path, &mut causes);
         }
         if v["served"].as_bool() == Some(false) {
             continue;

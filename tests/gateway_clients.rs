@@ -1,0 +1,217 @@
+//! The endpoints a session hands out work with CDP clients no one here wrote:
+//! Playwright for Python's `connect_over_cdp` (installed into .venv/ by
+//! scripts/install-playwright.sh, which `make test` runs) through the HTTP
+//! base and the websocket URL, with the token in the header and in the query;
+//! and the gateway answers Chromium's discovery paths the way Chromium does.
+
+mod support;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use browserfleet::agent::{self, RunOptions, RunningAgent};
+use browserfleet::cloud::Sqs;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use serde_json::{Value, json};
+use support::agent_world::AgentWorld;
+
+async fn start(world: &AgentWorld) -> RunningAgent<Sqs> {
+    agent::start(
+        world.settings(),
+        None,
+        world.sqs.clone(),
+        RunOptions {
+            receive_wait: Some(Duration::from_secs(1)),
+        },
+    )
+    .await
+    .expect("agent starts")
+}
+
+/// GET `url` (with a bearer token when given); the status and body.
+async fn get(url: &str, token: Option<&str>) -> (u16, String) {
+    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
+    let mut request = hyper::Request::get(url);
+    if let Some(token) = token {
+        request = request.header("authorization", format!("Bearer {token}"));
+    }
+    let response = tokio::time::timeout(
+        Duration::from_secs(10),
+        client.request(request.body(Empty::new()).unwrap()),
+    )
+    .await
+    .expect("answer in time")
+    .expect("HTTP call");
+    let code = response.status().as_u16();
+    let body = response.into_body().collect().await.unwrap().to_bytes();
+    (code, String::from_utf8_lossy(&body).into_owned())
+}
+
+fn python() -> PathBuf {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    assert!(
+        path.exists(),
+        "{} is missing: run `bash scripts/install-playwright.sh` (make test does)",
+        path.display()
+    );
+    path
+}
+
+/// Runs tests/python/playwright_cdp.py against `endpoint`.
+async fn playwright(endpoint: &str, header_token: Option<&str>) -> Value {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/playwright_cdp.py");
+    let mut command = tokio::process::Command::new(python());
+    command.arg(&script).arg(endpoint);
+    if let Some(token) = header_token {
+        command.arg(token);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(90), command.output())
+        .await
+        .expect("Playwright finishes in time")
+        .expect("Python runs");
+    assert!(
+        out.status.success(),
+        "Playwright failed on {endpoint}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("the script prints JSON")
+}
+
+async fn session_port(world: &AgentWorld, running: &RunningAgent<Sqs>, id: &str) -> u64 {
+    let (code, body) = get(
+        &format!("http://{}/v1/state", running.address),
+        Some(&world.fleet_token()),
+    )
+    .await;
+    assert_eq!(code, 200, "{body}");
+    let state: Value = serde_json::from_str(&body).unwrap();
+    state["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["id"] == id)
+        .and_then(|s| s["port"].as_u64())
+        .expect("the session is live")
+}
+
+/// Ends the session (a stopped agent leaves its browsers for the next agent
+/// to re-adopt) and stops the agent.
+async fn end(running: RunningAgent<Sqs>, id: &str) {
+    running
+        .agent
+        .end(
+            &id.parse().unwrap(),
+            browserfleet::protocol::TerminationReason::Deleted,
+            false,
+        )
+        .await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playwright_connects_through_both_endpoints_with_the_token_in_header_or_query() {
+    let world = AgentWorld::new("gateway-playwright", 1).await;
+    let running = start(&world).await;
+    world.request("s-pw", json!({})).await;
+    let ready = world.reply("session.ready", "s-pw").await;
+    let token = ready["token"].as_str().expect("token").to_owned();
+    let http_base = ready["endpoints"]["httpBase"].as_str().unwrap().to_owned();
+    let ws = ready["endpoints"]["webSocketDebuggerUrl"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+
+    let cases = [
+        (
+            "HTTP base, token in header",
+            http_base.clone(),
+            Some(token.as_str()),
+        ),
+        (
+            "HTTP base, token in query",
+            format!("{http_base}?token={token}"),
+            None,
+        ),
+        (
+            "websocket, token in header",
+            ws.clone(),
+            Some(token.as_str()),
+        ),
+        (
+            "websocket, token in query",
+            format!("{ws}?token={token}"),
+            None,
+        ),
+    ];
+    for (what, endpoint, header_token) in cases {
+        let answer = playwright(&endpoint, header_token).await;
+        assert_eq!(answer["evaluate"], 42, "{what}: {answer}");
+        assert_eq!(
+            answer["text"], "hello from browserfleet",
+            "{what}: {answer}"
+        );
+        assert!(
+            answer["version"].as_str().is_some_and(|v| !v.is_empty()),
+            "{what}: {answer}"
+        );
+    }
+    // A client without the token gets nowhere, through either endpoint.
+    for endpoint in [&http_base, &ws] {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/playwright_cdp.py");
+        let out = tokio::process::Command::new(python())
+            .arg(&script)
+            .arg(endpoint)
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            !out.status.success(),
+            "{endpoint} admitted a client without a token"
+        );
+    }
+    // The clients disconnected; the session's browser is still there.
+    session_port(&world, &running, "s-pw").await;
+    end(running, "s-pw").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_gateway_answers_every_discovery_path_as_chromium_does() {
+    let world = AgentWorld::new("gateway-discovery", 1).await;
+    let running = start(&world).await;
+    world.request("s-paths", json!({})).await;
+    let ready = world.reply("session.ready", "s-paths").await;
+    let token = ready["token"].as_str().unwrap().to_owned();
+    let port = session_port(&world, &running, "s-paths").await;
+    let gateway = format!("http://{}/sessions/s-paths", running.address);
+    let browser = format!("http://127.0.0.1:{port}");
+    for path in [
+        "/json/version",
+        "/json/version/",
+        "/json",
+        "/json/",
+        "/json/list",
+        "/json/list/",
+    ] {
+        let (direct, direct_body) = get(&format!("{browser}{path}"), None).await;
+        let (through, through_body) = get(&format!("{gateway}{path}"), Some(&token)).await;
+        assert_eq!(
+            through, direct,
+            "{path}: Chromium answers {direct} ({direct_body}), the gateway {through} ({through_body})"
+        );
+        if direct == 200 {
+            let direct: Value = serde_json::from_str(&direct_body).unwrap();
+            let through: Value = serde_json::from_str(&through_body).unwrap();
+            assert_eq!(
+                direct.is_array(),
+                through.is_array(),
+                "{path}: the same kind of document"
+            );
+            if let Some(browser) = direct.get("Browser") {
+                assert_eq!(&through["Browser"], browser, "{path}");
+            }
+        }
+    }
+    end(running, "s-paths").await;
+}
