@@ -105,6 +105,19 @@ impl TestCluster {
         }
     }
 
+    /// Whether the server keeps (and so enforces) our CRDs' CEL rules:
+    /// kube-apiserver before 1.25 does not know `x-kubernetes-validations`
+    /// and drops it when it stores the CRD (docs/dev-apiserver.md).
+    async fn enforces_cel(&self) -> bool {
+        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
+        let fleet = crds
+            .get("browserfleets.browserfleet.io")
+            .await
+            .expect("BrowserFleet CRD installed");
+        let schema = serde_json::to_value(&fleet.spec.versions[0].schema).unwrap();
+        schema["openAPIV3Schema"]["properties"]["spec"]["x-kubernetes-validations"].is_array()
+    }
+
     fn api<K>(&self) -> Api<K>
     where
         K: kube::Resource<Scope = kube::core::NamespaceResourceScope, DynamicType = ()>,
@@ -112,9 +125,11 @@ impl TestCluster {
         Api::namespaced(self.client.clone(), &self.ns)
     }
 
-    /// A resourceVersion the cluster no longer has history for: on the dev
-    /// server `rv` after forgetting all history (which also ends open
-    /// watches); on a real cluster "1", long compacted away.
+    /// A resourceVersion the cluster no longer has history for, for
+    /// resources of our CRDs: on the dev server `rv` after forgetting all
+    /// history (which also ends open watches); on a real cluster "1", older
+    /// than the watch cache of a CRD's resources, which starts when the CRD
+    /// is established.
     fn expired(&self, rv: &str) -> String {
         match &self.dev {
             Some(server) => {
@@ -150,13 +165,21 @@ fn api_error(result: Result<impl std::fmt::Debug, kube::Error>) -> kube::core::S
     }
 }
 
-/// Waits for `check` to hold, polling, for at most ten seconds.
+/// Waits for `check` to hold, polling, for at most ten seconds on the dev
+/// server and ninety on a real cluster, whose controllers act
+/// asynchronously: the garbage collector, for one, notices a new CRD's
+/// resources only at its next discovery, every 30 seconds.
 async fn eventually<F, Fut>(what: &str, mut check: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
 {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    let limit = if std::env::var_os("BROWSERFLEET_TEST_KUBECONFIG").is_some() {
+        Duration::from_secs(90)
+    } else {
+        Duration::from_secs(10)
+    };
+    let deadline = tokio::time::Instant::now() + limit;
     while tokio::time::Instant::now() < deadline {
         if check().await {
             return;
@@ -211,7 +234,11 @@ async fn discovery_lists_builtins_and_registered_crds() {
         )
         .await
         .expect("resource list");
-    let fleets = &list["resources"][0];
+    // The list's order is the server's own (kube-apiserver's is not ours).
+    let fleets = list["resources"]
+        .as_array()
+        .and_then(|r| r.iter().find(|r| r["name"] == "browserfleets"))
+        .expect("browserfleets listed");
     assert_eq!(fleets["shortNames"], json!(["bfleet"]));
     assert_eq!(fleets["categories"], json!(["browserfleet"]));
 }
@@ -367,6 +394,7 @@ async fn crd_with_a_pattern_gos_regexp_refuses_is_invalid() {
 #[tokio::test]
 async fn schema_and_cel_violations_are_422_with_causes() {
     let cluster = TestCluster::new("schemaandcel", true).await;
+    let enforces_cel = cluster.enforces_cel().await;
     let invalid =
         std::fs::read_dir(format!("{}/examples/invalid", env!("CARGO_MANIFEST_DIR"))).unwrap();
     let mut checked = 0;
@@ -393,6 +421,21 @@ async fn schema_and_cel_violations_are_422_with_causes() {
         let dynamic: Api<DynamicObject> =
             Api::namespaced_with(cluster.client.clone(), &cluster.ns, &resource);
         let object: DynamicObject = serde_json::from_value(value).unwrap();
+        if text
+            .lines()
+            .next()
+            .is_some_and(|l| l.contains("(CEL rule)"))
+            && !enforces_cel
+        {
+            // The known gap of servers without CEL: the operator's
+            // validate() reports these in the fleet's conditions instead.
+            dynamic
+                .create(&PostParams::default(), &object)
+                .await
+                .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+            checked += 1;
+            continue;
+        }
         let status = api_error(dynamic.create(&PostParams::default(), &object).await);
         assert_eq!(
             (status.code, status.reason.as_str()),
@@ -403,8 +446,13 @@ async fn schema_and_cel_violations_are_422_with_causes() {
         // The examples state the message of the test's JSON-schema validator;
         // compare on the field it names and, for CEL rules, the rule message.
         let field = expected.split(':').next().unwrap_or_default();
+        // kube-apiserver 1.20 names the array, not the item, when an item
+        // breaks its pattern (docs/dev-apiserver.md).
+        let array = field.split('[').next().unwrap_or_default();
         assert!(
-            status.message.contains(&expected) || status.message.contains(field),
+            status.message.contains(&expected)
+                || status.message.contains(field)
+                || (cluster.dev.is_none() && status.message.contains(&format!("{array}: "))),
             "{}: {} does not mention {expected:?}",
             path.display(),
             status.message
@@ -473,10 +521,14 @@ async fn create_get_list_with_selectors_and_pages() {
         .await
         .unwrap();
     assert!(generated.name_any().starts_with("gen-") && generated.name_any().len() == 9);
-    let duplicate = api_error(
-        maps.create(&PostParams::default(), &maps.get("cm-0").await.unwrap())
-            .await,
-    );
+    let mut existing = maps.get("cm-0").await.unwrap();
+    // A create that carries a resourceVersion is refused by the storage
+    // layer (kube-apiserver 1.20: 500 "resourceVersion should not be set on
+    // objects to be created"), whether or not the name is taken.
+    let with_version = api_error(maps.create(&PostParams::default(), &existing).await);
+    assert!(with_version.code >= 400, "{with_version:?}");
+    existing.metadata.resource_version = None;
+    let duplicate = api_error(maps.create(&PostParams::default(), &existing).await);
     assert_eq!(
         (duplicate.code, duplicate.reason.as_str()),
         (409, "AlreadyExists")
@@ -516,17 +568,17 @@ async fn create_get_list_with_selectors_and_pages() {
             None => break,
         }
     }
-    assert_eq!(seen.len(), 8);
+    assert_eq!(seen.len(), 8, "{seen:?}");
+    // Across namespaces: ours among whatever else the cluster holds (a real
+    // one has configmaps in kube-system and those of other tests).
     let all_namespaces: Api<ConfigMap> = Api::all(cluster.client.clone());
-    assert_eq!(
-        all_namespaces
-            .list(&ListParams::default())
-            .await
-            .unwrap()
-            .items
-            .len(),
-        8
-    );
+    let everywhere = all_namespaces.list(&ListParams::default()).await.unwrap();
+    let ours = everywhere
+        .items
+        .iter()
+        .filter(|c| c.metadata.namespace.as_deref() == Some(cluster.ns.as_str()))
+        .count();
+    assert_eq!(ours, 8);
 }
 
 #[tokio::test]
@@ -769,7 +821,8 @@ async fn dependents_are_collected_with_their_owner() {
         };
         fleets.delete(owner, &params).await.unwrap();
     }
-    // Collection is immediate here and asynchronous on a real cluster.
+    // Collection is immediate on the dev server and asynchronous on a real
+    // cluster.
     eventually("dependent collected", || {
         let maps = maps.clone();
         async move {
@@ -869,8 +922,12 @@ async fn watch_streams_changes_bookmarks_and_resumes() {
             "bookmarks within 3 s: {kinds:?}"
         );
     }
+    // Resources of a CRD: on a real cluster their watch cache starts when
+    // the CRD is established, long after resourceVersion "1", while on a
+    // fresh cluster the configmaps' cache may still reach back to it.
+    let fleets: Api<BrowserFleet> = cluster.api();
     let expired = cluster.expired(&start);
-    let gone = maps
+    let gone = fleets
         .watch(&WatchParams::default().timeout(1), &expired)
         .await
         .unwrap()
@@ -1007,13 +1064,15 @@ async fn malformed_requests_get_a_status_not_a_panic() {
             400,
             "BadRequest",
         ),
+        // No handler serves an unknown group: kube-apiserver's mux answers
+        // a plain-text 404, which kube-rs reports without a Status reason.
         (
             "GET",
             "/apis/nothing.io/v1/things".into(),
             "application/json",
             vec![],
             404,
-            "NotFound",
+            "Failed to parse error data",
         ),
         (
             "POST",
@@ -1105,8 +1164,25 @@ async fn malformed_requests_get_a_status_not_a_panic() {
         ),
     ];
     let cases: Vec<Case> = cases.into_iter().chain(patch_cases).collect();
-    for (method, path, content_type, body, code, reason) in cases {
+    for (method, path, content_type, body, mut code, mut reason) in cases {
+        if cluster.dev.is_none() && code == 504 {
+            // kube-apiserver 1.20 keeps a watch from a future resourceVersion
+            // open, waiting for it, where newer servers answer 504 (and the
+            // dev server does, docs/dev-apiserver.md).
+            let waiting = tokio::time::timeout(
+                Duration::from_secs(2),
+                send(method, &path, content_type, body),
+            )
+            .await;
+            assert!(waiting.is_err(), "{method} {path}: {waiting:?}");
+            continue;
+        }
         let status = api_error(send(method, &path, content_type, body).await);
+        if cluster.dev.is_none() && content_type == "application/apply-patch+yaml" && code == 400 {
+            // kube-apiserver 1.20 answers a malformed apply patch with 500
+            // "failed to create typed patch object" (docs/dev-apiserver.md).
+            (code, reason) = (500, "");
+        }
         assert_eq!(
             (status.code, status.reason.as_str()),
             (code, reason),

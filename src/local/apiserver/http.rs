@@ -57,6 +57,16 @@ struct Target {
     subresource: Option<String>,
 }
 
+/// kube-apiserver's answer to a path no API handler serves.
+fn page_not_found() -> Response {
+    (
+        StatusCode::NOT_FOUND,
+        [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
+        "404 page not found\n",
+    )
+        .into_response()
+}
+
 async fn route(server: Arc<Server>, request: Request) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().trim_end_matches('/').to_owned();
@@ -77,6 +87,13 @@ async fn route(server: Arc<Server>, request: Request) -> Result<Response, ApiErr
         }
         ["apis"] => return ok(server.group_list()),
         ["api", "v1"] => return ok(server.resource_list("", "v1")),
+        // A group or version nothing serves has no handler at all in
+        // kube-apiserver: its mux answers a plain-text 404, not a Status.
+        ["apis", group, version, ..] if !server.serves(group, version) => {
+            return Ok(page_not_found());
+        }
+        ["apis", group] if !server.serves_group(group) => return Ok(page_not_found()),
+        ["api", version, ..] if *version != "v1" => return Ok(page_not_found()),
         ["apis", group] => {
             return server
                 .group(group)
@@ -795,6 +812,19 @@ impl Server {
             .map(|(g, v)| group_json(&g, &v))
             .collect();
         json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
+    }
+
+    /// Whether any resource type is served in `group`.
+    fn serves_group(&self, group: &str) -> bool {
+        self.lock().types().iter().any(|t| t.group == group)
+    }
+
+    /// Whether any resource type is served in `group`/`version`.
+    fn serves(&self, group: &str, version: &str) -> bool {
+        self.lock()
+            .types()
+            .iter()
+            .any(|t| t.group == group && t.version == version)
     }
 
     fn group(&self, group: &str) -> Result<Value, ApiError> {

@@ -166,6 +166,12 @@ impl ApiError {
         )
     }
 
+    /// 500 without a reason: what kube-apiserver answers when its storage
+    /// layer fails with a plain error rather than a Status.
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, "", message)
+    }
+
     /// The error as a `metav1.Status` object.
     pub fn to_status(&self) -> Value {
         let mut status = json!({
@@ -174,9 +180,11 @@ impl ApiError {
             "metadata": {},
             "status": "Failure",
             "message": self.message,
-            "reason": self.reason,
             "code": self.code.as_u16(),
         });
+        if !self.reason.is_empty() {
+            status["reason"] = json!(self.reason);
+        }
         if let Some(details) = &self.details {
             status["details"] = details.clone();
         }

@@ -335,6 +335,14 @@ impl Store {
                 rt.plural
             )));
         }
+        // kube-apiserver's storage (1.20) refuses this after validation and
+        // before it looks for the name, so a duplicate that carries a
+        // resourceVersion is a 500, not a 409.
+        if meta_str(&object, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
+            return Err(ApiError::internal(
+                "resourceVersion should not be set on objects to be created",
+            ));
+        }
         if self.table(rt).contains_key(&(ns.clone(), name.clone())) {
             return Err(ApiError::already_exists(&rt.plural, &rt.group, &name));
         }
