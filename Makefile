@@ -15,6 +15,13 @@ build:
 ##       with Chromium and Playwright); installs what they need when missing
 test: moto kubectl chromium playwright kube-apiserver
 	$(CARGO) test --locked
+	$(MAKE) --no-print-directory test-kube-apiserver
+
+## test-kube-apiserver: the conformance and kubectl suites again, against a
+##       throw-away etcd + kube-apiserver v1.20.2 + kube-controller-manager
+.PHONY: test-kube-apiserver
+test-kube-apiserver: kubectl kube-apiserver
+	bash scripts/with-kube-apiserver.sh $(CARGO) test --locked --test apiserver --test kubectl
 
 ## moto: install moto[server] into .venv/ when it is missing (idempotent)
 moto:
