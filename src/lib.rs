@@ -7,5 +7,6 @@ pub mod agent;
 pub mod api;
 pub mod cloud;
 pub mod local;
+pub mod operator;
 pub mod protocol;
 pub mod scaling;

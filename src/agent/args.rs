@@ -57,26 +57,7 @@ use thiserror::Error;
 
 use crate::protocol::request::MAX_ARG_LEN;
 
-/// Switch name prefixes only the agent sets, in lower case without `--`:
-/// where DevTools listens (`--remote-debugging-port`, `-address`, `-pipe`,
-/// `-io-pipes`, `-socket-name`, …) and where the profile lives
-/// (`--user-data-dir`). A caller who chose these could expose DevTools beyond
-/// 127.0.0.1, take it over from the gateway, or read and write another
-/// session's profile.
-pub const AGENT_OWNED_PREFIXES: [&str; 2] = ["remote-debugging", "user-data-dir"];
-
-/// Switch names only the agent sets, in lower case without `--`.
-pub const AGENT_OWNED: [&str; 3] = [
-    // Which origins may open the DevTools websocket; the gateway relies on
-    // the browser refusing every origin but its own.
-    "remote-allow-origins",
-    // Picks a profile inside the user data directory; profiles are placed by
-    // the agent (named profiles, temporary ones), never by the request.
-    "profile-directory",
-    // Windows: everything after it on the raw command line becomes one URL
-    // argument, which would swallow the switches the agent appends.
-    "single-argument",
-];
+pub use crate::api::switches::{AGENT_OWNED, AGENT_OWNED_PREFIXES, is_agent_owned};
 
 /// Switches refused unless the fleet's `allowedArgs` lists them, in lower
 /// case without `--`, each with the reason a requester sees.
@@ -223,11 +204,6 @@ fn policy_name(entry: &str) -> Result<String, ArgPolicyError> {
             entry: entry.to_owned(),
         })
     }
-}
-
-/// Whether only the agent may set switch `name` (lower case, without `--`).
-pub fn is_agent_owned(name: &str) -> bool {
-    AGENT_OWNED.contains(&name) || AGENT_OWNED_PREFIXES.iter().any(|p| name.starts_with(p))
 }
 
 /// Why switch `name` (lower case, without `--`) is on the built-in

@@ -12,7 +12,11 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
-use crate::api::fleet::{BrowserSpec, PortRange, ProfilePolicy, SessionLimits};
+use crate::api::fleet::{
+    BROWSER_START_TIMEOUT_SECONDS, BrowserSpec, PortRange, ProfilePolicy, SessionLimits,
+};
+
+use crate::api::switches::{SWITCH_PATTERN, sets_agent_owned_switch};
 
 use super::args::ArgPolicy;
 use super::slots::Port;
@@ -79,11 +83,19 @@ pub struct AgentConfig {
     pub callback_secret: String,
 }
 
+/// [`SWITCH_PATTERN`], compiled once.
+fn switch_pattern() -> &'static regex::Regex {
+    static PATTERN: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
+        regex::Regex::new(SWITCH_PATTERN).expect("SWITCH_PATTERN is a valid regex")
+    });
+    &PATTERN
+}
+
 fn default_listen_address() -> String {
     "0.0.0.0".into()
 }
 fn default_launch_timeout_seconds() -> u32 {
-    30
+    BROWSER_START_TIMEOUT_SECONDS.unsigned_abs()
 }
 fn default_drain_timeout_seconds() -> u32 {
     900
@@ -180,12 +192,14 @@ impl AgentConfig {
         if !(1..=256).contains(&self.slots) {
             bad("slots", format!("{} is not within 1..=256", self.slots));
         }
+        // The fleet's own rules (crate::api::fleet::rules), so that a fleet
+        // the CRD accepts never boots agents that refuse their configuration.
         let range = &self.browser_port_range;
         let ports = |v: i32| u16::try_from(v).ok().filter(|p| *p >= 1024);
         let (first, last) = (ports(range.start), ports(range.end));
         match (first, last) {
-            (Some(first), Some(last)) if first <= last => {
-                if usize::from(last - first) + 1 < usize::from(self.slots) {
+            (Some(first), Some(last)) if range.is_ordered() => {
+                if range.len() < i64::from(self.slots) {
                     bad(
                         "browserPortRange",
                         format!(
@@ -227,17 +241,27 @@ impl AgentConfig {
                 "set either executable or launcherCommand, not both".into(),
             );
         }
-        for arg in &self.browser.extra_args {
+        let browser = &self.browser;
+        for (field, args) in [
+            ("browser.extraArgs", &browser.extra_args),
+            ("browser.allowedArgs", &browser.allowed_args),
+            ("browser.blockedArgs", &browser.blocked_args),
+        ] {
+            for arg in args {
+                if !switch_pattern().is_match(arg) {
+                    bad(
+                        field,
+                        format!(
+                            "{arg:?} is not a switch written --name or --name=value in lower case"
+                        ),
+                    );
+                }
+            }
+        }
+        for arg in &browser.extra_args {
             // Chromium lets the last repeat of a switch win: a fleet argument
             // must not move DevTools off 127.0.0.1 or onto another profile.
-            let name = arg
-                .trim()
-                .trim_start_matches('-')
-                .split('=')
-                .next()
-                .unwrap_or_default()
-                .to_ascii_lowercase();
-            if super::args::is_agent_owned(&name) {
+            if sets_agent_owned_switch(arg) {
                 bad(
                     "browser.extraArgs",
                     format!("{arg:?} is chosen by the agent for every browser"),

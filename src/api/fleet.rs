@@ -7,6 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::switches::sets_agent_owned_switch;
 use super::validation::{CrossFieldRule, Violations};
 
 /// Condition type: the fleet serves sessions at its desired size.
@@ -16,6 +17,15 @@ pub const CONDITION_SCALING: &str = "Scaling";
 /// Condition type: something needs a human (invalid spec, AWS errors, instances
 /// that never became ready).
 pub const CONDITION_DEGRADED: &str = "Degraded";
+
+/// How long an agent gives a browser to answer DevTools after starting it;
+/// the operator writes it into every agent configuration.
+pub const BROWSER_START_TIMEOUT_SECONDS: i32 = 30;
+
+/// The shortest request visibility timeout: longer than a browser may take
+/// to start, or a request would reappear on the queue, and reach another
+/// agent, while its browser starts.
+pub const MIN_VISIBILITY_TIMEOUT_SECONDS: i32 = BROWSER_START_TIMEOUT_SECONDS + 1;
 
 /// Schema patterns for the AWS identifiers a fleet names. They only check the
 /// shape, so a typo is refused at `kubectl apply` instead of at launch time.
@@ -43,14 +53,17 @@ pub mod patterns {
     /// A lower-case hex SHA-256 digest.
     pub const SHA256: &str = "^[0-9a-f]{64}$";
     /// A Chromium command-line switch, optionally with a value: `--name` or
-    /// `--name=value`.
-    pub const BROWSER_SWITCH: &str = "^--[A-Za-z0-9][A-Za-z0-9-]*(=.*)?$";
+    /// `--name=value`, the name in lower case (see [`crate::api::switches`]).
+    pub const BROWSER_SWITCH: &str = crate::api::switches::SWITCH_PATTERN;
 }
 
 /// The cross-field rules of [`BrowserFleetSpec`], enforced by CEL in the CRD
 /// and by [`BrowserFleetSpec::validate`].
 pub mod rules {
+    use std::sync::LazyLock;
+
     use super::CrossFieldRule;
+    use crate::api::switches::{agent_owned_cel, agent_owned_list};
 
     /// The floor of the fleet cannot be above its ceiling.
     pub const MIN_WITHIN_MAX: CrossFieldRule = CrossFieldRule {
@@ -83,16 +96,18 @@ pub mod rules {
         message: "tag keys must have 1 to 128 characters and not start with browserfleet.io/ or aws:",
         field_path: ".instance.tags",
     };
-    /// The browser port range runs upwards.
+    /// The browser port range runs upwards; one port is a range too (for a
+    /// fleet of one session per instance). [`super::PortRange::is_ordered`]
+    /// is the same rule for the agent.
     pub const PORT_RANGE_ORDERED: CrossFieldRule = CrossFieldRule {
-        cel: "self.agent.browserPortRange.start < self.agent.browserPortRange.end",
-        message: "browserPortRange.start must be less than browserPortRange.end",
+        cel: "self.agent.browserPortRange.start <= self.agent.browserPortRange.end",
+        message: "browserPortRange.start must not be greater than browserPortRange.end",
         field_path: ".agent.browserPortRange",
     };
     /// Every session on an instance needs a DevTools port of its own. Checked
     /// only on an ordered range, so a reversed range is reported once.
     pub const PORT_RANGE_FITS_SESSIONS: CrossFieldRule = CrossFieldRule {
-        cel: "self.agent.browserPortRange.start >= self.agent.browserPortRange.end || self.agent.browserPortRange.end - self.agent.browserPortRange.start + 1 >= self.capacity.sessionsPerInstance",
+        cel: "self.agent.browserPortRange.start > self.agent.browserPortRange.end || self.agent.browserPortRange.end - self.agent.browserPortRange.start + 1 >= self.capacity.sessionsPerInstance",
         message: "browserPortRange must hold at least sessionsPerInstance ports",
         field_path: ".agent.browserPortRange",
     };
@@ -114,12 +129,37 @@ pub mod rules {
         message: "set at most one of browser.executable and browser.launcherCommand",
         field_path: ".agent.browser",
     };
-    /// DevTools wiring and profile placement belong to the agent alone.
-    pub const ALLOWED_ARGS_NOT_RESERVED: CrossFieldRule = CrossFieldRule {
-        cel: "!has(self.agent.browser.allowedArgs) || self.agent.browser.allowedArgs.all(a, !a.startsWith('--remote-debugging') && !a.startsWith('--user-data-dir'))",
-        message: "allowedArgs cannot allow --remote-debugging-* or --user-data-dir",
-        field_path: ".agent.browser.allowedArgs",
-    };
+    /// DevTools wiring and profile placement belong to the agent alone: a
+    /// fleet cannot let sessions set them.
+    pub static ALLOWED_ARGS_NOT_RESERVED: LazyLock<CrossFieldRule> = LazyLock::new(|| {
+        CrossFieldRule::built(
+            format!(
+                "!has(self.agent.browser.allowedArgs) || self.agent.browser.allowedArgs.all(a, !{})",
+                agent_owned_cel("a")
+            ),
+            format!(
+                "allowedArgs cannot allow a switch the agent sets: {}",
+                agent_owned_list()
+            ),
+            ".agent.browser.allowedArgs",
+        )
+    });
+    /// Nor set them itself: the agent appends its own values, and a fleet
+    /// whose arguments name them would boot agents that refuse their
+    /// configuration.
+    pub static EXTRA_ARGS_NOT_AGENT_OWNED: LazyLock<CrossFieldRule> = LazyLock::new(|| {
+        CrossFieldRule::built(
+            format!(
+                "!has(self.agent.browser.extraArgs) || self.agent.browser.extraArgs.all(a, !{})",
+                agent_owned_cel("a")
+            ),
+            format!(
+                "extraArgs cannot set a switch the agent sets: {}",
+                agent_owned_list()
+            ),
+            ".agent.browser.extraArgs",
+        )
+    });
     /// Auto-logon is a Windows mechanism.
     pub const AUTO_LOGON_ONLY_ON_WINDOWS: CrossFieldRule = CrossFieldRule {
         cel: "!has(self.agent.windowsAutoLogon) || self.instance.platform == 'Windows'",
@@ -134,21 +174,24 @@ pub mod rules {
     };
 
     /// Every rule, in the order the CRD lists them.
-    pub const ALL: [CrossFieldRule; 13] = [
-        MIN_WITHIN_MAX,
-        WARM_WITHIN_MAX,
-        ONE_IMAGE_SOURCE,
-        KMS_KEY_NEEDS_ENCRYPTION,
-        USER_TAGS_NOT_RESERVED,
-        PORT_RANGE_ORDERED,
-        PORT_RANGE_FITS_SESSIONS,
-        GATEWAY_OUTSIDE_PORT_RANGE,
-        DEFAULT_TTL_WITHIN_MAX,
-        ONE_LAUNCH_METHOD,
-        ALLOWED_ARGS_NOT_RESERVED,
-        AUTO_LOGON_ONLY_ON_WINDOWS,
-        HEADFUL_WINDOWS_NEEDS_AUTO_LOGON,
-    ];
+    pub fn all() -> [CrossFieldRule; 14] {
+        [
+            MIN_WITHIN_MAX,
+            WARM_WITHIN_MAX,
+            ONE_IMAGE_SOURCE,
+            KMS_KEY_NEEDS_ENCRYPTION,
+            USER_TAGS_NOT_RESERVED,
+            PORT_RANGE_ORDERED,
+            PORT_RANGE_FITS_SESSIONS,
+            GATEWAY_OUTSIDE_PORT_RANGE,
+            DEFAULT_TTL_WITHIN_MAX,
+            ONE_LAUNCH_METHOD,
+            *ALLOWED_ARGS_NOT_RESERVED,
+            *EXTRA_ARGS_NOT_AGENT_OWNED,
+            AUTO_LOGON_ONLY_ON_WINDOWS,
+            HEADFUL_WINDOWS_NEEDS_AUTO_LOGON,
+        ]
+    }
 }
 
 /// Desired state of a fleet of browser instances.
@@ -216,6 +259,7 @@ pub mod rules {
     validation = rules::DEFAULT_TTL_WITHIN_MAX.to_cel(),
     validation = rules::ONE_LAUNCH_METHOD.to_cel(),
     validation = rules::ALLOWED_ARGS_NOT_RESERVED.to_cel(),
+    validation = rules::EXTRA_ARGS_NOT_AGENT_OWNED.to_cel(),
     validation = rules::AUTO_LOGON_ONLY_ON_WINDOWS.to_cel(),
     validation = rules::HEADFUL_WINDOWS_NEEDS_AUTO_LOGON.to_cel()
 )]
@@ -276,12 +320,10 @@ impl BrowserFleetSpec {
                     && !k.starts_with("aws:")
             }),
         );
-        found.check(&rules::PORT_RANGE_ORDERED, ports.start < ports.end);
+        found.check(&rules::PORT_RANGE_ORDERED, ports.is_ordered());
         found.check(
             &rules::PORT_RANGE_FITS_SESSIONS,
-            ports.start >= ports.end
-                || i64::from(ports.end) - i64::from(ports.start) + 1
-                    >= i64::from(capacity.sessions_per_instance),
+            !ports.is_ordered() || ports.len() >= i64::from(capacity.sessions_per_instance),
         );
         found.check(
             &rules::GATEWAY_OUTSIDE_PORT_RANGE,
@@ -297,10 +339,17 @@ impl BrowserFleetSpec {
         );
         found.check(
             &rules::ALLOWED_ARGS_NOT_RESERVED,
-            browser
+            !browser
                 .allowed_args
                 .iter()
-                .all(|a| !a.starts_with("--remote-debugging") && !a.starts_with("--user-data-dir")),
+                .any(|a| sets_agent_owned_switch(a)),
+        );
+        found.check(
+            &rules::EXTRA_ARGS_NOT_AGENT_OWNED,
+            !browser
+                .extra_args
+                .iter()
+                .any(|a| sets_agent_owned_switch(a)),
         );
         found.check(
             &rules::AUTO_LOGON_ONLY_ON_WINDOWS,
@@ -520,9 +569,10 @@ pub struct QueueSpec {
     #[schemars(length(max = 1024), pattern(patterns::QUEUE_URL))]
     pub request_queue_url: Option<String>,
     /// How long a received request stays invisible to other agents while one
-    /// launches its browser.
+    /// launches its browser: at least 31 seconds, longer than the 30 a
+    /// browser is given to start.
     #[serde(default = "default_visibility_timeout_seconds")]
-    #[schemars(range(min = 0, max = 43200))]
+    #[schemars(range(min = MIN_VISIBILITY_TIMEOUT_SECONDS, max = 43200))]
     pub visibility_timeout_seconds: i32,
     /// Receives after which a request that no agent could handle moves to the
     /// dead-letter queue.
@@ -613,6 +663,24 @@ pub struct PortRange {
     /// Last port of the range (inclusive).
     #[schemars(range(min = 1024, max = 65535))]
     pub end: i32,
+}
+
+impl PortRange {
+    /// Whether the range runs upwards (a single port included): the rule
+    /// the CRD's CEL, `validate()` and the agent apply.
+    pub fn is_ordered(&self) -> bool {
+        self.start <= self.end
+    }
+
+    /// How many ports it holds; zero or less when it is not ordered.
+    pub fn len(&self) -> i64 {
+        i64::from(self.end) - i64::from(self.start) + 1
+    }
+
+    /// Whether it holds no port.
+    pub fn is_empty(&self) -> bool {
+        self.len() <= 0
+    }
 }
 
 impl Default for PortRange {
@@ -1183,7 +1251,7 @@ mod tests {
     #[test]
     fn crd_carries_exactly_the_rust_rules() {
         let (in_crd, expected) =
-            crate::api::validation::spec_rules_in_crd::<BrowserFleet>(&rules::ALL);
+            crate::api::validation::spec_rules_in_crd::<BrowserFleet>(&rules::all());
         assert_eq!(in_crd, expected);
     }
 
@@ -1215,7 +1283,8 @@ mod tests {
             encrypted in any::<bool>(), kms in any::<bool>(),
             linux in any::<bool>(), headless in any::<bool>(), logon in any::<bool>(),
             executable in any::<bool>(), launcher in any::<bool>(),
-            allowed in prop::sample::select(vec!["--disable-web-security", "--remote-debugging-pipe", "--user-data-dir=x"]),
+            allowed in prop::sample::select(vec!["--disable-web-security", "--remote-debugging-pipe", "--user-data-dir=x", "--remote-allow-origins", "--single-argument", "--profile-directory-x"]),
+            extra in prop::sample::select(vec!["--no-sandbox", "--remote-allow-origins=*", "--profile-directory=p", "--remote-debugging-port=1", "--remote-allow-originsx"]),
             tag in prop::sample::select(vec!["team", "aws:x", "browserfleet.io/x", ""]),
         ) {
             let schema = serde_json::to_value(
@@ -1238,6 +1307,7 @@ mod tests {
             spec.agent.browser.executable = executable.then(|| "/usr/bin/chromium".into());
             spec.agent.browser.launcher_command = launcher.then(|| vec!["/opt/launch".into()]);
             spec.agent.browser.allowed_args = vec![allowed.into()];
+            spec.agent.browser.extra_args = vec![extra.into()];
             spec.instance.tags = BTreeMap::from([(tag.to_owned(), "v".to_owned())]);
 
             let mut rust: Vec<String> = spec.validate().err().map(|v| v.messages().into_iter().map(str::to_owned).collect()).unwrap_or_default();

@@ -4,6 +4,7 @@
 
 pub mod fleet;
 pub mod session;
+pub mod switches;
 pub mod validation;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;

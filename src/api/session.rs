@@ -6,6 +6,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use super::fleet::patterns::BROWSER_SWITCH;
+use super::switches::sets_agent_owned_switch;
 use super::validation::{CrossFieldRule, Violations};
 
 /// Condition type: the session's browser is reachable through its endpoints.
@@ -27,7 +28,10 @@ pub mod patterns {
 /// The cross-field rules of [`BrowserSessionSpec`], enforced by CEL in the CRD
 /// and by [`BrowserSessionSpec::validate`].
 pub mod rules {
+    use std::sync::LazyLock;
+
     use super::CrossFieldRule;
+    use crate::api::switches::{agent_owned_cel, agent_owned_list};
 
     /// A session must live for some time.
     pub const TTL_POSITIVE: CrossFieldRule = CrossFieldRule {
@@ -37,14 +41,25 @@ pub mod rules {
     };
     /// DevTools wiring and profile placement belong to the agent alone, whatever
     /// the fleet's blocklist says.
-    pub const ARGS_NOT_RESERVED: CrossFieldRule = CrossFieldRule {
-        cel: "!has(self.args) || self.args.all(a, !a.startsWith('--remote-debugging') && !a.startsWith('--user-data-dir'))",
-        message: "args cannot set --remote-debugging-* or --user-data-dir",
-        field_path: ".args",
-    };
+    /// The switches are those the agent refuses in every request.
+    pub static ARGS_NOT_RESERVED: LazyLock<CrossFieldRule> = LazyLock::new(|| {
+        CrossFieldRule::built(
+            format!(
+                "!has(self.args) || self.args.all(a, !{})",
+                agent_owned_cel("a")
+            ),
+            format!(
+                "args cannot set a switch the agent sets: {}",
+                agent_owned_list()
+            ),
+            ".args",
+        )
+    });
 
     /// Every rule, in the order the CRD lists them.
-    pub const ALL: [CrossFieldRule; 2] = [TTL_POSITIVE, ARGS_NOT_RESERVED];
+    pub fn all() -> [CrossFieldRule; 2] {
+        [TTL_POSITIVE, *ARGS_NOT_RESERVED]
+    }
 }
 
 /// A request for one browser session on a fleet.
@@ -144,9 +159,7 @@ impl BrowserSessionSpec {
         );
         found.check(
             &rules::ARGS_NOT_RESERVED,
-            self.args
-                .iter()
-                .all(|a| !a.starts_with("--remote-debugging") && !a.starts_with("--user-data-dir")),
+            !self.args.iter().any(|a| sets_agent_owned_switch(a)),
         );
         found.into_result()
     }
@@ -370,7 +383,7 @@ mod tests {
     #[test]
     fn crd_carries_exactly_the_rust_rules() {
         let (in_crd, expected) =
-            crate::api::validation::spec_rules_in_crd::<BrowserSession>(&rules::ALL);
+            crate::api::validation::spec_rules_in_crd::<BrowserSession>(&rules::all());
         assert_eq!(in_crd, expected);
     }
 }

@@ -25,6 +25,18 @@ pub struct CrossFieldRule {
 }
 
 impl CrossFieldRule {
+    /// A rule whose expression and message are built at run time from
+    /// definitions other layers share (for example the agent-owned browser
+    /// switches). Each such rule is built once per process, in a `LazyLock`,
+    /// so the strings it leaks stay a few hundred bytes.
+    pub fn built(cel: String, message: String, field_path: &'static str) -> Self {
+        Self {
+            cel: Box::leak(cel.into_boxed_str()),
+            message: Box::leak(message.into_boxed_str()),
+            field_path,
+        }
+    }
+
     /// The rule as an `x-kubernetes-validations` entry.
     pub fn to_cel(self) -> Rule {
         Rule::new(self.cel)
