@@ -5,68 +5,21 @@ mod support;
 
 use std::time::Duration;
 
-use browserfleet::agent::{self, RunOptions, RunningAgent};
+use browserfleet::agent::RunningAgent;
 use browserfleet::cloud::Sqs;
 use browserfleet::protocol::callback;
 use serde_json::{Value, json};
 use support::agent_world::{
-    AgentWorld, CallbackReceiver, Cdp, evaluate_in_new_page, eventually, processes_with,
+    AgentWorld, CallbackReceiver, Cdp, end_and_stop, evaluate_in_new_page, eventually,
+    processes_with,
 };
-
-async fn start(world: &AgentWorld) -> RunningAgent<Sqs> {
-    agent::start(
-        world.settings(),
-        None,
-        world.sqs.clone(),
-        RunOptions {
-            receive_wait: Some(Duration::from_secs(1)),
-        },
-    )
-    .await
-    .expect("agent starts")
-}
-
-fn http() -> reqwest_lite::Client {
-    reqwest_lite::Client::new()
-}
-
-/// A tiny HTTP client for the tests (GET/POST/DELETE with headers).
-mod reqwest_lite {
-    use bytes::Bytes;
-    use http_body_util::{BodyExt, Empty};
-    use hyper_util::client::legacy::Client as HyperClient;
-    use hyper_util::client::legacy::connect::HttpConnector;
-    use hyper_util::rt::TokioExecutor;
-
-    pub struct Client(HyperClient<HttpConnector, Empty<Bytes>>);
-
-    impl Client {
-        pub fn new() -> Self {
-            Client(HyperClient::builder(TokioExecutor::new()).build(HttpConnector::new()))
-        }
-
-        pub async fn call(&self, method: &str, url: &str, token: Option<&str>) -> (u16, String) {
-            let mut request = hyper::Request::builder().method(method).uri(url);
-            if let Some(token) = token {
-                request = request.header("authorization", format!("Bearer {token}"));
-            }
-            let response = self
-                .0
-                .request(request.body(Empty::new()).unwrap())
-                .await
-                .expect("HTTP call");
-            let status = response.status().as_u16();
-            let body = response.into_body().collect().await.unwrap().to_bytes();
-            (status, String::from_utf8_lossy(&body).into_owned())
-        }
-    }
-}
+use support::http;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_gets_a_ready_reply_a_signed_callback_and_a_working_gateway() {
     let world = AgentWorld::new("agent-ready", 2).await;
     let callbacks = CallbackReceiver::start().await;
-    let running = start(&world).await;
+    let running = world.start_agent().await;
     world
         .request(
             "s-ready",
@@ -118,9 +71,7 @@ async fn a_request_gets_a_ready_reply_a_signed_callback_and_a_working_gateway() 
 
     // json/list through the gateway points back at the gateway.
     let base = format!("http://{}/sessions/s-ready", running.address);
-    let (code, list) = http()
-        .call("GET", &format!("{base}/json/list?token={token}"), None)
-        .await;
+    let (code, list) = http::call("GET", &format!("{base}/json/list?token={token}"), None).await;
     assert_eq!(code, 200, "{list}");
     let list: Value = serde_json::from_str(&list).unwrap();
     let page = list
@@ -148,8 +99,7 @@ async fn a_request_gets_a_ready_reply_a_signed_callback_and_a_working_gateway() 
 
     // Without a token: 401; with another session's token: 403; unknown: 404.
     assert_eq!(
-        http()
-            .call("GET", &format!("{base}/json/version"), None)
+        http::call("GET", &format!("{base}/json/version"), None)
             .await
             .0,
         401
@@ -165,8 +115,7 @@ async fn a_request_gets_a_ready_reply_a_signed_callback_and_a_working_gateway() 
     let other = world.reply("session.ready", "s-other").await;
     let other_token = other["token"].as_str().unwrap();
     assert_eq!(
-        http()
-            .call("GET", &format!("{base}/json/version"), Some(other_token))
+        http::call("GET", &format!("{base}/json/version"), Some(other_token))
             .await
             .0,
         403
@@ -179,18 +128,17 @@ async fn a_request_gets_a_ready_reply_a_signed_callback_and_a_working_gateway() 
             .contains("403")
     );
     assert_eq!(
-        http()
-            .call(
-                "GET",
-                &format!("http://{}/sessions/nope/json/version", running.address),
-                Some(&token)
-            )
-            .await
-            .0,
+        http::call(
+            "GET",
+            &format!("http://{}/sessions/nope/json/version", running.address),
+            Some(&token)
+        )
+        .await
+        .0,
         404
     );
     // The browser's own DevTools port is bound to 127.0.0.1 only.
-    let state = state(&world, &running).await;
+    let state = world.state(&running).await;
     for session in state["sessions"].as_array().unwrap() {
         let port = session["port"].as_u64().unwrap();
         let listeners = std::fs::read_to_string("/proc/net/tcp").unwrap();
@@ -207,41 +155,13 @@ async fn a_request_gets_a_ready_reply_a_signed_callback_and_a_working_gateway() 
             }
         }
     }
-    running
-        .agent
-        .end(
-            &"s-ready".parse().unwrap(),
-            browserfleet::protocol::TerminationReason::Deleted,
-            false,
-        )
-        .await;
-    running
-        .agent
-        .end(
-            &"s-other".parse().unwrap(),
-            browserfleet::protocol::TerminationReason::Deleted,
-            false,
-        )
-        .await;
-    running.stop().await;
-}
-
-async fn state(world: &AgentWorld, running: &RunningAgent<Sqs>) -> Value {
-    let (code, body) = http()
-        .call(
-            "GET",
-            &format!("http://{}/v1/state", running.address),
-            Some(&world.fleet_token()),
-        )
-        .await;
-    assert_eq!(code, 200, "{body}");
-    serde_json::from_str(&body).unwrap()
+    end_and_stop(running, &["s-ready", "s-other"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_n_slots_n_requests_run_and_the_rest_wait_in_the_queue() {
     let world = AgentWorld::new("agent-slots", 2).await;
-    let running = start(&world).await;
+    let running = world.start_agent().await;
     for i in 0..4 {
         world.request(&format!("s-slot-{i}"), json!({})).await;
     }
@@ -258,7 +178,7 @@ async fn with_n_slots_n_requests_run_and_the_rest_wait_in_the_queue() {
     // Two run; two stay on the queue, neither deleted nor failed.
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
-        state(&world, &running).await["sessions"]
+        world.state(&running).await["sessions"]
             .as_array()
             .unwrap()
             .len(),
@@ -268,13 +188,12 @@ async fn with_n_slots_n_requests_run_and_the_rest_wait_in_the_queue() {
     // As slots free, the waiting requests run.
     for ready in [first, second] {
         let id = ready["sessionId"].as_str().unwrap().to_owned();
-        let (code, _) = http()
-            .call(
-                "DELETE",
-                &format!("http://{}/v1/sessions/{id}", running.address),
-                Some(&world.fleet_token()),
-            )
-            .await;
+        let (code, _) = http::call(
+            "DELETE",
+            &format!("http://{}/v1/sessions/{id}", running.address),
+            Some(&world.fleet_token()),
+        )
+        .await;
         assert_eq!(code, 200);
     }
     for _ in 0..2 {
@@ -324,27 +243,16 @@ async fn assert_cleaned_up(world: &AgentWorld, running: &RunningAgent<Sqs>, id: 
     .await;
 }
 
-async fn port_of(world: &AgentWorld, running: &RunningAgent<Sqs>, id: &str) -> u16 {
-    let state = state(world, running).await;
-    state["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id)
-        .and_then(|s| s["port"].as_u64())
-        .expect("session in state") as u16
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sessions_end_with_their_reason_and_leave_nothing_behind() {
     let mut world = AgentWorld::new("agent-reasons", 5).await;
     world.config["sessions"] = json!({
         "defaultTtlSeconds": 8, "maxTtlSeconds": 8, "neverUsedTimeoutSeconds": 10
     });
-    let running = start(&world).await;
+    let running = world.start_agent().await;
     // TTL: 2 s requested, used by a client.
     let ttl = ready_session(&world, "s-ttl", json!({"ttlSeconds": 2})).await;
-    let ttl_port = port_of(&world, &running, "s-ttl").await;
+    let ttl_port = world.port_of(&running, "s-ttl").await;
     let mut cdp = Cdp::connect(&format!(
         "{}?token={}",
         ttl["endpoints"]["webSocketDebuggerUrl"].as_str().unwrap(),
@@ -361,11 +269,11 @@ async fn sessions_end_with_their_reason_and_leave_nothing_behind() {
     )
     .await;
     assert!(hard["expiresAt"].is_string());
-    let hard_port = port_of(&world, &running, "s-hard").await;
+    let hard_port = world.port_of(&running, "s-hard").await;
     // Killed with SIGKILL.
     ready_session(&world, "s-kill", json!({"startUrl": "data:text/html,k"})).await;
-    let kill_port = port_of(&world, &running, "s-kill").await;
-    let pid = state(&world, &running).await["sessions"]
+    let kill_port = world.port_of(&running, "s-kill").await;
+    let pid = world.state(&running).await["sessions"]
         .as_array()
         .unwrap()
         .iter()
@@ -375,7 +283,7 @@ async fn sessions_end_with_their_reason_and_leave_nothing_behind() {
         .unwrap();
     // Closed through CDP.
     let close = ready_session(&world, "s-close", json!({"startUrl": "data:text/html,c"})).await;
-    let close_port = port_of(&world, &running, "s-close").await;
+    let close_port = world.port_of(&running, "s-close").await;
 
     // SAFETY: a plain kill(2) of the browser process this test started.
     unsafe { libc::kill(pid as i32, libc::SIGKILL) };
@@ -408,9 +316,9 @@ async fn a_session_nobody_uses_ends_as_never_used() {
     world.config["sessions"] = json!({
         "defaultTtlSeconds": 300, "maxTtlSeconds": 600, "neverUsedTimeoutSeconds": 10
     });
-    let running = start(&world).await;
+    let running = world.start_agent().await;
     ready_session(&world, "s-unused", json!({})).await;
-    let port = port_of(&world, &running, "s-unused").await;
+    let port = world.port_of(&running, "s-unused").await;
     let ended = world.reply("session.terminated", "s-unused").await;
     assert_eq!(ended["reason"], "neverUsed");
     assert_cleaned_up(&world, &running, "s-unused", port).await;
@@ -422,11 +330,11 @@ async fn deletes_arrive_by_queue_and_api_and_unknown_ones_go_to_the_events_queue
     // One slot stays free: an agent receives (deletes included) only while
     // it has room for a create.
     let world = AgentWorld::new("agent-delete", 3).await;
-    let running = start(&world).await;
+    let running = world.start_agent().await;
     ready_session(&world, "s-del-queue", json!({})).await;
     ready_session(&world, "s-del-api", json!({})).await;
-    let queue_port = port_of(&world, &running, "s-del-queue").await;
-    let api_port = port_of(&world, &running, "s-del-api").await;
+    let queue_port = world.port_of(&running, "s-del-queue").await;
+    let api_port = world.port_of(&running, "s-del-api").await;
     world
         .send_raw(
             &json!({"version": 1, "action": "delete", "sessionId": "s-del-queue"}).to_string(),
@@ -437,10 +345,9 @@ async fn deletes_arrive_by_queue_and_api_and_unknown_ones_go_to_the_events_queue
     assert_cleaned_up(&world, &running, "s-del-queue", queue_port).await;
 
     let url = format!("http://{}/v1/sessions/s-del-api", running.address);
-    assert_eq!(http().call("DELETE", &url, None).await.0, 401);
+    assert_eq!(http::call("DELETE", &url, None).await.0, 401);
     assert_eq!(
-        http()
-            .call("DELETE", &url, Some(&world.fleet_token()))
+        http::call("DELETE", &url, Some(&world.fleet_token()))
             .await
             .0,
         200
@@ -465,8 +372,7 @@ async fn deletes_arrive_by_queue_and_api_and_unknown_ones_go_to_the_events_queue
     assert_eq!(forwarded["type"], "session.delete");
     let url = format!("http://{}/v1/sessions/s-elsewhere-too", running.address);
     assert_eq!(
-        http()
-            .call("DELETE", &url, Some(&world.fleet_token()))
+        http::call("DELETE", &url, Some(&world.fleet_token()))
             .await
             .0,
         202
@@ -486,7 +392,7 @@ async fn deletes_arrive_by_queue_and_api_and_unknown_ones_go_to_the_events_queue
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bad_input_is_answered_or_dead_lettered_and_the_agent_keeps_serving() {
     let world = AgentWorld::new("agent-bad", 1).await;
-    let running = start(&world).await;
+    let running = world.start_agent().await;
     let reply_to = world.replies.as_str().to_owned();
     // No reply target: dead-lettered.
     world.send_raw("{not json").await;
@@ -536,13 +442,10 @@ async fn bad_input_is_answered_or_dead_lettered_and_the_agent_keeps_serving() {
     }
     // Still serving.
     ready_session(&world, "s-after", json!({})).await;
-    let (code, _) = http()
-        .call("GET", &format!("http://{}/healthz", running.address), None)
-        .await;
+    let (code, _) = http::call("GET", &format!("http://{}/healthz", running.address), None).await;
     assert_eq!(code, 200);
-    let (_, metrics) = http()
-        .call("GET", &format!("http://{}/metrics", running.address), None)
-        .await;
+    let (_, metrics) =
+        http::call("GET", &format!("http://{}/metrics", running.address), None).await;
     assert!(
         metrics.contains("browserfleet_agent_failures_total{reason=\"forbiddenArgument\"} 4"),
         "{metrics}"
@@ -562,36 +465,27 @@ async fn bad_input_is_answered_or_dead_lettered_and_the_agent_keeps_serving() {
 async fn a_fleet_may_allow_a_blocked_switch() {
     let mut world = AgentWorld::new("agent-allow", 1).await;
     world.config["browser"]["allowedArgs"] = json!(["--disable-web-security"]);
-    let running = start(&world).await;
+    let running = world.start_agent().await;
     ready_session(
         &world,
         "s-allowed",
         json!({"args": ["--disable-web-security"]}),
     )
     .await;
-    running
-        .agent
-        .end(
-            &"s-allowed".parse().unwrap(),
-            browserfleet::protocol::TerminationReason::Deleted,
-            false,
-        )
-        .await;
-    running.stop().await;
+    end_and_stop(running, &["s-allowed"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_drain_stops_intake_and_exits_when_the_last_session_ends() {
     let world = AgentWorld::new("agent-drain", 2).await;
-    let running = start(&world).await;
+    let running = world.start_agent().await;
     ready_session(&world, "s-drain", json!({})).await;
-    let (code, _) = http()
-        .call(
-            "POST",
-            &format!("http://{}/v1/drain", running.address),
-            Some(&world.fleet_token()),
-        )
-        .await;
+    let (code, _) = http::call(
+        "POST",
+        &format!("http://{}/v1/drain", running.address),
+        Some(&world.fleet_token()),
+    )
+    .await;
     assert_eq!(code, 202);
     world.request("s-late", json!({})).await;
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -622,7 +516,7 @@ async fn a_launcher_command_starts_the_browser() {
         "launcherCommand": ["/bin/sh", "-c", "exec /usr/bin/chromium \"$@\"", "launcher"],
         "extraArgs": support::agent_world::TEST_BROWSER_ARGS,
     });
-    let running = start(&world).await;
+    let running = world.start_agent().await;
     let ready = ready_session(&world, "s-launched", json!({})).await;
     let mut cdp = Cdp::connect(&format!(
         "{}?token={}",
@@ -650,7 +544,7 @@ async fn a_launcher_command_starts_the_browser() {
 async fn a_browser_that_never_starts_is_retried_then_failed_and_leaves_nothing() {
     let mut world = AgentWorld::new("agent-nostart", 1).await;
     world.config["browser"]["executable"] = "/bin/false".into();
-    let running = start(&world).await;
+    let running = world.start_agent().await;
     world.request("s-nostart", json!({})).await;
     let failed = world.reply("session.failed", "s-nostart").await;
     assert_eq!(failed["reason"], "failedToStart");
@@ -660,7 +554,7 @@ async fn a_browser_that_never_starts_is_retried_then_failed_and_leaves_nothing()
         || async { world.queued_requests().await == 0 },
     )
     .await;
-    let state = state(&world, &running).await;
+    let state = world.state(&running).await;
     assert_eq!(state["sessions"].as_array().unwrap().len(), 0);
     assert_eq!(state["freeSlots"], 1);
     assert!(!world.profiles_root().join("tmp").join("s-nostart").exists());
@@ -671,7 +565,7 @@ async fn a_browser_that_never_starts_is_retried_then_failed_and_leaves_nothing()
 async fn a_drain_timeout_ends_sessions_as_drained() {
     let mut world = AgentWorld::new("agent-draintimeout", 1).await;
     world.config["drainTimeoutSeconds"] = 2.into();
-    let running = start(&world).await;
+    let running = world.start_agent().await;
     ready_session(&world, "s-drained", json!({})).await;
     running.agent.start_drain();
     let ended = world.reply("session.terminated", "s-drained").await;

@@ -9,45 +9,9 @@ mod support;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use browserfleet::agent::{self, RunOptions, RunningAgent};
-use browserfleet::cloud::Sqs;
-use http_body_util::{BodyExt, Empty};
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use serde_json::{Value, json};
-use support::agent_world::AgentWorld;
-
-async fn start(world: &AgentWorld) -> RunningAgent<Sqs> {
-    agent::start(
-        world.settings(),
-        None,
-        world.sqs.clone(),
-        RunOptions {
-            receive_wait: Some(Duration::from_secs(1)),
-        },
-    )
-    .await
-    .expect("agent starts")
-}
-
-/// GET `url` (with a bearer token when given); the status and body.
-async fn get(url: &str, token: Option<&str>) -> (u16, String) {
-    let client = Client::builder(TokioExecutor::new()).build_http::<Empty<bytes::Bytes>>();
-    let mut request = hyper::Request::get(url);
-    if let Some(token) = token {
-        request = request.header("authorization", format!("Bearer {token}"));
-    }
-    let response = tokio::time::timeout(
-        Duration::from_secs(10),
-        client.request(request.body(Empty::new()).unwrap()),
-    )
-    .await
-    .expect("answer in time")
-    .expect("HTTP call");
-    let code = response.status().as_u16();
-    let body = response.into_body().collect().await.unwrap().to_bytes();
-    (code, String::from_utf8_lossy(&body).into_owned())
-}
+use support::agent_world::{AgentWorld, end_and_stop};
+use support::http;
 
 fn python() -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
@@ -79,41 +43,10 @@ async fn playwright(endpoint: &str, header_token: Option<&str>) -> Value {
     serde_json::from_slice(&out.stdout).expect("the script prints JSON")
 }
 
-async fn session_port(world: &AgentWorld, running: &RunningAgent<Sqs>, id: &str) -> u64 {
-    let (code, body) = get(
-        &format!("http://{}/v1/state", running.address),
-        Some(&world.fleet_token()),
-    )
-    .await;
-    assert_eq!(code, 200, "{body}");
-    let state: Value = serde_json::from_str(&body).unwrap();
-    state["sessions"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|s| s["id"] == id)
-        .and_then(|s| s["port"].as_u64())
-        .expect("the session is live")
-}
-
-/// Ends the session (a stopped agent leaves its browsers for the next agent
-/// to re-adopt) and stops the agent.
-async fn end(running: RunningAgent<Sqs>, id: &str) {
-    running
-        .agent
-        .end(
-            &id.parse().unwrap(),
-            browserfleet::protocol::TerminationReason::Deleted,
-            false,
-        )
-        .await;
-    running.stop().await;
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn playwright_connects_through_both_endpoints_with_the_token_in_header_or_query() {
     let world = AgentWorld::new("gateway-playwright", 1).await;
-    let running = start(&world).await;
+    let running = world.start_agent().await;
     world.request("s-pw", json!({})).await;
     let ready = world.reply("session.ready", "s-pw").await;
     let token = ready["token"].as_str().expect("token").to_owned();
@@ -172,18 +105,18 @@ async fn playwright_connects_through_both_endpoints_with_the_token_in_header_or_
         );
     }
     // The clients disconnected; the session's browser is still there.
-    session_port(&world, &running, "s-pw").await;
-    end(running, "s-pw").await;
+    world.port_of(&running, "s-pw").await;
+    end_and_stop(running, &["s-pw"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_gateway_answers_every_discovery_path_as_chromium_does() {
     let world = AgentWorld::new("gateway-discovery", 1).await;
-    let running = start(&world).await;
+    let running = world.start_agent().await;
     world.request("s-paths", json!({})).await;
     let ready = world.reply("session.ready", "s-paths").await;
     let token = ready["token"].as_str().unwrap().to_owned();
-    let port = session_port(&world, &running, "s-paths").await;
+    let port = world.port_of(&running, "s-paths").await;
     let gateway = format!("http://{}/sessions/s-paths", running.address);
     let browser = format!("http://127.0.0.1:{port}");
     for path in [
@@ -194,8 +127,9 @@ async fn the_gateway_answers_every_discovery_path_as_chromium_does() {
         "/json/list",
         "/json/list/",
     ] {
-        let (direct, direct_body) = get(&format!("{browser}{path}"), None).await;
-        let (through, through_body) = get(&format!("{gateway}{path}"), Some(&token)).await;
+        let (direct, direct_body) = http::call("GET", &format!("{browser}{path}"), None).await;
+        let (through, through_body) =
+            http::call("GET", &format!("{gateway}{path}"), Some(&token)).await;
         assert_eq!(
             through, direct,
             "{path}: Chromium answers {direct} ({direct_body}), the gateway {through} ({through_body})"
@@ -213,5 +147,5 @@ async fn the_gateway_answers_every_discovery_path_as_chromium_does() {
             }
         }
     }
-    end(running, "s-paths").await;
+    end_and_stop(running, &["s-paths"]).await;
 }

@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use browserfleet::agent::config::{AgentConfig, AgentSettings};
+use browserfleet::agent::{RunOptions, RunningAgent};
 use browserfleet::cloud::{
     OutgoingMessage, QueueDefinition, QueueUrl, Queues, ReceiveOptions, Sqs,
 };
@@ -96,6 +97,46 @@ impl AgentWorld {
     }
 
     /// The validated settings of the current configuration.
+    /// Starts an agent on this world's configuration, polling the request
+    /// queue every second so that tests do not wait out long polls.
+    pub async fn start_agent(&self) -> RunningAgent<Sqs> {
+        browserfleet::agent::start(
+            self.settings(),
+            None,
+            self.sqs.clone(),
+            RunOptions {
+                receive_wait: Some(Duration::from_secs(1)),
+            },
+        )
+        .await
+        .expect("agent starts")
+    }
+
+    /// The agent's `GET /v1/state`, with the fleet token.
+    pub async fn state(&self, running: &RunningAgent<Sqs>) -> Value {
+        let (code, body) = super::http::call(
+            "GET",
+            &format!("http://{}/v1/state", running.address),
+            Some(&self.fleet_token()),
+        )
+        .await;
+        assert_eq!(code, 200, "{body}");
+        serde_json::from_str(&body).expect("state is JSON")
+    }
+
+    /// The DevTools port of live session `id`.
+    pub async fn port_of(&self, running: &RunningAgent<Sqs>, id: &str) -> u16 {
+        let state = self.state(running).await;
+        state["sessions"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|s| s["id"] == id)
+            .and_then(|s| s["port"].as_u64())
+            .and_then(|p| u16::try_from(p).ok())
+            .unwrap_or_else(|| panic!("session {id} is not live: {state}"))
+    }
+
     pub fn settings(&self) -> AgentSettings {
         AgentConfig::parse(&self.config.to_string()).expect("valid test configuration")
     }
@@ -194,6 +235,22 @@ impl AgentWorld {
         let depth = self.sqs.depth(&self.requests).await.expect("depth");
         depth.visible + depth.in_flight + depth.delayed
     }
+}
+
+/// Ends `sessions` (a stopped agent leaves its browsers for the next agent
+/// to re-adopt) and stops the agent.
+pub async fn end_and_stop(running: RunningAgent<Sqs>, sessions: &[&str]) {
+    for id in sessions {
+        running
+            .agent
+            .end(
+                &id.parse().expect("a valid session id"),
+                browserfleet::protocol::TerminationReason::Deleted,
+                false,
+            )
+            .await;
+    }
+    running.stop().await;
 }
 
 /// Waits until `condition` holds, or panics with `what` at the deadline.

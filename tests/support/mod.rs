@@ -5,6 +5,7 @@
 
 pub mod agent_world;
 pub mod fault_proxy;
+pub mod http;
 pub mod launch_world;
 pub mod moto;
 
