@@ -574,3 +574,69 @@ async fn a_drain_timeout_ends_sessions_as_drained() {
         .await
         .expect("agent exits after its drain");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_operator_reads_the_agents_state_through_its_typed_client() {
+    use browserfleet::operator::agent_client::{AgentCallError, AgentClient};
+    use browserfleet::protocol::HostedPhase;
+
+    let world = AgentWorld::new("agent-typed-state", 2).await;
+    let running = world.start_agent().await;
+    let client = AgentClient::new(Duration::from_secs(2));
+    let address = running.address.to_string();
+    let token = world.fleet_token();
+
+    let idle = client.state(&address, &token).await.expect("state");
+    assert_eq!((idle.slots, idle.free_slots), (2, 2));
+    assert_eq!(idle.fleet, "tests/agent");
+    assert_eq!(idle.agent_version, env!("CARGO_PKG_VERSION"));
+    assert!(idle.sessions.is_empty() && !idle.draining);
+    assert!(idle.idle_since.is_some_and(|t| t >= idle.ready_since));
+
+    ready_session(&world, "s-typed", json!({})).await;
+    let busy = client.state(&address, &token).await.expect("state");
+    assert_eq!(busy.free_slots, 1);
+    assert_eq!(busy.idle_since, None, "a node with a session is not idle");
+    let session = &busy.sessions[0];
+    assert_eq!(session.id.as_str(), "s-typed");
+    assert_eq!(session.phase, HostedPhase::Active);
+    assert!(session.expires > session.started);
+
+    // Refusals and silence are errors, never an empty (idle-looking) state.
+    assert!(matches!(
+        client.state(&address, &"x".repeat(token.len())).await,
+        Err(AgentCallError::Unauthorized { .. })
+    ));
+    let nobody = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent = nobody.local_addr().unwrap().to_string();
+    let started = std::time::Instant::now();
+    assert!(matches!(
+        client.state(&silent, &token).await,
+        Err(AgentCallError::Unreachable { .. })
+    ));
+    assert!(started.elapsed() < Duration::from_secs(5));
+    drop(nobody);
+
+    running
+        .agent
+        .end(
+            &"s-typed".parse().unwrap(),
+            browserfleet::protocol::TerminationReason::Deleted,
+            false,
+        )
+        .await;
+    let emptied = client.state(&address, &token).await.expect("state");
+    assert!(emptied.idle_since.is_some_and(|t| t >= session.started));
+    client.drain(&address, &token).await.expect("drain");
+    eventually(
+        "the agent exits once drained and empty",
+        Duration::from_secs(10),
+        || {
+            let client = client.clone();
+            let (address, token) = (address.clone(), token.clone());
+            async move { client.state(&address, &token).await.is_err() }
+        },
+    )
+    .await;
+    running.wait().await;
+}

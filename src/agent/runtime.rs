@@ -9,7 +9,6 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant, SystemTime};
 
-use serde::Serialize;
 use tokio::sync::{Notify, watch};
 
 use super::args::sanitize;
@@ -25,9 +24,10 @@ use super::supervise::{BrowserHealth, Deadlines, shows_use, verdict};
 use super::table::{SessionRecord, TableFileStore, token_digest};
 use crate::cloud::compute::InstanceId;
 use crate::cloud::queues::{OutgoingMessage, QueueUrl, Queues};
+use crate::protocol::state::STATE_VERSION;
 use crate::protocol::{
-    CreateRequest, Endpoints, EventsMessage, Failed, FailureReason, Ready, Reply, ReplyKind,
-    SessionId, SessionToken, Terminated, TerminationReason,
+    AgentState, CreateRequest, Endpoints, EventsMessage, Failed, FailureReason, HostedPhase, Ready,
+    Reply, ReplyKind, SessionId, SessionState, SessionToken, Terminated, TerminationReason,
 };
 
 /// Who this agent is.
@@ -39,22 +39,10 @@ pub struct NodeIdentity {
     pub advertise: String,
 }
 
-/// A session's phase.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub enum Phase {
-    /// Its browser is starting.
-    Starting,
-    /// Its browser answers DevTools.
-    Active,
-    /// It is being ended: its browser, port and profile are being released.
-    Ending,
-}
-
 /// A session hosted here.
 struct LiveSession {
     record: SessionRecord,
-    phase: Phase,
+    phase: HostedPhase,
     /// The gateway token; `None` for a session adopted after a restart (the
     /// table keeps only its digest).
     token: Option<String>,
@@ -69,6 +57,8 @@ struct LiveSession {
 struct State {
     pool: SlotPool<SessionId>,
     sessions: BTreeMap<SessionId, LiveSession>,
+    /// When the last session ended (or the agent started, before any).
+    emptied: SystemTime,
 }
 
 /// What the gateway needs to reach one session's browser.
@@ -145,31 +135,6 @@ pub enum LaunchFailure {
     Ended,
 }
 
-/// `/v1/state`.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct StateView {
-    instance_id: String,
-    fleet: String,
-    draining: bool,
-    slots: usize,
-    free_slots: usize,
-    sessions: Vec<SessionView>,
-}
-
-/// One session in `/v1/state` (no token).
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct SessionView {
-    id: String,
-    phase: Phase,
-    port: u16,
-    pid: u32,
-    started: jiff::Timestamp,
-    expires: jiff::Timestamp,
-    used: bool,
-}
-
 fn timestamp(t: SystemTime) -> jiff::Timestamp {
     jiff::Timestamp::try_from(t).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
 }
@@ -190,6 +155,8 @@ pub struct Agent<Q> {
     replier: Replier,
     executable: PathBuf,
     state: Mutex<State>,
+    /// When the agent was made; reported as `readySince`.
+    ready_since: SystemTime,
     /// Wakes the intake when a slot frees.
     slot_freed: Notify,
     /// Numbers table snapshots, and the last one written.
@@ -214,6 +181,7 @@ impl<Q: Queues + 'static> Agent<Q> {
         executable: PathBuf,
     ) -> Self {
         let config = &settings.config;
+        let made = SystemTime::now();
         let pool = SlotPool::new(
             usize::from(config.slots),
             settings.first_port,
@@ -231,7 +199,9 @@ impl<Q: Queues + 'static> Agent<Q> {
             state: Mutex::new(State {
                 pool,
                 sessions: BTreeMap::new(),
+                emptied: made,
             }),
+            ready_since: made,
             slot_freed: Notify::new(),
             table_sequence: std::sync::atomic::AtomicU64::new(0),
             table_written: Mutex::new(0),
@@ -341,7 +311,7 @@ impl<Q: Queues + 'static> Agent<Q> {
     pub fn route(&self, id: &SessionId) -> Option<GatewayRoute> {
         let state = self.lock();
         let session = state.sessions.get(id)?;
-        (session.phase == Phase::Active).then(|| GatewayRoute {
+        (session.phase == HostedPhase::Active).then(|| GatewayRoute {
             id: id.clone(),
             port: session.record.port(),
             token_sha256: session.record.token_sha256.clone(),
@@ -355,19 +325,25 @@ impl<Q: Queues + 'static> Agent<Q> {
     }
 
     /// `/v1/state`.
-    pub fn state_view(&self) -> StateView {
+    pub fn state_view(&self) -> AgentState {
         let state = self.lock();
-        StateView {
+        let usage = state.pool.usage();
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        AgentState {
+            version: STATE_VERSION,
             instance_id: self.identity.instance_id.clone(),
             fleet: self.settings.config.fleet.clone(),
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             draining: self.is_draining(),
-            slots: state.pool.usage().slots,
-            free_slots: state.pool.usage().free_slots(),
+            slots: count(usage.slots),
+            free_slots: count(usage.free_slots()),
+            ready_since: timestamp(self.ready_since),
+            idle_since: state.sessions.is_empty().then(|| timestamp(state.emptied)),
             sessions: state
                 .sessions
                 .values()
-                .map(|s| SessionView {
-                    id: s.record.id.to_string(),
+                .map(|s| SessionState {
+                    id: s.record.id.clone(),
                     phase: s.phase,
                     port: s.record.port,
                     pid: s.record.process.pid,
@@ -386,7 +362,7 @@ impl<Q: Queues + 'static> Agent<Q> {
         let starting = state
             .sessions
             .values()
-            .filter(|s| s.phase == Phase::Starting)
+            .filter(|s| s.phase == HostedPhase::Starting)
             .count();
         self.metrics.set_usage(
             starting,
@@ -446,7 +422,7 @@ impl<Q: Queues + 'static> Agent<Q> {
     pub fn ready_reply(&self, id: &SessionId) -> Option<Reply> {
         let state = self.lock();
         let session = state.sessions.get(id)?;
-        (session.phase == Phase::Active).then(|| self.ready(session))
+        (session.phase == HostedPhase::Active).then(|| self.ready(session))
     }
 
     /// `session.ready` for an active session; `session.failed`
@@ -620,7 +596,7 @@ impl<Q: Queues + 'static> Agent<Q> {
                 id.clone(),
                 LiveSession {
                     record,
-                    phase: Phase::Starting,
+                    phase: HostedPhase::Starting,
                     token: Some(token),
                     used: Arc::new(AtomicBool::new(false)),
                     exit: Some(spawned.exit.clone()),
@@ -676,10 +652,10 @@ impl<Q: Queues + 'static> Agent<Q> {
             .sessions
             .get_mut(id)
             .ok_or("session ended during its start")?;
-        if session.phase != Phase::Starting {
+        if session.phase != HostedPhase::Starting {
             return Err("session ended during its start".into());
         }
-        session.phase = Phase::Active;
+        session.phase = HostedPhase::Active;
         session.record.browser_path = version.browser_path().unwrap_or_default().to_owned();
         let reply = self.ready(session);
         let snapshot = self.snapshot(&state);
@@ -702,10 +678,10 @@ impl<Q: Queues + 'static> Agent<Q> {
             let Some(session) = state.sessions.get_mut(id) else {
                 return Ending::NotHosted;
             };
-            if session.phase == Phase::Ending {
+            if session.phase == HostedPhase::Ending {
                 return Ending::AlreadyEnding;
             }
-            session.phase = Phase::Ending;
+            session.phase = HostedPhase::Ending;
             (session.record.clone(), session.profile.clone())
         };
         match self.processes.kill_tree(record.process).await {
@@ -719,6 +695,9 @@ impl<Q: Queues + 'static> Agent<Q> {
                 tracing::warn!(session = %id, %error, "port was not held");
             }
             state.sessions.remove(id);
+            if state.sessions.is_empty() {
+                state.emptied = SystemTime::now();
+            }
             self.snapshot(&state)
         };
         self.persist(snapshot);
@@ -795,7 +774,7 @@ impl<Q: Queues + 'static> Agent<Q> {
             state
                 .sessions
                 .values()
-                .filter(|s| s.phase == Phase::Active)
+                .filter(|s| s.phase == HostedPhase::Active)
                 .map(|s| {
                     let health = match &s.exit {
                         Some(exit) => match exit.exited() {
@@ -927,7 +906,7 @@ impl<Q: Queues + 'static> Agent<Q> {
                         LiveSession {
                             used: Arc::new(AtomicBool::new(record.used)),
                             record: record.clone(),
-                            phase: Phase::Active,
+                            phase: HostedPhase::Active,
                             token: None,
                             exit: None,
                             profile,
@@ -940,7 +919,7 @@ impl<Q: Queues + 'static> Agent<Q> {
                         LiveSession {
                             used: Arc::new(AtomicBool::new(record.used)),
                             record: record.clone(),
-                            phase: Phase::Starting,
+                            phase: HostedPhase::Starting,
                             token: None,
                             exit: None,
                             profile,

@@ -8,6 +8,8 @@
 //!   to the fleet's events queue ([`EventsMessage`]).
 //! * [`callback`] signs and verifies HTTP callbacks and schedules their
 //!   retries.
+//! * [`state`] is the agent's state as its control API reports it to the
+//!   operator ([`AgentState`]).
 
 pub mod callback;
 pub mod error;
@@ -15,6 +17,7 @@ pub mod ids;
 pub mod proxy;
 pub mod reply;
 pub mod request;
+pub mod state;
 pub mod urls;
 
 pub use callback::{CallbackSignature, RetrySchedule, VerifyError, sign, verify};
@@ -28,4 +31,5 @@ pub use reply::{
 pub use request::{
     CreateRequest, DeleteRequest, Inbound, MAX_MESSAGE_BYTES, MAX_TTL, parse_message,
 };
+pub use state::{AgentState, HostedPhase, SessionState, StateError};
 pub use urls::{CallbackUrl, ReplyQueueUrl};

@@ -1,0 +1,155 @@
+//! The agent's state as its control API reports it (`GET /v1/state`): one
+//! typed contract that the agent serializes and the operator parses, with
+//! what the operator's observation of a node needs.
+
+use jiff::Timestamp;
+use serde::{Deserialize, Serialize};
+
+use super::ids::SessionId;
+
+/// Version of the state document. A reader refuses a document with a
+/// version it does not know rather than misread it; fields may be added
+/// within a version (readers ignore fields they do not know).
+pub const STATE_VERSION: u32 = 1;
+
+/// `GET /v1/state`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentState {
+    /// [`STATE_VERSION`].
+    pub version: u32,
+    /// The EC2 instance (or local id) the agent runs on.
+    pub instance_id: String,
+    /// The fleet, as `namespace/name`.
+    pub fleet: String,
+    /// The agent's build (`CARGO_PKG_VERSION`).
+    pub agent_version: String,
+    /// Whether the agent takes no new sessions.
+    pub draining: bool,
+    /// Sessions it hosts at once.
+    pub slots: u32,
+    /// Slots free for new sessions.
+    pub free_slots: u32,
+    /// Since when the agent has served: its start.
+    pub ready_since: Timestamp,
+    /// Since when it has hosted no session; `None` while it hosts one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub idle_since: Option<Timestamp>,
+    /// The sessions it hosts, without their tokens.
+    pub sessions: Vec<SessionState>,
+}
+
+/// One session in [`AgentState`].
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SessionState {
+    /// The session.
+    pub id: SessionId,
+    /// Where its life stands.
+    pub phase: HostedPhase,
+    /// Its browser's DevTools port, on 127.0.0.1.
+    pub port: u16,
+    /// Its browser's process id.
+    pub pid: u32,
+    /// When its browser started.
+    pub started: Timestamp,
+    /// When its TTL ends it.
+    pub expires: Timestamp,
+    /// Whether a client has used it.
+    pub used: bool,
+}
+
+/// Where a session an agent hosts stands (the agent's view; a
+/// BrowserSession's own phase is `api::session::SessionPhase`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum HostedPhase {
+    /// Its browser is starting.
+    Starting,
+    /// Its browser answers DevTools.
+    Active,
+    /// It is being ended: its browser, port and profile are being released.
+    Ending,
+}
+
+/// Why a state document cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum StateError {
+    /// Not JSON of the expected shape.
+    #[error("agent state is not a state document: {0}")]
+    Malformed(#[from] serde_json::Error),
+    /// A version this reader does not know.
+    #[error("agent state has version {found}; this reader knows version {STATE_VERSION}")]
+    UnknownVersion {
+        /// The document's version.
+        found: u32,
+    },
+}
+
+impl AgentState {
+    /// Parses a state document, refusing versions this build does not know.
+    pub fn parse(json: &[u8]) -> Result<AgentState, StateError> {
+        let state: AgentState = serde_json::from_slice(json)?;
+        if state.version != STATE_VERSION {
+            return Err(StateError::UnknownVersion {
+                found: state.version,
+            });
+        }
+        Ok(state)
+    }
+
+    /// Sessions that hold a slot (every phase does until it is released).
+    pub fn live_sessions(&self) -> usize {
+        self.sessions.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state() -> AgentState {
+        AgentState {
+            version: STATE_VERSION,
+            instance_id: "i-0abc".into(),
+            fleet: "team/fleet".into(),
+            agent_version: "0.1.0".into(),
+            draining: false,
+            slots: 2,
+            free_slots: 1,
+            ready_since: Timestamp::from_second(1_700_000_000).unwrap(),
+            idle_since: None,
+            sessions: vec![SessionState {
+                id: "s-1".parse().unwrap(),
+                phase: HostedPhase::Active,
+                port: 9300,
+                pid: 42,
+                started: Timestamp::from_second(1_700_000_100).unwrap(),
+                expires: Timestamp::from_second(1_700_001_900).unwrap(),
+                used: true,
+            }],
+        }
+    }
+
+    #[test]
+    fn a_state_reads_back_as_written() {
+        let json = serde_json::to_vec(&state()).unwrap();
+        assert_eq!(AgentState::parse(&json).unwrap(), state());
+        let text = String::from_utf8(json).unwrap();
+        assert!(text.contains(r#""phase":"active""#), "{text}");
+        assert!(!text.contains("idleSince"), "{text}");
+    }
+
+    #[test]
+    fn unknown_fields_are_ignored_and_unknown_versions_refused() {
+        let mut value = serde_json::to_value(state()).unwrap();
+        value["addedLater"] = true.into();
+        assert!(AgentState::parse(value.to_string().as_bytes()).is_ok());
+        value["version"] = 2.into();
+        assert!(matches!(
+            AgentState::parse(value.to_string().as_bytes()),
+            Err(StateError::UnknownVersion { found: 2 })
+        ));
+        assert!(AgentState::parse(b"{\"version\":1}").is_err());
+    }
+}
