@@ -10,3 +10,4 @@ pub mod local;
 pub mod operator;
 pub mod protocol;
 pub mod scaling;
+pub mod telemetry;

@@ -180,17 +180,7 @@ fn run_agent(
 ) -> anyhow::Result<ExitCode> {
     use browserfleet::agent::{self, config::AgentConfig, runtime::NodeIdentity};
     use browserfleet::cloud::{Aws, AwsSettings, Parameters, Sqs, Ssm};
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let logs = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr);
-    if json_logs {
-        logs.json().init();
-    } else {
-        logs.init();
-    }
+    browserfleet::telemetry::init_logs(json_logs);
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
         let aws = Aws::load(AwsSettings::default()).await?;
