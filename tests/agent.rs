@@ -640,3 +640,48 @@ async fn the_operator_reads_the_agents_state_through_its_typed_client() {
     .await;
     running.wait().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_registers_and_heartbeats_on_the_events_queue() {
+    use browserfleet::protocol::{AnnouncementKind, FleetEvent};
+
+    let mut world = AgentWorld::new("agent-announce", 2).await;
+    world.config["heartbeatIntervalSeconds"] = json!(1);
+    let running = world.start_agent().await;
+    let announcement = |kind: AnnouncementKind| {
+        let world = &world;
+        async move {
+            let message = world
+                .next_message(&world.events, Duration::from_secs(15), |v| {
+                    v["type"] == kind.type_name()
+                })
+                .await;
+            match serde_json::from_value::<FleetEvent>(message) {
+                Ok(FleetEvent::Node(node)) => node,
+                other => panic!("not an announcement: {other:?}"),
+            }
+        }
+    };
+    let registered = announcement(AnnouncementKind::Registered).await;
+    // Where the agent listens, as the operator must dial it: the bound port,
+    // not the configured 0.
+    assert_eq!(registered.address, running.address.to_string());
+    assert_eq!(registered.fleet, "tests/agent");
+    assert_eq!((registered.slots, registered.sessions), (2, 0));
+    assert!(!registered.draining);
+
+    ready_session(&world, "s-announced", json!({})).await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let heartbeat = announcement(AnnouncementKind::Heartbeat).await;
+        assert_eq!(heartbeat.instance_id, registered.instance_id);
+        if heartbeat.sessions == 1 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no heartbeat counted the session"
+        );
+    }
+    end_and_stop(running, &["s-announced"]).await;
+}

@@ -70,6 +70,10 @@ pub struct AgentConfig {
     /// Visibility of a received request while its browser starts.
     #[serde(default = "default_visibility_timeout_seconds")]
     pub visibility_timeout_seconds: u32,
+    /// How often the agent announces itself on the events queue
+    /// (`node.heartbeat`, after one `node.registered` at start).
+    #[serde(default = "default_heartbeat_interval_seconds")]
+    pub heartbeat_interval_seconds: u32,
     /// Where the session table and profiles live; an OS default when absent.
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
@@ -96,6 +100,12 @@ fn default_listen_address() -> String {
 }
 fn default_launch_timeout_seconds() -> u32 {
     BROWSER_START_TIMEOUT_SECONDS.unsigned_abs()
+}
+/// Heartbeats come this often unless the configuration says otherwise.
+pub const DEFAULT_HEARTBEAT_INTERVAL_SECONDS: u32 = 30;
+
+fn default_heartbeat_interval_seconds() -> u32 {
+    DEFAULT_HEARTBEAT_INTERVAL_SECONDS
 }
 fn default_drain_timeout_seconds() -> u32 {
     900
@@ -153,6 +163,8 @@ pub struct AgentSettings {
     pub drain_timeout: Duration,
     /// Invisibility of a request while it is handled.
     pub visibility_timeout: Duration,
+    /// Time between two `node.heartbeat` announcements.
+    pub heartbeat_interval: Duration,
     /// Age after which an unused named profile is removed.
     pub profile_max_age: Duration,
     /// Where the session table and profiles live.
@@ -300,6 +312,12 @@ impl AgentConfig {
                     .into(),
             );
         }
+        if !(1..=3600).contains(&self.heartbeat_interval_seconds) {
+            bad(
+                "heartbeatIntervalSeconds",
+                format!("{} is not within 1..=3600", self.heartbeat_interval_seconds),
+            );
+        }
         if self.visibility_timeout_seconds > 43_200 {
             bad(
                 "visibilityTimeoutSeconds",
@@ -338,6 +356,7 @@ impl AgentConfig {
             launch_timeout: Duration::from_secs(self.launch_timeout_seconds.into()),
             drain_timeout: Duration::from_secs(self.drain_timeout_seconds.into()),
             visibility_timeout: Duration::from_secs(self.visibility_timeout_seconds.into()),
+            heartbeat_interval: Duration::from_secs(self.heartbeat_interval_seconds.into()),
             profile_max_age: seconds(self.profiles.max_age_seconds),
             state_dir: self.state_dir.clone().unwrap_or_else(default_state_dir),
             extensions_dir: self.extensions_dir.clone().unwrap_or_else(|| {

@@ -31,6 +31,7 @@ use axum::serve::ListenerExt;
 use thiserror::Error;
 
 use crate::cloud::queues::Queues;
+use crate::protocol::AnnouncementKind;
 use config::AgentSettings;
 use runtime::{Agent, NodeIdentity};
 
@@ -170,8 +171,13 @@ async fn serve<Q: Queues + 'static>(
             wait: options.receive_wait.unwrap_or(Duration::from_secs(20)),
         },
     ));
+    // The listener serves now: tell the operator where.
+    agent.announce(AnnouncementKind::Registered).await;
     let mut tick = tokio::time::interval(SUPERVISION_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let period = agent.settings().heartbeat_interval;
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -180,6 +186,7 @@ async fn serve<Q: Queues + 'static>(
                     agent.stop();
                 }
             }
+            _ = heartbeat.tick() => agent.announce(AnnouncementKind::Heartbeat).await,
             _ = stopping.changed() => {}
         }
         if *stopping.borrow() {

@@ -26,8 +26,9 @@ use crate::cloud::compute::InstanceId;
 use crate::cloud::queues::{OutgoingMessage, QueueUrl, Queues};
 use crate::protocol::state::STATE_VERSION;
 use crate::protocol::{
-    AgentState, CreateRequest, Endpoints, EventsMessage, Failed, FailureReason, HostedPhase, Ready,
-    Reply, ReplyKind, SessionId, SessionState, SessionToken, Terminated, TerminationReason,
+    AgentState, AnnouncementKind, CreateRequest, Endpoints, EventsMessage, Failed, FailureReason,
+    HostedPhase, NodeAnnouncement, Ready, Reply, ReplyKind, SessionId, SessionState, SessionToken,
+    Terminated, TerminationReason,
 };
 
 /// Who this agent is.
@@ -352,6 +353,43 @@ impl<Q: Queues + 'static> Agent<Q> {
                     used: s.record.used || s.used.load(Ordering::Relaxed),
                 })
                 .collect(),
+        }
+    }
+
+    /// This agent's `node.registered` or `node.heartbeat`.
+    pub fn announcement(&self, kind: AnnouncementKind) -> NodeAnnouncement {
+        let state = self.state_view();
+        NodeAnnouncement {
+            version: 1,
+            kind,
+            fleet: state.fleet,
+            instance_id: state.instance_id,
+            address: self.identity.advertise.clone(),
+            agent_version: state.agent_version,
+            slots: state.slots,
+            sessions: u32::try_from(state.sessions.len()).unwrap_or(u32::MAX),
+            draining: state.draining,
+            at: jiff::Timestamp::now(),
+        }
+    }
+
+    /// Sends an announcement to the fleet's events queue. A failure is
+    /// logged and left for the next heartbeat: the operator tolerates a
+    /// missed one.
+    pub async fn announce(&self, kind: AnnouncementKind) {
+        let body = match serde_json::to_string(&self.announcement(kind)) {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::warn!(%error, "announcement not serializable");
+                return;
+            }
+        };
+        let message = OutgoingMessage {
+            body,
+            delay: Duration::ZERO,
+        };
+        if let Err(error) = self.queues.send(&self.events, &message).await {
+            tracing::warn!(%error, kind = kind.type_name(), "announcement not sent");
         }
     }
 

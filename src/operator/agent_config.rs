@@ -11,7 +11,7 @@
 
 use std::fmt;
 
-use crate::agent::config::AgentConfig;
+use crate::agent::config::{AgentConfig, DEFAULT_HEARTBEAT_INTERVAL_SECONDS};
 use crate::api::fleet::{BROWSER_START_TIMEOUT_SECONDS, BrowserFleetSpec};
 use crate::cloud::QueueUrl;
 
@@ -73,6 +73,7 @@ pub fn render(
         launch_timeout_seconds: unsigned(BROWSER_START_TIMEOUT_SECONDS),
         drain_timeout_seconds: unsigned(spec.scaling.drain_timeout_seconds),
         visibility_timeout_seconds: unsigned(spec.queue.visibility_timeout_seconds),
+        heartbeat_interval_seconds: DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
         state_dir: None,
         extensions_dir: None,
         fleet_token: secrets.fleet_token.clone(),

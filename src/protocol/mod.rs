@@ -31,5 +31,7 @@ pub use reply::{
 pub use request::{
     CreateRequest, DeleteRequest, Inbound, MAX_MESSAGE_BYTES, MAX_TTL, parse_message,
 };
-pub use state::{AgentState, HostedPhase, SessionState, StateError};
+pub use state::{
+    AgentState, AnnouncementKind, HostedPhase, NodeAnnouncement, SessionState, StateError,
+};
 pub use urls::{CallbackUrl, ReplyQueueUrl};

@@ -30,6 +30,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 
 use super::ids::{RequestId, SessionId};
+use super::state::NodeAnnouncement;
 use super::urls::{CallbackUrl, ReplyQueueUrl};
 use crate::cloud::compute::InstanceId;
 
@@ -271,14 +272,16 @@ pub struct EventsMessage {
 }
 
 /// A message on a fleet's events queue: a reply for a session the operator
-/// asked for, or a forwarded delete request. Deserialize it from the body; the
-/// `type` decides which.
+/// asked for, a forwarded delete request, or an agent's announcement.
+/// Deserialize it from the body; the `type` decides which.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum FleetEvent {
     /// `session.ready`, `session.failed` or `session.terminated`.
     Reply(Reply),
     /// `session.delete`.
     Delete(EventsMessage),
+    /// `node.registered` or `node.heartbeat`.
+    Node(NodeAnnouncement),
 }
 
 impl Serialize for Reply {
@@ -341,6 +344,7 @@ impl Serialize for FleetEvent {
         match self {
             FleetEvent::Reply(reply) => reply.serialize(serializer),
             FleetEvent::Delete(delete) => delete.serialize(serializer),
+            FleetEvent::Node(announcement) => announcement.serialize(serializer),
         }
     }
 }
@@ -479,6 +483,9 @@ impl<'de> Deserialize<'de> for FleetEvent {
         let value = Value::deserialize(deserializer)?;
         match version_and_type::<D::Error>(&value)? {
             TYPE_DELETE => delete_from_value(&value).map(FleetEvent::Delete),
+            "node.registered" | "node.heartbeat" => NodeAnnouncement::deserialize(&value)
+                .map(FleetEvent::Node)
+                .map_err(D::Error::custom),
             kind => reply_from_value(kind, &value).map(FleetEvent::Reply),
         }
     }

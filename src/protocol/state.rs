@@ -1,6 +1,9 @@
-//! The agent's state as its control API reports it (`GET /v1/state`): one
-//! typed contract that the agent serializes and the operator parses, with
-//! what the operator's observation of a node needs.
+//! What an agent tells the operator about itself, as typed contracts both
+//! sides serialize and parse: its state as the control API reports it
+//! (`GET /v1/state`, [`AgentState`]), and the announcements it sends on the
+//! fleet's events queue ([`NodeAnnouncement`]: `node.registered` when it
+//! starts serving, `node.heartbeat` periodically), which is how the operator
+//! learns where each agent listens.
 
 use jiff::Timestamp;
 use serde::{Deserialize, Serialize};
@@ -72,6 +75,55 @@ pub enum HostedPhase {
     Ending,
 }
 
+/// `node.registered` or `node.heartbeat`, on the fleet's events queue.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeAnnouncement {
+    /// Protocol version, 1.
+    pub version: u32,
+    /// Which announcement.
+    #[serde(rename = "type")]
+    pub kind: AnnouncementKind,
+    /// The fleet, as `namespace/name`.
+    pub fleet: String,
+    /// The instance the agent runs on.
+    pub instance_id: String,
+    /// Where its one listener is reached (`host:port`): on EC2 the private
+    /// address from IMDS, off EC2 a loopback address.
+    pub address: String,
+    /// The agent's build.
+    pub agent_version: String,
+    /// Sessions it hosts at once.
+    pub slots: u32,
+    /// Sessions it hosts now.
+    pub sessions: u32,
+    /// Whether it takes no new sessions.
+    pub draining: bool,
+    /// When it was sent.
+    pub at: Timestamp,
+}
+
+/// The kinds of [`NodeAnnouncement`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AnnouncementKind {
+    /// Sent once, when the agent starts serving.
+    #[serde(rename = "node.registered")]
+    Registered,
+    /// Sent every heartbeat interval after that.
+    #[serde(rename = "node.heartbeat")]
+    Heartbeat,
+}
+
+impl AnnouncementKind {
+    /// The wire's `type`.
+    pub fn type_name(self) -> &'static str {
+        match self {
+            AnnouncementKind::Registered => "node.registered",
+            AnnouncementKind::Heartbeat => "node.heartbeat",
+        }
+    }
+}
+
 /// Why a state document cannot be read.
 #[derive(Debug, thiserror::Error)]
 pub enum StateError {
@@ -138,6 +190,27 @@ mod tests {
         let text = String::from_utf8(json).unwrap();
         assert!(text.contains(r#""phase":"active""#), "{text}");
         assert!(!text.contains("idleSince"), "{text}");
+    }
+
+    #[test]
+    fn announcements_carry_their_type_on_the_wire() {
+        let announcement = NodeAnnouncement {
+            version: 1,
+            kind: AnnouncementKind::Registered,
+            fleet: "team/fleet".into(),
+            instance_id: "i-0abc".into(),
+            address: "127.0.0.1:9900".into(),
+            agent_version: "0.1.0".into(),
+            slots: 4,
+            sessions: 0,
+            draining: false,
+            at: Timestamp::from_second(1_700_000_000).unwrap(),
+        };
+        let json = serde_json::to_value(&announcement).unwrap();
+        assert_eq!(json["type"], AnnouncementKind::Registered.type_name());
+        assert_eq!(json["instanceId"], "i-0abc");
+        let back: NodeAnnouncement = serde_json::from_value(json).unwrap();
+        assert_eq!(back, announcement);
     }
 
     #[test]
