@@ -124,6 +124,7 @@ async fn launch_applies_the_whole_blueprint() {
         assert_eq!(tags["browserfleet.io/fleet"], fleet.to_string());
         assert_eq!(tags["browserfleet.io/fleet-uid"], fleet.uid());
         assert_eq!(tags["browserfleet.io/managed-by"], "browserfleet");
+        assert_eq!(tags["browserfleet.io/launch-sequence"], "7");
         assert_eq!(tags["team"], "qa");
 
         let user_data = ec2
@@ -256,6 +257,10 @@ async fn list_instances_pages_through_the_fleet_and_nothing_else() {
     let listed = compute.list_instances(&fleet).await.expect("list");
     let listed_ids: BTreeSet<InstanceId> = listed.iter().map(|i| i.id.clone()).collect();
     assert_eq!(listed_ids, launched);
+    // Each instance says which launch it came from, so a restarted operator
+    // can finish an unfinished launch instead of doubling it.
+    let sequences: BTreeSet<u64> = listed.iter().filter_map(|i| i.launch_sequence()).collect();
+    assert_eq!(sequences, (0..12).collect());
     assert_eq!(
         aws.recorder().count(Service::Ec2, "DescribeInstances"),
         3,

@@ -851,6 +851,17 @@ pub struct BrowserFleetStatus {
     /// The most recent change of the desired size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_decision: Option<ScaleDecision>,
+    /// Sequence number of the fleet's latest launch; the next launch takes
+    /// the one after. EC2 client tokens derive from the fleet's uid and the
+    /// sequence, so a retried launch never doubles.
+    #[serde(default)]
+    pub launch_sequence: i64,
+    /// A launch the operator decided on and has not yet seen complete. It is
+    /// written here before EC2 is called; after a restart the operator counts
+    /// the instances tagged with its sequence
+    /// (`browserfleet.io/launch-sequence`) and launches only what is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_intent: Option<LaunchIntent>,
     /// The fleet's instances, at most 250; the counts above always cover all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 250))]
@@ -865,6 +876,20 @@ pub struct BrowserFleetStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
+}
+
+/// A launch decided and not yet complete.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LaunchIntent {
+    /// The launch's sequence number.
+    #[schemars(range(min = 1))]
+    pub sequence: i64,
+    /// Instances it launches.
+    #[schemars(range(min = 1, max = 1000))]
+    pub count: i32,
+    /// When it was decided.
+    pub decided_at: Time,
 }
 
 /// A change of the fleet's desired size and why it was made.

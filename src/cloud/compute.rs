@@ -38,7 +38,7 @@ use aws_sdk_ec2::types::{
 use thiserror::Error;
 
 use super::error::{AwsFault, FaultKind, Service};
-use super::fleet_tags::{FLEET_UID_TAG, FleetId};
+use super::fleet_tags::{FLEET_UID_TAG, FleetId, LAUNCH_SEQUENCE_TAG};
 use super::recorder::CallRecorder;
 use super::settings::{Aws, observe};
 use crate::api::fleet::{ImageSource, InstanceSpec, RootVolumeSpec, VolumeType};
@@ -180,6 +180,13 @@ pub struct FleetInstance {
 }
 
 impl FleetInstance {
+    /// The launch it came from (its `browserfleet.io/launch-sequence` tag):
+    /// how an operator that restarted mid-launch sees what an unfinished
+    /// launch already started, instead of launching it again.
+    pub fn launch_sequence(&self) -> Option<u64> {
+        self.tags.get(LAUNCH_SEQUENCE_TAG)?.parse().ok()
+    }
+
     fn from_sdk(instance: &Instance) -> Option<Self> {
         let id = instance.instance_id()?;
         Some(FleetInstance {
@@ -524,7 +531,11 @@ impl Ec2Compute {
         blueprint: &InstanceBlueprint,
         placement: Placement<'_>,
     ) -> Result<Vec<FleetInstance>, ComputeError> {
-        let tags = fleet.tags(&blueprint.tags);
+        let mut tags = fleet.tags(&blueprint.tags);
+        tags.insert(
+            LAUNCH_SEQUENCE_TAG.to_owned(),
+            placement.sequence.to_string(),
+        );
         let sdk_tags: Vec<Tag> = tags
             .iter()
             .map(|(k, v)| Tag::builder().key(k).value(v).build())
@@ -624,6 +635,7 @@ struct Placement<'a> {
     instance_type: &'a str,
     subnet_id: &'a str,
     count: u32,
+    sequence: u64,
     token: &'a ClientToken,
     root_device: &'a str,
 }
@@ -710,6 +722,7 @@ impl Compute for Ec2Compute {
                         instance_type,
                         subnet_id,
                         count,
+                        sequence: request.sequence,
                         token: &token,
                         root_device: &root_device,
                     };

@@ -15,6 +15,9 @@ pub const FLEET_UID_TAG: &str = "browserfleet.io/fleet-uid";
 pub const MANAGED_BY_TAG: &str = "browserfleet.io/managed-by";
 /// Value of [`MANAGED_BY_TAG`].
 pub const MANAGED_BY_VALUE: &str = "browserfleet";
+/// Tag key: the fleet's launch sequence number an instance was launched
+/// for (`LaunchRequest::sequence`).
+pub const LAUNCH_SEQUENCE_TAG: &str = "browserfleet.io/launch-sequence";
 /// Prefix reserved for our own tags; user tags may not use it.
 pub const RESERVED_TAG_PREFIX: &str = "browserfleet.io/";
 

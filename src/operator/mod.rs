@@ -1,8 +1,10 @@
 //! The operator: what turns a `BrowserFleet` into queues, agent
-//! configuration and instances. So far it holds the agent configuration a
-//! fleet's instances receive ([`agent_config`]) and the typed client of the
-//! agents' control API ([`agent_client`]); the fleet reconciler builds on
-//! them.
+//! configuration and instances. So far it holds the parts the fleet
+//! reconciler builds on: the agent configuration a fleet's instances receive
+//! ([`agent_config`]), the typed client of the agents' control API
+//! ([`agent_client`]) and the decision that keeps launches from doubling
+//! ([`launch`]).
 
 pub mod agent_client;
 pub mod agent_config;
+pub mod launch;

@@ -1,0 +1,122 @@
+//! Launches that never double: the pure part of the fleet reconciler's
+//! launch step. A launch is recorded in the fleet's status
+//! ([`LaunchIntent`]) before EC2 is called; EC2 tags each instance with the
+//! launch's sequence and derives its client tokens from it. Whatever happens
+//! between the status write and EC2's answer (a crash, a lost response, a
+//! new leader), the next reconcile compares the intent with the instances
+//! tagged with its sequence and launches only what is missing, with the same
+//! sequence, so the same client tokens.
+
+use crate::api::fleet::LaunchIntent;
+use crate::cloud::FleetInstance;
+
+/// What to do about the fleet's recorded launch, given its instances.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum LaunchProgress {
+    /// No launch is recorded.
+    Idle,
+    /// The recorded launch still misses `missing` instances: launch them
+    /// with `sequence`.
+    Unfinished {
+        /// The launch's sequence number.
+        sequence: u64,
+        /// Instances still to launch.
+        missing: u32,
+    },
+    /// Every instance of the recorded launch exists: clear the intent.
+    Complete,
+}
+
+/// Compares the recorded launch with the fleet's instances. An instance
+/// that was launched and has already gone (terminated, being terminated)
+/// still counts: it was launched, and launching it again would exceed what
+/// was decided; replacing it is a new decision.
+pub fn progress(intent: Option<&LaunchIntent>, instances: &[FleetInstance]) -> LaunchProgress {
+    let Some(intent) = intent else {
+        return LaunchProgress::Idle;
+    };
+    let Ok(sequence) = u64::try_from(intent.sequence) else {
+        // Not a sequence this operator wrote; nothing can be launched for it.
+        return LaunchProgress::Complete;
+    };
+    let launched = instances
+        .iter()
+        .filter(|i| i.launch_sequence() == Some(sequence))
+        .count();
+    let wanted = usize::try_from(intent.count).unwrap_or(0);
+    match wanted.saturating_sub(launched) {
+        0 => LaunchProgress::Complete,
+        missing => LaunchProgress::Unfinished {
+            sequence,
+            missing: u32::try_from(missing).unwrap_or(u32::MAX),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::cloud::fleet_tags::LAUNCH_SEQUENCE_TAG;
+    use crate::cloud::{InstanceId, InstanceState};
+
+    fn instance(id: &str, sequence: Option<u64>, state: InstanceState) -> FleetInstance {
+        FleetInstance {
+            id: InstanceId::new(id),
+            state,
+            instance_type: None,
+            image_id: None,
+            subnet_id: None,
+            availability_zone: None,
+            private_ip: None,
+            launch_time: None,
+            tags: sequence
+                .map(|s| BTreeMap::from([(LAUNCH_SEQUENCE_TAG.to_owned(), s.to_string())]))
+                .unwrap_or_default(),
+        }
+    }
+
+    fn intent(sequence: i64, count: i32) -> LaunchIntent {
+        LaunchIntent {
+            sequence,
+            count,
+            decided_at: Time(jiff::Timestamp::UNIX_EPOCH),
+        }
+    }
+
+    #[test]
+    fn no_intent_is_idle() {
+        assert_eq!(progress(None, &[]), LaunchProgress::Idle);
+    }
+
+    #[test]
+    fn a_launch_cut_short_launches_only_what_is_missing_with_its_sequence() {
+        let instances = [
+            instance("i-1", Some(3), InstanceState::Pending),
+            instance("i-2", Some(2), InstanceState::Running),
+            instance("i-3", None, InstanceState::Running),
+        ];
+        assert_eq!(
+            progress(Some(&intent(3, 4)), &instances),
+            LaunchProgress::Unfinished {
+                sequence: 3,
+                missing: 3
+            }
+        );
+    }
+
+    #[test]
+    fn a_launch_whose_instances_all_exist_is_complete_even_if_some_already_went() {
+        let instances = [
+            instance("i-1", Some(5), InstanceState::Running),
+            instance("i-2", Some(5), InstanceState::Terminated),
+        ];
+        assert_eq!(
+            progress(Some(&intent(5, 2)), &instances),
+            LaunchProgress::Complete
+        );
+    }
+}
