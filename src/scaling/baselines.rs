@@ -16,7 +16,9 @@
 use std::collections::VecDeque;
 use std::time::Duration;
 
-use super::policy::{Decision, InstanceId, InstancePhase, Observation, PolicyConfig, Timestamp};
+use super::policy::{
+    Decision, DecisionKind, InstanceId, InstancePhase, Observation, PolicyConfig, Timestamp,
+};
 use super::simulator::Autoscaler;
 
 /// Session requests per replica as KEDA and target tracking see them: waiting,
@@ -35,6 +37,7 @@ pub fn converge(observation: &Observation, desired: u32, reason: String) -> Deci
     let counted = u32::try_from(live.len()).unwrap_or(u32::MAX);
     if desired >= counted {
         return Decision {
+            kind: DecisionKind::of(desired - counted, desired - counted, 0),
             desired,
             launch: desired - counted,
             drain: Vec::new(),
@@ -60,6 +63,7 @@ pub fn converge(observation: &Observation, desired: u32, reason: String) -> Deci
         .map(|i| i.id.clone())
         .collect();
     Decision {
+        kind: DecisionKind::of(0, 0, terminate.len()),
         desired,
         launch: 0,
         drain: Vec::new(),

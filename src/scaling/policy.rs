@@ -208,9 +208,65 @@ impl PolicyMemory {
     }
 }
 
+/// What a decision does, for machines: the reason of the fleet's `Scaling`
+/// condition and of the Events the operator emits. The prose is in
+/// [`Decision::reason`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DecisionKind {
+    /// `paused: true`: nothing launched or retired.
+    Paused,
+    /// Launching everything demand needs.
+    ScaleUp,
+    /// Launching, but fewer than demand needs: the launch rate limit holds
+    /// the rest back.
+    LaunchRateLimited,
+    /// Draining idle instances or cancelling booting ones.
+    ScaleDown,
+    /// The fleet has the size it needs (terminating drained instances that
+    /// emptied is part of holding).
+    Hold,
+}
+
+impl DecisionKind {
+    /// The CamelCase reason for conditions and Events.
+    pub fn reason(self) -> &'static str {
+        match self {
+            DecisionKind::Paused => "Paused",
+            DecisionKind::ScaleUp => "ScalingUp",
+            DecisionKind::LaunchRateLimited => "LaunchRateLimited",
+            DecisionKind::ScaleDown => "ScalingDown",
+            DecisionKind::Hold => "Steady",
+        }
+    }
+
+    /// Whether the fleet is changing size.
+    pub fn is_scaling(self) -> bool {
+        matches!(
+            self,
+            DecisionKind::ScaleUp | DecisionKind::LaunchRateLimited | DecisionKind::ScaleDown
+        )
+    }
+
+    /// The kind of a decision that launches `launch` of the `wanted`
+    /// instances demand needs beyond those it has, and retires `retired`.
+    pub fn of(launch: u32, wanted: u32, retired: usize) -> Self {
+        if launch < wanted {
+            DecisionKind::LaunchRateLimited
+        } else if launch > 0 {
+            DecisionKind::ScaleUp
+        } else if retired > 0 {
+            DecisionKind::ScaleDown
+        } else {
+            DecisionKind::Hold
+        }
+    }
+}
+
 /// The policy's answer for one observation.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Decision {
+    /// What it does, for conditions and Events.
+    pub kind: DecisionKind,
     /// Instances the fleet should have (booting and ready, not draining).
     pub desired: u32,
     /// Instances to launch now.
@@ -263,6 +319,7 @@ pub fn decide(
 
     if config.paused {
         let decision = Decision {
+            kind: DecisionKind::Paused,
             desired: counted,
             launch: 0,
             drain: Vec::new(),
@@ -316,10 +373,16 @@ pub fn decide(
         };
         (0, drain, cancel, action)
     };
+    let kind = DecisionKind::of(
+        launch,
+        required.saturating_sub(counted),
+        drain.len() + cancel.len(),
+    );
     let removed = u32::try_from(drain.len() + cancel.len()).unwrap_or(u32::MAX);
     let mut terminate = draining_and_empty(observation);
     terminate.extend(cancel);
     let decision = Decision {
+        kind,
         desired: if launch > 0 {
             required
         } else {
@@ -591,8 +654,11 @@ mod tests {
         );
         assert_eq!(d.desired, 11);
         assert_eq!(d.launch, 5, "rate limit 5/min");
+        assert_eq!(d.kind, DecisionKind::LaunchRateLimited);
+        assert_eq!(d.kind.reason(), "LaunchRateLimited");
         let (d, _) = decide(&config(), &observe(30, 0, 40, vec![]), &memory);
         assert_eq!(d.launch, 0, "still within the same minute");
+        assert_eq!(d.kind, DecisionKind::LaunchRateLimited);
     }
 
     #[test]
@@ -608,6 +674,8 @@ mod tests {
         let obs = observe(10, 0, 8, vec![booting(1), booting(2), booting(3)]);
         let (d, _) = decide(&config(), &obs, &PolicyMemory::default());
         assert_eq!(d.launch, 0, "ceil(8 / 4) + 1 = 3 already booting");
+        assert_eq!(d.kind, DecisionKind::Hold);
+        assert!(!d.kind.is_scaling());
     }
 
     #[test]
@@ -639,6 +707,7 @@ mod tests {
         }
         let (d, _) = decide(&c, &observe(190, 4, 0, busy_then_idle(190)), &memory);
         assert_eq!(d.drain.len(), 2, "4 running, 2 required");
+        assert_eq!(d.kind, DecisionKind::ScaleDown);
         assert!(
             !d.drain.contains(&InstanceId::new("i-1")),
             "busy instance kept"
@@ -753,6 +822,7 @@ mod tests {
         );
         assert_eq!((d.launch, d.drain.len(), d.terminate.len()), (0, 0, 0));
         assert!(d.reason.starts_with("paused"));
+        assert_eq!(d.kind, DecisionKind::Paused);
     }
 
     fn arb_instance(n: u32) -> impl Strategy<Value = InstanceView> {
