@@ -74,7 +74,13 @@ trap 'rm -rf "$WORK"' EXIT
 echo "building kube-apiserver $K8S_UPSTREAM from Debian's source package (about 6 minutes)" >&2
 (
   cd "$WORK"
-  apt-get source --download-only "kubernetes=$K8S_SOURCE_VERSION" >/dev/null 2>&1
+  # Stale package lists (or deb-src entries added by a run whose update
+  # failed) are refreshed once.
+  if ! apt-get source --download-only "kubernetes=$K8S_SOURCE_VERSION" >/dev/null 2>"$WORK/source.err"; then
+    "${as_root[@]}" apt-get update >/dev/null
+    apt-get source --download-only "kubernetes=$K8S_SOURCE_VERSION" >/dev/null \
+      || { echo "apt-get source kubernetes failed" >&2; exit 1; }
+  fi
   # apt checked the files against the signed Sources index; the .dsc's own
   # signature needs the maintainer's key, which the machine does not have.
   dpkg-source --no-check -x ./*.dsc src >/dev/null

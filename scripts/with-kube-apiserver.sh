@@ -24,7 +24,14 @@ base="${TMPDIR:-/tmp}"
 [ -d /dev/shm ] && [ -w /dev/shm ] && base=/dev/shm
 DIR="$(mktemp -d "$base/bf-kube.XXXXXX")"
 pids=()
+command_pid=""
 cleanup() {
+  # The command first (a signal to this script reaches it here), then the
+  # control plane.
+  if [ -n "$command_pid" ]; then
+    kill "$command_pid" 2>/dev/null || true
+    wait "$command_pid" 2>/dev/null || true
+  fi
   for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
   if [ -n "${BROWSERFLEET_KEEP_KUBE_LOGS:-}" ]; then
@@ -33,6 +40,7 @@ cleanup() {
   rm -rf "$DIR"
 }
 trap cleanup EXIT
+trap 'exit 143' TERM INT
 
 free_ports() {
   python3 - "$1" <<'PY'
@@ -104,8 +112,10 @@ pids+=($!)
   >"$DIR/kube-apiserver.log" 2>&1 &
 pids+=($!)
 
+# The token goes to curl in a file, not on its command line (visible in ps).
+printf 'Authorization: Bearer %s\n' "$TOKEN" >"$DIR/auth.header"
 ready() {
-  curl -fsS --max-time 2 --cacert "$DIR/ca.crt" -H "Authorization: Bearer $TOKEN" \
+  curl -fsS --max-time 2 --cacert "$DIR/ca.crt" -H @"$DIR/auth.header" \
     "https://127.0.0.1:$API_PORT/readyz" >/dev/null 2>&1
 }
 for _ in $(seq 1 240); do
@@ -125,8 +135,16 @@ ready || { echo "kube-apiserver did not become ready in 120 s:" >&2; tail -30 "$
   --use-service-account-credentials=false \
   >"$DIR/kube-controller-manager.log" 2>&1 &
 pids+=($!)
+# Tests that need garbage collection would otherwise fail on timeouts.
+sleep 1
+kill -0 "${pids[-1]}" 2>/dev/null \
+  || { echo "kube-controller-manager stopped at start:" >&2; tail -20 "$DIR/kube-controller-manager.log" >&2; exit 1; }
 
 echo "kube-apiserver $K8S_UPSTREAM ready at https://127.0.0.1:$API_PORT" >&2
+# In the background, so that a signal to this script ends it too (cleanup).
+BROWSERFLEET_TEST_KUBECONFIG="$DIR/kubeconfig" KUBECONFIG="$DIR/kubeconfig" "$@" &
+command_pid=$!
 status=0
-BROWSERFLEET_TEST_KUBECONFIG="$DIR/kubeconfig" KUBECONFIG="$DIR/kubeconfig" "$@" || status=$?
+wait "$command_pid" || status=$?
+command_pid=""
 exit "$status"

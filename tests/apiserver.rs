@@ -524,9 +524,23 @@ async fn create_get_list_with_selectors_and_pages() {
     let mut existing = maps.get("cm-0").await.unwrap();
     // A create that carries a resourceVersion is refused by the storage
     // layer (kube-apiserver 1.20: 500 "resourceVersion should not be set on
-    // objects to be created"), whether or not the name is taken.
-    let with_version = api_error(maps.create(&PostParams::default(), &existing).await);
-    assert!(with_version.code >= 400, "{with_version:?}");
+    // objects to be created"), before it looks at the name.
+    let mut fresh = existing.clone();
+    fresh.metadata.name = Some("cm-with-version".into());
+    let with_version = api_error(maps.create(&PostParams::default(), &fresh).await);
+    assert_eq!(
+        (with_version.code, with_version.reason.as_str()),
+        (500, ""),
+        "{with_version:?}"
+    );
+    assert!(
+        with_version
+            .message
+            .contains("resourceVersion should not be set"),
+        "{with_version:?}"
+    );
+    let taken = api_error(maps.create(&PostParams::default(), &existing).await);
+    assert_eq!(taken.code, 500, "{taken:?}");
     existing.metadata.resource_version = None;
     let duplicate = api_error(maps.create(&PostParams::default(), &existing).await);
     assert_eq!(

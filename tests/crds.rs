@@ -459,6 +459,24 @@ fn dev_apiserver_refuses_the_patterns_go_refuses() {
         "((ab){10}c){101}",
         "((ab){10}c){100}",
         "(a{0}){5000}",
+        "a**",
+        "a{2}{3}",
+        "a{2}*",
+        "(a*)+",
+        "\\u00e9",
+        "\\u{e9}",
+        "\\x{e9}",
+        "\\p{Letter}",
+        "\\p{Uppercase}",
+        "\\p{ASCII}",
+        "\\p{Script=Greek}",
+        "\\p{Lu}",
+        "\\pL",
+        "\\p{Old_Italic}",
+        "[\\p{Han}a-z]",
+        "[a--b]",
+        "(?P<a.b>x)",
+        "(?P<a_1>x)",
         "(?<name>a)",
         "(?P<name>a)",
         "(?x)a b",
@@ -485,5 +503,16 @@ fn dev_apiserver_refuses_the_patterns_go_refuses() {
         {
             assert_eq!(ours, go, "{pattern:?}");
         }
+    }
+    // Stricter on purpose: Go reads these as plain characters, Rust as set
+    // operations, so a CRD using them would match differently on the two
+    // servers; the dev server refuses them.
+    let stricter: Vec<String> = ["[a&&b]", "[a~~b]"].map(str::to_owned).to_vec();
+    for (pattern, go_error) in stricter.iter().zip(go_regexp_errors(&stricter)) {
+        assert_eq!(go_error, None, "{pattern:?}");
+        assert!(
+            browserfleet::local::apiserver::go_regexp_error(pattern).is_some(),
+            "{pattern:?}"
+        );
     }
 }

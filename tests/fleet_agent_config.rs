@@ -81,8 +81,10 @@ fn minimal_spec() -> BrowserFleetSpec {
 
 /// The agent's verdict on what the operator renders for `spec`.
 fn agent_refusal(spec: &BrowserFleetSpec) -> Option<String> {
-    let config = render("team", "fleet", spec, &queues(), &secrets());
-    config.validate().err().map(|e| e.to_string())
+    match render("team", "fleet", spec, &queues(), &secrets()) {
+        Ok(config) => config.validate().err().map(|e| e.to_string()),
+        Err(error) => Some(format!("not rendered: {error}")),
+    }
 }
 
 /// Switches as platform teams write them.

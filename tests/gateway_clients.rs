@@ -99,9 +99,10 @@ async fn playwright_connects_through_both_endpoints_with_the_token_in_header_or_
             .output()
             .await
             .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
-            !out.status.success(),
-            "{endpoint} admitted a client without a token"
+            !out.status.success() && stderr.contains("401"),
+            "{endpoint}: expected the gateway's 401, got: {stderr}"
         );
     }
     // The clients disconnected; the session's browser is still there.
@@ -144,6 +145,15 @@ async fn the_gateway_answers_every_discovery_path_as_chromium_does() {
             );
             if let Some(browser) = direct.get("Browser") {
                 assert_eq!(&through["Browser"], browser, "{path}");
+                // The one URL a client follows leads back through the gateway.
+                let ws = through["webSocketDebuggerUrl"].as_str().unwrap_or_default();
+                assert!(
+                    ws.starts_with(&format!(
+                        "ws://{}/sessions/s-paths/devtools/browser/",
+                        running.address
+                    )),
+                    "{path}: {ws}"
+                );
             }
         }
     }

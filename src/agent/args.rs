@@ -153,10 +153,12 @@ pub enum ArgPolicyError {
 }
 
 impl ArgPolicy {
-    /// The policy of a fleet, from its `allowedArgs` and `blockedArgs`. Each
-    /// entry is a switch written `--name`, `--name=value` or `name`, in any
-    /// case; a value is ignored (a switch matches with or without one). A
-    /// switch both allowed and blocked is blocked.
+    /// The policy of a fleet, from its `allowedArgs` and `blockedArgs`. This
+    /// function takes each entry written `--name`, `--name=value` or `name`,
+    /// in any case; a value is ignored (a switch matches with or without
+    /// one). A switch both allowed and blocked is blocked. (A fleet's
+    /// configuration is stricter, `AgentConfig::validate`: `--name` or
+    /// `--name=value` in lower case, as the CRD requires.)
     pub fn new<A, B>(allowed: A, blocked: B) -> Result<ArgPolicy, ArgPolicyError>
     where
         A: IntoIterator,

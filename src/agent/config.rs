@@ -25,8 +25,9 @@ use super::slots::Port;
 /// 128 bits of randomness in hex.
 pub const MIN_SECRET_LEN: usize = 32;
 
-/// The configuration document, as written by the operator.
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
+/// The configuration document, as written by the operator. Its `Debug`
+/// leaves the two secrets out.
+#[derive(Serialize, Deserialize, Clone, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentConfig {
     /// The fleet, as `namespace/name` (for logs and replies).
@@ -85,6 +86,38 @@ pub struct AgentConfig {
     pub fleet_token: String,
     /// Key of the HMAC signature on callbacks.
     pub callback_secret: String,
+}
+
+impl std::fmt::Debug for AgentConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentConfig")
+            .field("fleet", &self.fleet)
+            .field("request_queue_url", &self.request_queue_url)
+            .field("dead_letter_queue_url", &self.dead_letter_queue_url)
+            .field("events_queue_url", &self.events_queue_url)
+            .field("slots", &self.slots)
+            .field("gateway_port", &self.gateway_port)
+            .field("listen_address", &self.listen_address)
+            .field("browser_port_range", &self.browser_port_range)
+            .field("browser", &self.browser)
+            .field("sessions", &self.sessions)
+            .field("profiles", &self.profiles)
+            .field("launch_timeout_seconds", &self.launch_timeout_seconds)
+            .field("drain_timeout_seconds", &self.drain_timeout_seconds)
+            .field(
+                "visibility_timeout_seconds",
+                &self.visibility_timeout_seconds,
+            )
+            .field(
+                "heartbeat_interval_seconds",
+                &self.heartbeat_interval_seconds,
+            )
+            .field("state_dir", &self.state_dir)
+            .field("extensions_dir", &self.extensions_dir)
+            .field("fleet_token", &"<redacted>")
+            .field("callback_secret", &"<redacted>")
+            .finish()
+    }
 }
 
 /// [`SWITCH_PATTERN`], compiled once.
@@ -448,6 +481,16 @@ mod tests {
             "extraArgs": ["--no-sandbox", "--Remote-Debugging-Address=0.0.0.0"]
         });
         assert_eq!(violations(json), vec!["browser.extraArgs"]);
+    }
+
+    #[test]
+    fn debug_output_leaves_the_secrets_out() {
+        let settings = AgentConfig::parse(&valid().to_string()).unwrap();
+        for shown in [format!("{:?}", settings.config), format!("{settings:?}")] {
+            assert!(!shown.contains(&"f".repeat(32)), "{shown}");
+            assert!(!shown.contains(&"c".repeat(32)), "{shown}");
+            assert!(shown.contains("<redacted>"), "{shown}");
+        }
     }
 
     #[test]

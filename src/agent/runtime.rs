@@ -31,6 +31,9 @@ use crate::protocol::{
     Terminated, TerminationReason,
 };
 
+/// Longest wait for one announcement to reach the events queue.
+pub const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// Who this agent is.
 #[derive(Clone, Debug)]
 pub struct NodeIdentity {
@@ -375,7 +378,8 @@ impl<Q: Queues + 'static> Agent<Q> {
 
     /// Sends an announcement to the fleet's events queue. A failure is
     /// logged and left for the next heartbeat: the operator tolerates a
-    /// missed one.
+    /// missed one. The send is cut short after [`ANNOUNCE_TIMEOUT`], since
+    /// the supervision loop waits for it.
     pub async fn announce(&self, kind: AnnouncementKind) {
         let body = match serde_json::to_string(&self.announcement(kind)) {
             Ok(body) => body,
@@ -388,8 +392,13 @@ impl<Q: Queues + 'static> Agent<Q> {
             body,
             delay: Duration::ZERO,
         };
-        if let Err(error) = self.queues.send(&self.events, &message).await {
-            tracing::warn!(%error, kind = kind.type_name(), "announcement not sent");
+        match tokio::time::timeout(ANNOUNCE_TIMEOUT, self.queues.send(&self.events, &message)).await
+        {
+            Ok(Ok(_)) => {}
+            Ok(Err(error)) => {
+                tracing::warn!(%error, kind = kind.type_name(), "announcement not sent");
+            }
+            Err(_) => tracing::warn!(kind = kind.type_name(), "announcement timed out"),
         }
     }
 

@@ -727,8 +727,9 @@ pub struct BrowserSpec {
     )]
     pub blocked_args: Vec<String>,
     /// Switches from the built-in blocklist that sessions of this fleet may pass,
-    /// e.g. `--disable-web-security`. `--remote-debugging-*` and
-    /// `--user-data-dir` can never be allowed.
+    /// e.g. `--disable-web-security`. The switches the agent sets itself
+    /// (`--remote-debugging-*`, `--user-data-dir*`, `--remote-allow-origins`,
+    /// `--profile-directory`, `--single-argument`) can never be allowed.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(
         length(max = 64),

@@ -45,6 +45,19 @@ impl fmt::Debug for FleetSecrets {
 /// VPC reach the gateway (DevTools itself stays on 127.0.0.1).
 pub const EC2_LISTEN_ADDRESS: &str = "0.0.0.0";
 
+/// A spec value the agent's configuration cannot hold. The CRD's bounds
+/// keep every value in range; an object stored before a bound existed (or
+/// written where the schema is not enforced) can still carry one, and the
+/// fleet reconciler reports it as an invalid spec.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("spec.{field}: {value} is out of range for the agent")]
+pub struct RenderError {
+    /// Path of the field below `spec`.
+    pub field: &'static str,
+    /// The value found.
+    pub value: i64,
+}
+
 /// The configuration of the agents of fleet `namespace/name` with `spec`.
 pub fn render(
     namespace: &str,
@@ -52,31 +65,50 @@ pub fn render(
     spec: &BrowserFleetSpec,
     queues: &FleetQueues,
     secrets: &FleetSecrets,
-) -> AgentConfig {
+) -> Result<AgentConfig, RenderError> {
     let agent = &spec.agent;
-    // The CRD bounds every number below to the agent's types; a value out of
-    // range (an object stored before a bound existed) becomes 0, which the
-    // agent's own check refuses and names.
-    let unsigned = |v: i32| u32::try_from(v).unwrap_or(0);
-    AgentConfig {
+    fn fit<T: TryFrom<i32>>(field: &'static str, value: i32) -> Result<T, RenderError> {
+        T::try_from(value).map_err(|_| RenderError {
+            field,
+            value: value.into(),
+        })
+    }
+    let gateway_port: u16 = fit("agent.gatewayPort", agent.gateway_port)?;
+    if gateway_port < 1024 {
+        // The agent takes 0 as "pick a port", which is for local runs only.
+        return Err(RenderError {
+            field: "agent.gatewayPort",
+            value: agent.gateway_port.into(),
+        });
+    }
+    Ok(AgentConfig {
         fleet: format!("{namespace}/{name}"),
         request_queue_url: queues.requests.as_str().to_owned(),
         dead_letter_queue_url: queues.dead_letter.as_ref().map(|u| u.as_str().to_owned()),
         events_queue_url: queues.events.as_str().to_owned(),
-        slots: u16::try_from(spec.capacity.sessions_per_instance).unwrap_or(0),
-        gateway_port: u16::try_from(agent.gateway_port).unwrap_or(0),
+        slots: fit(
+            "capacity.sessionsPerInstance",
+            spec.capacity.sessions_per_instance,
+        )?,
+        gateway_port,
         listen_address: EC2_LISTEN_ADDRESS.to_owned(),
         browser_port_range: agent.browser_port_range.clone(),
         browser: agent.browser.clone(),
         sessions: agent.sessions.clone(),
         profiles: agent.profiles.clone(),
-        launch_timeout_seconds: unsigned(BROWSER_START_TIMEOUT_SECONDS),
-        drain_timeout_seconds: unsigned(spec.scaling.drain_timeout_seconds),
-        visibility_timeout_seconds: unsigned(spec.queue.visibility_timeout_seconds),
+        launch_timeout_seconds: fit("(browser start timeout)", BROWSER_START_TIMEOUT_SECONDS)?,
+        drain_timeout_seconds: fit(
+            "scaling.drainTimeoutSeconds",
+            spec.scaling.drain_timeout_seconds,
+        )?,
+        visibility_timeout_seconds: fit(
+            "queue.visibilityTimeoutSeconds",
+            spec.queue.visibility_timeout_seconds,
+        )?,
         heartbeat_interval_seconds: DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
         state_dir: None,
         extensions_dir: None,
         fleet_token: secrets.fleet_token.clone(),
         callback_secret: secrets.callback_secret.clone(),
-    }
+    })
 }

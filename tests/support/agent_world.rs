@@ -96,7 +96,6 @@ impl AgentWorld {
         }
     }
 
-    /// The validated settings of the current configuration.
     /// Starts an agent on this world's configuration, polling the request
     /// queue every second so that tests do not wait out long polls.
     pub async fn start_agent(&self) -> RunningAgent<Sqs> {
@@ -137,6 +136,7 @@ impl AgentWorld {
             .unwrap_or_else(|| panic!("session {id} is not live: {state}"))
     }
 
+    /// The validated settings of the current configuration.
     pub fn settings(&self) -> AgentSettings {
         AgentConfig::parse(&self.config.to_string()).expect("valid test configuration")
     }

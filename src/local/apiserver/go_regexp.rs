@@ -10,11 +10,26 @@
 //! * repeat counts above 1000 (`{1,2048}`), also when nested repeats
 //!   multiply beyond 1000 copies (`(a{2}){1000}`): Go's `invalid repeat
 //!   count`;
+//! * a repetition of a repetition (`a**`, `a{2}{3}`): Go's `invalid nested
+//!   repetition operator`;
 //! * named groups written `(?<name>…)`: Go before 1.22 (which includes every
-//!   kube-apiserver built with an older Go) knows only `(?P<name>…)`;
-//! * flags other than `i`, `m`, `s` and `U` (Rust's `x`, `u`, `R`).
+//!   kube-apiserver built with an older Go) knows only `(?P<name>…)`; and
+//!   group names that are not letters, digits and `_`;
+//! * flags other than `i`, `m`, `s` and `U` (Rust's `x`, `u`, `R`);
+//! * `\u` escapes (`\u00e9`, `\u{e9}`): Go knows `\x` only;
+//! * class set operations (`[a--b]`, `[a&&b]`, `[a~~b]`): Go refuses some
+//!   (`[a--b]`) and reads the others as plain characters, so a pattern with
+//!   them would match differently here and on a cluster; the dev server
+//!   refuses them all, stricter than kube-apiserver on purpose;
+//! * Unicode classes Go's tables lack: `\p{Script=Greek}` and Rust's long
+//!   names (`\p{Letter}`, `\p{Uppercase}`, `\p{ASCII}`, …). Go knows the
+//!   general categories by their short names (`L`, `Lu`, …), `Any`, and the
+//!   scripts (`Greek`, `Old_Italic`); a name is checked against the
+//!   categories and, for scripts, only by its shape (capitalized words
+//!   joined by `_`), so a made-up script name still passes here.
 //!
-//! A pattern Rust itself cannot parse is refused with Rust's error.
+//! A pattern Rust itself cannot parse is refused with Rust's error. Our own
+//! CRDs' patterns are also compiled with Go itself (`tests/crds.rs`).
 
 use regex_syntax::ast::{self, Ast, Visitor};
 
@@ -58,6 +73,84 @@ impl GoSyntax<'_> {
     }
 }
 
+/// Go's `unicode.Categories` (and `Any`).
+const GO_CATEGORIES: [&str; 39] = [
+    "Any", "C", "Cc", "Cf", "Co", "Cs", "L", "Ll", "Lm", "Lo", "Lt", "Lu", "M", "Mc", "Me", "Mn",
+    "N", "Nd", "Nl", "No", "P", "Pc", "Pd", "Pe", "Pf", "Pi", "Po", "Ps", "S", "Sc", "Sk", "Sm",
+    "So", "Z", "Zl", "Zp", "Zs", "LC", "L&",
+];
+
+/// Long names Rust accepts for what Go names otherwise, or not at all.
+const RUST_ONLY_CLASSES: [&str; 16] = [
+    "Letter",
+    "Uppercase",
+    "Lowercase",
+    "Alphabetic",
+    "Number",
+    "Digit",
+    "Punctuation",
+    "Symbol",
+    "Mark",
+    "Separator",
+    "Other",
+    "Control",
+    "White_Space",
+    "Whitespace",
+    "Uppercase_Letter",
+    "Lowercase_Letter",
+];
+
+fn go_knows_class(kind: &ast::ClassUnicodeKind) -> bool {
+    match kind {
+        ast::ClassUnicodeKind::OneLetter(letter) => "CLMNPSZ".contains(*letter),
+        ast::ClassUnicodeKind::NamedValue { .. } => false,
+        ast::ClassUnicodeKind::Named(name) => {
+            let script_shaped = name.split('_').all(|word| {
+                let mut chars = word.chars();
+                chars.next().is_some_and(|c| c.is_ascii_uppercase())
+                    && chars.all(|c| c.is_ascii_lowercase())
+            });
+            GO_CATEGORIES.contains(&name.as_str())
+                || (script_shaped && !RUST_ONLY_CLASSES.contains(&name.as_str()))
+        }
+    }
+}
+
+fn is_unicode_escape(literal: &ast::Literal) -> bool {
+    matches!(
+        literal.kind,
+        ast::LiteralKind::HexFixed(
+            ast::HexLiteralKind::UnicodeShort | ast::HexLiteralKind::UnicodeLong
+        ) | ast::LiteralKind::HexBrace(
+            ast::HexLiteralKind::UnicodeShort | ast::HexLiteralKind::UnicodeLong
+        )
+    )
+}
+
+impl GoSyntax<'_> {
+    fn check_class(&self, class: &ast::ClassUnicode) -> Result<(), String> {
+        if go_knows_class(&class.kind) {
+            Ok(())
+        } else {
+            Err(format!(
+                "error parsing regexp: invalid character class range: `{}`",
+                self.text(&class.span)
+            ))
+        }
+    }
+
+    fn check_literal(&self, literal: &ast::Literal) -> Result<(), String> {
+        if is_unicode_escape(literal) {
+            Err(format!(
+                "error parsing regexp: invalid escape sequence: `{}`",
+                self.text(&literal.span)
+            ))
+        } else {
+            Ok(())
+        }
+    }
+}
+
 impl Visitor for GoSyntax<'_> {
     type Output = ();
     type Err = String;
@@ -66,9 +159,36 @@ impl Visitor for GoSyntax<'_> {
         Ok(())
     }
 
+    fn visit_class_set_item_pre(&mut self, item: &ast::ClassSetItem) -> Result<(), String> {
+        match item {
+            ast::ClassSetItem::Unicode(class) => self.check_class(class),
+            ast::ClassSetItem::Literal(literal) => self.check_literal(literal),
+            ast::ClassSetItem::Range(range) => {
+                self.check_literal(&range.start)?;
+                self.check_literal(&range.end)
+            }
+            _ => Ok(()),
+        }
+    }
+
+    fn visit_class_set_binary_op_pre(&mut self, op: &ast::ClassSetBinaryOp) -> Result<(), String> {
+        Err(format!(
+            "error parsing regexp: invalid character class range: `{}`",
+            self.text(&op.span)
+        ))
+    }
+
     fn visit_pre(&mut self, node: &Ast) -> Result<(), String> {
         match node {
+            Ast::ClassUnicode(class) => self.check_class(class)?,
+            Ast::Literal(literal) => self.check_literal(literal)?,
             Ast::Repetition(repetition) => {
+                if matches!(*repetition.ast, Ast::Repetition(_)) {
+                    return Err(format!(
+                        "error parsing regexp: invalid nested repetition operator: `{}`",
+                        self.text(&repetition.op.span)
+                    ));
+                }
                 let ast::RepetitionKind::Range(range) = &repetition.op.kind else {
                     return Ok(());
                 };
@@ -91,6 +211,17 @@ impl Visitor for GoSyntax<'_> {
                     return Err(
                         "error parsing regexp: invalid or unsupported Perl syntax: `(?<`".into(),
                     );
+                }
+                ast::GroupKind::CaptureName { name, .. }
+                    if !name
+                        .name
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '_') =>
+                {
+                    return Err(format!(
+                        "error parsing regexp: invalid named capture: `(?P<{}>`",
+                        name.name
+                    ));
                 }
                 ast::GroupKind::NonCapturing(flags) => self.check_flags(flags)?,
                 _ => {}
@@ -164,6 +295,42 @@ mod tests {
         assert!(go_regexp_error("(?x)a b").is_some());
         assert!(go_regexp_error("(?u:a)").is_some());
         assert_eq!(go_regexp_error("(?i)abc(?s:.)"), None);
+    }
+
+    #[test]
+    fn nested_repetitions_unicode_escapes_set_operations_and_long_class_names_are_refused() {
+        for pattern in [
+            "a**",
+            "a*+",
+            "a{2}{3}",
+            "a{2}*",
+            "\\u00e9",
+            "\\u{e9}",
+            "[\\u00e9]",
+            "\\p{Letter}",
+            "\\p{Uppercase}",
+            "\\p{ASCII}",
+            "[\\p{Letter}]",
+            "\\p{Script=Greek}",
+            "[a--b]",
+            "[a&&b]",
+            "(?P<a.b>x)",
+        ] {
+            assert!(go_regexp_error(pattern).is_some(), "{pattern}");
+        }
+        for pattern in [
+            "a*",
+            "(a*)+",
+            "\\x{e9}",
+            "\\pL",
+            "\\p{Lu}",
+            "\\p{Greek}",
+            "\\p{Old_Italic}",
+            "[\\p{Han}a-z]",
+            "(?P<a_1>x)",
+        ] {
+            assert_eq!(go_regexp_error(pattern), None, "{pattern}");
+        }
     }
 
     #[test]

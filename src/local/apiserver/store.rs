@@ -335,17 +335,9 @@ impl Store {
                 rt.plural
             )));
         }
-        // kube-apiserver's storage (1.20) refuses this after validation and
-        // before it looks for the name, so a duplicate that carries a
-        // resourceVersion is a 500, not a 409.
-        if meta_str(&object, "resourceVersion").is_some_and(|rv| !rv.is_empty()) {
-            return Err(ApiError::internal(
-                "resourceVersion should not be set on objects to be created",
-            ));
-        }
-        if self.table(rt).contains_key(&(ns.clone(), name.clone())) {
-            return Err(ApiError::already_exists(&rt.plural, &rt.group, &name));
-        }
+        let requested_version = meta_str(&object, "resourceVersion")
+            .and_then(|rv| rv.parse::<u64>().ok())
+            .unwrap_or(0);
         if let Some(meta) = object["metadata"].as_object_mut() {
             for field in [
                 "deletionTimestamp",
@@ -365,6 +357,17 @@ impl Store {
         }
         self.admit(rt, &mut object, None)?;
         let new_types = self.crd_types(rt, &object)?;
+        // Past validation, kube-apiserver's storage (1.20) refuses a create
+        // that carries a resourceVersion before it looks for the name (a 500,
+        // even for a taken name); its dry-run path does not check.
+        if requested_version != 0 && !dry_run {
+            return Err(ApiError::internal(
+                "resourceVersion should not be set on objects to be created",
+            ));
+        }
+        if self.table(rt).contains_key(&(ns.clone(), name.clone())) {
+            return Err(ApiError::already_exists(&rt.plural, &rt.group, &name));
+        }
         object["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
         object["metadata"]["creationTimestamp"] = json!(now_rfc3339());
         if rt.is_custom() || rt.plural == "customresourcedefinitions" {
