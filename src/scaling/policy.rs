@@ -192,6 +192,9 @@ pub struct PolicyMemory {
     boot_time: Option<Duration>,
     /// The latest `ready_at` already folded into `boot_time`.
     boot_learned_until: Option<Timestamp>,
+    /// No scale-in before this: set by [`PolicyMemory::resume`], since the
+    /// demand samples a stabilization window needs are gone.
+    hold_scale_in_until: Option<Timestamp>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -202,6 +205,31 @@ struct Sample {
 }
 
 impl PolicyMemory {
+    /// The memory of a policy taking over a fleet it has not decided for
+    /// (after an operator restart or a leader change), rebuilt from what the
+    /// fleet shows; nothing of it is kept in status:
+    /// * launches of the last minute are the instances launched in it, so
+    ///   the launch rate limit still holds;
+    /// * the boot time is learned again from the instances that became
+    ///   ready (their launch and ready times), at the next decision;
+    /// * demand samples cannot be rebuilt, so the fleet does not scale in
+    ///   before one stabilization window has passed.
+    pub fn resume(config: &PolicyConfig, observation: &Observation) -> PolicyMemory {
+        let now = observation.now;
+        let mut launches: Vec<Timestamp> = observation
+            .instances
+            .iter()
+            .map(|i| i.launched_at)
+            .filter(|at| now.saturating_since(*at) < LAUNCH_RATE_WINDOW)
+            .collect();
+        launches.sort();
+        PolicyMemory {
+            launches: launches.into(),
+            hold_scale_in_until: Some(now.after(config.scale_down_stabilization)),
+            ..PolicyMemory::default()
+        }
+    }
+
     /// The boot time the policy currently expects.
     pub fn expected_boot_time(&self, config: &PolicyConfig) -> Duration {
         self.boot_time.unwrap_or(config.boot_time_prior)
@@ -356,12 +384,16 @@ pub fn decide(
             format!("launching {launch}{limited}"),
         )
     } else {
-        let keep = stabilized_requirement(&memory, config, now).max(required);
+        let needed = stabilized_requirement(&memory, config, now).max(required);
+        let held = memory.hold_scale_in_until.is_some_and(|until| now < until) && counted > needed;
+        let keep = if held { counted } else { needed };
         let excess = counted.saturating_sub(keep);
         let cancel = pick_booting_to_cancel(observation, excess);
         let left = excess.saturating_sub(u32::try_from(cancel.len()).unwrap_or(u32::MAX));
         let drain = pick_idle_to_drain(observation, config, left);
-        let action = if cancel.is_empty() && drain.is_empty() {
+        let action = if held {
+            "holding: no scale-in within one stabilization window of taking over".to_owned()
+        } else if cancel.is_empty() && drain.is_empty() {
             "holding".to_owned()
         } else {
             format!(
@@ -807,6 +839,60 @@ mod tests {
             again.expected_boot_time(&config()),
             Duration::from_secs(200)
         );
+    }
+
+    #[test]
+    fn a_policy_taking_over_scales_in_only_after_a_stabilization_window() {
+        let c = config();
+        // Six idle instances, demand for none: a fresh memory would drain at
+        // once; a resumed one waits out the window first.
+        let idle = |now: u64| observe(now, 0, 0, (1..=6).map(|n| ready(n, 0, Some(0))).collect());
+        let (fresh, _) = decide(&c, &idle(1000), &PolicyMemory::default());
+        assert!(!fresh.drain.is_empty(), "{}", fresh.reason);
+        let mut memory = PolicyMemory::resume(&c, &idle(1000));
+        for now in [1000, 1090, 1179] {
+            let (d, m) = decide(&c, &idle(now), &memory);
+            assert!(
+                d.drain.is_empty() && d.terminate.is_empty(),
+                "at {now}: {}",
+                d.reason
+            );
+            assert!(d.reason.contains("taking over"), "{}", d.reason);
+            memory = m;
+        }
+        let (d, _) = decide(&c, &idle(1181), &memory);
+        assert!(!d.drain.is_empty(), "after the window: {}", d.reason);
+        assert_eq!(d.kind, DecisionKind::ScaleDown);
+    }
+
+    #[test]
+    fn a_policy_taking_over_counts_the_last_minutes_launches() {
+        let c = config();
+        let booting = |n: u32, launched: u64| InstanceView {
+            id: InstanceId::new(format!("b-{n}")),
+            phase: InstancePhase::Booting,
+            sessions: 0,
+            idle_since: None,
+            launched_at: at(launched),
+            ready_at: None,
+        };
+        // Four launched in the last minute, one long ago; the limit is 5/min.
+        let instances = vec![
+            booting(1, 10),
+            booting(2, 950),
+            booting(3, 960),
+            booting(4, 970),
+            booting(5, 980),
+        ];
+        let obs = observe(1000, 0, 100, instances);
+        let (d, _) = decide(&c, &obs, &PolicyMemory::resume(&c, &obs));
+        assert_eq!(
+            d.launch, 1,
+            "5/min minus the 4 of the last minute: {}",
+            d.reason
+        );
+        let (unlimited, _) = decide(&c, &obs, &PolicyMemory::default());
+        assert_eq!(unlimited.launch, 5);
     }
 
     #[test]
