@@ -15,7 +15,7 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
 use prometheus_client::metrics::counter::ConstCounter;
 
-use crate::cloud::CallRecorder;
+use crate::cloud::{CallKey, CallRecorder};
 
 /// Exports a [`CallRecorder`]; register it with
 /// `Registry::register_collector`.
@@ -41,12 +41,7 @@ impl Collector for AwsCallsCollector {
             ConstCounter::new(0u64).metric_type(),
         )?;
         for (key, stats) in &calls {
-            let labels = [
-                ("service", key.service.as_str()),
-                ("operation", key.operation),
-                ("outcome", key.outcome.as_str()),
-            ];
-            ConstCounter::new(stats.count).encode(counts.encode_family(&labels)?)?;
+            ConstCounter::new(stats.count).encode(counts.encode_family(&labels(key))?)?;
         }
         let mut seconds = encoder.encode_descriptor(
             "browserfleet_aws_call_seconds",
@@ -55,16 +50,19 @@ impl Collector for AwsCallsCollector {
             ConstCounter::new(0f64).metric_type(),
         )?;
         for (key, stats) in &calls {
-            let labels = [
-                ("service", key.service.as_str()),
-                ("operation", key.operation),
-                ("outcome", key.outcome.as_str()),
-            ];
             ConstCounter::new(stats.total_latency.as_secs_f64())
-                .encode(seconds.encode_family(&labels)?)?;
+                .encode(seconds.encode_family(&labels(key))?)?;
         }
         Ok(())
     }
+}
+
+fn labels(key: &CallKey) -> [(&'static str, &'static str); 3] {
+    [
+        ("service", key.service.as_str()),
+        ("operation", key.operation),
+        ("outcome", key.outcome.as_str()),
+    ]
 }
 
 #[cfg(test)]
