@@ -17,6 +17,7 @@ use crate::api::fleet::{
 };
 
 use crate::api::switches::{SWITCH_PATTERN, sets_agent_owned_switch};
+use crate::cloud::SecretValue;
 
 use super::args::ArgPolicy;
 use super::slots::Port;
@@ -26,8 +27,8 @@ use super::slots::Port;
 pub const MIN_SECRET_LEN: usize = 32;
 
 /// The configuration document, as written by the operator. Its `Debug`
-/// leaves the two secrets out.
-#[derive(Serialize, Deserialize, Clone, PartialEq)]
+/// leaves the two secrets out ([`SecretValue`]).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct AgentConfig {
     /// The fleet, as `namespace/name` (for logs and replies).
@@ -83,41 +84,9 @@ pub struct AgentConfig {
     #[serde(default)]
     pub extensions_dir: Option<PathBuf>,
     /// Token of the control API (`/v1/state`, `/v1/drain`, session delete).
-    pub fleet_token: String,
+    pub fleet_token: SecretValue,
     /// Key of the HMAC signature on callbacks.
-    pub callback_secret: String,
-}
-
-impl std::fmt::Debug for AgentConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AgentConfig")
-            .field("fleet", &self.fleet)
-            .field("request_queue_url", &self.request_queue_url)
-            .field("dead_letter_queue_url", &self.dead_letter_queue_url)
-            .field("events_queue_url", &self.events_queue_url)
-            .field("slots", &self.slots)
-            .field("gateway_port", &self.gateway_port)
-            .field("listen_address", &self.listen_address)
-            .field("browser_port_range", &self.browser_port_range)
-            .field("browser", &self.browser)
-            .field("sessions", &self.sessions)
-            .field("profiles", &self.profiles)
-            .field("launch_timeout_seconds", &self.launch_timeout_seconds)
-            .field("drain_timeout_seconds", &self.drain_timeout_seconds)
-            .field(
-                "visibility_timeout_seconds",
-                &self.visibility_timeout_seconds,
-            )
-            .field(
-                "heartbeat_interval_seconds",
-                &self.heartbeat_interval_seconds,
-            )
-            .field("state_dir", &self.state_dir)
-            .field("extensions_dir", &self.extensions_dir)
-            .field("fleet_token", &"<redacted>")
-            .field("callback_secret", &"<redacted>")
-            .finish()
-    }
+    pub callback_secret: SecretValue,
 }
 
 /// [`SWITCH_PATTERN`], compiled once.
@@ -362,7 +331,7 @@ impl AgentConfig {
             ("callbackSecret", &self.callback_secret),
         ] {
             // Never echo the secret itself.
-            if secret.len() < MIN_SECRET_LEN {
+            if secret.expose().len() < MIN_SECRET_LEN {
                 bad(
                     field,
                     format!("must be at least {MIN_SECRET_LEN} characters"),

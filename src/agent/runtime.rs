@@ -197,7 +197,7 @@ impl<Q: Queues + 'static> Agent<Q> {
             dead_letter: config.dead_letter_queue_url.as_deref().map(QueueUrl::new),
             profiles: ProfileStore::new(settings.state_dir.join("profiles")),
             table: TableFileStore::new(&settings.state_dir),
-            replier: Replier::new(&config.callback_secret),
+            replier: Replier::new(config.callback_secret.expose()),
             devtools: DevTools::new(),
             metrics: AgentMetrics::new(),
             state: Mutex::new(State {
@@ -255,7 +255,7 @@ impl<Q: Queues + 'static> Agent<Q> {
     }
     /// The fleet token.
     pub fn fleet_token(&self) -> &str {
-        &self.settings.config.fleet_token
+        self.settings.config.fleet_token.expose()
     }
     /// The replier.
     pub fn replier(&self) -> &Replier {

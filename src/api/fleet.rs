@@ -63,7 +63,7 @@ pub mod rules {
     use std::sync::LazyLock;
 
     use super::CrossFieldRule;
-    use crate::api::switches::{agent_owned_cel, agent_owned_list};
+    use crate::api::switches::no_agent_owned_switch_rule;
 
     /// The floor of the fleet cannot be above its ceiling.
     pub const MIN_WITHIN_MAX: CrossFieldRule = CrossFieldRule {
@@ -132,15 +132,9 @@ pub mod rules {
     /// DevTools wiring and profile placement belong to the agent alone: a
     /// fleet cannot let sessions set them.
     pub static ALLOWED_ARGS_NOT_RESERVED: LazyLock<CrossFieldRule> = LazyLock::new(|| {
-        CrossFieldRule::built(
-            format!(
-                "!has(self.agent.browser.allowedArgs) || self.agent.browser.allowedArgs.all(a, !{})",
-                agent_owned_cel("a")
-            ),
-            format!(
-                "allowedArgs cannot allow a switch the agent sets: {}",
-                agent_owned_list()
-            ),
+        no_agent_owned_switch_rule(
+            "agent.browser.allowedArgs",
+            "allowedArgs cannot allow",
             ".agent.browser.allowedArgs",
         )
     });
@@ -148,15 +142,9 @@ pub mod rules {
     /// whose arguments name them would boot agents that refuse their
     /// configuration.
     pub static EXTRA_ARGS_NOT_AGENT_OWNED: LazyLock<CrossFieldRule> = LazyLock::new(|| {
-        CrossFieldRule::built(
-            format!(
-                "!has(self.agent.browser.extraArgs) || self.agent.browser.extraArgs.all(a, !{})",
-                agent_owned_cel("a")
-            ),
-            format!(
-                "extraArgs cannot set a switch the agent sets: {}",
-                agent_owned_list()
-            ),
+        no_agent_owned_switch_rule(
+            "agent.browser.extraArgs",
+            "extraArgs cannot set",
             ".agent.browser.extraArgs",
         )
     });

@@ -31,7 +31,7 @@ pub mod rules {
     use std::sync::LazyLock;
 
     use super::CrossFieldRule;
-    use crate::api::switches::{agent_owned_cel, agent_owned_list};
+    use crate::api::switches::no_agent_owned_switch_rule;
 
     /// A session must live for some time.
     pub const TTL_POSITIVE: CrossFieldRule = CrossFieldRule {
@@ -42,19 +42,8 @@ pub mod rules {
     /// DevTools wiring and profile placement belong to the agent alone, whatever
     /// the fleet's blocklist says.
     /// The switches are those the agent refuses in every request.
-    pub static ARGS_NOT_RESERVED: LazyLock<CrossFieldRule> = LazyLock::new(|| {
-        CrossFieldRule::built(
-            format!(
-                "!has(self.args) || self.args.all(a, !{})",
-                agent_owned_cel("a")
-            ),
-            format!(
-                "args cannot set a switch the agent sets: {}",
-                agent_owned_list()
-            ),
-            ".args",
-        )
-    });
+    pub static ARGS_NOT_RESERVED: LazyLock<CrossFieldRule> =
+        LazyLock::new(|| no_agent_owned_switch_rule("args", "args cannot set", ".args"));
 
     /// Every rule, in the order the CRD lists them.
     pub fn all() -> [CrossFieldRule; 2] {

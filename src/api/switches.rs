@@ -11,6 +11,8 @@
 //! Linux and the same one on Windows. With names in lower case the CEL rules
 //! compare names exactly, with no case folding.
 
+use super::validation::CrossFieldRule;
+
 /// What every switch in a manifest looks like: `--name` or `--name=value`,
 /// the name lower-case ASCII letters, digits and `-`, starting with a letter
 /// or digit.
@@ -66,6 +68,24 @@ pub fn agent_owned_cel(var: &str) -> String {
     format!(
         "({})",
         prefixes.chain(names).collect::<Vec<_>>().join(" || ")
+    )
+}
+
+/// The cross-field rule that no switch in the list at `list` (a CEL path
+/// below the spec, e.g. `agent.browser.extraArgs`) is one the agent sets;
+/// its message is `{refusal} a switch the agent sets: …`.
+pub fn no_agent_owned_switch_rule(
+    list: &str,
+    refusal: &str,
+    field_path: &'static str,
+) -> CrossFieldRule {
+    CrossFieldRule::built(
+        format!(
+            "!has(self.{list}) || self.{list}.all(a, !{})",
+            agent_owned_cel("a")
+        ),
+        format!("{refusal} a switch the agent sets: {}", agent_owned_list()),
+        field_path,
     )
 }
 

@@ -91,11 +91,19 @@ impl fmt::Debug for Parameter {
     }
 }
 
-/// A secret read from a SecureString parameter; its `Debug` never shows it.
-#[derive(Clone, PartialEq, Eq)]
+/// A secret (read from a SecureString parameter, or generated, or part of
+/// the agent configuration); its `Debug` never shows it. It serializes as
+/// the plain string, for the documents that must carry it.
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(transparent)]
 pub struct SecretValue(String);
 
 impl SecretValue {
+    /// Holds `secret`.
+    pub fn new(secret: impl Into<String>) -> Self {
+        SecretValue(secret.into())
+    }
+
     /// The secret itself; do not log it.
     pub fn expose(&self) -> &str {
         &self.0

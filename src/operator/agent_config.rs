@@ -9,11 +9,9 @@
 //! (`tests/fleet_agent_config.rs`) shows that every spec the CRD and
 //! `validate()` accept renders into a configuration the agent accepts.
 
-use std::fmt;
-
 use crate::agent::config::{AgentConfig, DEFAULT_HEARTBEAT_INTERVAL_SECONDS};
 use crate::api::fleet::{BROWSER_START_TIMEOUT_SECONDS, BrowserFleetSpec};
-use crate::cloud::QueueUrl;
+use crate::cloud::{QueueUrl, SecretValue};
 
 /// The queues of a fleet, as the operator ensured them.
 #[derive(Clone, Debug)]
@@ -27,18 +25,12 @@ pub struct FleetQueues {
 }
 
 /// The fleet's secrets, generated once and kept in a Secret it owns.
-#[derive(Clone, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct FleetSecrets {
     /// Token of the agents' control API.
-    pub fleet_token: String,
+    pub fleet_token: SecretValue,
     /// Key of the HMAC signature on callbacks.
-    pub callback_secret: String,
-}
-
-impl fmt::Debug for FleetSecrets {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("FleetSecrets(<redacted>)")
-    }
+    pub callback_secret: SecretValue,
 }
 
 /// Address agents on EC2 listen on: every interface, so that clients in the

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeMetric};
+use prometheus_client::metrics::MetricType;
 use prometheus_client::metrics::counter::ConstCounter;
 
 use crate::cloud::{CallKey, CallRecorder};
@@ -38,7 +39,7 @@ impl Collector for AwsCallsCollector {
             "browserfleet_aws_calls",
             "AWS API calls by service, operation and outcome (SDK retries included in one call)",
             None,
-            ConstCounter::new(0u64).metric_type(),
+            MetricType::Counter,
         )?;
         for (key, stats) in &calls {
             ConstCounter::new(stats.count).encode(counts.encode_family(&labels(key))?)?;
@@ -47,7 +48,7 @@ impl Collector for AwsCallsCollector {
             "browserfleet_aws_call_seconds",
             "Time spent in AWS API calls by service, operation and outcome",
             None,
-            ConstCounter::new(0f64).metric_type(),
+            MetricType::Counter,
         )?;
         for (key, stats) in &calls {
             ConstCounter::new(stats.total_latency.as_secs_f64())

@@ -50,29 +50,6 @@ struct GoSyntax<'p> {
     pattern: &'p str,
 }
 
-impl GoSyntax<'_> {
-    fn text(&self, span: &ast::Span) -> &str {
-        self.pattern
-            .get(span.start.offset..span.end.offset)
-            .unwrap_or_default()
-    }
-
-    fn check_flags(&self, flags: &ast::Flags) -> Result<(), String> {
-        for item in &flags.items {
-            if let ast::FlagsItemKind::Flag(
-                ast::Flag::Unicode | ast::Flag::CRLF | ast::Flag::IgnoreWhitespace,
-            ) = item.kind
-            {
-                return Err(format!(
-                    "error parsing regexp: invalid or unsupported Perl syntax: `{}`",
-                    self.text(&flags.span)
-                ));
-            }
-        }
-        Ok(())
-    }
-}
-
 /// Go's `unicode.Categories` (and `Any`).
 const GO_CATEGORIES: [&str; 39] = [
     "Any", "C", "Cc", "Cf", "Co", "Cs", "L", "Ll", "Lm", "Lo", "Lt", "Lu", "M", "Mc", "Me", "Mn",
@@ -128,6 +105,27 @@ fn is_unicode_escape(literal: &ast::Literal) -> bool {
 }
 
 impl GoSyntax<'_> {
+    fn text(&self, span: &ast::Span) -> &str {
+        self.pattern
+            .get(span.start.offset..span.end.offset)
+            .unwrap_or_default()
+    }
+
+    fn check_flags(&self, flags: &ast::Flags) -> Result<(), String> {
+        for item in &flags.items {
+            if let ast::FlagsItemKind::Flag(
+                ast::Flag::Unicode | ast::Flag::CRLF | ast::Flag::IgnoreWhitespace,
+            ) = item.kind
+            {
+                return Err(format!(
+                    "error parsing regexp: invalid or unsupported Perl syntax: `{}`",
+                    self.text(&flags.span)
+                ));
+            }
+        }
+        Ok(())
+    }
+
     fn check_class(&self, class: &ast::ClassUnicode) -> Result<(), String> {
         if go_knows_class(&class.kind) {
             Ok(())

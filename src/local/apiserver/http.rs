@@ -92,12 +92,11 @@ async fn route(server: Arc<Server>, request: Request) -> Result<Response, ApiErr
         ["apis", group, version, ..] if !server.serves(group, version) => {
             return Ok(page_not_found());
         }
-        ["apis", group] if !server.serves_group(group) => return Ok(page_not_found()),
         ["api", version, ..] if *version != "v1" => return Ok(page_not_found()),
         ["apis", group] => {
-            return server
+            return Ok(server
                 .group(group)
-                .map(|g| json_response(StatusCode::OK, &g));
+                .map_or_else(page_not_found, |g| json_response(StatusCode::OK, &g)));
         }
         ["openapi", "v3"] => return ok(openapi::root(server.lock().types())),
         ["openapi", "v3", "api", version] => {
@@ -106,13 +105,8 @@ async fn route(server: Arc<Server>, request: Request) -> Result<Response, ApiErr
         ["openapi", "v3", "apis", group, version] => {
             return ok(openapi::document(server.lock().types(), group, version));
         }
-        ["apis", group, version] => {
-            let list = server.resource_list(group, version);
-            if list["resources"].as_array().is_some_and(Vec::is_empty) {
-                return Err(ApiError::no_route(&path));
-            }
-            return ok(list);
-        }
+        // Served: the guard above answered the others.
+        ["apis", group, version] => return ok(server.resource_list(group, version)),
         _ => {}
     }
     let target = server
@@ -814,11 +808,6 @@ impl Server {
         json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
     }
 
-    /// Whether any resource type is served in `group`.
-    fn serves_group(&self, group: &str) -> bool {
-        self.lock().types().iter().any(|t| t.group == group)
-    }
-
     /// Whether any resource type is served in `group`/`version`.
     fn serves(&self, group: &str, version: &str) -> bool {
         self.lock()
@@ -827,7 +816,8 @@ impl Server {
             .any(|t| t.group == group && t.version == version)
     }
 
-    fn group(&self, group: &str) -> Result<Value, ApiError> {
+    /// The `APIGroup` of `group`; `None` when nothing is served in it.
+    fn group(&self, group: &str) -> Option<Value> {
         let store = self.lock();
         let versions: Vec<String> = store
             .types()
@@ -841,12 +831,12 @@ impl Server {
                 acc
             });
         if versions.is_empty() {
-            return Err(ApiError::no_route(&format!("/apis/{group}")));
+            return None;
         }
         let mut g = group_json(group, &versions);
         g["kind"] = json!("APIGroup");
         g["apiVersion"] = json!("v1");
-        Ok(g)
+        Some(g)
     }
 
     fn resource_list(&self, group: &str, version: &str) -> Value {
