@@ -10,7 +10,7 @@ use browserfleet::cloud::Sqs;
 use browserfleet::protocol::callback;
 use serde_json::{Value, json};
 use support::agent_world::{
-    AgentWorld, CallbackReceiver, Cdp, end_and_stop, evaluate_in_new_page, eventually,
+    AgentWorld, CallbackReceiver, Cdp, end_and_stop, end_session, evaluate_in_new_page, eventually,
     processes_with,
 };
 use support::http;
@@ -209,17 +209,7 @@ async fn with_n_slots_n_requests_run_and_the_rest_wait_in_the_queue() {
     .await;
     // Two sessions are left running; ending them all (the first two are
     // gone already) leaves the agent empty.
-    for i in 0..4 {
-        running
-            .agent
-            .end(
-                &format!("s-slot-{i}").parse().unwrap(),
-                browserfleet::protocol::TerminationReason::Deleted,
-                false,
-            )
-            .await;
-    }
-    running.stop().await;
+    end_and_stop(running, &["s-slot-0", "s-slot-1", "s-slot-2", "s-slot-3"]).await;
 }
 
 /// Starts a session, returns its ready reply.
@@ -450,15 +440,7 @@ async fn bad_input_is_answered_or_dead_lettered_and_the_agent_keeps_serving() {
         metrics.contains("browserfleet_agent_failures_total{reason=\"forbiddenArgument\"} 4"),
         "{metrics}"
     );
-    running
-        .agent
-        .end(
-            &"s-after".parse().unwrap(),
-            browserfleet::protocol::TerminationReason::Deleted,
-            false,
-        )
-        .await;
-    running.stop().await;
+    end_and_stop(running, &["s-after"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -529,15 +511,7 @@ async fn a_launcher_command_starts_the_browser() {
         evaluate_in_new_page(&mut cdp, "'via ' + 'launcher'").await,
         json!("via launcher")
     );
-    running
-        .agent
-        .end(
-            &"s-launched".parse().unwrap(),
-            browserfleet::protocol::TerminationReason::Deleted,
-            false,
-        )
-        .await;
-    running.stop().await;
+    end_and_stop(running, &["s-launched"]).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -617,14 +591,7 @@ async fn the_operator_reads_the_agents_state_through_its_typed_client() {
     assert!(started.elapsed() < Duration::from_secs(5));
     drop(nobody);
 
-    running
-        .agent
-        .end(
-            &"s-typed".parse().unwrap(),
-            browserfleet::protocol::TerminationReason::Deleted,
-            false,
-        )
-        .await;
+    end_session(&running, "s-typed").await;
     let emptied = client.state(&address, &token).await.expect("state");
     assert!(emptied.idle_since.is_some_and(|t| t >= session.started));
     client.drain(&address, &token).await.expect("drain");

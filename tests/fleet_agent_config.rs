@@ -8,7 +8,7 @@ use std::cell::Cell;
 
 use browserfleet::api::BrowserFleet;
 use browserfleet::api::fleet::{BrowserFleetSpec, Platform, PortRange, WindowsAutoLogon};
-use browserfleet::cloud::QueueUrl;
+use browserfleet::cloud::{QueueUrl, SecretValue};
 use browserfleet::operator::agent_config::{FleetQueues, FleetSecrets, render};
 use kube::CustomResourceExt;
 use kube::core::cel::{CompiledSchema, Validator, compile_schema};
@@ -64,8 +64,8 @@ fn queues() -> FleetQueues {
 
 fn secrets() -> FleetSecrets {
     FleetSecrets {
-        fleet_token: "f".repeat(64),
-        callback_secret: "c".repeat(64),
+        fleet_token: SecretValue::new("f".repeat(64)),
+        callback_secret: SecretValue::new("c".repeat(64)),
     }
 }
 

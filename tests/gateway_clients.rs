@@ -23,18 +23,25 @@ fn python() -> PathBuf {
     path
 }
 
-/// Runs tests/python/playwright_cdp.py against `endpoint`.
-async fn playwright(endpoint: &str, header_token: Option<&str>) -> Value {
+/// Runs tests/python/playwright_cdp.py against `endpoint`, the token in the
+/// header when given; its exit and output, within 90 seconds.
+async fn run_playwright(endpoint: &str, header_token: Option<&str>) -> std::process::Output {
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/playwright_cdp.py");
     let mut command = tokio::process::Command::new(python());
     command.arg(&script).arg(endpoint);
     if let Some(token) = header_token {
         command.arg(token);
     }
-    let out = tokio::time::timeout(Duration::from_secs(90), command.output())
+    tokio::time::timeout(Duration::from_secs(90), command.output())
         .await
         .expect("Playwright finishes in time")
-        .expect("Python runs");
+        .expect("Python runs")
+}
+
+/// What the page answered Playwright through `endpoint`; fails the test when
+/// Playwright fails.
+async fn playwright(endpoint: &str, header_token: Option<&str>) -> Value {
+    let out = run_playwright(endpoint, header_token).await;
     assert!(
         out.status.success(),
         "Playwright failed on {endpoint}: {}",
@@ -92,13 +99,7 @@ async fn playwright_connects_through_both_endpoints_with_the_token_in_header_or_
     }
     // A client without the token gets nowhere, through either endpoint.
     for endpoint in [&http_base, &ws] {
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/playwright_cdp.py");
-        let out = tokio::process::Command::new(python())
-            .arg(&script)
-            .arg(endpoint)
-            .output()
-            .await
-            .unwrap();
+        let out = run_playwright(endpoint, None).await;
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(
             !out.status.success() && stderr.contains("401"),

@@ -241,16 +241,21 @@ impl AgentWorld {
 /// to re-adopt) and stops the agent.
 pub async fn end_and_stop(running: RunningAgent<Sqs>, sessions: &[&str]) {
     for id in sessions {
-        running
-            .agent
-            .end(
-                &id.parse().expect("a valid session id"),
-                browserfleet::protocol::TerminationReason::Deleted,
-                false,
-            )
-            .await;
+        end_session(&running, id).await;
     }
     running.stop().await;
+}
+
+/// Ends session `id` as a delete would, without announcing it.
+pub async fn end_session(running: &RunningAgent<Sqs>, id: &str) {
+    running
+        .agent
+        .end(
+            &id.parse().expect("a valid session id"),
+            browserfleet::protocol::TerminationReason::Deleted,
+            false,
+        )
+        .await;
 }
 
 /// Waits until `condition` holds, or panics with `what` at the deadline.
