@@ -420,11 +420,29 @@ pub async fn evaluate_in_new_page(cdp: &mut Cdp, expression: &str) -> Value {
         .as_str()
         .expect("CDP session")
         .to_owned();
+    // A new target starts on about:blank and commits the data: URL a moment
+    // later; an expression evaluated before the commit runs in the blank page.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let href = evaluate_in(cdp, &session, "location.href").await;
+        if href.as_str().is_some_and(|h| h.starts_with("data:")) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the new page never left about:blank: {href}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    evaluate_in(cdp, &session, expression).await
+}
+
+async fn evaluate_in(cdp: &mut Cdp, session: &str, expression: &str) -> Value {
     let evaluated = cdp
         .call(
             "Runtime.evaluate",
             json!({"expression": expression, "returnByValue": true, "awaitPromise": true}),
-            Some(&session),
+            Some(session),
         )
         .await;
     evaluated["result"]["value"].clone()
