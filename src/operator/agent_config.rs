@@ -37,6 +37,14 @@ pub struct FleetSecrets {
 /// VPC reach the gateway (DevTools itself stays on 127.0.0.1).
 pub const EC2_LISTEN_ADDRESS: &str = "0.0.0.0";
 
+/// The SSM parameter holding the agent configuration of fleet
+/// `namespace/name`. Both are DNS labels or subdomains, which are valid
+/// parameter-name characters; the name is derived, not configured, so that
+/// the operator, the bootstrap script and the node simulator agree on it.
+pub fn parameter_name(namespace: &str, name: &str) -> String {
+    format!("/browserfleet/{namespace}/{name}/agent-config")
+}
+
 /// A spec value the agent's configuration cannot hold. The CRD's bounds
 /// keep every value in range; an object stored before a bound existed (or
 /// written where the schema is not enforced) can still carry one, and the
