@@ -851,6 +851,14 @@ pub struct BrowserFleetStatus {
     /// (`browserfleet.io/launch-sequence`) and launches only what is missing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch_intent: Option<LaunchIntent>,
+    /// Instances in a row that never registered within
+    /// `scaling.readyTimeoutSeconds`; reset when one registers.
+    #[serde(default)]
+    pub boot_failures: i32,
+    /// No launch before this time: launches back off (capped exponentially)
+    /// while instances keep failing to register.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_backoff_until: Option<Time>,
     /// The fleet's instances, at most 250; the counts above always cover all.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 250))]
@@ -934,9 +942,17 @@ pub struct InstanceStatus {
     /// Version its agent reports.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub agent_version: Option<String>,
-    /// Last time its agent answered.
+    /// Where its agent listens (`host:port`), as the agent announced it on
+    /// the fleet's events queue; the operator dials only this address.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    /// Last time its agent answered (to within 15 seconds).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<Time>,
+    /// When it started draining; it is terminated at
+    /// `scaling.drainTimeoutSeconds` after this at the latest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub draining_since: Option<Time>,
     /// The SSM command that installs or upgrades its agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<BootstrapStatus>,

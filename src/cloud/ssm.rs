@@ -356,6 +356,9 @@ pub trait Parameters: Send + Sync {
     /// Reads a secret; refuses a parameter that is not a SecureString.
     fn read_secret(&self, name: &str)
     -> impl Future<Output = Result<SecretValue, SsmError>> + Send;
+
+    /// Deletes a parameter; one that does not exist is already deleted.
+    fn delete_parameter(&self, name: &str) -> impl Future<Output = Result<(), SsmError>> + Send;
 }
 
 /// Run Command, in our domain's terms.
@@ -463,6 +466,17 @@ impl Parameters for Ssm {
             });
         }
         Ok(SecretValue(parameter.value))
+    }
+
+    async fn delete_parameter(&self, name: &str) -> Result<(), SsmError> {
+        let call = self.client.delete_parameter().name(name).send();
+        match observe(&self.recorder, Service::Ssm, "DeleteParameter", call)
+            .await
+            .map_err(SsmError::from)
+        {
+            Ok(_) | Err(SsmError::NotFound(_)) => Ok(()),
+            Err(error) => Err(error),
+        }
     }
 }
 

@@ -7,4 +7,7 @@
 
 pub mod agent_client;
 pub mod agent_config;
+pub mod bootstrap;
+pub mod conditions;
 pub mod launch;
+pub mod plan;

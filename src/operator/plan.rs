@@ -1,0 +1,577 @@
+//! The fleet reconciler's decide step: from what was observed (EC2's
+//! instances, the queue, the agents' registrations and states) and the
+//! fleet's last status, what to do (launch, drain, terminate) and the status
+//! that results. Pure: no I/O, no clock; tested without servers.
+//!
+//! An instance's life as the operator sees it:
+//! `Pending` (EC2 boots it) → `Bootstrapping` (running, its agent has not
+//! registered) → `Ready` (registered, takes sessions) → `Draining` (takes no
+//! new sessions) → `Terminating`. The rules that move it:
+//! * not registered within `readyTimeoutSeconds` of its launch: terminated
+//!   and replaced; launches back off while this keeps happening;
+//! * a drained instance is terminated when its agent reports no session, or
+//!   at `drainTimeoutSeconds` — never earlier while a session lives on it;
+//! * a registered agent that has not answered for `unresponsive_after` is
+//!   terminated and replaced; one that does not answer now counts as
+//!   *unknown*: its last known sessions, never idle;
+//! * an instance stopped outside the operator is terminated and replaced.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use jiff::Timestamp;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+use crate::api::BrowserFleetSpec;
+use crate::api::fleet::{InstanceState as Lifecycle, InstanceStatus, LaunchIntent};
+use crate::cloud::{FleetInstance, InstanceId, InstanceState as Ec2State, QueueDepth};
+use crate::operator::launch::{self, LaunchProgress};
+use crate::protocol::AgentState;
+use crate::scaling::policy::{
+    self, Decision, InstancePhase, InstanceView, Observation, PolicyConfig, PolicyMemory,
+};
+
+/// At most this many instances are listed in status (the CRD's bound).
+pub const MAX_LISTED_INSTANCES: usize = 250;
+
+/// `lastSeen` moves only when it is older than this, so that a steady
+/// fleet's status does not change on every reconcile.
+pub const LAST_SEEN_RESOLUTION: Duration = Duration::from_secs(15);
+
+/// Where an agent said it listens, from its last announcement.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    /// `host:port` to dial.
+    pub address: String,
+    /// The agent's build.
+    pub agent_version: String,
+    /// When the operator last heard the announcement.
+    pub heard: Timestamp,
+}
+
+/// What the operator learned of one agent in this observation.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AgentAnswer {
+    /// It answered `GET /v1/state`.
+    State(AgentState),
+    /// It was asked and did not answer (in time, or with an error).
+    Silent,
+}
+
+/// One look at the fleet.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Observed {
+    /// When.
+    pub now: Timestamp,
+    /// EC2's non-terminated instances of the fleet.
+    pub instances: Vec<FleetInstance>,
+    /// The request queue.
+    pub depth: QueueDepth,
+    /// Registrations heard on the events queue, by instance.
+    pub registrations: BTreeMap<InstanceId, Registration>,
+    /// Answers of the agents that were asked, by instance.
+    pub answers: BTreeMap<InstanceId, AgentAnswer>,
+}
+
+/// Operator-wide knobs of the rules above.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rules {
+    /// A registered agent silent for this long is replaced.
+    pub unresponsive_after: Duration,
+    /// First launch back-off after an instance failed to register.
+    pub backoff_base: Duration,
+    /// Longest launch back-off.
+    pub backoff_cap: Duration,
+}
+
+impl Default for Rules {
+    fn default() -> Self {
+        Rules {
+            unresponsive_after: Duration::from_secs(90),
+            backoff_base: Duration::from_secs(30),
+            backoff_cap: Duration::from_secs(600),
+        }
+    }
+}
+
+/// Why an instance is terminated.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TerminateReason {
+    /// Drained, and its agent reports no session.
+    Drained,
+    /// Drained for `drainTimeoutSeconds`.
+    DrainTimeout,
+    /// Booting, and the policy no longer needs it.
+    NotNeeded,
+    /// Its agent never registered within `readyTimeoutSeconds`.
+    NeverRegistered,
+    /// Its agent stopped answering.
+    Unresponsive,
+    /// Stopped outside the operator.
+    StoppedOutside,
+}
+
+impl TerminateReason {
+    /// The Event reason.
+    pub fn event_reason(self) -> &'static str {
+        match self {
+            TerminateReason::Drained
+            | TerminateReason::DrainTimeout
+            | TerminateReason::NotNeeded => "Terminating",
+            TerminateReason::NeverRegistered
+            | TerminateReason::Unresponsive
+            | TerminateReason::StoppedOutside => "Replacing",
+        }
+    }
+
+    /// For humans.
+    pub fn describe(self) -> &'static str {
+        match self {
+            TerminateReason::Drained => "drained and empty",
+            TerminateReason::DrainTimeout => "drain timeout reached",
+            TerminateReason::NotNeeded => "booting and no longer needed",
+            TerminateReason::NeverRegistered => {
+                "its agent did not register within the ready timeout"
+            }
+            TerminateReason::Unresponsive => "its agent stopped answering",
+            TerminateReason::StoppedOutside => "stopped outside the operator",
+        }
+    }
+
+    /// Whether the fleet is unhealthy because of it.
+    pub fn degrades(self) -> bool {
+        self.event_reason() == "Replacing"
+    }
+}
+
+/// A launch to make.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Launch {
+    /// Its sequence (the client tokens derive from it).
+    pub sequence: u64,
+    /// Instances to launch now.
+    pub count: u32,
+    /// The intent to record before calling EC2 (the whole launch, of which
+    /// `count` may be the missing part).
+    pub intent_count: u32,
+    /// Completing an intent an earlier reconcile recorded.
+    pub resumed: bool,
+}
+
+/// What the reconcile does and reports.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plan {
+    /// The policy's decision.
+    pub decision: Decision,
+    /// The launch to make, if any.
+    pub launch: Option<Launch>,
+    /// Whether a recorded intent is complete and is cleared.
+    pub clear_intent: bool,
+    /// Agents to drain: instance and address.
+    pub drain: Vec<(InstanceId, String)>,
+    /// Instances to terminate.
+    pub terminate: Vec<(InstanceId, TerminateReason)>,
+    /// Instances in status after the plan is carried out.
+    pub instances: Vec<InstanceStatus>,
+    /// Non-terminated instances, all of them (status lists at most 250).
+    pub current: u32,
+    /// Ready instances.
+    pub ready: u32,
+    /// Draining instances.
+    pub draining: u32,
+    /// Live sessions.
+    pub sessions: u32,
+    /// Slots of ready instances.
+    pub capacity: u32,
+    /// `status.bootFailures` after the plan.
+    pub boot_failures: u32,
+    /// `status.launchBackoffUntil` after the plan.
+    pub backoff_until: Option<Timestamp>,
+    /// Launches were wanted and held back by the back-off.
+    pub backed_off: bool,
+}
+
+/// What the last status says, as the plan needs it.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Previous {
+    /// Its instance list.
+    pub instances: Vec<InstanceStatus>,
+    /// Its launch sequence.
+    pub launch_sequence: u64,
+    /// Its launch intent.
+    pub intent: Option<LaunchIntent>,
+    /// Its boot failures.
+    pub boot_failures: u32,
+    /// Its back-off.
+    pub backoff_until: Option<Timestamp>,
+}
+
+/// The state each instance is in after this observation, before the policy
+/// acts on it.
+struct Assessed {
+    status: InstanceStatus,
+    view: Option<InstanceView>,
+    terminate: Option<TerminateReason>,
+    newly_registered: bool,
+}
+
+fn seconds(value: i32) -> Duration {
+    Duration::from_secs(u64::try_from(value).unwrap_or(0))
+}
+
+fn since(now: Timestamp, earlier: Timestamp) -> Duration {
+    now.duration_since(earlier)
+        .try_into()
+        .unwrap_or(Duration::ZERO)
+}
+
+fn policy_time(at: Timestamp) -> policy::Timestamp {
+    let nanos = u64::try_from(at.as_nanosecond()).unwrap_or(0);
+    policy::Timestamp::from_epoch(Duration::from_nanos(nanos))
+}
+
+fn system_time(at: std::time::SystemTime) -> Option<Timestamp> {
+    Timestamp::try_from(at).ok()
+}
+
+/// Decides what to do with the fleet. `memory` is the policy's memory;
+/// `None` when this operator has not decided for the fleet before (a
+/// restart, a new leader), which resumes it from the observation.
+pub fn plan(
+    spec: &BrowserFleetSpec,
+    previous: &Previous,
+    observed: &Observed,
+    memory: Option<&PolicyMemory>,
+    rules: &Rules,
+) -> (Plan, PolicyMemory) {
+    let now = observed.now;
+    let assessed: Vec<Assessed> = observed
+        .instances
+        .iter()
+        .map(|instance| assess(spec, previous, observed, instance, rules))
+        .collect();
+
+    let config = PolicyConfig::from_spec(spec);
+    let observation = Observation {
+        now: policy_time(now),
+        active_sessions: assessed.iter().map(|a| live_sessions(&a.status)).sum(),
+        queued_visible: u32::try_from(observed.depth.visible).unwrap_or(u32::MAX),
+        queued_in_flight: u32::try_from(observed.depth.in_flight).unwrap_or(u32::MAX),
+        pending_sessions: 0,
+        mean_session_duration: None,
+        instances: assessed.iter().filter_map(|a| a.view.clone()).collect(),
+    };
+    let memory = match memory {
+        Some(memory) => memory.clone(),
+        None => PolicyMemory::resume(&config, &observation),
+    };
+    let (decision, memory) = policy::decide(&config, &observation, &memory);
+
+    let mut terminate: Vec<(InstanceId, TerminateReason)> = assessed
+        .iter()
+        .filter_map(|a| Some((InstanceId::new(&a.status.instance_id), a.terminate?)))
+        .collect();
+    // The policy cancels booting instances it no longer needs; draining ones
+    // go by the rules above, which know whether their agent answered.
+    for id in &decision.terminate {
+        let booting = assessed.iter().any(|a| {
+            a.status.instance_id == id.as_str()
+                && matches!(
+                    a.status.state,
+                    Lifecycle::Pending | Lifecycle::Bootstrapping
+                )
+                && a.terminate.is_none()
+        });
+        if booting {
+            terminate.push((id.clone(), TerminateReason::NotNeeded));
+        }
+    }
+    let mut drain = Vec::new();
+    for id in &decision.drain {
+        let found = assessed
+            .iter()
+            .find(|a| a.status.instance_id == id.as_str() && a.terminate.is_none());
+        if let Some(address) = found.and_then(|a| a.status.address.clone()) {
+            drain.push((id.clone(), address));
+        }
+    }
+
+    let registered_now = assessed.iter().any(|a| a.newly_registered);
+    let failed_now = terminate
+        .iter()
+        .filter(|(_, r)| *r == TerminateReason::NeverRegistered)
+        .count();
+    let mut boot_failures = if registered_now {
+        0
+    } else {
+        previous.boot_failures
+    };
+    let mut backoff_until = if registered_now {
+        None
+    } else {
+        previous.backoff_until
+    };
+    if failed_now > 0 {
+        boot_failures = boot_failures.saturating_add(u32::try_from(failed_now).unwrap_or(u32::MAX));
+        backoff_until = Some(backoff_end(now, boot_failures, rules));
+    }
+
+    // Everything EC2 lists counts towards maxInstances until it is gone.
+    let existing = u32::try_from(observed.instances.len()).unwrap_or(u32::MAX);
+    let terminated = u32::try_from(terminate.len()).unwrap_or(u32::MAX);
+    let room = u32::try_from(spec.capacity.max_instances)
+        .unwrap_or(0)
+        .saturating_sub(existing.saturating_sub(terminated));
+    let backing_off = backoff_until.is_some_and(|until| now < until);
+
+    let mut clear_intent = false;
+    let mut backed_off = false;
+    let launch = match launch::progress(previous.intent.as_ref(), &observed.instances) {
+        LaunchProgress::Unfinished { sequence, missing } => {
+            let count = missing.min(room);
+            (count > 0).then_some(Launch {
+                sequence,
+                count,
+                intent_count: previous
+                    .intent
+                    .as_ref()
+                    .and_then(|i| u32::try_from(i.count).ok())
+                    .unwrap_or(count),
+                resumed: true,
+            })
+        }
+        progress => {
+            clear_intent = progress == LaunchProgress::Complete;
+            // Instances being terminated are not in the policy's view, so
+            // their replacements are part of its launch.
+            let wanted = decision.launch.min(room);
+            if wanted > 0 && backing_off {
+                backed_off = true;
+                None
+            } else {
+                (wanted > 0).then_some(Launch {
+                    sequence: previous.launch_sequence + 1,
+                    count: wanted,
+                    intent_count: wanted,
+                    resumed: false,
+                })
+            }
+        }
+    };
+
+    let mut statuses: Vec<InstanceStatus> = assessed.into_iter().map(|a| a.status).collect();
+    for status in &mut statuses {
+        if terminate
+            .iter()
+            .any(|(id, _)| id.as_str() == status.instance_id)
+        {
+            status.state = Lifecycle::Terminating;
+        } else if drain
+            .iter()
+            .any(|(id, _)| id.as_str() == status.instance_id)
+        {
+            status.state = Lifecycle::Draining;
+            status.draining_since = Some(Time(now));
+        }
+    }
+    statuses.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    let count = |state: Lifecycle| {
+        u32::try_from(statuses.iter().filter(|s| s.state == state).count()).unwrap_or(u32::MAX)
+    };
+    let ready = count(Lifecycle::Ready);
+    let draining = count(Lifecycle::Draining);
+    let sessions = statuses.iter().map(live_sessions).sum();
+    let slots = u32::try_from(spec.capacity.sessions_per_instance).unwrap_or(0);
+    let mut listed = statuses;
+    listed.truncate(MAX_LISTED_INSTANCES);
+
+    let plan = Plan {
+        decision,
+        launch,
+        clear_intent,
+        drain,
+        terminate,
+        instances: listed,
+        current: existing,
+        ready,
+        draining,
+        sessions,
+        capacity: ready.saturating_mul(slots),
+        boot_failures,
+        backoff_until,
+        backed_off,
+    };
+    (plan, memory)
+}
+
+fn live_sessions(status: &InstanceStatus) -> u32 {
+    u32::try_from(status.sessions).unwrap_or(0)
+}
+
+fn backoff_end(now: Timestamp, failures: u32, rules: &Rules) -> Timestamp {
+    let exponent = failures.saturating_sub(1).min(20);
+    let delay = rules
+        .backoff_base
+        .saturating_mul(1u32 << exponent)
+        .min(rules.backoff_cap);
+    now.checked_add(jiff::SignedDuration::try_from(delay).unwrap_or_default())
+        .unwrap_or(now)
+}
+
+/// One instance's state and what its observation says must happen to it.
+fn assess(
+    spec: &BrowserFleetSpec,
+    previous: &Previous,
+    observed: &Observed,
+    instance: &FleetInstance,
+    rules: &Rules,
+) -> Assessed {
+    let now = observed.now;
+    let before = previous
+        .instances
+        .iter()
+        .find(|s| s.instance_id == instance.id.as_str());
+    let registration = observed.registrations.get(&instance.id);
+    let answer = observed.answers.get(&instance.id);
+    let launched = instance.launch_time.and_then(system_time);
+
+    let mut status = InstanceStatus {
+        instance_id: instance.id.as_str().to_owned(),
+        state: Lifecycle::Pending,
+        subnet_id: instance.subnet_id.clone(),
+        private_ip: instance.private_ip.map(|ip| ip.to_string()),
+        launch_time: launched.map(Time),
+        sessions: before.map_or(0, |b| b.sessions),
+        address: registration
+            .map(|r| r.address.clone())
+            .or_else(|| before.and_then(|b| b.address.clone())),
+        agent_version: registration
+            .map(|r| r.agent_version.clone())
+            .or_else(|| before.and_then(|b| b.agent_version.clone())),
+        last_seen: before.and_then(|b| b.last_seen.clone()),
+        draining_since: before.and_then(|b| b.draining_since.clone()),
+        bootstrap: before.and_then(|b| b.bootstrap.clone()),
+    };
+    let was = before.map(|b| b.state);
+    let newly_registered = status.address.is_some()
+        && matches!(
+            was,
+            None | Some(Lifecycle::Pending | Lifecycle::Bootstrapping)
+        );
+
+    let mut terminate = None;
+    let mut view_phase = None;
+    let mut idle_since = None;
+    let mut ready_at = None;
+    match instance.state {
+        Ec2State::ShuttingDown | Ec2State::Terminated => {
+            status.state = Lifecycle::Terminating;
+        }
+        Ec2State::Stopping | Ec2State::Stopped => {
+            status.state = Lifecycle::Terminating;
+            if was != Some(Lifecycle::Terminating) {
+                terminate = Some(TerminateReason::StoppedOutside);
+            }
+        }
+        _ if was == Some(Lifecycle::Terminating) => {
+            // Asked to terminate before; EC2 has not caught up. Asking again
+            // is harmless and covers a lost call.
+            status.state = Lifecycle::Terminating;
+            terminate = Some(TerminateReason::Drained);
+        }
+        Ec2State::Pending | Ec2State::Other(_) => {
+            status.state = Lifecycle::Pending;
+            view_phase = Some(InstancePhase::Booting);
+            if let Some(launched) = launched
+                && since(now, launched) > seconds(spec.scaling.ready_timeout_seconds)
+            {
+                terminate = Some(TerminateReason::NeverRegistered);
+            }
+        }
+        Ec2State::Running => {
+            let draining = was == Some(Lifecycle::Draining)
+                || matches!(answer, Some(AgentAnswer::State(s)) if s.draining);
+            match (&status.address, answer) {
+                (None, _) => {
+                    status.state = Lifecycle::Bootstrapping;
+                    view_phase = Some(InstancePhase::Booting);
+                    if let Some(launched) = launched
+                        && since(now, launched) > seconds(spec.scaling.ready_timeout_seconds)
+                    {
+                        terminate = Some(TerminateReason::NeverRegistered);
+                    }
+                }
+                (Some(_), Some(AgentAnswer::State(state))) => {
+                    status.sessions = i32::try_from(state.live_sessions()).unwrap_or(i32::MAX);
+                    status.agent_version = Some(state.agent_version.clone());
+                    let stale = status
+                        .last_seen
+                        .as_ref()
+                        .is_none_or(|seen| since(now, seen.0) >= LAST_SEEN_RESOLUTION);
+                    if stale {
+                        status.last_seen = Some(Time(now));
+                    }
+                    idle_since = state.idle_since.map(policy_time);
+                    ready_at = Some(policy_time(state.ready_since));
+                    status.state = if draining {
+                        Lifecycle::Draining
+                    } else {
+                        Lifecycle::Ready
+                    };
+                }
+                (Some(_), _) => {
+                    // Unknown: keep what was known, never idle.
+                    status.state = if draining {
+                        Lifecycle::Draining
+                    } else {
+                        Lifecycle::Ready
+                    };
+                    let heard = status
+                        .last_seen
+                        .as_ref()
+                        .map(|t| t.0)
+                        .or(registration.map(|r| r.heard));
+                    if heard.is_none_or(|at| since(now, at) > rules.unresponsive_after) {
+                        terminate = Some(TerminateReason::Unresponsive);
+                    }
+                }
+            }
+            if status.state == Lifecycle::Draining {
+                let from = status.draining_since.get_or_insert(Time(now)).0;
+                let empty = matches!(answer, Some(AgentAnswer::State(s)) if s.live_sessions() == 0);
+                if terminate.is_none() {
+                    if empty {
+                        terminate = Some(TerminateReason::Drained);
+                    } else if since(now, from) >= seconds(spec.scaling.drain_timeout_seconds) {
+                        terminate = Some(TerminateReason::DrainTimeout);
+                    }
+                }
+                view_phase = Some(InstancePhase::Draining);
+            } else if status.state == Lifecycle::Ready {
+                status.draining_since = None;
+                view_phase = Some(InstancePhase::Ready);
+            }
+        }
+    }
+
+    let view = match (view_phase, terminate) {
+        (Some(phase), None) => Some(InstanceView {
+            id: instance.id.clone(),
+            phase,
+            sessions: live_sessions(&status),
+            idle_since,
+            launched_at: launched.map(policy_time).unwrap_or_default(),
+            ready_at,
+        }),
+        _ => None,
+    };
+    Assessed {
+        status,
+        view,
+        terminate,
+        newly_registered,
+    }
+}
+
+#[cfg(test)]
+mod tests;

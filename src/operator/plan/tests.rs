@@ -1,0 +1,428 @@
+use std::collections::BTreeMap;
+use std::time::{Duration, SystemTime};
+
+use super::*;
+use crate::cloud::fleet_tags::LAUNCH_SEQUENCE_TAG;
+use crate::protocol::SessionId;
+use crate::protocol::state::{HostedPhase, STATE_VERSION, SessionState};
+
+const T0: i64 = 1_800_000_000;
+
+fn at(offset: i64) -> Timestamp {
+    Timestamp::from_second(T0 + offset).unwrap()
+}
+
+fn spec(min: i32, max: i32) -> BrowserFleetSpec {
+    let mut spec: BrowserFleetSpec = serde_json::from_value(serde_json::json!({
+        "instance": {
+            "platform": "Linux",
+            "image": {"imageId": "ami-0123456789abcdef0"},
+            "instanceTypes": ["m6i.large"],
+            "subnetIds": ["subnet-01234567"],
+            "securityGroupIds": ["sg-01234567"],
+            "instanceProfile": "node",
+        },
+        "capacity": {"minInstances": 0, "maxInstances": 10},
+    }))
+    .unwrap();
+    spec.capacity.min_instances = min;
+    spec.capacity.max_instances = max;
+    spec.capacity.warm_instances = 0;
+    spec.capacity.sessions_per_instance = 2;
+    spec.scaling.ready_timeout_seconds = 300;
+    spec.scaling.drain_timeout_seconds = 600;
+    spec
+}
+
+fn instance(id: &str, launched: i64, state: Ec2State) -> FleetInstance {
+    FleetInstance {
+        id: InstanceId::new(id),
+        state,
+        instance_type: Some("m6i.large".into()),
+        image_id: None,
+        subnet_id: Some("subnet-01234567".into()),
+        availability_zone: None,
+        private_ip: Some("10.0.0.1".parse().unwrap()),
+        launch_time: Some(SystemTime::from(at(launched))),
+        tags: BTreeMap::from([(LAUNCH_SEQUENCE_TAG.to_owned(), "1".to_owned())]),
+    }
+}
+
+fn agent(id: &str, sessions: usize, draining: bool) -> AgentAnswer {
+    AgentAnswer::State(AgentState {
+        version: STATE_VERSION,
+        instance_id: id.into(),
+        fleet: "qa/web".into(),
+        agent_version: "0.1.0".into(),
+        draining,
+        slots: 2,
+        free_slots: 2 - sessions as u32,
+        ready_since: at(10),
+        idle_since: (sessions == 0).then(|| at(10)),
+        sessions: (0..sessions)
+            .map(|n| SessionState {
+                id: SessionId::new(format!("s-{id}-{n}")).unwrap(),
+                phase: HostedPhase::Active,
+                port: 9300 + n as u16,
+                pid: 100 + n as u32,
+                started: at(20),
+                expires: at(4000),
+                used: true,
+            })
+            .collect(),
+    })
+}
+
+fn registration(address: &str, heard: i64) -> Registration {
+    Registration {
+        address: address.into(),
+        agent_version: "0.1.0".into(),
+        heard: at(heard),
+    }
+}
+
+struct World {
+    spec: BrowserFleetSpec,
+    previous: Previous,
+    observed: Observed,
+}
+
+impl World {
+    fn new(spec: BrowserFleetSpec, now: i64) -> Self {
+        World {
+            spec,
+            previous: Previous::default(),
+            observed: Observed {
+                now: at(now),
+                instances: Vec::new(),
+                depth: QueueDepth::default(),
+                registrations: BTreeMap::new(),
+                answers: BTreeMap::new(),
+            },
+        }
+    }
+
+    fn ready(mut self, id: &str, sessions: usize) -> Self {
+        self.observed
+            .instances
+            .push(instance(id, 0, Ec2State::Running));
+        self.observed
+            .registrations
+            .insert(InstanceId::new(id), registration("127.0.0.1:1", 5));
+        self.observed
+            .answers
+            .insert(InstanceId::new(id), agent(id, sessions, false));
+        self
+    }
+
+    fn plan(&self) -> Plan {
+        plan(
+            &self.spec,
+            &self.previous,
+            &self.observed,
+            None,
+            &Rules::default(),
+        )
+        .0
+    }
+
+    /// The plan, then the status it leaves as the next plan's previous.
+    fn advance(&mut self) -> Plan {
+        let plan = self.plan();
+        self.previous.instances = plan.instances.clone();
+        self.previous.boot_failures = plan.boot_failures;
+        self.previous.backoff_until = plan.backoff_until;
+        plan
+    }
+}
+
+#[test]
+fn an_empty_fleet_launches_its_minimum_as_one_new_sequence() {
+    let world = World::new(spec(2, 10), 0);
+    let plan = world.plan();
+    assert_eq!(
+        plan.launch,
+        Some(Launch {
+            sequence: 1,
+            count: 2,
+            intent_count: 2,
+            resumed: false
+        })
+    );
+    assert!(plan.terminate.is_empty() && plan.drain.is_empty());
+}
+
+#[test]
+fn an_unfinished_intent_launches_only_what_is_missing_with_its_sequence() {
+    let mut world = World::new(spec(3, 10), 0);
+    world.previous.launch_sequence = 1;
+    world.previous.intent = Some(LaunchIntent {
+        sequence: 1,
+        count: 3,
+        decided_at: Time(at(0)),
+    });
+    world
+        .observed
+        .instances
+        .push(instance("i-1", 0, Ec2State::Pending));
+    let plan = world.plan();
+    assert_eq!(
+        plan.launch,
+        Some(Launch {
+            sequence: 1,
+            count: 2,
+            intent_count: 3,
+            resumed: true
+        })
+    );
+}
+
+#[test]
+fn a_complete_intent_is_cleared() {
+    let mut world = World::new(spec(1, 10), 0);
+    world.previous.launch_sequence = 1;
+    world.previous.intent = Some(LaunchIntent {
+        sequence: 1,
+        count: 1,
+        decided_at: Time(at(0)),
+    });
+    world
+        .observed
+        .instances
+        .push(instance("i-1", 0, Ec2State::Pending));
+    let plan = world.plan();
+    assert!(plan.clear_intent);
+    assert_eq!(plan.launch, None);
+}
+
+#[test]
+fn a_registered_answering_agent_is_ready_and_counted() {
+    let world = World::new(spec(1, 10), 60).ready("i-1", 1);
+    let plan = world.plan();
+    assert_eq!(plan.ready, 1);
+    assert_eq!(plan.sessions, 1);
+    assert_eq!(plan.capacity, 2);
+    let status = &plan.instances[0];
+    assert_eq!(status.state, Lifecycle::Ready);
+    assert_eq!(status.address.as_deref(), Some("127.0.0.1:1"));
+    assert_eq!(status.last_seen, Some(Time(at(60))));
+}
+
+#[test]
+fn last_seen_moves_only_after_its_resolution() {
+    let mut world = World::new(spec(1, 10), 60).ready("i-1", 0);
+    world.advance();
+    world.observed.now = at(70);
+    assert_eq!(world.advance().instances[0].last_seen, Some(Time(at(60))));
+    world.observed.now = at(76);
+    assert_eq!(world.advance().instances[0].last_seen, Some(Time(at(76))));
+}
+
+#[test]
+fn a_silent_agent_is_unknown_not_idle_and_replaced_when_silent_too_long() {
+    let mut world = World::new(spec(1, 10), 60).ready("i-1", 1);
+    world.advance();
+    world
+        .observed
+        .answers
+        .insert(InstanceId::new("i-1"), AgentAnswer::Silent);
+    world.observed.now = at(100);
+    let plan = world.advance();
+    assert_eq!(plan.instances[0].state, Lifecycle::Ready);
+    assert_eq!(plan.sessions, 1, "last known sessions are kept");
+    assert!(plan.terminate.is_empty());
+    world.observed.now = at(60 + 91);
+    let plan = world.advance();
+    assert_eq!(
+        plan.terminate,
+        vec![(InstanceId::new("i-1"), TerminateReason::Unresponsive)]
+    );
+    assert!(plan.launch.is_some(), "the replacement is launched");
+}
+
+#[test]
+fn an_instance_that_never_registers_is_replaced_and_launches_back_off() {
+    let mut world = World::new(spec(1, 10), 301);
+    world
+        .observed
+        .instances
+        .push(instance("i-1", 0, Ec2State::Running));
+    let plan = world.advance();
+    assert_eq!(
+        plan.terminate,
+        vec![(InstanceId::new("i-1"), TerminateReason::NeverRegistered)]
+    );
+    assert_eq!(plan.boot_failures, 1);
+    assert_eq!(plan.backoff_until, Some(at(301 + 30)));
+    assert!(plan.backed_off, "the replacement waits for the back-off");
+    assert_eq!(plan.launch, None);
+
+    // After the back-off: launched again; a second failure doubles it.
+    world.observed.instances.clear();
+    world.observed.now = at(332);
+    assert!(world.advance().launch.is_some());
+    world.observed.instances = vec![instance("i-2", 332, Ec2State::Running)];
+    world.observed.now = at(332 + 301);
+    let plan = world.advance();
+    assert_eq!(plan.boot_failures, 2);
+    assert_eq!(plan.backoff_until, Some(at(332 + 301 + 60)));
+}
+
+#[test]
+fn a_registration_resets_the_back_off() {
+    let mut world = World::new(spec(1, 10), 60).ready("i-1", 0);
+    world.previous.boot_failures = 3;
+    world.previous.backoff_until = Some(at(1000));
+    world.previous.instances = vec![InstanceStatus {
+        instance_id: "i-1".into(),
+        state: Lifecycle::Bootstrapping,
+        subnet_id: None,
+        private_ip: None,
+        launch_time: None,
+        sessions: 0,
+        address: None,
+        agent_version: None,
+        last_seen: None,
+        draining_since: None,
+        bootstrap: None,
+    }];
+    let plan = world.plan();
+    assert_eq!(plan.boot_failures, 0);
+    assert_eq!(plan.backoff_until, None);
+}
+
+#[test]
+fn launches_never_exceed_max_instances() {
+    let mut world = World::new(spec(1, 3), 60).ready("i-1", 2).ready("i-2", 2);
+    world.observed.depth.visible = 40;
+    let plan = world.plan();
+    assert_eq!(plan.launch.map(|l| l.count), Some(1));
+}
+
+#[test]
+fn a_draining_instance_with_a_session_stays_until_it_ends_or_the_timeout() {
+    let mut world = World::new(spec(0, 10), 60).ready("i-1", 1);
+    world.previous.instances = vec![InstanceStatus {
+        instance_id: "i-1".into(),
+        state: Lifecycle::Draining,
+        subnet_id: None,
+        private_ip: None,
+        launch_time: None,
+        sessions: 1,
+        address: Some("127.0.0.1:1".into()),
+        agent_version: None,
+        last_seen: None,
+        draining_since: Some(Time(at(50))),
+        bootstrap: None,
+    }];
+    world
+        .observed
+        .answers
+        .insert(InstanceId::new("i-1"), agent("i-1", 1, true));
+    let plan = world.advance();
+    assert!(plan.terminate.is_empty(), "{:?}", plan.terminate);
+    assert_eq!(plan.draining, 1);
+
+    world.observed.now = at(50 + 600);
+    let plan = world.advance();
+    assert_eq!(
+        plan.terminate,
+        vec![(InstanceId::new("i-1"), TerminateReason::DrainTimeout)]
+    );
+}
+
+#[test]
+fn a_draining_instance_whose_agent_is_silent_is_not_terminated_as_empty() {
+    let mut world = World::new(spec(0, 10), 60).ready("i-1", 0);
+    world.previous.instances = vec![InstanceStatus {
+        instance_id: "i-1".into(),
+        state: Lifecycle::Draining,
+        subnet_id: None,
+        private_ip: None,
+        launch_time: None,
+        sessions: 1,
+        address: Some("127.0.0.1:1".into()),
+        agent_version: None,
+        last_seen: Some(Time(at(55))),
+        draining_since: Some(Time(at(50))),
+        bootstrap: None,
+    }];
+    world
+        .observed
+        .answers
+        .insert(InstanceId::new("i-1"), AgentAnswer::Silent);
+    assert!(world.plan().terminate.is_empty());
+    world
+        .observed
+        .answers
+        .insert(InstanceId::new("i-1"), agent("i-1", 0, true));
+    assert_eq!(
+        world.plan().terminate,
+        vec![(InstanceId::new("i-1"), TerminateReason::Drained)]
+    );
+}
+
+#[test]
+fn an_instance_stopped_outside_is_replaced() {
+    let mut world = World::new(spec(1, 10), 60);
+    world
+        .observed
+        .instances
+        .push(instance("i-1", 0, Ec2State::Stopped));
+    let plan = world.plan();
+    assert_eq!(
+        plan.terminate,
+        vec![(InstanceId::new("i-1"), TerminateReason::StoppedOutside)]
+    );
+    assert!(plan.launch.is_some());
+}
+
+#[test]
+fn a_paused_fleet_launches_and_retires_nothing() {
+    let mut spec = spec(3, 10);
+    spec.paused = true;
+    let world = World::new(spec, 60).ready("i-1", 0);
+    let plan = world.plan();
+    assert_eq!(plan.launch, None);
+    assert!(plan.drain.is_empty() && plan.terminate.is_empty());
+}
+
+#[test]
+fn no_scale_in_right_after_taking_over() {
+    let world = World::new(spec(0, 10), 600).ready("i-1", 0).ready("i-2", 0);
+    let plan = world.plan();
+    assert!(plan.drain.is_empty(), "{:?}", plan.decision);
+}
+
+#[test]
+fn idle_instances_beyond_the_minimum_are_drained_after_the_window() {
+    let mut world = World::new(spec(1, 10), 600).ready("i-1", 0).ready("i-2", 0);
+    let config = PolicyConfig::from_spec(&world.spec);
+    let observation_memory = {
+        let (_, memory) = plan(
+            &world.spec,
+            &world.previous,
+            &world.observed,
+            None,
+            &Rules::default(),
+        );
+        memory
+    };
+    world.observed.now = at(600) + config.scale_down_stabilization + Duration::from_secs(1);
+    let (plan, _) = plan(
+        &world.spec,
+        &world.previous,
+        &world.observed,
+        Some(&observation_memory),
+        &Rules::default(),
+    );
+    assert_eq!(plan.drain.len(), 1, "{:?}", plan.decision);
+    let drained = &plan.drain[0].0;
+    let status = plan
+        .instances
+        .iter()
+        .find(|s| s.instance_id == drained.as_str())
+        .unwrap();
+    assert_eq!(status.state, Lifecycle::Draining);
+    assert!(status.draining_since.is_some());
+}
