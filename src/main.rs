@@ -96,6 +96,14 @@ enum Command {
         #[arg(long)]
         json_logs: bool,
     },
+    /// Run the operator: reconcile BrowserFleets into queues, agent
+    /// configuration and EC2 instances, sized from their request queues.
+    ///
+    /// Uses the kubeconfig (or in-cluster config) and the AWS SDK's usual
+    /// configuration (AWS_REGION, AWS_ENDPOINT_URL, credentials). Serves
+    /// /healthz, /readyz and /metrics on --listen. Stops gracefully on SIGTERM
+    /// or Ctrl-C: reconciles in flight finish.
+    Operator(OperatorArgs),
     /// Development tools that stand in for a cluster.
     Dev {
         #[command(subcommand)]
@@ -131,6 +139,79 @@ enum DevCommand {
     },
 }
 
+/// `browserfleet operator`.
+#[derive(clap::Args, Debug)]
+struct OperatorArgs {
+    /// Reconcile only the fleets of this namespace (all namespaces when
+    /// omitted).
+    #[arg(long)]
+    namespace: Option<String>,
+    /// Address of /healthz, /readyz and /metrics.
+    #[arg(long, default_value = "0.0.0.0:8080")]
+    listen: std::net::SocketAddr,
+    /// Take part in leader election: only the holder of the Lease acts.
+    #[arg(long)]
+    leader_election: bool,
+    /// Namespace of the Lease.
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    lease_namespace: String,
+    /// Name of the Lease.
+    #[arg(long, default_value = "browserfleet-operator")]
+    lease_name: String,
+    /// This replica's identity in the Lease (the pod name in a cluster).
+    #[arg(long, env = "POD_NAME")]
+    identity: Option<String>,
+    /// How long the Lease holds without renewal: the takeover time when the
+    /// leader dies.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    lease_duration: std::time::Duration,
+    /// Every fleet is reconciled at least this often.
+    #[arg(long, default_value = "15s", value_parser = parse_duration)]
+    resync: std::time::Duration,
+    /// How often each fleet's request queue depth is polled between
+    /// reconciles (a burst is acted on within about this time).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    queue_poll: std::time::Duration,
+    /// Long-poll wait on each fleet's events queue (at most 20s).
+    #[arg(long, default_value = "20s", value_parser = parse_duration)]
+    events_wait: std::time::Duration,
+    /// A registered agent silent this long is replaced.
+    #[arg(long, default_value = "90s", value_parser = parse_duration)]
+    unresponsive_after: std::time::Duration,
+    /// First launch back-off after an instance did not register.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
+    backoff_base: std::time::Duration,
+    /// Longest launch back-off.
+    #[arg(long, default_value = "10m", value_parser = parse_duration)]
+    backoff_cap: std::time::Duration,
+    /// Fleets reconciled at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: u16,
+    /// Log as JSON lines (production) instead of human-readable text.
+    #[arg(long)]
+    json_logs: bool,
+}
+
+/// `500ms`, `20s`, `5m`, `1h`, or plain seconds.
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
+        Some(at) => text.split_at(at),
+        None => (text, "s"),
+    };
+    let value: u64 = number
+        .parse()
+        .map_err(|_| format!("{text:?} is not a duration such as 500ms, 20s, 5m or 1h"))?;
+    let millis = match unit {
+        "ms" => Some(value),
+        "s" => value.checked_mul(1000),
+        "m" => value.checked_mul(60_000),
+        "h" => value.checked_mul(3_600_000),
+        _ => None,
+    }
+    .ok_or_else(|| format!("{text:?} is not a duration such as 500ms, 20s, 5m or 1h"))?;
+    Ok(std::time::Duration::from_millis(millis))
+}
+
 /// How `simulate` prints its results.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum OutputFormat {
@@ -157,6 +238,7 @@ fn main() -> anyhow::Result<ExitCode> {
         Command::Dev {
             command: DevCommand::Apiserver { listen, kubeconfig },
         } => dev_apiserver(&listen, &kubeconfig),
+        Command::Operator(args) => run_operator(args),
         Command::Agent {
             config,
             config_ssm_parameter,
@@ -227,6 +309,61 @@ fn run_agent(
             }
         });
         running.wait().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+fn run_operator(args: OperatorArgs) -> anyhow::Result<ExitCode> {
+    use browserfleet::cloud::{Aws, AwsSettings};
+    use browserfleet::operator::context::Settings;
+    use browserfleet::operator::plan::Rules;
+    use browserfleet::operator::run::{LeaderElection, OperatorOptions, run};
+    browserfleet::telemetry::init_logs(args.json_logs);
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .context("connecting to Kubernetes (kubeconfig or in-cluster configuration)")?;
+        let aws = Aws::load(AwsSettings::default()).await?;
+        let identity = args.identity.clone().unwrap_or_else(|| {
+            format!(
+                "{}-{}",
+                std::env::var("HOSTNAME").unwrap_or_else(|_| "operator".into()),
+                std::process::id()
+            )
+        });
+        let options = OperatorOptions {
+            namespace: args.namespace,
+            settings: Settings {
+                resync: args.resync,
+                depth_poll: args.queue_poll,
+                events_wait: args.events_wait.min(std::time::Duration::from_secs(20)),
+                concurrency: args.concurrency.max(1),
+                rules: Rules {
+                    unresponsive_after: args.unresponsive_after,
+                    backoff_base: args.backoff_base,
+                    backoff_cap: args.backoff_cap,
+                },
+                ..Settings::default()
+            },
+            listen: Some(args.listen),
+            leader_election: args.leader_election.then(|| LeaderElection {
+                namespace: args.lease_namespace,
+                lease: args.lease_name,
+                identity,
+                duration: args.lease_duration,
+            }),
+        };
+        let (started, running) =
+            tokio::sync::oneshot::channel::<browserfleet::operator::run::Running>();
+        tokio::spawn(async move {
+            if let Ok(running) = running.await
+                && let Some(address) = running.address
+            {
+                println!("listening on {address}");
+            }
+        });
+        run(client, aws, options, shutdown_signal(), Some(started)).await?;
         Ok(ExitCode::SUCCESS)
     })
 }

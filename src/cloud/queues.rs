@@ -296,13 +296,18 @@ impl QueueError {
 
     /// The AWS error code, when the failure came from AWS.
     pub fn aws_code(&self) -> Option<&str> {
+        self.fault().and_then(|f| f.code.as_deref())
+    }
+
+    /// The underlying AWS fault, when there is one.
+    pub fn fault(&self) -> Option<&AwsFault> {
         match self {
             QueueError::Throttled(f)
             | QueueError::NotFound(f)
             | QueueError::InvalidRequest(f)
             | QueueError::AccessDenied(f)
             | QueueError::Timeout(f)
-            | QueueError::Unavailable(f) => f.code.as_deref(),
+            | QueueError::Unavailable(f) => Some(f),
             QueueError::MalformedResponse { .. } => None,
         }
     }

@@ -315,13 +315,18 @@ impl SsmError {
 
     /// The AWS error code, when the failure came from AWS.
     pub fn aws_code(&self) -> Option<&str> {
+        self.fault().and_then(|f| f.code.as_deref())
+    }
+
+    /// The underlying AWS fault, when there is one.
+    pub fn fault(&self) -> Option<&AwsFault> {
         match self {
             SsmError::Throttled(f)
             | SsmError::NotFound(f)
             | SsmError::InvalidRequest(f)
             | SsmError::AccessDenied(f)
             | SsmError::Timeout(f)
-            | SsmError::Unavailable(f) => f.code.as_deref(),
+            | SsmError::Unavailable(f) => Some(f),
             SsmError::MalformedResponse { .. } | SsmError::NotSecure { .. } => None,
         }
     }

@@ -11,7 +11,8 @@
 //!   the live object (objects field by field, lists replaced whole) and the
 //!   manager is recorded in `managedFields` with operation `Apply` but without
 //!   `fieldsV1`. Because field ownership is not tracked, a field that a
-//!   manager stops applying is kept rather than removed, and no conflicts are
+//!   manager stops applying is kept rather than removed (a field applied as
+//!   `null` is removed, as kube-apiserver does), and no conflicts are
 //!   reported (so `force` changes nothing).
 
 use serde_json::{Map, Value, json};
@@ -194,6 +195,10 @@ fn apply_node(live: &mut Value, applied: &Value) {
         (Value::Object(live_map), Value::Object(applied_map)) => {
             for (key, value) in applied_map {
                 match live_map.get_mut(key) {
+                    // kube-apiserver removes a field an apply sets to null.
+                    _ if value.is_null() => {
+                        live_map.remove(key);
+                    }
                     Some(existing) if existing.is_object() && value.is_object() => {
                         apply_node(existing, value)
                     }
@@ -255,5 +260,13 @@ mod tests {
         apply(&mut live, &applied, "kubectl", "2026-01-01T00:00:00Z");
         assert_eq!(live["spec"], json!({"x": 1, "y": [3], "z": true}));
         assert_eq!(live["metadata"]["managedFields"][0]["manager"], "kubectl");
+    }
+
+    #[test]
+    fn apply_removes_a_field_set_to_null() {
+        let mut live = json!({"apiVersion": "v1", "status": {"a": 1, "b": {"c": 2}}});
+        let applied = json!({"apiVersion": "v1", "status": {"b": null}});
+        apply(&mut live, &applied, "op", "2026-01-01T00:00:00Z");
+        assert_eq!(live["status"], json!({"a": 1}));
     }
 }

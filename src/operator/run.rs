@@ -1,0 +1,301 @@
+//! `browserfleet operator`: the fleet controller, its health and metrics
+//! listener, and leader election.
+//!
+//! The controller reconciles a fleet when its spec or lifecycle changes
+//! (generation, finalizers, deletion), on the resync timer, and when its
+//! watches see a registration or a change of queue depth. Status writes do
+//! not trigger a reconcile: decisions run on the policy's cadence.
+//!
+//! With leader election, every replica serves health and metrics, and only
+//! the holder of the Lease reconciles. A replica that loses the Lease stops
+//! reconciling and exits (its Deployment restarts it as a standby), so two
+//! replicas never act on one fleet at once.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{FutureExt, StreamExt};
+use kube::runtime::controller::{self, Controller};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::watcher;
+use kube::runtime::WatchStreamExt;
+use kube::runtime::utils::PredicateConfig;
+use kube::{Api, Resource, ResourceExt};
+
+use crate::api::BrowserFleet;
+use crate::cloud::Aws;
+use crate::operator::context::{Context, Settings};
+use crate::operator::fleet::{error_policy, reconcile};
+use crate::operator::metrics::Metrics;
+use crate::operator::watches::{FleetWatches, Registrations, WatchTiming};
+
+/// Leader election on a `coordination.k8s.io/v1` Lease.
+#[derive(Clone, Debug)]
+pub struct LeaderElection {
+    /// Namespace of the Lease.
+    pub namespace: String,
+    /// Its name.
+    pub lease: String,
+    /// This replica's identity (the pod name in a cluster).
+    pub identity: String,
+    /// How long a lease holds without renewal: the takeover time when the
+    /// leader dies.
+    pub duration: Duration,
+}
+
+/// How the operator runs.
+#[derive(Clone, Debug)]
+pub struct OperatorOptions {
+    /// Only fleets in this namespace; all namespaces when `None`.
+    pub namespace: Option<String>,
+    /// Knobs.
+    pub settings: Settings,
+    /// Where `/healthz`, `/readyz` and `/metrics` are served.
+    pub listen: Option<SocketAddr>,
+    /// Leader election; `None` runs as the only replica.
+    pub leader_election: Option<LeaderElection>,
+}
+
+/// Why the operator stopped.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The health listener could not bind.
+    #[error("cannot listen on {address}: {source}")]
+    Listen {
+        /// The address.
+        address: SocketAddr,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Leader election failed.
+    #[error("leader election: {0}")]
+    Lease(#[from] kube_lease_manager::LeaseManagerError),
+    /// Another replica took the Lease: this one stopped reconciling.
+    #[error("lost the leader Lease; exiting so that this replica restarts as a standby")]
+    LostLeadership,
+    /// Leader-election settings the lease manager cannot hold.
+    #[error("leader election: {0}")]
+    LeaseSettings(String),
+}
+
+/// What a running operator exposes to its caller (tests, `main`).
+pub struct Running {
+    /// Its metrics.
+    pub metrics: Arc<Metrics>,
+    /// Where health and metrics are served.
+    pub address: Option<SocketAddr>,
+}
+
+/// A fleet's reconcile is triggered by changes of what the user or the
+/// lifecycle controls, not by the operator's own status writes.
+fn spec_or_lifecycle(fleet: &BrowserFleet) -> Option<u64> {
+    let mut hasher = DefaultHasher::new();
+    fleet.meta().generation.hash(&mut hasher);
+    fleet.meta().deletion_timestamp.is_some().hash(&mut hasher);
+    fleet.finalizers().hash(&mut hasher);
+    Some(hasher.finish())
+}
+
+/// Runs the operator until `shutdown` resolves (graceful: reconciles in
+/// flight finish) or, with leader election, the Lease is lost.
+/// `started` receives what the caller may observe once it serves.
+pub async fn run(
+    client: kube::Client,
+    aws: Aws,
+    options: OperatorOptions,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+    started: Option<tokio::sync::oneshot::Sender<Running>>,
+) -> Result<(), RunError> {
+    let metrics = Arc::new(Metrics::new(aws.recorder().clone()));
+    let api: Api<BrowserFleet> = match &options.namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    let (reader, writer) = reflector::store();
+    let (leader_tx, leader_rx) = tokio::sync::watch::channel(options.leader_election.is_none());
+    let address = match options.listen {
+        Some(address) => Some(serve_health(address, metrics.clone(), reader.clone(), leader_rx.clone()).await?),
+        None => None,
+    };
+    if let Some(started) = started {
+        let _ = started.send(Running {
+            metrics: metrics.clone(),
+            address,
+        });
+    }
+    let shutdown = shutdown.shared();
+
+    if let Some(election) = &options.leader_election {
+        let duration = election.duration.as_secs().max(2);
+        let grace = (duration / 3).max(1);
+        if grace >= duration {
+            return Err(RunError::LeaseSettings(format!("a lease of {duration}s is too short")));
+        }
+        let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &election.lease)
+            .with_namespace(&election.namespace)
+            .with_identity(&election.identity)
+            .with_duration(duration)
+            .with_grace(grace)
+            .build()
+            .await?;
+        let (mut state, lease_task) = manager.watch().await;
+        tracing::info!(identity = %election.identity, lease = %election.lease, "waiting for the leader Lease");
+        loop {
+            if *state.borrow_and_update() {
+                break;
+            }
+            tokio::select! {
+                changed = state.changed() => if changed.is_err() { return Err(RunError::LostLeadership) },
+                () = shutdown.clone() => return Ok(()),
+            }
+        }
+        tracing::info!(identity = %election.identity, "leading");
+        let _ = leader_tx.send(true);
+        // Stop reconciling when the Lease goes to another replica.
+        let lost = {
+            let mut state = state.clone();
+            async move {
+                let _ = state.wait_for(|leading| !*leading).await;
+            }
+        };
+        let outcome = run_controller(client, aws, &options, api, reader, writer, metrics, shutdown.clone(), Some(lost)).await;
+        // Closing the channel ends the lease task, which releases the Lease.
+        drop(state);
+        let _ = lease_task.await;
+        return outcome;
+    }
+    run_controller(client, aws, &options, api, reader, writer, metrics, shutdown, None::<futures::future::Pending<()>>).await
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn run_controller(
+    client: kube::Client,
+    aws: Aws,
+    options: &OperatorOptions,
+    api: Api<BrowserFleet>,
+    reader: Store<BrowserFleet>,
+    writer: reflector::store::Writer<BrowserFleet>,
+    metrics: Arc<Metrics>,
+    shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
+    lost: Option<impl Future<Output = ()> + Send + 'static>,
+) -> Result<(), RunError> {
+    let settings = options.settings;
+    let (trigger, triggers) = futures::channel::mpsc::unbounded();
+    let registrations = Arc::new(Registrations::default());
+    let watches = FleetWatches::new(
+        crate::cloud::Sqs::new(&aws),
+        registrations.clone(),
+        trigger,
+        WatchTiming {
+            depth_poll: settings.depth_poll,
+            events_wait: settings.events_wait,
+        },
+    );
+    let ctx = Arc::new(Context::new(client, &aws, settings, watches, registrations, metrics));
+    let fleets = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(spec_or_lifecycle, PredicateConfig::default());
+    let lost_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The controller wants a `Sync` future: a task waits for either reason
+    // to stop and fires a oneshot.
+    let (stop_tx, stop_rx) = futures::channel::oneshot::channel::<()>();
+    let waiter = {
+        let lost_flag = lost_flag.clone();
+        tokio::spawn(async move {
+            match lost {
+                Some(lost) => {
+                    tokio::select! {
+                        () = shutdown => {},
+                        () = lost => lost_flag.store(true, std::sync::atomic::Ordering::SeqCst),
+                    }
+                }
+                None => shutdown.await,
+            }
+            let _ = stop_tx.send(());
+        })
+    };
+    let stop = stop_rx.map(|_| ());
+    Controller::for_stream(fleets, reader)
+        .with_config(
+            controller::Config::default()
+                .concurrency(settings.concurrency)
+                .debounce(Duration::from_millis(50)),
+        )
+        .reconcile_on(triggers)
+        .graceful_shutdown_on(stop)
+        .run(reconcile, error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "reconcile not run");
+            }
+        })
+        .await;
+    waiter.abort();
+    ctx.watches.stop_all();
+    if lost_flag.load(std::sync::atomic::Ordering::SeqCst) {
+        return Err(RunError::LostLeadership);
+    }
+    tracing::info!("operator stopped");
+    Ok(())
+}
+
+/// Serves `/healthz` (the process runs), `/readyz` (the fleet watch has
+/// synced; a standby replica is ready too, so a rollout does not wait for
+/// the Lease) and `/metrics`.
+async fn serve_health(
+    address: SocketAddr,
+    metrics: Arc<Metrics>,
+    fleets: Store<BrowserFleet>,
+    leading: tokio::sync::watch::Receiver<bool>,
+) -> Result<SocketAddr, RunError> {
+    use axum::http::StatusCode;
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind(address)
+        .await
+        .map_err(|source| RunError::Listen { address, source })?;
+    let bound = listener
+        .local_addr()
+        .map_err(|source| RunError::Listen { address, source })?;
+    let router = axum::Router::new()
+        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/readyz",
+            get(move || {
+                let fleets = fleets.clone();
+                let leading = *leading.borrow();
+                async move {
+                    let synced = fleets.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok());
+                    if synced || !leading {
+                        (StatusCode::OK, "ready")
+                    } else {
+                        (StatusCode::SERVICE_UNAVAILABLE, "fleet watch not synced")
+                    }
+                }
+            }),
+        )
+        .route(
+            "/metrics",
+            get(move || {
+                let metrics = metrics.clone();
+                async move {
+                    (
+                        [(
+                            axum::http::header::CONTENT_TYPE,
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        )],
+                        metrics.render(),
+                    )
+                }
+            }),
+        );
+    tokio::spawn(async move {
+        if let Err(error) = axum::serve(listener, router).await {
+            tracing::error!(%error, "health listener stopped");
+        }
+    });
+    Ok(bound)
+}
