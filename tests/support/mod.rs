@@ -4,6 +4,7 @@
 #![allow(dead_code)] // each test binary uses its own part of this module
 
 pub mod agent_world;
+pub mod cluster;
 pub mod fault_proxy;
 pub mod http;
 pub mod launch_world;

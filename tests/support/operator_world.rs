@@ -1,0 +1,290 @@
+//! The world an operator end-to-end test runs in: a Kubernetes API (the
+//! development API server, or the cluster `BROWSERFLEET_TEST_KUBECONFIG`
+//! names) with our CRDs in a namespace of its own, moto, the operator
+//! running in this process, and the node simulator starting a real agent
+//! (and real Chromium) for each instance the operator launches.
+
+use std::collections::BTreeSet;
+use std::time::Duration;
+
+use browserfleet::api::BrowserFleet;
+use browserfleet::cloud::{
+    Aws, Compute, Ec2Compute, FleetId, FleetInstance, OutgoingMessage, QueueUrl, Queues, Sqs,
+};
+use browserfleet::local::nodes::{NodeOptions, NodeSimulator, PortPool};
+use browserfleet::operator::context::Settings;
+use browserfleet::operator::metrics::Metrics;
+use browserfleet::operator::plan::Rules;
+use browserfleet::operator::run::{LeaderElection, OperatorOptions, RunError, Running, run};
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
+use kube::ResourceExt;
+use serde_json::{Value, json};
+
+use super::agent_world::{CHROMIUM, TEST_BROWSER_ARGS, eventually, port_range};
+use super::cluster::TestCluster;
+use super::launch_world;
+use super::moto::INSTANCE_PROFILE;
+
+/// How long an end-to-end wait may take: agents boot, Chromium starts.
+pub const WAIT: Duration = Duration::from_secs(90);
+
+/// Operator settings for tests: quick resync, quick back-off.
+pub fn test_settings() -> Settings {
+    Settings {
+        resync: Duration::from_secs(2),
+        depth_poll: Duration::from_millis(500),
+        events_wait: Duration::from_secs(1),
+        agent_timeout: Duration::from_secs(2),
+        rules: Rules {
+            unresponsive_after: Duration::from_secs(20),
+            backoff_base: Duration::from_secs(2),
+            backoff_cap: Duration::from_secs(8),
+        },
+        ..Settings::default()
+    }
+}
+
+/// One operator, running in this process.
+pub struct OperatorHandle {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: tokio::task::JoinHandle<Result<(), RunError>>,
+    /// Its metrics.
+    pub metrics: std::sync::Arc<Metrics>,
+    /// Where it serves health and metrics.
+    pub address: std::net::SocketAddr,
+}
+
+impl OperatorHandle {
+    /// Stops it gracefully and waits.
+    pub async fn stop(mut self) -> Result<(), RunError> {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        self.task.await.expect("operator task")
+    }
+
+    /// Kills it: the task is aborted mid-flight, as a crash would.
+    pub fn kill(self) {
+        self.task.abort();
+    }
+}
+
+/// A test's world.
+pub struct OperatorWorld {
+    pub cluster: TestCluster,
+    pub aws: Aws,
+    pub launch: launch_world::World,
+    pub work: tempfile::TempDir,
+    /// The fleet's name in `cluster.ns`.
+    pub name: String,
+}
+
+impl OperatorWorld {
+    /// A world named after the test.
+    pub async fn new(test: &str) -> Self {
+        let cluster = TestCluster::new(test, true).await;
+        let aws = super::aws().await;
+        let launch = launch_world::world(&aws, test).await;
+        OperatorWorld {
+            cluster,
+            aws,
+            launch,
+            work: tempfile::tempdir().expect("work dir"),
+            name: "fleet".to_owned(),
+        }
+    }
+
+    /// `namespace/name` of the fleet.
+    pub fn fleet_key(&self) -> String {
+        format!("{}/{}", self.cluster.ns, self.name)
+    }
+
+    /// Starts an operator for this world's namespace.
+    pub async fn start_operator(&self, settings: Settings, election: Option<LeaderElection>) -> OperatorHandle {
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let (started, running) = tokio::sync::oneshot::channel::<Running>();
+        let options = OperatorOptions {
+            namespace: Some(self.cluster.ns.clone()),
+            settings,
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            leader_election: election,
+        };
+        let task = tokio::spawn(run(
+            self.cluster.client.clone(),
+            self.aws.clone(),
+            options,
+            async move {
+                let _ = stopped.await;
+            },
+            Some(started),
+        ));
+        let running = running.await.expect("operator starts");
+        OperatorHandle {
+            stop: Some(stop),
+            task,
+            metrics: running.metrics,
+            address: running.address.expect("health listener"),
+        }
+    }
+
+    /// Starts the node simulator for this world's fleet.
+    pub fn start_nodes(&self, tune: impl FnOnce(&mut NodeOptions)) -> NodeSimulator {
+        let mut options = NodeOptions::new(env!("CARGO_BIN_EXE_browserfleet"), self.work.path().join("nodes"));
+        options.only_fleets = Some(BTreeSet::from([self.fleet_key()]));
+        options.poll_interval = Duration::from_millis(200);
+        let (first, last) = port_range(40);
+        options.browser_ports = PortPool {
+            first,
+            last,
+            per_node: 4,
+        };
+        tune(&mut options);
+        NodeSimulator::start(&self.aws, options).expect("node simulator starts")
+    }
+
+    /// A Linux fleet of headless Chromium in moto's default network: `min`
+    /// to `max` instances of two sessions each, with short timers.
+    pub fn fleet(&self, min: i32, max: i32) -> Value {
+        json!({
+            "apiVersion": "browserfleet.io/v1alpha1",
+            "kind": "BrowserFleet",
+            "metadata": {"name": self.name},
+            "spec": {
+                "instance": {
+                    "platform": "Linux",
+                    "image": {"imageId": self.launch.image_id.as_str()},
+                    "instanceTypes": ["m6i.large"],
+                    "subnetIds": self.launch.subnets,
+                    "securityGroupIds": [self.launch.security_group],
+                    "instanceProfile": INSTANCE_PROFILE,
+                },
+                "capacity": {
+                    "minInstances": min,
+                    "maxInstances": max,
+                    "sessionsPerInstance": 2,
+                    "warmInstances": 0,
+                },
+                "scaling": {
+                    "scaleDownStabilizationSeconds": 5,
+                    "idleTimeoutSeconds": 2,
+                    "drainTimeoutSeconds": 60,
+                    "readyTimeoutSeconds": 60,
+                    "maxLaunchesPerMinute": 30,
+                },
+                "agent": {
+                    "browserPortRange": {"start": 9300, "end": 9399},
+                    "browser": {
+                        "executable": CHROMIUM,
+                        "headless": true,
+                        "extraArgs": TEST_BROWSER_ARGS,
+                    },
+                },
+            },
+        })
+    }
+
+    /// The fleet API of this world's namespace.
+    pub fn fleets(&self) -> Api<BrowserFleet> {
+        self.cluster.api()
+    }
+
+    /// Creates or updates the fleet by server-side apply (as kubectl
+    /// --server-side does).
+    pub async fn apply(&self, manifest: &Value) {
+        self.fleets()
+            .patch(
+                &self.name,
+                &PatchParams::apply("e2e-test").force(),
+                &Patch::Apply(manifest),
+            )
+            .await
+            .expect("fleet applied");
+    }
+
+    /// Deletes the fleet.
+    pub async fn delete(&self) {
+        self.fleets()
+            .delete(&self.name, &DeleteParams::default())
+            .await
+            .expect("fleet deleted");
+    }
+
+    /// The fleet now.
+    pub async fn get(&self) -> BrowserFleet {
+        self.fleets().get(&self.name).await.expect("fleet exists")
+    }
+
+    /// Waits until `check` holds for the fleet, and returns it.
+    pub async fn wait_for(&self, what: &str, check: impl Fn(&BrowserFleet) -> bool) -> BrowserFleet {
+        let fleets = self.fleets();
+        let name = self.name.clone();
+        let check = &check;
+        eventually(what, WAIT, || {
+            let fleets = fleets.clone();
+            let name = name.clone();
+            async move { fleets.get(&name).await.is_ok_and(|f| check(&f)) }
+        })
+        .await;
+        self.get().await
+    }
+
+    /// The fleet's identity in AWS.
+    pub async fn fleet_id(&self) -> FleetId {
+        let fleet = self.get().await;
+        FleetId::new(&self.cluster.ns, &self.name, fleet.uid().expect("uid")).expect("fleet id")
+    }
+
+    /// The fleet's non-terminated instances, as EC2 lists them.
+    pub async fn instances(&self) -> Vec<FleetInstance> {
+        let id = self.fleet_id().await;
+        Ec2Compute::new(&self.aws).list_instances(&id).await.expect("list instances")
+    }
+
+    /// The request queue in status.
+    pub async fn request_queue(&self) -> QueueUrl {
+        let fleet = self.get().await;
+        let url = fleet
+            .status
+            .and_then(|s| s.queues)
+            .and_then(|q| q.requests)
+            .expect("request queue in status");
+        QueueUrl::new(url)
+    }
+
+    /// Sends `count` session requests replying to `reply_to`.
+    pub async fn send_requests(&self, prefix: &str, count: usize, reply_to: &QueueUrl, ttl_seconds: u32) {
+        let sqs = Sqs::new(&self.aws);
+        let requests = self.request_queue().await;
+        let messages: Vec<OutgoingMessage> = (0..count)
+            .map(|n| OutgoingMessage {
+                body: json!({
+                    "version": 1,
+                    "action": "create",
+                    "sessionId": format!("{prefix}-{n}"),
+                    "ttlSeconds": ttl_seconds,
+                    "replyTo": reply_to.as_str(),
+                })
+                .to_string(),
+                delay: Duration::ZERO,
+            })
+            .collect();
+        let outcome = sqs.send_batch(&requests, &messages).await.expect("send requests");
+        assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
+    }
+}
+
+/// The fleet's condition `type_`, as (status, reason).
+pub fn condition(fleet: &BrowserFleet, type_: &str) -> Option<(String, String)> {
+    fleet
+        .status
+        .as_ref()?
+        .conditions
+        .iter()
+        .find(|c| c.type_ == type_)
+        .map(|c| (c.status.clone(), c.reason.clone()))
+}
+
+/// Whether the fleet's condition `type_` has `status`.
+pub fn has_condition(fleet: &BrowserFleet, type_: &str, status: &str) -> bool {
+    condition(fleet, type_).is_some_and(|(s, _)| s == status)
+}
