@@ -110,6 +110,10 @@ pub struct NodeOptions {
     /// Fleets (`namespace/name`) whose instances never register: their
     /// agents are never started.
     pub never_register: BTreeSet<String>,
+    /// When set, only instances of these fleets (`namespace/name`) are
+    /// played, so that several simulators share one moto (parallel tests);
+    /// every fleet's when `None`.
+    pub only_fleets: Option<BTreeSet<String>>,
     /// Start an agent killed by [`NodeSimulator::crash`] again after the
     /// boot delay. An agent that exits by itself is never restarted.
     pub restart_crashed: bool,
@@ -129,6 +133,7 @@ impl NodeOptions {
             agent_binary: agent_binary.into(),
             work_dir: work_dir.into(),
             never_register: BTreeSet::new(),
+            only_fleets: None,
             restart_crashed: false,
             browser_ports: PortPool::default(),
             stop_grace: DEFAULT_STOP_GRACE,
@@ -225,8 +230,7 @@ fn fleet_of(instance: &FleetInstance) -> Option<(String, String)> {
 fn plan(
     listing: &[FleetInstance],
     tracked: &BTreeSet<InstanceId>,
-    never_register: &BTreeSet<String>,
-    boot_delay: Duration,
+    options: &NodeOptions,
     now: SystemTime,
 ) -> Plan {
     let mut plan = Plan::default();
@@ -238,14 +242,19 @@ fn plan(
         let Some(fleet) = fleet_of(instance) else {
             continue;
         };
-        if never_register.contains(&format!("{}/{}", fleet.0, fleet.1)) {
+        let key = format!("{}/{}", fleet.0, fleet.1);
+        let played = options
+            .only_fleets
+            .as_ref()
+            .is_none_or(|only| only.contains(&key));
+        if !played || options.never_register.contains(&key) {
             continue;
         }
         running.insert(instance.id.clone());
         if !tracked.contains(&instance.id) {
             let launched = instance.launch_time.unwrap_or(now);
             plan.boot
-                .push((instance.id.clone(), fleet, launched + boot_delay));
+                .push((instance.id.clone(), fleet, launched + options.boot_delay));
         }
     }
     for id in tracked.difference(&running) {
@@ -447,13 +456,7 @@ impl Shared {
         };
         let now = SystemTime::now();
         let tracked: BTreeSet<InstanceId> = self.lock().keys().cloned().collect();
-        let plan = plan(
-            &listing,
-            &tracked,
-            &self.options.never_register,
-            self.options.boot_delay,
-            now,
-        );
+        let plan = plan(&listing, &tracked, &self.options, now);
         let mut leaving = Vec::new();
         {
             let mut nodes = self.lock();
@@ -723,6 +726,12 @@ mod tests {
         }
     }
 
+    fn options(boot_delay: Duration) -> NodeOptions {
+        let mut options = NodeOptions::new("/bin/browserfleet", "/work");
+        options.boot_delay = boot_delay;
+        options
+    }
+
     fn ids(list: &[&str]) -> BTreeSet<InstanceId> {
         list.iter().map(|id| InstanceId::new(*id)).collect()
     }
@@ -740,8 +749,7 @@ mod tests {
         let plan = plan(
             &listing,
             &ids(&["i-known"]),
-            &BTreeSet::new(),
-            Duration::from_secs(2),
+            &options(Duration::from_secs(2)),
             now,
         );
         assert_eq!(
@@ -766,8 +774,7 @@ mod tests {
         let plan = plan(
             &listing,
             &tracked,
-            &BTreeSet::new(),
-            Duration::ZERO,
+            &options(Duration::ZERO),
             SystemTime::now(),
         );
         assert_eq!(
@@ -783,21 +790,27 @@ mod tests {
     }
 
     #[test]
-    fn fleets_that_never_register_never_boot() {
+    fn fleets_that_never_register_or_are_not_played_never_boot() {
         let listing = [
             instance("i-silent", InstanceState::Running, Some("team/silent")),
             instance("i-loud", InstanceState::Running, Some("team/loud")),
+            instance("i-other", InstanceState::Running, Some("team/other")),
         ];
-        let never = BTreeSet::from(["team/silent".to_owned()]);
-        let plan = plan(
-            &listing,
-            &BTreeSet::new(),
-            &never,
-            Duration::ZERO,
-            SystemTime::now(),
-        );
-        let booted: Vec<&str> = plan.boot.iter().map(|(id, ..)| id.as_str()).collect();
-        assert_eq!(booted, vec!["i-loud"]);
+        let mut options = options(Duration::ZERO);
+        options.never_register = BTreeSet::from(["team/silent".to_owned()]);
+        let booted = |options: &NodeOptions| -> Vec<String> {
+            plan(&listing, &BTreeSet::new(), options, SystemTime::now())
+                .boot
+                .iter()
+                .map(|(id, ..)| id.to_string())
+                .collect()
+        };
+        assert_eq!(booted(&options), vec!["i-loud", "i-other"]);
+        options.only_fleets = Some(BTreeSet::from([
+            "team/loud".to_owned(),
+            "team/silent".to_owned(),
+        ]));
+        assert_eq!(booted(&options), vec!["i-loud"]);
     }
 
     #[test]
