@@ -92,6 +92,22 @@ enum Command {
         /// private address and the gateway port.
         #[arg(long, requires = "instance_id")]
         advertise_address: Option<String>,
+        /// IP address the listener binds to, instead of the configuration's
+        /// listenAddress (several agents on one host).
+        #[arg(long, value_name = "IP")]
+        listen_address: Option<String>,
+        /// Port of the listener, instead of the configuration's gatewayPort;
+        /// 0 picks a free port.
+        #[arg(long, value_name = "PORT")]
+        gateway_port: Option<u16>,
+        /// DevTools ports of the browsers, instead of the configuration's
+        /// browserPortRange.
+        #[arg(long, value_name = "START-END", value_parser = browserfleet::agent::config::parse_port_range)]
+        browser_ports: Option<browserfleet::api::fleet::PortRange>,
+        /// Directory of the session table and profiles, instead of the
+        /// configuration's stateDir.
+        #[arg(long, value_name = "DIR")]
+        state_dir: Option<PathBuf>,
         /// Log as JSON lines (production) instead of human-readable text.
         #[arg(long)]
         json_logs: bool,
@@ -244,11 +260,21 @@ fn main() -> anyhow::Result<ExitCode> {
             config_ssm_parameter,
             instance_id,
             advertise_address,
+            listen_address,
+            gateway_port,
+            browser_ports,
+            state_dir,
             json_logs,
         } => run_agent(
             config.as_deref(),
             config_ssm_parameter.as_deref(),
             instance_id.zip(advertise_address),
+            &browserfleet::agent::config::ConfigOverrides {
+                listen_address,
+                gateway_port,
+                browser_port_range: browser_ports,
+                state_dir,
+            },
             json_logs,
         ),
     }
@@ -258,6 +284,7 @@ fn run_agent(
     config_file: Option<&Path>,
     ssm_parameter: Option<&str>,
     identity: Option<(String, String)>,
+    overrides: &browserfleet::agent::config::ConfigOverrides,
     json_logs: bool,
 ) -> anyhow::Result<ExitCode> {
     use browserfleet::agent::{self, config::AgentConfig, runtime::NodeIdentity};
@@ -278,7 +305,7 @@ fn run_agent(
             }
             (None, None) => anyhow::bail!("--config or --config-ssm-parameter is required"),
         };
-        let settings = AgentConfig::parse(&json)?;
+        let settings = AgentConfig::parse_with(&json, overrides)?;
         let identity = match identity {
             Some((instance_id, advertise)) => NodeIdentity {
                 instance_id,

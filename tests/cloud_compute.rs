@@ -280,6 +280,66 @@ async fn list_instances_pages_through_the_fleet_and_nothing_else() {
 }
 
 #[tokio::test]
+async fn list_managed_pages_through_every_fleet_and_leaves_out_strangers_and_the_terminated() {
+    let aws = support::aws().await;
+    let world = world(&aws, "managed").await;
+    let first = support::unique_fleet("managed-a");
+    let second = support::unique_fleet("managed-b");
+    let compute = Ec2Compute::new(&aws).with_page_size(5);
+    let blueprint = blueprint(&world);
+    let mut ours = BTreeSet::new();
+    // One reservation per instance: moto pages by reservation.
+    for sequence in 0..4 {
+        ours.extend(launch(&compute, &first, &blueprint, 1, sequence).await);
+        ours.extend(launch(&compute, &second, &blueprint, 1, sequence).await);
+    }
+    let gone = launch(&compute, &first, &blueprint, 1, 9).await;
+    compute.terminate(&gone).await.expect("terminate");
+    // An instance launched without our tags, as another tool would.
+    let ec2 = aws_sdk_ec2::Client::new(aws.sdk_config());
+    let stranger = ec2
+        .run_instances()
+        .image_id(world.image_id.as_str())
+        .instance_type(aws_sdk_ec2::types::InstanceType::M6iXlarge)
+        .min_count(1)
+        .max_count(1)
+        .subnet_id(&world.subnets[0])
+        .send()
+        .await
+        .expect("run an untagged instance");
+    let stranger = InstanceId::new(
+        stranger.instances()[0]
+            .instance_id()
+            .expect("an instance id"),
+    );
+
+    aws.recorder().reset();
+    let listed = compute.list_managed().await.expect("list managed");
+    let listed_ids: BTreeSet<InstanceId> = listed.iter().map(|i| i.id.clone()).collect();
+    assert!(listed_ids.is_superset(&ours), "both fleets are listed");
+    assert!(!listed_ids.contains(&gone[0]), "terminated is left out");
+    assert!(!listed_ids.contains(&stranger), "untagged is left out");
+    for instance in &listed {
+        assert_eq!(instance.tags["browserfleet.io/managed-by"], "browserfleet");
+        assert_ne!(instance.state, InstanceState::Terminated);
+    }
+    let fleets: BTreeSet<&str> = listed
+        .iter()
+        .filter(|i| ours.contains(&i.id))
+        .map(|i| i.tags["browserfleet.io/fleet"].as_str())
+        .collect();
+    assert_eq!(
+        fleets,
+        BTreeSet::from(["tests/managed-a", "tests/managed-b"])
+    );
+    // Other tests share this moto, so at least 8 / 5 pages, and nothing but
+    // DescribeInstances.
+    let pages = aws.recorder().count(Service::Ec2, "DescribeInstances");
+    assert!(pages >= 2, "{pages} pages");
+    assert_eq!(aws.recorder().total(), pages);
+}
+
+#[tokio::test]
 async fn terminate_splits_into_batches_and_terminated_instances_leave_the_listing() {
     let aws = support::aws().await;
     let world = world(&aws, "terminate").await;

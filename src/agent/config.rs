@@ -177,10 +177,73 @@ pub struct AgentSettings {
     pub arg_policy: ArgPolicy,
 }
 
+/// Values from the agent's command line that replace the configuration's,
+/// so that several agents of one fleet share a host (the node simulator
+/// runs one per simulated instance): each its own listener, browser ports
+/// and state. Applied before validation, so they obey the same rules.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ConfigOverrides {
+    /// Replaces `listenAddress`.
+    pub listen_address: Option<String>,
+    /// Replaces `gatewayPort` (0 picks a free port).
+    pub gateway_port: Option<u16>,
+    /// Replaces `browserPortRange`.
+    pub browser_port_range: Option<PortRange>,
+    /// Replaces `stateDir`.
+    pub state_dir: Option<PathBuf>,
+}
+
+impl ConfigOverrides {
+    /// Writes every given value into `config`.
+    pub fn apply(&self, config: &mut AgentConfig) {
+        if let Some(address) = &self.listen_address {
+            config.listen_address = address.clone();
+        }
+        if let Some(port) = self.gateway_port {
+            config.gateway_port = port;
+        }
+        if let Some(range) = &self.browser_port_range {
+            config.browser_port_range = range.clone();
+        }
+        if let Some(dir) = &self.state_dir {
+            config.state_dir = Some(dir.clone());
+        }
+    }
+}
+
+/// Parses a port range written `START-END` (or one port, `PORT`); whether
+/// the ports are usable is the configuration's check.
+pub fn parse_port_range(text: &str) -> Result<PortRange, String> {
+    let port = |part: &str| {
+        part.trim()
+            .parse::<u16>()
+            .map(i32::from)
+            .map_err(|_| format!("{part:?} is not a port number (0 to 65535)"))
+    };
+    let (start, end) = match text.split_once('-') {
+        Some((start, end)) => (port(start)?, port(end)?),
+        None => {
+            let single = port(text)?;
+            (single, single)
+        }
+    };
+    Ok(PortRange { start, end })
+}
+
 impl AgentConfig {
     /// Parses and validates a configuration document.
     pub fn parse(json: &str) -> Result<AgentSettings, ConfigError> {
-        let config: AgentConfig = serde_json::from_str(json)?;
+        Self::parse_with(json, &ConfigOverrides::default())
+    }
+
+    /// Parses a configuration document, applies `overrides`, and validates
+    /// the result.
+    pub fn parse_with(
+        json: &str,
+        overrides: &ConfigOverrides,
+    ) -> Result<AgentSettings, ConfigError> {
+        let mut config: AgentConfig = serde_json::from_str(json)?;
+        overrides.apply(&mut config);
         config.validate()
     }
 
@@ -450,6 +513,65 @@ mod tests {
             "extraArgs": ["--no-sandbox", "--Remote-Debugging-Address=0.0.0.0"]
         });
         assert_eq!(violations(json), vec!["browser.extraArgs"]);
+    }
+
+    #[test]
+    fn overrides_replace_the_document_and_are_validated_like_it() {
+        let overrides = ConfigOverrides {
+            listen_address: Some("127.0.0.1".into()),
+            gateway_port: Some(0),
+            browser_port_range: Some(parse_port_range("41000-41003").unwrap()),
+            state_dir: Some(PathBuf::from("/tmp/bf/i-1")),
+        };
+        let settings = AgentConfig::parse_with(&valid().to_string(), &overrides).unwrap();
+        assert_eq!(settings.config.listen_address, "127.0.0.1");
+        assert_eq!(settings.config.gateway_port, 0);
+        assert_eq!(
+            (settings.first_port, settings.last_port),
+            (Port(41000), Port(41003))
+        );
+        assert_eq!(settings.state_dir, PathBuf::from("/tmp/bf/i-1"));
+        assert_eq!(
+            settings.extensions_dir,
+            PathBuf::from("/tmp/bf/i-1/extensions")
+        );
+
+        let bad = ConfigOverrides {
+            listen_address: Some("localhost".into()),
+            gateway_port: Some(41000),
+            browser_port_range: Some(parse_port_range("41000-41000").unwrap()),
+            state_dir: None,
+        };
+        let fields = match AgentConfig::parse_with(&valid().to_string(), &bad) {
+            Err(ConfigError::Invalid(v)) => v.into_iter().map(|v| v.field).collect::<Vec<_>>(),
+            other => panic!("expected violations, got {other:?}"),
+        };
+        // One port for two slots, the gateway on it, and no IP address.
+        assert_eq!(
+            fields,
+            vec!["browserPortRange", "gatewayPort", "listenAddress"]
+        );
+    }
+
+    #[test]
+    fn port_ranges_parse_from_start_dash_end_or_one_port() {
+        assert_eq!(
+            parse_port_range("9300-9309"),
+            Ok(PortRange {
+                start: 9300,
+                end: 9309
+            })
+        );
+        assert_eq!(
+            parse_port_range("9300"),
+            Ok(PortRange {
+                start: 9300,
+                end: 9300
+            })
+        );
+        assert!(parse_port_range("9300-").is_err());
+        assert!(parse_port_range("a-b").is_err());
+        assert!(parse_port_range("9300-70000").is_err());
     }
 
     #[test]

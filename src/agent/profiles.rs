@@ -179,6 +179,18 @@ pub struct ProfileStore {
     in_use: Mutex<HashSet<PathBuf>>,
 }
 
+/// Where the profiles of an agent with state directory `state_dir` live.
+pub fn profiles_root(state_dir: &Path) -> PathBuf {
+    state_dir.join("profiles")
+}
+
+/// What the command line of every browser started on a profile under
+/// `root` contains: how the agent finds browsers its table does not know,
+/// and how the node simulator finds the browsers of an agent it stopped.
+pub fn browser_marker(root: &Path) -> String {
+    format!("--user-data-dir={}", root.display())
+}
+
 impl ProfileStore {
     /// A store under `root` (an absolute path; created on first use).
     pub fn new(root: PathBuf) -> Self {

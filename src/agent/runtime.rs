@@ -17,7 +17,7 @@ use super::devtools::DevTools;
 use super::launch::{SessionLaunch, browser_command, new_token};
 use super::metrics::AgentMetrics;
 use super::process::{ExitWatch, LaunchSpec, ProcessControl, ProcessExit};
-use super::profiles::{Profile, ProfileKind, ProfileStore};
+use super::profiles::{Profile, ProfileKind, ProfileStore, browser_marker, profiles_root};
 use super::replies::{Replier, ReplyTargets};
 use super::slots::{Port, PortState, SlotError, SlotPool};
 use super::supervise::{BrowserHealth, Deadlines, shows_use, verdict};
@@ -195,7 +195,7 @@ impl<Q: Queues + 'static> Agent<Q> {
             requests: QueueUrl::new(&config.request_queue_url),
             events: QueueUrl::new(&config.events_queue_url),
             dead_letter: config.dead_letter_queue_url.as_deref().map(QueueUrl::new),
-            profiles: ProfileStore::new(settings.state_dir.join("profiles")),
+            profiles: ProfileStore::new(profiles_root(&settings.state_dir)),
             table: TableFileStore::new(&settings.state_dir),
             replier: Replier::new(config.callback_secret.expose()),
             devtools: DevTools::new(),
@@ -985,7 +985,7 @@ impl<Q: Queues + 'static> Agent<Q> {
         }
         let snapshot = self.snapshot(&self.lock());
         self.persist(snapshot);
-        let marker = format!("--user-data-dir={}", self.profiles.root().display());
+        let marker = browser_marker(self.profiles.root());
         let known: Vec<_> = self
             .lock()
             .sessions

@@ -38,7 +38,9 @@ use aws_sdk_ec2::types::{
 use thiserror::Error;
 
 use super::error::{AwsFault, FaultKind, Service};
-use super::fleet_tags::{FLEET_UID_TAG, FleetId, LAUNCH_SEQUENCE_TAG};
+use super::fleet_tags::{
+    FLEET_UID_TAG, FleetId, LAUNCH_SEQUENCE_TAG, MANAGED_BY_TAG, MANAGED_BY_VALUE,
+};
 use super::recorder::CallRecorder;
 use super::settings::{Aws, observe};
 use crate::api::fleet::{ImageSource, InstanceSpec, RootVolumeSpec, VolumeType};
@@ -462,6 +464,13 @@ pub trait Compute: Send + Sync {
         fleet: &FleetId,
     ) -> impl Future<Output = Result<Vec<FleetInstance>, ComputeError>> + Send;
 
+    /// Every instance of any fleet that is not terminated: those tagged
+    /// [`MANAGED_BY_TAG`] = [`MANAGED_BY_VALUE`], in one paginated listing.
+    /// For work across fleets (the orphan sweep, the node simulator), where
+    /// the fleet of an instance is read from its tags.
+    fn list_managed(&self)
+    -> impl Future<Output = Result<Vec<FleetInstance>, ComputeError>> + Send;
+
     /// Terminates instances, in batches.
     fn terminate(
         &self,
@@ -618,6 +627,52 @@ impl Ec2Compute {
             .collect()
     }
 
+    /// The instances `tag_filter` selects that are not terminated, following
+    /// `NextToken` until it is absent (see the module docs for moto's
+    /// paging).
+    async fn describe_live(&self, tag_filter: Filter) -> Result<Vec<FleetInstance>, ComputeError> {
+        let mut instances = Vec::new();
+        let mut next_token: Option<String> = None;
+        loop {
+            let call = self
+                .ec2
+                .describe_instances()
+                .filters(tag_filter.clone())
+                .filters(
+                    Filter::builder()
+                        .name("instance-state-name")
+                        .set_values(Some(
+                            ["pending", "running", "stopping", "stopped", "shutting-down"]
+                                .map(str::to_owned)
+                                .to_vec(),
+                        ))
+                        .build(),
+                )
+                .max_results(self.page_size)
+                .set_next_token(next_token.take());
+            let page = observe(
+                &self.recorder,
+                Service::Ec2,
+                "DescribeInstances",
+                call.send(),
+            )
+            .await?;
+            for reservation in page.reservations() {
+                instances.extend(
+                    reservation
+                        .instances()
+                        .iter()
+                        .filter_map(FleetInstance::from_sdk),
+                );
+            }
+            match page.next_token() {
+                Some(token) if !token.is_empty() => next_token = Some(token.to_owned()),
+                _ => break,
+            }
+        }
+        Ok(instances)
+    }
+
     async fn in_batches<F, Fut>(&self, ids: &[InstanceId], mut call: F) -> Result<(), ComputeError>
     where
         F: FnMut(Vec<String>) -> Fut,
@@ -764,51 +819,23 @@ impl Compute for Ec2Compute {
 
     #[tracing::instrument(skip_all, fields(fleet = %fleet))]
     async fn list_instances(&self, fleet: &FleetId) -> Result<Vec<FleetInstance>, ComputeError> {
-        let mut instances = Vec::new();
-        let mut next_token: Option<String> = None;
-        loop {
-            let call = self
-                .ec2
-                .describe_instances()
-                .filters(
-                    Filter::builder()
-                        .name(format!("tag:{FLEET_UID_TAG}"))
-                        .values(fleet.uid())
-                        .build(),
-                )
-                .filters(
-                    Filter::builder()
-                        .name("instance-state-name")
-                        .set_values(Some(
-                            ["pending", "running", "stopping", "stopped", "shutting-down"]
-                                .map(str::to_owned)
-                                .to_vec(),
-                        ))
-                        .build(),
-                )
-                .max_results(self.page_size)
-                .set_next_token(next_token.take());
-            let page = observe(
-                &self.recorder,
-                Service::Ec2,
-                "DescribeInstances",
-                call.send(),
-            )
-            .await?;
-            for reservation in page.reservations() {
-                instances.extend(
-                    reservation
-                        .instances()
-                        .iter()
-                        .filter_map(FleetInstance::from_sdk),
-                );
-            }
-            match page.next_token() {
-                Some(token) if !token.is_empty() => next_token = Some(token.to_owned()),
-                _ => break,
-            }
-        }
-        Ok(instances)
+        self.describe_live(
+            Filter::builder()
+                .name(format!("tag:{FLEET_UID_TAG}"))
+                .values(fleet.uid())
+                .build(),
+        )
+        .await
+    }
+
+    async fn list_managed(&self) -> Result<Vec<FleetInstance>, ComputeError> {
+        self.describe_live(
+            Filter::builder()
+                .name(format!("tag:{MANAGED_BY_TAG}"))
+                .values(MANAGED_BY_VALUE)
+                .build(),
+        )
+        .await
     }
 
     async fn terminate(&self, ids: &[InstanceId]) -> Result<(), ComputeError> {

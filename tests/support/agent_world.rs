@@ -185,41 +185,7 @@ impl AgentWorld {
         deadline: Duration,
         pick: impl Fn(&Value) -> bool,
     ) -> Value {
-        let started = Instant::now();
-        while started.elapsed() < deadline {
-            let messages = self
-                .sqs
-                .receive(
-                    queue,
-                    ReceiveOptions {
-                        max_messages: 10,
-                        wait: Duration::from_secs(1),
-                        visibility: Some(Duration::from_secs(30)),
-                    },
-                )
-                .await
-                .expect("receive");
-            let mut found = None;
-            for message in messages {
-                let value: Value = serde_json::from_str(&message.body).unwrap_or(Value::Null);
-                if found.is_none() && pick(&value) {
-                    self.sqs
-                        .delete(queue, &message.receipt)
-                        .await
-                        .expect("delete");
-                    found = Some(value);
-                } else {
-                    self.sqs
-                        .change_visibility(queue, &message.receipt, Duration::ZERO)
-                        .await
-                        .expect("give back");
-                }
-            }
-            if let Some(value) = found {
-                return value;
-            }
-        }
-        panic!("no matching message on {queue} within {deadline:?}");
+        next_message(&self.sqs, queue, deadline, pick).await
     }
 
     /// The next reply of `type` for `session`.
@@ -235,6 +201,46 @@ impl AgentWorld {
         let depth = self.sqs.depth(&self.requests).await.expect("depth");
         depth.visible + depth.in_flight + depth.delayed
     }
+}
+
+/// Waits for the next message on `queue` for which `pick` holds, deletes
+/// it and gives every other message back at once.
+pub async fn next_message(
+    sqs: &Sqs,
+    queue: &QueueUrl,
+    deadline: Duration,
+    pick: impl Fn(&Value) -> bool,
+) -> Value {
+    let started = Instant::now();
+    while started.elapsed() < deadline {
+        let messages = sqs
+            .receive(
+                queue,
+                ReceiveOptions {
+                    max_messages: 10,
+                    wait: Duration::from_secs(1),
+                    visibility: Some(Duration::from_secs(30)),
+                },
+            )
+            .await
+            .expect("receive");
+        let mut found = None;
+        for message in messages {
+            let value: Value = serde_json::from_str(&message.body).unwrap_or(Value::Null);
+            if found.is_none() && pick(&value) {
+                sqs.delete(queue, &message.receipt).await.expect("delete");
+                found = Some(value);
+            } else {
+                sqs.change_visibility(queue, &message.receipt, Duration::ZERO)
+                    .await
+                    .expect("give back");
+            }
+        }
+        if let Some(value) = found {
+            return value;
+        }
+    }
+    panic!("no matching message on {queue} within {deadline:?}");
 }
 
 /// Ends `sessions` (a stopped agent leaves its browsers for the next agent

@@ -33,7 +33,7 @@ use tokio::sync::watch;
 
 pub use discovery::{browser_candidates, discover_browser, native_platform};
 #[cfg(unix)]
-pub use unix::UnixProcesses;
+pub use unix::{Signal, UnixProcesses};
 #[cfg(windows)]
 pub use windows::WindowsProcesses;
 

@@ -21,10 +21,43 @@ const FREEZE_ROUNDS: usize = 8;
 #[derive(Clone, Copy, Debug, Default)]
 pub struct UnixProcesses;
 
+/// A signal for one process alone: [`UnixProcesses::signal_alone`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM: asks it to end.
+    Terminate,
+    /// SIGKILL: ends it at once, as a crash would.
+    Kill,
+}
+
 impl UnixProcesses {
     /// The process control of this machine.
     pub fn new() -> Self {
         UnixProcesses
+    }
+
+    /// Sends `which` to this process alone (neither its group nor its
+    /// children: an agent's browsers outlive it, as on a real node), but only
+    /// while the PID still belongs to it.
+    pub fn signal_alone(
+        &self,
+        id: ProcessIdentity,
+        which: Signal,
+    ) -> Result<KillOutcome, ProcessError> {
+        match read_stat(id.pid) {
+            Ok(stat) if stat.start_time != id.start_time => return Ok(KillOutcome::PidReused),
+            Ok(stat) if stat.is_running() => {}
+            _ => return Ok(KillOutcome::AlreadyGone),
+        }
+        let number = match which {
+            Signal::Terminate => libc::SIGTERM,
+            Signal::Kill => libc::SIGKILL,
+        };
+        Ok(if signal(id.pid.into(), number)? {
+            KillOutcome::Killed
+        } else {
+            KillOutcome::AlreadyGone
+        })
     }
 }
 

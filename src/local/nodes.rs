@@ -1,0 +1,847 @@
+//! The node simulator: makes the instances moto reports behave like nodes.
+//!
+//! moto's instances never boot anything. For every `Running` instance
+//! tagged as ours ([`Compute::list_managed`]) the simulator starts a real
+//! agent process (`browserfleet agent`, the same binary) once the instance's
+//! launch time plus the boot delay has passed and its fleet's configuration
+//! parameter exists. The agent reads that parameter from SSM as on EC2, and
+//! gets from the command line what EC2 would give it through the metadata
+//! service and what many agents on one host must not share: the instance id,
+//! a loopback address to advertise, its own listener port, browser ports and
+//! state directory (`<work dir>/<instance id>`).
+//!
+//! When the instance stops, terminates or leaves the listing, the agent is
+//! stopped (SIGTERM, then SIGKILL after a grace period) and every browser it
+//! started is killed: an agent on SIGTERM leaves its browsers running for
+//! the next agent to re-adopt, which on EC2 ends with the instance anyway.
+//!
+//! An agent that exits by itself (a drain that finished, a crash) is not
+//! started again while its instance runs, like a node whose service stays
+//! down; [`NodeSimulator::crash`] kills an agent as a crash would, and with
+//! [`NodeOptions::restart_crashed`] it comes back after the boot delay, like
+//! a service manager restarting it. Unix only: it stops agents by signal.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use thiserror::Error;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tracing::Instrument;
+
+use crate::agent::process::{
+    KillOutcome, LaunchSpec, ProcessControl, ProcessError, ProcessIdentity, Signal, Spawned,
+    UnixProcesses,
+};
+use crate::agent::profiles::{browser_marker, profiles_root};
+use crate::cloud::fleet_tags::FLEET_TAG;
+use crate::cloud::{
+    Aws, Compute, Ec2Compute, FleetInstance, InstanceId, InstanceState, Parameters, Ssm, SsmError,
+};
+use crate::operator::agent_config::parameter_name;
+
+/// How often instances are listed unless told otherwise.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// How long a stopping agent has between SIGTERM and SIGKILL.
+pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
+/// Agents stopped at once.
+const STOP_CONCURRENCY: usize = 8;
+/// How long the browsers of a stopped agent may take to disappear.
+const BROWSER_KILL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// The browser ports of the simulated nodes: one block of `per_node` ports
+/// per instance, disjoint, out of `first..=last`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PortPool {
+    /// First port of the pool.
+    pub first: u16,
+    /// Last port of the pool (inclusive).
+    pub last: u16,
+    /// Ports per node: at least the fleet's `sessionsPerInstance`, or its
+    /// agent refuses the range.
+    pub per_node: u16,
+}
+
+impl Default for PortPool {
+    fn default() -> Self {
+        PortPool {
+            first: 40_000,
+            last: 44_999,
+            per_node: 16,
+        }
+    }
+}
+
+impl PortPool {
+    /// The first and last port of block `index`, if the pool holds it.
+    pub fn block(&self, index: usize) -> Option<(u16, u16)> {
+        let per_node = u32::from(self.per_node.max(1));
+        let start = u32::from(self.first) + u32::try_from(index).ok()?.checked_mul(per_node)?;
+        let end = u16::try_from(start + per_node - 1).ok()?;
+        let start = u16::try_from(start).ok()?;
+        (end <= self.last).then_some((start, end))
+    }
+
+    /// The lowest block not in `taken`, if any is left.
+    pub fn free_block(&self, taken: &BTreeSet<usize>) -> Option<usize> {
+        (0..)
+            .take_while(|index| self.block(*index).is_some())
+            .find(|index| !taken.contains(index))
+    }
+}
+
+/// How the simulator behaves.
+#[derive(Clone, Debug)]
+pub struct NodeOptions {
+    /// Time from an instance's launch (or an agent's crash, with
+    /// `restart_crashed`) to its agent's start.
+    pub boot_delay: Duration,
+    /// How often instances are listed.
+    pub poll_interval: Duration,
+    /// The `browserfleet` binary the agents run.
+    pub agent_binary: PathBuf,
+    /// Where agents keep their state (`<work dir>/<instance id>`) and logs
+    /// (`<work dir>/<instance id>.log`).
+    pub work_dir: PathBuf,
+    /// Fleets (`namespace/name`) whose instances never register: their
+    /// agents are never started.
+    pub never_register: BTreeSet<String>,
+    /// When set, only instances of these fleets (`namespace/name`) are
+    /// played, so that several simulators share one moto (parallel tests);
+    /// every fleet's when `None`.
+    pub only_fleets: Option<BTreeSet<String>>,
+    /// Start an agent killed by [`NodeSimulator::crash`] again after the
+    /// boot delay. An agent that exits by itself is never restarted.
+    pub restart_crashed: bool,
+    /// Browser ports, one disjoint block per instance.
+    pub browser_ports: PortPool,
+    /// Time between SIGTERM and SIGKILL when an agent is stopped.
+    pub stop_grace: Duration,
+}
+
+impl NodeOptions {
+    /// Defaults: no boot delay, a 500 ms poll, every fleet registers,
+    /// crashed agents stay down.
+    pub fn new(agent_binary: impl Into<PathBuf>, work_dir: impl Into<PathBuf>) -> Self {
+        NodeOptions {
+            boot_delay: Duration::ZERO,
+            poll_interval: DEFAULT_POLL_INTERVAL,
+            agent_binary: agent_binary.into(),
+            work_dir: work_dir.into(),
+            never_register: BTreeSet::new(),
+            only_fleets: None,
+            restart_crashed: false,
+            browser_ports: PortPool::default(),
+            stop_grace: DEFAULT_STOP_GRACE,
+        }
+    }
+}
+
+/// An agent process the simulator runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AgentProcess {
+    /// The instance it stands in for.
+    pub instance: InstanceId,
+    /// Its process id.
+    pub pid: u32,
+    /// When it was started.
+    pub started_at: SystemTime,
+}
+
+/// What the simulator could not do.
+#[derive(Debug, Error)]
+pub enum NodeError {
+    /// The work directory cannot be created.
+    #[error("cannot create the work directory {path}: {source}")]
+    WorkDir {
+        /// The directory.
+        path: PathBuf,
+        /// The OS error.
+        source: io::Error,
+    },
+    /// No agent runs for this instance (not booted, never registers, or
+    /// already exited).
+    #[error("no agent runs for instance {0}")]
+    NoAgent(InstanceId),
+    /// A signal could not be sent.
+    #[error(transparent)]
+    Process(#[from] ProcessError),
+}
+
+/// Where a simulated node is in its life.
+#[derive(Debug)]
+enum Phase {
+    /// Booting: the agent starts once `due` has passed and the fleet's
+    /// parameter exists.
+    Booting { due: SystemTime },
+    /// The agent runs. `crashed` is set by [`NodeSimulator::crash`] just
+    /// before it kills the agent.
+    Running {
+        agent: Spawned,
+        started_at: SystemTime,
+        crashed: bool,
+    },
+    /// The agent exited by itself; it stays down while the instance runs.
+    Down,
+}
+
+/// One running instance the simulator plays a node for.
+#[derive(Debug)]
+struct Node {
+    /// `(namespace, name)` of its fleet.
+    fleet: (String, String),
+    /// Index of its browser port block.
+    block: usize,
+    phase: Phase,
+}
+
+/// What one listing means for the nodes, decided by [`plan`].
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Plan {
+    /// Running instances not yet tracked: id, fleet, when the agent is due.
+    boot: Vec<(InstanceId, (String, String), SystemTime)>,
+    /// Tracked instances that no longer run.
+    stop: Vec<(InstanceId, Removal)>,
+}
+
+/// Whether a stopped node's disk goes with it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Removal {
+    /// Stopped or stopping: its disk (the state directory) stays.
+    KeepState,
+    /// Terminated or gone from the listing: its disk goes.
+    RemoveState,
+}
+
+/// The namespace and name in an instance's [`FLEET_TAG`].
+fn fleet_of(instance: &FleetInstance) -> Option<(String, String)> {
+    let (namespace, name) = instance.tags.get(FLEET_TAG)?.split_once('/')?;
+    let valid = !namespace.is_empty() && !name.is_empty() && !name.contains('/');
+    valid.then(|| (namespace.to_owned(), name.to_owned()))
+}
+
+/// Compares a listing with the tracked nodes: running instances of fleets
+/// that register and are not tracked boot; tracked ones that no longer run
+/// stop. An instance without a readable fleet tag is left alone.
+fn plan(
+    listing: &[FleetInstance],
+    tracked: &BTreeSet<InstanceId>,
+    options: &NodeOptions,
+    now: SystemTime,
+) -> Plan {
+    let mut plan = Plan::default();
+    let mut running = BTreeSet::new();
+    for instance in listing {
+        if instance.state != InstanceState::Running {
+            continue;
+        }
+        let Some(fleet) = fleet_of(instance) else {
+            continue;
+        };
+        let key = format!("{}/{}", fleet.0, fleet.1);
+        let played = options
+            .only_fleets
+            .as_ref()
+            .is_none_or(|only| only.contains(&key));
+        if !played || options.never_register.contains(&key) {
+            continue;
+        }
+        running.insert(instance.id.clone());
+        if !tracked.contains(&instance.id) {
+            let launched = instance.launch_time.unwrap_or(now);
+            plan.boot
+                .push((instance.id.clone(), fleet, launched + options.boot_delay));
+        }
+    }
+    for id in tracked.difference(&running) {
+        let state = listing.iter().find(|i| &i.id == id).map(|i| &i.state);
+        let removal = match state {
+            Some(InstanceState::Stopping | InstanceState::Stopped) => Removal::KeepState,
+            _ => Removal::RemoveState,
+        };
+        plan.stop.push((id.clone(), removal));
+    }
+    plan
+}
+
+/// What the simulator shares with its polling task.
+struct Shared {
+    options: NodeOptions,
+    compute: Ec2Compute,
+    ssm: Ssm,
+    processes: UnixProcesses,
+    /// AWS variables the agents get: the simulator's own endpoint and region
+    /// (credentials come through the inherited environment, as they came to
+    /// the simulator).
+    aws_env: Vec<(String, String)>,
+    nodes: Mutex<BTreeMap<InstanceId, Node>>,
+}
+
+/// Plays EC2 and the node's service manager for the instances moto reports.
+pub struct NodeSimulator {
+    shared: Arc<Shared>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<()>>,
+}
+
+impl NodeSimulator {
+    /// Starts polling the instances of `aws`'s EC2 (must run inside a tokio
+    /// runtime). Agents get the same endpoint and region.
+    pub fn start(aws: &Aws, options: NodeOptions) -> Result<Self, NodeError> {
+        std::fs::create_dir_all(&options.work_dir).map_err(|source| NodeError::WorkDir {
+            path: options.work_dir.clone(),
+            source,
+        })?;
+        let mut aws_env = Vec::new();
+        if let Some(region) = aws.region() {
+            aws_env.push(("AWS_REGION".to_owned(), region.to_owned()));
+        }
+        if let Some(endpoint) = aws.sdk_config().endpoint_url() {
+            aws_env.push(("AWS_ENDPOINT_URL".to_owned(), endpoint.to_owned()));
+        }
+        let shared = Arc::new(Shared {
+            options,
+            compute: Ec2Compute::new(aws),
+            ssm: Ssm::new(aws),
+            processes: UnixProcesses::new(),
+            aws_env,
+            nodes: Mutex::new(BTreeMap::new()),
+        });
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(poll_loop(shared.clone(), stopped));
+        Ok(NodeSimulator {
+            shared,
+            stop,
+            task: Some(task),
+        })
+    }
+
+    /// The agents running now.
+    pub fn agents(&self) -> Vec<AgentProcess> {
+        let nodes = self.shared.lock();
+        let mut agents = Vec::new();
+        for (id, node) in nodes.iter() {
+            if let Phase::Running {
+                agent, started_at, ..
+            } = &node.phase
+                && agent.exit.exited().is_none()
+            {
+                agents.push(AgentProcess {
+                    instance: id.clone(),
+                    pid: agent.identity.pid,
+                    started_at: *started_at,
+                });
+            }
+        }
+        agents
+    }
+
+    /// Kills the agent of `instance` with SIGKILL, as a crash would: its
+    /// browsers keep running. Returns once it is gone. With
+    /// [`NodeOptions::restart_crashed`] a new agent starts after the boot
+    /// delay and re-adopts them.
+    pub async fn crash(&self, instance: &InstanceId) -> Result<(), NodeError> {
+        let mut exit = {
+            let mut nodes = self.shared.lock();
+            let Some(Node {
+                phase: Phase::Running { agent, crashed, .. },
+                ..
+            }) = nodes.get_mut(instance)
+            else {
+                return Err(NodeError::NoAgent(instance.clone()));
+            };
+            if agent.exit.exited().is_some() {
+                return Err(NodeError::NoAgent(instance.clone()));
+            }
+            *crashed = true;
+            self.shared
+                .processes
+                .signal_alone(agent.identity, Signal::Kill)?;
+            agent.exit.clone()
+        };
+        tracing::info!(instance = %instance, "agent crashed on purpose");
+        // SIGKILL cannot be caught; the bound only guards against a runtime
+        // that no longer reaps.
+        let _ = tokio::time::timeout(self.shared.options.stop_grace, exit.wait()).await;
+        Ok(())
+    }
+
+    /// Stops polling, then every agent and every browser they started.
+    /// Nothing outside the work directory is removed; state directories
+    /// stay.
+    pub async fn shutdown(mut self) {
+        self.stop.send_replace(true);
+        if let Some(task) = self.task.take() {
+            let _ = task.await;
+        }
+        let nodes = std::mem::take(&mut *self.shared.lock());
+        let shared = &self.shared;
+        futures::stream::iter(nodes)
+            .for_each_concurrent(STOP_CONCURRENCY, |(id, node)| async move {
+                let span = tracing::info_span!("node", instance = %id);
+                shared
+                    .stop_node(&id, node, Removal::KeepState)
+                    .instrument(span)
+                    .await;
+            })
+            .await;
+        tracing::info!("node simulator stopped");
+    }
+}
+
+impl Drop for NodeSimulator {
+    /// Without [`NodeSimulator::shutdown`] (a panicking test), agents and
+    /// browsers are still killed, at once and without grace.
+    fn drop(&mut self) {
+        self.stop.send_replace(true);
+        if let Some(task) = self.task.take() {
+            task.abort();
+        }
+        let nodes = std::mem::take(&mut *self.shared.lock());
+        for (id, node) in nodes {
+            if let Phase::Running { agent, .. } = &node.phase {
+                let _ = self
+                    .shared
+                    .processes
+                    .signal_alone(agent.identity, Signal::Kill);
+            }
+            // UnixProcesses answers at once; nothing here waits on the runtime.
+            let marker = browser_marker(&profiles_root(&self.shared.state_dir(&id)));
+            let found = futures::executor::block_on(self.shared.processes.find_by_marker(&marker));
+            for browser in found.unwrap_or_default() {
+                let _ = futures::executor::block_on(self.shared.processes.kill_tree(browser));
+            }
+        }
+    }
+}
+
+async fn poll_loop(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
+    let mut tick = tokio::time::interval(shared.options.poll_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            changed = stopped.changed() => if changed.is_err() { break },
+        }
+        if *stopped.borrow() {
+            break;
+        }
+        shared.poll_once().await;
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<InstanceId, Node>> {
+        self.nodes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn state_dir(&self, id: &InstanceId) -> PathBuf {
+        self.options.work_dir.join(id.as_str())
+    }
+
+    /// One round: list, stop the nodes whose instance no longer runs, track
+    /// new ones, and move every tracked node on.
+    async fn poll_once(&self) {
+        let listing = match self.compute.list_managed().await {
+            Ok(listing) => listing,
+            Err(error) => {
+                // Unknown is not gone: nothing is stopped on a failed listing.
+                tracing::warn!(%error, "cannot list instances; trying again at the next poll");
+                return;
+            }
+        };
+        let now = SystemTime::now();
+        let tracked: BTreeSet<InstanceId> = self.lock().keys().cloned().collect();
+        let plan = plan(&listing, &tracked, &self.options, now);
+        let mut leaving = Vec::new();
+        {
+            let mut nodes = self.lock();
+            for (id, removal) in plan.stop {
+                if let Some(node) = nodes.remove(&id) {
+                    leaving.push((id, node, removal));
+                }
+            }
+            for (id, fleet, due) in plan.boot {
+                let taken: BTreeSet<usize> = nodes.values().map(|n| n.block).collect();
+                let Some(block) = self.options.browser_ports.free_block(&taken) else {
+                    tracing::warn!(instance = %id, "no browser ports left for another node");
+                    continue;
+                };
+                tracing::info!(instance = %id, fleet = %format!("{}/{}", fleet.0, fleet.1), "instance running; booting");
+                let phase = Phase::Booting { due };
+                nodes.insert(
+                    id,
+                    Node {
+                        fleet,
+                        block,
+                        phase,
+                    },
+                );
+            }
+        }
+        futures::stream::iter(leaving)
+            .for_each_concurrent(STOP_CONCURRENCY, |(id, node, removal)| async move {
+                let span = tracing::info_span!("node", instance = %id);
+                self.stop_node(&id, node, removal).instrument(span).await;
+            })
+            .await;
+        let ids: Vec<InstanceId> = self.lock().keys().cloned().collect();
+        for id in ids {
+            let span = tracing::info_span!("node", instance = %id);
+            self.advance(&id, now).instrument(span).await;
+        }
+    }
+
+    /// Moves one node on: notices an agent's exit, and starts a due agent.
+    async fn advance(&self, id: &InstanceId, now: SystemTime) {
+        let fleet = {
+            let mut nodes = self.lock();
+            let Some(node) = nodes.get_mut(id) else {
+                return;
+            };
+            match &node.phase {
+                Phase::Running { agent, crashed, .. } => {
+                    let Some(exit) = agent.exit.exited() else {
+                        return;
+                    };
+                    if *crashed && self.options.restart_crashed {
+                        tracing::info!(?exit, "agent crashed; restarting after the boot delay");
+                        node.phase = Phase::Booting {
+                            due: now + self.options.boot_delay,
+                        };
+                    } else {
+                        tracing::warn!(
+                            ?exit,
+                            "agent exited; it stays down while the instance runs"
+                        );
+                        node.phase = Phase::Down;
+                    }
+                    return;
+                }
+                Phase::Down => return,
+                Phase::Booting { due } if *due > now => return,
+                Phase::Booting { .. } => node.fleet.clone(),
+            }
+        };
+        let parameter = parameter_name(&fleet.0, &fleet.1);
+        match self.ssm.get_parameter(&parameter).await {
+            Ok(_) => {}
+            Err(SsmError::NotFound(_)) => {
+                tracing::debug!(parameter, "no agent configuration yet; booting longer");
+                return;
+            }
+            Err(error) => {
+                tracing::warn!(parameter, %error, "cannot read the agent configuration; booting longer");
+                return;
+            }
+        }
+        let mut nodes = self.lock();
+        let Some(node) = nodes.get_mut(id) else {
+            return;
+        };
+        if !matches!(node.phase, Phase::Booting { .. }) {
+            return;
+        }
+        match self.spawn_agent(id, &parameter, node.block) {
+            Ok(agent) => {
+                tracing::info!(pid = agent.identity.pid, "agent started");
+                node.phase = Phase::Running {
+                    agent,
+                    started_at: SystemTime::now(),
+                    crashed: false,
+                };
+            }
+            Err(error) => {
+                tracing::warn!(%error, "cannot start the agent; trying again at the next poll")
+            }
+        }
+    }
+
+    fn spawn_agent(
+        &self,
+        id: &InstanceId,
+        parameter: &str,
+        block: usize,
+    ) -> Result<Spawned, NodeStartError> {
+        let (first, last) = self
+            .options
+            .browser_ports
+            .block(block)
+            .ok_or(NodeStartError::NoPorts)?;
+        let state_dir = self.state_dir(id);
+        std::fs::create_dir_all(&state_dir).map_err(|source| NodeStartError::StateDir {
+            path: state_dir.clone(),
+            source,
+        })?;
+        let spec = LaunchSpec {
+            program: self.options.agent_binary.clone(),
+            args: agent_args(id, parameter, (first, last), &state_dir),
+            env: self.aws_env.clone(),
+            working_dir: Some(self.options.work_dir.clone()),
+            log_file: Some(self.options.work_dir.join(format!("{id}.log"))),
+        };
+        Ok(self.processes.spawn(&spec)?)
+    }
+
+    /// Stops a node's agent (SIGTERM, SIGKILL after the grace period), kills
+    /// every browser started on its profiles, and removes its state when its
+    /// instance is gone.
+    async fn stop_node(&self, id: &InstanceId, node: Node, removal: Removal) {
+        if let Phase::Running { agent, .. } = node.phase {
+            self.stop_agent(agent).await;
+        }
+        let state_dir = self.state_dir(id);
+        self.kill_browsers(&state_dir).await;
+        if removal == Removal::RemoveState
+            && let Err(error) = tokio::fs::remove_dir_all(&state_dir).await
+            && error.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(%error, dir = %state_dir.display(), "cannot remove the state directory");
+        }
+        tracing::info!(?removal, "node stopped");
+    }
+
+    async fn stop_agent(&self, mut agent: Spawned) {
+        if agent.exit.exited().is_some() {
+            return;
+        }
+        if let Err(error) = self
+            .processes
+            .signal_alone(agent.identity, Signal::Terminate)
+        {
+            tracing::warn!(%error, "cannot send SIGTERM to the agent");
+        }
+        let grace = self.options.stop_grace;
+        if tokio::time::timeout(grace, agent.exit.wait()).await.is_ok() {
+            return;
+        }
+        tracing::warn!(?grace, "agent ignored SIGTERM; killing it");
+        if let Err(error) = self.processes.signal_alone(agent.identity, Signal::Kill) {
+            tracing::warn!(%error, "cannot kill the agent");
+        }
+        let _ = tokio::time::timeout(grace, agent.exit.wait()).await;
+    }
+
+    /// Kills the browsers started on profiles under `state_dir`, until none
+    /// is left or the deadline passes.
+    async fn kill_browsers(&self, state_dir: &Path) {
+        let marker = browser_marker(&profiles_root(state_dir));
+        let deadline = tokio::time::Instant::now() + BROWSER_KILL_DEADLINE;
+        loop {
+            let found = match self.processes.find_by_marker(&marker).await {
+                Ok(found) => found,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot look for the node's browsers");
+                    return;
+                }
+            };
+            if found.is_empty() {
+                return;
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    left = found.len(),
+                    "browsers of the node survived their kill"
+                );
+                return;
+            }
+            for browser in found {
+                self.kill_browser(browser).await;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    async fn kill_browser(&self, browser: ProcessIdentity) {
+        match self.processes.kill_tree(browser).await {
+            Ok(KillOutcome::Killed) => tracing::info!(pid = browser.pid, "browser killed"),
+            Ok(_) => {}
+            Err(error) => tracing::warn!(pid = browser.pid, %error, "cannot kill a browser"),
+        }
+    }
+}
+
+/// Why an agent could not be started (retried at the next poll).
+#[derive(Debug, Error)]
+enum NodeStartError {
+    #[error("the node has no browser ports")]
+    NoPorts,
+    #[error("cannot create the state directory {path}: {source}")]
+    StateDir { path: PathBuf, source: io::Error },
+    #[error(transparent)]
+    Spawn(#[from] ProcessError),
+}
+
+/// The agent's command line on a simulated node: identity and a loopback
+/// address instead of the metadata service, and a listener, browser ports
+/// and state of its own.
+fn agent_args(
+    id: &InstanceId,
+    parameter: &str,
+    (first, last): (u16, u16),
+    state_dir: &Path,
+) -> Vec<String> {
+    [
+        "agent",
+        "--config-ssm-parameter",
+        parameter,
+        "--instance-id",
+        id.as_str(),
+        "--advertise-address",
+        "127.0.0.1:0",
+        "--listen-address",
+        "127.0.0.1",
+        "--gateway-port",
+        "0",
+        "--browser-ports",
+        &format!("{first}-{last}"),
+        "--state-dir",
+        &state_dir.display().to_string(),
+    ]
+    .map(str::to_owned)
+    .to_vec()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn instance(id: &str, state: InstanceState, fleet: Option<&str>) -> FleetInstance {
+        FleetInstance {
+            id: InstanceId::new(id),
+            state,
+            instance_type: None,
+            image_id: None,
+            subnet_id: None,
+            availability_zone: None,
+            private_ip: None,
+            launch_time: Some(SystemTime::UNIX_EPOCH + Duration::from_secs(100)),
+            tags: fleet
+                .map(|f| BTreeMap::from([(FLEET_TAG.to_owned(), f.to_owned())]))
+                .unwrap_or_default(),
+        }
+    }
+
+    fn options(boot_delay: Duration) -> NodeOptions {
+        let mut options = NodeOptions::new("/bin/browserfleet", "/work");
+        options.boot_delay = boot_delay;
+        options
+    }
+
+    fn ids(list: &[&str]) -> BTreeSet<InstanceId> {
+        list.iter().map(|id| InstanceId::new(*id)).collect()
+    }
+
+    #[test]
+    fn running_instances_boot_after_their_launch_plus_the_delay() {
+        let listing = [
+            instance("i-new", InstanceState::Running, Some("team/web")),
+            instance("i-known", InstanceState::Running, Some("team/web")),
+            instance("i-pending", InstanceState::Pending, Some("team/web")),
+            instance("i-untagged", InstanceState::Running, None),
+            instance("i-bad-tag", InstanceState::Running, Some("team/")),
+        ];
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(101);
+        let plan = plan(
+            &listing,
+            &ids(&["i-known"]),
+            &options(Duration::from_secs(2)),
+            now,
+        );
+        assert_eq!(
+            plan.boot,
+            vec![(
+                InstanceId::new("i-new"),
+                ("team".to_owned(), "web".to_owned()),
+                SystemTime::UNIX_EPOCH + Duration::from_secs(102)
+            )]
+        );
+        assert!(plan.stop.is_empty());
+    }
+
+    #[test]
+    fn instances_that_no_longer_run_stop_and_only_gone_ones_lose_their_disk() {
+        let listing = [
+            instance("i-stopped", InstanceState::Stopped, Some("team/web")),
+            instance("i-stopping", InstanceState::Stopping, Some("team/web")),
+            instance("i-ending", InstanceState::ShuttingDown, Some("team/web")),
+        ];
+        let tracked = ids(&["i-stopped", "i-stopping", "i-ending", "i-vanished"]);
+        let plan = plan(
+            &listing,
+            &tracked,
+            &options(Duration::ZERO),
+            SystemTime::now(),
+        );
+        assert_eq!(
+            plan.stop,
+            vec![
+                (InstanceId::new("i-ending"), Removal::RemoveState),
+                (InstanceId::new("i-stopped"), Removal::KeepState),
+                (InstanceId::new("i-stopping"), Removal::KeepState),
+                (InstanceId::new("i-vanished"), Removal::RemoveState),
+            ]
+        );
+        assert!(plan.boot.is_empty());
+    }
+
+    #[test]
+    fn fleets_that_never_register_or_are_not_played_never_boot() {
+        let listing = [
+            instance("i-silent", InstanceState::Running, Some("team/silent")),
+            instance("i-loud", InstanceState::Running, Some("team/loud")),
+            instance("i-other", InstanceState::Running, Some("team/other")),
+        ];
+        let mut options = options(Duration::ZERO);
+        options.never_register = BTreeSet::from(["team/silent".to_owned()]);
+        let booted = |options: &NodeOptions| -> Vec<String> {
+            plan(&listing, &BTreeSet::new(), options, SystemTime::now())
+                .boot
+                .iter()
+                .map(|(id, ..)| id.to_string())
+                .collect()
+        };
+        assert_eq!(booted(&options), vec!["i-loud", "i-other"]);
+        options.only_fleets = Some(BTreeSet::from([
+            "team/loud".to_owned(),
+            "team/silent".to_owned(),
+        ]));
+        assert_eq!(booted(&options), vec!["i-loud"]);
+    }
+
+    #[test]
+    fn port_blocks_are_disjoint_and_the_lowest_free_one_is_handed_out() {
+        let pool = PortPool {
+            first: 40_000,
+            last: 40_009,
+            per_node: 4,
+        };
+        assert_eq!(pool.block(0), Some((40_000, 40_003)));
+        assert_eq!(pool.block(1), Some((40_004, 40_007)));
+        assert_eq!(pool.block(2), None, "40008..=40011 leaves the pool");
+        assert_eq!(pool.free_block(&BTreeSet::new()), Some(0));
+        assert_eq!(pool.free_block(&BTreeSet::from([0])), Some(1));
+        assert_eq!(pool.free_block(&BTreeSet::from([1])), Some(0));
+        assert_eq!(pool.free_block(&BTreeSet::from([0, 1])), None);
+    }
+
+    #[test]
+    fn agents_get_identity_loopback_and_ports_of_their_own() {
+        let args = agent_args(
+            &InstanceId::new("i-1"),
+            "/browserfleet/team/web/agent-config",
+            (40_000, 40_015),
+            Path::new("/work/nodes/i-1"),
+        );
+        assert_eq!(
+            args.join(" "),
+            "agent --config-ssm-parameter /browserfleet/team/web/agent-config \
+             --instance-id i-1 --advertise-address 127.0.0.1:0 --listen-address 127.0.0.1 \
+             --gateway-port 0 --browser-ports 40000-40015 --state-dir /work/nodes/i-1"
+        );
+    }
+}
