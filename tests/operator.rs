@@ -1,0 +1,301 @@
+//! The fleet reconciler end to end: a Kubernetes API (the development API
+//! server, or a real cluster through `BROWSERFLEET_TEST_KUBECONFIG`), moto,
+//! the operator in this process, and the node simulator running a real
+//! agent and real Chromium per instance.
+
+mod support;
+
+use std::time::Duration;
+
+use browserfleet::api::fleet::{CONDITION_DEGRADED, CONDITION_READY, InstanceState as Lifecycle};
+use browserfleet::cloud::{
+    CallRecorder, Parameters, QueueDefinition, QueueUrl, Queues, ReceiveOptions, Service, Sqs, Ssm,
+};
+use browserfleet::operator::agent_config::parameter_name;
+use browserfleet::operator::secrets::secret_name;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use serde_json::{Value, json};
+
+use support::agent_world::{Cdp, eventually, evaluate_in_new_page};
+use support::operator_world::{OperatorWorld, WAIT, condition, has_condition, test_settings};
+
+/// A queue the test reads replies from.
+async fn reply_queue(world: &OperatorWorld, name: &str) -> QueueUrl {
+    let id = world.fleet_id().await;
+    let mut definition = QueueDefinition::events_for(&id);
+    definition.name = format!("{}-{name}", definition.name.trim_end_matches("-events"));
+    Sqs::new(&world.aws)
+        .ensure_queue(&definition)
+        .await
+        .expect("reply queue")
+        .url
+}
+
+/// Reads replies until `count` of `kind` arrived.
+async fn replies(world: &OperatorWorld, queue: &QueueUrl, kind: &str, count: usize) -> Vec<Value> {
+    let sqs = Sqs::new(&world.aws);
+    let mut found = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while found.len() < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {count} {kind} replies arrived",
+            found.len()
+        );
+        let messages = sqs
+            .receive(
+                queue,
+                ReceiveOptions {
+                    max_messages: 10,
+                    wait: Duration::from_secs(1),
+                    visibility: None,
+                },
+            )
+            .await
+            .expect("receive replies");
+        for message in messages {
+            let body: Value = serde_json::from_str(&message.body).expect("reply is JSON");
+            sqs.delete(queue, &message.receipt).await.expect("delete reply");
+            assert_ne!(body["type"], "session.failed", "{body}");
+            if body["type"] == kind {
+                found.push(body);
+            }
+        }
+    }
+    found
+}
+
+fn writes(calls: &CallRecorder) -> Vec<String> {
+    calls
+        .snapshot()
+        .into_iter()
+        .filter(|(key, _)| {
+            !["Describe", "Get", "List", "Receive"]
+                .iter()
+                .any(|read| key.operation.starts_with(read))
+        })
+        .map(|(key, stats)| format!("{}:{} ×{}", key.service, key.operation, stats.count))
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_gets_queues_secret_config_and_its_minimum_of_registered_instances() {
+    let world = OperatorWorld::new("apply").await;
+    let operator = world.start_operator(test_settings(), None).await;
+    let nodes = world.start_nodes(|_| {});
+    world.apply(&world.fleet(2, 4)).await;
+
+    let fleet = world
+        .wait_for("Ready with two registered instances", |f| {
+            has_condition(f, CONDITION_READY, "True")
+                && f.status.as_ref().is_some_and(|s| s.ready_instances == 2)
+        })
+        .await;
+    assert!(fleet.metadata.finalizers.clone().unwrap_or_default().contains(&"browserfleet.io/cleanup".to_owned()));
+    let status = fleet.status.clone().unwrap();
+    assert_eq!(status.desired_instances, 2);
+    assert_eq!(status.current_instances, 2);
+    assert_eq!(status.session_capacity, 4);
+    assert_eq!(status.observed_generation, fleet.metadata.generation);
+    assert_eq!(condition(&fleet, CONDITION_DEGRADED).unwrap().0, "False");
+    for instance in &status.instances {
+        assert_eq!(instance.state, Lifecycle::Ready, "{instance:?}");
+        let address = instance.address.as_deref().expect("registered address");
+        assert!(address.starts_with("127.0.0.1:"), "agents advertise loopback: {address}");
+    }
+    assert_eq!(world.instances().await.len(), 2);
+
+    // Queues with a dead-letter queue, the Secret, the SecureString config.
+    let queues = status.queues.clone().unwrap();
+    assert!(queues.requests.is_some() && queues.dead_letter.is_some() && queues.events.is_some());
+    let secrets: Api<Secret> = world.cluster.api();
+    let secret = secrets.get(&secret_name(&world.name)).await.expect("fleet Secret");
+    assert_eq!(
+        secret.metadata.owner_references.unwrap()[0].uid,
+        fleet.metadata.uid.clone().unwrap()
+    );
+    let token = String::from_utf8(secret.data.unwrap()["fleetToken"].0.clone()).unwrap();
+    assert!(token.len() >= 32);
+    let parameter = Ssm::new(&world.aws)
+        .get_parameter(&parameter_name(&world.cluster.ns, &world.name))
+        .await
+        .expect("agent config parameter");
+    assert!(parameter.secure, "the agent configuration is a SecureString");
+    let config: Value = serde_json::from_str(&parameter.value).unwrap();
+    assert_eq!(config["fleetToken"], token.as_str());
+    assert_eq!(config["requestQueueUrl"], queues.requests.unwrap().as_str());
+    // No secret in status.
+    let status_text = serde_json::to_string(&status).unwrap();
+    assert!(!status_text.contains(&token));
+
+    // A steady fleet: repeated reconciles write nothing to AWS.
+    world.aws.recorder().reset();
+    let before = operator.metrics.render();
+    eventually("two more reconciles", WAIT, || {
+        let metrics = operator.metrics.render();
+        let before = before.clone();
+        async move { reconciles(&metrics) >= reconciles(&before) + 2 }
+    })
+    .await;
+    assert_eq!(writes(world.aws.recorder()), Vec::<String>::new(), "a steady reconcile writes nothing");
+    assert_eq!(world.aws.recorder().count(Service::Ssm, "GetParameter"), 0);
+
+    nodes.shutdown().await;
+    operator.stop().await.expect("graceful stop");
+}
+
+fn reconciles(metrics: &str) -> u64 {
+    metrics
+        .lines()
+        .filter(|l| l.starts_with("browserfleet_operator_reconciles_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .sum()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_queue_burst_scales_out_is_served_and_idle_scales_back_to_the_minimum() {
+    let world = OperatorWorld::new("burst").await;
+    let operator = world.start_operator(test_settings(), None).await;
+    let nodes = world.start_nodes(|_| {});
+    world.apply(&world.fleet(1, 4)).await;
+    world
+        .wait_for("one ready instance", |f| f.status.as_ref().is_some_and(|s| s.ready_instances == 1))
+        .await;
+
+    // Five requests of two sessions per instance: three instances.
+    let replies_to = reply_queue(&world, "replies").await;
+    world.send_requests("burst", 5, &replies_to, 120).await;
+    let fleet = world
+        .wait_for("scaled out to three", |f| f.status.as_ref().is_some_and(|s| s.ready_instances == 3))
+        .await;
+    assert!(fleet.status.unwrap().desired_instances <= 3, "no more instances than demand needs");
+    let ready = replies(&world, &replies_to, "session.ready", 5).await;
+    assert!(world.instances().await.len() <= 3);
+
+    // A CDP round trip through a gateway.
+    let session = &ready[0];
+    let url = format!(
+        "{}?token={}",
+        session["endpoints"]["webSocketDebuggerUrl"].as_str().unwrap(),
+        session["token"].as_str().unwrap()
+    );
+    let mut cdp = Cdp::connect(&url).await.expect("gateway admits the token");
+    assert_eq!(evaluate_in_new_page(&mut cdp, "6 * 7").await, json!(42));
+    drop(cdp);
+
+    // End every session: the fleet goes back to its minimum.
+    let fleet = world.get().await;
+    let token = fleet_token(&world).await;
+    for session in &ready {
+        let instance = session["instanceId"].as_str().unwrap();
+        let address = fleet
+            .status
+            .as_ref()
+            .unwrap()
+            .instances
+            .iter()
+            .find(|i| i.instance_id == instance)
+            .and_then(|i| i.address.clone())
+            .expect("address of the hosting instance");
+        let (code, body) = support::http::call(
+            "DELETE",
+            &format!("http://{address}/v1/sessions/{}", session["sessionId"].as_str().unwrap()),
+            Some(&token),
+        )
+        .await;
+        assert!(code == 200 || code == 202 || code == 204, "{code} {body}");
+    }
+    world
+        .wait_for("back to one instance", |f| {
+            f.status
+                .as_ref()
+                .is_some_and(|s| s.current_instances == 1 && s.ready_instances == 1)
+        })
+        .await;
+    eventually("EC2 has one instance left", WAIT, || async { world.instances().await.len() == 1 }).await;
+
+    nodes.shutdown().await;
+    operator.stop().await.expect("graceful stop");
+}
+
+async fn fleet_token(world: &OperatorWorld) -> String {
+    let secrets: Api<Secret> = world.cluster.api();
+    let secret = secrets.get(&secret_name(&world.name)).await.expect("fleet Secret");
+    String::from_utf8(secret.data.unwrap()["fleetToken"].0.clone()).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_invalid_spec_is_reported_launches_nothing_and_recovers_when_fixed() {
+    let world = OperatorWorld::new("invalid").await;
+    let operator = world.start_operator(test_settings(), None).await;
+    // Valid for the schema, refused by validate(): the CEL rules are the
+    // same, so this spec is written past them with a server that has none
+    // (1.20) or refused by the CRD (then validate() cannot be reached).
+    let mut manifest = world.fleet(1, 2);
+    manifest["spec"]["agent"]["browserPortRange"] = json!({"start": 9300, "end": 9300});
+    let applied = world
+        .fleets()
+        .patch(
+            &world.name,
+            &kube::api::PatchParams::apply("e2e-test").force(),
+            &kube::api::Patch::Apply(&manifest),
+        )
+        .await;
+    if applied.is_err() {
+        // The CRD refused it (CEL): that is the first line of defence.
+        assert!(world.cluster.enforces_cel().await);
+        operator.stop().await.expect("graceful stop");
+        return;
+    }
+    let fleet = world
+        .wait_for("InvalidSpec", |f| {
+            condition(f, CONDITION_READY).is_some_and(|(s, r)| s == "False" && r == "InvalidSpec")
+        })
+        .await;
+    assert!(fleet.status.unwrap().conditions.iter().any(|c| c.message.contains("browserPortRange")));
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(world.instances().await.is_empty(), "nothing launched for an invalid spec");
+
+    world.apply(&world.fleet(1, 2)).await;
+    world
+        .wait_for("recovered: an instance launched", |f| f.status.as_ref().is_some_and(|s| s.current_instances == 1))
+        .await;
+    operator.stop().await.expect("graceful stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_fleet_leaves_no_instance_queue_parameter_agent_or_browser() {
+    let world = OperatorWorld::new("delete").await;
+    let operator = world.start_operator(test_settings(), None).await;
+    let nodes = world.start_nodes(|_| {});
+    world.apply(&world.fleet(1, 2)).await;
+    let fleet = world
+        .wait_for("one ready instance", |f| f.status.as_ref().is_some_and(|s| s.ready_instances == 1))
+        .await;
+    let queues = fleet.status.unwrap().queues.unwrap();
+    let id = world.fleet_id().await;
+    world.delete().await;
+    eventually("the fleet is gone", WAIT, || async { world.fleets().get_opt(&world.name).await.ok().flatten().is_none() })
+        .await;
+    let compute = browserfleet::cloud::Ec2Compute::new(&world.aws);
+    assert!(browserfleet::cloud::Compute::list_instances(&compute, &id).await.unwrap().is_empty());
+    let sqs = Sqs::new(&world.aws);
+    for url in [queues.requests, queues.dead_letter, queues.events].into_iter().flatten() {
+        let gone = sqs.depth(&QueueUrl::new(&url)).await;
+        assert!(gone.is_err(), "queue {url} still exists");
+    }
+    let parameter = Ssm::new(&world.aws)
+        .get_parameter(&parameter_name(&world.cluster.ns, &world.name))
+        .await;
+    assert!(parameter.is_err(), "the parameter is deleted");
+    eventually("no agent left", WAIT, || async { nodes.agents().is_empty() }).await;
+    let work = world.work.path().to_string_lossy().to_string();
+    eventually("no browser left", WAIT, || {
+        let work = work.clone();
+        async move { support::agent_world::processes_with(&work).is_empty() }
+    })
+    .await;
+    nodes.shutdown().await;
+    operator.stop().await.expect("graceful stop");
+}
