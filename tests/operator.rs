@@ -171,7 +171,13 @@ async fn a_queue_burst_scales_out_is_served_and_idle_scales_back_to_the_minimum(
         .await;
     assert!(fleet.status.unwrap().desired_instances <= 3, "no more instances than demand needs");
     let ready = replies(&world, &replies_to, "session.ready", 5).await;
-    assert!(world.instances().await.len() <= 3);
+    let instances = world.instances().await;
+    assert!(
+        instances.len() <= 3,
+        "{} instances: {:#?}",
+        instances.len(),
+        world.get().await.status
+    );
 
     // A CDP round trip through a gateway.
     let session = &ready[0];

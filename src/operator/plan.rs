@@ -252,11 +252,18 @@ pub fn plan(
         .collect();
 
     let config = PolicyConfig::from_spec(spec);
+    // An agent receives a request only into a free slot, and the message
+    // stays in flight until the session is ready: a request in flight
+    // already holds a slot counted below. Only in-flight requests beyond
+    // every held slot (received by an agent that then died) are demand of
+    // their own.
+    let held: u32 = assessed.iter().filter_map(|a| a.view.as_ref()).map(|v| v.sessions).sum();
+    let in_flight = u32::try_from(observed.depth.in_flight).unwrap_or(u32::MAX);
     let observation = Observation {
         now: policy_time(now),
-        active_sessions: assessed.iter().map(|a| live_sessions(&a.status)).sum(),
+        active_sessions: held,
         queued_visible: u32::try_from(observed.depth.visible).unwrap_or(u32::MAX),
-        queued_in_flight: u32::try_from(observed.depth.in_flight).unwrap_or(u32::MAX),
+        queued_in_flight: in_flight.saturating_sub(held),
         pending_sessions: 0,
         mean_session_duration: None,
         instances: assessed.iter().filter_map(|a| a.view.clone()).collect(),
@@ -554,11 +561,20 @@ fn assess(
         }
     }
 
+    // The policy counts held slots: sessions, and slots reserved for a
+    // request being started.
+    let held = match answer {
+        Some(AgentAnswer::State(state)) => state
+            .slots
+            .saturating_sub(state.free_slots)
+            .max(live_sessions(&status)),
+        _ => live_sessions(&status),
+    };
     let view = match (view_phase, terminate) {
         (Some(phase), None) => Some(InstanceView {
             id: instance.id.clone(),
             phase,
-            sessions: live_sessions(&status),
+            sessions: held,
             idle_since,
             launched_at: launched.map(policy_time).unwrap_or_default(),
             ready_at,
