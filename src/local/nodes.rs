@@ -46,6 +46,8 @@ use crate::operator::agent_config::parameter_name;
 
 /// How often instances are listed unless told otherwise.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Shortest poll interval used, whatever the options say.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// How long a stopping agent has between SIGTERM and SIGKILL.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Agents stopped at once.
@@ -100,7 +102,7 @@ pub struct NodeOptions {
     /// Time from an instance's launch (or an agent's crash, with
     /// `restart_crashed`) to its agent's start.
     pub boot_delay: Duration,
-    /// How often instances are listed.
+    /// How often instances are listed (at least [`MIN_POLL_INTERVAL`]).
     pub poll_interval: Duration,
     /// The `browserfleet` binary the agents run.
     pub agent_binary: PathBuf,
@@ -420,7 +422,9 @@ impl Drop for NodeSimulator {
 }
 
 async fn poll_loop(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(shared.options.poll_interval);
+    // A zero period would make the interval panic.
+    let period = shared.options.poll_interval.max(MIN_POLL_INTERVAL);
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
