@@ -270,6 +270,19 @@ fn plan(
     plan
 }
 
+/// Where a node goes when its agent exited: back to booting only after a
+/// [`NodeSimulator::crash`] with [`NodeOptions::restart_crashed`], as a
+/// service manager would; down otherwise.
+fn after_exit(crashed: bool, options: &NodeOptions, now: SystemTime) -> Phase {
+    if crashed && options.restart_crashed {
+        Phase::Booting {
+            due: now + options.boot_delay,
+        }
+    } else {
+        Phase::Down
+    }
+}
+
 /// What the simulator shares with its polling task.
 struct Shared {
     options: NodeOptions,
@@ -512,17 +525,15 @@ impl Shared {
                     let Some(exit) = agent.exit.exited() else {
                         return;
                     };
-                    if *crashed && self.options.restart_crashed {
-                        tracing::info!(?exit, "agent crashed; restarting after the boot delay");
-                        node.phase = Phase::Booting {
-                            due: now + self.options.boot_delay,
-                        };
-                    } else {
-                        tracing::warn!(
+                    node.phase = after_exit(*crashed, &self.options, now);
+                    match node.phase {
+                        Phase::Booting { .. } => {
+                            tracing::info!(?exit, "agent crashed; restarting after the boot delay")
+                        }
+                        _ => tracing::warn!(
                             ?exit,
                             "agent exited; it stays down while the instance runs"
-                        );
-                        node.phase = Phase::Down;
+                        ),
                     }
                     return;
                 }
@@ -815,6 +826,20 @@ mod tests {
             "team/silent".to_owned(),
         ]));
         assert_eq!(booted(&options), vec!["i-loud"]);
+    }
+
+    #[test]
+    fn only_a_requested_crash_with_restart_crashed_boots_again() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(50);
+        let mut options = options(Duration::from_secs(3));
+        assert!(matches!(after_exit(true, &options, now), Phase::Down));
+        assert!(matches!(after_exit(false, &options, now), Phase::Down));
+        options.restart_crashed = true;
+        assert!(matches!(after_exit(false, &options, now), Phase::Down));
+        assert!(matches!(
+            after_exit(true, &options, now),
+            Phase::Booting { due } if due == now + Duration::from_secs(3)
+        ));
     }
 
     #[test]
