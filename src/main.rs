@@ -153,6 +153,48 @@ enum DevCommand {
         #[arg(long)]
         kubeconfig: PathBuf,
     },
+    /// Play the nodes of the instances moto (or EC2) reports running: start
+    /// a real agent for each after the boot delay, advertising a loopback
+    /// address, and stop it and its browsers when the instance stops or
+    /// terminates.
+    ///
+    /// AWS endpoint, region and credentials come from the environment
+    /// (AWS_ENDPOINT_URL, AWS_REGION, ...) and are passed on to the agents.
+    /// Runs until SIGTERM or Ctrl-C, then stops every agent and browser.
+    #[cfg(unix)]
+    Nodes {
+        /// Time from an instance's launch to its agent's start (2s, 500ms,
+        /// 1m).
+        #[arg(long, default_value = "2s", value_parser = parse_duration)]
+        boot_delay: std::time::Duration,
+        /// Where agents keep their state (<dir>/<instance id>) and logs
+        /// (<dir>/<instance id>.log).
+        #[arg(long, value_name = "DIR")]
+        work_dir: PathBuf,
+        /// A fleet whose instances never register (no agent is started); may
+        /// be repeated.
+        #[arg(long = "never-register", value_name = "NAMESPACE/NAME", value_parser = parse_fleet_key)]
+        never_register: Vec<String>,
+        /// Play only the instances of this fleet; may be repeated (every
+        /// fleet's when omitted).
+        #[arg(long = "fleet", value_name = "NAMESPACE/NAME", value_parser = parse_fleet_key)]
+        fleets: Vec<String>,
+        /// How often instances are listed.
+        #[arg(long, default_value = "500ms", value_parser = parse_duration)]
+        poll_interval: std::time::Duration,
+        /// Ports the browsers of all nodes share, in disjoint blocks.
+        #[arg(long, value_name = "START-END", default_value = "40000-44999", value_parser = browserfleet::agent::config::parse_port_range)]
+        browser_ports: browserfleet::api::fleet::PortRange,
+        /// Browser ports per node: at least the fleet's sessionsPerInstance.
+        #[arg(long, default_value_t = 16)]
+        ports_per_node: u16,
+        /// The browserfleet binary the agents run; this one when omitted.
+        #[arg(long, value_name = "PATH")]
+        agent_binary: Option<PathBuf>,
+        /// Log as JSON lines instead of human-readable text.
+        #[arg(long)]
+        json_logs: bool,
+    },
 }
 
 /// `browserfleet operator`.
@@ -208,26 +250,6 @@ struct OperatorArgs {
     json_logs: bool,
 }
 
-/// `500ms`, `20s`, `5m`, `1h`, or plain seconds.
-fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
-    let (number, unit) = match text.find(|c: char| !c.is_ascii_digit()) {
-        Some(at) => text.split_at(at),
-        None => (text, "s"),
-    };
-    let value: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} is not a duration such as 500ms, 20s, 5m or 1h"))?;
-    let millis = match unit {
-        "ms" => Some(value),
-        "s" => value.checked_mul(1000),
-        "m" => value.checked_mul(60_000),
-        "h" => value.checked_mul(3_600_000),
-        _ => None,
-    }
-    .ok_or_else(|| format!("{text:?} is not a duration such as 500ms, 20s, 5m or 1h"))?;
-    Ok(std::time::Duration::from_millis(millis))
-}
-
 /// How `simulate` prints its results.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum OutputFormat {
@@ -255,6 +277,37 @@ fn main() -> anyhow::Result<ExitCode> {
             command: DevCommand::Apiserver { listen, kubeconfig },
         } => dev_apiserver(&listen, &kubeconfig),
         Command::Operator(args) => run_operator(args),
+        #[cfg(unix)]
+        Command::Dev {
+            command:
+                DevCommand::Nodes {
+                    boot_delay,
+                    work_dir,
+                    never_register,
+                    fleets,
+                    poll_interval,
+                    browser_ports,
+                    ports_per_node,
+                    agent_binary,
+                    json_logs,
+                },
+        } => {
+            let agent_binary = match agent_binary {
+                Some(path) => path,
+                None => std::env::current_exe().context("finding this binary")?,
+            };
+            let mut options = browserfleet::local::nodes::NodeOptions::new(agent_binary, work_dir);
+            options.boot_delay = boot_delay;
+            options.poll_interval = poll_interval;
+            options.never_register = never_register.into_iter().collect();
+            options.only_fleets = (!fleets.is_empty()).then(|| fleets.into_iter().collect());
+            options.browser_ports = browserfleet::local::nodes::PortPool {
+                first: u16::try_from(browser_ports.start).context("--browser-ports start")?,
+                last: u16::try_from(browser_ports.end).context("--browser-ports end")?,
+                per_node: ports_per_node,
+            };
+            dev_nodes(options, json_logs)
+        }
         Command::Agent {
             config,
             config_ssm_parameter,
@@ -410,6 +463,48 @@ fn dev_apiserver(listen: &str, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
     })
 }
 
+#[cfg(unix)]
+fn dev_nodes(
+    options: browserfleet::local::nodes::NodeOptions,
+    json_logs: bool,
+) -> anyhow::Result<ExitCode> {
+    use browserfleet::cloud::{Aws, AwsSettings};
+    browserfleet::telemetry::init_logs(json_logs);
+    if options.browser_ports.block(0).is_none() {
+        anyhow::bail!("--browser-ports holds fewer ports than --ports-per-node");
+    }
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let aws = Aws::load(AwsSettings::default()).await?;
+        let work_dir = options.work_dir.clone();
+        let simulator = browserfleet::local::nodes::NodeSimulator::start(&aws, options)?;
+        println!("simulating nodes in {}", work_dir.display());
+        shutdown_signal().await;
+        simulator.shutdown().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
+
+/// A duration as people write it: `2s`, `500ms`, `1m 30s` (or ISO 8601).
+fn parse_duration(text: &str) -> Result<std::time::Duration, String> {
+    let signed: jiff::SignedDuration = text
+        .parse()
+        .map_err(|e| format!("{text:?} is not a duration like 2s or 500ms: {e}"))?;
+    std::time::Duration::try_from(signed).map_err(|_| format!("{text:?} is negative"))
+}
+
+/// A fleet named `namespace/name`.
+fn parse_fleet_key(text: &str) -> Result<String, String> {
+    match text.split_once('/') {
+        Some((namespace, name))
+            if !namespace.is_empty() && !name.is_empty() && !name.contains('/') =>
+        {
+            Ok(text.to_owned())
+        }
+        _ => Err(format!("{text:?} is not namespace/name")),
+    }
+}
+
 /// Completes on SIGTERM or Ctrl-C.
 async fn shutdown_signal() {
     let ctrl_c = async {
@@ -532,4 +627,27 @@ fn crdgen(out_dir: &Path, check: bool) -> anyhow::Result<ExitCode> {
         println!("wrote {}", path.display());
     }
     Ok(ExitCode::SUCCESS)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_as_people_write_them() {
+        use std::time::Duration;
+        assert_eq!(parse_duration("2s"), Ok(Duration::from_secs(2)));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
+        assert!(parse_duration("-2s").is_err());
+        assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn fleets_are_namespace_slash_name() {
+        assert_eq!(parse_fleet_key("team/web"), Ok("team/web".to_owned()));
+        for bad in ["team", "team/", "/web", "a/b/c"] {
+            assert!(parse_fleet_key(bad).is_err(), "{bad}");
+        }
+    }
 }

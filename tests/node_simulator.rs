@@ -203,3 +203,61 @@ async fn a_crashed_agent_comes_back_after_the_boot_delay_and_readopts_its_sessio
         "shutdown kills agents and browsers"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_nodes_plays_nodes_until_sigterm_and_leaves_nothing_running() {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    let mut world = NodeWorld::new("nodes-cli").await;
+    let fleet = world.fleet("nodes-cli").await;
+    world.publish(&fleet).await;
+    let pool = world.options(Duration::ZERO).browser_ports;
+    // The AWS variables support::aws() set for this process are inherited.
+    let mut cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_browserfleet"))
+        .args([
+            "dev",
+            "nodes",
+            "--boot-delay",
+            "1s",
+            "--poll-interval",
+            "200ms",
+        ])
+        .args(["--fleet", &fleet.key()])
+        .args(["--browser-ports", &format!("{}-{}", pool.first, pool.last)])
+        .args(["--ports-per-node", &pool.per_node.to_string()])
+        .arg("--work-dir")
+        .arg(world.work.path())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("browserfleet dev nodes starts");
+    let stdout = cli.stdout.take().expect("stdout");
+    let line = tokio::time::timeout(DEADLINE, BufReader::new(stdout).lines().next_line())
+        .await
+        .expect("it reports its start")
+        .expect("stdout readable")
+        .expect("a line");
+    assert!(line.starts_with("simulating nodes in "), "{line}");
+
+    let instance = world.launch(&fleet).await;
+    let registered = world.registration(&fleet, &instance.id, DEADLINE).await;
+    client()
+        .state(&registered.address, fleet.token())
+        .await
+        .expect("its agent answers");
+
+    let pid = cli.id().expect("pid");
+    // SAFETY: a plain kill(2) of the process this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(30), cli.wait())
+        .await
+        .expect("it exits on SIGTERM")
+        .expect("exit status");
+    assert!(status.success(), "{status}");
+    let work = world.work.path().display().to_string();
+    assert_eq!(
+        processes_with(&work),
+        Vec::<u32>::new(),
+        "no agent, no browser"
+    );
+}

@@ -46,6 +46,8 @@ use crate::operator::agent_config::parameter_name;
 
 /// How often instances are listed unless told otherwise.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
+/// Shortest poll interval used, whatever the options say.
+pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// How long a stopping agent has between SIGTERM and SIGKILL.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
 /// Agents stopped at once.
@@ -100,7 +102,7 @@ pub struct NodeOptions {
     /// Time from an instance's launch (or an agent's crash, with
     /// `restart_crashed`) to its agent's start.
     pub boot_delay: Duration,
-    /// How often instances are listed.
+    /// How often instances are listed (at least [`MIN_POLL_INTERVAL`]).
     pub poll_interval: Duration,
     /// The `browserfleet` binary the agents run.
     pub agent_binary: PathBuf,
@@ -268,6 +270,19 @@ fn plan(
     plan
 }
 
+/// Where a node goes when its agent exited: back to booting only after a
+/// [`NodeSimulator::crash`] with [`NodeOptions::restart_crashed`], as a
+/// service manager would; down otherwise.
+fn after_exit(crashed: bool, options: &NodeOptions, now: SystemTime) -> Phase {
+    if crashed && options.restart_crashed {
+        Phase::Booting {
+            due: now + options.boot_delay,
+        }
+    } else {
+        Phase::Down
+    }
+}
+
 /// What the simulator shares with its polling task.
 struct Shared {
     options: NodeOptions,
@@ -420,7 +435,9 @@ impl Drop for NodeSimulator {
 }
 
 async fn poll_loop(shared: Arc<Shared>, mut stopped: watch::Receiver<bool>) {
-    let mut tick = tokio::time::interval(shared.options.poll_interval);
+    // A zero period would make the interval panic.
+    let period = shared.options.poll_interval.max(MIN_POLL_INTERVAL);
+    let mut tick = tokio::time::interval(period);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
@@ -508,17 +525,15 @@ impl Shared {
                     let Some(exit) = agent.exit.exited() else {
                         return;
                     };
-                    if *crashed && self.options.restart_crashed {
-                        tracing::info!(?exit, "agent crashed; restarting after the boot delay");
-                        node.phase = Phase::Booting {
-                            due: now + self.options.boot_delay,
-                        };
-                    } else {
-                        tracing::warn!(
+                    node.phase = after_exit(*crashed, &self.options, now);
+                    match node.phase {
+                        Phase::Booting { .. } => {
+                            tracing::info!(?exit, "agent crashed; restarting after the boot delay")
+                        }
+                        _ => tracing::warn!(
                             ?exit,
                             "agent exited; it stays down while the instance runs"
-                        );
-                        node.phase = Phase::Down;
+                        ),
                     }
                     return;
                 }
@@ -811,6 +826,20 @@ mod tests {
             "team/silent".to_owned(),
         ]));
         assert_eq!(booted(&options), vec!["i-loud"]);
+    }
+
+    #[test]
+    fn only_a_requested_crash_with_restart_crashed_boots_again() {
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(50);
+        let mut options = options(Duration::from_secs(3));
+        assert!(matches!(after_exit(true, &options, now), Phase::Down));
+        assert!(matches!(after_exit(false, &options, now), Phase::Down));
+        options.restart_crashed = true;
+        assert!(matches!(after_exit(false, &options, now), Phase::Down));
+        assert!(matches!(
+            after_exit(true, &options, now),
+            Phase::Booting { due } if due == now + Duration::from_secs(3)
+        ));
     }
 
     #[test]
