@@ -427,7 +427,7 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<ExitCode> {
                 ..Settings::default()
             },
             listen: Some(args.listen),
-            leader_election: args.leader_election.then(|| LeaderElection {
+            leader_election: args.leader_election.then_some(LeaderElection {
                 namespace: args.lease_namespace,
                 lease: args.lease_name,
                 identity,

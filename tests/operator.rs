@@ -17,7 +17,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use serde_json::{Value, json};
 
-use support::agent_world::{Cdp, eventually, evaluate_in_new_page};
+use support::agent_world::{Cdp, evaluate_in_new_page, eventually};
 use support::operator_world::{OperatorWorld, WAIT, condition, has_condition, test_settings};
 
 /// A queue the test reads replies from.
@@ -56,7 +56,9 @@ async fn replies(world: &OperatorWorld, queue: &QueueUrl, kind: &str, count: usi
             .expect("receive replies");
         for message in messages {
             let body: Value = serde_json::from_str(&message.body).expect("reply is JSON");
-            sqs.delete(queue, &message.receipt).await.expect("delete reply");
+            sqs.delete(queue, &message.receipt)
+                .await
+                .expect("delete reply");
             assert_ne!(body["type"], "session.failed", "{body}");
             if body["type"] == kind {
                 found.push(body);
@@ -92,7 +94,14 @@ async fn a_fleet_gets_queues_secret_config_and_its_minimum_of_registered_instanc
                 && f.status.as_ref().is_some_and(|s| s.ready_instances == 2)
         })
         .await;
-    assert!(fleet.metadata.finalizers.clone().unwrap_or_default().contains(&"browserfleet.io/cleanup".to_owned()));
+    assert!(
+        fleet
+            .metadata
+            .finalizers
+            .clone()
+            .unwrap_or_default()
+            .contains(&"browserfleet.io/cleanup".to_owned())
+    );
     let status = fleet.status.clone().unwrap();
     assert_eq!(status.desired_instances, 2);
     assert_eq!(status.current_instances, 2);
@@ -102,7 +111,10 @@ async fn a_fleet_gets_queues_secret_config_and_its_minimum_of_registered_instanc
     for instance in &status.instances {
         assert_eq!(instance.state, Lifecycle::Ready, "{instance:?}");
         let address = instance.address.as_deref().expect("registered address");
-        assert!(address.starts_with("127.0.0.1:"), "agents advertise loopback: {address}");
+        assert!(
+            address.starts_with("127.0.0.1:"),
+            "agents advertise loopback: {address}"
+        );
     }
     assert_eq!(world.instances().await.len(), 2);
 
@@ -110,7 +122,10 @@ async fn a_fleet_gets_queues_secret_config_and_its_minimum_of_registered_instanc
     let queues = status.queues.clone().unwrap();
     assert!(queues.requests.is_some() && queues.dead_letter.is_some() && queues.events.is_some());
     let secrets: Api<Secret> = world.cluster.api();
-    let secret = secrets.get(&secret_name(&world.name)).await.expect("fleet Secret");
+    let secret = secrets
+        .get(&secret_name(&world.name))
+        .await
+        .expect("fleet Secret");
     assert_eq!(
         secret.metadata.owner_references.unwrap()[0].uid,
         fleet.metadata.uid.clone().unwrap()
@@ -121,7 +136,10 @@ async fn a_fleet_gets_queues_secret_config_and_its_minimum_of_registered_instanc
         .get_parameter(&parameter_name(&world.cluster.ns, &world.name))
         .await
         .expect("agent config parameter");
-    assert!(parameter.secure, "the agent configuration is a SecureString");
+    assert!(
+        parameter.secure,
+        "the agent configuration is a SecureString"
+    );
     let config: Value = serde_json::from_str(&parameter.value).unwrap();
     assert_eq!(config["fleetToken"], token.as_str());
     assert_eq!(config["requestQueueUrl"], queues.requests.unwrap().as_str());
@@ -138,7 +156,11 @@ async fn a_fleet_gets_queues_secret_config_and_its_minimum_of_registered_instanc
         async move { reconciles(&metrics) >= reconciles(&before) + 2 }
     })
     .await;
-    assert_eq!(writes(world.aws.recorder()), Vec::<String>::new(), "a steady reconcile writes nothing");
+    assert_eq!(
+        writes(world.aws.recorder()),
+        Vec::<String>::new(),
+        "a steady reconcile writes nothing"
+    );
     assert_eq!(world.aws.recorder().count(Service::Ssm, "GetParameter"), 0);
 
     nodes.shutdown().await;
@@ -160,16 +182,23 @@ async fn a_queue_burst_scales_out_is_served_and_idle_scales_back_to_the_minimum(
     let nodes = world.start_nodes(|_| {});
     world.apply(&world.fleet(1, 4)).await;
     world
-        .wait_for("one ready instance", |f| f.status.as_ref().is_some_and(|s| s.ready_instances == 1))
+        .wait_for("one ready instance", |f| {
+            f.status.as_ref().is_some_and(|s| s.ready_instances == 1)
+        })
         .await;
 
     // Five requests of two sessions per instance: three instances.
     let replies_to = reply_queue(&world, "replies").await;
     world.send_requests("burst", 5, &replies_to, 120).await;
     let fleet = world
-        .wait_for("scaled out to three", |f| f.status.as_ref().is_some_and(|s| s.ready_instances == 3))
+        .wait_for("scaled out to three", |f| {
+            f.status.as_ref().is_some_and(|s| s.ready_instances == 3)
+        })
         .await;
-    assert!(fleet.status.unwrap().desired_instances <= 3, "no more instances than demand needs");
+    assert!(
+        fleet.status.unwrap().desired_instances <= 3,
+        "no more instances than demand needs"
+    );
     let ready = replies(&world, &replies_to, "session.ready", 5).await;
     let instances = world.instances().await;
     assert!(
@@ -183,7 +212,9 @@ async fn a_queue_burst_scales_out_is_served_and_idle_scales_back_to_the_minimum(
     let session = &ready[0];
     let url = format!(
         "{}?token={}",
-        session["endpoints"]["webSocketDebuggerUrl"].as_str().unwrap(),
+        session["endpoints"]["webSocketDebuggerUrl"]
+            .as_str()
+            .unwrap(),
         session["token"].as_str().unwrap()
     );
     let mut cdp = Cdp::connect(&url).await.expect("gateway admits the token");
@@ -206,7 +237,10 @@ async fn a_queue_burst_scales_out_is_served_and_idle_scales_back_to_the_minimum(
             .expect("address of the hosting instance");
         let (code, body) = support::http::call(
             "DELETE",
-            &format!("http://{address}/v1/sessions/{}", session["sessionId"].as_str().unwrap()),
+            &format!(
+                "http://{address}/v1/sessions/{}",
+                session["sessionId"].as_str().unwrap()
+            ),
             Some(&token),
         )
         .await;
@@ -219,7 +253,10 @@ async fn a_queue_burst_scales_out_is_served_and_idle_scales_back_to_the_minimum(
                 .is_some_and(|s| s.current_instances == 1 && s.ready_instances == 1)
         })
         .await;
-    eventually("EC2 has one instance left", WAIT, || async { world.instances().await.len() == 1 }).await;
+    eventually("EC2 has one instance left", WAIT, || async {
+        world.instances().await.len() == 1
+    })
+    .await;
 
     nodes.shutdown().await;
     operator.stop().await.expect("graceful stop");
@@ -227,7 +264,10 @@ async fn a_queue_burst_scales_out_is_served_and_idle_scales_back_to_the_minimum(
 
 async fn fleet_token(world: &OperatorWorld) -> String {
     let secrets: Api<Secret> = world.cluster.api();
-    let secret = secrets.get(&secret_name(&world.name)).await.expect("fleet Secret");
+    let secret = secrets
+        .get(&secret_name(&world.name))
+        .await
+        .expect("fleet Secret");
     String::from_utf8(secret.data.unwrap()["fleetToken"].0.clone()).unwrap()
 }
 
@@ -259,13 +299,25 @@ async fn an_invalid_spec_is_reported_launches_nothing_and_recovers_when_fixed() 
             condition(f, CONDITION_READY).is_some_and(|(s, r)| s == "False" && r == "InvalidSpec")
         })
         .await;
-    assert!(fleet.status.unwrap().conditions.iter().any(|c| c.message.contains("browserPortRange")));
+    assert!(
+        fleet
+            .status
+            .unwrap()
+            .conditions
+            .iter()
+            .any(|c| c.message.contains("browserPortRange"))
+    );
     tokio::time::sleep(Duration::from_secs(3)).await;
-    assert!(world.instances().await.is_empty(), "nothing launched for an invalid spec");
+    assert!(
+        world.instances().await.is_empty(),
+        "nothing launched for an invalid spec"
+    );
 
     world.apply(&world.fleet(1, 2)).await;
     world
-        .wait_for("recovered: an instance launched", |f| f.status.as_ref().is_some_and(|s| s.current_instances == 1))
+        .wait_for("recovered: an instance launched", |f| {
+            f.status.as_ref().is_some_and(|s| s.current_instances == 1)
+        })
         .await;
     operator.stop().await.expect("graceful stop");
 }
@@ -277,17 +329,35 @@ async fn deleting_a_fleet_leaves_no_instance_queue_parameter_agent_or_browser() 
     let nodes = world.start_nodes(|_| {});
     world.apply(&world.fleet(1, 2)).await;
     let fleet = world
-        .wait_for("one ready instance", |f| f.status.as_ref().is_some_and(|s| s.ready_instances == 1))
+        .wait_for("one ready instance", |f| {
+            f.status.as_ref().is_some_and(|s| s.ready_instances == 1)
+        })
         .await;
     let queues = fleet.status.unwrap().queues.unwrap();
     let id = world.fleet_id().await;
     world.delete().await;
-    eventually("the fleet is gone", WAIT, || async { world.fleets().get_opt(&world.name).await.ok().flatten().is_none() })
-        .await;
+    eventually("the fleet is gone", WAIT, || async {
+        world
+            .fleets()
+            .get_opt(&world.name)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+    })
+    .await;
     let compute = browserfleet::cloud::Ec2Compute::new(&world.aws);
-    assert!(browserfleet::cloud::Compute::list_instances(&compute, &id).await.unwrap().is_empty());
+    assert!(
+        browserfleet::cloud::Compute::list_instances(&compute, &id)
+            .await
+            .unwrap()
+            .is_empty()
+    );
     let sqs = Sqs::new(&world.aws);
-    for url in [queues.requests, queues.dead_letter, queues.events].into_iter().flatten() {
+    for url in [queues.requests, queues.dead_letter, queues.events]
+        .into_iter()
+        .flatten()
+    {
         let gone = sqs.depth(&QueueUrl::new(&url)).await;
         assert!(gone.is_err(), "queue {url} still exists");
     }
@@ -295,7 +365,10 @@ async fn deleting_a_fleet_leaves_no_instance_queue_parameter_agent_or_browser() 
         .get_parameter(&parameter_name(&world.cluster.ns, &world.name))
         .await;
     assert!(parameter.is_err(), "the parameter is deleted");
-    eventually("no agent left", WAIT, || async { nodes.agents().is_empty() }).await;
+    eventually("no agent left", WAIT, || async {
+        nodes.agents().is_empty()
+    })
+    .await;
     let work = world.work.path().to_string_lossy().to_string();
     eventually("no browser left", WAIT, || {
         let work = work.clone();

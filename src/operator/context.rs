@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::Resource;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 
 use crate::api::BrowserFleet;
 use crate::cloud::{Aws, CallRecorder, Ec2Compute, Sqs, Ssm};
@@ -168,7 +168,10 @@ impl Context {
     /// What was ensured for a fleet at `generation`.
     pub fn ensured_at(&self, uid: &str, generation: i64) -> Option<Ensured> {
         let ensured = self.ensured.lock().unwrap_or_else(|e| e.into_inner());
-        ensured.get(uid).filter(|e| e.generation == generation).cloned()
+        ensured
+            .get(uid)
+            .filter(|e| e.generation == generation)
+            .cloned()
     }
 
     /// Records what was ensured for a fleet.

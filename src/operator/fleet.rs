@@ -32,23 +32,23 @@ use kube::runtime::reflector::ObjectRef;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::{Value, json};
 
+use crate::api::BrowserFleet;
 use crate::api::fleet::{
     BrowserFleetStatus, CONDITION_DEGRADED, CONDITION_READY, CONDITION_SCALING, LaunchIntent,
     QueueUrls, ScaleDecision,
 };
-use crate::api::BrowserFleet;
 use crate::cloud::{
-    AwsFault, Compute, ComputeError, FaultKind, FleetId, FleetIdError, FleetInstance, InstanceBlueprint,
-    InstanceId, InstanceState, LaunchRequest, ParameterKind, ParameterWrite, Parameters, QueueDefinition,
-    QueueError, QueueUrl, Queues, SsmError,
+    AwsFault, Compute, ComputeError, FaultKind, FleetId, FleetIdError, FleetInstance,
+    InstanceBlueprint, InstanceId, InstanceState, LaunchRequest, ParameterKind, ParameterWrite,
+    Parameters, QueueDefinition, QueueError, QueueUrl, Queues, SsmError,
 };
 use crate::operator::agent_config::{self, FleetQueues, RenderError};
+use crate::operator::bootstrap;
 use crate::operator::conditions::{self, Wanted};
 use crate::operator::context::{Context, Ensured};
 use crate::operator::plan::{self, AgentAnswer, Observed, Plan, Previous};
 use crate::operator::secrets::{self, SecretsError};
 use crate::operator::watches::WatchedQueues;
-use crate::operator::bootstrap;
 
 /// The fleet's finalizer: AWS resources exist while it is on.
 pub const FINALIZER: &str = "browserfleet.io/cleanup";
@@ -146,7 +146,8 @@ pub async fn reconcile(fleet: Arc<BrowserFleet>, ctx: Arc<Context>) -> Result<Ac
     let span = tracing::info_span!("reconcile", fleet = %format!("{}/{}", fleet.namespace().unwrap_or_default(), fleet.name_any()));
     let result = tracing::Instrument::instrument(reconcile_fleet(&fleet, &ctx), span).await;
     let kind = result.as_ref().err().map(Error::reason);
-    ctx.metrics.reconciled(started.elapsed().as_secs_f64(), kind);
+    ctx.metrics
+        .reconciled(started.elapsed().as_secs_f64(), kind);
     if let Err(error) = &result {
         tracing::warn!(fleet = %fleet.name_any(), %error, "reconcile failed");
         report_error(&fleet, &ctx, error).await;
@@ -241,19 +242,31 @@ async fn add_finalizer(fleet: &BrowserFleet, ctx: &Context) -> Result<(), Error>
         "resourceVersion": fleet.resource_version(),
     }});
     api(ctx, fleet)
-        .patch(&fleet.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(
+            &fleet.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
         .await?;
     Ok(())
 }
 
 async fn remove_finalizer(fleet: &BrowserFleet, ctx: &Context) -> Result<(), Error> {
-    let finalizers: Vec<&String> = fleet.finalizers().iter().filter(|f| *f != FINALIZER).collect();
+    let finalizers: Vec<&String> = fleet
+        .finalizers()
+        .iter()
+        .filter(|f| *f != FINALIZER)
+        .collect();
     let patch = json!({"metadata": {
         "finalizers": finalizers,
         "resourceVersion": fleet.resource_version(),
     }});
     match api(ctx, fleet)
-        .patch(&fleet.name_any(), &PatchParams::default(), &Patch::Merge(&patch))
+        .patch(
+            &fleet.name_any(),
+            &PatchParams::default(),
+            &Patch::Merge(&patch),
+        )
         .await
     {
         Ok(_) => Ok(()),
@@ -279,7 +292,11 @@ async fn ensure(fleet: &BrowserFleet, id: &FleetId, ctx: &Context) -> Result<Ens
             (queue.url, queue.dead_letter_url)
         }
     };
-    let events = ctx.sqs.ensure_queue(&QueueDefinition::events_for(id)).await?.url;
+    let events = ctx
+        .sqs
+        .ensure_queue(&QueueDefinition::events_for(id))
+        .await?
+        .url;
     let queues = FleetQueues {
         requests,
         dead_letter,
@@ -349,17 +366,24 @@ fn addresses(
     instances: &[FleetInstance],
     registrations: &BTreeMap<InstanceId, plan::Registration>,
 ) -> Vec<(InstanceId, String)> {
-    let recorded = fleet.status.as_ref().map(|s| s.instances.as_slice()).unwrap_or_default();
+    let recorded = fleet
+        .status
+        .as_ref()
+        .map(|s| s.instances.as_slice())
+        .unwrap_or_default();
     instances
         .iter()
         .filter(|i| i.state == InstanceState::Running)
         .filter_map(|i| {
-            let address = registrations.get(&i.id).map(|r| r.address.clone()).or_else(|| {
-                recorded
-                    .iter()
-                    .find(|s| s.instance_id == i.id.as_str())
-                    .and_then(|s| s.address.clone())
-            })?;
+            let address = registrations
+                .get(&i.id)
+                .map(|r| r.address.clone())
+                .or_else(|| {
+                    recorded
+                        .iter()
+                        .find(|s| s.instance_id == i.id.as_str())
+                        .and_then(|s| s.address.clone())
+                })?;
             Some((i.id.clone(), address))
         })
         .collect()
@@ -440,9 +464,19 @@ async fn act(
         ..Acted::default()
     };
     for (instance, address) in &plan.drain {
-        match ctx.agents.drain(address, ensured.fleet_token.expose()).await {
+        match ctx
+            .agents
+            .drain(address, ensured.fleet_token.expose())
+            .await
+        {
             Ok(()) => {
-                ctx.event(fleet, false, "Draining", format!("draining {instance}: not needed")).await;
+                ctx.event(
+                    fleet,
+                    false,
+                    "Draining",
+                    format!("draining {instance}: not needed"),
+                )
+                .await;
             }
             Err(error) => {
                 tracing::warn!(%instance, %error, "drain failed; trying again next time");
@@ -490,7 +524,12 @@ async fn act(
             fleet,
             false,
             "Launched",
-            format!("launched {count} of {} (launch {}): {}", launch.count, launch.sequence, ids.join(", ")),
+            format!(
+                "launched {count} of {} (launch {}): {}",
+                launch.count,
+                launch.sequence,
+                ids.join(", ")
+            ),
         )
         .await;
         if u32::try_from(count).unwrap_or(0) >= launch.count {
@@ -540,7 +579,10 @@ fn status_of(
     let mut launched = 0;
     if let Ok(acted) = acted {
         for failed in &acted.drain_failed {
-            if let Some(s) = instances.iter_mut().find(|s| s.instance_id == failed.as_str()) {
+            if let Some(s) = instances
+                .iter_mut()
+                .find(|s| s.instance_id == failed.as_str())
+            {
                 s.state = crate::api::fleet::InstanceState::Ready;
                 s.draining_since = None;
             }
@@ -568,18 +610,17 @@ fn status_of(
         instances.truncate(plan::MAX_LISTED_INSTANCES);
     }
     let desired = plan.decision.desired;
-    let last_scale_decision = if i64::from(desired) != i64::from(old.desired_instances)
-        && fleet.status.is_some()
-    {
-        Some(ScaleDecision {
-            from: old.desired_instances,
-            to: count(desired),
-            reason: plan.decision.reason.clone(),
-            time: now.clone(),
-        })
-    } else {
-        old.last_scale_decision.clone()
-    };
+    let last_scale_decision =
+        if i64::from(desired) != i64::from(old.desired_instances) && fleet.status.is_some() {
+            Some(ScaleDecision {
+                from: old.desired_instances,
+                to: count(desired),
+                reason: plan.decision.reason.clone(),
+                time: now.clone(),
+            })
+        } else {
+            old.last_scale_decision.clone()
+        };
     let (intent, sequence) = match acted {
         Ok(acted) => (acted.intent.clone(), acted.launch_sequence),
         Err(_) => (previous.intent.clone(), previous.launch_sequence),
@@ -603,7 +644,11 @@ fn status_of(
         instances,
         queues: Some(QueueUrls {
             requests: Some(ensured.queues.requests.as_str().to_owned()),
-            dead_letter: ensured.queues.dead_letter.as_ref().map(|u| u.as_str().to_owned()),
+            dead_letter: ensured
+                .queues
+                .dead_letter
+                .as_ref()
+                .map(|u| u.as_str().to_owned()),
             events: Some(ensured.queues.events.as_str().to_owned()),
         }),
         agent_config_parameter: Some(ensured.parameter.clone()),
@@ -611,14 +656,33 @@ fn status_of(
     }
 }
 
-fn wanted_conditions(fleet: &BrowserFleet, plan: &Plan, acted: Result<&Acted, &Error>) -> Vec<Wanted> {
+fn wanted_conditions(
+    fleet: &BrowserFleet,
+    plan: &Plan,
+    acted: Result<&Acted, &Error>,
+) -> Vec<Wanted> {
     let desired = plan.decision.desired;
     let ready = if fleet.spec.paused {
-        Wanted::new(CONDITION_READY, plan.ready > 0 || desired == 0, "Paused", format!("paused; {} of {desired} instances ready", plan.ready))
+        Wanted::new(
+            CONDITION_READY,
+            plan.ready > 0 || desired == 0,
+            "Paused",
+            format!("paused; {} of {desired} instances ready", plan.ready),
+        )
     } else if plan.ready >= desired {
-        Wanted::new(CONDITION_READY, true, "AtDesiredSize", format!("{} of {desired} instances ready", plan.ready))
+        Wanted::new(
+            CONDITION_READY,
+            true,
+            "AtDesiredSize",
+            format!("{} of {desired} instances ready", plan.ready),
+        )
     } else {
-        Wanted::new(CONDITION_READY, false, "WaitingForInstances", format!("{} of {desired} instances ready", plan.ready))
+        Wanted::new(
+            CONDITION_READY,
+            false,
+            "WaitingForInstances",
+            format!("{} of {desired} instances ready", plan.ready),
+        )
     };
     let kind = plan.decision.kind;
     let scaling = Wanted::new(
@@ -668,7 +732,11 @@ fn wanted_conditions(fleet: &BrowserFleet, plan: &Plan, acted: Result<&Acted, &E
 /// Applies the whole status; fields cleared are applied as `null` or `[]`
 /// so that they are removed (a partial apply would keep stale values on
 /// servers that do not track field ownership).
-async fn write_status(fleet: &BrowserFleet, ctx: &Context, status: &BrowserFleetStatus) -> Result<(), Error> {
+async fn write_status(
+    fleet: &BrowserFleet,
+    ctx: &Context,
+    status: &BrowserFleetStatus,
+) -> Result<(), Error> {
     if fleet.status.as_ref() == Some(status) {
         return Ok(());
     }
@@ -705,12 +773,18 @@ async fn write_status(fleet: &BrowserFleet, ctx: &Context, status: &BrowserFleet
 
 async fn emit_scale_event(fleet: &BrowserFleet, ctx: &Context, previous: &Previous, plan: &Plan) {
     let old = fleet.status.as_ref().map_or(0, |s| s.desired_instances);
-    if plan.decision.kind.is_scaling() && count(plan.decision.desired) != old && !previous.instances.is_empty() {
+    if plan.decision.kind.is_scaling()
+        && count(plan.decision.desired) != old
+        && !previous.instances.is_empty()
+    {
         ctx.event(
             fleet,
             false,
             plan.decision.kind.reason(),
-            format!("desired {old} → {}: {}", plan.decision.desired, plan.decision.reason),
+            format!(
+                "desired {old} → {}: {}",
+                plan.decision.desired, plan.decision.reason
+            ),
         )
         .await;
     }
@@ -722,7 +796,10 @@ async fn report_invalid(fleet: &BrowserFleet, ctx: &Context, message: &str) -> R
     let old = fleet.status.clone().unwrap_or_default();
     let generation = fleet.meta().generation;
     let already = old.conditions.iter().any(|c| {
-        c.type_ == CONDITION_READY && c.reason == "InvalidSpec" && c.observed_generation == generation && c.message == message
+        c.type_ == CONDITION_READY
+            && c.reason == "InvalidSpec"
+            && c.observed_generation == generation
+            && c.message == message
     });
     if already {
         return Ok(());
@@ -735,13 +812,19 @@ async fn report_invalid(fleet: &BrowserFleet, ctx: &Context, message: &str) -> R
         &[
             Wanted::new(CONDITION_READY, false, "InvalidSpec", message),
             Wanted::new(CONDITION_DEGRADED, true, "InvalidSpec", message),
-            Wanted::new(CONDITION_SCALING, false, "InvalidSpec", "nothing is launched while the spec is invalid"),
+            Wanted::new(
+                CONDITION_SCALING,
+                false,
+                "InvalidSpec",
+                "nothing is launched while the spec is invalid",
+            ),
         ],
         generation,
         &now,
     );
     write_status(fleet, ctx, &status).await?;
-    ctx.event(fleet, true, "InvalidSpec", message.to_owned()).await;
+    ctx.event(fleet, true, "InvalidSpec", message.to_owned())
+        .await;
     Ok(())
 }
 
@@ -755,7 +838,12 @@ async fn report_error(fleet: &BrowserFleet, ctx: &Context, error: &Error) {
     let mut status = old.clone();
     status.conditions = conditions::merge(
         &old.conditions,
-        &[Wanted::new(CONDITION_DEGRADED, true, error.reason(), error.describe())],
+        &[Wanted::new(
+            CONDITION_DEGRADED,
+            true,
+            error.reason(),
+            error.describe(),
+        )],
         fleet.meta().generation,
         &now,
     );
@@ -763,7 +851,8 @@ async fn report_error(fleet: &BrowserFleet, ctx: &Context, error: &Error) {
         if let Err(error) = write_status(fleet, ctx, &status).await {
             tracing::warn!(%error, "cannot report the error in status");
         }
-        ctx.event(fleet, true, error.reason(), error.describe()).await;
+        ctx.event(fleet, true, error.reason(), error.describe())
+            .await;
     }
 }
 
@@ -776,7 +865,12 @@ async fn delete_fleet(fleet: &BrowserFleet, id: &FleetId, ctx: &Context) -> Resu
     let instances = ctx.compute.list_instances(id).await?;
     let live: Vec<&FleetInstance> = instances
         .iter()
-        .filter(|i| !matches!(i.state, InstanceState::ShuttingDown | InstanceState::Terminated))
+        .filter(|i| {
+            !matches!(
+                i.state,
+                InstanceState::ShuttingDown | InstanceState::Terminated
+            )
+        })
         .collect();
     if !live.is_empty() {
         retire_for_deletion(fleet, id, &instances, ctx).await?;
@@ -819,8 +913,10 @@ async fn retire_for_deletion(
         .deletion_timestamp
         .as_ref()
         .map_or_else(Timestamp::now, |t| t.0);
-    let timeout = Duration::from_secs(u64::try_from(fleet.spec.scaling.drain_timeout_seconds).unwrap_or(0));
-    let expired = Timestamp::now().duration_since(deleted_at) >= jiff::SignedDuration::try_from(timeout).unwrap_or_default();
+    let timeout =
+        Duration::from_secs(u64::try_from(fleet.spec.scaling.drain_timeout_seconds).unwrap_or(0));
+    let expired = Timestamp::now().duration_since(deleted_at)
+        >= jiff::SignedDuration::try_from(timeout).unwrap_or_default();
     let token = ctx
         .ensured
         .lock()
@@ -829,22 +925,33 @@ async fn retire_for_deletion(
         .map(|e| e.fleet_token.clone());
     let token = match token {
         Some(token) => Some(token),
-        None => secrets::ensure(&ctx.client, fleet).await.ok().map(|s| s.fleet_token),
+        None => secrets::ensure(&ctx.client, fleet)
+            .await
+            .ok()
+            .map(|s| s.fleet_token),
     };
     let registrations = ctx.registrations.of(id.uid());
     let addresses = addresses(fleet, instances, &registrations);
     let mut terminate = Vec::new();
     for instance in instances {
-        if matches!(instance.state, InstanceState::ShuttingDown | InstanceState::Terminated) {
+        if matches!(
+            instance.state,
+            InstanceState::ShuttingDown | InstanceState::Terminated
+        ) {
             continue;
         }
-        let address = addresses.iter().find(|(i, _)| i == &instance.id).map(|(_, a)| a);
+        let address = addresses
+            .iter()
+            .find(|(i, _)| i == &instance.id)
+            .map(|(_, a)| a);
         let empty_or_gone = match (address, &token) {
             _ if expired => true,
             (Some(address), Some(token)) => match ctx.agents.state(address, token.expose()).await {
                 Ok(state) if state.live_sessions() == 0 => true,
                 Ok(state) => {
-                    if !state.draining && let Err(error) = ctx.agents.drain(address, token.expose()).await {
+                    if !state.draining
+                        && let Err(error) = ctx.agents.drain(address, token.expose()).await
+                    {
                         tracing::warn!(instance = %instance.id, %error, "drain failed");
                     }
                     false
@@ -862,7 +969,13 @@ async fn retire_for_deletion(
     if !terminate.is_empty() {
         ctx.compute.terminate(&terminate).await?;
         let names: Vec<&str> = terminate.iter().map(InstanceId::as_str).collect();
-        ctx.event(fleet, false, "Terminating", format!("fleet deleted: terminating {}", names.join(", "))).await;
+        ctx.event(
+            fleet,
+            false,
+            "Terminating",
+            format!("fleet deleted: terminating {}", names.join(", ")),
+        )
+        .await;
     }
     Ok(())
 }

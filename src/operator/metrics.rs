@@ -58,15 +58,39 @@ impl Metrics {
             prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 12),
         );
         let (desired, current, ready, sessions, queue) = Default::default();
-        operator.register("reconciles", "Fleet reconciles by outcome", Family::<Labels, Counter>::clone(&reconciles));
-        operator.register("errors", "Reconcile errors by kind", Family::<Labels, Counter>::clone(&errors));
-        operator.register("reconcile_seconds", "Time a fleet reconcile took", reconcile_seconds.clone());
+        operator.register(
+            "reconciles",
+            "Fleet reconciles by outcome",
+            Family::<Labels, Counter>::clone(&reconciles),
+        );
+        operator.register(
+            "errors",
+            "Reconcile errors by kind",
+            Family::<Labels, Counter>::clone(&errors),
+        );
+        operator.register(
+            "reconcile_seconds",
+            "Time a fleet reconcile took",
+            reconcile_seconds.clone(),
+        );
         let gauges: [(&str, &str, &Family<Labels, Gauge>); 5] = [
-            ("fleet_desired_instances", "Instances the operator wants", &desired),
+            (
+                "fleet_desired_instances",
+                "Instances the operator wants",
+                &desired,
+            ),
             ("fleet_current_instances", "Instances that exist", &current),
-            ("fleet_ready_instances", "Instances whose agent takes sessions", &ready),
+            (
+                "fleet_ready_instances",
+                "Instances whose agent takes sessions",
+                &ready,
+            ),
             ("fleet_sessions", "Live browser sessions", &sessions),
-            ("fleet_queue_visible", "Requests waiting in the request queue", &queue),
+            (
+                "fleet_queue_visible",
+                "Requests waiting in the request queue",
+                &queue,
+            ),
         ];
         for (name, help, family) in gauges {
             operator.register(name, help, family.clone());
@@ -88,14 +112,24 @@ impl Metrics {
     pub fn reconciled(&self, seconds: f64, error: Option<&str>) {
         self.reconcile_seconds.observe(seconds);
         let outcome = if error.is_some() { "error" } else { "ok" };
-        self.reconciles.get_or_create(&one("outcome", outcome)).inc();
+        self.reconciles
+            .get_or_create(&one("outcome", outcome))
+            .inc();
         if let Some(kind) = error {
             self.errors.get_or_create(&one("kind", kind)).inc();
         }
     }
 
     /// Sets a fleet's gauges.
-    pub fn fleet(&self, fleet: &str, desired: u32, current: u32, ready: u32, sessions: u32, queue: u64) {
+    pub fn fleet(
+        &self,
+        fleet: &str,
+        desired: u32,
+        current: u32,
+        ready: u32,
+        sessions: u32,
+        queue: u64,
+    ) {
         let labels = fleet_label(fleet);
         self.desired.get_or_create(&labels).set(desired.into());
         self.current.get_or_create(&labels).set(current.into());
@@ -109,7 +143,13 @@ impl Metrics {
     /// Removes a deleted fleet's gauges.
     pub fn forget_fleet(&self, fleet: &str) {
         let labels = fleet_label(fleet);
-        for family in [&self.desired, &self.current, &self.ready, &self.sessions, &self.queue] {
+        for family in [
+            &self.desired,
+            &self.current,
+            &self.ready,
+            &self.sessions,
+            &self.queue,
+        ] {
             family.remove(&labels);
         }
     }

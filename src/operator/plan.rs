@@ -257,7 +257,11 @@ pub fn plan(
     // already holds a slot counted below. Only in-flight requests beyond
     // every held slot (received by an agent that then died) are demand of
     // their own.
-    let held: u32 = assessed.iter().filter_map(|a| a.view.as_ref()).map(|v| v.sessions).sum();
+    let held: u32 = assessed
+        .iter()
+        .filter_map(|a| a.view.as_ref())
+        .map(|v| v.sessions)
+        .sum();
     let in_flight = u32::try_from(observed.depth.in_flight).unwrap_or(u32::MAX);
     let observation = Observation {
         now: policy_time(now),

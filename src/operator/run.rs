@@ -17,11 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
+use kube::runtime::WatchStreamExt;
 use kube::runtime::controller::{self, Controller};
 use kube::runtime::reflector::{self, Store};
-use kube::runtime::watcher;
-use kube::runtime::WatchStreamExt;
 use kube::runtime::utils::PredicateConfig;
+use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 
 use crate::api::BrowserFleet;
@@ -116,7 +116,9 @@ pub async fn run(
     let (reader, writer) = reflector::store();
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(options.leader_election.is_none());
     let address = match options.listen {
-        Some(address) => Some(serve_health(address, metrics.clone(), reader.clone(), leader_rx.clone()).await?),
+        Some(address) => {
+            Some(serve_health(address, metrics.clone(), reader.clone(), leader_rx.clone()).await?)
+        }
         None => None,
     };
     if let Some(started) = started {
@@ -131,7 +133,9 @@ pub async fn run(
         let duration = election.duration.as_secs().max(2);
         let grace = (duration / 3).max(1);
         if grace >= duration {
-            return Err(RunError::LeaseSettings(format!("a lease of {duration}s is too short")));
+            return Err(RunError::LeaseSettings(format!(
+                "a lease of {duration}s is too short"
+            )));
         }
         let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &election.lease)
             .with_namespace(&election.namespace)
@@ -160,13 +164,35 @@ pub async fn run(
                 let _ = state.wait_for(|leading| !*leading).await;
             }
         };
-        let outcome = run_controller(client, aws, &options, api, reader, writer, metrics, shutdown.clone(), Some(lost)).await;
+        let outcome = run_controller(
+            client,
+            aws,
+            &options,
+            api,
+            reader,
+            writer,
+            metrics,
+            shutdown.clone(),
+            Some(lost),
+        )
+        .await;
         // Closing the channel ends the lease task, which releases the Lease.
         drop(state);
         let _ = lease_task.await;
         return outcome;
     }
-    run_controller(client, aws, &options, api, reader, writer, metrics, shutdown, None::<futures::future::Pending<()>>).await
+    run_controller(
+        client,
+        aws,
+        &options,
+        api,
+        reader,
+        writer,
+        metrics,
+        shutdown,
+        None::<futures::future::Pending<()>>,
+    )
+    .await
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -193,7 +219,14 @@ async fn run_controller(
             events_wait: settings.events_wait,
         },
     );
-    let ctx = Arc::new(Context::new(client, &aws, settings, watches, registrations, metrics));
+    let ctx = Arc::new(Context::new(
+        client,
+        &aws,
+        settings,
+        watches,
+        registrations,
+        metrics,
+    ));
     let fleets = watcher(api, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
@@ -268,7 +301,10 @@ async fn serve_health(
                 let fleets = fleets.clone();
                 let leading = *leading.borrow();
                 async move {
-                    let synced = fleets.wait_until_ready().now_or_never().is_some_and(|r| r.is_ok());
+                    let synced = fleets
+                        .wait_until_ready()
+                        .now_or_never()
+                        .is_some_and(|r| r.is_ok());
                     if synced || !leading {
                         (StatusCode::OK, "ready")
                     } else {

@@ -32,7 +32,9 @@ pub enum SecretsError {
     },
     /// The Secret exists but lacks a key or holds something unreadable
     /// (edited by hand); the operator does not overwrite it.
-    #[error("fleet Secret {name} has no valid {key}; delete the Secret to have new secrets generated")]
+    #[error(
+        "fleet Secret {name} has no valid {key}; delete the Secret to have new secrets generated"
+    )]
     Malformed {
         /// The Secret.
         name: String,
@@ -48,7 +50,10 @@ pub fn secret_name(fleet: &str) -> String {
 
 /// Reads the fleet's secrets, creating the Secret (owned by the fleet) on
 /// first use.
-pub async fn ensure(client: &kube::Client, fleet: &BrowserFleet) -> Result<FleetSecrets, SecretsError> {
+pub async fn ensure(
+    client: &kube::Client,
+    fleet: &BrowserFleet,
+) -> Result<FleetSecrets, SecretsError> {
     let namespace = fleet.namespace().unwrap_or_default();
     let name = secret_name(&fleet.name_any());
     let api: Api<Secret> = Api::namespaced(client.clone(), &namespace);

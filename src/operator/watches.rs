@@ -45,7 +45,12 @@ pub struct Registrations {
 impl Registrations {
     /// Records an announcement; whether it told something new (an instance,
     /// an address or a draining state not known before).
-    pub fn record(&self, fleet_uid: &str, announcement: &NodeAnnouncement, heard: Timestamp) -> bool {
+    pub fn record(
+        &self,
+        fleet_uid: &str,
+        announcement: &NodeAnnouncement,
+        heard: Timestamp,
+    ) -> bool {
         let mut by_fleet = self.by_fleet.lock().unwrap_or_else(|e| e.into_inner());
         let fleet = by_fleet.entry(fleet_uid.to_owned()).or_default();
         let id = InstanceId::new(&announcement.instance_id);
@@ -261,9 +266,8 @@ async fn poll_depth(
         ticker.tick().await;
         match sqs.depth(&requests).await {
             Ok(depth) => {
-                let moved = last.is_some_and(|l| {
-                    l.visible != depth.visible || l.in_flight != depth.in_flight
-                });
+                let moved = last
+                    .is_some_and(|l| l.visible != depth.visible || l.in_flight != depth.in_flight);
                 last = Some(depth);
                 if moved {
                     let _ = trigger.unbounded_send(fleet.clone());

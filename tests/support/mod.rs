@@ -9,8 +9,8 @@ pub mod fault_proxy;
 pub mod http;
 pub mod launch_world;
 pub mod moto;
-pub mod operator_world;
 pub mod node_world;
+pub mod operator_world;
 
 use std::time::Duration;
 

@@ -16,8 +16,8 @@ use browserfleet::operator::context::Settings;
 use browserfleet::operator::metrics::Metrics;
 use browserfleet::operator::plan::Rules;
 use browserfleet::operator::run::{LeaderElection, OperatorOptions, RunError, Running, run};
-use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
 use super::agent_world::{CHROMIUM, TEST_BROWSER_ARGS, eventually, port_range};
@@ -100,7 +100,11 @@ impl OperatorWorld {
     }
 
     /// Starts an operator for this world's namespace.
-    pub async fn start_operator(&self, settings: Settings, election: Option<LeaderElection>) -> OperatorHandle {
+    pub async fn start_operator(
+        &self,
+        settings: Settings,
+        election: Option<LeaderElection>,
+    ) -> OperatorHandle {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (started, running) = tokio::sync::oneshot::channel::<Running>();
         let options = OperatorOptions {
@@ -129,7 +133,10 @@ impl OperatorWorld {
 
     /// Starts the node simulator for this world's fleet.
     pub fn start_nodes(&self, tune: impl FnOnce(&mut NodeOptions)) -> NodeSimulator {
-        let mut options = NodeOptions::new(env!("CARGO_BIN_EXE_browserfleet"), self.work.path().join("nodes"));
+        let mut options = NodeOptions::new(
+            env!("CARGO_BIN_EXE_browserfleet"),
+            self.work.path().join("nodes"),
+        );
         options.only_fleets = Some(BTreeSet::from([self.fleet_key()]));
         options.poll_interval = Duration::from_millis(200);
         let (first, last) = port_range(40);
@@ -215,7 +222,11 @@ impl OperatorWorld {
     }
 
     /// Waits until `check` holds for the fleet, and returns it.
-    pub async fn wait_for(&self, what: &str, check: impl Fn(&BrowserFleet) -> bool) -> BrowserFleet {
+    pub async fn wait_for(
+        &self,
+        what: &str,
+        check: impl Fn(&BrowserFleet) -> bool,
+    ) -> BrowserFleet {
         let fleets = self.fleets();
         let name = self.name.clone();
         let check = &check;
@@ -237,7 +248,10 @@ impl OperatorWorld {
     /// The fleet's non-terminated instances, as EC2 lists them.
     pub async fn instances(&self) -> Vec<FleetInstance> {
         let id = self.fleet_id().await;
-        Ec2Compute::new(&self.aws).list_instances(&id).await.expect("list instances")
+        Ec2Compute::new(&self.aws)
+            .list_instances(&id)
+            .await
+            .expect("list instances")
     }
 
     /// The request queue in status.
@@ -252,7 +266,13 @@ impl OperatorWorld {
     }
 
     /// Sends `count` session requests replying to `reply_to`.
-    pub async fn send_requests(&self, prefix: &str, count: usize, reply_to: &QueueUrl, ttl_seconds: u32) {
+    pub async fn send_requests(
+        &self,
+        prefix: &str,
+        count: usize,
+        reply_to: &QueueUrl,
+        ttl_seconds: u32,
+    ) {
         let sqs = Sqs::new(&self.aws);
         let requests = self.request_queue().await;
         let messages: Vec<OutgoingMessage> = (0..count)
@@ -268,7 +288,10 @@ impl OperatorWorld {
                 delay: Duration::ZERO,
             })
             .collect();
-        let outcome = sqs.send_batch(&requests, &messages).await.expect("send requests");
+        let outcome = sqs
+            .send_batch(&requests, &messages)
+            .await
+            .expect("send requests");
         assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
     }
 }

@@ -431,7 +431,9 @@ fn idle_instances_beyond_the_minimum_are_drained_after_the_window() {
 fn a_request_in_flight_is_counted_once_not_as_well_as_its_reserved_slot() {
     let mut world = World::new(spec(0, 10), 60).ready("i-1", 1).ready("i-2", 1);
     for id in ["i-1", "i-2"] {
-        if let Some(AgentAnswer::State(state)) = world.observed.answers.get_mut(&InstanceId::new(id)) {
+        if let Some(AgentAnswer::State(state)) =
+            world.observed.answers.get_mut(&InstanceId::new(id))
+        {
             // One session live, one slot reserved for a request being started.
             state.free_slots = 0;
         }
