@@ -163,6 +163,32 @@ async fn a_fleet_gets_queues_secret_config_and_its_minimum_of_registered_instanc
     );
     assert_eq!(world.aws.recorder().count(Service::Ssm, "GetParameter"), 0);
 
+    // Health and metrics.
+    let base = format!("http://{}", operator.address);
+    assert_eq!(
+        support::http::call("GET", &format!("{base}/healthz"), None)
+            .await
+            .0,
+        200
+    );
+    assert_eq!(
+        support::http::call("GET", &format!("{base}/readyz"), None)
+            .await
+            .0,
+        200
+    );
+    let (code, metrics) = support::http::call("GET", &format!("{base}/metrics"), None).await;
+    assert_eq!(code, 200);
+    assert!(
+        metrics.contains("browserfleet_aws_calls_total{"),
+        "{metrics}"
+    );
+    let gauge = format!(
+        "browserfleet_operator_fleet_ready_instances{{fleet=\"{}\"}} 2",
+        world.fleet_key()
+    );
+    assert!(metrics.contains(&gauge), "{metrics}");
+
     nodes.shutdown().await;
     operator.stop().await.expect("graceful stop");
 }

@@ -37,6 +37,8 @@ pub struct Settings {
     pub rules: Rules,
     /// Grace period before an instance whose fleet is gone is terminated.
     pub orphan_grace: Duration,
+    /// How often the orphan sweep runs.
+    pub orphan_sweep: Duration,
 }
 
 impl Default for Settings {
@@ -50,6 +52,7 @@ impl Default for Settings {
             concurrency: 8,
             rules: Rules::default(),
             orphan_grace: Duration::from_secs(300),
+            orphan_sweep: Duration::from_secs(60),
         }
     }
 }

@@ -13,6 +13,7 @@ pub mod context;
 pub mod fleet;
 pub mod launch;
 pub mod metrics;
+pub mod orphans;
 pub mod plan;
 pub mod run;
 pub mod secrets;

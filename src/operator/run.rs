@@ -14,6 +14,7 @@
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use futures::{FutureExt, StreamExt};
@@ -114,10 +115,14 @@ pub async fn run(
         None => Api::all(client.clone()),
     };
     let (reader, writer) = reflector::store();
+    // Set once the fleet watch has listed everything. The store's own
+    // readiness future wakes only its last waiter (the controller waits on
+    // it), so nothing else may poll it.
+    let synced = Arc::new(AtomicBool::new(false));
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(options.leader_election.is_none());
     let address = match options.listen {
         Some(address) => {
-            Some(serve_health(address, metrics.clone(), reader.clone(), leader_rx.clone()).await?)
+            Some(serve_health(address, metrics.clone(), synced.clone(), leader_rx.clone()).await?)
         }
         None => None,
     };
@@ -171,6 +176,7 @@ pub async fn run(
             api,
             reader,
             writer,
+            synced,
             metrics,
             shutdown.clone(),
             Some(lost),
@@ -188,6 +194,7 @@ pub async fn run(
         api,
         reader,
         writer,
+        synced,
         metrics,
         shutdown,
         None::<futures::future::Pending<()>>,
@@ -203,6 +210,7 @@ async fn run_controller(
     api: Api<BrowserFleet>,
     reader: Store<BrowserFleet>,
     writer: reflector::store::Writer<BrowserFleet>,
+    synced: Arc<AtomicBool>,
     metrics: Arc<Metrics>,
     shutdown: impl Future<Output = ()> + Send + Sync + Clone + 'static,
     lost: Option<impl Future<Output = ()> + Send + 'static>,
@@ -227,12 +235,25 @@ async fn run_controller(
         registrations,
         metrics,
     ));
+    let sweep = tokio::spawn(crate::operator::orphans::sweep_forever(
+        ctx.compute.clone(),
+        reader.clone(),
+        synced.clone(),
+        options.namespace.clone(),
+        settings.orphan_grace,
+        settings.orphan_sweep,
+    ));
     let fleets = watcher(api, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
+        .inspect(move |event| {
+            if matches!(event, Ok(watcher::Event::InitDone)) {
+                synced.store(true, Ordering::SeqCst);
+            }
+        })
         .applied_objects()
         .predicate_filter(spec_or_lifecycle, PredicateConfig::default());
-    let lost_flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let lost_flag = Arc::new(AtomicBool::new(false));
     // The controller wants a `Sync` future: a task waits for either reason
     // to stop and fires a oneshot.
     let (stop_tx, stop_rx) = futures::channel::oneshot::channel::<()>();
@@ -243,7 +264,7 @@ async fn run_controller(
                 Some(lost) => {
                     tokio::select! {
                         () = shutdown => {},
-                        () = lost => lost_flag.store(true, std::sync::atomic::Ordering::SeqCst),
+                        () = lost => lost_flag.store(true, Ordering::SeqCst),
                     }
                 }
                 None => shutdown.await,
@@ -268,8 +289,9 @@ async fn run_controller(
         })
         .await;
     waiter.abort();
+    sweep.abort();
     ctx.watches.stop_all();
-    if lost_flag.load(std::sync::atomic::Ordering::SeqCst) {
+    if lost_flag.load(Ordering::SeqCst) {
         return Err(RunError::LostLeadership);
     }
     tracing::info!("operator stopped");
@@ -282,7 +304,7 @@ async fn run_controller(
 async fn serve_health(
     address: SocketAddr,
     metrics: Arc<Metrics>,
-    fleets: Store<BrowserFleet>,
+    synced: Arc<AtomicBool>,
     leading: tokio::sync::watch::Receiver<bool>,
 ) -> Result<SocketAddr, RunError> {
     use axum::http::StatusCode;
@@ -298,13 +320,9 @@ async fn serve_health(
         .route(
             "/readyz",
             get(move || {
-                let fleets = fleets.clone();
+                let synced = synced.load(Ordering::SeqCst);
                 let leading = *leading.borrow();
                 async move {
-                    let synced = fleets
-                        .wait_until_ready()
-                        .now_or_never()
-                        .is_some_and(|r| r.is_ok());
                     if synced || !leading {
                         (StatusCode::OK, "ready")
                     } else {

@@ -1,0 +1,332 @@
+//! The fleet reconciler through an instance's life and the operator's:
+//! sessions outlive a fleet's deletion until they end, instances that never
+//! register are replaced with back-off and never above the maximum, a
+//! paused fleet launches nothing, orphans are swept, and of two operators
+//! with leader election one acts and the other takes over when it is killed,
+//! without a duplicate launch.
+
+mod support;
+
+use std::collections::BTreeSet;
+use std::process::Stdio;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use browserfleet::api::fleet::CONDITION_DEGRADED;
+use browserfleet::cloud::{
+    Compute, Ec2Compute, FleetId, LaunchRequest, QueueDefinition, Queues, Sqs,
+};
+use k8s_openapi::api::coordination::v1::Lease;
+use kube::api::Api;
+use serde_json::json;
+
+use support::agent_world::eventually;
+use support::operator_world::{OperatorWorld, WAIT, condition, test_settings};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_deleted_fleet_keeps_an_instance_with_a_live_session_until_the_session_ends() {
+    let world = OperatorWorld::new("drain").await;
+    let operator = world.start_operator(test_settings(), None).await;
+    let nodes = world.start_nodes(|_| {});
+    world.apply(&world.fleet(1, 1)).await;
+    world
+        .wait_for("one ready instance", |f| {
+            f.status.as_ref().is_some_and(|s| s.ready_instances == 1)
+        })
+        .await;
+    let id = world.fleet_id().await;
+    let mut replies = QueueDefinition::events_for(&id);
+    replies.name = format!("{}-replies", replies.name.trim_end_matches("-events"));
+    let replies = Sqs::new(&world.aws)
+        .ensure_queue(&replies)
+        .await
+        .unwrap()
+        .url;
+    world.send_requests("long", 1, &replies, 25).await;
+    world
+        .wait_for("the session runs", |f| {
+            f.status.as_ref().is_some_and(|s| s.active_sessions == 1)
+        })
+        .await;
+
+    world.delete().await;
+    // The instance stays while its session lives (TTL 25 s, drain timeout 60 s).
+    let started = tokio::time::Instant::now();
+    while started.elapsed() < Duration::from_secs(12) {
+        assert_eq!(
+            world.instances().await.len(),
+            1,
+            "terminated under a live session"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let compute = Ec2Compute::new(&world.aws);
+    eventually("terminated once the session ended", WAIT, || {
+        let compute = compute.clone();
+        let id = id.clone();
+        async move {
+            compute
+                .list_instances(&id)
+                .await
+                .is_ok_and(|i| i.is_empty())
+        }
+    })
+    .await;
+    eventually("the fleet is gone", WAIT, || async {
+        world
+            .fleets()
+            .get_opt(&world.name)
+            .await
+            .ok()
+            .flatten()
+            .is_none()
+    })
+    .await;
+    nodes.shutdown().await;
+    operator.stop().await.expect("graceful stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_that_never_register_are_replaced_with_back_off_and_never_above_max() {
+    let world = OperatorWorld::new("never").await;
+    let operator = world.start_operator(test_settings(), None).await;
+    let key = world.fleet_key();
+    let nodes = world.start_nodes(|options| {
+        options.never_register = BTreeSet::from([key.clone()]);
+    });
+    world.apply(&world.fleet(2, 2)).await;
+    let id = world.fleet_id().await;
+
+    // Watch the instance count all along: never above maxInstances.
+    let most = Arc::new(AtomicUsize::new(0));
+    let watcher = {
+        let most = most.clone();
+        let compute = Ec2Compute::new(&world.aws);
+        let id = id.clone();
+        tokio::spawn(async move {
+            loop {
+                if let Ok(instances) = compute.list_instances(&id).await {
+                    most.fetch_max(instances.len(), Ordering::SeqCst);
+                }
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        })
+    };
+    let fleet = world
+        .wait_for("Degraded by instances failing to register", |f| {
+            condition(f, CONDITION_DEGRADED)
+                .is_some_and(|(s, r)| s == "True" && r == "InstancesFailingToRegister")
+        })
+        .await;
+    let status = fleet.status.unwrap();
+    assert!(status.boot_failures >= 2, "{status:?}");
+    assert!(status.launch_backoff_until.is_some());
+    world
+        .wait_for("replacements launched after the back-off", |f| {
+            f.status
+                .as_ref()
+                .is_some_and(|s| s.launch_sequence >= 2 && s.current_instances == 2)
+        })
+        .await;
+    watcher.abort();
+    assert!(
+        most.load(Ordering::SeqCst) <= 2,
+        "saw {} instances",
+        most.load(Ordering::SeqCst)
+    );
+    nodes.shutdown().await;
+    operator.stop().await.expect("graceful stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_paused_fleet_is_observed_and_launches_nothing_until_resumed() {
+    let world = OperatorWorld::new("paused").await;
+    let operator = world.start_operator(test_settings(), None).await;
+    let mut manifest = world.fleet(2, 3);
+    manifest["spec"]["paused"] = json!(true);
+    world.apply(&manifest).await;
+    let fleet = world
+        .wait_for("observed", |f| {
+            f.status.as_ref().is_some_and(|s| s.queues.is_some())
+        })
+        .await;
+    assert_eq!(fleet.status.unwrap().current_instances, 0);
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(
+        world.instances().await.is_empty(),
+        "a paused fleet launches nothing"
+    );
+    manifest["spec"]["paused"] = json!(false);
+    world.apply(&manifest).await;
+    world
+        .wait_for("resumed: minimum launched", |f| {
+            f.status.as_ref().is_some_and(|s| s.current_instances == 2)
+        })
+        .await;
+    operator.stop().await.expect("graceful stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn instances_of_a_fleet_that_is_gone_are_swept_after_the_grace_period() {
+    let world = OperatorWorld::new("orphan").await;
+    let mut settings = test_settings();
+    settings.orphan_grace = Duration::from_secs(1);
+    settings.orphan_sweep = Duration::from_millis(500);
+    let operator = world.start_operator(settings, None).await;
+    world.apply(&world.fleet(1, 1)).await;
+    world
+        .wait_for("the live fleet launched", |f| {
+            f.status.as_ref().is_some_and(|s| s.current_instances == 1)
+        })
+        .await;
+    // An instance of a fleet that no longer exists in this namespace.
+    let ghost = FleetId::new(&world.cluster.ns, "ghost", uuid::Uuid::new_v4().to_string()).unwrap();
+    let compute = Ec2Compute::new(&world.aws);
+    let launched = compute
+        .launch(
+            &ghost,
+            &support::launch_world::blueprint(&world.launch),
+            LaunchRequest {
+                count: 1,
+                sequence: 1,
+                first_subnet: 0,
+            },
+        )
+        .await
+        .expect("ghost instance");
+    assert_eq!(launched.instances.len(), 1);
+    eventually("the orphan is terminated", WAIT, || {
+        let compute = compute.clone();
+        let ghost = ghost.clone();
+        async move {
+            compute
+                .list_instances(&ghost)
+                .await
+                .is_ok_and(|i| i.is_empty())
+        }
+    })
+    .await;
+    assert_eq!(
+        world.instances().await.len(),
+        1,
+        "the live fleet's instance stays"
+    );
+    operator.stop().await.expect("graceful stop");
+}
+
+/// `browserfleet operator` as a process, so that it can be killed.
+fn spawn_operator(
+    world: &OperatorWorld,
+    kubeconfig: &std::path::Path,
+    identity: &str,
+) -> tokio::process::Child {
+    tokio::process::Command::new(env!("CARGO_BIN_EXE_browserfleet"))
+        .args([
+            "operator",
+            "--namespace",
+            &world.cluster.ns,
+            "--listen",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--leader-election",
+            "--lease-namespace",
+            &world.cluster.ns,
+            "--identity",
+            identity,
+        ])
+        .args([
+            "--lease-duration",
+            "6s",
+            "--resync",
+            "2s",
+            "--queue-poll",
+            "500ms",
+            "--events-wait",
+            "1s",
+        ])
+        .env("KUBECONFIG", kubeconfig)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("operator process")
+}
+
+async fn holder(world: &OperatorWorld) -> Option<String> {
+    let leases: Api<Lease> = world.cluster.api();
+    leases
+        .get_opt("browserfleet-operator")
+        .await
+        .ok()
+        .flatten()
+        .and_then(|l| l.spec)
+        .and_then(|s| s.holder_identity)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_leader_election_one_operator_acts_and_a_killed_leader_is_replaced_without_a_duplicate()
+ {
+    let world = OperatorWorld::new("leader").await;
+    let kubeconfig = world.work.path().join("kubeconfig");
+    match std::env::var_os("BROWSERFLEET_TEST_KUBECONFIG") {
+        Some(path) => {
+            std::fs::copy(path, &kubeconfig).expect("kubeconfig");
+        }
+        None => std::fs::write(
+            &kubeconfig,
+            world.cluster.dev.as_ref().unwrap().kubeconfig(),
+        )
+        .expect("kubeconfig"),
+    }
+    let mut one = spawn_operator(&world, &kubeconfig, "one");
+    let mut two = spawn_operator(&world, &kubeconfig, "two");
+    world.apply(&world.fleet(1, 6)).await;
+    world
+        .wait_for("the first launch", |f| {
+            f.status.as_ref().is_some_and(|s| s.current_instances == 1)
+        })
+        .await;
+    let leader = holder(&world).await.expect("a leader holds the Lease");
+
+    // Scale out, and kill the leader as soon as it has decided the launch.
+    let mut manifest = world.fleet(4, 6);
+    manifest["spec"]["capacity"]["minInstances"] = json!(4);
+    world.apply(&manifest).await;
+    world
+        .wait_for("the scale-out decided", |f| {
+            f.status.as_ref().is_some_and(|s| s.launch_sequence >= 2)
+        })
+        .await;
+    let (leader_process, survivor) = if leader == "one" {
+        (&mut one, "two")
+    } else {
+        (&mut two, "one")
+    };
+    leader_process.start_kill().expect("kill the leader");
+    let _ = leader_process.wait().await;
+    let killed = tokio::time::Instant::now();
+
+    eventually(
+        "the other operator takes the Lease",
+        Duration::from_secs(30),
+        || async { holder(&world).await.as_deref() == Some(survivor) },
+    )
+    .await;
+    assert!(
+        killed.elapsed() < Duration::from_secs(6 + 5),
+        "took {:?}",
+        killed.elapsed()
+    );
+    world
+        .wait_for("four instances", |f| {
+            f.status.as_ref().is_some_and(|s| s.current_instances == 4)
+        })
+        .await;
+    // Settle, then count what EC2 has: exactly four, no duplicate launch.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(world.instances().await.len(), 4);
+    let _ = one.start_kill();
+    let _ = two.start_kill();
+}
