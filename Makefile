@@ -17,11 +17,13 @@ test: moto kubectl chromium playwright kube-apiserver
 	$(CARGO) test --locked
 	$(MAKE) --no-print-directory test-kube-apiserver
 
-## test-kube-apiserver: the conformance and kubectl suites again, against a
-##       throw-away etcd + kube-apiserver v1.20.2 + kube-controller-manager
+## test-kube-apiserver: the conformance, kubectl and operator end-to-end suites
+##       again, against a throw-away etcd + kube-apiserver v1.20.2 +
+##       kube-controller-manager
 .PHONY: test-kube-apiserver
 test-kube-apiserver: kubectl kube-apiserver
-	bash scripts/with-kube-apiserver.sh $(CARGO) test --locked --test apiserver --test kubectl
+	bash scripts/with-kube-apiserver.sh $(CARGO) test --locked --test apiserver --test kubectl \
+		--test operator --test operator_lifecycle
 
 ## moto: install moto[server] into .venv/ when it is missing (idempotent)
 moto:
