@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use browserfleet::api::fleet::{CONDITION_DEGRADED, CONDITION_READY, InstanceState as Lifecycle};
 use browserfleet::cloud::{
-    CallRecorder, Parameters, QueueDefinition, QueueUrl, Queues, ReceiveOptions, Service, Sqs, Ssm,
+    CallRecorder, Parameters, QueueDefinition, QueueUrl, Queues, Service, Sqs, Ssm,
 };
 use browserfleet::operator::agent_config::parameter_name;
 use browserfleet::operator::secrets::secret_name;
@@ -30,42 +30,6 @@ async fn reply_queue(world: &OperatorWorld, name: &str) -> QueueUrl {
         .await
         .expect("reply queue")
         .url
-}
-
-/// Reads replies until `count` of `kind` arrived.
-async fn replies(world: &OperatorWorld, queue: &QueueUrl, kind: &str, count: usize) -> Vec<Value> {
-    let sqs = Sqs::new(&world.aws);
-    let mut found = Vec::new();
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while found.len() < count {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "only {} of {count} {kind} replies arrived",
-            found.len()
-        );
-        let messages = sqs
-            .receive(
-                queue,
-                ReceiveOptions {
-                    max_messages: 10,
-                    wait: Duration::from_secs(1),
-                    visibility: None,
-                },
-            )
-            .await
-            .expect("receive replies");
-        for message in messages {
-            let body: Value = serde_json::from_str(&message.body).expect("reply is JSON");
-            sqs.delete(queue, &message.receipt)
-                .await
-                .expect("delete reply");
-            assert_ne!(body["type"], "session.failed", "{body}");
-            if body["type"] == kind {
-                found.push(body);
-            }
-        }
-    }
-    found
 }
 
 fn writes(calls: &CallRecorder) -> Vec<String> {
@@ -225,7 +189,7 @@ async fn a_queue_burst_scales_out_is_served_and_idle_scales_back_to_the_minimum(
         fleet.status.unwrap().desired_instances <= 3,
         "no more instances than demand needs"
     );
-    let ready = replies(&world, &replies_to, "session.ready", 5).await;
+    let ready = support::operator_world::replies(&world, &replies_to, "session.ready", 5).await;
     let instances = world.instances().await;
     assert!(
         instances.len() <= 3,

@@ -88,6 +88,71 @@ async fn a_deleted_fleet_keeps_an_instance_with_a_live_session_until_the_session
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn scale_in_retires_the_idle_instance_and_a_long_session_keeps_running() {
+    let world = OperatorWorld::new("scalein").await;
+    let operator = world.start_operator(test_settings(), None).await;
+    let nodes = world.start_nodes(|_| {});
+    world.apply(&world.fleet(1, 2)).await;
+    world
+        .wait_for("one ready instance", |f| {
+            f.status.as_ref().is_some_and(|s| s.ready_instances == 1)
+        })
+        .await;
+    let id = world.fleet_id().await;
+    let mut replies = QueueDefinition::events_for(&id);
+    replies.name = format!("{}-replies", replies.name.trim_end_matches("-events"));
+    let replies = Sqs::new(&world.aws)
+        .ensure_queue(&replies)
+        .await
+        .unwrap()
+        .url;
+    // Three sessions on two slots per instance: the fleet grows to two.
+    world.send_requests("long", 1, &replies, 90).await;
+    world.send_requests("short", 2, &replies, 12).await;
+    let ready = support::operator_world::replies(&world, &replies, "session.ready", 3).await;
+    let long = ready
+        .iter()
+        .find(|r| r["sessionId"] == "long-0")
+        .expect("long session ready");
+    let host = long["instanceId"].as_str().unwrap().to_owned();
+    let url = format!(
+        "{}?token={}",
+        long["endpoints"]["webSocketDebuggerUrl"].as_str().unwrap(),
+        long["token"].as_str().unwrap()
+    );
+
+    // The short sessions end; the idle instance goes, the long one's stays.
+    let fleet = world
+        .wait_for("scaled in to one instance", |f| {
+            f.status
+                .as_ref()
+                .is_some_and(|s| s.current_instances == 1 && s.active_sessions == 1)
+        })
+        .await;
+    let left: Vec<String> = fleet
+        .status
+        .unwrap()
+        .instances
+        .iter()
+        .map(|i| i.instance_id.clone())
+        .collect();
+    assert_eq!(
+        left,
+        vec![host.clone()],
+        "the instance hosting the long session stays"
+    );
+    let mut cdp = support::agent_world::Cdp::connect(&url)
+        .await
+        .expect("the long session still serves");
+    assert_eq!(
+        support::agent_world::evaluate_in_new_page(&mut cdp, "1 + 1").await,
+        json!(2)
+    );
+    nodes.shutdown().await;
+    operator.stop().await.expect("graceful stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn instances_that_never_register_are_replaced_with_back_off_and_never_above_max() {
     let world = OperatorWorld::new("never").await;
     let operator = world.start_operator(test_settings(), None).await;

@@ -9,7 +9,8 @@ use std::time::Duration;
 
 use browserfleet::api::BrowserFleet;
 use browserfleet::cloud::{
-    Aws, Compute, Ec2Compute, FleetId, FleetInstance, OutgoingMessage, QueueUrl, Queues, Sqs,
+    Aws, Compute, Ec2Compute, FleetId, FleetInstance, OutgoingMessage, QueueUrl, Queues,
+    ReceiveOptions, Sqs,
 };
 use browserfleet::local::nodes::{NodeOptions, NodeSimulator, PortPool};
 use browserfleet::operator::context::Settings;
@@ -310,4 +311,45 @@ pub fn condition(fleet: &BrowserFleet, type_: &str) -> Option<(String, String)> 
 /// Whether the fleet's condition `type_` has `status`.
 pub fn has_condition(fleet: &BrowserFleet, type_: &str, status: &str) -> bool {
     condition(fleet, type_).is_some_and(|(s, _)| s == status)
+}
+
+/// Reads replies until `count` of `kind` arrived.
+pub async fn replies(
+    world: &OperatorWorld,
+    queue: &QueueUrl,
+    kind: &str,
+    count: usize,
+) -> Vec<Value> {
+    let sqs = Sqs::new(&world.aws);
+    let mut found = Vec::new();
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while found.len() < count {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "only {} of {count} {kind} replies arrived",
+            found.len()
+        );
+        let messages = sqs
+            .receive(
+                queue,
+                ReceiveOptions {
+                    max_messages: 10,
+                    wait: Duration::from_secs(1),
+                    visibility: None,
+                },
+            )
+            .await
+            .expect("receive replies");
+        for message in messages {
+            let body: Value = serde_json::from_str(&message.body).expect("reply is JSON");
+            sqs.delete(queue, &message.receipt)
+                .await
+                .expect("delete reply");
+            assert_ne!(body["type"], "session.failed", "{body}");
+            if body["type"] == kind {
+                found.push(body);
+            }
+        }
+    }
+    found
 }
