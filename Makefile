@@ -40,6 +40,14 @@ playwright:
 kube-apiserver:
 	bash scripts/install-kube-apiserver.sh
 
+## demo: the system at work on this machine: moto, the development API server,
+##       the operator and simulated nodes (real agents and Chromium); a burst of
+##       session requests scales the demo fleet out and back in; Ctrl-C stops
+##       everything (DEMO_EXIT_WHEN_DONE=1: exit once the fleet is back at its minimum)
+.PHONY: demo
+demo: moto kubectl chromium
+	bash scripts/demo.sh
+
 ## kubectl: install kubectl into .venv/ when it is missing (idempotent)
 kubectl:
 	bash scripts/install-kubectl.sh
