@@ -349,8 +349,11 @@ EOF
     --backoff-base 2s --backoff-cap 8s
   wait_until "$START_DEADLINE" "the operator to listen" has_printed operator "listening on "
   note "operator serving health and metrics on $(printed operator "listening on ")"
+  # Browser ports below the kernel's ephemeral range (32768 on), where no
+  # outgoing connection takes them, and below the tests' (20000 on).
   start nodes "$bin" dev nodes --work-dir "$WORK/nodes" --boot-delay 2s \
-    --poll-interval 500ms --fleet "$NAMESPACE/$FLEET"
+    --poll-interval 500ms --fleet "$NAMESPACE/$FLEET" \
+    --browser-ports 19000-19999 --ports-per-node 16
   wait_until "$START_DEADLINE" "the node simulator to start" has_printed nodes "simulating nodes in "
   note "node simulator: an agent and Chromium per running moto instance (logs in nodes/)"
 
