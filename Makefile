@@ -12,7 +12,8 @@ build:
 ## test: run every test (unit, property, CRD drift, structural schema, CRD
 ##       patterns against Go's regexp, examples, the development API server
 ##       through kube-rs and kubectl, the cloud layer against moto, the agent
-##       with Chromium and Playwright); installs what they need when missing
+##       with Chromium and Playwright, the demo end to end); installs what
+##       they need when missing
 test: moto kubectl chromium playwright kube-apiserver
 	$(CARGO) test --locked
 	$(MAKE) --no-print-directory test-kube-apiserver
