@@ -12,7 +12,8 @@ build:
 ## test: run every test (unit, property, CRD drift, structural schema, CRD
 ##       patterns against Go's regexp, examples, the development API server
 ##       through kube-rs and kubectl, the cloud layer against moto, the agent
-##       with Chromium and Playwright); installs what they need when missing
+##       with Chromium and Playwright, the demo end to end); installs what
+##       they need when missing
 test: moto kubectl chromium playwright kube-apiserver
 	$(CARGO) test --locked
 	$(MAKE) --no-print-directory test-kube-apiserver
@@ -41,6 +42,14 @@ playwright:
 ##       (idempotent; the binaries are cached in ~/.cache/browserfleet)
 kube-apiserver:
 	bash scripts/install-kube-apiserver.sh
+
+## demo: the system at work on this machine: moto, the development API server,
+##       the operator and simulated nodes (real agents and Chromium); a burst of
+##       session requests scales the demo fleet out and back in; Ctrl-C stops
+##       everything (DEMO_EXIT_WHEN_DONE=1: exit once the fleet is back at its minimum)
+.PHONY: demo
+demo: moto kubectl chromium
+	bash scripts/demo.sh
 
 ## kubectl: install kubectl into .venv/ when it is missing (idempotent)
 kubectl:

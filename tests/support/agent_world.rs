@@ -308,6 +308,26 @@ pub fn processes_with(needle: &str) -> Vec<u32> {
     pids
 }
 
+/// PIDs of processes whose environment holds `entry` (`NAME=value`).
+pub fn processes_with_env(entry: &str) -> Vec<u32> {
+    let mut pids = Vec::new();
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return pids;
+    };
+    for dir in entries.flatten() {
+        let Some(pid) = dir.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Ok(environ) = std::fs::read(dir.path().join("environ")) else {
+            continue;
+        };
+        if environ.split(|b| *b == 0).any(|e| e == entry.as_bytes()) {
+            pids.push(pid);
+        }
+    }
+    pids
+}
+
 /// A signed callback as the receiver got it.
 #[derive(Clone, Debug)]
 pub struct ReceivedCallback {
