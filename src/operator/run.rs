@@ -76,9 +76,6 @@ pub enum RunError {
     /// Another replica took the Lease: this one stopped reconciling.
     #[error("lost the leader Lease; exiting so that this replica restarts as a standby")]
     LostLeadership,
-    /// Leader-election settings the lease manager cannot hold.
-    #[error("leader election: {0}")]
-    LeaseSettings(String),
 }
 
 /// What a running operator exposes to its caller (tests, `main`).
@@ -135,13 +132,9 @@ pub async fn run(
     let shutdown = shutdown.shared();
 
     if let Some(election) = &options.leader_election {
+        // The lease manager needs 0 < grace < duration.
         let duration = election.duration.as_secs().max(2);
         let grace = (duration / 3).max(1);
-        if grace >= duration {
-            return Err(RunError::LeaseSettings(format!(
-                "a lease of {duration}s is too short"
-            )));
-        }
         let manager = kube_lease_manager::LeaseManagerBuilder::new(client.clone(), &election.lease)
             .with_namespace(&election.namespace)
             .with_identity(&election.identity)
