@@ -395,3 +395,73 @@ async fn with_leader_election_one_operator_acts_and_a_killed_leader_is_replaced_
     let _ = one.start_kill();
     let _ = two.start_kill();
 }
+
+/// The one instance of a ready single-instance fleet.
+async fn ready_single_instance(world: &OperatorWorld) -> String {
+    let fleet = world
+        .wait_for("one ready instance", |f| {
+            f.status
+                .as_ref()
+                .is_some_and(|s| s.ready_instances == 1 && s.current_instances == 1)
+        })
+        .await;
+    fleet.status.unwrap().instances[0].instance_id.clone()
+}
+
+/// Waits for a ready instance other than `gone`.
+async fn replaced(world: &OperatorWorld, gone: &str) {
+    world
+        .wait_for("a ready replacement", |f| {
+            f.status.as_ref().is_some_and(|s| {
+                s.ready_instances == 1 && s.instances.iter().all(|i| i.instance_id != gone)
+            })
+        })
+        .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_instance_terminated_outside_the_operator_is_replaced() {
+    let world = OperatorWorld::new("outside").await;
+    let operator = world.start_operator(test_settings(), None).await;
+    let nodes = world.start_nodes(|_| {});
+    world.apply(&world.fleet(1, 2)).await;
+    let first = ready_single_instance(&world).await;
+    Ec2Compute::new(&world.aws)
+        .terminate(&[browserfleet::cloud::InstanceId::new(&first)])
+        .await
+        .expect("terminate outside the operator");
+    replaced(&world, &first).await;
+    nodes.shutdown().await;
+    operator.stop().await.expect("graceful stop");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_agent_that_stops_answering_is_replaced() {
+    let world = OperatorWorld::new("silent").await;
+    let operator = world.start_operator(test_settings(), None).await;
+    let nodes = world.start_nodes(|_| {});
+    world.apply(&world.fleet(1, 2)).await;
+    let first = ready_single_instance(&world).await;
+    nodes
+        .crash(&browserfleet::cloud::InstanceId::new(&first))
+        .await
+        .expect("crash the agent");
+    // Unknown, not idle, while silent; replaced after `unresponsive_after`.
+    replaced(&world, &first).await;
+    let compute = Ec2Compute::new(&world.aws);
+    let id = world.fleet_id().await;
+    eventually("the silent instance is terminated", WAIT, || {
+        let compute = compute.clone();
+        let id = id.clone();
+        let first = first.clone();
+        async move {
+            compute
+                .list_instances(&id)
+                .await
+                .is_ok_and(|i| i.iter().all(|x| x.id.as_str() != first))
+        }
+    })
+    .await;
+    nodes.shutdown().await;
+    operator.stop().await.expect("graceful stop");
+}

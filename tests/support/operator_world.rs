@@ -21,7 +21,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use super::agent_world::{CHROMIUM, TEST_BROWSER_ARGS, eventually, port_range};
+use super::agent_world::{CHROMIUM, TEST_BROWSER_ARGS, port_range};
 use super::cluster::TestCluster;
 use super::launch_world;
 use super::moto::INSTANCE_PROFILE;
@@ -222,22 +222,28 @@ impl OperatorWorld {
         self.fleets().get(&self.name).await.expect("fleet exists")
     }
 
-    /// Waits until `check` holds for the fleet, and returns it.
+    /// Waits until `check` holds for the fleet, and returns the fleet it
+    /// held for; on timeout, fails showing the fleet's last status.
     pub async fn wait_for(
         &self,
         what: &str,
         check: impl Fn(&BrowserFleet) -> bool,
     ) -> BrowserFleet {
-        let fleets = self.fleets();
-        let name = self.name.clone();
-        let check = &check;
-        eventually(what, WAIT, || {
-            let fleets = fleets.clone();
-            let name = name.clone();
-            async move { fleets.get(&name).await.is_ok_and(|f| check(&f)) }
-        })
-        .await;
-        self.get().await
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut last = None;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(fleet) = self.fleets().get(&self.name).await {
+                if check(&fleet) {
+                    return fleet;
+                }
+                last = Some(fleet);
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        panic!(
+            "{what}: not within {WAIT:?}; the fleet's status was {:#?}",
+            last.and_then(|f| f.status)
+        );
     }
 
     /// The fleet's identity in AWS.
