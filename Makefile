@@ -24,7 +24,7 @@ test: moto kubectl chromium playwright kube-apiserver
 .PHONY: test-kube-apiserver
 test-kube-apiserver: kubectl kube-apiserver
 	bash scripts/with-kube-apiserver.sh $(CARGO) test --locked --test apiserver --test kubectl \
-		--test operator --test operator_lifecycle
+		--test operator --test operator_lifecycle --test operator_faults
 
 ## moto: install moto[server] into .venv/ when it is missing (idempotent)
 moto:
