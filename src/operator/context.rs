@@ -100,6 +100,8 @@ pub struct Context {
     pub memory: Mutex<HashMap<String, PolicyMemory>>,
     /// What was ensured, by fleet uid.
     pub ensured: Mutex<HashMap<String, Ensured>>,
+    /// Reconciles that failed in a row, by fleet uid (the error back-off).
+    pub failures: Mutex<HashMap<String, u32>>,
 }
 
 /// Name the operator reports Events and writes status as.
@@ -133,6 +135,7 @@ impl Context {
             metrics,
             memory: Mutex::new(HashMap::new()),
             ensured: Mutex::new(HashMap::new()),
+            failures: Mutex::new(HashMap::new()),
         }
     }
 
@@ -183,8 +186,23 @@ impl Context {
         all.insert(uid.to_owned(), ensured);
     }
 
+    /// Counts a failed reconcile of a fleet; the failures in a row.
+    pub fn failed(&self, uid: &str) -> u32 {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        let count = failures.entry(uid.to_owned()).or_insert(0);
+        *count = count.saturating_add(1);
+        *count
+    }
+
+    /// A fleet reconciled: its failures in a row start again.
+    pub fn succeeded(&self, uid: &str) {
+        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+        failures.remove(uid);
+    }
+
     /// Forgets a deleted fleet.
     pub fn forget(&self, uid: &str) {
+        self.succeeded(uid);
         self.watches.stop(uid);
         self.registrations.forget(uid);
         let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());

@@ -145,6 +145,9 @@ pub async fn reconcile(fleet: Arc<BrowserFleet>, ctx: Arc<Context>) -> Result<Ac
     let started = Instant::now();
     let span = tracing::info_span!("reconcile", fleet = %format!("{}/{}", fleet.namespace().unwrap_or_default(), fleet.name_any()));
     let result = tracing::Instrument::instrument(reconcile_fleet(&fleet, &ctx), span).await;
+    if result.is_ok() {
+        ctx.succeeded(&fleet.uid().unwrap_or_default());
+    }
     let kind = result.as_ref().err().map(Error::reason);
     ctx.metrics
         .reconciled(started.elapsed().as_secs_f64(), kind);
@@ -155,14 +158,18 @@ pub async fn reconcile(fleet: Arc<BrowserFleet>, ctx: Arc<Context>) -> Result<Ac
     result
 }
 
-/// Requeues a failed fleet: soon for transient errors, later for the ones
-/// that need a change.
-pub fn error_policy(_fleet: Arc<BrowserFleet>, error: &Error, ctx: Arc<Context>) -> Action {
-    if error.is_retryable() {
-        Action::requeue(ctx.settings.resync.min(Duration::from_secs(5)))
+/// Requeues a failed fleet with a capped exponential back-off over its
+/// failures in a row: from 1 s (up to 1 min) for errors that may pass, from
+/// 30 s (up to 5 min) for the ones that need a change.
+pub fn error_policy(fleet: Arc<BrowserFleet>, error: &Error, ctx: Arc<Context>) -> Action {
+    let failures = ctx.failed(&fleet.uid().unwrap_or_default());
+    let (base, cap) = if error.is_retryable() {
+        (Duration::from_secs(1), Duration::from_secs(60))
     } else {
-        Action::requeue(ctx.settings.resync.max(Duration::from_secs(30)))
-    }
+        (Duration::from_secs(30), Duration::from_secs(300))
+    };
+    let exponent = failures.saturating_sub(1).min(16);
+    Action::requeue(base.saturating_mul(1 << exponent).min(cap))
 }
 
 fn fleet_id(fleet: &BrowserFleet) -> Result<FleetId, Error> {
