@@ -859,9 +859,9 @@ pub struct BrowserFleetStatus {
     /// while instances keep failing to register.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub launch_backoff_until: Option<Time>,
-    /// The fleet's instances, at most 250; the counts above always cover all.
+    /// The fleet's instances (at most 1000, the largest `maxInstances`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    #[schemars(length(max = 250))]
+    #[schemars(length(max = 1000))]
     pub instances: Vec<InstanceStatus>,
     /// The queues the fleet uses.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -946,7 +946,7 @@ pub struct InstanceStatus {
     /// the fleet's events queue; the operator dials only this address.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address: Option<String>,
-    /// Last time its agent answered (to within 15 seconds).
+    /// Last time its agent answered (to within a minute).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_seen: Option<Time>,
     /// When it started draining; it is terminated at

@@ -408,7 +408,8 @@ impl Sqs {
         }
     }
 
-    async fn find_queue(&self, name: &str) -> Result<Option<QueueUrl>, QueueError> {
+    /// The URL of the queue named `name`; `None` when there is none.
+    pub async fn find_queue(&self, name: &str) -> Result<Option<QueueUrl>, QueueError> {
         let call = self.client.get_queue_url().queue_name(name).send();
         match observe(&self.recorder, Service::Sqs, "GetQueueUrl", call).await {
             Ok(out) => Ok(out.queue_url().map(QueueUrl::new)),

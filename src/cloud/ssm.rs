@@ -46,8 +46,9 @@ pub enum ParameterKind {
     },
 }
 
-/// A parameter to write.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A parameter to write; its `Debug` never shows the value (the agent
+/// configuration carries the fleet's secrets).
+#[derive(Clone, PartialEq, Eq)]
 pub struct ParameterWrite {
     /// Full name, e.g. `/browserfleet/ns/name/agent-config`.
     pub name: String,
@@ -59,6 +60,18 @@ pub struct ParameterWrite {
     pub description: Option<String>,
     /// Tags (the fleet's tags, usually).
     pub tags: BTreeMap<String, String>,
+}
+
+impl fmt::Debug for ParameterWrite {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ParameterWrite")
+            .field("name", &self.name)
+            .field("value", &"<redacted>")
+            .field("kind", &self.kind)
+            .field("description", &self.description)
+            .field("tags", &self.tags)
+            .finish()
+    }
 }
 
 /// A parameter as read back.

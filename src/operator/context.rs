@@ -102,6 +102,8 @@ pub struct Context {
     pub ensured: Mutex<HashMap<String, Ensured>>,
     /// Reconciles that failed in a row, by fleet uid (the error back-off).
     pub failures: Mutex<HashMap<String, u32>>,
+    /// When this process first observed each fleet, by uid.
+    pub watching: Mutex<HashMap<String, jiff::Timestamp>>,
 }
 
 /// Name the operator reports Events and writes status as.
@@ -136,6 +138,7 @@ impl Context {
             memory: Mutex::new(HashMap::new()),
             ensured: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            watching: Mutex::new(HashMap::new()),
         }
     }
 
@@ -186,6 +189,14 @@ impl Context {
         all.insert(uid.to_owned(), ensured);
     }
 
+    /// Since when this process has watched a fleet (now, the first time).
+    pub fn watching_since(&self, uid: &str) -> jiff::Timestamp {
+        let mut watching = self.watching.lock().unwrap_or_else(|e| e.into_inner());
+        *watching
+            .entry(uid.to_owned())
+            .or_insert_with(jiff::Timestamp::now)
+    }
+
     /// Counts a failed reconcile of a fleet; the failures in a row.
     pub fn failed(&self, uid: &str) -> u32 {
         let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
@@ -203,6 +214,9 @@ impl Context {
     /// Forgets a deleted fleet.
     pub fn forget(&self, uid: &str) {
         self.succeeded(uid);
+        let mut watching = self.watching.lock().unwrap_or_else(|e| e.into_inner());
+        watching.remove(uid);
+        drop(watching);
         self.watches.stop(uid);
         self.registrations.forget(uid);
         let mut memory = self.memory.lock().unwrap_or_else(|e| e.into_inner());

@@ -81,6 +81,9 @@ pub enum Error {
     /// SSM.
     #[error(transparent)]
     Ssm(#[from] SsmError),
+    /// The agent configuration could not be serialized.
+    #[error("serializing the agent configuration: {0}")]
+    Serialize(serde_json::Error),
 }
 
 impl Error {
@@ -110,6 +113,7 @@ impl Error {
                 Error::Secrets(_) => "FleetSecret",
                 Error::Render(_) => "InvalidSpec",
                 Error::Identity(_) => "InvalidObject",
+                Error::Serialize(_) => "AgentConfiguration",
                 _ => "AwsError",
             },
         }
@@ -134,8 +138,17 @@ impl Error {
             Error::Compute(e) => e.is_retryable(),
             Error::Queues(e) => e.is_retryable(),
             Error::Ssm(e) => e.is_retryable(),
+            // Refusals (forbidden, invalid) need a change; conflicts,
+            // throttling and server or transport errors pass.
+            Error::Kube(kube::Error::Api(status)) => {
+                !(400..500).contains(&status.code) || matches!(status.code, 409 | 429)
+            }
             Error::Kube(_) => true,
-            Error::Secrets(_) | Error::Render(_) | Error::Identity(_) => false,
+            Error::Secrets(SecretsError::Api { .. }) => true,
+            Error::Secrets(SecretsError::Malformed { .. })
+            | Error::Render(_)
+            | Error::Identity(_)
+            | Error::Serialize(_) => false,
         }
     }
 }
@@ -223,8 +236,8 @@ async fn reconcile_fleet(fleet: &BrowserFleet, ctx: &Context) -> Result<Action, 
         &ctx.settings.rules,
     );
     ctx.remember(id.uid(), memory);
-    let acted = act(fleet, &id, &ensured, &previous, &plan, &observed, ctx).await;
-    let status = status_of(fleet, &ensured, &previous, &plan, &observed, acted.as_ref());
+    let (acted, failure) = act(fleet, &id, &ensured, &previous, &plan, &observed, ctx).await;
+    let status = status_of(fleet, &ensured, &plan, &observed, &acted, failure.as_ref());
     ctx.metrics.fleet(
         &id.to_string(),
         plan.decision.desired,
@@ -235,8 +248,10 @@ async fn reconcile_fleet(fleet: &BrowserFleet, ctx: &Context) -> Result<Action, 
     );
     write_status(fleet, ctx, &status).await?;
     emit_scale_event(fleet, ctx, &previous, &plan).await;
-    acted?;
-    Ok(Action::requeue(ctx.settings.resync))
+    match failure {
+        Some(error) => Err(error),
+        None => Ok(Action::requeue(ctx.settings.resync)),
+    }
 }
 
 async fn add_finalizer(fleet: &BrowserFleet, ctx: &Context) -> Result<(), Error> {
@@ -311,7 +326,8 @@ async fn ensure(fleet: &BrowserFleet, id: &FleetId, ctx: &Context) -> Result<Ens
     };
     let fleet_secrets = secrets::ensure(&ctx.client, fleet).await?;
     let config = agent_config::render(id.namespace(), id.name(), spec, &queues, &fleet_secrets)?;
-    let value = serde_json::to_string_pretty(&config).unwrap_or_default();
+    // Compact: a standard SSM parameter holds 4 KB.
+    let value = serde_json::to_string(&config).map_err(Error::Serialize)?;
     let parameter = agent_config::parameter_name(id.namespace(), id.name());
     let current = match ctx.ssm.get_parameter(&parameter).await {
         Ok(current) => Some(current),
@@ -363,6 +379,7 @@ async fn observe(
         depth,
         registrations,
         answers,
+        watching_since: ctx.watching_since(id.uid()),
     })
 }
 
@@ -452,6 +469,9 @@ struct Acted {
     drain_failed: Vec<InstanceId>,
 }
 
+/// Carries out the plan. What was done is returned with the error that
+/// stopped it, if any: a launch's intent, once in status, is never taken back
+/// by a failure after it.
 async fn act(
     fleet: &BrowserFleet,
     id: &FleetId,
@@ -460,7 +480,7 @@ async fn act(
     plan: &Plan,
     observed: &Observed,
     ctx: &Context,
-) -> Result<Acted, Error> {
+) -> (Acted, Option<Error>) {
     let mut acted = Acted {
         intent: if plan.clear_intent {
             None
@@ -493,7 +513,9 @@ async fn act(
     }
     if !plan.terminate.is_empty() {
         let ids: Vec<InstanceId> = plan.terminate.iter().map(|(i, _)| i.clone()).collect();
-        ctx.compute.terminate(&ids).await?;
+        if let Err(error) = ctx.compute.terminate(&ids).await {
+            return (acted, Some(error.into()));
+        }
         for (instance, reason) in &plan.terminate {
             ctx.event(
                 fleet,
@@ -504,47 +526,57 @@ async fn act(
             .await;
         }
     }
-    if let Some(launch) = plan.launch {
-        let intent = LaunchIntent {
-            sequence: i64::try_from(launch.sequence).unwrap_or(i64::MAX),
-            count: i32::try_from(launch.intent_count).unwrap_or(i32::MAX),
-            decided_at: Time(observed.now),
-        };
-        // The intent is in status before EC2 is called: whatever happens
-        // next, the next reconcile completes this launch instead of making
-        // another.
-        if !launch.resumed {
-            acted.intent = Some(intent);
-            acted.launch_sequence = launch.sequence;
-            let status = status_of(fleet, ensured, previous, plan, observed, Ok(&acted));
-            write_status(fleet, ctx, &status).await?;
-        }
-        let launched = launch_instances(fleet, id, ensured, launch, ctx).await?;
-        acted.capacity_misses = launched
-            .misses
-            .iter()
-            .map(|m| format!("{} in {}", m.instance_type, m.subnet_id))
-            .collect();
-        let count = launched.instances.len();
-        let ids: Vec<&str> = launched.instances.iter().map(|i| i.id.as_str()).collect();
-        ctx.event(
-            fleet,
-            false,
-            "Launched",
-            format!(
-                "launched {count} of {} (launch {}): {}",
-                launch.count,
-                launch.sequence,
-                ids.join(", ")
-            ),
-        )
-        .await;
-        if u32::try_from(count).unwrap_or(0) >= launch.count {
-            acted.intent = None;
-        }
-        acted.launched = launched.instances;
+    let Some(launch) = plan.launch else {
+        return (acted, None);
+    };
+    // The intent is in status before EC2 is called: whatever happens next
+    // (a crash, a lost answer, a new leader), the next reconcile completes
+    // this launch from the listing instead of deciding it again.
+    acted.intent = Some(LaunchIntent {
+        sequence: i64::try_from(launch.sequence).unwrap_or(i64::MAX),
+        count: i32::try_from(launch.intent_count).unwrap_or(i32::MAX),
+        decided_at: Time(observed.now),
+    });
+    acted.launch_sequence = launch.sequence;
+    let status = status_of(fleet, ensured, plan, observed, &acted, None);
+    if let Err(error) = write_status(fleet, ctx, &status).await {
+        // Not recorded, so not launched: the next reconcile decides again.
+        acted.intent = previous.intent.clone();
+        acted.launch_sequence = previous.launch_sequence;
+        return (acted, Some(error));
     }
-    Ok(acted)
+    match launch_instances(fleet, id, ensured, launch, ctx).await {
+        Ok(launched) => {
+            acted.capacity_misses = launched
+                .misses
+                .iter()
+                .map(|m| format!("{} in {}", m.instance_type, m.subnet_id))
+                .collect();
+            let ids: Vec<&str> = launched.instances.iter().map(|i| i.id.as_str()).collect();
+            ctx.event(
+                fleet,
+                false,
+                "Launched",
+                format!(
+                    "launched {} of {} (launch {}): {}",
+                    ids.len(),
+                    launch.count,
+                    launch.sequence,
+                    ids.join(", ")
+                ),
+            )
+            .await;
+            // Every instance is known by id now (status lists them even
+            // while EC2's listing lags), so the intent is done; a launch
+            // cut short by capacity stays recorded for the next reconcile.
+            if u32::try_from(launched.instances.len()).unwrap_or(0) >= launch.count {
+                acted.intent = None;
+            }
+            acted.launched = launched.instances;
+            (acted, None)
+        }
+        Err(error) => (acted, Some(error)),
+    }
 }
 
 async fn launch_instances(
@@ -575,47 +607,44 @@ fn count(value: u32) -> i32 {
 fn status_of(
     fleet: &BrowserFleet,
     ensured: &Ensured,
-    previous: &Previous,
     plan: &Plan,
     observed: &Observed,
-    acted: Result<&Acted, &Error>,
+    acted: &Acted,
+    failure: Option<&Error>,
 ) -> BrowserFleetStatus {
     let old = fleet.status.clone().unwrap_or_default();
     let now = Time(observed.now);
     let mut instances = plan.instances.clone();
-    let mut launched = 0;
-    if let Ok(acted) = acted {
-        for failed in &acted.drain_failed {
-            if let Some(s) = instances
-                .iter_mut()
-                .find(|s| s.instance_id == failed.as_str())
-            {
-                s.state = crate::api::fleet::InstanceState::Ready;
-                s.draining_since = None;
-            }
+    for failed in &acted.drain_failed {
+        if let Some(s) = instances
+            .iter_mut()
+            .find(|s| s.instance_id == failed.as_str())
+        {
+            s.state = crate::api::fleet::InstanceState::Ready;
+            s.draining_since = None;
         }
-        for instance in &acted.launched {
-            launched += 1;
-            instances.push(crate::api::fleet::InstanceStatus {
-                instance_id: instance.id.as_str().to_owned(),
-                state: crate::api::fleet::InstanceState::Pending,
-                subnet_id: instance.subnet_id.clone(),
-                private_ip: instance.private_ip.map(|ip| ip.to_string()),
-                launch_time: instance
-                    .launch_time
-                    .and_then(|t| Timestamp::try_from(t).ok())
-                    .map(Time),
-                sessions: 0,
-                address: None,
-                agent_version: None,
-                last_seen: None,
-                draining_since: None,
-                bootstrap: None,
-            });
-        }
-        instances.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
-        instances.truncate(plan::MAX_LISTED_INSTANCES);
     }
+    let launched = u32::try_from(acted.launched.len()).unwrap_or(u32::MAX);
+    for instance in &acted.launched {
+        instances.push(crate::api::fleet::InstanceStatus {
+            instance_id: instance.id.as_str().to_owned(),
+            state: crate::api::fleet::InstanceState::Pending,
+            subnet_id: instance.subnet_id.clone(),
+            private_ip: instance.private_ip.map(|ip| ip.to_string()),
+            launch_time: instance
+                .launch_time
+                .and_then(|t| Timestamp::try_from(t).ok())
+                .map(Time),
+            sessions: 0,
+            address: None,
+            agent_version: None,
+            last_seen: None,
+            draining_since: None,
+            bootstrap: None,
+        });
+    }
+    instances.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    instances.truncate(plan::MAX_LISTED_INSTANCES);
     let desired = plan.decision.desired;
     let last_scale_decision =
         if i64::from(desired) != i64::from(old.desired_instances) && fleet.status.is_some() {
@@ -628,11 +657,8 @@ fn status_of(
         } else {
             old.last_scale_decision.clone()
         };
-    let (intent, sequence) = match acted {
-        Ok(acted) => (acted.intent.clone(), acted.launch_sequence),
-        Err(_) => (previous.intent.clone(), previous.launch_sequence),
-    };
-    let wanted = wanted_conditions(fleet, plan, acted);
+    let (intent, sequence) = (acted.intent.clone(), acted.launch_sequence);
+    let wanted = wanted_conditions(fleet, plan, acted, failure);
     BrowserFleetStatus {
         observed_generation: fleet.meta().generation,
         desired_instances: count(desired),
@@ -666,7 +692,8 @@ fn status_of(
 fn wanted_conditions(
     fleet: &BrowserFleet,
     plan: &Plan,
-    acted: Result<&Acted, &Error>,
+    acted: &Acted,
+    failure: Option<&Error>,
 ) -> Vec<Wanted> {
     let desired = plan.decision.desired;
     let ready = if fleet.spec.paused {
@@ -704,21 +731,21 @@ fn wanted_conditions(
         .filter(|(_, r)| r.degrades())
         .map(|(i, r)| format!("{i}: {}", r.describe()))
         .collect();
-    let degraded = match acted {
-        Err(error) => Wanted::new(CONDITION_DEGRADED, true, error.reason(), error.describe()),
-        Ok(acted) if !acted.capacity_misses.is_empty() => Wanted::new(
+    let degraded = match failure {
+        Some(error) => Wanted::new(CONDITION_DEGRADED, true, error.reason(), error.describe()),
+        None if !acted.capacity_misses.is_empty() => Wanted::new(
             CONDITION_DEGRADED,
             true,
             "InsufficientCapacity",
             format!("no capacity for {}", acted.capacity_misses.join(", ")),
         ),
-        Ok(_) if !replaced.is_empty() => Wanted::new(
+        None if !replaced.is_empty() => Wanted::new(
             CONDITION_DEGRADED,
             true,
             "InstancesReplaced",
             format!("replacing {}", replaced.join("; ")),
         ),
-        Ok(_) if plan.boot_failures > 0 => Wanted::new(
+        None if plan.boot_failures > 0 => Wanted::new(
             CONDITION_DEGRADED,
             true,
             "InstancesFailingToRegister",
@@ -731,7 +758,7 @@ fn wanted_conditions(
                     .unwrap_or_default()
             ),
         ),
-        Ok(_) => Wanted::new(CONDITION_DEGRADED, false, "Healthy", "no problem seen"),
+        None => Wanted::new(CONDITION_DEGRADED, false, "Healthy", "no problem seen"),
     };
     vec![ready, scaling, degraded]
 }
@@ -835,12 +862,22 @@ async fn report_invalid(fleet: &BrowserFleet, ctx: &Context, message: &str) -> R
     Ok(())
 }
 
-/// Puts an error into the `Degraded` condition (best effort).
+/// Puts an error into the `Degraded` condition (best effort), on the
+/// fleet as it is now: the reconcile may have written status (a launch
+/// intent) that the object it started from does not show.
 async fn report_error(fleet: &BrowserFleet, ctx: &Context, error: &Error) {
     if fleet.meta().deletion_timestamp.is_some() {
         return;
     }
-    let old = fleet.status.clone().unwrap_or_default();
+    let current = match api(ctx, fleet).get_opt(&fleet.name_any()).await {
+        Ok(Some(current)) => current,
+        Ok(None) => return,
+        Err(get) => {
+            tracing::warn!(error = %get, "cannot read the fleet to report an error");
+            return;
+        }
+    };
+    let old = current.status.clone().unwrap_or_default();
     let now = Time(Timestamp::now());
     let mut status = old.clone();
     status.conditions = conditions::merge(
@@ -851,12 +888,12 @@ async fn report_error(fleet: &BrowserFleet, ctx: &Context, error: &Error) {
             error.reason(),
             error.describe(),
         )],
-        fleet.meta().generation,
+        current.meta().generation,
         &now,
     );
     if status != old {
-        if let Err(error) = write_status(fleet, ctx, &status).await {
-            tracing::warn!(%error, "cannot report the error in status");
+        if let Err(write) = write_status(&current, ctx, &status).await {
+            tracing::warn!(error = %write, "cannot report the error in status");
         }
         ctx.event(fleet, true, error.reason(), error.describe())
             .await;
@@ -885,16 +922,18 @@ async fn delete_fleet(fleet: &BrowserFleet, id: &FleetId, ctx: &Context) -> Resu
     }
     ctx.forget(id.uid());
     ctx.metrics.forget_fleet(&id.to_string());
-    let status = fleet.status.clone().unwrap_or_default();
-    let queues = status.queues.unwrap_or_default();
-    let mut created: Vec<QueueUrl> = Vec::new();
-    if fleet.spec.queue.request_queue_url.is_none() {
-        created.extend(queues.requests.map(QueueUrl::new));
-        created.extend(queues.dead_letter.map(QueueUrl::new));
-    }
-    created.extend(queues.events.map(QueueUrl::new));
-    for queue in &created {
-        match ctx.sqs.delete_queue(queue).await {
+    // The queues are found by the names the operator gives them, not from
+    // status, which may never have recorded them (a spec that could not be
+    // rendered, a deletion before the first status write) or no longer does
+    // (`requestQueueUrl` set later). A queue the user named is never ours.
+    let requests = QueueDefinition::requests_for(id, &fleet.spec.queue);
+    let mut names = vec![QueueDefinition::events_for(id).name, requests.name];
+    names.extend(requests.dead_letter.map(|d| d.name));
+    for name in &names {
+        let Some(queue) = ctx.sqs.find_queue(name).await? else {
+            continue;
+        };
+        match ctx.sqs.delete_queue(&queue).await {
             Ok(()) | Err(QueueError::NotFound(_)) => {}
             Err(error) => return Err(error.into()),
         }
@@ -954,6 +993,9 @@ async fn retire_for_deletion(
         let empty_or_gone = match (address, &token) {
             _ if expired => true,
             (Some(address), Some(token)) => match ctx.agents.state(address, token.expose()).await {
+                // Another instance's agent at a reused address says nothing
+                // about this one: wait for the drain timeout.
+                Ok(state) if state.instance_id != instance.id.as_str() => false,
                 Ok(state) if state.live_sessions() == 0 => true,
                 Ok(state) => {
                     if !state.draining

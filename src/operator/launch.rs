@@ -4,8 +4,10 @@
 //! launch's sequence and derives its client tokens from it. Whatever happens
 //! between the status write and EC2's answer (a crash, a lost response, a
 //! new leader), the next reconcile compares the intent with the instances
-//! tagged with its sequence and launches only what is missing, with the same
-//! sequence, so the same client tokens.
+//! tagged with its sequence and launches only what is missing (with a new
+//! sequence: EC2 refuses a client token reused with another count). Within
+//! one launch, the SDK's retries of a call reuse its token, so a lost answer
+//! never doubles it.
 
 use crate::api::fleet::LaunchIntent;
 use crate::cloud::FleetInstance;
@@ -28,9 +30,8 @@ pub enum LaunchProgress {
 }
 
 /// Compares the recorded launch with the fleet's instances. An instance
-/// that was launched and has already gone (terminated, being terminated)
-/// still counts: it was launched, and launching it again would exceed what
-/// was decided; replacing it is a new decision.
+/// being terminated still counts (it was launched; replacing it is a new
+/// decision); one already gone from the listing does not.
 pub fn progress(intent: Option<&LaunchIntent>, instances: &[FleetInstance]) -> LaunchProgress {
     let Some(intent) = intent else {
         return LaunchProgress::Idle;

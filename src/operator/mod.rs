@@ -1,9 +1,9 @@
 //! The operator: what turns a `BrowserFleet` into queues, agent
-//! configuration and instances. So far it holds the parts the fleet
-//! reconciler builds on: the agent configuration a fleet's instances receive
-//! ([`agent_config`]), the typed client of the agents' control API
-//! ([`agent_client`]) and the decision that keeps launches from doubling
-//! ([`launch`]).
+//! configuration and instances. [`run`] runs the controller, [`fleet`] is
+//! its reconcile (observe → decide → act → report), [`plan`] the pure
+//! decide step, [`watches`] the per-fleet events-queue consumer and depth
+//! poll, [`orphans`] the sweep of instances whose fleet is gone; the rest are
+//! the parts they build on (`docs/operator.md`).
 
 pub mod agent_client;
 pub mod agent_config;

@@ -31,12 +31,24 @@ use crate::scaling::policy::{
     self, Decision, InstancePhase, InstanceView, Observation, PolicyConfig, PolicyMemory,
 };
 
-/// At most this many instances are listed in status (the CRD's bound).
-pub const MAX_LISTED_INSTANCES: usize = 250;
+/// At most this many instances are listed in status: the CRD's bound, the
+/// largest `maxInstances`, so that every instance's state survives a restart.
+pub const MAX_LISTED_INSTANCES: usize = 1000;
 
 /// `lastSeen` moves only when it is older than this, so that a steady
-/// fleet's status does not change on every reconcile.
-pub const LAST_SEEN_RESOLUTION: Duration = Duration::from_secs(15);
+/// fleet's status changes at most once a minute (heartbeats, kept in
+/// memory, are the finer record).
+pub const LAST_SEEN_RESOLUTION: Duration = Duration::from_secs(60);
+
+/// EC2's listing may lag a launch by seconds: an instance launched this
+/// recently that status records and the listing does not show still
+/// counts, as `Pending`.
+pub const LISTING_LAG: Duration = Duration::from_secs(120);
+
+/// A recorded launch that the listing shows unfinished is completed only
+/// once it is this old, so that the listing's lag is not taken for a
+/// launch cut short.
+pub const INTENT_SETTLE: Duration = Duration::from_secs(15);
 
 /// Where an agent said it listens, from its last announcement.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -71,6 +83,10 @@ pub struct Observed {
     pub registrations: BTreeMap<InstanceId, Registration>,
     /// Answers of the agents that were asked, by instance.
     pub answers: BTreeMap<InstanceId, AgentAnswer>,
+    /// Since when this operator has watched the fleet: silence is judged
+    /// only from then (and from the last answer or announcement), so a
+    /// restarted operator does not replace agents it has not heard yet.
+    pub watching_since: Timestamp,
 }
 
 /// Operator-wide knobs of the rules above.
@@ -154,7 +170,8 @@ pub struct Launch {
     /// The intent to record before calling EC2 (the whole launch, of which
     /// `count` may be the missing part).
     pub intent_count: u32,
-    /// Completing an intent an earlier reconcile recorded.
+    /// Completing a launch an earlier reconcile recorded and the listing
+    /// shows cut short (with a new sequence: fresh client tokens).
     pub resumed: bool,
 }
 
@@ -245,11 +262,12 @@ pub fn plan(
     rules: &Rules,
 ) -> (Plan, PolicyMemory) {
     let now = observed.now;
-    let assessed: Vec<Assessed> = observed
+    let mut assessed: Vec<Assessed> = observed
         .instances
         .iter()
         .map(|instance| assess(spec, previous, observed, instance, rules))
         .collect();
+    assessed.extend(not_yet_listed(previous, observed));
 
     let config = PolicyConfig::from_spec(spec);
     // An agent receives a request only into a free slot, and the message
@@ -278,6 +296,12 @@ pub fn plan(
     };
     let (decision, memory) = policy::decide(&config, &observation, &memory);
 
+    if spec.paused {
+        // Observe and report only: nothing launched, drained or terminated.
+        for a in &mut assessed {
+            a.terminate = None;
+        }
+    }
     let mut terminate: Vec<(InstanceId, TerminateReason)> = assessed
         .iter()
         .filter_map(|a| Some((InstanceId::new(&a.status.instance_id), a.terminate?)))
@@ -327,27 +351,31 @@ pub fn plan(
         backoff_until = Some(backoff_end(now, boot_failures, rules));
     }
 
-    // Everything EC2 lists counts towards maxInstances until it is gone.
-    let existing = u32::try_from(observed.instances.len()).unwrap_or(u32::MAX);
-    let terminated = u32::try_from(terminate.len()).unwrap_or(u32::MAX);
+    // Everything EC2 lists (or has just launched) counts towards
+    // maxInstances until it is gone, also what this reconcile terminates:
+    // its replacement is launched once it has left the listing.
+    let existing = u32::try_from(assessed.len()).unwrap_or(u32::MAX);
     let room = u32::try_from(spec.capacity.max_instances)
         .unwrap_or(0)
-        .saturating_sub(existing.saturating_sub(terminated));
+        .saturating_sub(existing);
     let backing_off = backoff_until.is_some_and(|until| now < until);
 
     let mut clear_intent = false;
     let mut backed_off = false;
     let launch = match launch::progress(previous.intent.as_ref(), &observed.instances) {
-        LaunchProgress::Unfinished { sequence, missing } => {
+        _ if spec.paused => None,
+        LaunchProgress::Unfinished { missing, .. } => {
+            let settled = previous
+                .intent
+                .as_ref()
+                .is_some_and(|i| since(now, i.decided_at.0) >= INTENT_SETTLE);
             let count = missing.min(room);
-            (count > 0).then_some(Launch {
-                sequence,
+            // A new sequence: the cut-short launch's client tokens were
+            // used with other counts, which EC2 refuses to reuse.
+            (settled && count > 0).then_some(Launch {
+                sequence: previous.launch_sequence + 1,
                 count,
-                intent_count: previous
-                    .intent
-                    .as_ref()
-                    .and_then(|i| u32::try_from(i.count).ok())
-                    .unwrap_or(count),
+                intent_count: count,
                 resumed: true,
             })
         }
@@ -427,6 +455,44 @@ fn backoff_end(now: Timestamp, failures: u32, rules: &Rules) -> Timestamp {
         .min(rules.backoff_cap);
     now.checked_add(jiff::SignedDuration::try_from(delay).unwrap_or_default())
         .unwrap_or(now)
+}
+
+/// Instances status records as just launched that EC2's listing does not
+/// show yet: they count, as booting, until [`LISTING_LAG`] has passed.
+fn not_yet_listed(previous: &Previous, observed: &Observed) -> Vec<Assessed> {
+    previous
+        .instances
+        .iter()
+        .filter(|s| matches!(s.state, Lifecycle::Pending))
+        .filter(|s| {
+            !observed
+                .instances
+                .iter()
+                .any(|i| i.id.as_str() == s.instance_id)
+        })
+        .filter(|s| {
+            s.launch_time
+                .as_ref()
+                .is_some_and(|t| since(observed.now, t.0) < LISTING_LAG)
+        })
+        .map(|s| Assessed {
+            status: s.clone(),
+            view: Some(InstanceView {
+                id: InstanceId::new(&s.instance_id),
+                phase: InstancePhase::Booting,
+                sessions: 0,
+                idle_since: None,
+                launched_at: s
+                    .launch_time
+                    .as_ref()
+                    .map(|t| policy_time(t.0))
+                    .unwrap_or_default(),
+                ready_at: None,
+            }),
+            terminate: None,
+            newly_registered: false,
+        })
+        .collect()
 }
 
 /// One instance's state and what its observation says must happen to it.
@@ -530,19 +596,28 @@ fn assess(
                         Lifecycle::Ready
                     };
                 }
+                (Some(_), _) if draining => {
+                    // A draining agent exits once its last session ended:
+                    // silent after an empty answer, it has drained. With
+                    // sessions it waits for the drain timeout, below.
+                    status.state = Lifecycle::Draining;
+                    if status.sessions == 0 {
+                        terminate = Some(TerminateReason::Drained);
+                    }
+                }
                 (Some(_), _) => {
                     // Unknown: keep what was known, never idle.
-                    status.state = if draining {
-                        Lifecycle::Draining
-                    } else {
-                        Lifecycle::Ready
-                    };
-                    let heard = status
-                        .last_seen
-                        .as_ref()
-                        .map(|t| t.0)
-                        .or(registration.map(|r| r.heard));
-                    if heard.is_none_or(|at| since(now, at) > rules.unresponsive_after) {
+                    status.state = Lifecycle::Ready;
+                    let heard = [
+                        status.last_seen.as_ref().map(|t| t.0),
+                        registration.map(|r| r.heard),
+                        Some(observed.watching_since),
+                    ]
+                    .into_iter()
+                    .flatten()
+                    .max()
+                    .unwrap_or(observed.watching_since);
+                    if since(now, heard) > rules.unresponsive_after {
                         terminate = Some(TerminateReason::Unresponsive);
                     }
                 }

@@ -7,9 +7,9 @@
 //! not trigger a reconcile: decisions run on the policy's cadence.
 //!
 //! With leader election, every replica serves health and metrics, and only
-//! the holder of the Lease reconciles. A replica that loses the Lease stops
-//! reconciling and exits (its Deployment restarts it as a standby), so two
-//! replicas never act on one fleet at once.
+//! the holder of the Lease reconciles. A replica that loses the Lease drops
+//! its controller at once, reconciles in flight included, and exits (its
+//! Deployment restarts it as a standby).
 
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
@@ -86,6 +86,15 @@ pub struct Running {
     pub address: Option<SocketAddr>,
 }
 
+/// Aborts its task when dropped: tasks owned by a scope.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// A fleet's reconcile is triggered by changes of what the user or the
 /// lifecycle controls, not by the operator's own status writes.
 fn spec_or_lifecycle(fleet: &BrowserFleet) -> Option<u64> {
@@ -117,11 +126,14 @@ pub async fn run(
     // it), so nothing else may poll it.
     let synced = Arc::new(AtomicBool::new(false));
     let (leader_tx, leader_rx) = tokio::sync::watch::channel(options.leader_election.is_none());
-    let address = match options.listen {
+    // The listener lives as long as this call (the guard aborts it).
+    let (address, _health) = match options.listen {
         Some(address) => {
-            Some(serve_health(address, metrics.clone(), synced.clone(), leader_rx.clone()).await?)
+            let (bound, task) =
+                serve_health(address, metrics.clone(), synced.clone(), leader_rx.clone()).await?;
+            (Some(bound), Some(AbortOnDrop(task)))
         }
-        None => None,
+        None => (None, None),
     };
     if let Some(started) = started {
         let _ = started.send(Running {
@@ -246,45 +258,43 @@ async fn run_controller(
         })
         .applied_objects()
         .predicate_filter(spec_or_lifecycle, PredicateConfig::default());
-    let lost_flag = Arc::new(AtomicBool::new(false));
-    // The controller wants a `Sync` future: a task waits for either reason
-    // to stop and fires a oneshot.
+    // The controller wants a `Sync` future for its graceful shutdown: a
+    // task waits for the signal and fires a oneshot.
     let (stop_tx, stop_rx) = futures::channel::oneshot::channel::<()>();
-    let waiter = {
-        let lost_flag = lost_flag.clone();
-        tokio::spawn(async move {
-            match lost {
-                Some(lost) => {
-                    tokio::select! {
-                        () = shutdown => {},
-                        () = lost => lost_flag.store(true, Ordering::SeqCst),
-                    }
-                }
-                None => shutdown.await,
-            }
-            let _ = stop_tx.send(());
-        })
-    };
-    let stop = stop_rx.map(|_| ());
-    Controller::for_stream(fleets, reader)
+    let waiter = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(());
+    });
+    let controller = Controller::for_stream(fleets, reader)
         .with_config(
             controller::Config::default()
                 .concurrency(settings.concurrency)
                 .debounce(Duration::from_millis(50)),
         )
         .reconcile_on(triggers)
-        .graceful_shutdown_on(stop)
+        .graceful_shutdown_on(stop_rx.map(|_| ()))
         .run(reconcile, error_policy, ctx.clone())
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "reconcile not run");
             }
-        })
-        .await;
+        });
+    // A lost Lease drops the controller at once, reconciles in flight
+    // included: the new leader acts from now on, and this replica must not.
+    let lost_leadership = match lost {
+        Some(lost) => tokio::select! {
+            () = controller => false,
+            () = lost => true,
+        },
+        None => {
+            controller.await;
+            false
+        }
+    };
     waiter.abort();
     sweep.abort();
     ctx.watches.stop_all();
-    if lost_flag.load(Ordering::SeqCst) {
+    if lost_leadership {
         return Err(RunError::LostLeadership);
     }
     tracing::info!("operator stopped");
@@ -299,7 +309,7 @@ async fn serve_health(
     metrics: Arc<Metrics>,
     synced: Arc<AtomicBool>,
     leading: tokio::sync::watch::Receiver<bool>,
-) -> Result<SocketAddr, RunError> {
+) -> Result<(SocketAddr, tokio::task::JoinHandle<()>), RunError> {
     use axum::http::StatusCode;
     use axum::routing::get;
     let listener = tokio::net::TcpListener::bind(address)
@@ -339,10 +349,10 @@ async fn serve_health(
                 }
             }),
         );
-    tokio::spawn(async move {
+    let task = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, router).await {
             tracing::error!(%error, "health listener stopped");
         }
     });
-    Ok(bound)
+    Ok((bound, task))
 }

@@ -98,6 +98,7 @@ impl World {
                 depth: QueueDepth::default(),
                 registrations: BTreeMap::new(),
                 answers: BTreeMap::new(),
+                watching_since: at(0),
             },
         }
     }
@@ -153,8 +154,8 @@ fn an_empty_fleet_launches_its_minimum_as_one_new_sequence() {
 }
 
 #[test]
-fn an_unfinished_intent_launches_only_what_is_missing_with_its_sequence() {
-    let mut world = World::new(spec(3, 10), 0);
+fn an_unfinished_intent_launches_only_what_is_missing_once_the_listing_settled() {
+    let mut world = World::new(spec(3, 10), 5);
     world.previous.launch_sequence = 1;
     world.previous.intent = Some(LaunchIntent {
         sequence: 1,
@@ -165,15 +166,100 @@ fn an_unfinished_intent_launches_only_what_is_missing_with_its_sequence() {
         .observed
         .instances
         .push(instance("i-1", 0, Ec2State::Pending));
-    let plan = world.plan();
+    assert_eq!(world.plan().launch, None, "the listing may still lag");
+    world.observed.now = at(20);
     assert_eq!(
-        plan.launch,
+        world.plan().launch,
         Some(Launch {
-            sequence: 1,
+            sequence: 2,
             count: 2,
-            intent_count: 3,
+            intent_count: 2,
             resumed: true
-        })
+        }),
+        "a new sequence: the cut-short launch's tokens are not reused"
+    );
+}
+
+#[test]
+fn a_just_launched_instance_the_listing_does_not_show_yet_still_counts() {
+    let mut world = World::new(spec(1, 10), 30);
+    world.previous.launch_sequence = 1;
+    world.previous.instances = vec![InstanceStatus {
+        instance_id: "i-new".into(),
+        state: Lifecycle::Pending,
+        subnet_id: None,
+        private_ip: None,
+        launch_time: Some(Time(at(25))),
+        sessions: 0,
+        address: None,
+        agent_version: None,
+        last_seen: None,
+        draining_since: None,
+        bootstrap: None,
+    }];
+    let plan = world.plan();
+    assert_eq!(plan.launch, None, "{}", plan.decision.reason);
+    assert_eq!(plan.current, 1);
+    world.observed.now = at(25 + 121);
+    assert!(
+        world.plan().launch.is_some(),
+        "gone after the listing's lag"
+    );
+}
+
+#[test]
+fn a_draining_agent_that_went_silent_after_an_empty_answer_has_drained() {
+    let mut world = World::new(spec(0, 10), 60).ready("i-1", 0);
+    world.previous.instances = vec![InstanceStatus {
+        instance_id: "i-1".into(),
+        state: Lifecycle::Draining,
+        subnet_id: None,
+        private_ip: None,
+        launch_time: None,
+        sessions: 0,
+        address: Some("127.0.0.1:1".into()),
+        agent_version: None,
+        last_seen: Some(Time(at(55))),
+        draining_since: Some(Time(at(50))),
+        bootstrap: None,
+    }];
+    world
+        .observed
+        .answers
+        .insert(InstanceId::new("i-1"), AgentAnswer::Silent);
+    assert_eq!(
+        world.plan().terminate,
+        vec![(InstanceId::new("i-1"), TerminateReason::Drained)]
+    );
+}
+
+#[test]
+fn a_restarted_operator_judges_silence_from_when_it_started_watching() {
+    let mut world = World::new(spec(1, 10), 1000).ready("i-1", 1);
+    world.previous.instances = vec![InstanceStatus {
+        instance_id: "i-1".into(),
+        state: Lifecycle::Ready,
+        subnet_id: None,
+        private_ip: None,
+        launch_time: None,
+        sessions: 1,
+        address: Some("127.0.0.1:1".into()),
+        agent_version: None,
+        last_seen: Some(Time(at(100))),
+        draining_since: None,
+        bootstrap: None,
+    }];
+    world.observed.registrations.clear();
+    world
+        .observed
+        .answers
+        .insert(InstanceId::new("i-1"), AgentAnswer::Silent);
+    world.observed.watching_since = at(990);
+    assert!(world.plan().terminate.is_empty());
+    world.observed.now = at(990 + 91);
+    assert_eq!(
+        world.plan().terminate,
+        vec![(InstanceId::new("i-1"), TerminateReason::Unresponsive)]
     );
 }
 
@@ -212,10 +298,10 @@ fn a_registered_answering_agent_is_ready_and_counted() {
 fn last_seen_moves_only_after_its_resolution() {
     let mut world = World::new(spec(1, 10), 60).ready("i-1", 0);
     world.advance();
-    world.observed.now = at(70);
+    world.observed.now = at(110);
     assert_eq!(world.advance().instances[0].last_seen, Some(Time(at(60))));
-    world.observed.now = at(76);
-    assert_eq!(world.advance().instances[0].last_seen, Some(Time(at(76))));
+    world.observed.now = at(120);
+    assert_eq!(world.advance().instances[0].last_seen, Some(Time(at(120))));
 }
 
 #[test]
@@ -381,10 +467,23 @@ fn an_instance_stopped_outside_is_replaced() {
 fn a_paused_fleet_launches_and_retires_nothing() {
     let mut spec = spec(3, 10);
     spec.paused = true;
-    let world = World::new(spec, 60).ready("i-1", 0);
+    let mut world = World::new(spec, 400).ready("i-1", 0);
+    world
+        .observed
+        .instances
+        .push(instance("i-2", 0, Ec2State::Running));
+    world.previous.intent = Some(LaunchIntent {
+        sequence: 1,
+        count: 3,
+        decided_at: Time(at(0)),
+    });
     let plan = world.plan();
-    assert_eq!(plan.launch, None);
-    assert!(plan.drain.is_empty() && plan.terminate.is_empty());
+    assert_eq!(plan.launch, None, "not even an unfinished launch");
+    assert!(
+        plan.drain.is_empty() && plan.terminate.is_empty(),
+        "not even an instance past its ready timeout: {:?}",
+        plan.terminate
+    );
 }
 
 #[test]
