@@ -141,6 +141,11 @@ async fn scale_in_retires_the_idle_instance_and_a_long_session_keeps_running() {
         vec![host.clone()],
         "the instance hosting the long session stays"
     );
+    assert_eq!(
+        condition(&world.get().await, CONDITION_DEGRADED).map(|(s, _)| s),
+        Some("False".to_owned()),
+        "a scale-in is no replacement"
+    );
     let mut cdp = support::agent_world::Cdp::connect(&url)
         .await
         .expect("the long session still serves");
