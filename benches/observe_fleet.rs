@@ -130,6 +130,7 @@ async fn blueprint(aws: &Aws) -> anyhow::Result<InstanceBlueprint> {
         user_data: None,
         associate_public_ip: false,
         tags: Default::default(),
+        cluster: None,
     })
 }
 

@@ -245,6 +245,12 @@ struct OperatorArgs {
     /// Fleets reconciled at once.
     #[arg(long, default_value_t = 8)]
     concurrency: u16,
+    /// This cluster's name, tagged on every instance it launches
+    /// (`browserfleet.io/cluster`). The orphan sweep runs only with it and
+    /// terminates only instances tagged with it, so clusters sharing an AWS
+    /// account never sweep each other's instances.
+    #[arg(long, env = "BROWSERFLEET_CLUSTER_NAME")]
+    cluster_name: Option<String>,
     /// Log as JSON lines (production) instead of human-readable text.
     #[arg(long)]
     json_logs: bool,
@@ -427,6 +433,7 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<ExitCode> {
                 ..Settings::default()
             },
             listen: Some(args.listen),
+            cluster: args.cluster_name,
             leader_election: args.leader_election.then_some(LeaderElection {
                 namespace: args.lease_namespace,
                 lease: args.lease_name,

@@ -256,7 +256,10 @@ async fn instances_of_a_fleet_that_is_gone_are_swept_after_the_grace_period() {
     let launched = compute
         .launch(
             &ghost,
-            &support::launch_world::blueprint(&world.launch),
+            &browserfleet::cloud::InstanceBlueprint {
+                cluster: Some(world.cluster_name()),
+                ..support::launch_world::blueprint(&world.launch)
+            },
             LaunchRequest {
                 count: 1,
                 sequence: 1,

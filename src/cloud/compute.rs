@@ -39,7 +39,7 @@ use thiserror::Error;
 
 use super::error::{AwsFault, FaultKind, Service};
 use super::fleet_tags::{
-    FLEET_UID_TAG, FleetId, LAUNCH_SEQUENCE_TAG, MANAGED_BY_TAG, MANAGED_BY_VALUE,
+    CLUSTER_TAG, FLEET_UID_TAG, FleetId, LAUNCH_SEQUENCE_TAG, MANAGED_BY_TAG, MANAGED_BY_VALUE,
 };
 use super::recorder::CallRecorder;
 use super::settings::{Aws, observe};
@@ -270,6 +270,8 @@ pub struct InstanceBlueprint {
     pub associate_public_ip: bool,
     /// The user's tags (the fleet's own tags are added on launch).
     pub tags: BTreeMap<String, String>,
+    /// The launching operator's cluster name, tagged [`CLUSTER_TAG`].
+    pub cluster: Option<String>,
 }
 
 impl InstanceBlueprint {
@@ -287,6 +289,7 @@ impl InstanceBlueprint {
             user_data,
             associate_public_ip: spec.associate_public_ip,
             tags: spec.tags.clone(),
+            cluster: None,
         }
     }
 }
@@ -545,6 +548,9 @@ impl Ec2Compute {
             LAUNCH_SEQUENCE_TAG.to_owned(),
             placement.sequence.to_string(),
         );
+        if let Some(cluster) = &blueprint.cluster {
+            tags.insert(CLUSTER_TAG.to_owned(), cluster.clone());
+        }
         let sdk_tags: Vec<Tag> = tags
             .iter()
             .map(|(k, v)| Tag::builder().key(k).value(v).build())

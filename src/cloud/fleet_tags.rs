@@ -18,6 +18,9 @@ pub const MANAGED_BY_VALUE: &str = "browserfleet";
 /// Tag key: the fleet's launch sequence number an instance was launched
 /// for (`LaunchRequest::sequence`).
 pub const LAUNCH_SEQUENCE_TAG: &str = "browserfleet.io/launch-sequence";
+/// Tag key: the operator cluster's name (`--cluster-name`) on the instances
+/// it launches, so that its orphan sweep takes only its own.
+pub const CLUSTER_TAG: &str = "browserfleet.io/cluster";
 /// Prefix reserved for our own tags; user tags may not use it.
 pub const RESERVED_TAG_PREFIX: &str = "browserfleet.io/";
 

@@ -104,6 +104,8 @@ pub struct Context {
     pub failures: Mutex<HashMap<String, u32>>,
     /// When this process first observed each fleet, by uid.
     pub watching: Mutex<HashMap<String, jiff::Timestamp>>,
+    /// This cluster's name, tagged on the instances it launches.
+    pub cluster: Option<String>,
 }
 
 /// Name the operator reports Events and writes status as.
@@ -139,6 +141,7 @@ impl Context {
             ensured: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
             watching: Mutex::new(HashMap::new()),
+            cluster: None,
         }
     }
 

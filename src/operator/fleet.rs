@@ -589,7 +589,10 @@ async fn launch_instances(
     let spec = &fleet.spec;
     let image = ctx.compute.resolve_image(&spec.instance.image).await?;
     let user_data = bootstrap::user_data(id.namespace(), id.name(), spec, &ensured.parameter);
-    let blueprint = InstanceBlueprint::from_spec(&spec.instance, image, Some(user_data));
+    let blueprint = InstanceBlueprint {
+        cluster: ctx.cluster.clone(),
+        ..InstanceBlueprint::from_spec(&spec.instance, image, Some(user_data))
+    };
     let subnets = spec.instance.subnet_ids.len().max(1);
     let request = LaunchRequest {
         count: launch.count,

@@ -4,8 +4,11 @@
 //! again), are terminated once they are older than a grace period. The grace
 //! period covers an instance launched a moment before its fleet was seen.
 //!
-//! An operator that watches one namespace sweeps only that namespace's
-//! instances: it cannot see the fleets of the others.
+//! The sweep takes only instances tagged with its operator's cluster name
+//! (`--cluster-name`; without one there is no sweep), since one AWS account
+//! may hold the fleets of several clusters; and an operator that watches one
+//! namespace sweeps only that namespace's instances: it cannot see the fleets
+//! of the others.
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -16,7 +19,7 @@ use kube::ResourceExt;
 use kube::runtime::reflector::Store;
 
 use crate::api::BrowserFleet;
-use crate::cloud::fleet_tags::{FLEET_TAG, FLEET_UID_TAG};
+use crate::cloud::fleet_tags::{CLUSTER_TAG, FLEET_TAG, FLEET_UID_TAG};
 use crate::cloud::{Compute, Ec2Compute, FleetInstance, InstanceId, InstanceState};
 
 /// A fleet as the sweep knows it: `namespace/name` and uid.
@@ -28,15 +31,25 @@ pub struct KnownFleet {
     pub uid: String,
 }
 
+/// Whose instances a sweep may take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scope {
+    /// Only instances tagged with this cluster name.
+    pub cluster: String,
+    /// Only fleets of this namespace; every namespace's when `None`.
+    pub namespace: Option<String>,
+}
+
 /// The instances to terminate: in scope, older than `grace`, and of no
 /// known fleet.
 pub fn orphans(
     instances: &[FleetInstance],
     fleets: &BTreeSet<KnownFleet>,
-    namespace: Option<&str>,
+    scope: &Scope,
     now: SystemTime,
     grace: Duration,
 ) -> Vec<InstanceId> {
+    let namespace = scope.namespace.as_deref();
     instances
         .iter()
         .filter(|i| {
@@ -45,6 +58,7 @@ pub fn orphans(
                 InstanceState::ShuttingDown | InstanceState::Terminated
             )
         })
+        .filter(|i| i.tags.get(CLUSTER_TAG) == Some(&scope.cluster))
         .filter(|i| {
             let Some(key) = i.tags.get(FLEET_TAG) else {
                 // Ours, but of no fleet: nothing will ever manage it. Only
@@ -75,7 +89,7 @@ pub async fn sweep_forever(
     compute: Ec2Compute,
     fleets: Store<BrowserFleet>,
     synced: Arc<AtomicBool>,
-    namespace: Option<String>,
+    scope: Scope,
     grace: Duration,
     interval: Duration,
 ) {
@@ -101,13 +115,7 @@ pub async fn sweep_forever(
                 continue;
             }
         };
-        let orphans = orphans(
-            &instances,
-            &known,
-            namespace.as_deref(),
-            SystemTime::now(),
-            grace,
-        );
+        let orphans = orphans(&instances, &known, &scope, SystemTime::now(), grace);
         if orphans.is_empty() {
             continue;
         }
@@ -125,8 +133,15 @@ mod tests {
 
     use super::*;
 
+    fn scope(namespace: Option<&str>) -> Scope {
+        Scope {
+            cluster: "here".into(),
+            namespace: namespace.map(str::to_owned),
+        }
+    }
+
     fn instance(id: &str, fleet: Option<(&str, &str)>, age: u64) -> FleetInstance {
-        let mut tags = BTreeMap::new();
+        let mut tags = BTreeMap::from([(CLUSTER_TAG.to_owned(), "here".to_owned())]);
         if let Some((key, uid)) = fleet {
             tags.insert(FLEET_TAG.to_owned(), key.to_owned());
             tags.insert(FLEET_UID_TAG.to_owned(), uid.to_owned());
@@ -165,9 +180,33 @@ mod tests {
             instance("i-young", Some(("qa/old", "u2")), 10),
             instance("i-untagged-fleet", None, 500),
         ];
-        let found = orphans(&instances, &fleets, None, now(), Duration::from_secs(300));
+        let found = orphans(
+            &instances,
+            &fleets,
+            &scope(None),
+            now(),
+            Duration::from_secs(300),
+        );
         let ids: Vec<&str> = found.iter().map(InstanceId::as_str).collect();
         assert_eq!(ids, ["i-gone", "i-recreated", "i-untagged-fleet"]);
+    }
+
+    #[test]
+    fn another_clusters_instances_are_never_swept() {
+        let mut theirs = instance("i-theirs", Some(("qa/old", "u2")), 500);
+        theirs
+            .tags
+            .insert(CLUSTER_TAG.to_owned(), "there".to_owned());
+        let mut untagged = instance("i-untagged", Some(("qa/old", "u2")), 500);
+        untagged.tags.remove(CLUSTER_TAG);
+        let found = orphans(
+            &[theirs, untagged],
+            &BTreeSet::new(),
+            &scope(None),
+            now(),
+            Duration::from_secs(300),
+        );
+        assert!(found.is_empty(), "{found:?}");
     }
 
     #[test]
@@ -179,7 +218,7 @@ mod tests {
         let found = orphans(
             &instances,
             &BTreeSet::new(),
-            Some("qa"),
+            &scope(Some("qa")),
             now(),
             Duration::from_secs(300),
         );

@@ -57,6 +57,10 @@ pub struct OperatorOptions {
     pub listen: Option<SocketAddr>,
     /// Leader election; `None` runs as the only replica.
     pub leader_election: Option<LeaderElection>,
+    /// This cluster's name, tagged on every instance it launches. The
+    /// orphan sweep runs only with one, and takes only instances tagged with
+    /// it: an AWS account may hold the fleets of several clusters.
+    pub cluster: Option<String>,
 }
 
 /// Why the operator stopped.
@@ -232,22 +236,22 @@ async fn run_controller(
             events_wait: settings.events_wait,
         },
     );
-    let ctx = Arc::new(Context::new(
-        client,
-        &aws,
-        settings,
-        watches,
-        registrations,
-        metrics,
-    ));
-    let sweep = tokio::spawn(crate::operator::orphans::sweep_forever(
-        ctx.compute.clone(),
-        reader.clone(),
-        synced.clone(),
-        options.namespace.clone(),
-        settings.orphan_grace,
-        settings.orphan_sweep,
-    ));
+    let mut ctx = Context::new(client, &aws, settings, watches, registrations, metrics);
+    ctx.cluster = options.cluster.clone();
+    let ctx = Arc::new(ctx);
+    let sweep = options.cluster.clone().map(|cluster| {
+        tokio::spawn(crate::operator::orphans::sweep_forever(
+            ctx.compute.clone(),
+            reader.clone(),
+            synced.clone(),
+            crate::operator::orphans::Scope {
+                cluster,
+                namespace: options.namespace.clone(),
+            },
+            settings.orphan_grace,
+            settings.orphan_sweep,
+        ))
+    });
     let fleets = watcher(api, watcher::Config::default())
         .default_backoff()
         .reflect(writer)
@@ -292,7 +296,9 @@ async fn run_controller(
         }
     };
     waiter.abort();
-    sweep.abort();
+    if let Some(sweep) = sweep {
+        sweep.abort();
+    }
     ctx.watches.stop_all();
     if lost_leadership {
         return Err(RunError::LostLeadership);

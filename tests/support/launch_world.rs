@@ -88,5 +88,6 @@ pub fn blueprint(world: &World) -> InstanceBlueprint {
         user_data: Some("<powershell>Write-Output hello</powershell>".to_owned()),
         associate_public_ip: false,
         tags: BTreeMap::from([("team".to_owned(), "qa".to_owned())]),
+        cluster: None,
     }
 }

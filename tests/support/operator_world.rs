@@ -95,6 +95,12 @@ impl OperatorWorld {
         }
     }
 
+    /// The operator cluster's name in this world: its namespace, unique,
+    /// so that parallel tests' orphan sweeps never meet.
+    pub fn cluster_name(&self) -> String {
+        self.cluster.ns.clone()
+    }
+
     /// `namespace/name` of the fleet.
     pub fn fleet_key(&self) -> String {
         format!("{}/{}", self.cluster.ns, self.name)
@@ -113,6 +119,7 @@ impl OperatorWorld {
             settings,
             listen: Some("127.0.0.1:0".parse().unwrap()),
             leader_election: election,
+            cluster: Some(self.cluster_name()),
         };
         let task = tokio::spawn(run(
             self.cluster.client.clone(),
