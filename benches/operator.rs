@@ -50,7 +50,8 @@ const CHROMIUM: &str = "/usr/bin/chromium";
 const BROWSER_ARGS: [&str; 2] = ["--no-sandbox", "--disable-gpu"];
 const BURST_TRIALS: usize = 15;
 const BURST_SIZE: usize = 4;
-/// How long a burst fleet stays idle, observed, before the burst.
+/// How long a burst fleet stays idle, observed, before the burst (plus an
+/// offset of up to one queue poll interval).
 const BURST_IDLE: Duration = Duration::from_secs(3);
 const CALLS_RESYNC: Duration = Duration::from_secs(5);
 /// The operator's orphan sweep interval (`Settings::default().orphan_sweep`):
@@ -485,7 +486,11 @@ async fn burst_trial(
     let recorder = operator.aws.recorder();
     let launches = || recorder.count(Service::Ec2, "RunInstances");
     let before = launches();
-    tokio::time::sleep(BURST_IDLE).await;
+    // The depth poll ticks every second from the fleet's first reconcile;
+    // a fixed idle time would send every burst at the same point of the
+    // tick. The offsets spread the trials evenly over one poll interval.
+    let offset = Duration::from_secs(1).mul_f64(trial as f64 / BURST_TRIALS as f64);
+    tokio::time::sleep(BURST_IDLE + offset).await;
     if launches() != before {
         bail!("fleet {name} launched while idle");
     }
