@@ -61,6 +61,8 @@ const SWEEP: Duration = Duration::from_secs(60);
 const FOOTPRINT_FLEETS: usize = 100;
 const FOOTPRINT_INSTANCES: i32 = 20;
 const FOOTPRINT_WINDOW: Duration = Duration::from_secs(60);
+/// How long the footprint waits for its 2,000 instances.
+const FOOTPRINT_LAUNCH_DEADLINE: Duration = Duration::from_secs(600);
 /// The footprint's queue poll. At the production 1 s, 100 fleets make 100
 /// `GetQueueAttributes` a second, more than moto serves on two shared
 /// cores: every call then takes seconds and the launches crawl (seen in a
@@ -289,6 +291,31 @@ async fn all_launched(fleets: &Api<BrowserFleet>, count: usize, instances: i32) 
                     && s.launch_intent.is_none()
             })
         })
+}
+
+/// How many fleets have launched `instances` with no launch pending, and
+/// the instances in all fleets' status.
+async fn launched_so_far(
+    fleets: &Api<BrowserFleet>,
+    instances: i32,
+) -> anyhow::Result<(usize, usize)> {
+    let list = fleets.list(&Default::default()).await?;
+    let done = list
+        .items
+        .iter()
+        .filter(|f| {
+            f.status
+                .as_ref()
+                .is_some_and(|s| s.current_instances == instances && s.launch_intent.is_none())
+        })
+        .count();
+    let listed = list
+        .items
+        .iter()
+        .filter_map(|f| f.status.as_ref())
+        .map(|s| s.instances.len())
+        .sum();
+    Ok((done, listed))
 }
 
 /// Counts the changes a watch sees on a namespace's fleets (status writes
@@ -788,16 +815,28 @@ async fn footprint(world: &World) -> anyhow::Result<()> {
         );
         apply(&fleets, &manifest).await?;
     }
-    until(
+    // moto may not get there on a loaded machine (docs/performance.md): at
+    // the deadline the footprint is measured in the state reached, and said.
+    let launched = until(
         "2,000 instances launched",
-        Duration::from_secs(1200),
+        FOOTPRINT_LAUNCH_DEADLINE,
         || all_launched(&fleets, FOOTPRINT_FLEETS, FOOTPRINT_INSTANCES),
     )
-    .await?;
+    .await;
     let launched_in = started.elapsed();
-    changes
-        .settle(Duration::from_secs(20), Duration::from_secs(600))
-        .await?;
+    if let Err(error) = launched {
+        let (fleets_done, instances) = launched_so_far(&fleets, FOOTPRINT_INSTANCES).await?;
+        println!(
+            "NOT REACHED: {error}; {fleets_done} of {FOOTPRINT_FLEETS} fleets launched \
+             ({instances} instances in their status); measuring this state"
+        );
+    }
+    if let Err(error) = changes
+        .settle(Duration::from_secs(20), Duration::from_secs(120))
+        .await
+    {
+        println!("NOT SETTLED: {error}; measuring anyway");
+    }
     let settled_in = started.elapsed();
     let rss_before = status_kib(pid, "VmRSS:")?;
     let metrics_before = scrape(&address).await?;
