@@ -109,3 +109,9 @@ agent-bench: moto chromium
 .PHONY: apiserver-bench
 apiserver-bench:
 	$(CARGO) bench --locked --bench apiserver
+
+## operator-bench: queue burst to the first launch, AWS calls per steady reconcile,
+##       memory and CPU of the release operator with 100 fleets and 2,000 instances (moto)
+.PHONY: operator-bench
+operator-bench: moto release
+	$(CARGO) bench --locked --bench operator
