@@ -392,6 +392,8 @@ impl InProcess {
             settings,
             listen: None,
             leader_election: None,
+            // No orphan sweep: only reconciles call AWS.
+            cluster: None,
         };
         let started = Instant::now();
         let task = tokio::spawn(run(
