@@ -262,6 +262,20 @@ async fn run_controller(
         })
         .applied_objects()
         .predicate_filter(spec_or_lifecycle, PredicateConfig::default());
+    // Watches of fleets that left without our deletion path stop too.
+    let prune = {
+        let ctx = ctx.clone();
+        let fleets = reader.clone();
+        tokio::spawn(async move {
+            let mut ticker = tokio::time::interval(Duration::from_secs(30));
+            loop {
+                ticker.tick().await;
+                let uids: std::collections::HashSet<String> =
+                    fleets.state().iter().filter_map(|f| f.uid()).collect();
+                ctx.watches.retain(|uid| uids.contains(uid));
+            }
+        })
+    };
     // The controller wants a `Sync` future for its graceful shutdown: a
     // task waits for the signal and fires a oneshot.
     let (stop_tx, stop_rx) = futures::channel::oneshot::channel::<()>();
@@ -296,6 +310,7 @@ async fn run_controller(
         }
     };
     waiter.abort();
+    prune.abort();
     if let Some(sweep) = sweep {
         sweep.abort();
     }

@@ -132,11 +132,13 @@ impl FleetWatches {
     /// changed; a no-op when they run on these queues.
     pub fn ensure(&self, fleet: &ObjectRef<BrowserFleet>, uid: &str, queues: &WatchedQueues) {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
-        if running
-            .get(uid)
-            .is_some_and(|r| &r.queues == queues && !r.tasks.is_empty())
-        {
-            return;
+        if let Some(current) = running.get_mut(uid) {
+            // A watch that ended (it never returns but by a panic) is
+            // started again with the others.
+            let ended = current.tasks.try_join_next().is_some();
+            if &current.queues == queues && !ended {
+                return;
+            }
         }
         let mut tasks = tokio::task::JoinSet::new();
         let span = tracing::info_span!("fleet_watch", fleet = %fleet);
@@ -175,6 +177,14 @@ impl FleetWatches {
     pub fn stop(&self, uid: &str) {
         let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
         running.remove(uid);
+    }
+
+    /// Stops the watches of fleets for which `keep` is false: fleets that
+    /// went away without the operator's deletion (a finalizer removed by
+    /// hand).
+    pub fn retain(&self, keep: impl Fn(&str) -> bool) {
+        let mut running = self.running.lock().unwrap_or_else(|e| e.into_inner());
+        running.retain(|uid, _| keep(uid));
     }
 
     /// Stops every watch.
