@@ -62,7 +62,15 @@ const FOOTPRINT_FLEETS: usize = 100;
 const FOOTPRINT_INSTANCES: i32 = 20;
 const FOOTPRINT_WINDOW: Duration = Duration::from_secs(60);
 /// How long the footprint waits for its 2,000 instances.
-const FOOTPRINT_LAUNCH_DEADLINE: Duration = Duration::from_secs(600);
+const FOOTPRINT_LAUNCH_DEADLINE: Duration = Duration::from_secs(1200);
+/// Fleets reconciled at once in the footprint: all of them. At the default
+/// of 8, with moto's listings taking seconds at this size, kube-runtime's
+/// scheduler kept serving the same fleets and never reached the others
+/// (docs/performance.md); with every fleet in flight none waits.
+const FOOTPRINT_CONCURRENCY: &str = "100";
+/// The footprint's resync: moto takes seconds per listing at 2,000
+/// instances, so a 15 s resync of 100 fleets asks more than it serves.
+const FOOTPRINT_RESYNC: &str = "60s";
 /// The footprint's queue poll. At the production 1 s, 100 fleets make 100
 /// `GetQueueAttributes` a second, more than moto serves on two shared
 /// cores: every call then takes seconds and the launches crawl (seen in a
@@ -797,7 +805,13 @@ async fn footprint(world: &World) -> anyhow::Result<()> {
             "--listen",
             "127.0.0.1:0",
         ])
-        .args(["--resync", "15s", "--queue-poll", FOOTPRINT_QUEUE_POLL])
+        .args([
+            "--resync",
+            FOOTPRINT_RESYNC,
+            "--queue-poll",
+            FOOTPRINT_QUEUE_POLL,
+        ])
+        .args(["--concurrency", FOOTPRINT_CONCURRENCY])
         .env("KUBECONFIG", &kubeconfig)
         .stdout(std::process::Stdio::piped())
         .stderr(log)
