@@ -8,9 +8,7 @@ mod support;
 use std::time::Duration;
 
 use browserfleet::api::fleet::{CONDITION_DEGRADED, CONDITION_READY, InstanceState as Lifecycle};
-use browserfleet::cloud::{
-    CallRecorder, Parameters, QueueDefinition, QueueUrl, Queues, Service, Sqs, Ssm,
-};
+use browserfleet::cloud::{CallRecorder, Parameters, QueueUrl, Queues, Service, Sqs, Ssm};
 use browserfleet::operator::agent_config::parameter_name;
 use browserfleet::operator::secrets::secret_name;
 use k8s_openapi::api::core::v1::Secret;
@@ -19,18 +17,6 @@ use serde_json::{Value, json};
 
 use support::agent_world::{Cdp, evaluate_in_new_page, eventually};
 use support::operator_world::{OperatorWorld, WAIT, condition, has_condition, test_settings};
-
-/// A queue the test reads replies from.
-async fn reply_queue(world: &OperatorWorld, name: &str) -> QueueUrl {
-    let id = world.fleet_id().await;
-    let mut definition = QueueDefinition::events_for(&id);
-    definition.name = format!("{}-{name}", definition.name.trim_end_matches("-events"));
-    Sqs::new(&world.aws)
-        .ensure_queue(&definition)
-        .await
-        .expect("reply queue")
-        .url
-}
 
 fn writes(calls: &CallRecorder) -> Vec<String> {
     calls
@@ -178,7 +164,7 @@ async fn a_queue_burst_scales_out_is_served_and_idle_scales_back_to_the_minimum(
         .await;
 
     // Five requests of two sessions per instance: three instances.
-    let replies_to = reply_queue(&world, "replies").await;
+    let replies_to = world.reply_queue().await;
     world.send_requests("burst", 5, &replies_to, 120).await;
     let fleet = world
         .wait_for("scaled out to three", |f| {

@@ -14,9 +14,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use browserfleet::api::fleet::CONDITION_DEGRADED;
-use browserfleet::cloud::{
-    Compute, Ec2Compute, FleetId, LaunchRequest, QueueDefinition, Queues, Sqs,
-};
+use browserfleet::cloud::{Compute, Ec2Compute, FleetId, LaunchRequest};
 use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use serde_json::json;
@@ -36,13 +34,7 @@ async fn a_deleted_fleet_keeps_an_instance_with_a_live_session_until_the_session
         })
         .await;
     let id = world.fleet_id().await;
-    let mut replies = QueueDefinition::events_for(&id);
-    replies.name = format!("{}-replies", replies.name.trim_end_matches("-events"));
-    let replies = Sqs::new(&world.aws)
-        .ensure_queue(&replies)
-        .await
-        .unwrap()
-        .url;
+    let replies = world.reply_queue().await;
     world.send_requests("long", 1, &replies, 25).await;
     world
         .wait_for("the session runs", |f| {
@@ -98,14 +90,7 @@ async fn scale_in_retires_the_idle_instance_and_a_long_session_keeps_running() {
             f.status.as_ref().is_some_and(|s| s.ready_instances == 1)
         })
         .await;
-    let id = world.fleet_id().await;
-    let mut replies = QueueDefinition::events_for(&id);
-    replies.name = format!("{}-replies", replies.name.trim_end_matches("-events"));
-    let replies = Sqs::new(&world.aws)
-        .ensure_queue(&replies)
-        .await
-        .unwrap()
-        .url;
+    let replies = world.reply_queue().await;
     // Three sessions on two slots per instance: the fleet grows to two.
     world.send_requests("long", 1, &replies, 90).await;
     world.send_requests("short", 2, &replies, 12).await;

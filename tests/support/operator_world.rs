@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use browserfleet::api::BrowserFleet;
 use browserfleet::cloud::{
-    Aws, Compute, Ec2Compute, FleetId, FleetInstance, OutgoingMessage, QueueUrl, Queues,
-    ReceiveOptions, Sqs,
+    Aws, Compute, Ec2Compute, FleetId, FleetInstance, OutgoingMessage, QueueDefinition, QueueUrl,
+    Queues, ReceiveOptions, Sqs,
 };
 use browserfleet::local::nodes::{NodeOptions, NodeSimulator, PortPool};
 use browserfleet::operator::context::Settings;
@@ -266,6 +266,18 @@ impl OperatorWorld {
             .list_instances(&id)
             .await
             .expect("list instances")
+    }
+
+    /// A queue of this world's own that replies are sent to.
+    pub async fn reply_queue(&self) -> QueueUrl {
+        let id = self.fleet_id().await;
+        let mut definition = QueueDefinition::events_for(&id);
+        definition.name = format!("{}-replies", definition.name.trim_end_matches("-events"));
+        Sqs::new(&self.aws)
+            .ensure_queue(&definition)
+            .await
+            .expect("reply queue")
+            .url
     }
 
     /// The request queue in status.
