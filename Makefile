@@ -3,7 +3,7 @@
 # kubectl into .venv/ for the targets that need them.
 CARGO ?= cargo
 
-.PHONY: build test lint crds crds-check moto kubectl chromium playwright kube-apiserver bench-observe
+.PHONY: build test lint crds crds-check chart-crds moto kubectl helm chromium playwright lua kube-apiserver bench-observe
 
 ## build: compile the browserfleet binary
 build:
@@ -14,7 +14,7 @@ build:
 ##       through kube-rs and kubectl, the cloud layer against moto, the agent
 ##       with Chromium and Playwright, the demo end to end); installs what
 ##       they need when missing
-test: moto kubectl chromium playwright kube-apiserver
+test: moto kubectl helm chromium playwright lua kube-apiserver
 	$(CARGO) test --locked
 	$(MAKE) --no-print-directory test-kube-apiserver
 
@@ -24,7 +24,7 @@ test: moto kubectl chromium playwright kube-apiserver
 .PHONY: test-kube-apiserver
 test-kube-apiserver: kubectl kube-apiserver
 	bash scripts/with-kube-apiserver.sh $(CARGO) test --locked --test apiserver --test kubectl \
-		--test operator --test operator_lifecycle --test operator_faults
+		--test operator --test operator_lifecycle --test operator_faults --test sessions
 
 ## moto: install moto[server] into .venv/ when it is missing (idempotent)
 moto:
@@ -33,6 +33,11 @@ moto:
 ## chromium: install Debian's chromium when it is missing (idempotent)
 chromium:
 	bash scripts/install-chromium.sh
+
+## lua: install Debian's lua5.1 when it is missing (idempotent); the Argo CD
+##      health checks are tested with it
+lua:
+	bash scripts/install-lua.sh
 
 ## playwright: install Playwright for Python into .venv/ when it is missing (idempotent)
 playwright:
@@ -55,6 +60,10 @@ demo: moto kubectl chromium
 kubectl:
 	bash scripts/install-kubectl.sh
 
+## helm: install helm-sdkpy (Helm's Go library) into .venv/ when it is missing (idempotent)
+helm:
+	bash scripts/install-helm.sh
+
 ## bench-observe: AWS calls per fleet observation for 10, 100, 1000 instances (moto)
 bench-observe: moto
 	$(CARGO) run --locked --quiet --example observe_fleet
@@ -64,9 +73,17 @@ lint:
 	$(CARGO) fmt --check
 	$(CARGO) clippy --locked --all-targets -- -D warnings
 
-## crds: regenerate crds/ from the Rust types in src/api/
+## crds: regenerate crds/ from the Rust types in src/api/, and the chart's copy
 crds:
 	$(CARGO) run --locked --quiet -- crdgen --out-dir crds
+	$(MAKE) --no-print-directory chart-crds
+
+## chart-crds: copy crds/ into the Helm chart (charts/browserfleet/crds/) and the
+##       kustomize base (config/crd/); tests/chart.rs and tests/kustomize.rs fail on drift
+chart-crds:
+	rm -f charts/browserfleet/crds/*.yaml config/crd/*.browserfleet.io.yaml
+	cp crds/*.yaml charts/browserfleet/crds/
+	cp crds/*.yaml config/crd/
 
 ## crds-check: fail when crds/ differs from the Rust types
 crds-check:
@@ -115,3 +132,9 @@ apiserver-bench:
 .PHONY: operator-bench
 operator-bench: moto release
 	$(CARGO) bench --locked --bench operator
+
+## sessions-bench: BrowserSession created → enqueued and → Ready (real agent and
+##       Chromium), 1,000 sessions at once and 50 with browsers on the release operator
+.PHONY: sessions-bench
+sessions-bench: moto chromium release
+	$(CARGO) bench --locked --bench sessions

@@ -8,6 +8,8 @@
 //!    page target, directly on the browser's port and through the gateway.
 //! 3. **Agent footprint**: resident memory and CPU of an idle agent process
 //!    with 8 live sessions (browsers excluded), from /proc.
+//! 4. **Intake calls**: SQS calls per minute of one agent, free and full,
+//!    with and without waiting creates and deletes (see [`intake_calls`]).
 //!
 //! Run with `make agent-bench` (release build; installs moto and Chromium
 //! when missing).
@@ -15,6 +17,7 @@
 #[path = "../tests/support/moto.rs"]
 mod moto;
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
@@ -22,11 +25,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use browserfleet::agent::config::AgentConfig;
 use browserfleet::agent::devtools::DevTools;
+use browserfleet::agent::intake::IntakeOptions;
 use browserfleet::agent::launch::{SessionLaunch, browser_command};
 use browserfleet::agent::process::{self, LaunchSpec};
 use browserfleet::agent::slots::Port;
 use browserfleet::agent::{self as agent_mod, RunOptions};
-use browserfleet::cloud::{Aws, AwsSettings, FleetId, QueueDefinition, Queues, Sqs};
+use browserfleet::cloud::{
+    Aws, AwsSettings, CallRecorder, FleetId, OutgoingMessage, QueueDefinition, QueueUrl, Queues,
+    Service, Sqs,
+};
 use browserfleet::protocol::{Inbound, SessionId, TerminationReason, parse_message};
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -129,7 +136,11 @@ async fn launch_latency(aws: &Aws, queues: &(String, String)) -> anyhow::Result<
         None,
         Sqs::new(aws),
         RunOptions {
-            receive_wait: Some(Duration::from_secs(1)),
+            intake: IntakeOptions {
+                wait: Duration::from_secs(1),
+                ..IntakeOptions::default()
+            },
+            ..RunOptions::default()
         },
     )
     .await?;
@@ -446,6 +457,161 @@ async fn footprint(aws: &Aws, queues: &(String, String), endpoint: &str) -> anyh
     Ok(())
 }
 
+/// SQS calls of `recorder` by operation during `window`, while `load` runs.
+async fn calls_during(
+    recorder: &CallRecorder,
+    window: Duration,
+    load: impl std::future::Future<Output = anyhow::Result<()>>,
+) -> anyhow::Result<BTreeMap<&'static str, u64>> {
+    let count = || {
+        let mut counts = BTreeMap::new();
+        for (key, stats) in recorder.snapshot() {
+            if key.service == Service::Sqs {
+                *counts.entry(key.operation).or_insert(0) += stats.count;
+            }
+        }
+        counts
+    };
+    let before = count();
+    let (loaded, ()) = tokio::join!(
+        tokio::time::timeout(window, load),
+        tokio::time::sleep(window)
+    );
+    if let Ok(result) = loaded {
+        result?;
+    }
+    let mut after = count();
+    for (operation, n) in before {
+        if let Some(now) = after.get_mut(operation) {
+            *now -= n;
+        }
+    }
+    after.retain(|_, n| *n > 0);
+    Ok(after)
+}
+
+/// Sends a delete of a session hosted nowhere every `every` (a full agent
+/// forwards each to the events queue), until cancelled.
+async fn deletes_every(producer: &Sqs, queue: &QueueUrl, every: Duration) -> anyhow::Result<()> {
+    for i in 0.. {
+        let body = json!({"version": 1, "action": "delete", "sessionId": format!("elsewhere-{i}")});
+        let message = OutgoingMessage {
+            body: body.to_string(),
+            delay: Duration::ZERO,
+        };
+        producer.send(queue, &message).await?;
+        tokio::time::sleep(every).await;
+    }
+    Ok(())
+}
+
+/// 4. **Intake calls**: SQS calls per minute of one agent with the
+///    production pacing (`IntakeOptions::default()`: 20 s long polls, a full
+///    agent's receives at least 3 s apart), counted by the agent's own
+///    `CallRecorder` over a window in each state. Heartbeats are turned off
+///    (one `SendMessage` per `heartbeatIntervalSeconds` on top).
+async fn intake_calls(producer: &Aws) -> anyhow::Result<()> {
+    let producer = Sqs::new(producer);
+    let fleet = FleetId::new("bench", "intake", "00000000-0000-4000-8000-000000000002")?;
+    let requests = producer
+        .ensure_queue(&QueueDefinition::requests_for(&fleet, &Default::default()))
+        .await?;
+    let events = producer
+        .ensure_queue(&QueueDefinition::events_for(&fleet))
+        .await?;
+    let queues = (
+        requests.url.as_str().to_owned(),
+        events.url.as_str().to_owned(),
+    );
+    let dir = tempfile::tempdir()?;
+    let mut config = config(dir.path(), 33_000, 1, &queues);
+    config["heartbeatIntervalSeconds"] = json!(3600);
+    let settings = AgentConfig::parse(&config.to_string())?;
+    // The agent's own AWS configuration: its recorder counts only its calls.
+    let aws = Aws::load(AwsSettings::default()).await?;
+    let recorder = aws.recorder().clone();
+    let running = agent_mod::start(settings, None, Sqs::new(&aws), RunOptions::default()).await?;
+    let agent = running.agent.clone();
+    let mut rows = Vec::new();
+    let idle = async { Ok(()) };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let window = Duration::from_secs(60);
+    rows.push((
+        "free, empty queue",
+        window,
+        calls_during(&recorder, window, idle).await?,
+    ));
+
+    // The one slot taken by a session started by hand (no queue message).
+    let body = json!({"version": 1, "action": "create", "sessionId": "busy"});
+    let Ok(Inbound::Create(request)) = parse_message(body.to_string().as_bytes()) else {
+        bail!("bench request does not parse");
+    };
+    let id: SessionId = "busy".parse()?;
+    let port = agent.reserve(&id)?;
+    if agent
+        .launch(id.clone(), port, &request, Instant::now())
+        .await
+        .is_err()
+    {
+        bail!("the busy session did not start");
+    }
+    // The free agent's long poll in progress ends first.
+    tokio::time::sleep(Duration::from_secs(21)).await;
+    let idle = async { Ok(()) };
+    rows.push((
+        "full, empty queue",
+        window,
+        calls_during(&recorder, window, idle).await?,
+    ));
+    let every = Duration::from_secs(5);
+    let window = Duration::from_secs(30);
+    let deletes = deletes_every(&producer, &requests.url, every);
+    rows.push((
+        "full, empty queue, a delete every 5 s",
+        window,
+        calls_during(&recorder, window, deletes).await?,
+    ));
+    for i in 0..5 {
+        let body = json!({"version": 1, "action": "create", "sessionId": format!("waiting-{i}")});
+        let message = OutgoingMessage {
+            body: body.to_string(),
+            delay: Duration::ZERO,
+        };
+        producer.send(&requests.url, &message).await?;
+    }
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let idle = async { Ok(()) };
+    rows.push((
+        "full, 5 creates waiting",
+        window,
+        calls_during(&recorder, window, idle).await?,
+    ));
+    let deletes = deletes_every(&producer, &requests.url, every);
+    rows.push((
+        "full, 5 creates waiting, a delete every 5 s",
+        window,
+        calls_during(&recorder, window, deletes).await?,
+    ));
+    agent.end(&id, TerminationReason::Deleted, false).await;
+    running.stop().await;
+
+    println!("\n## Intake: SQS calls per minute of one agent (production pacing)\n");
+    println!("| state | window | calls in the window, by operation | calls per minute |");
+    println!("|---|---|---|---|");
+    for (state, window, calls) in rows {
+        let total: u64 = calls.values().sum();
+        let by_operation: Vec<String> = calls.iter().map(|(op, n)| format!("{op} {n}")).collect();
+        println!(
+            "| {state} | {} s | {} | {:.0} |",
+            window.as_secs(),
+            by_operation.join(", "),
+            total as f64 * 60.0 / window.as_secs_f64()
+        );
+    }
+    Ok(())
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
 async fn main() -> anyhow::Result<()> {
     let moto = moto::moto();
@@ -453,7 +619,7 @@ async fn main() -> anyhow::Result<()> {
     let aws = Aws::load(AwsSettings::default()).await?;
     let queues = queues(&aws).await?;
     // `cargo bench --bench agent -- gateway` runs one part (launch, gateway,
-    // footprint); no argument runs all three.
+    // footprint, intake); no argument runs all four.
     let only: Vec<String> = std::env::args()
         .skip(1)
         .filter(|a| !a.starts_with('-'))
@@ -467,6 +633,9 @@ async fn main() -> anyhow::Result<()> {
     }
     if wanted("footprint") {
         footprint(&aws, &queues, &moto.endpoint).await?;
+    }
+    if wanted("intake") {
+        intake_calls(&aws).await?;
     }
     Ok(())
 }

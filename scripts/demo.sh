@@ -5,8 +5,9 @@
 # operator and the node simulator (a real agent and real Chromium per
 # instance), applies the CRDs and examples/fleet-demo.yaml in namespace
 # `demo`, waits for the fleet to be Ready, sends a burst of session requests
-# and shows the fleet scale out and back in to its minimum. Then it waits for
-# Ctrl-C. On Ctrl-C, on a failure or on any exit it stops everything it
+# and shows the fleet scale out and back in to its minimum, then applies
+# examples/session-demo.yaml (a BrowserSession), uses it over CDP with the
+# token from its Secret and deletes it. Then it waits for Ctrl-C. On Ctrl-C, on a failure or on any exit it stops everything it
 # started and removes its temporary directory (logs of every component are
 # there while it runs; on a failure their tails are printed).
 #
@@ -29,6 +30,8 @@ readonly INSTANCE_PROFILE=browserfleet-demo-node
 readonly PYTHON="$ROOT/.venv/bin/python"
 readonly KUBECTL="$ROOT/.venv/bin/kubectl"
 readonly AWS_HELPER="$ROOT/scripts/demo-aws.py"
+readonly CDP_CLIENT="$ROOT/scripts/demo-cdp.py"
+readonly SESSION=demo-session
 readonly EXIT_WHEN_DONE="${DEMO_EXIT_WHEN_DONE:-0}"
 
 # Deadlines, in seconds.
@@ -36,6 +39,7 @@ readonly START_DEADLINE=60      # a component prints its address
 readonly READY_DEADLINE=90      # apply to Ready at the minimum
 readonly SCALE_OUT_DEADLINE=90  # burst sent to every session ready
 readonly SCALE_IN_DEADLINE=$((TTL_SECONDS + 90)) # to the minimum again
+readonly SESSION_DEADLINE=90    # a BrowserSession applied to Ready, or deleted to gone
 readonly STOP_GRACE=20          # SIGTERM to exit, per component
 
 WORK=""
@@ -78,7 +82,10 @@ wait_until() {
   local deadline=$((SECONDS + seconds))
   until "$@"; do
     check_components
-    ((SECONDS < deadline)) || fail "timed out after ${seconds}s waiting for $what"
+    if ((SECONDS >= deadline)); then
+      "${ON_TIMEOUT:-true}"
+      fail "timed out after ${seconds}s waiting for $what"
+    fi
     sleep 0.5
   done
 }
@@ -253,7 +260,10 @@ live_view_until() {
       break
     fi
     check_components
-    ((SECONDS < deadline)) || fail "timed out after ${seconds}s waiting for $what"
+    if ((SECONDS >= deadline)); then
+      "${ON_TIMEOUT:-true}"
+      fail "timed out after ${seconds}s waiting for $what"
+    fi
     sleep 0.5
   done
   VIEW_STATUS=""
@@ -281,6 +291,15 @@ back_at_minimum() {
   read_status || return 1
   # Desired, existing and ready instances at the minimum, no session left.
   ((DESIRED == 1 && CURRENT == 1 && READY == 1 && SESSIONS == 0))
+}
+
+session_phase() {
+  kubectl get bsess "$SESSION" -n "$NAMESPACE" -o jsonpath='{.status.phase}' 2>/dev/null
+}
+session_ready() { [[ "$(session_phase)" == Ready ]]; }
+show_session() { kubectl get bsess "$SESSION" -n "$NAMESPACE" -o yaml >&2 || true; }
+session_gone() {
+  ! kubectl get bsess "$SESSION" -n "$NAMESPACE" >/dev/null 2>&1
 }
 
 preflight() {
@@ -360,7 +379,7 @@ EOF
   kubectl apply -n "$NAMESPACE" -f "$WORK/fleet-demo.yaml" >>"$WORK/kubectl.log"
   note "applied examples/fleet-demo.yaml: minimum 1 instance, maximum 4, 2 sessions each"
   live_view_until "$READY_DEADLINE" "the fleet to be Ready at its minimum" at_minimum_and_ready
-  note "phase 1/3: fleet Ready with its minimum of 1 instance"
+  note "phase 1/4: fleet Ready with its minimum of 1 instance"
 
   local requests reply_queue
   requests="$(kubectl get bfleet "$FLEET" -n "$NAMESPACE" -o jsonpath='{.status.queues.requests}')"
@@ -370,10 +389,27 @@ EOF
   start replies "$PYTHON" -u "$AWS_HELPER" replies --queue "$reply_queue"
   note "sent $REQUESTS session requests (TTL ${TTL_SECONDS}s) to the request queue; replies go to demo-replies"
   live_view_until "$SCALE_OUT_DEADLINE" "$REQUESTS sessions to be ready" all_sessions_ready
-  note "phase 2/3: scaled out: $REQUESTS sessions ready, up to $PEAK_READY instances ready"
+  note "phase 2/4: scaled out: $REQUESTS sessions ready, up to $PEAK_READY instances ready"
 
   live_view_until "$SCALE_IN_DEADLINE" "the sessions to expire and the fleet to scale back in" back_at_minimum
-  note "phase 3/3: scaled back in to the minimum of 1 instance"
+  note "phase 3/4: scaled back in to the minimum of 1 instance"
+
+  kubectl apply -n "$NAMESPACE" -f "$ROOT/examples/session-demo.yaml" >>"$WORK/kubectl.log"
+  note "applied examples/session-demo.yaml: one BrowserSession, the Kubernetes way"
+  ON_TIMEOUT=show_session live_view_until "$SESSION_DEADLINE" "the BrowserSession to be Ready" session_ready
+  local row url secret token used
+  row="$(kubectl get bsess "$SESSION" -n "$NAMESPACE" --no-headers)"
+  note "\$ kubectl get bsess: $(tr -s ' ' <<<"$row")"
+  url="$(kubectl get bsess "$SESSION" -n "$NAMESPACE" -o jsonpath='{.status.endpoints.webSocketDebuggerUrl}')"
+  secret="$(kubectl get bsess "$SESSION" -n "$NAMESPACE" -o jsonpath='{.status.credentialsSecret}')"
+  token="$(kubectl get secret "$secret" -n "$NAMESPACE" -o jsonpath='{.data.token}' | base64 -d)"
+  [[ -n "$url" && -n "$token" ]] || fail "the Ready session has no endpoint or token"
+  note "its DevTools endpoint is $url; the token is in Secret $secret"
+  used="$("$PYTHON" "$CDP_CLIENT" --url "$url" --token "$token")" || fail "the CDP client failed"
+  note "a CDP client connected with the token: $used"
+  kubectl delete bsess "$SESSION" -n "$NAMESPACE" --wait=false >>"$WORK/kubectl.log"
+  live_view_until "$SESSION_DEADLINE" "the BrowserSession and its browser to go" session_gone
+  note "phase 4/4: deleted the BrowserSession: its browser ended before the resource went"
   refresh
   COMPLETE=1
   if [[ "$EXIT_WHEN_DONE" == 1 ]]; then

@@ -113,12 +113,13 @@ enum Command {
         json_logs: bool,
     },
     /// Run the operator: reconcile BrowserFleets into queues, agent
-    /// configuration and EC2 instances, sized from their request queues.
+    /// configuration and EC2 instances, sized from their request queues, and
+    /// BrowserSessions into one browser each on their fleet.
     ///
     /// Uses the kubeconfig (or in-cluster config) and the AWS SDK's usual
     /// configuration (AWS_REGION, AWS_ENDPOINT_URL, credentials). Serves
     /// /healthz, /readyz and /metrics on --listen. Stops gracefully on SIGTERM
-    /// or Ctrl-C: reconciles in flight finish.
+    /// or Ctrl-C: reconciles in flight get 20 s to finish.
     Operator(OperatorArgs),
     /// Development tools that stand in for a cluster.
     Dev {
@@ -251,9 +252,23 @@ struct OperatorArgs {
     /// account never sweep each other's instances.
     #[arg(long, env = "BROWSERFLEET_CLUSTER_NAME")]
     cluster_name: Option<String>,
+    /// The AWS SDK's retry strategy: `standard`, or `adaptive` (which also
+    /// slows down after throttling, for accounts shared with busy tools).
+    #[arg(long, value_enum, default_value = "standard")]
+    aws_retry_mode: AwsRetryMode,
+    /// Attempts per AWS call, the first included (1 disables retries).
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..=20))]
+    aws_max_attempts: u32,
     /// Log as JSON lines (production) instead of human-readable text.
     #[arg(long)]
     json_logs: bool,
+}
+
+/// `--aws-retry-mode`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum AwsRetryMode {
+    Standard,
+    Adaptive,
 }
 
 /// How `simulate` prints its results.
@@ -385,8 +400,16 @@ fn run_agent(
             shutdown_signal().await;
             signalled.send_replace(true);
         });
-        let running =
-            agent::start(settings, Some(identity), Sqs::new(&aws), Default::default()).await?;
+        let running = agent::start(
+            settings,
+            Some(identity),
+            Sqs::new(&aws),
+            agent::RunOptions {
+                aws_calls: Some(aws.recorder().clone()),
+                ..Default::default()
+            },
+        )
+        .await?;
         println!("listening on {}", running.address);
         let agent = running.agent.clone();
         tokio::spawn(async move {
@@ -410,7 +433,15 @@ fn run_operator(args: OperatorArgs) -> anyhow::Result<ExitCode> {
         let client = kube::Client::try_default()
             .await
             .context("connecting to Kubernetes (kubeconfig or in-cluster configuration)")?;
-        let aws = Aws::load(AwsSettings::default()).await?;
+        let aws = Aws::load(AwsSettings {
+            retry_mode: match args.aws_retry_mode {
+                AwsRetryMode::Standard => browserfleet::cloud::RetryMode::Standard,
+                AwsRetryMode::Adaptive => browserfleet::cloud::RetryMode::Adaptive,
+            },
+            max_attempts: args.aws_max_attempts,
+            ..AwsSettings::default()
+        })
+        .await?;
         let identity = args.identity.clone().unwrap_or_else(|| {
             format!(
                 "{}-{}",
@@ -648,6 +679,24 @@ mod tests {
         assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
         assert!(parse_duration("-2s").is_err());
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn the_charts_aws_flags_parse() {
+        use clap::Parser;
+        let cli = Cli::try_parse_from([
+            "browserfleet",
+            "operator",
+            "--aws-retry-mode=adaptive",
+            "--aws-max-attempts=8",
+        ])
+        .expect("flags parse");
+        let Command::Operator(args) = cli.command else {
+            panic!("the operator subcommand");
+        };
+        assert_eq!(args.aws_retry_mode, AwsRetryMode::Adaptive);
+        assert_eq!(args.aws_max_attempts, 8);
+        assert!(Cli::try_parse_from(["browserfleet", "operator", "--aws-max-attempts=0"]).is_err());
     }
 
     #[test]

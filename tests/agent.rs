@@ -6,12 +6,13 @@ mod support;
 use std::time::Duration;
 
 use browserfleet::agent::RunningAgent;
-use browserfleet::cloud::Sqs;
+use browserfleet::agent::intake::IntakeOptions;
+use browserfleet::cloud::{Service, Sqs};
 use browserfleet::protocol::callback;
 use serde_json::{Value, json};
 use support::agent_world::{
-    AgentWorld, CallbackReceiver, Cdp, end_and_stop, end_session, evaluate_in_new_page, eventually,
-    processes_with,
+    AgentWorld, CallbackReceiver, Cdp, assert_no_message, end_and_stop, end_session,
+    evaluate_in_new_page, eventually, metric, processes_with,
 };
 use support::http;
 
@@ -175,7 +176,9 @@ async fn with_n_slots_n_requests_run_and_the_rest_wait_in_the_queue() {
             v["type"] == "session.ready"
         })
         .await;
-    // Two run; two stay on the queue, neither deleted nor failed.
+    // Two run; two stay on the queue, neither deleted nor failed (the full
+    // agent puts copies back: for a moment after a copy is sent and before
+    // its original is deleted, the queue holds one more).
     tokio::time::sleep(Duration::from_secs(3)).await;
     assert_eq!(
         world.state(&running).await["sessions"]
@@ -184,7 +187,10 @@ async fn with_n_slots_n_requests_run_and_the_rest_wait_in_the_queue() {
             .len(),
         2
     );
-    assert_eq!(world.queued_requests().await, 2);
+    eventually("two requests wait", Duration::from_secs(5), || async {
+        world.queued_requests().await == 2
+    })
+    .await;
     // As slots free, the waiting requests run.
     for ready in [first, second] {
         let id = ready["sessionId"].as_str().unwrap().to_owned();
@@ -317,8 +323,6 @@ async fn a_session_nobody_uses_ends_as_never_used() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_arrive_by_queue_and_api_and_unknown_ones_go_to_the_events_queue() {
-    // One slot stays free: an agent receives (deletes included) only while
-    // it has room for a create.
     let world = AgentWorld::new("agent-delete", 3).await;
     let running = world.start_agent().await;
     ready_session(&world, "s-del-queue", json!({})).await;
@@ -651,4 +655,544 @@ async fn an_agent_registers_and_heartbeats_on_the_events_queue() {
         );
     }
     end_and_stop(running, &["s-announced"]).await;
+}
+
+/// A start deadline `seconds` from now (negative: in the past), in whole
+/// seconds as on the wire.
+fn deadline_in(seconds: i64) -> String {
+    jiff::Timestamp::from_second(jiff::Timestamp::now().as_second() + seconds)
+        .unwrap()
+        .to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_past_its_start_deadline_fails_as_start_timeout_and_one_before_it_starts() {
+    let world = AgentWorld::new("agent-deadline", 1).await;
+    let running = world.start_agent().await;
+    let passed = deadline_in(-60);
+    world
+        .request("s-too-late", json!({"startDeadline": passed}))
+        .await;
+    let failed = world.reply("session.failed", "s-too-late").await;
+    assert_eq!(failed["reason"], "startTimeout", "{failed}");
+    assert_eq!(failed["requestId"], "req-s-too-late");
+    assert!(
+        failed["message"].as_str().unwrap().contains(&passed),
+        "{failed}"
+    );
+    eventually(
+        "the stale request deleted",
+        Duration::from_secs(10),
+        || async { world.queued_requests().await == 0 },
+    )
+    .await;
+    // No browser: no session, the slot free, nothing launched, no profile.
+    let state = world.state(&running).await;
+    assert_eq!(state["sessions"].as_array().unwrap().len(), 0, "{state}");
+    assert_eq!(state["freeSlots"], 1);
+    assert_eq!(
+        metric(&running, "browserfleet_agent_launches_total").await,
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &running,
+            "browserfleet_agent_failures_total{reason=\"startTimeout\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+    assert!(
+        !world
+            .profiles_root()
+            .join("tmp")
+            .join("s-too-late")
+            .exists()
+    );
+
+    // A deadline still ahead: started as usual.
+    ready_session(
+        &world,
+        "s-in-time",
+        json!({"startDeadline": deadline_in(600)}),
+    )
+    .await;
+    assert_eq!(
+        metric(&running, "browserfleet_agent_launches_total").await,
+        Some(1.0)
+    );
+    end_and_stop(running, &["s-in-time"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_before_the_create_cancels_it_and_forward_false_stays_off_the_events_queue() {
+    let world = AgentWorld::new("agent-cancel", 2).await;
+    let running = world.start_agent().await;
+    let token = world.fleet_token();
+    let sessions = format!("http://{}/v1/sessions", running.address);
+
+    // forward=false, not hosted: 404, and a tombstone.
+    let (code, body) = http::call(
+        "DELETE",
+        &format!("{sessions}/s-x?forward=false"),
+        Some(&token),
+    )
+    .await;
+    assert_eq!(code, 404, "{body}");
+    assert!(body.contains("not hosted here"), "{body}");
+    assert!(body.contains("refused"), "{body}");
+    // The token is still required, and forward takes only true or false.
+    assert_eq!(
+        http::call("DELETE", &format!("{sessions}/s-x?forward=false"), None)
+            .await
+            .0,
+        401
+    );
+    assert_eq!(
+        http::call(
+            "DELETE",
+            &format!("{sessions}/s-x?forward=maybe"),
+            Some(&token)
+        )
+        .await
+        .0,
+        400
+    );
+    // The default still forwards (202). Its forward arrives on the events
+    // queue after any forward of s-x would have: none came.
+    let (code, body) = http::call("DELETE", &format!("{sessions}/s-marker"), Some(&token)).await;
+    assert_eq!(code, 202, "{body}");
+    let saw_s_x = std::sync::atomic::AtomicBool::new(false);
+    world
+        .next_message(&world.events, Duration::from_secs(30), |v| {
+            if v["sessionId"] == "s-x" {
+                saw_s_x.store(true, std::sync::atomic::Ordering::Relaxed);
+            }
+            v["sessionId"] == "s-marker"
+        })
+        .await;
+    assert!(
+        !saw_s_x.load(std::sync::atomic::Ordering::Relaxed),
+        "a delete with forward=false reached the events queue"
+    );
+
+    // The create that comes later: answered cancelled, never started.
+    world.request("s-x", json!({})).await;
+    let failed = world.reply("session.failed", "s-x").await;
+    assert_eq!(failed["reason"], "cancelled", "{failed}");
+    assert_eq!(failed["requestId"], "req-s-x");
+    eventually(
+        "the cancelled request deleted",
+        Duration::from_secs(10),
+        || async { world.queued_requests().await == 0 },
+    )
+    .await;
+    let state = world.state(&running).await;
+    assert_eq!(state["sessions"].as_array().unwrap().len(), 0, "{state}");
+    assert_eq!(
+        metric(&running, "browserfleet_agent_launches_total").await,
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(
+            &running,
+            "browserfleet_agent_failures_total{reason=\"cancelled\"}"
+        )
+        .await,
+        Some(1.0)
+    );
+
+    // A delete from the request queue leaves a tombstone too.
+    world
+        .send_raw(&json!({"version": 1, "action": "delete", "sessionId": "s-y"}).to_string())
+        .await;
+    world
+        .next_message(&world.events, Duration::from_secs(30), |v| {
+            v["sessionId"] == "s-y"
+        })
+        .await;
+    world.request("s-y", json!({})).await;
+    assert_eq!(
+        world.reply("session.failed", "s-y").await["reason"],
+        "cancelled"
+    );
+
+    // A tombstone refuses one create: the next create of s-x starts.
+    ready_session(&world, "s-x", json!({})).await;
+    end_and_stop(running, &["s-x"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_extension_path_loads_that_extension_and_a_missing_one_is_refused() {
+    let world = AgentWorld::new("agent-extensions", 2).await;
+    let extensions = world.install_extensions(&["recorder"]);
+    let running = world.start_agent().await;
+    let reply_to = world.replies.as_str().to_owned();
+    // The launcher's own shape: a path, whose last component is installed.
+    world
+        .send_raw(
+            &json!({"id": "job-ext", "session_id": "s-ext", "extensions": ["/path/to/recorder"],
+                    "replyTo": reply_to})
+            .to_string(),
+        )
+        .await;
+    let ready = world.reply("session.ready", "s-ext").await;
+    assert_eq!(ready["requestId"], "job-ext");
+    let loaded = format!("--load-extension={}", extensions.join("recorder").display());
+    assert!(
+        !processes_with(&loaded).is_empty(),
+        "no browser runs with {loaded}"
+    );
+
+    // A Windows path whose name is not installed: refused, no browser.
+    world
+        .send_raw(
+            &json!({"id": "job-missing", "session_id": "s-ext-missing",
+                    "extensions": ["recorder", "C:\\ext\\adblock\\"], "replyTo": reply_to})
+            .to_string(),
+        )
+        .await;
+    let failed = world.reply("session.failed", "s-ext-missing").await;
+    assert_eq!(failed["reason"], "invalidRequest", "{failed}");
+    assert_eq!(failed["requestId"], "job-missing");
+    let message = failed["message"].as_str().unwrap_or_default();
+    for said in [
+        "no unpacked extension adblock ",
+        "last component",
+        "manifest.json",
+        "it has recorder",
+    ] {
+        assert!(message.contains(said), "{said:?} not in {message}");
+    }
+    // A path naming no extension at all: refused by the parser, saying why.
+    world
+        .send_raw(
+            &json!({"id": "job-dots", "session_id": "s-ext-dots",
+                    "extensions": ["/opt/ext/.."], "replyTo": reply_to})
+            .to_string(),
+        )
+        .await;
+    let refused = world.reply("session.failed", "s-ext-dots").await;
+    assert_eq!(refused["reason"], "invalidRequest", "{refused}");
+    assert!(
+        refused["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("extensions[0]") && m.contains("last component")),
+        "{refused}"
+    );
+    eventually("requests answered", Duration::from_secs(10), || async {
+        world.queued_requests().await == 0
+    })
+    .await;
+    let state = world.state(&running).await;
+    assert_eq!(state["sessions"].as_array().unwrap().len(), 1, "{state}");
+    assert_eq!(
+        metric(&running, "browserfleet_agent_launches_total").await,
+        Some(1.0)
+    );
+    assert!(
+        !world
+            .profiles_root()
+            .join("tmp")
+            .join("s-ext-missing")
+            .exists()
+    );
+    end_and_stop(running, &["s-ext"]).await;
+}
+
+/// How long a test watches a queue for a second, duplicate reply.
+const NO_DUPLICATE_WINDOW: Duration = Duration::from_secs(3);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legacy_delete_answers_its_own_reply_queue_and_the_creates_each_once() {
+    // Three slots: deletes are received while a slot is free.
+    let world = AgentWorld::new("agent-delete-own", 3).await;
+    let deleter = world.another_reply_queue("del").await;
+    let running = world.start_agent().await;
+    let creator = world.replies.as_str().to_owned();
+    for (session, id) in [("s-own", "job-own"), ("s-shared", "job-shared")] {
+        world
+            .send_raw(&json!({"id": id, "session_id": session, "replyTo": creator}).to_string())
+            .await;
+        world.reply("session.ready", session).await;
+    }
+
+    // Its own queue: one reply there with its id, one on the create's.
+    world
+        .send_raw(
+            &json!({"action": "delete", "session_id": "s-own", "id": "job-del-own",
+                    "replyTo": deleter.as_str()})
+            .to_string(),
+        )
+        .await;
+    let own = world
+        .next_message(&deleter, Duration::from_secs(30), |v| {
+            v["type"] == "session.terminated" && v["sessionId"] == "s-own"
+        })
+        .await;
+    assert_eq!(own["requestId"], "job-del-own", "{own}");
+    assert_eq!(own["reason"], "deleted", "{own}");
+    let creates = world.reply("session.terminated", "s-own").await;
+    assert_eq!(creates["requestId"], "job-own", "{creates}");
+    assert_eq!(creates["reason"], "deleted", "{creates}");
+
+    // The create's queue: one reply, carrying the delete's id.
+    world
+        .send_raw(
+            &json!({"action": "delete", "session_id": "s-shared", "id": 42, "replyTo": creator})
+                .to_string(),
+        )
+        .await;
+    let shared = world.reply("session.terminated", "s-shared").await;
+    assert_eq!(shared["requestId"], "42", "{shared}");
+
+    let terminated = |v: &Value| v["type"] == "session.terminated";
+    assert_no_message(&world.sqs, &world.replies, NO_DUPLICATE_WINDOW, terminated).await;
+    assert_no_message(&world.sqs, &deleter, NO_DUPLICATE_WINDOW, terminated).await;
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_forwarded_delete_is_answered_once_by_the_agent_that_hosts_the_session() {
+    use browserfleet::operator::agent_client::{AgentClient, SessionEnd};
+    use browserfleet::protocol::{DeleteRequester, EventsMessage};
+
+    // Agent A does not host the session; agent B (a fleet of its own
+    // queues) does.
+    let world_a = AgentWorld::new("agent-forward-a", 2).await;
+    let world_b = AgentWorld::new("agent-forward-b", 2).await;
+    let deleter = world_a.another_reply_queue("del").await;
+    let (a, b) = (world_a.start_agent().await, world_b.start_agent().await);
+    ready_session(&world_b, "s-fwd", json!({})).await;
+
+    // A forwards a legacy delete with its requester to its events queue.
+    world_a
+        .send_raw(
+            &json!({"action": "delete", "session_id": "s-fwd", "id": "job-fwd",
+                    "replyTo": deleter.as_str()})
+            .to_string(),
+        )
+        .await;
+    let forwarded = world_a
+        .next_message(&world_a.events, Duration::from_secs(30), |v| {
+            v["type"] == "session.delete" && v["sessionId"] == "s-fwd"
+        })
+        .await;
+    let forwarded: EventsMessage = serde_json::from_value(forwarded).expect("a forwarded delete");
+    let requester = DeleteRequester::from(&forwarded);
+    assert_eq!(
+        requester.reply_to.as_ref().map(|q| q.as_str()),
+        Some(deleter.as_str())
+    );
+
+    // Passed on to every agent as the operator does: the host answers.
+    let client = AgentClient::new(Duration::from_secs(5));
+    let token = world_a.fleet_token();
+    let id = forwarded.session_id.clone();
+    for (running, expected) in [(&a, SessionEnd::NotHosted), (&b, SessionEnd::Ended)] {
+        let ended = client
+            .end_session_for(&running.address.to_string(), &token, &id, &requester)
+            .await
+            .expect("the agent answers");
+        assert_eq!(ended, expected);
+    }
+    let answer = world_a
+        .next_message(&deleter, Duration::from_secs(30), |v| {
+            v["type"] == "session.terminated" && v["sessionId"] == "s-fwd"
+        })
+        .await;
+    assert_eq!(answer["requestId"], "job-fwd", "{answer}");
+    assert_eq!(answer["reason"], "deleted", "{answer}");
+    let creates = world_b.reply("session.terminated", "s-fwd").await;
+    assert_eq!(creates["requestId"], "req-s-fwd", "{creates}");
+    // Routed again (an operator that read the forward twice): nothing more.
+    let again = client
+        .end_session_for(&b.address.to_string(), &token, &id, &requester)
+        .await
+        .expect("the agent answers");
+    assert_eq!(again, SessionEnd::NotHosted);
+    let terminated = |v: &Value| v["type"] == "session.terminated";
+    assert_no_message(&world_a.sqs, &deleter, NO_DUPLICATE_WINDOW, terminated).await;
+
+    // A requester the agent cannot answer is refused.
+    let (code, body) = http::call(
+        "DELETE",
+        &format!(
+            "http://{}/v1/sessions/s-fwd?forward=false&replyTo=https%3A%2F%2Fexample.com%2Fx",
+            b.address
+        ),
+        Some(&token),
+    )
+    .await;
+    assert_eq!(code, 400, "{body}");
+    a.stop().await;
+    b.stop().await;
+}
+
+/// The fleet's default `maxReceiveCount` (`QueueSpec`), which the test
+/// worlds' request queues have.
+const MAX_RECEIVE_COUNT: u64 = 5;
+
+/// Sends a v1 delete of `id` to the request queue and returns how long its
+/// `session.terminated` took to arrive.
+async fn delete_by_queue(world: &AgentWorld, id: &str) -> Duration {
+    let sent = std::time::Instant::now();
+    world
+        .send_raw(&json!({"version": 1, "action": "delete", "sessionId": id}).to_string())
+        .await;
+    let ended = world.reply("session.terminated", id).await;
+    assert_eq!(ended["reason"], "deleted", "{ended}");
+    sent.elapsed()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_agent_serves_queued_deletes_at_once_and_keeps_waiting_creates_off_the_dead_letter_queue()
+ {
+    let world = AgentWorld::new("agent-full", 1).await;
+    // The agent's own SQS client, so that its recorder counts only the
+    // agent's calls.
+    let aws = support::aws().await;
+    let calls = aws.recorder().clone();
+    let count = |operation: &str| calls.count(Service::Sqs, operation);
+    let intake = AgentWorld::test_intake();
+    let running = world.start_agent_with(Sqs::new(&aws), intake).await;
+    ready_session(&world, "s-busy", json!({})).await;
+
+    // Three creates wait for the one slot; one in the launcher's shape,
+    // naming no session.
+    world.request("s-wait-0", json!({})).await;
+    world.request("s-wait-1", json!({})).await;
+    world
+        .send_raw(
+            &json!({"id": "legacy-1", "requester_id": "team-a", "ttl_minutes": 5,
+                    "replyTo": world.replies.as_str()})
+            .to_string(),
+        )
+        .await;
+    let (receives, sends, deletes) = (
+        count("ReceiveMessage"),
+        count("SendMessageBatch"),
+        count("DeleteMessageBatch"),
+    );
+    let window = std::time::Instant::now();
+    // Each receive of the full agent takes all three and puts them back:
+    // more receives of each than the redrive policy allows.
+    let cycles = MAX_RECEIVE_COUNT + 2;
+    eventually(
+        "creates put back redrive limit + 2 times",
+        Duration::from_secs(30),
+        || async {
+            metric(&running, "browserfleet_agent_requests_requeued_total")
+                .await
+                .is_some_and(|n| n >= (3 * cycles) as f64)
+        },
+    )
+    .await;
+    let elapsed = window.elapsed();
+    let receives = count("ReceiveMessage") - receives;
+    let sends = count("SendMessageBatch") - sends;
+    let deletes = count("DeleteMessageBatch") - deletes;
+    println!(
+        "full with a backlog: {receives} receives, {sends} send batches, {deletes} delete \
+         batches in {elapsed:.1?}"
+    );
+    assert!(receives >= cycles, "{receives} receives");
+    // Paced: no more receives than one per interval (and one in progress).
+    let most = elapsed.as_secs_f64() / intake.full_interval.as_secs_f64() + 2.0;
+    assert!(
+        (receives as f64) <= most,
+        "{receives} receives in {elapsed:?}"
+    );
+    // One send and one delete batch per receive that had creates.
+    assert!(sends.abs_diff(receives) <= 1 && deletes.abs_diff(sends) <= 1);
+    assert_eq!(count("ChangeMessageVisibility"), 0, "nothing given back");
+    assert_eq!(world.dead_lettered().await, 0);
+    assert_eq!(world.state(&running).await["sessions"][0]["id"], "s-busy");
+
+    // A delete on the queue ends the running session within seconds.
+    let latency = delete_by_queue(&world, "s-busy").await;
+    println!("delete of s-busy behind the backlog: {latency:.1?}");
+    assert!(latency < Duration::from_secs(10), "{latency:?}");
+
+    // The freed slot takes the waiting creates in turn; each, deleted from
+    // the queue while the other creates wait, ends within seconds too.
+    let mut started = Vec::new();
+    for _ in 0..3 {
+        let ready = world
+            .next_message(&world.replies, Duration::from_secs(45), |v| {
+                v["type"] == "session.ready"
+            })
+            .await;
+        let id = ready["sessionId"].as_str().expect("session id").to_owned();
+        if ready["requestId"] == "legacy-1" {
+            // The launcher-shaped create kept its shape and got the session
+            // id its copy carries.
+            assert_eq!(ready["labels"]["requester"], "team-a", "{ready}");
+            assert!(uuid::Uuid::parse_str(&id).is_ok(), "{id}");
+        }
+        started.push(ready["requestId"].as_str().unwrap_or_default().to_owned());
+        let latency = delete_by_queue(&world, &id).await;
+        println!("delete of {id}: {latency:.1?}");
+        assert!(latency < Duration::from_secs(10), "{latency:?}");
+    }
+    started.sort();
+    assert_eq!(started, ["legacy-1", "req-s-wait-0", "req-s-wait-1"]);
+    eventually("request queue empty", Duration::from_secs(10), || async {
+        world.queued_requests().await == 0
+    })
+    .await;
+    assert_eq!(world.dead_lettered().await, 0);
+    running.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_that_waits_for_a_slot_too_long_is_answered_no_capacity_or_dead_lettered() {
+    let world = AgentWorld::new("agent-no-capacity", 1).await;
+    let intake = IntakeOptions {
+        max_slot_wait: Duration::from_secs(2),
+        ..AgentWorld::test_intake()
+    };
+    let running = world.start_agent_with(world.sqs.clone(), intake).await;
+    ready_session(&world, "s-busy", json!({})).await;
+    world.request("s-never", json!({})).await;
+    // No one to answer: dead-lettered, as the copy a full agent last made.
+    world
+        .send_raw(&json!({"id": "no-reply", "ttl_minutes": 5}).to_string())
+        .await;
+
+    let failed = world.reply("session.failed", "s-never").await;
+    assert_eq!(failed["reason"], "noCapacity", "{failed}");
+    assert_eq!(failed["requestId"], "req-s-never");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("no agent of the fleet had a free slot"),
+        "{failed}"
+    );
+    let dead = world
+        .next_message(&world.dead_letter, Duration::from_secs(20), |v| {
+            v["id"] == "no-reply"
+        })
+        .await;
+    assert!(dead.get("version").is_none(), "{dead}");
+    assert!(dead["session_id"].is_string(), "{dead}");
+    assert!(dead["requeued"]["count"].as_u64().unwrap() >= 1, "{dead}");
+    eventually("request queue empty", Duration::from_secs(10), || async {
+        world.queued_requests().await == 0
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &running,
+            "browserfleet_agent_failures_total{reason=\"noCapacity\"}"
+        )
+        .await,
+        Some(2.0)
+    );
+    assert_eq!(
+        metric(&running, "browserfleet_agent_launches_total").await,
+        Some(1.0)
+    );
+    end_and_stop(running, &["s-busy"]).await;
 }

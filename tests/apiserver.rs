@@ -1200,3 +1200,174 @@ async fn dev_server_stops_promptly_with_a_watch_open() {
         .await
         .expect("watch ended");
 }
+
+/// The built-in objects our Helm chart creates, in namespace `ns`; the
+/// cluster-scoped ones are named after `ns` so parallel tests on one real
+/// cluster never meet.
+fn chart_kinds(ns: &str) -> Vec<serde_json::Value> {
+    let labels = json!({"app.kubernetes.io/name": "browserfleet"});
+    vec![
+        json!({"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": "operator", "labels": labels}}),
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "operator-metrics", "labels": labels},
+            "spec": {"type": "ClusterIP", "selector": labels, "ports": [{"name": "metrics", "port": 8080, "targetPort": "metrics"}]}}),
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "operator", "labels": labels},
+            "spec": {"replicas": 2, "selector": {"matchLabels": labels}, "template": {"metadata": {"labels": labels},
+                "spec": {"serviceAccountName": "operator", "containers": [{"name": "operator", "image": "browserfleet:dev"}]}}},
+            "status": {"replicas": 7}}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": format!("{ns}-operator")},
+            "rules": [{"apiGroups": ["browserfleet.io"], "resources": ["browserfleets"], "verbs": ["get", "list", "watch"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding", "metadata": {"name": format!("{ns}-operator")},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": format!("{ns}-operator")},
+            "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "leader-election"},
+            "rules": [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"], "resourceNames": ["browserfleet"], "verbs": ["get", "patch"]}]}),
+        json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "leader-election"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "leader-election"},
+            "subjects": [{"kind": "ServiceAccount", "name": "operator", "namespace": ns}]}),
+        json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "operator-settings"}, "data": {"resync": "2s"}}),
+        json!({"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": {"name": "operator"},
+            "spec": {"maxUnavailable": 1, "selector": {"matchLabels": labels}}}),
+    ]
+}
+
+#[tokio::test]
+async fn builtin_kinds_the_chart_creates_are_discovered_and_served() {
+    let cluster = TestCluster::new("builtins", false).await;
+    let minor: u32 = cluster
+        .client
+        .apiserver_version()
+        .await
+        .expect("/version")
+        .minor
+        .trim_end_matches('+')
+        .parse()
+        .expect("minor version");
+    let discovery = kube::Discovery::new(cluster.client.clone())
+        .run()
+        .await
+        .expect("discovery");
+    for object in chart_kinds(&cluster.ns) {
+        let gvk = GroupVersionKind::try_from(&kube::core::TypeMeta {
+            api_version: object["apiVersion"].as_str().unwrap().to_owned(),
+            kind: object["kind"].as_str().unwrap().to_owned(),
+        })
+        .expect("gvk");
+        let Some((resource, caps)) = discovery.resolve_gvk(&gvk) else {
+            // policy/v1 came with 1.21; kube-apiserver v1.20.2 has only
+            // policy/v1beta1.
+            assert!(
+                gvk.group == "policy" && minor < 21,
+                "{gvk:?} not discovered on 1.{minor}"
+            );
+            continue;
+        };
+        let cluster_scoped = matches!(gvk.kind.as_str(), "ClusterRole" | "ClusterRoleBinding");
+        assert_eq!(
+            caps.scope == kube::discovery::Scope::Cluster,
+            cluster_scoped,
+            "{gvk:?} scope"
+        );
+        let has_status = caps.subresources.iter().any(|(r, _)| r.plural == "status");
+        assert_eq!(
+            has_status,
+            matches!(
+                gvk.kind.as_str(),
+                "Deployment" | "Service" | "PodDisruptionBudget"
+            ),
+            "{gvk:?} status subresource"
+        );
+        let api: Api<DynamicObject> = if cluster_scoped {
+            Api::all_with(cluster.client.clone(), &resource)
+        } else {
+            Api::namespaced_with(cluster.client.clone(), &cluster.ns, &resource)
+        };
+        let typed: DynamicObject = serde_json::from_value(object.clone()).expect("object");
+        let created = api
+            .create(&PostParams::default(), &typed)
+            .await
+            .unwrap_or_else(|e| panic!("{gvk:?} refused: {e}"));
+        let name = created.name_any();
+        assert!(created.uid().is_some(), "{gvk:?} has a uid");
+        let got = api.get(&name).await.expect("get");
+        assert_eq!(
+            got.metadata.resource_version,
+            created.metadata.resource_version
+        );
+        let listed = api.list(&ListParams::default()).await.expect("list");
+        assert!(
+            listed.items.iter().any(|o| o.name_any() == name),
+            "{gvk:?} listed"
+        );
+        if gvk.kind == "Deployment" {
+            // Status is the server's on create; spec changes bump the generation.
+            assert_eq!(
+                created.data.get("status").and_then(|s| s.get("replicas")),
+                None
+            );
+            assert_eq!(created.metadata.generation, Some(1));
+            let patched = api
+                .patch(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"spec": {"replicas": 3}})),
+                )
+                .await
+                .expect("spec patch");
+            assert_eq!(patched.metadata.generation, Some(2));
+            let status = api
+                .patch_status(
+                    &name,
+                    &PatchParams::default(),
+                    &Patch::Merge(json!({"status": {"observedGeneration": 2, "replicas": 3}})),
+                )
+                .await
+                .expect("status patch");
+            assert_eq!(status.data["status"]["replicas"], 3);
+            assert_eq!(status.metadata.generation, Some(2));
+        }
+        api.delete(&name, &DeleteParams::default())
+            .await
+            .expect("delete");
+        let api_for_wait = api.clone();
+        eventually(&format!("{gvk:?} {name} gone"), || {
+            let api = api_for_wait.clone();
+            let name = name.clone();
+            async move { matches!(api.get_opt(&name).await, Ok(None)) }
+        })
+        .await;
+    }
+    // Short names and categories, as kubectl reads them.
+    for (path, plural, short, category) in [
+        ("/apis/apps/v1", "deployments", "deploy", Some("all")),
+        ("/api/v1", "services", "svc", Some("all")),
+        ("/api/v1", "serviceaccounts", "sa", None),
+        ("/apis/policy/v1", "poddisruptionbudgets", "pdb", None),
+    ] {
+        if plural == "poddisruptionbudgets" && minor < 21 {
+            continue;
+        }
+        let list: serde_json::Value = cluster
+            .client
+            .request(http::Request::get(path).body(Vec::new()).unwrap())
+            .await
+            .expect("resource list");
+        let entry = list["resources"]
+            .as_array()
+            .and_then(|r| r.iter().find(|r| r["name"] == plural))
+            .unwrap_or_else(|| panic!("{plural} in {path}"));
+        assert!(
+            entry["shortNames"]
+                .as_array()
+                .is_some_and(|s| s.contains(&json!(short))),
+            "{plural}: {entry}"
+        );
+        if let Some(category) = category {
+            assert!(
+                entry["categories"]
+                    .as_array()
+                    .is_some_and(|c| c.contains(&json!(category))),
+                "{plural}: {entry}"
+            );
+        }
+    }
+}

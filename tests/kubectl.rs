@@ -375,3 +375,195 @@ async fn get_watch_streams_changes() {
     }
     drop(cluster.server);
 }
+
+/// The built-in kinds our Helm chart creates, as a manifest for namespace
+/// `ns` (cluster-scoped objects named after it); PodDisruptionBudget only
+/// when `with_pdb` (policy/v1 came with 1.21).
+fn chart_kinds_manifest(ns: &str, with_pdb: bool) -> String {
+    let mut manifest = format!(
+        r#"apiVersion: v1
+kind: ServiceAccount
+metadata:
+  name: operator
+---
+apiVersion: v1
+kind: Service
+metadata:
+  name: operator-metrics
+spec:
+  selector:
+    app: operator
+  ports:
+  - name: metrics
+    port: 8080
+    targetPort: metrics
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: operator
+spec:
+  replicas: 2
+  selector:
+    matchLabels:
+      app: operator
+  template:
+    metadata:
+      labels:
+        app: operator
+    spec:
+      serviceAccountName: operator
+      containers:
+      - name: operator
+        image: browserfleet:dev
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata:
+  name: {ns}-operator
+rules:
+- apiGroups: [browserfleet.io]
+  resources: [browserfleets]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata:
+  name: {ns}-operator
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: ClusterRole
+  name: {ns}-operator
+subjects:
+- kind: ServiceAccount
+  name: operator
+  namespace: {ns}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata:
+  name: leader-election
+rules:
+- apiGroups: [coordination.k8s.io]
+  resources: [leases]
+  verbs: [create]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata:
+  name: leader-election
+roleRef:
+  apiGroup: rbac.authorization.k8s.io
+  kind: Role
+  name: leader-election
+subjects:
+- kind: ServiceAccount
+  name: operator
+  namespace: {ns}
+---
+apiVersion: v1
+kind: ConfigMap
+metadata:
+  name: operator-settings
+data:
+  resync: 2s
+"#
+    );
+    if with_pdb {
+        manifest.push_str(
+            "---\napiVersion: policy/v1\nkind: PodDisruptionBudget\nmetadata:\n  name: operator\nspec:\n  maxUnavailable: 1\n  selector:\n    matchLabels:\n      app: operator\n",
+        );
+    }
+    manifest
+}
+
+#[tokio::test]
+async fn apply_get_and_delete_the_builtin_kinds_a_chart_creates() {
+    let cluster = Cluster::start("builtins").await;
+    let with_pdb = cluster.server_minor().await >= 21;
+    let manifest = cluster.kubeconfig.with_file_name("chart-kinds.yaml");
+    std::fs::write(&manifest, chart_kinds_manifest(&cluster.ns, with_pdb)).unwrap();
+    let file = manifest.to_str().unwrap();
+    let out = cluster.ok(&["apply", "-f", file]).await;
+    let ns = &cluster.ns;
+    let mut expected = vec![
+        "serviceaccount/operator created".to_owned(),
+        "service/operator-metrics created".to_owned(),
+        "deployment.apps/operator created".to_owned(),
+        format!("clusterrole.rbac.authorization.k8s.io/{ns}-operator created"),
+        format!("clusterrolebinding.rbac.authorization.k8s.io/{ns}-operator created"),
+        "role.rbac.authorization.k8s.io/leader-election created".to_owned(),
+        "rolebinding.rbac.authorization.k8s.io/leader-election created".to_owned(),
+        "configmap/operator-settings created".to_owned(),
+    ];
+    if with_pdb {
+        expected.push("poddisruptionbudget.policy/operator created".to_owned());
+    }
+    for line in &expected {
+        assert!(out.contains(line.as_str()), "{line} not in {out}");
+    }
+    let again = cluster.ok(&["apply", "-f", file]).await;
+    assert!(
+        again.contains("deployment.apps/operator unchanged"),
+        "{again}"
+    );
+    // Short names resolve through discovery.
+    let mut kinds = "deploy,sa,svc,cm,role,rolebinding".to_owned();
+    if with_pdb {
+        kinds.push_str(",pdb");
+    }
+    let names = cluster.ok(&["get", &kinds, "-o", "name"]).await;
+    for name in [
+        "deployment.apps/operator",
+        "serviceaccount/operator",
+        "service/operator-metrics",
+        "configmap/operator-settings",
+        "role.rbac.authorization.k8s.io/leader-election",
+        "rolebinding.rbac.authorization.k8s.io/leader-election",
+    ] {
+        assert!(names.contains(name), "{name} not in {names}");
+    }
+    if with_pdb {
+        assert!(
+            names.contains("poddisruptionbudget.policy/operator"),
+            "{names}"
+        );
+    }
+    let role = cluster
+        .ok(&[
+            "get",
+            "clusterrole",
+            &format!("{ns}-operator"),
+            "-o",
+            "jsonpath={.rules[0].verbs}",
+        ])
+        .await;
+    assert!(role.contains("watch"), "{role}");
+    // `kubectl get all` shows the kinds in the `all` category.
+    let all = cluster.ok(&["get", "all", "-o", "name"]).await;
+    assert!(all.contains("deployment.apps/operator"), "{all}");
+    assert!(all.contains("service/operator-metrics"), "{all}");
+    let replicas = cluster
+        .ok(&[
+            "get",
+            "deploy",
+            "operator",
+            "-o",
+            "jsonpath={.spec.replicas}",
+        ])
+        .await;
+    assert_eq!(replicas, "2");
+    let deleted = cluster.ok(&["delete", "-f", file]).await;
+    for line in &expected {
+        // `kind/name created` is reported as `kind "name" deleted`.
+        let (kind, name) = line.trim_end_matches(" created").split_once('/').unwrap();
+        let line = format!("{kind} \"{name}\" deleted");
+        assert!(deleted.contains(&line), "{line} not in {deleted}");
+    }
+    let gone = cluster.kubectl(&["get", "deploy", "operator"]).await;
+    assert!(
+        String::from_utf8_lossy(&gone.stderr).contains("NotFound"),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+}

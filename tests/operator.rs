@@ -199,7 +199,7 @@ async fn a_queue_burst_scales_out_is_served_and_idle_scales_back_to_the_minimum(
 
     // End every session: the fleet goes back to its minimum.
     let fleet = world.get().await;
-    let token = fleet_token(&world).await;
+    let token = world.fleet_token().await;
     for session in &ready {
         let instance = session["instanceId"].as_str().unwrap();
         let address = fleet
@@ -236,15 +236,6 @@ async fn a_queue_burst_scales_out_is_served_and_idle_scales_back_to_the_minimum(
 
     nodes.shutdown().await;
     operator.stop().await.expect("graceful stop");
-}
-
-async fn fleet_token(world: &OperatorWorld) -> String {
-    let secrets: Api<Secret> = world.cluster.api();
-    let secret = secrets
-        .get(&secret_name(&world.name))
-        .await
-        .expect("fleet Secret");
-    String::from_utf8(secret.data.unwrap()["fleetToken"].0.clone()).unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -312,16 +303,7 @@ async fn deleting_a_fleet_leaves_no_instance_queue_parameter_agent_or_browser() 
     let queues = fleet.status.unwrap().queues.unwrap();
     let id = world.fleet_id().await;
     world.delete().await;
-    eventually("the fleet is gone", WAIT, || async {
-        world
-            .fleets()
-            .get_opt(&world.name)
-            .await
-            .ok()
-            .flatten()
-            .is_none()
-    })
-    .await;
+    eventually("the fleet is gone", WAIT, || world.fleet_gone()).await;
     let compute = browserfleet::cloud::Ec2Compute::new(&world.aws);
     assert!(
         browserfleet::cloud::Compute::list_instances(&compute, &id)

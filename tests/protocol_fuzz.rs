@@ -17,7 +17,7 @@ use std::time::Duration;
 use browserfleet::agent::args::{
     AGENT_OWNED, AGENT_OWNED_PREFIXES, ArgPolicy, DEFAULT_BLOCKED, sanitize,
 };
-use browserfleet::protocol::request::{MAX_ARGS, MAX_EXTENSIONS, MAX_LABELS};
+use browserfleet::protocol::request::{MAX_ARGS, MAX_EXTENSIONS, MAX_LABELS, extension_name};
 use browserfleet::protocol::{
     CallbackUrl, CreateRequest, Inbound, MAX_MESSAGE_BYTES, MAX_TTL, MessageError, ProfileName,
     ProxyConfig, ReplyQueueUrl, RequestId, SessionId, parse_message,
@@ -382,7 +382,9 @@ fn field_value(key: &str, careful: bool, rng: &mut Rng) -> Value {
         "ttlSeconds" | "ttl_minutes" => number_value(rng),
         "proxy" | "proxy_config" => proxy_value(rng),
         "args" | "chrome_args" => string_array(rng, 70, arg_text),
-        "extensions" => string_array(rng, 36, |rng| rng.text(&['a', '0', '.', '_', '-', '/'], 10)),
+        "extensions" => string_array(rng, 36, |rng| {
+            rng.text(&['a', '0', '.', '_', '-', '/', '\\'], 10)
+        }),
         "startUrl" | "replyTo" | "callbackUrl" => queue_or_web_url(rng),
         "labels" => labels_value(rng),
         _ => any_json(rng, 2),
@@ -457,6 +459,11 @@ fn assert_parsed_invariants(body: &[u8], inbound: &Inbound) -> Result<(), TestCa
     if let Inbound::Create(create) = inbound {
         prop_assert!(create.args.len() <= MAX_ARGS, "{}", shown);
         prop_assert!(create.extensions.len() <= MAX_EXTENSIONS, "{}", shown);
+        // Paths are kept as their last component: a plain name, never a path.
+        for name in &create.extensions {
+            prop_assert_eq!(extension_name(name), Some(name.as_str()), "{}", shown);
+            prop_assert!(!name.contains(['/', '\\']), "{}", shown);
+        }
         prop_assert!(create.labels.len() <= MAX_LABELS, "{}", shown);
         if let Some(ttl) = create.ttl {
             prop_assert!(ttl >= Duration::from_secs(1) && ttl <= MAX_TTL, "{}", shown);
@@ -486,8 +493,22 @@ fn assert_parsed_invariants(body: &[u8], inbound: &Inbound) -> Result<(), TestCa
 
 fn assert_error_invariants(body: &[u8], error: &MessageError) -> Result<(), TestCaseError> {
     let shown = String::from_utf8_lossy(body);
-    if let Some(target) = error.reply_target() {
-        prop_assert!(target.has_destination(), "{}", shown);
+    // A target without a destination is one that named none (absent or
+    // null; the fleet's defaults answer it), never one that named a
+    // malformed destination.
+    if let Some(target) = error.reply_target()
+        && !target.has_destination()
+    {
+        let object = serde_json::from_slice::<serde_json::Value>(body)
+            .ok()
+            .and_then(|v| v.as_object().cloned());
+        prop_assert!(
+            object.is_some_and(|o| ["replyTo", "callbackUrl"]
+                .iter()
+                .all(|k| o.get(*k).is_none_or(serde_json::Value::is_null))),
+            "{}",
+            shown
+        );
     }
     // Display works and stays short enough for a reply message.
     prop_assert!(error.to_string().len() < 1024, "{}: {}", error, shown);
@@ -635,6 +656,11 @@ fn valid_create(rng: &mut Rng) -> CreateRequest {
                 )
             })
             .collect(),
+        // Whole seconds: the wire carries no fraction.
+        start_deadline: rng.chance(50).then(|| {
+            jiff::Timestamp::from_second(1_700_000_000 + (rng.next() % 100_000_000) as i64)
+                .expect("in range")
+        }),
     }
 }
 

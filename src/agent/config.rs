@@ -13,14 +13,17 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::api::fleet::{
-    BROWSER_START_TIMEOUT_SECONDS, BrowserSpec, PortRange, ProfilePolicy, SessionLimits,
+    BROWSER_START_TIMEOUT_SECONDS, BrowserSpec, PortRange, ProfilePolicy, ReplyPolicy,
+    SessionLimits,
 };
 
 use crate::api::switches::{SWITCH_PATTERN, sets_agent_owned_switch};
 use crate::cloud::SecretValue;
 
 use super::args::ArgPolicy;
+use super::replies::ReplyTargets;
 use super::slots::Port;
+use crate::protocol::{CallbackUrl, ReplyQueueUrl};
 
 /// Shortest fleet token or callback secret accepted: 32 characters, at least
 /// 128 bits of randomness in hex.
@@ -63,6 +66,11 @@ pub struct AgentConfig {
     /// Profiles kept on the instance.
     #[serde(default)]
     pub profiles: ProfilePolicy,
+    /// Reply targets of requests that name none, and the reply format.
+    /// Left out when unset, so that agents older than the field accept the
+    /// configuration of a fleet that does not use it.
+    #[serde(default, skip_serializing_if = "ReplyPolicy::is_default")]
+    pub replies: ReplyPolicy,
     /// How long a browser may take to answer DevTools after its start.
     #[serde(default = "default_launch_timeout_seconds")]
     pub launch_timeout_seconds: u32,
@@ -175,6 +183,8 @@ pub struct AgentSettings {
     pub extensions_dir: PathBuf,
     /// The fleet's allowed and blocked browser switches.
     pub arg_policy: ArgPolicy,
+    /// Where the replies of a request that names no target go.
+    pub default_targets: ReplyTargets,
 }
 
 /// Values from the agent's command line that replace the configuration's,
@@ -401,6 +411,17 @@ impl AgentConfig {
                 );
             }
         }
+        let replies = &self.replies;
+        let default_reply_to = replies.default_reply_to.as_ref().and_then(|url| {
+            ReplyQueueUrl::new(url.as_str())
+                .map_err(|e| bad("replies.defaultReplyTo", e.reason.to_owned()))
+                .ok()
+        });
+        let default_callback_url = replies.default_callback_url.as_ref().and_then(|url| {
+            CallbackUrl::new(url.as_str())
+                .map_err(|e| bad("replies.defaultCallbackUrl", e.reason.to_owned()))
+                .ok()
+        });
         let arg_policy = ArgPolicy::new(
             self.browser.allowed_args.iter().cloned(),
             self.browser.blocked_args.iter().cloned(),
@@ -431,6 +452,10 @@ impl AgentConfig {
                     .join("extensions")
             }),
             arg_policy,
+            default_targets: ReplyTargets {
+                reply_to: default_reply_to,
+                callback_url: default_callback_url,
+            },
             config: self,
         })
     }

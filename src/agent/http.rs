@@ -21,10 +21,12 @@ use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
-use super::runtime::{Agent, DeleteOutcome, GatewayRoute};
+use super::replies::ReplyTargets;
+use super::runtime::{Agent, DeleteOutcome, GatewayRoute, NotHostedDelete};
 use super::table::token_digest;
+use super::tombstones::TOMBSTONE_TTL;
 use crate::cloud::queues::Queues;
-use crate::protocol::SessionId;
+use crate::protocol::{DeleteRequester, SessionId};
 
 /// Largest handshake answer read from a browser.
 const MAX_HANDSHAKE_BYTES: usize = 16 * 1024;
@@ -76,6 +78,32 @@ pub struct TokenQuery {
     token: Option<String>,
 }
 
+/// The query of `DELETE /v1/sessions/{id}` besides the token, read with a
+/// `Query` extractor of its own (both ignore the other's parameters).
+#[derive(Deserialize)]
+pub struct DeleteQuery {
+    /// `forward=false`: a delete of a session not hosted here only records
+    /// its tombstone and answers 404, instead of forwarding it to the
+    /// events queue (202). The operator, which sends the delete to every
+    /// agent of the fleet, asks for this.
+    #[serde(default = "forward_by_default")]
+    forward: bool,
+}
+
+fn forward_by_default() -> bool {
+    true
+}
+
+impl DeleteQuery {
+    fn not_hosted(&self) -> NotHostedDelete {
+        if self.forward {
+            NotHostedDelete::Forward
+        } else {
+            NotHostedDelete::RecordOnly
+        }
+    }
+}
+
 fn fleet_authorized<Q: Queues + 'static>(
     agent: &Agent<Q>,
     headers: &HeaderMap,
@@ -124,6 +152,8 @@ async fn delete_session<Q: Queues + 'static>(
     Path(id): Path<String>,
     headers: HeaderMap,
     Query(query): Query<TokenQuery>,
+    Query(options): Query<DeleteQuery>,
+    Query(requester): Query<DeleteRequester>,
 ) -> Response {
     if !fleet_authorized(&agent, &headers, &query) {
         return status(StatusCode::UNAUTHORIZED, "fleet token required");
@@ -135,7 +165,16 @@ async fn delete_session<Q: Queues + 'static>(
     // of a session half-way.
     let ending = {
         let agent = agent.clone();
-        tokio::spawn(async move { agent.delete_session(&id, None, Default::default()).await })
+        let not_hosted = options.not_hosted();
+        // The requester of a delete the operator passes on: answered here
+        // when the session ends here.
+        let targets =
+            ReplyTargets::new(requester.reply_to.as_ref(), requester.callback_url.as_ref());
+        tokio::spawn(async move {
+            agent
+                .delete_session(&id, requester.request_id, targets, not_hosted)
+                .await
+        })
     };
     let Ok(outcome) = ending.await else {
         return status(
@@ -148,6 +187,13 @@ async fn delete_session<Q: Queues + 'static>(
         DeleteOutcome::Forwarded => status(
             StatusCode::ACCEPTED,
             "session not hosted here; forwarded to the fleet's events queue",
+        ),
+        DeleteOutcome::NotHosted => status(
+            StatusCode::NOT_FOUND,
+            &format!(
+                "session not hosted here; a create for it will be refused here for the next {} minutes",
+                TOMBSTONE_TTL.as_secs() / 60
+            ),
         ),
         DeleteOutcome::ForwardFailed(message) => status(StatusCode::BAD_GATEWAY, &message),
     }

@@ -1,5 +1,7 @@
-//! Taking requests off the fleet's queue, only as many as there are free
-//! slots.
+//! Taking requests off the fleet's queue: as many as there are free slots
+//! while there are some, and, while every slot is taken, a paced receive of
+//! up to ten so that deletes are served at once (the creates among them are
+//! put back as copies, see [`super::requeue`]).
 //!
 //! A received message stays invisible while its browser starts and is
 //! deleted only after its reply is on the requester's queue, so an agent
@@ -7,7 +9,9 @@
 //! agent takes it. A request that cannot be served now (no slot, a browser
 //! that failed to start) is given back with a delay; one that can never be
 //! served is answered with `session.failed`, or dead-lettered when it names
-//! no one to answer.
+//! no one to answer. A create nobody waits for any more — its session was
+//! deleted first, or its start deadline has passed — is answered before a
+//! slot is reserved, and never started.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +19,10 @@ use std::time::{Duration, Instant};
 use tokio::task::JoinSet;
 
 use super::replies::ReplyTargets;
-use super::runtime::{Agent, DeleteOutcome, LaunchFailure};
+use super::requeue::{self, WhileFull};
+use super::runtime::{Agent, DeleteOutcome, LaunchFailure, NotHostedDelete};
+use super::slots::SlotError;
+use super::tombstones::CANCELLED_MESSAGE;
 use crate::cloud::queues::{
     MAX_BATCH, OutgoingMessage, QueueUrl, Queues, ReceiveOptions, ReceivedMessage,
 };
@@ -25,21 +32,65 @@ use crate::protocol::{
 
 /// Delay before a request given back becomes visible again.
 const GIVE_BACK_DELAY: Duration = Duration::from_secs(5);
+/// How much longer than its long-poll wait a receive may take before the
+/// intake gives up on it.
+const RECEIVE_SLACK: Duration = Duration::from_secs(5);
 /// Receives of one message after which a launch failure is final.
 const MAX_LAUNCH_ATTEMPTS: u32 = 3;
 
-/// Long-poll wait of a receive; shorter in tests so a stop is quick.
-#[derive(Clone, Copy, Debug)]
+/// The intake's pacing; shorter in tests so a stop is quick.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct IntakeOptions {
-    /// Long-poll wait.
+    /// Long-poll wait of every receive.
     pub wait: Duration,
+    /// Least time from the start of one receive to the start of the next
+    /// while every slot is taken: a delete waits at most about this long
+    /// behind a backlog of up to ten creates, and a backlog costs one
+    /// receive and one send and one delete batch per interval.
+    pub full_interval: Duration,
+    /// Longest a create may wait for a slot, put back by full agents, before
+    /// it is answered `session.failed` (`noCapacity`).
+    pub max_slot_wait: Duration,
 }
 
 impl Default for IntakeOptions {
     fn default() -> Self {
         IntakeOptions {
             wait: Duration::from_secs(20),
+            full_interval: Duration::from_secs(3),
+            // As long as the operator's longest start deadline and a cancel
+            // tombstone: nobody waits longer for a browser.
+            max_slot_wait: Duration::from_secs(3600),
         }
+    }
+}
+
+/// What the next receive asks for, and when it may start.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct ReceivePlan {
+    max_messages: usize,
+    not_before: Option<Instant>,
+}
+
+/// With free slots, a receive takes at most that many, at once; with none, it
+/// takes a full batch (deletes hide among the creates) and starts no sooner
+/// than `full_interval` after the previous one, so a backlog of creates
+/// (returned at once by the long poll, and put back) is no busy loop.
+fn plan_receive(
+    free: usize,
+    previous: Option<Instant>,
+    full_interval: Duration,
+    now: Instant,
+) -> ReceivePlan {
+    if free > 0 {
+        return ReceivePlan {
+            max_messages: free.min(MAX_BATCH),
+            not_before: None,
+        };
+    }
+    ReceivePlan {
+        max_messages: MAX_BATCH,
+        not_before: previous.map(|at| at + full_interval).filter(|at| *at > now),
     }
 }
 
@@ -48,30 +99,58 @@ pub async fn run<Q: Queues + 'static>(agent: Arc<Agent<Q>>, options: IntakeOptio
     let mut stopping = agent.stopping();
     let mut handlers = JoinSet::new();
     let mut backoff = Duration::from_millis(500);
+    let mut previous_receive = None;
     loop {
         while handlers.try_join_next().is_some() {}
         if *stopping.borrow() || agent.is_draining() {
             break;
         }
-        let free = agent.free_slots();
-        if free == 0 {
+        let plan = plan_receive(
+            agent.free_slots(),
+            previous_receive,
+            options.full_interval,
+            Instant::now(),
+        );
+        if let Some(at) = plan.not_before {
+            // Full, and the last receive was a moment ago. A slot freeing
+            // (checked at least every second) ends the wait early.
             tokio::select! {
+                _ = tokio::time::sleep_until(at.into()) => {}
                 _ = agent.slot_freed() => {}
                 _ = stopping.changed() => {}
             }
             continue;
         }
+        previous_receive = Some(Instant::now());
         let receive = agent.queues().receive(
             agent.request_queue(),
             ReceiveOptions {
-                max_messages: free.min(MAX_BATCH) as u32,
+                max_messages: plan.max_messages as u32,
                 wait: options.wait,
                 visibility: Some(agent.settings().visibility_timeout),
             },
         );
+        // The end of a drain does not cut a long poll short: SQS may still
+        // hand the abandoned poll a message, which would then stay invisible
+        // for its whole visibility timeout. The poll ends within its wait
+        // and what it got goes back below. A stop that is not a drain's end
+        // (SIGTERM) does cut it, so the process exits at once.
+        let interrupted = async {
+            loop {
+                if *stopping.borrow() && !agent.is_draining() {
+                    return;
+                }
+                if stopping.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
         let messages = tokio::select! {
-            received = receive => received,
-            _ = stopping.changed() => break,
+            received = tokio::time::timeout(options.wait + RECEIVE_SLACK, receive) => match received {
+                Ok(received) => received,
+                Err(_) => continue,
+            },
+            () = interrupted => break,
         };
         let messages = match messages {
             Ok(messages) if agent.is_draining() || *stopping.borrow() => {
@@ -97,6 +176,7 @@ pub async fn run<Q: Queues + 'static>(agent: Arc<Agent<Q>>, options: IntakeOptio
             }
         };
         let mut port_trouble = false;
+        let mut no_slot = Vec::new();
         for message in messages {
             let received = Instant::now();
             match parse_message(message.body.as_bytes()) {
@@ -107,25 +187,34 @@ pub async fn run<Q: Queues + 'static>(agent: Arc<Agent<Q>>, options: IntakeOptio
                 Ok(Inbound::Delete(delete)) => {
                     let agent = agent.clone();
                     handlers.spawn(async move {
+                        // A delete naming no target is answered at the
+                        // fleet's defaults, like a create naming none.
                         let targets = ReplyTargets::new(
                             delete.reply_to.as_ref(),
                             delete.callback_url.as_ref(),
-                        );
+                        )
+                        .or_defaults(&agent.settings().default_targets);
                         let outcome = agent
-                            .delete_session(&delete.session_id, delete.request_id.clone(), targets)
+                            .delete_session(
+                                &delete.session_id,
+                                delete.request_id.clone(),
+                                targets,
+                                NotHostedDelete::Forward,
+                            )
                             .await;
                         match outcome {
                             DeleteOutcome::ForwardFailed(error) => {
                                 tracing::warn!(%error, "delete not forwarded; giving it back");
                                 give_back(&agent, &message).await;
                             }
-                            DeleteOutcome::Ended | DeleteOutcome::Forwarded => {
-                                finish(&agent, &message).await
-                            }
+                            DeleteOutcome::Ended
+                            | DeleteOutcome::Forwarded
+                            | DeleteOutcome::NotHosted => finish(&agent, &message).await,
                         }
                     });
                 }
                 Ok(Inbound::Create(request)) => {
+                    let request = with_default_targets(request, &agent.settings().default_targets);
                     let id = request
                         .session_id
                         .clone()
@@ -137,9 +226,25 @@ pub async fn run<Q: Queues + 'static>(agent: Arc<Agent<Q>>, options: IntakeOptio
                         });
                         continue;
                     }
+                    let refusal = refusal_before_start(
+                        agent.is_cancelled(&id),
+                        request.start_deadline,
+                        jiff::Timestamp::now(),
+                    );
+                    if let Some((reason, why)) = refusal {
+                        let agent = agent.clone();
+                        handlers.spawn(async move {
+                            refuse_create(&agent, &id, &request, &message, reason, why).await
+                        });
+                        continue;
+                    }
                     // Reserved here, before the next receive counts free slots.
                     let port = match agent.reserve(&id) {
                         Ok(port) => port,
+                        Err(SlotError::NoSlot { .. }) => {
+                            no_slot.push((message, request));
+                            continue;
+                        }
                         Err(error) => {
                             tracing::info!(%error, "no slot for a request; giving it back");
                             give_back(&agent, &message).await;
@@ -158,6 +263,9 @@ pub async fn run<Q: Queues + 'static>(agent: Arc<Agent<Q>>, options: IntakeOptio
                 }
             }
         }
+        if !no_slot.is_empty() {
+            put_back(&agent, no_slot, options.max_slot_wait).await;
+        }
         if port_trouble {
             tokio::select! {
                 _ = tokio::time::sleep(GIVE_BACK_DELAY) => {}
@@ -167,6 +275,130 @@ pub async fn run<Q: Queues + 'static>(agent: Arc<Agent<Q>>, options: IntakeOptio
     }
     // Launches under way finish (their messages are answered or given back).
     while handlers.join_next().await.is_some() {}
+}
+
+/// Creates received while every slot is taken: each is put back as a copy
+/// (sent first, the original deleted only once its copy is on the queue), or
+/// given up when it has waited for a slot longer than `max_slot_wait`.
+async fn put_back<Q: Queues + 'static>(
+    agent: &Agent<Q>,
+    received: Vec<(ReceivedMessage, CreateRequest)>,
+    max_slot_wait: Duration,
+) {
+    let now = jiff::Timestamp::now();
+    let mut originals = Vec::new();
+    let mut copies = Vec::new();
+    for (message, request) in received {
+        let record = requeue::requeued(&message.body);
+        match requeue::while_full(record, now, max_slot_wait) {
+            WhileFull::GiveUp { waited } => {
+                give_up(agent, &message, &request, record, waited).await;
+            }
+            WhileFull::Requeue(record) => {
+                let id = requeue::session_for(&message.message_id);
+                match requeue::copy_body(&message.body, &id, record) {
+                    Ok(body) => {
+                        copies.push(OutgoingMessage {
+                            body,
+                            delay: Duration::ZERO,
+                        });
+                        originals.push(message);
+                    }
+                    Err(error) => {
+                        tracing::warn!(message_id = %message.message_id, %error, "create not copied; giving it back");
+                        give_back(agent, &message).await;
+                    }
+                }
+            }
+        }
+    }
+    if copies.is_empty() {
+        return;
+    }
+    // Copies go out visible at once: the operator's scaling counts visible
+    // requests, not delayed ones, and another agent may have room now.
+    let sent = match agent
+        .queues()
+        .send_batch(agent.request_queue(), &copies)
+        .await
+    {
+        Ok(outcome) => outcome,
+        Err(error) => {
+            tracing::warn!(%error, "creates not put back; giving them back");
+            for message in &originals {
+                give_back(agent, message).await;
+            }
+            return;
+        }
+    };
+    for failure in &sent.failed {
+        if let Some(message) = originals.get(failure.index) {
+            tracing::warn!(message_id = %message.message_id, code = %failure.code, "create not put back; giving it back");
+            give_back(agent, message).await;
+        }
+    }
+    let receipts: Vec<_> = sent
+        .succeeded
+        .iter()
+        .filter_map(|(index, _)| originals.get(*index))
+        .map(|message| message.receipt.clone())
+        .collect();
+    agent
+        .metrics()
+        .requests_requeued
+        .inc_by(receipts.len() as u64);
+    tracing::debug!(
+        count = receipts.len(),
+        "creates put back while every slot is taken"
+    );
+    let deleted = agent
+        .queues()
+        .delete_batch(agent.request_queue(), &receipts)
+        .await;
+    let failed = match deleted {
+        Ok(outcome) => outcome.failed.len(),
+        Err(_) => receipts.len(),
+    };
+    if failed > 0 {
+        // The originals come back after their visibility timeout beside
+        // their copies: duplicates of one session each (the copy names the
+        // session), which a hosting agent answers with the running session.
+        tracing::warn!(
+            failed,
+            "originals of creates put back not deleted; they will be delivered twice"
+        );
+    }
+}
+
+/// A create that waited for a slot longer than the agent's limit: answered
+/// `session.failed` (`noCapacity`) when it names a reply target,
+/// dead-lettered otherwise.
+async fn give_up<Q: Queues + 'static>(
+    agent: &Agent<Q>,
+    message: &ReceivedMessage,
+    request: &CreateRequest,
+    record: Option<requeue::Requeued>,
+    waited: Duration,
+) {
+    let id = request
+        .session_id
+        .clone()
+        .unwrap_or_else(|| requeue::session_for(&message.message_id));
+    let times = record.map_or(0, |r| r.count);
+    let why = format!(
+        "no agent of the fleet had a free slot for {} s (the create was put back {times} times); \
+         no browser was started",
+        waited.as_secs()
+    );
+    if request.reply_to.is_some() || request.callback_url.is_some() {
+        refuse_create(agent, &id, request, message, FailureReason::NoCapacity, why).await;
+    } else {
+        agent
+            .metrics()
+            .failed(&FailureReason::NoCapacity.to_string());
+        tracing::warn!(session = %id, "{why}; dead-lettering it");
+        dead_letter(agent, message).await;
+    }
 }
 
 async fn answer_launch<Q: Queues + 'static>(
@@ -194,14 +426,66 @@ async fn answer_launch<Q: Queues + 'static>(
             reason,
             message: why,
         }) => {
-            agent.metrics().failed(&reason.to_string());
-            failed(agent, &id, request, reason, why)
+            refuse_create(agent, &id, request, message, reason, why).await;
+            return;
         }
     };
     // When the reply does not reach the requester's queue the request stays
     // and becomes visible again after its visibility timeout; a ready browser
     // is kept too: the redelivered request finds it.
     answer(agent, &request_targets(request), &reply, message).await;
+}
+
+/// Why a create must not start, decided before a slot is reserved: a delete
+/// of its session came first (`cancelled`), or its requester stopped waiting
+/// at its start deadline (`startTimeout`).
+fn refusal_before_start(
+    cancelled: bool,
+    start_deadline: Option<jiff::Timestamp>,
+    now: jiff::Timestamp,
+) -> Option<(FailureReason, String)> {
+    if cancelled {
+        return Some((FailureReason::Cancelled, CANCELLED_MESSAGE.to_owned()));
+    }
+    match start_deadline {
+        Some(deadline) if deadline <= now => Some((
+            FailureReason::StartTimeout,
+            format!(
+                "the start deadline {deadline} had passed when this agent took the request \
+                 (at {now}): the requester stopped waiting, so no browser was started"
+            ),
+        )),
+        _ => None,
+    }
+}
+
+/// Answers a create that will not run with `session.failed` and, once the
+/// answer is out, deletes it (and the tombstone that cancelled it).
+async fn refuse_create<Q: Queues + 'static>(
+    agent: &Agent<Q>,
+    id: &SessionId,
+    request: &CreateRequest,
+    message: &ReceivedMessage,
+    reason: FailureReason,
+    why: String,
+) {
+    agent.metrics().failed(&reason.to_string());
+    tracing::info!(session = %id, %reason, "create refused");
+    let reply = failed(agent, id, request, reason, why);
+    let answered = answer(agent, &request_targets(request), &reply, message).await;
+    if answered && reason == FailureReason::Cancelled {
+        agent.forget_cancel(id);
+    }
+}
+
+/// `request` with the fleet's default reply targets when it names none, so
+/// that every answer about it, up to its session's end, goes there.
+fn with_default_targets(mut request: CreateRequest, defaults: &ReplyTargets) -> CreateRequest {
+    if request.reply_to.is_none() && request.callback_url.is_none() {
+        request.reply_to = defaults.reply_to.clone();
+        request.callback_url = defaults.callback_url.clone();
+    }
+    request
 }
 
 fn request_targets(request: &CreateRequest) -> ReplyTargets {
@@ -269,15 +553,22 @@ async fn refuse<Q: Queues + 'static>(
 ) {
     agent.metrics().failed("invalidRequest");
     tracing::warn!(message_id = %message.message_id, %error, "invalid request");
-    if let Some(target) = error.reply_target().filter(|t| t.has_destination()) {
-        let targets = ReplyTargets::new(target.reply_to.as_ref(), target.callback_url.as_ref());
+    // A message with no shape at all names no one and is dead-lettered; one
+    // that broke a rule is answered where it asked, else at the fleet's
+    // default targets.
+    let target = error.reply_target().map(|target| {
+        let targets = ReplyTargets::new(target.reply_to.as_ref(), target.callback_url.as_ref())
+            .or_defaults(&agent.settings().default_targets);
+        (target, targets)
+    });
+    if let Some((target, targets)) = target.filter(|(_, targets)| !targets.is_empty()) {
         let reply = agent.compose_reply(
             target
                 .session_id
                 .clone()
                 .unwrap_or_else(SessionId::generate),
             target.request_id.clone(),
-            Default::default(),
+            target.labels.clone(),
             ReplyKind::Failed(Failed {
                 reason: FailureReason::InvalidRequest,
                 message: error.to_string(),
@@ -331,5 +622,84 @@ async fn finish<Q: Queues + 'static>(agent: &Agent<Q>, message: &ReceivedMessage
         .await
     {
         tracing::warn!(%error, "answered request not deleted; it may be answered twice");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(text: &str) -> jiff::Timestamp {
+        text.parse().unwrap()
+    }
+
+    #[test]
+    fn with_free_slots_a_receive_takes_that_many_at_once() {
+        let now = Instant::now();
+        let interval = Duration::from_secs(3);
+        for (free, max) in [(1, 1), (4, 4), (10, 10), (25, MAX_BATCH)] {
+            let plan = plan_receive(free, Some(now), interval, now);
+            assert_eq!(plan.max_messages, max);
+            assert_eq!(plan.not_before, None);
+        }
+    }
+
+    #[test]
+    fn a_full_agent_receives_a_full_batch_no_sooner_than_the_interval() {
+        let interval = Duration::from_secs(3);
+        let start = Instant::now();
+        // The first receive of a full agent starts at once.
+        assert_eq!(
+            plan_receive(0, None, interval, start),
+            ReceivePlan {
+                max_messages: MAX_BATCH,
+                not_before: None
+            }
+        );
+        // One a second after the last waits out the rest of the interval.
+        let plan = plan_receive(0, Some(start), interval, start + Duration::from_secs(1));
+        assert_eq!(plan.max_messages, MAX_BATCH);
+        assert_eq!(plan.not_before, Some(start + interval));
+        // A long poll that took longer than the interval is followed at once.
+        for later in [interval, Duration::from_secs(20)] {
+            assert_eq!(
+                plan_receive(0, Some(start), interval, start + later).not_before,
+                None
+            );
+        }
+    }
+
+    #[test]
+    fn a_create_past_its_start_deadline_is_refused_as_start_timeout() {
+        let now = at("2025-01-02T03:04:05Z");
+        for deadline in ["2025-01-02T03:04:04Z", "2025-01-02T03:04:05Z"] {
+            let (reason, message) = refusal_before_start(false, Some(at(deadline)), now).unwrap();
+            assert_eq!(reason, FailureReason::StartTimeout);
+            assert!(message.contains(deadline), "{message}");
+            assert!(message.contains("stopped waiting"), "{message}");
+        }
+    }
+
+    #[test]
+    fn a_create_before_its_start_deadline_or_without_one_may_start() {
+        let now = at("2025-01-02T03:04:05Z");
+        assert_eq!(
+            refusal_before_start(false, Some(at("2025-01-02T03:04:06Z")), now),
+            None
+        );
+        assert_eq!(refusal_before_start(false, None, now), None);
+    }
+
+    #[test]
+    fn a_cancelled_create_is_refused_as_cancelled_whatever_its_deadline() {
+        let now = at("2025-01-02T03:04:05Z");
+        for deadline in [
+            None,
+            Some(at("2025-01-02T03:04:04Z")),
+            Some(at("2026-01-01T00:00:00Z")),
+        ] {
+            let (reason, _) = refusal_before_start(true, deadline, now).unwrap();
+            assert_eq!(reason, FailureReason::Cancelled);
+        }
     }
 }

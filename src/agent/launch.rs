@@ -100,6 +100,73 @@ pub fn browser_command(
     BrowserCommand { program, args }
 }
 
+/// The file that makes a directory an unpacked extension.
+const EXTENSION_MANIFEST: &str = "manifest.json";
+/// Most installed extensions a refusal lists.
+const MAX_LISTED_EXTENSIONS: usize = 20;
+
+/// The requested extensions that `extensions_dir` has no unpacked extension
+/// of: no directory of that name holding a `manifest.json`. Chromium given
+/// such a path fails to load it (headful, with an error dialog), so the
+/// request is refused before anything starts.
+pub async fn missing_extensions(extensions_dir: &Path, names: &[String]) -> Vec<String> {
+    let mut missing = Vec::new();
+    for name in names {
+        let manifest = extensions_dir.join(name).join(EXTENSION_MANIFEST);
+        let found = tokio::fs::metadata(&manifest)
+            .await
+            .is_ok_and(|m| m.is_file());
+        if !found && !missing.contains(name) {
+            missing.push(name.clone());
+        }
+    }
+    missing
+}
+
+/// Names of the unpacked extensions in `extensions_dir`, sorted; empty
+/// when it cannot be read.
+pub async fn installed_extensions(extensions_dir: &Path) -> Vec<String> {
+    let mut names = Vec::new();
+    let Ok(mut entries) = tokio::fs::read_dir(extensions_dir).await else {
+        return names;
+    };
+    while let Ok(Some(entry)) = entries.next_entry().await {
+        let Some(name) = entry.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
+        let manifest = entry.path().join(EXTENSION_MANIFEST);
+        if tokio::fs::metadata(&manifest)
+            .await
+            .is_ok_and(|m| m.is_file())
+        {
+            names.push(name);
+        }
+    }
+    names.sort();
+    names
+}
+
+/// Why a request naming `missing` extensions is refused, saying what is
+/// accepted and (at most 20 of) what is installed.
+pub fn missing_extensions_message(missing: &[String], installed: &[String]) -> String {
+    let installed = match installed.len() {
+        0 => "it has none".to_owned(),
+        n if n > MAX_LISTED_EXTENSIONS => format!(
+            "it has {} and {} more",
+            installed[..MAX_LISTED_EXTENSIONS].join(", "),
+            n - MAX_LISTED_EXTENSIONS
+        ),
+        _ => format!("it has {}", installed.join(", ")),
+    };
+    format!(
+        "no unpacked extension {} in this fleet's extensions directory; `extensions` accepts \
+         names of the unpacked extensions there (directories holding a manifest.json), or \
+         paths whose last component is one (/opt/ext/adblock, C:\\ext\\adblock), and loads \
+         only <extensionsDir>/<name>: {installed}",
+        missing.join(", ")
+    )
+}
+
 /// A session token: 256 bits from the OS's random source (two v4 UUIDs give
 /// 244 random bits), as 64 hex digits.
 pub fn new_token() -> String {
@@ -170,6 +237,80 @@ mod tests {
         assert_eq!(command.args[0], "--fast");
         assert_eq!(command.args[1], "--remote-debugging-port=9301");
         assert!(!command.args.iter().any(|a| a.starts_with("--headless")));
+    }
+
+    fn unpacked(dir: &Path, name: &str) {
+        std::fs::create_dir_all(dir.join(name)).unwrap();
+        std::fs::write(dir.join(name).join("manifest.json"), "{}").unwrap();
+    }
+
+    #[tokio::test]
+    async fn only_directories_holding_a_manifest_count_as_extensions() {
+        let dir = tempfile::tempdir().unwrap();
+        unpacked(dir.path(), "adblock");
+        unpacked(dir.path(), "recorder.v2");
+        std::fs::create_dir(dir.path().join("empty")).unwrap();
+        std::fs::write(dir.path().join("plain-file"), "x").unwrap();
+        let names: Vec<String> = [
+            "adblock",
+            "empty",
+            "plain-file",
+            "gone",
+            "recorder.v2",
+            "gone",
+        ]
+        .map(String::from)
+        .to_vec();
+        assert_eq!(
+            missing_extensions(dir.path(), &names).await,
+            ["empty", "plain-file", "gone"]
+        );
+        assert_eq!(
+            installed_extensions(dir.path()).await,
+            ["adblock", "recorder.v2"]
+        );
+        assert!(
+            installed_extensions(&dir.path().join("nope"))
+                .await
+                .is_empty()
+        );
+        assert!(missing_extensions(dir.path(), &[]).await.is_empty());
+    }
+
+    #[test]
+    fn a_missing_extension_refusal_says_what_is_accepted_and_installed() {
+        let message =
+            missing_extensions_message(&["gone".into(), "lost".into()], &["adblock".into()]);
+        assert!(
+            message.contains("no unpacked extension gone, lost"),
+            "{message}"
+        );
+        assert!(message.contains("manifest.json"), "{message}");
+        assert!(message.contains("last component"), "{message}");
+        assert!(message.ends_with("it has adblock"), "{message}");
+        assert!(missing_extensions_message(&["x".into()], &[]).ends_with("it has none"));
+        let many: Vec<String> = (0..25).map(|i| format!("e{i:02}")).collect();
+        let message = missing_extensions_message(&["x".into()], &many);
+        assert!(message.ends_with("e19 and 5 more"), "{message}");
+        assert!(!message.contains("e20"), "{message}");
+    }
+
+    #[test]
+    fn extensions_load_from_the_extensions_directory_only() {
+        let dir = PathBuf::from("/p");
+        let extensions = vec!["adblock".to_owned(), "recorder.v2".to_owned()];
+        let session = SessionLaunch {
+            extensions: &extensions,
+            ..launch(&dir, &[])
+        };
+        let command = browser_command(&BrowserSpec::default(), Path::new("/c"), &session);
+        assert!(
+            command
+                .args
+                .contains(&"--load-extension=/ext/adblock,/ext/recorder.v2".to_owned()),
+            "{:?}",
+            command.args
+        );
     }
 
     #[test]

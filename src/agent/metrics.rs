@@ -7,6 +7,10 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use crate::cloud::CallRecorder;
+use crate::telemetry::aws_calls::AwsCallsCollector;
+use std::sync::Arc;
+
 /// Every metric of the agent, registered once.
 pub struct AgentMetrics {
     registry: Registry,
@@ -24,6 +28,8 @@ pub struct AgentMetrics {
     pub ports: Family<Vec<(String, String)>, Gauge>,
     /// Failed receives from the request queue.
     pub queue_receive_errors: Counter,
+    /// Creates received while every slot was taken and put back as copies.
+    pub requests_requeued: Counter,
     /// Browsers found running without a session after a restart, and killed.
     pub orphans_killed: Counter,
 }
@@ -41,7 +47,17 @@ impl Default for AgentMetrics {
 impl AgentMetrics {
     /// Creates and registers every metric.
     pub fn new() -> Self {
-        let mut registry = Registry::with_prefix("browserfleet_agent");
+        Self::with_aws_calls(None)
+    }
+
+    /// Every metric, and the AWS calls `calls` records (this process's SQS
+    /// and SSM calls, as `browserfleet_aws_calls` like the operator's).
+    pub fn with_aws_calls(calls: Option<Arc<CallRecorder>>) -> Self {
+        let mut root = Registry::default();
+        if let Some(calls) = calls {
+            root.register_collector(Box::new(AwsCallsCollector::new(calls)));
+        }
+        let registry = root.sub_registry_with_prefix("browserfleet_agent");
         let sessions = Family::default();
         let launches = Counter::default();
         let failures = Family::default();
@@ -53,6 +69,7 @@ impl AgentMetrics {
         );
         let ports = Family::default();
         let queue_receive_errors = Counter::default();
+        let requests_requeued = Counter::default();
         let orphans_killed = Counter::default();
         registry.register("sessions", "Sessions by state", sessions.clone());
         registry.register("launches", "Browsers launched", launches.clone());
@@ -74,12 +91,17 @@ impl AgentMetrics {
             queue_receive_errors.clone(),
         );
         registry.register(
+            "requests_requeued",
+            "Creates received while every slot was taken, put back on the request queue",
+            requests_requeued.clone(),
+        );
+        registry.register(
             "orphans_killed",
             "Browsers without a session killed after a restart",
             orphans_killed.clone(),
         );
         AgentMetrics {
-            registry,
+            registry: root,
             sessions,
             launches,
             failures,
@@ -87,6 +109,7 @@ impl AgentMetrics {
             launch_seconds,
             ports,
             queue_receive_errors,
+            requests_requeued,
             orphans_killed,
         }
     }
@@ -143,8 +166,36 @@ mod tests {
             "browserfleet_agent_launch_seconds_bucket",
             "browserfleet_agent_ports{state=\"free\"} 3",
             "browserfleet_agent_queue_receive_errors_total 0",
+            "browserfleet_agent_requests_requeued_total 0",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }
+    }
+
+    #[test]
+    fn the_processes_aws_calls_are_exported_when_given() {
+        let calls = Arc::new(CallRecorder::new());
+        calls.record(
+            crate::cloud::Service::Sqs,
+            "ReceiveMessage",
+            crate::cloud::Outcome::Success,
+            std::time::Duration::from_millis(3),
+        );
+        let text = AgentMetrics::with_aws_calls(Some(calls)).render();
+        assert!(
+            text.contains(
+                "browserfleet_aws_calls_total{service=\"sqs\",operation=\"ReceiveMessage\",outcome=\"success\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains("browserfleet_agent_launches_total 0"),
+            "{text}"
+        );
+        assert!(
+            !AgentMetrics::new()
+                .render()
+                .contains("browserfleet_aws_calls")
+        );
     }
 }

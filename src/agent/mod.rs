@@ -1,5 +1,5 @@
-//! The node agent: takes session requests off the fleet's queue while it has
-//! free slots, launches and supervises one browser per session, and serves
+//! The node agent: takes session requests off the fleet's queue into its
+//! free slots (a full agent still serves deletes), launches and supervises one browser per session, and serves
 //! the control API and the authenticated DevTools gateway on one port.
 //!
 //! [`run`] wires the parts: [`runtime::Agent`] owns sessions, slots, ports
@@ -17,10 +17,13 @@ pub mod metrics;
 pub mod process;
 pub mod profiles;
 pub mod replies;
+pub mod requesters;
+pub mod requeue;
 pub mod runtime;
 pub mod slots;
 pub mod supervise;
 pub mod table;
+pub mod tombstones;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -60,8 +63,11 @@ pub enum AgentError {
 /// Options of a run that are not part of the fleet's configuration.
 #[derive(Clone, Debug, Default)]
 pub struct RunOptions {
-    /// Long-poll wait of the intake (20 s when `None`).
-    pub receive_wait: Option<Duration>,
+    /// The intake's long-poll wait and pacing (production values by default;
+    /// tests shorten them).
+    pub intake: intake::IntakeOptions,
+    /// The process's AWS call counts, exported on `/metrics` when given.
+    pub aws_calls: Option<std::sync::Arc<crate::cloud::CallRecorder>>,
 }
 
 /// A running agent.
@@ -130,6 +136,7 @@ pub async fn start<Q: Queues + 'static>(
         queues,
         process::native(),
         executable,
+        options.aws_calls.clone(),
     ));
     let report = agent.recover().await?;
     tracing::info!(
@@ -165,12 +172,7 @@ async fn serve<Q: Queues + 'static>(
             })
             .await;
     });
-    let intake = tokio::spawn(intake::run(
-        agent.clone(),
-        intake::IntakeOptions {
-            wait: options.receive_wait.unwrap_or(Duration::from_secs(20)),
-        },
-    ));
+    let intake = tokio::spawn(intake::run(agent.clone(), options.intake));
     // The listener serves now: tell the operator where.
     agent.announce(AnnouncementKind::Registered).await;
     let mut tick = tokio::time::interval(SUPERVISION_INTERVAL);

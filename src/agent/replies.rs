@@ -14,8 +14,10 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 use tokio::task::JoinSet;
 
+use crate::api::fleet::ReplyFormat;
 use crate::cloud::queues::{OutgoingMessage, QueueError, QueueUrl, Queues};
 use crate::protocol::callback::{self, RetrySchedule};
+use crate::protocol::reply::legacy;
 use crate::protocol::{CallbackUrl, Reply, ReplyQueueUrl};
 
 /// Most callbacks in flight at once; more wait for a free place.
@@ -40,19 +42,40 @@ impl ReplyTargets {
             callback_url: callback_url.cloned(),
         }
     }
+
+    /// Whether there is anywhere to send a reply.
+    pub fn is_empty(&self) -> bool {
+        self.reply_to.is_none() && self.callback_url.is_none()
+    }
+
+    /// These targets, or the fleet's `defaults` when a request named none:
+    /// a request that names either target keeps exactly what it named.
+    pub fn or_defaults(self, defaults: &ReplyTargets) -> ReplyTargets {
+        if self.is_empty() {
+            defaults.clone()
+        } else {
+            self
+        }
+    }
 }
 
 /// Sends replies and callbacks.
 pub struct Replier {
     secret: Vec<u8>,
+    format: ReplyFormat,
+    /// The fleet's events queue: the operator reads protocol v1 there,
+    /// whatever the fleet's reply format.
+    events: String,
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     callbacks: Mutex<JoinSet<()>>,
     permits: Arc<tokio::sync::Semaphore>,
 }
 
 impl Replier {
-    /// A replier signing callbacks with `secret`.
-    pub fn new(secret: &str) -> Self {
+    /// A replier signing callbacks with `secret` and writing replies to
+    /// requesters in `format` (those on the fleet's `events` queue always
+    /// in protocol v1).
+    pub fn new(secret: &str, format: ReplyFormat, events: &str) -> Self {
         // The system's roots (corporate CAs included); Mozilla's bundled roots
         // on an image that has none.
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
@@ -63,6 +86,8 @@ impl Replier {
         let connector = builder.https_or_http().enable_http1().build();
         Replier {
             secret: secret.as_bytes().to_vec(),
+            format,
+            events: events.to_owned(),
             http: Client::builder(TokioExecutor::new()).build(connector),
             callbacks: Mutex::new(JoinSet::new()),
             permits: Arc::new(tokio::sync::Semaphore::new(MAX_CALLBACKS_IN_FLIGHT)),
@@ -77,17 +102,27 @@ impl Replier {
         targets: &ReplyTargets,
         reply: &Reply,
     ) -> Result<(), QueueError> {
-        let body = match serde_json::to_string(reply) {
-            Ok(body) => body,
-            Err(error) => {
-                tracing::error!(%error, "reply could not be encoded");
-                return Ok(());
-            }
+        let encode = |format: ReplyFormat| {
+            let body = match format {
+                ReplyFormat::V1 => serde_json::to_string(reply),
+                ReplyFormat::Launcher => serde_json::to_string(&legacy::to_json(reply)),
+            };
+            body.inspect_err(|error| tracing::error!(%error, "reply could not be encoded"))
         };
-        if let Some(url) = &targets.callback_url {
-            self.start_callback(url.as_str().to_owned(), body.clone());
+        if let Some(url) = &targets.callback_url
+            && let Ok(body) = encode(self.format)
+        {
+            self.start_callback(url.as_str().to_owned(), body);
         }
         if let Some(queue) = &targets.reply_to {
+            let format = if queue.as_str() == self.events {
+                ReplyFormat::V1
+            } else {
+                self.format
+            };
+            let Ok(body) = encode(format) else {
+                return Ok(());
+            };
             let message = OutgoingMessage {
                 body,
                 delay: Duration::ZERO,

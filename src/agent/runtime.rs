@@ -14,14 +14,19 @@ use tokio::sync::{Notify, watch};
 use super::args::sanitize;
 use super::config::AgentSettings;
 use super::devtools::DevTools;
-use super::launch::{SessionLaunch, browser_command, new_token};
+use super::launch::{
+    SessionLaunch, browser_command, installed_extensions, missing_extensions,
+    missing_extensions_message, new_token,
+};
 use super::metrics::AgentMetrics;
 use super::process::{ExitWatch, LaunchSpec, ProcessControl, ProcessExit};
 use super::profiles::{Profile, ProfileKind, ProfileStore, browser_marker, profiles_root};
 use super::replies::{Replier, ReplyTargets};
+use super::requesters::{Requester, termination_replies};
 use super::slots::{Port, PortState, SlotError, SlotPool};
 use super::supervise::{BrowserHealth, Deadlines, shows_use, verdict};
 use super::table::{SessionRecord, TableFileStore, token_digest};
+use super::tombstones::{CANCELLED_MESSAGE, Tombstones};
 use crate::cloud::compute::InstanceId;
 use crate::cloud::queues::{OutgoingMessage, QueueUrl, Queues};
 use crate::protocol::state::STATE_VERSION;
@@ -56,11 +61,19 @@ struct LiveSession {
     /// browser adopted after a restart (watched through its identity).
     exit: Option<ExitWatch>,
     profile: Profile,
+    /// Requesters of deletes that reached the session, answered when it
+    /// ends (whoever ends it) besides the create's. Kept in memory only.
+    deleters: Vec<Requester>,
 }
 
 struct State {
     pool: SlotPool<SessionId>,
     sessions: BTreeMap<SessionId, LiveSession>,
+    /// Deletes of sessions not hosted here, which refuse a later create of
+    /// the same id. Under the same lock as `sessions`: a delete decides
+    /// "not hosted" and records its tombstone in one step, so a launch that
+    /// adds its session afterwards finds the tombstone.
+    tombstones: Tombstones,
     /// When the last session ended (or the agent started, before any).
     emptied: SystemTime,
 }
@@ -110,14 +123,28 @@ pub enum Ending {
     NotHosted,
 }
 
+/// What a delete of a session not hosted here does besides recording its
+/// tombstone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NotHostedDelete {
+    /// Forward it to the fleet's events queue, for the agent that hosts it
+    /// (a delete from the request queue, or from a client of the API).
+    Forward,
+    /// Only record the tombstone: the caller (the operator) sends the delete
+    /// to every agent itself, and a forward would come back to it.
+    RecordOnly,
+}
+
 /// What a delete did.
 #[derive(Debug, PartialEq, Eq)]
 pub enum DeleteOutcome {
     /// The session was here and has ended.
     Ended,
-    /// Not here: forwarded to the fleet's events queue.
+    /// Not here: tombstoned and forwarded to the fleet's events queue.
     Forwarded,
-    /// Not here, and the events queue refused the forward.
+    /// Not here: tombstoned, not forwarded ([`NotHostedDelete::RecordOnly`]).
+    NotHosted,
+    /// Not here (tombstoned), and the events queue refused the forward.
     ForwardFailed(String),
 }
 
@@ -183,6 +210,7 @@ impl<Q: Queues + 'static> Agent<Q> {
         queues: Q,
         processes: Arc<dyn ProcessControl>,
         executable: PathBuf,
+        aws_calls: Option<Arc<crate::cloud::CallRecorder>>,
     ) -> Self {
         let config = &settings.config;
         let made = SystemTime::now();
@@ -197,12 +225,17 @@ impl<Q: Queues + 'static> Agent<Q> {
             dead_letter: config.dead_letter_queue_url.as_deref().map(QueueUrl::new),
             profiles: ProfileStore::new(profiles_root(&settings.state_dir)),
             table: TableFileStore::new(&settings.state_dir),
-            replier: Replier::new(config.callback_secret.expose()),
+            replier: Replier::new(
+                config.callback_secret.expose(),
+                config.replies.format,
+                &config.events_queue_url,
+            ),
             devtools: DevTools::new(),
-            metrics: AgentMetrics::new(),
+            metrics: AgentMetrics::with_aws_calls(aws_calls),
             state: Mutex::new(State {
                 pool,
                 sessions: BTreeMap::new(),
+                tombstones: Tombstones::default(),
                 emptied: made,
             }),
             ready_since: made,
@@ -326,6 +359,19 @@ impl<Q: Queues + 'static> Agent<Q> {
     /// Whether a session is hosted here.
     pub fn hosts(&self, id: &SessionId) -> bool {
         self.lock().sessions.contains_key(id)
+    }
+
+    /// Whether a delete of `id` came while it was not hosted here, within
+    /// the tombstone TTL: a create of it must be refused as `cancelled`.
+    pub fn is_cancelled(&self, id: &SessionId) -> bool {
+        self.lock().tombstones.contains(id, Instant::now())
+    }
+
+    /// Removes `id`'s tombstone once a create of it has been answered as
+    /// `cancelled` (kept until then, so a create whose answer did not go
+    /// out is refused again when it reappears).
+    pub fn forget_cancel(&self, id: &SessionId) {
+        self.lock().tombstones.forget(id);
     }
 
     /// `/v1/state`.
@@ -560,6 +606,15 @@ impl<Q: Queues + 'static> Agent<Q> {
                 return Err(rejected(FailureReason::ForbiddenArgument, message));
             }
         };
+        let extensions_dir = &self.settings.extensions_dir;
+        let missing = missing_extensions(extensions_dir, &request.extensions).await;
+        if !missing.is_empty() {
+            let installed = installed_extensions(extensions_dir).await;
+            return Err(rejected(
+                FailureReason::InvalidRequest,
+                missing_extensions_message(&missing, &installed),
+            ));
+        }
         let profile = match &request.profile {
             Some(_) if !self.settings.config.profiles.allow_persistent => {
                 return Err(rejected(
@@ -637,8 +692,11 @@ impl<Q: Queues + 'static> Agent<Q> {
             callback_url: request.callback_url.clone(),
             labels: request.labels.clone(),
         };
-        let snapshot = {
+        let (snapshot, cancelled) = {
             let mut state = self.lock();
+            // A delete between the intake's check and here found the
+            // session not hosted and left a tombstone.
+            let cancelled = state.tombstones.contains(&id, Instant::now());
             state.sessions.insert(
                 id.clone(),
                 LiveSession {
@@ -648,13 +706,22 @@ impl<Q: Queues + 'static> Agent<Q> {
                     used: Arc::new(AtomicBool::new(false)),
                     exit: Some(spawned.exit.clone()),
                     profile,
+                    deleters: Vec::new(),
                 },
             );
-            self.snapshot(&state)
+            (self.snapshot(&state), cancelled)
         };
         // Persisted before the wait, so an agent that dies now still knows
         // this browser after its restart.
         self.persist(snapshot);
+        if cancelled {
+            // Added above all the same, so that `end` releases everything.
+            self.end(&id, TerminationReason::Deleted, false).await;
+            return Err(LaunchFailure::Rejected {
+                reason: FailureReason::Cancelled,
+                message: CANCELLED_MESSAGE.into(),
+            });
+        }
         let mut exit = spawned.exit;
         let ready = tokio::select! {
             ready = self.devtools.wait_ready(port, self.settings.launch_timeout) => ready.map_err(|e| e.to_string()),
@@ -713,12 +780,18 @@ impl<Q: Queues + 'static> Agent<Q> {
 
     /// Ends a session: kills its browser's process tree, frees its port,
     /// releases its profile (deleting a temporary one), saves the table and,
-    /// when `announce`, sends `session.terminated` to its requester.
+    /// when `announce`, sends `session.terminated` to its requester. The
+    /// requesters of deletes that reached the session get `session.terminated`
+    /// with `reason` too, announced or not (see [`super::requesters`]): the
+    /// delete asked for it, and `announce` is about the create's requester,
+    /// whom a caller that passes false answers itself.
     ///
     /// The session stays in the table as `Ending` until everything is
     /// released, so a drain does not finish early and a second `end` (a
-    /// delete racing the supervisor) sees it is already ending. Callers that
-    /// may be cancelled (an HTTP handler) run it in a task of its own.
+    /// delete racing the supervisor) sees it is already ending. The deletes'
+    /// requesters are taken with the session, under the lock, so each is
+    /// answered once, by the `end` that removes it. Callers that may be
+    /// cancelled (an HTTP handler) run it in a task of its own.
     pub async fn end(&self, id: &SessionId, reason: TerminationReason, announce: bool) -> Ending {
         let (record, profile) = {
             let mut state = self.lock();
@@ -736,47 +809,112 @@ impl<Q: Queues + 'static> Agent<Q> {
             Err(error) => tracing::warn!(session = %id, %error, "browser kill failed"),
         }
         self.release_profile(&profile).await;
-        let snapshot = {
+        let (snapshot, deleters) = {
             let mut state = self.lock();
             if let Err(error) = state.pool.release(id, record.port()) {
                 tracing::warn!(session = %id, %error, "port was not held");
             }
-            state.sessions.remove(id);
+            let deleters = state
+                .sessions
+                .remove(id)
+                .map(|s| s.deleters)
+                .unwrap_or_default();
             if state.sessions.is_empty() {
                 state.emptied = SystemTime::now();
             }
-            self.snapshot(&state)
+            (self.snapshot(&state), deleters)
         };
         self.persist(snapshot);
         self.slot_freed.notify_waiters();
         self.metrics.terminated(&reason.to_string());
         tracing::info!(session = %id, %reason, "session ended");
+        let mut requesters = Vec::with_capacity(1 + deleters.len());
         if announce {
-            let reply = self.reply(
-                &record,
+            requesters.push(Requester {
+                request_id: record.request_id.clone(),
+                targets: ReplyTargets::new(record.reply_to.as_ref(), record.callback_url.as_ref()),
+            });
+        }
+        requesters.extend(deleters);
+        self.announce_end(&record, reason, &requesters).await;
+        Ending::Ended
+    }
+
+    /// Sends `session.terminated` to `requesters`, each target once.
+    async fn announce_end(
+        &self,
+        record: &SessionRecord,
+        reason: TerminationReason,
+        requesters: &[Requester],
+    ) {
+        for requester in termination_replies(requesters) {
+            let reply = self.compose_reply(
+                record.id.clone(),
+                requester.request_id,
+                record.labels.clone(),
                 ReplyKind::Terminated(Terminated {
                     reason,
                     message: None,
                 }),
             );
-            let targets = ReplyTargets::new(record.reply_to.as_ref(), record.callback_url.as_ref());
-            if let Err(error) = self.replier.send(&self.queues, &targets, &reply).await {
-                tracing::warn!(session = %id, %error, "termination reply not sent");
+            let sent = self
+                .replier
+                .send(&self.queues, &requester.targets, &reply)
+                .await;
+            if let Err(error) = sent {
+                tracing::warn!(session = %record.id, %error, "termination reply not sent");
             }
         }
-        Ending::Ended
     }
 
-    /// A delete: ends the session if hosted here, or forwards the delete to
-    /// the fleet's events queue for the agent that hosts it.
+    /// A delete: ends the session if hosted here, answering the create's
+    /// requester and the delete's own (`request_id` at `targets`) with
+    /// `session.terminated`, each target once. Otherwise records a
+    /// tombstone, so that a create of the session taken later is refused
+    /// (`cancelled`), and, with [`NotHostedDelete::Forward`], forwards the
+    /// delete with its requester to the fleet's events queue for the agent
+    /// that hosts it; with [`NotHostedDelete::RecordOnly`] its requester is
+    /// not answered here (the agent that hosts the session does that).
     pub async fn delete_session(
         &self,
         id: &SessionId,
         request_id: Option<crate::protocol::RequestId>,
         targets: ReplyTargets,
+        not_hosted: NotHostedDelete,
     ) -> DeleteOutcome {
-        if self.end(id, TerminationReason::Deleted, true).await != Ending::NotHosted {
+        let deleter = Requester {
+            request_id,
+            targets,
+        };
+        let hosted = {
+            let mut state = self.lock();
+            match state.sessions.get_mut(id) {
+                Some(session) => {
+                    // Answered by whichever end removes the session: this
+                    // delete's, or one racing it (the supervisor's, say).
+                    if deleter.has_targets() {
+                        session.deleters.push(deleter.clone());
+                    }
+                    true
+                }
+                None => {
+                    state.tombstones.record(id, Instant::now());
+                    false
+                }
+            }
+        };
+        if hosted {
+            // Ended by this delete, or by another end racing it.
+            self.end(id, TerminationReason::Deleted, true).await;
             return DeleteOutcome::Ended;
+        }
+        let Requester {
+            request_id,
+            targets,
+        } = deleter;
+        tracing::info!(session = %id, "delete of a session not hosted here; a create of it will be refused");
+        if not_hosted == NotHostedDelete::RecordOnly {
+            return DeleteOutcome::NotHosted;
         }
         let forward = EventsMessage {
             session_id: id.clone(),
@@ -805,7 +943,11 @@ impl<Q: Queues + 'static> Agent<Q> {
     /// exit.
     pub async fn supervise_once(&self) -> bool {
         let now = SystemTime::now();
-        let expired = self.lock().pool.expire(Instant::now());
+        let expired = {
+            let mut state = self.lock();
+            state.tombstones.prune(Instant::now());
+            state.pool.expire(Instant::now())
+        };
         for (port, owner) in expired {
             tracing::warn!(session = %owner, %port, "reservation expired");
         }
@@ -957,6 +1099,7 @@ impl<Q: Queues + 'static> Agent<Q> {
                             token: None,
                             exit: None,
                             profile,
+                            deleters: Vec::new(),
                         },
                     );
                 } else {
@@ -970,6 +1113,7 @@ impl<Q: Queues + 'static> Agent<Q> {
                             token: None,
                             exit: None,
                             profile,
+                            deleters: Vec::new(),
                         },
                     );
                 }

@@ -48,6 +48,13 @@ pub mod patterns {
     pub const KMS_KEY: &str = "^([0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}|mrk-[0-9a-f]{32}|alias/[A-Za-z0-9/_-]{1,250}|arn:aws[a-z-]*:kms:[a-z0-9-]+:[0-9]{12}:(key|alias)/[A-Za-z0-9/_-]{1,250})$";
     /// An SQS queue URL (https on AWS; http for local endpoints such as moto).
     pub const QUEUE_URL: &str = "^https?://[^\\s]+/[0-9]{12}/[A-Za-z0-9_-]{1,80}(\\.fifo)?$";
+    /// A reply queue: an SQS queue URL without `user:password@`. The agent
+    /// checks the port as well (`crate::protocol::ReplyQueueUrl`).
+    pub const REPLY_QUEUE_URL: &str =
+        "^[Hh][Tt][Tt][Pp][Ss]?://[^\\s/?#@]+/[0-9]{12}/[A-Za-z0-9_-]{1,80}(\\.fifo)?$";
+    /// A callback: an http(s) URL with a host and without `user:password@`.
+    /// The agent checks the port as well (`crate::protocol::CallbackUrl`).
+    pub const CALLBACK_URL: &str = "^[Hh][Tt][Tt][Pp][Ss]?://[^\\s/?#@]+([/?#][^\\s]*)?$";
     /// Where the agent artifact is downloaded from.
     pub const ARTIFACT_URL: &str = "^(https?|s3)://[^\\s]+$";
     /// A lower-case hex SHA-256 digest.
@@ -273,8 +280,9 @@ pub struct BrowserFleetSpec {
 }
 
 impl BrowserFleetSpec {
-    /// Checks the cross-field rules the CRD enforces with CEL and returns every
-    /// one that is broken, so the operator can report them all at once.
+    /// Checks the cross-field rules the CRD enforces with CEL, and the reply
+    /// URLs whose shape its patterns only approximate, and returns every one
+    /// that is broken, so the operator can report them all at once.
     pub fn validate(&self) -> Result<(), Violations> {
         let capacity = &self.capacity;
         let image = &self.instance.image;
@@ -347,6 +355,21 @@ impl BrowserFleetSpec {
             &rules::HEADFUL_WINDOWS_NEEDS_AUTO_LOGON,
             browser.headless || !windows || self.agent.windows_auto_logon.is_some(),
         );
+        let replies = &self.agent.replies;
+        if let Some(Err(refused)) = replies
+            .default_reply_to
+            .as_ref()
+            .map(|url| crate::protocol::ReplyQueueUrl::new(url.as_str()))
+        {
+            found.refuse("spec.agent.replies.defaultReplyTo", refused.reason);
+        }
+        if let Some(Err(refused)) = replies
+            .default_callback_url
+            .as_ref()
+            .map(|url| crate::protocol::CallbackUrl::new(url.as_str()))
+        {
+            found.refuse("spec.agent.replies.defaultCallbackUrl", refused.reason);
+        }
         found.into_result()
     }
 }
@@ -430,6 +453,49 @@ pub struct ImageSource {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048), pattern(patterns::SSM_PARAMETER_NAME))]
     pub ssm_parameter: Option<String>,
+}
+
+/// Where replies go for requests that name no reply target, and how every
+/// reply to a requester is written. Replies on the fleet's own events queue
+/// (BrowserSessions, forwarded deletes) are always protocol v1.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ReplyPolicy {
+    /// SQS queue that gets the replies of requests naming neither `replyTo`
+    /// nor `callbackUrl` (the launcher's `SQS_RESPONSE_QUEUE_URL`). The agents'
+    /// instance role needs `sqs:SendMessage` on it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), pattern(patterns::REPLY_QUEUE_URL))]
+    pub default_reply_to: Option<String>,
+    /// HTTP(S) endpoint that gets those replies too, signed like every
+    /// callback (the launcher's `BROWSER_API_CALLBACK_URL`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048), pattern(patterns::CALLBACK_URL))]
+    pub default_callback_url: Option<String>,
+    /// Field names of replies to requesters: `v1` (this project's protocol)
+    /// or `launcher` (the Browser Automation Launcher's `session_id`,
+    /// `worker_id`, `websocket_url`, …, with the token in the URLs' query).
+    #[serde(default)]
+    pub format: ReplyFormat,
+}
+
+impl ReplyPolicy {
+    /// Whether nothing is set (the field is then left out of the manifest).
+    pub fn is_default(&self) -> bool {
+        *self == ReplyPolicy::default()
+    }
+}
+
+/// How replies to requesters are written.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum ReplyFormat {
+    /// Protocol v1: `sessionId`, `endpoints`, `token`, `expiresAt`, ….
+    #[default]
+    V1,
+    /// The Browser Automation Launcher's fields: `session_id`, `worker_id`,
+    /// `debug_port`, `websocket_url`, `debug_url`, `expires_at`.
+    Launcher,
 }
 
 /// EBS volume type of the root volume.
@@ -609,6 +675,11 @@ pub struct AgentSpec {
     /// Browser profiles kept on the instance.
     #[serde(default)]
     pub profiles: ProfilePolicy,
+    /// Where replies go when a request names no target of its own, and in
+    /// which shape: what producers of the Browser Automation Launcher
+    /// configured as `SQS_RESPONSE_QUEUE_URL` and `BROWSER_API_CALLBACK_URL`.
+    #[serde(default, skip_serializing_if = "ReplyPolicy::is_default")]
+    pub replies: ReplyPolicy,
     /// Log a Windows user on automatically at boot so the agent and headful
     /// browsers run in an interactive desktop session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -624,6 +695,7 @@ impl Default for AgentSpec {
             browser: BrowserSpec::default(),
             sessions: SessionLimits::default(),
             profiles: ProfilePolicy::default(),
+            replies: ReplyPolicy::default(),
             windows_auto_logon: None,
         }
     }
@@ -756,6 +828,12 @@ pub struct SessionLimits {
     #[serde(default = "default_never_used_timeout_seconds")]
     #[schemars(range(min = 10, max = 86400))]
     pub never_used_timeout_seconds: i32,
+    /// A BrowserSession that no agent has started this long after its request
+    /// was enqueued ends `Failed` with reason `StartTimeout`; agents refuse
+    /// its request from then on. Sessions may set their own.
+    #[serde(default = "default_session_start_timeout_seconds")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub start_timeout_seconds: i32,
 }
 
 impl Default for SessionLimits {
@@ -764,6 +842,7 @@ impl Default for SessionLimits {
             default_ttl_seconds: default_session_ttl_seconds(),
             max_ttl_seconds: default_max_session_ttl_seconds(),
             never_used_timeout_seconds: default_never_used_timeout_seconds(),
+            start_timeout_seconds: default_session_start_timeout_seconds(),
         }
     }
 }
@@ -1048,6 +1127,10 @@ fn default_max_session_ttl_seconds() -> i32 {
 fn default_never_used_timeout_seconds() -> i32 {
     300
 }
+fn default_session_start_timeout_seconds() -> i32 {
+    // Long enough for a Windows instance to boot from zero.
+    600
+}
 fn default_profile_max_age_seconds() -> i32 {
     604800
 }
@@ -1216,6 +1299,47 @@ mod tests {
         spec.agent.browser.executable = Some("/usr/bin/chromium".into());
         spec.agent.browser.launcher_command = Some(vec!["/opt/launch".into()]);
         assert!(broken_by(&rules::ONE_LAUNCH_METHOD, &spec));
+    }
+
+    #[test]
+    fn reply_defaults_the_agent_refuses_are_violations_and_agree_with_the_patterns() {
+        let queue = regex::Regex::new(patterns::REPLY_QUEUE_URL).expect("pattern");
+        let callback = regex::Regex::new(patterns::CALLBACK_URL).expect("pattern");
+        let good_queue = "https://sqs.eu-west-1.amazonaws.com/123456789012/replies";
+        let good_callback = "https://hooks.example.com:8443/browser?team=a";
+        assert!(queue.is_match(good_queue) && callback.is_match(good_callback));
+        let mut spec = valid_spec();
+        spec.agent.replies.default_reply_to = Some(good_queue.into());
+        spec.agent.replies.default_callback_url = Some(good_callback.into());
+        assert_eq!(spec.validate(), Ok(()));
+        // Refused by the pattern and by the agent's own check alike.
+        for bad in [
+            "https://user:pw@sqs.eu-west-1.amazonaws.com/123456789012/replies",
+            "https://sqs.eu-west-1.amazonaws.com/12345/replies",
+            "ftp://sqs.eu-west-1.amazonaws.com/123456789012/replies",
+        ] {
+            assert!(!queue.is_match(bad), "{bad}");
+            assert!(crate::protocol::ReplyQueueUrl::new(bad).is_err(), "{bad}");
+        }
+        // A port the pattern lets through is caught by validate().
+        spec.agent.replies.default_reply_to =
+            Some("http://127.0.0.1:99999/123456789012/replies".into());
+        spec.agent.replies.default_callback_url = Some("http://hooks:0/x".into());
+        assert!(queue.is_match(spec.agent.replies.default_reply_to.as_deref().unwrap()));
+        let fields: Vec<String> = spec
+            .validate()
+            .expect_err("bad ports")
+            .as_slice()
+            .iter()
+            .map(|v| v.field.clone())
+            .collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.agent.replies.defaultReplyTo",
+                "spec.agent.replies.defaultCallbackUrl"
+            ]
+        );
     }
 
     #[test]

@@ -86,11 +86,13 @@ pub mod rules {
         json_path = ".status.instanceId",
         description = "EC2 instance hosting the browser"
     ),
+    // A string, not a date: kubectl shows a date as the time since, which
+    // for a time to come is `<invalid>`.
     printcolumn(
         name = "Expires",
-        type_ = "date",
+        type_ = "string",
         json_path = ".status.expiresAt",
-        description = "When the session's TTL ends"
+        description = "When the session's TTL ends (UTC)"
     ),
     printcolumn(
         name = "Age",
@@ -130,6 +132,12 @@ pub struct BrowserSessionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 2048), pattern(patterns::START_URL))]
     pub start_url: Option<String>,
+    /// Give up when no agent has started the session this many seconds after
+    /// its request was enqueued (phase `Failed`, reason `StartTimeout`); the
+    /// fleet's `agent.sessions.startTimeoutSeconds` when omitted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 3600))]
+    pub start_timeout_seconds: Option<i64>,
     /// Delete this resource that many seconds after the session ended, like a
     /// Job's field of the same name; kept until deleted when omitted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -243,6 +251,8 @@ pub enum SessionEndReason {
     FailedToStart,
     /// The request was refused (invalid arguments, unknown fleet, over limits).
     Rejected,
+    /// No agent started it within its start timeout.
+    StartTimeout,
 }
 
 /// Where clients reach the session; both go through the node's gateway and
@@ -284,6 +294,10 @@ pub struct BrowserSessionStatus {
     /// When the request was sent to the fleet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub requested_at: Option<Time>,
+    /// When the session gives up waiting for an agent; the request carries
+    /// it, so no agent starts it later.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_deadline: Option<Time>,
     /// When the browser became reachable.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub started_at: Option<Time>,
@@ -320,6 +334,7 @@ mod tests {
             args: vec!["--lang=de-DE".into()],
             extensions: Vec::new(),
             start_url: None,
+            start_timeout_seconds: None,
             ttl_seconds_after_finished: None,
         }
     }

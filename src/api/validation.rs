@@ -75,6 +75,15 @@ impl Violations {
         }
     }
 
+    /// Records a field whose value the schema's pattern only approximates
+    /// and a closer check refused.
+    pub(crate) fn refuse(&mut self, field: &str, message: &str) {
+        self.0.push(Violation {
+            field: field.to_owned(),
+            message: message.to_owned(),
+        });
+    }
+
     pub(crate) fn into_result(self) -> Result<(), Violations> {
         if self.0.is_empty() { Ok(()) } else { Err(self) }
     }

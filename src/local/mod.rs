@@ -6,3 +6,4 @@
 pub mod apiserver;
 #[cfg(unix)]
 pub mod nodes;
+pub mod rbac;

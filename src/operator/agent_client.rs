@@ -11,6 +11,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
 
 use crate::protocol::state::{AgentState, StateError};
+use crate::protocol::{DeleteRequester, SessionId};
 
 /// Largest state document read: a full node's is a few KiB.
 const MAX_STATE_BYTES: usize = 1024 * 1024;
@@ -51,6 +52,15 @@ pub enum AgentCallError {
     },
 }
 
+/// What ending a session on an agent found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SessionEnd {
+    /// The agent hosted it and ended it.
+    Ended,
+    /// The agent does not host it.
+    NotHosted,
+}
+
 /// Calls agents' control APIs.
 #[derive(Clone)]
 pub struct AgentClient {
@@ -87,6 +97,43 @@ impl AgentClient {
     pub async fn drain(&self, address: &str, token: &str) -> Result<(), AgentCallError> {
         match self.call("POST", address, "/v1/drain", token).await?.0 {
             200..=299 => Ok(()),
+            other => Err(refused(address, other)),
+        }
+    }
+
+    /// `DELETE /v1/sessions/{id}?forward=false`: ends the session if the
+    /// agent hosts it; otherwise the agent refuses a later create of it
+    /// (and, unlike a requester's delete, does not forward it).
+    pub async fn end_session(
+        &self,
+        address: &str,
+        token: &str,
+        id: &SessionId,
+    ) -> Result<SessionEnd, AgentCallError> {
+        self.end_session_for(address, token, id, &DeleteRequester::default())
+            .await
+    }
+
+    /// [`AgentClient::end_session`] for a requester's delete: the agent that
+    /// ends the session answers `requester` too (`session.terminated`, its
+    /// request id echoed); one that does not host it ignores it.
+    pub async fn end_session_for(
+        &self,
+        address: &str,
+        token: &str,
+        id: &SessionId,
+        requester: &DeleteRequester,
+    ) -> Result<SessionEnd, AgentCallError> {
+        let mut path = format!("/v1/sessions/{id}?forward=false");
+        let query = requester.query();
+        if !query.is_empty() {
+            path.push('&');
+            path.push_str(&query);
+        }
+        match self.call("DELETE", address, &path, token).await?.0 {
+            200 | 204 => Ok(SessionEnd::Ended),
+            // 202: an agent that predates `forward=false` forwarded it.
+            202 | 404 => Ok(SessionEnd::NotHosted),
             other => Err(refused(address, other)),
         }
     }

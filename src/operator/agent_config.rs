@@ -96,6 +96,7 @@ pub fn render(
         browser: agent.browser.clone(),
         sessions: agent.sessions.clone(),
         profiles: agent.profiles.clone(),
+        replies: agent.replies.clone(),
         launch_timeout_seconds: fit("(browser start timeout)", BROWSER_START_TIMEOUT_SECONDS)?,
         drain_timeout_seconds: fit(
             "scaling.drainTimeoutSeconds",

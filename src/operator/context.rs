@@ -6,15 +6,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use kube::Resource;
-use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::api::BrowserFleet;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use kube::{Resource, ResourceExt};
+
+use crate::api::{BrowserFleet, BrowserSession};
+use crate::cloud::SecretValue;
 use crate::cloud::{Aws, CallRecorder, Ec2Compute, Sqs, Ssm};
 use crate::operator::agent_client::AgentClient;
 use crate::operator::agent_config::FleetQueues;
 use crate::operator::metrics::Metrics;
 use crate::operator::plan::Rules;
+use crate::operator::secrets::{self, SecretsError};
 use crate::operator::watches::{FleetWatches, Registrations};
 use crate::scaling::policy::PolicyMemory;
 
@@ -106,6 +111,33 @@ pub struct Context {
     pub watching: Mutex<HashMap<String, jiff::Timestamp>>,
     /// This cluster's name, tagged on the instances it launches.
     pub cluster: Option<String>,
+    /// Every fleet the operator watches.
+    pub fleets: Store<BrowserFleet>,
+    /// Set once `fleets` has listed everything.
+    pub fleets_listed: Arc<AtomicBool>,
+    /// Every session the operator watches.
+    pub sessions: Store<BrowserSession>,
+    /// Sessions whose request could not be sent: failures in a row and when
+    /// to try again, by session uid.
+    pub session_retries: Mutex<HashMap<String, (u32, std::time::Instant)>>,
+    /// Forwarded deletes routed, by session id, and when.
+    pub routed_deletes: Mutex<HashMap<crate::protocol::SessionId, std::time::Instant>>,
+}
+
+/// How long a forwarded delete of a session is not routed again: the
+/// agents' tombstone lifetime.
+const ROUTED_DELETE_MEMORY: Duration = Duration::from_secs(3600);
+/// Most forwarded deletes remembered.
+const MAX_ROUTED_DELETES: usize = 10_000;
+
+/// The caches the reconcilers read beside their own object.
+pub struct Caches {
+    /// Fleets.
+    pub fleets: Store<BrowserFleet>,
+    /// Set once the fleet watch has listed everything.
+    pub fleets_listed: Arc<AtomicBool>,
+    /// Sessions.
+    pub sessions: Store<BrowserSession>,
 }
 
 /// Name the operator reports Events and writes status as.
@@ -120,6 +152,7 @@ impl Context {
         watches: FleetWatches,
         registrations: Arc<Registrations>,
         metrics: Arc<Metrics>,
+        caches: Caches,
     ) -> Self {
         let reporter = Reporter {
             controller: CONTROLLER_NAME.to_owned(),
@@ -142,12 +175,131 @@ impl Context {
             failures: Mutex::new(HashMap::new()),
             watching: Mutex::new(HashMap::new()),
             cluster: None,
+            fleets: caches.fleets,
+            fleets_listed: caches.fleets_listed,
+            sessions: caches.sessions,
+            session_retries: Mutex::new(HashMap::new()),
+            routed_deletes: Mutex::new(HashMap::new()),
         }
     }
 
-    /// Emits an Event on the fleet; a failure to emit is logged, never
-    /// fatal.
-    pub async fn event(&self, fleet: &BrowserFleet, warning: bool, reason: &str, note: String) {
+    /// Whether a forwarded delete of `id` is to be routed: not when one was
+    /// within the last hour. Remembered, bounded (the oldest go first).
+    pub fn first_route_of(&self, id: &crate::protocol::SessionId) -> bool {
+        let now = std::time::Instant::now();
+        let mut routed = self
+            .routed_deletes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        routed.retain(|_, at| now.duration_since(*at) < ROUTED_DELETE_MEMORY);
+        if routed.contains_key(id) {
+            return false;
+        }
+        if routed.len() >= MAX_ROUTED_DELETES
+            && let Some(oldest) = routed
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(k, _)| k.clone())
+        {
+            routed.remove(&oldest);
+        }
+        routed.insert(id.clone(), now);
+        true
+    }
+
+    /// Forgets a routed delete that did not go out.
+    pub fn forget_route(&self, id: &crate::protocol::SessionId) {
+        let mut routed = self
+            .routed_deletes
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        routed.remove(id);
+    }
+
+    /// How long until a session whose send failed may try again; `None`
+    /// when it may now.
+    pub fn session_retry_in(&self, uid: &str) -> Option<Duration> {
+        let retries = self
+            .session_retries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let (_, at) = retries.get(uid)?;
+        at.checked_duration_since(std::time::Instant::now())
+    }
+
+    /// Counts a failed send of a session's request; the back-off before the
+    /// next (1 s doubling to 1 min).
+    pub fn session_send_failed(&self, uid: &str) -> Duration {
+        let mut retries = self
+            .session_retries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        let failures = retries.get(uid).map_or(0, |(n, _)| *n).saturating_add(1);
+        let wait = Duration::from_secs(1 << failures.saturating_sub(1).min(6))
+            .min(Duration::from_secs(60));
+        retries.insert(uid.to_owned(), (failures, std::time::Instant::now() + wait));
+        wait
+    }
+
+    /// A session's request was sent: its failures are forgotten.
+    pub fn session_sent(&self, uid: &str) {
+        let mut retries = self
+            .session_retries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        retries.remove(uid);
+    }
+
+    /// Whether the fleet cache has listed everything: until then a fleet
+    /// missing from it may exist.
+    pub fn fleets_synced(&self) -> bool {
+        self.fleets_listed.load(Ordering::SeqCst)
+    }
+
+    /// The token the fleet's agents accept: the one ensured by this
+    /// process, else read from the fleet's Secret.
+    pub async fn fleet_token(&self, fleet: &BrowserFleet) -> Result<SecretValue, SecretsError> {
+        let uid = fleet.uid().unwrap_or_default();
+        let known = {
+            let ensured = self.ensured.lock().unwrap_or_else(|e| e.into_inner());
+            ensured.get(&uid).map(|e| e.fleet_token.clone())
+        };
+        match known {
+            Some(token) => Ok(token),
+            None => Ok(secrets::ensure(&self.client, fleet).await?.fleet_token),
+        }
+    }
+
+    /// BrowserSessions of `fleet` that are not on its queue yet: demand the
+    /// queue does not show.
+    pub fn pending_sessions(&self, fleet: &BrowserFleet) -> u32 {
+        let namespace = fleet.namespace();
+        let name = fleet.name_any();
+        let count = self
+            .sessions
+            .state()
+            .iter()
+            .filter(|s| s.namespace() == namespace && s.spec.fleet_ref.name == name)
+            .filter(|s| s.meta().deletion_timestamp.is_none())
+            .filter(|s| {
+                s.status.as_ref().is_none_or(|st| {
+                    st.phase == crate::api::session::SessionPhase::Pending
+                        && st.requested_at.is_none()
+                })
+            })
+            .count();
+        u32::try_from(count).unwrap_or(u32::MAX)
+    }
+
+    /// Emits an Event on a fleet or session; a failure to emit is logged,
+    /// never fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
         let event = Event {
             type_: if warning {
                 EventType::Warning
@@ -159,7 +311,7 @@ impl Context {
             action: reason.to_owned(),
             secondary: None,
         };
-        if let Err(error) = self.events.publish(&event, &fleet.object_ref(&())).await {
+        if let Err(error) = self.events.publish(&event, &object.object_ref(&())).await {
             tracing::warn!(%error, reason, "cannot publish an Event");
         }
     }

@@ -46,6 +46,7 @@ use crate::operator::agent_config::{self, FleetQueues, RenderError};
 use crate::operator::bootstrap;
 use crate::operator::conditions::{self, Wanted};
 use crate::operator::context::{Context, Ensured};
+use crate::operator::finalizers;
 use crate::operator::plan::{self, AgentAnswer, Observed, Plan, Previous};
 use crate::operator::secrets::{self, SecretsError};
 use crate::operator::watches::WatchedQueues;
@@ -203,7 +204,7 @@ async fn reconcile_fleet(fleet: &BrowserFleet, ctx: &Context) -> Result<Action, 
         return delete_fleet(fleet, &id, ctx).await;
     }
     if !fleet.finalizers().iter().any(|f| f == FINALIZER) {
-        add_finalizer(fleet, ctx).await?;
+        finalizers::add(&api(ctx, fleet), fleet, FINALIZER).await?;
     }
     if let Err(violations) = fleet.spec.validate() {
         report_invalid(fleet, ctx, &violations.to_string()).await?;
@@ -251,49 +252,6 @@ async fn reconcile_fleet(fleet: &BrowserFleet, ctx: &Context) -> Result<Action, 
     match failure {
         Some(error) => Err(error),
         None => Ok(Action::requeue(ctx.settings.resync)),
-    }
-}
-
-async fn add_finalizer(fleet: &BrowserFleet, ctx: &Context) -> Result<(), Error> {
-    let mut finalizers = fleet.finalizers().to_vec();
-    finalizers.push(FINALIZER.to_owned());
-    // The resourceVersion makes the patch fail rather than drop a finalizer
-    // someone else added meanwhile.
-    let patch = json!({"metadata": {
-        "finalizers": finalizers,
-        "resourceVersion": fleet.resource_version(),
-    }});
-    api(ctx, fleet)
-        .patch(
-            &fleet.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await?;
-    Ok(())
-}
-
-async fn remove_finalizer(fleet: &BrowserFleet, ctx: &Context) -> Result<(), Error> {
-    let finalizers: Vec<&String> = fleet
-        .finalizers()
-        .iter()
-        .filter(|f| *f != FINALIZER)
-        .collect();
-    let patch = json!({"metadata": {
-        "finalizers": finalizers,
-        "resourceVersion": fleet.resource_version(),
-    }});
-    match api(ctx, fleet)
-        .patch(
-            &fleet.name_any(),
-            &PatchParams::default(),
-            &Patch::Merge(&patch),
-        )
-        .await
-    {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(status)) if status.is_not_found() => Ok(()),
-        Err(error) => Err(error.into()),
     }
 }
 
@@ -380,6 +338,7 @@ async fn observe(
         registrations,
         answers,
         watching_since: ctx.watching_since(id.uid()),
+        pending_sessions: ctx.pending_sessions(fleet),
     })
 }
 
@@ -944,7 +903,7 @@ async fn delete_fleet(fleet: &BrowserFleet, id: &FleetId, ctx: &Context) -> Resu
     ctx.ssm
         .delete_parameter(&agent_config::parameter_name(id.namespace(), id.name()))
         .await?;
-    remove_finalizer(fleet, ctx).await?;
+    finalizers::remove(&api(ctx, fleet), fleet, FINALIZER).await?;
     tracing::info!("fleet deleted: instances terminated, queues and parameter deleted");
     Ok(Action::await_change())
 }

@@ -87,6 +87,8 @@ pub struct Observed {
     /// only from then (and from the last answer or announcement), so a
     /// restarted operator does not replace agents it has not heard yet.
     pub watching_since: Timestamp,
+    /// BrowserSessions of the fleet whose request is not on its queue yet.
+    pub pending_sessions: u32,
 }
 
 /// Operator-wide knobs of the rules above.
@@ -286,7 +288,7 @@ pub fn plan(
         active_sessions: held,
         queued_visible: u32::try_from(observed.depth.visible).unwrap_or(u32::MAX),
         queued_in_flight: in_flight.saturating_sub(held),
-        pending_sessions: 0,
+        pending_sessions: observed.pending_sessions,
         mean_session_duration: None,
         instances: assessed.iter().filter_map(|a| a.view.clone()).collect(),
     };

@@ -1,5 +1,5 @@
-//! `browserfleet operator`: the fleet controller, its health and metrics
-//! listener, and leader election.
+//! `browserfleet operator`: the fleet and session controllers, their health
+//! and metrics listener, and leader election.
 //!
 //! The controller reconciles a fleet when its spec or lifecycle changes
 //! (generation, finalizers, deletion), on the resync timer, and when its
@@ -25,12 +25,17 @@ use kube::runtime::utils::PredicateConfig;
 use kube::runtime::watcher;
 use kube::{Api, Resource, ResourceExt};
 
-use crate::api::BrowserFleet;
+use crate::api::{BrowserFleet, BrowserSession};
 use crate::cloud::Aws;
-use crate::operator::context::{Context, Settings};
+use crate::operator::context::{Caches, Context, Settings};
 use crate::operator::fleet::{error_policy, reconcile};
 use crate::operator::metrics::Metrics;
+use crate::operator::sessions::{self, replies::Inbox};
 use crate::operator::watches::{FleetWatches, Registrations, WatchTiming};
+
+/// How long a graceful stop waits for reconciles in flight: under the 30 s
+/// a pod is given by default between SIGTERM and SIGKILL.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
 /// Leader election on a `coordination.k8s.io/v1` Lease.
 #[derive(Clone, Debug)]
@@ -96,6 +101,17 @@ struct AbortOnDrop(tokio::task::JoinHandle<()>);
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
         self.0.abort();
+    }
+}
+
+/// Stops every per-fleet watch when dropped: a watch holds no reference
+/// back, so without this one would outlive an operator whose future was
+/// dropped.
+struct StopWatchesOnDrop(Arc<Context>);
+
+impl Drop for StopWatchesOnDrop {
+    fn drop(&mut self) {
+        self.0.watches.stop_all();
     }
 }
 
@@ -227,6 +243,7 @@ async fn run_controller(
     let settings = options.settings;
     let (trigger, triggers) = futures::channel::mpsc::unbounded();
     let registrations = Arc::new(Registrations::default());
+    let (inbox, inbox_receiver) = Inbox::new();
     let watches = FleetWatches::new(
         crate::cloud::Sqs::new(&aws),
         registrations.clone(),
@@ -235,12 +252,40 @@ async fn run_controller(
             depth_poll: settings.depth_poll,
             events_wait: settings.events_wait,
         },
+        inbox,
     );
-    let mut ctx = Context::new(client, &aws, settings, watches, registrations, metrics);
+    let session_api: Api<BrowserSession> = match &options.namespace {
+        Some(namespace) => Api::namespaced(client.clone(), namespace),
+        None => Api::all(client.clone()),
+    };
+    let (session_reader, session_writer) = reflector::store();
+    let sessions_listed = Arc::new(AtomicBool::new(false));
+    let caches = Caches {
+        fleets: reader.clone(),
+        fleets_listed: synced.clone(),
+        sessions: session_reader.clone(),
+    };
+    let mut ctx = Context::new(
+        client,
+        &aws,
+        settings,
+        watches,
+        registrations,
+        metrics,
+        caches,
+    );
     ctx.cluster = options.cluster.clone();
     let ctx = Arc::new(ctx);
-    let sweep = options.cluster.clone().map(|cluster| {
-        tokio::spawn(crate::operator::orphans::sweep_forever(
+    let _replies = AbortOnDrop(tokio::spawn(sessions::replies::serve(
+        inbox_receiver,
+        ctx.clone(),
+    )));
+    // Every task below is owned by this call: when it returns, or its
+    // future is dropped (a lost Lease, a caller that gives up), they end
+    // with it, and so do the per-fleet watches in `ctx`.
+    let _watches = StopWatchesOnDrop(ctx.clone());
+    let _sweep = options.cluster.clone().map(|cluster| {
+        AbortOnDrop(tokio::spawn(crate::operator::orphans::sweep_forever(
             ctx.compute.clone(),
             reader.clone(),
             synced.clone(),
@@ -250,7 +295,7 @@ async fn run_controller(
             },
             settings.orphan_grace,
             settings.orphan_sweep,
-        ))
+        )))
     });
     let fleets = watcher(api, watcher::Config::default())
         .default_backoff()
@@ -263,10 +308,10 @@ async fn run_controller(
         .applied_objects()
         .predicate_filter(spec_or_lifecycle, PredicateConfig::default());
     // Watches of fleets that left without our deletion path stop too.
-    let prune = {
+    let _prune = {
         let ctx = ctx.clone();
         let fleets = reader.clone();
-        tokio::spawn(async move {
+        AbortOnDrop(tokio::spawn(async move {
             let mut ticker = tokio::time::interval(Duration::from_secs(30));
             loop {
                 ticker.tick().await;
@@ -274,15 +319,57 @@ async fn run_controller(
                     fleets.state().iter().filter_map(|f| f.uid()).collect();
                 ctx.watches.retain(|uid| uids.contains(uid));
             }
-        })
+        }))
     };
-    // The controller wants a `Sync` future for its graceful shutdown: a
-    // task waits for the signal and fires a oneshot.
+    // The controllers want a `Sync` future for their graceful shutdown: a
+    // task waits for the signal and fires a oneshot to each.
     let (stop_tx, stop_rx) = futures::channel::oneshot::channel::<()>();
-    let waiter = tokio::spawn(async move {
+    let (stop_sessions_tx, stop_sessions_rx) = futures::channel::oneshot::channel::<()>();
+    let stopping = shutdown.clone();
+    let _waiter = AbortOnDrop(tokio::spawn(async move {
         shutdown.await;
         let _ = stop_tx.send(());
-    });
+        let _ = stop_sessions_tx.send(());
+    }));
+    // A controller whose cache has not listed everything yet never ends
+    // its graceful shutdown (kube-runtime 5 holds its runner until the
+    // cache is ready, and stops feeding the cache when the shutdown
+    // begins). Nothing has been reconciled then, so it is dropped at once;
+    // otherwise reconciles in flight get SHUTDOWN_GRACE to finish.
+    let sessions_done = sessions_listed.clone();
+    let fleets_listed = ctx.fleets_listed.clone();
+    let cut_short = async move {
+        stopping.await;
+        let listed = fleets_listed.load(Ordering::SeqCst) && sessions_done.load(Ordering::SeqCst);
+        if listed {
+            tokio::time::sleep(SHUTDOWN_GRACE).await;
+        } else {
+            tracing::info!("stopping before the caches listed: nothing is in flight");
+        }
+    };
+    // Sessions react to every change, their status included: a reconcile
+    // of a session makes no call unless its phase has something to do.
+    let session_objects = {
+        let listed = sessions_listed.clone();
+        watcher(session_api, watcher::Config::default())
+            .default_backoff()
+            .reflect(session_writer)
+            .inspect(move |event| {
+                if matches!(event, Ok(watcher::Event::InitDone)) {
+                    listed.store(true, Ordering::SeqCst);
+                }
+            })
+            .applied_objects()
+    };
+    let session_controller = Controller::for_stream(session_objects, session_reader)
+        .with_config(controller::Config::default().concurrency(settings.concurrency.max(32)))
+        .graceful_shutdown_on(stop_sessions_rx.map(|_| ()))
+        .run(sessions::reconcile, sessions::error_policy, ctx.clone())
+        .for_each(|result| async move {
+            if let Err(error) = result {
+                tracing::debug!(%error, "session reconcile not run");
+            }
+        });
     let controller = Controller::for_stream(fleets, reader)
         .with_config(
             controller::Config::default()
@@ -297,24 +384,24 @@ async fn run_controller(
                 tracing::debug!(%error, "reconcile not run");
             }
         });
+    let controllers = async {
+        tokio::select! {
+            _ = async { futures::join!(controller, session_controller) } => {}
+            () = cut_short => tracing::warn!("stopped with reconciles still in flight"),
+        }
+    };
     // A lost Lease drops the controller at once, reconciles in flight
     // included: the new leader acts from now on, and this replica must not.
     let lost_leadership = match lost {
         Some(lost) => tokio::select! {
-            () = controller => false,
+            () = controllers => false,
             () = lost => true,
         },
         None => {
-            controller.await;
+            controllers.await;
             false
         }
     };
-    waiter.abort();
-    prune.abort();
-    if let Some(sweep) = sweep {
-        sweep.abort();
-    }
-    ctx.watches.stop_all();
     if lost_leadership {
         return Err(RunError::LostLeadership);
     }

@@ -9,9 +9,8 @@
 //!
 //! Either asks for a reconcile of its fleet through the trigger channel the
 //! controller reads. Replies and forwarded deletes for BrowserSessions also
-//! arrive on the events queue; until the session reconciler consumes them
-//! (its own issue) they are logged and removed, since no one else reads the
-//! events queue.
+//! arrive on the events queue: they are handed to the session reconciler's
+//! [`Inbox`], and their message is deleted only once it applied them.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -23,8 +22,10 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::Instrument;
 
 use crate::api::BrowserFleet;
+use crate::cloud::queues::ReceiptHandle;
 use crate::cloud::{InstanceId, QueueDepth, QueueUrl, Queues, ReceiveOptions, Sqs};
 use crate::operator::plan::Registration;
+use crate::operator::sessions::replies::{Delivery, Inbox};
 use crate::protocol::{FleetEvent, NodeAnnouncement};
 
 /// How often the watches run.
@@ -108,24 +109,33 @@ pub struct FleetWatches {
     registrations: Arc<Registrations>,
     trigger: UnboundedSender<ObjectRef<BrowserFleet>>,
     timing: WatchTiming,
+    inbox: Inbox,
     running: Mutex<HashMap<String, Running>>,
 }
 
 impl FleetWatches {
-    /// Watches that ask for reconciles on `trigger`.
+    /// Watches that ask for reconciles on `trigger` and hand session
+    /// replies to `inbox`.
     pub fn new(
         sqs: Sqs,
         registrations: Arc<Registrations>,
         trigger: UnboundedSender<ObjectRef<BrowserFleet>>,
         timing: WatchTiming,
+        inbox: Inbox,
     ) -> Self {
         FleetWatches {
             sqs,
             registrations,
             trigger,
             timing,
+            inbox,
             running: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Asks for a reconcile of `fleet` now.
+    pub fn trigger(&self, fleet: &ObjectRef<BrowserFleet>) {
+        let _ = self.trigger.unbounded_send(fleet.clone());
     }
 
     /// Starts the watches of a fleet, or restarts them when its queues
@@ -143,15 +153,17 @@ impl FleetWatches {
         let mut tasks = tokio::task::JoinSet::new();
         let span = tracing::info_span!("fleet_watch", fleet = %fleet);
         tasks.spawn(
-            consume_events(
-                self.sqs.clone(),
-                queues.events.clone(),
-                fleet.clone(),
-                uid.to_owned(),
-                self.registrations.clone(),
-                self.trigger.clone(),
-                self.timing.events_wait,
-            )
+            EventsConsumer {
+                sqs: self.sqs.clone(),
+                events: queues.events.clone(),
+                fleet: fleet.clone(),
+                uid: uid.to_owned(),
+                registrations: self.registrations.clone(),
+                trigger: self.trigger.clone(),
+                inbox: self.inbox.clone(),
+                wait: self.timing.events_wait,
+            }
+            .run()
             .instrument(span.clone()),
         );
         tasks.spawn(
@@ -194,68 +206,113 @@ impl FleetWatches {
     }
 }
 
-/// Reads the events queue until aborted.
-async fn consume_events(
+/// The reader of one fleet's events queue.
+struct EventsConsumer {
     sqs: Sqs,
     events: QueueUrl,
     fleet: ObjectRef<BrowserFleet>,
     uid: String,
     registrations: Arc<Registrations>,
     trigger: UnboundedSender<ObjectRef<BrowserFleet>>,
+    inbox: Inbox,
     wait: Duration,
-) {
-    let name = format!(
-        "{}/{}",
-        fleet.namespace.as_deref().unwrap_or_default(),
-        fleet.name
-    );
-    let options = ReceiveOptions {
-        max_messages: 10,
-        wait,
-        visibility: None,
-    };
-    loop {
-        let messages = match sqs.receive(&events, options).await {
-            Ok(messages) => messages,
-            Err(error) => {
-                tracing::warn!(%error, "cannot read the events queue; retrying");
-                tokio::time::sleep(Duration::from_secs(2)).await;
-                continue;
-            }
+}
+
+impl EventsConsumer {
+    /// Reads the events queue until aborted.
+    async fn run(self) {
+        let EventsConsumer {
+            sqs,
+            events,
+            fleet,
+            uid,
+            registrations,
+            trigger,
+            inbox,
+            wait,
+        } = self;
+        let name = format!(
+            "{}/{}",
+            fleet.namespace.as_deref().unwrap_or_default(),
+            fleet.name
+        );
+        let options = ReceiveOptions {
+            max_messages: 10,
+            wait,
+            visibility: None,
         };
-        let mut changed = false;
-        let mut done = Vec::with_capacity(messages.len());
-        for message in messages {
-            match serde_json::from_str::<FleetEvent>(&message.body) {
-                Ok(FleetEvent::Node(announcement)) if announcement.fleet == name => {
-                    changed |= registrations.record(&uid, &announcement, Timestamp::now());
-                }
-                Ok(FleetEvent::Node(announcement)) => {
-                    tracing::warn!(
-                        from = %announcement.fleet,
-                        instance = %announcement.instance_id,
-                        "an announcement of another fleet on this fleet's events queue; dropped"
-                    );
-                }
-                Ok(FleetEvent::Reply(reply)) => {
-                    tracing::debug!(session = %reply.session_id, "session reply, no session reconciler yet; dropped");
-                }
-                Ok(FleetEvent::Delete(_)) => {
-                    tracing::debug!("forwarded delete, no session reconciler yet; dropped");
-                }
+        loop {
+            let messages = match sqs.receive(&events, options).await {
+                Ok(messages) => messages,
                 Err(error) => {
-                    tracing::warn!(%error, "unreadable message on the events queue; dropped");
+                    tracing::warn!(%error, "cannot read the events queue; retrying");
+                    tokio::time::sleep(Duration::from_secs(2)).await;
+                    continue;
                 }
+            };
+            let mut changed = false;
+            let mut done = Vec::with_capacity(messages.len());
+            // Session deliveries by session, each session's in the order read.
+            let mut deliveries: BTreeMap<String, Vec<(ReceiptHandle, Delivery)>> = BTreeMap::new();
+            for message in messages {
+                match serde_json::from_str::<FleetEvent>(&message.body) {
+                    Ok(FleetEvent::Node(announcement)) if announcement.fleet == name => {
+                        changed |= registrations.record(&uid, &announcement, Timestamp::now());
+                    }
+                    Ok(FleetEvent::Node(announcement)) => {
+                        tracing::warn!(
+                            from = %announcement.fleet,
+                            instance = %announcement.instance_id,
+                            "an announcement of another fleet on this fleet's events queue; dropped"
+                        );
+                    }
+                    Ok(FleetEvent::Reply(reply)) => {
+                        deliveries
+                            .entry(reply.session_id.to_string())
+                            .or_default()
+                            .push((message.receipt, Delivery::Reply(reply)));
+                        continue;
+                    }
+                    Ok(FleetEvent::Delete(delete)) => {
+                        deliveries
+                            .entry(delete.session_id.to_string())
+                            .or_default()
+                            .push((message.receipt, Delivery::Delete(delete)));
+                        continue;
+                    }
+                    Err(error) => {
+                        tracing::warn!(%error, "unreadable message on the events queue; dropped");
+                    }
+                }
+                done.push(message.receipt);
             }
-            done.push(message.receipt);
-        }
-        if !done.is_empty()
-            && let Err(error) = sqs.delete_batch(&events, &done).await
-        {
-            tracing::warn!(%error, "cannot delete read events; they will be read again");
-        }
-        if changed {
-            let _ = trigger.unbounded_send(fleet.clone());
+            // A registration is acted on without waiting for the sessions.
+            if changed {
+                let _ = trigger.unbounded_send(fleet.clone());
+            }
+            let applied = futures::future::join_all(deliveries.into_values().map(|session| {
+                let inbox = &inbox;
+                let uid = &uid;
+                async move {
+                    let mut applied = Vec::new();
+                    for (receipt, delivery) in session {
+                        // One not applied keeps it and the later ones of its
+                        // session for the next read, in order.
+                        if !inbox.deliver(uid, delivery).await {
+                            break;
+                        }
+                        applied.push(receipt);
+                    }
+                    applied
+                }
+            }))
+            .await;
+            done.extend(applied.into_iter().flatten());
+            if !done.is_empty()
+                && let Err(error) = sqs.delete_batch(&events, &done).await
+            {
+                tracing::warn!(%error, "cannot delete read events; they will be read again");
+            }
         }
     }
 }

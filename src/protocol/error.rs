@@ -23,6 +23,10 @@ pub struct ReplyTarget {
     /// The session the message named (`sessionId`, or the legacy
     /// `session_id`).
     pub session_id: Option<SessionId>,
+    /// Labels to echo: the legacy `requester_id` as `requester`, when it is
+    /// a valid label value (a v1 message's own `labels` are not trusted
+    /// from a message that broke a rule).
+    pub labels: std::collections::BTreeMap<String, String>,
 }
 
 impl ReplyTarget {
@@ -89,9 +93,11 @@ pub enum MessageError {
 }
 
 impl MessageError {
-    /// Where to send `session.failed` for this message: `Some` only when the
-    /// message was a JSON object naming a well-formed `replyTo` or
-    /// `callbackUrl`, whatever else was wrong with it.
+    /// Where to send `session.failed` for this message, whatever else was
+    /// wrong with it: `Some` when the message was a JSON object naming a
+    /// well-formed `replyTo` or `callbackUrl`, or naming neither (then
+    /// without a destination, for the fleet's default targets to fill);
+    /// `None` when it named one that is malformed.
     pub fn reply_target(&self) -> Option<&ReplyTarget> {
         match self {
             MessageError::TooLarge { .. }

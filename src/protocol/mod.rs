@@ -8,10 +8,13 @@
 //!   to the fleet's events queue ([`EventsMessage`]).
 //! * [`callback`] signs and verifies HTTP callbacks and schedules their
 //!   retries.
+//! * [`control`] is what the operator passes on to an agent's control API
+//!   with a forwarded delete ([`DeleteRequester`]).
 //! * [`state`] is the agent's state as its control API reports it to the
 //!   operator ([`AgentState`]).
 
 pub mod callback;
+pub mod control;
 pub mod error;
 pub mod ids;
 pub mod proxy;
@@ -21,6 +24,7 @@ pub mod state;
 pub mod urls;
 
 pub use callback::{CallbackSignature, RetrySchedule, VerifyError, sign, verify};
+pub use control::DeleteRequester;
 pub use error::{MessageError, ReplyTarget};
 pub use ids::{InvalidValue, ProfileName, RequestId, SessionId};
 pub use proxy::ProxyConfig;

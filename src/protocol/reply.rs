@@ -20,6 +20,8 @@
 //! Readers ignore fields they do not know, so later versions of the agent can
 //! add fields without breaking the operator.
 
+pub mod legacy;
+
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -183,6 +185,10 @@ pub enum FailureReason {
     NoCapacity,
     /// The browser did not start or never answered on DevTools.
     FailedToStart,
+    /// The request's `startDeadline` had passed when an agent took it.
+    StartTimeout,
+    /// A delete for the session arrived before the session started.
+    Cancelled,
     /// Anything else; a bug or an unexpected error on the node.
     Internal,
 }
@@ -239,6 +245,8 @@ wire_names!(FailureReason {
     SessionExists => "sessionExists",
     NoCapacity => "noCapacity",
     FailedToStart => "failedToStart",
+    StartTimeout => "startTimeout",
+    Cancelled => "cancelled",
     Internal => "internal",
 });
 
@@ -673,6 +681,8 @@ mod tests {
             FailureReason::SessionExists,
             FailureReason::NoCapacity,
             FailureReason::FailedToStart,
+            FailureReason::StartTimeout,
+            FailureReason::Cancelled,
             FailureReason::Internal,
         ] {
             assert_eq!(

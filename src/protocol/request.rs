@@ -5,7 +5,7 @@
 //! * **Protocol v1** (`"version": 1`), camelCase:
 //!   `{"version":1,"action":"create","sessionId"?,"requestId"?,"ttlSeconds"?,
 //!   "profile"?,"proxy"?,"args"?,"extensions"?,"startUrl"?,"replyTo"?,
-//!   "callbackUrl"?,"labels"?}` or
+//!   "callbackUrl"?,"labels"?,"startDeadline"?}` or
 //!   `{"version":1,"action":"delete","sessionId","requestId"?,"replyTo"?,
 //!   "callbackUrl"?}`.
 //! * **The legacy Browser Automation Launcher shape**, snake_case and without
@@ -17,6 +17,12 @@
 //! `chrome_args`, and refused otherwise. `action` and `extensions` exist in
 //! both shapes and decide nothing.
 //!
+//! `extensions` items are names of unpacked extensions in the agent's
+//! extensions directory; in both shapes an item may also be a Unix or
+//! Windows path, read as the name its last component gives
+//! ([`extension_name`]), since the launcher's producers send paths. Only the
+//! name is kept, and the agent refuses one its directory does not have.
+//!
 //! Fields this agent does not know are ignored in both shapes, so producers
 //! can add fields before every agent understands them. A field set to `null`
 //! counts as absent.
@@ -26,6 +32,7 @@ pub mod legacy;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use jiff::Timestamp;
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 
@@ -47,6 +54,8 @@ pub const MAX_ARG_LEN: usize = 4096;
 pub const MAX_EXTENSIONS: usize = 32;
 /// Longest extension name.
 pub const MAX_EXTENSION_NAME_LEN: usize = 128;
+/// Longest `extensions` item given as a path, in bytes.
+pub const MAX_EXTENSION_PATH_LEN: usize = 4096;
 /// Most labels in one request.
 pub const MAX_LABELS: usize = 64;
 /// Longest label key, in bytes.
@@ -75,12 +84,14 @@ impl Inbound {
                 callback_url: create.callback_url.clone(),
                 request_id: create.request_id.clone(),
                 session_id: create.session_id.clone(),
+                labels: create.labels.clone(),
             },
             Inbound::Delete(delete) => ReplyTarget {
                 reply_to: delete.reply_to.clone(),
                 callback_url: delete.callback_url.clone(),
                 request_id: delete.request_id.clone(),
                 session_id: Some(delete.session_id.clone()),
+                labels: Default::default(),
             },
         }
     }
@@ -105,7 +116,10 @@ pub struct CreateRequest {
     pub args: Vec<String>,
     /// Names of unpacked extensions from the agent's extensions directory:
     /// 1 to 128 characters of `A-Z a-z 0-9 . _ -`, starting with a letter or
-    /// digit.
+    /// digit. A request may give a path instead (the launcher's producers
+    /// do); only its last component is kept here ([`extension_name`]). The
+    /// agent refuses a name with no directory of that name in its extensions
+    /// directory.
     pub extensions: Vec<String>,
     /// Page the browser opens first (`http(s)`, `about:` or `data:`).
     pub start_url: Option<String>,
@@ -117,6 +131,11 @@ pub struct CreateRequest {
     /// `A-Z a-z 0-9 . _ / -`; values at most 256 characters without control
     /// characters.
     pub labels: BTreeMap<String, String>,
+    /// When the requester stops waiting (RFC 3339, whole seconds on the wire):
+    /// an agent that takes the request later answers `session.failed`
+    /// (`startTimeout`) instead of starting a browser nobody waits for.
+    /// Agents that predate the field ignore it.
+    pub start_deadline: Option<Timestamp>,
 }
 
 /// A request to end a session.
@@ -126,7 +145,9 @@ pub struct DeleteRequest {
     pub session_id: SessionId,
     /// The producer's id for this request, echoed in replies.
     pub request_id: Option<RequestId>,
-    /// SQS queue for the `session.terminated` reply.
+    /// SQS queue for the `session.terminated` reply, which echoes
+    /// `request_id`. The create's targets are answered too; a target both
+    /// name gets one reply (see `agent::requesters`).
     pub reply_to: Option<ReplyQueueUrl>,
     /// HTTP callback for the `session.terminated` reply.
     pub callback_url: Option<CallbackUrl>,
@@ -182,6 +203,7 @@ fn read_v1(f: &Fields<'_>) -> Result<Inbound, Refusal> {
             reply_to: f.parsed("replyTo", ReplyQueueUrl::new)?,
             callback_url: f.parsed("callbackUrl", CallbackUrl::new)?,
             labels: f.labels("labels")?,
+            start_deadline: f.timestamp("startDeadline")?,
         })),
         "delete" => Ok(Inbound::Delete(DeleteRequest {
             session_id: f
@@ -210,8 +232,17 @@ fn reply_target(f: &Fields<'_>) -> Option<Box<ReplyTarget>> {
                 f.text_or_integer("session_id")
                     .and_then(|s| SessionId::new(s).ok())
             }),
+        labels: f
+            .text_or_integer("requester_id")
+            .filter(|r| !r.is_empty() && is_label_value(r))
+            .map(|r| (legacy::REQUESTER_LABEL.to_owned(), r))
+            .into_iter()
+            .collect(),
     };
-    target.has_destination().then(|| Box::new(target))
+    // A destination named but malformed is no one to answer; none named at
+    // all leaves the answer to the fleet's default targets, if it has any.
+    let names_none = f.get("replyTo").is_none() && f.get("callbackUrl").is_none();
+    (target.has_destination() || names_none).then(|| Box::new(target))
 }
 
 /// Why a message was refused, before its reply target is attached.
@@ -372,20 +403,33 @@ impl<'a> Fields<'a> {
         })
     }
 
+    /// Extension names, each given as a name or as a path whose last
+    /// component is one (see [`extension_name`]); only the names are kept.
     fn extensions(&self, key: &str) -> Result<Vec<String>, Refusal> {
-        self.strings(key, MAX_EXTENSIONS, |name| {
-            if is_extension_name(name) {
-                Ok(())
-            } else {
-                Err("must be 1 to 128 characters of A-Z a-z 0-9 . _ -, starting with a letter or digit".to_owned())
-            }
-        })
+        let given = self.strings(key, MAX_EXTENSIONS, |item| {
+            extension_name(item)
+                .map(|_| ())
+                .ok_or_else(|| EXTENSION_RULE.to_owned())
+        })?;
+        Ok(given
+            .iter()
+            .filter_map(|item| extension_name(item))
+            .map(str::to_owned)
+            .collect())
     }
 
     fn start_url(&self, key: &str) -> Result<Option<String>, Refusal> {
         self.parsed(key, |url| {
             check_start_url(&url)?;
             Ok(url)
+        })
+    }
+
+    fn timestamp(&self, key: &str) -> Result<Option<Timestamp>, Refusal> {
+        self.parsed(key, |text| {
+            text.parse::<Timestamp>().map_err(|_| InvalidValue {
+                reason: "must be an RFC 3339 time, e.g. 2025-01-02T03:04:05Z",
+            })
         })
     }
 
@@ -453,6 +497,29 @@ fn json_kind(value: &Value) -> &'static str {
     }
 }
 
+/// What an `extensions` item may be, as refusals say it (the agent's
+/// refusal of a name missing from its extensions directory says it too).
+pub const EXTENSION_RULE: &str = "must name an unpacked extension in the fleet's extensions \
+    directory: a name of 1 to 128 characters of A-Z a-z 0-9 . _ - starting with a letter or \
+    digit (adblock), or a path whose last component is one (/opt/ext/adblock, \
+    C:\\ext\\adblock); the agent loads only <extensionsDir>/<name>";
+
+/// The extension an `extensions` item names: the item itself when it is an
+/// extension name, or the last component of a Unix or Windows path (`/` and
+/// `\` both separate; trailing separators are dropped), when that is one.
+/// The rest of a path is never used: nothing outside the agent's extensions
+/// directory is loaded. `.`, `..`, an empty last component, control
+/// characters anywhere (NUL among them) and items longer than
+/// [`MAX_EXTENSION_PATH_LEN`] name nothing.
+pub fn extension_name(item: &str) -> Option<&str> {
+    if item.len() > MAX_EXTENSION_PATH_LEN || item.chars().any(char::is_control) {
+        return None;
+    }
+    let trimmed = item.trim_end_matches(['/', '\\']);
+    let name = trimmed.rsplit(['/', '\\']).next().unwrap_or(trimmed);
+    is_extension_name(name).then_some(name)
+}
+
 fn is_extension_name(name: &str) -> bool {
     name.len() <= MAX_EXTENSION_NAME_LEN
         && name
@@ -514,6 +581,8 @@ struct CreateWire<'a> {
     callback_url: Option<&'a CallbackUrl>,
     #[serde(skip_serializing_if = "BTreeMap::is_empty")]
     labels: &'a BTreeMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    start_deadline: Option<String>,
 }
 
 impl<'a> From<&'a CreateRequest> for CreateWire<'a> {
@@ -534,6 +603,7 @@ impl<'a> From<&'a CreateRequest> for CreateWire<'a> {
             reply_to: c.reply_to.as_ref(),
             callback_url: c.callback_url.as_ref(),
             labels: &c.labels,
+            start_deadline: c.start_deadline.map(|t| t.to_string()),
         }
     }
 }
@@ -615,6 +685,7 @@ mod tests {
             "replyTo": QUEUE,
             "callbackUrl": HOOK,
             "labels": {"team": "a", "example.com/run": "42"},
+            "startDeadline": "2025-01-02T03:04:05Z",
         })
     }
 
@@ -639,6 +710,7 @@ mod tests {
                 ("example.com/run".to_owned(), "42".to_owned()),
                 ("team".to_owned(), "a".to_owned()),
             ]),
+            start_deadline: "2025-01-02T03:04:05Z".parse().ok(),
         }
     }
 
@@ -930,7 +1002,7 @@ mod tests {
             (json!({"args": ["--a", "--b", "--c", 4]}), "args[3]"),
             (json!({"args": ["x".repeat(4097)]}), "args[0]"),
             (json!({"extensions": vec!["e"; 33]}), "extensions"),
-            (json!({"extensions": ["ok", "../evil"]}), "extensions[1]"),
+            (json!({"extensions": ["ok", "evil/.."]}), "extensions[1]"),
             (json!({"extensions": [".hidden"]}), "extensions[0]"),
             (json!({"labels": ["a"]}), "labels"),
             (json!({"labels": {"bad key": "v"}}), "labels[\"bad key\"]"),
@@ -966,6 +1038,79 @@ mod tests {
     }
 
     #[test]
+    fn an_extension_path_is_kept_as_its_last_component_in_either_shape() {
+        let given = json!([
+            "adblock",
+            "/opt/ext/recorder.v2",
+            "C:\\ext\\win_ext",
+            "./rel-ext/",
+            "ext\\trailing\\",
+            "/mixed\\sep/last",
+            "~/Extensions/a//b",
+        ]);
+        let names = [
+            "adblock",
+            "recorder.v2",
+            "win_ext",
+            "rel-ext",
+            "trailing",
+            "last",
+            "b",
+        ];
+        let v1 = create(json!({"version": 1, "action": "create", "extensions": given}));
+        assert_eq!(v1.extensions, names);
+        let legacy = create(json!({"id": "job-1", "extensions": given}));
+        assert_eq!(legacy.extensions, names);
+        // The launcher's own example request.
+        assert_eq!(
+            create(json!({"id": "job-2", "extensions": ["/path/to/extension"]})).extensions,
+            ["extension"]
+        );
+    }
+
+    #[test]
+    fn an_extension_item_naming_no_extension_is_refused_saying_what_is_accepted() {
+        for item in [
+            "",
+            "/",
+            "\\",
+            ".",
+            "..",
+            "/opt/ext/..",
+            "C:\\ext\\.",
+            "/opt/ext/.hidden",
+            "C:adblock",
+            "/opt/ext/ad block",
+            "/opt/ext/ad\u{0}block",
+            "/opt/\u{0}/adblock",
+            "/opt/ext/\u{e9}t\u{e9}",
+        ] {
+            for message in [
+                json!({"version": 1, "action": "create", "extensions": ["ok", item]}),
+                json!({"id": "j", "extensions": ["ok", item]}),
+            ] {
+                match parse(message) {
+                    Err(MessageError::Invalid { field, message, .. }) => {
+                        assert_eq!(field, "extensions[1]", "{item:?}");
+                        assert_eq!(message, EXTENSION_RULE, "{item:?}");
+                    }
+                    other => panic!("{item:?}: {other:?}"),
+                }
+            }
+        }
+        assert!(EXTENSION_RULE.contains("/opt/ext/adblock"));
+        assert!(EXTENSION_RULE.contains("extensions directory"));
+        let long_path = format!("/{}/adblock", "d".repeat(MAX_EXTENSION_PATH_LEN));
+        assert_eq!(extension_name(&long_path), None);
+        let longest_name = "e".repeat(MAX_EXTENSION_NAME_LEN);
+        assert_eq!(
+            extension_name(&format!("/x/{longest_name}")),
+            Some(longest_name.as_str())
+        );
+        assert_eq!(extension_name(&format!("/x/{longest_name}e")), None);
+    }
+
+    #[test]
     fn limits_themselves_are_accepted() {
         let parsed = create(json!({
             "version": 1, "action": "create",
@@ -996,6 +1141,7 @@ mod tests {
                 callback_url: CallbackUrl::new(HOOK).ok(),
                 request_id: RequestId::new("r-1").ok(),
                 session_id: SessionId::new("s-1").ok(),
+                labels: Default::default(),
             })
         );
     }
@@ -1003,7 +1149,7 @@ mod tests {
     #[test]
     fn reply_targets_come_from_either_shape_and_any_refusal() {
         let legacy =
-            parse(json!({"id": 12, "session_id": "l-1", "ttl_minutes": -1, "callbackUrl": HOOK}))
+            parse(json!({"id": 12, "session_id": "l-1", "requester_id": 7, "ttl_minutes": -1, "callbackUrl": HOOK}))
                 .expect_err("invalid ttl");
         assert_eq!(
             legacy.reply_target(),
@@ -1012,6 +1158,7 @@ mod tests {
                 callback_url: CallbackUrl::new(HOOK).ok(),
                 request_id: RequestId::new("12").ok(),
                 session_id: SessionId::new("l-1").ok(),
+                labels: [("requester".to_owned(), "7".to_owned())].into(),
             })
         );
         let version = parse(json!({"version": 3, "replyTo": QUEUE})).expect_err("v3");
@@ -1025,9 +1172,18 @@ mod tests {
     }
 
     #[test]
-    fn no_reply_target_without_a_well_formed_destination() {
+    fn a_message_naming_no_destination_leaves_it_to_the_fleet_defaults() {
+        let error =
+            parse(json!({"version": 1, "action": "create", "ttlSeconds": 0, "requestId": "r"}))
+                .expect_err("invalid ttl");
+        let target = error.reply_target().expect("the ids, for a default target");
+        assert!(!target.has_destination());
+        assert_eq!(target.request_id, RequestId::new("r").ok());
+    }
+
+    #[test]
+    fn no_reply_target_when_the_destination_named_is_malformed() {
         for message in [
-            json!({"version": 1, "action": "create", "ttlSeconds": 0, "requestId": "r"}),
             json!({"version": 1, "action": "create", "replyTo": "https://example.com/x"}),
             json!({"version": 1, "action": "create", "ttlSeconds": 0, "callbackUrl": "javascript:x"}),
         ] {

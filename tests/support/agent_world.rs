@@ -11,6 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use browserfleet::agent::config::{AgentConfig, AgentSettings};
+use browserfleet::agent::intake::IntakeOptions;
 use browserfleet::agent::{RunOptions, RunningAgent};
 use browserfleet::cloud::{
     OutgoingMessage, QueueDefinition, QueueUrl, Queues, ReceiveOptions, Sqs,
@@ -44,6 +45,8 @@ pub struct AgentWorld {
     pub replies: QueueUrl,
     pub state_dir: tempfile::TempDir,
     pub config: Value,
+    /// The reply queue's definition, for other requesters' queues.
+    reply_definition: QueueDefinition,
 }
 
 impl AgentWorld {
@@ -62,6 +65,7 @@ impl AgentWorld {
         let mut reply = QueueDefinition::events_for(&fleet);
         reply.name = format!("{}-replies", reply.name.trim_end_matches("-events"));
         let replies = sqs.ensure_queue(&reply).await.expect("reply queue");
+        let reply_definition = reply;
         let (first, last) = port_range(slots + 4);
         let state_dir = tempfile::tempdir().expect("state dir");
         let config = json!({
@@ -93,22 +97,73 @@ impl AgentWorld {
             replies: replies.url,
             state_dir,
             config,
+            reply_definition,
         }
+    }
+
+    /// The reply queue of another requester, named after this world's and
+    /// `suffix`.
+    pub async fn another_reply_queue(&self, suffix: &str) -> QueueUrl {
+        let mut definition = self.reply_definition.clone();
+        let base: String = definition.name.chars().take(79 - suffix.len()).collect();
+        definition.name = format!("{base}-{suffix}");
+        self.sqs
+            .ensure_queue(&definition)
+            .await
+            .expect("another reply queue")
+            .url
+    }
+
+    /// The agent's extensions directory (the default, `<stateDir>/extensions`),
+    /// with an unpacked Manifest V3 extension of each of `names` in it.
+    pub fn install_extensions(&self, names: &[&str]) -> PathBuf {
+        let dir = self.state_dir.path().join("extensions");
+        for name in names {
+            let extension = dir.join(name);
+            std::fs::create_dir_all(&extension).expect("extension directory");
+            let manifest = json!({
+                "manifest_version": 3,
+                "name": format!("browserfleet test {name}"),
+                "version": "1.0",
+            });
+            std::fs::write(extension.join("manifest.json"), manifest.to_string())
+                .expect("manifest");
+        }
+        dir
     }
 
     /// Starts an agent on this world's configuration, polling the request
     /// queue every second so that tests do not wait out long polls.
     pub async fn start_agent(&self) -> RunningAgent<Sqs> {
+        self.start_agent_with(self.sqs.clone(), Self::test_intake())
+            .await
+    }
+
+    /// Starts an agent on this world's configuration with its own SQS client
+    /// (say, one whose `CallRecorder` counts only the agent's calls) and
+    /// intake pacing.
+    pub async fn start_agent_with(&self, sqs: Sqs, intake: IntakeOptions) -> RunningAgent<Sqs> {
         browserfleet::agent::start(
             self.settings(),
             None,
-            self.sqs.clone(),
+            sqs,
             RunOptions {
-                receive_wait: Some(Duration::from_secs(1)),
+                intake,
+                ..Default::default()
             },
         )
         .await
         .expect("agent starts")
+    }
+
+    /// The intake of test agents: one-second long polls, and a full agent
+    /// receiving every second.
+    pub fn test_intake() -> IntakeOptions {
+        IntakeOptions {
+            wait: Duration::from_secs(1),
+            full_interval: Duration::from_secs(1),
+            ..IntakeOptions::default()
+        }
     }
 
     /// The agent's `GET /v1/state`, with the fleet token.
@@ -196,6 +251,12 @@ impl AgentWorld {
         .await
     }
 
+    /// Messages now on the dead-letter queue, visible or not.
+    pub async fn dead_lettered(&self) -> u64 {
+        let depth = self.sqs.depth(&self.dead_letter).await.expect("DLQ depth");
+        depth.visible + depth.in_flight + depth.delayed
+    }
+
     /// Messages now on the request queue, visible or not.
     pub async fn queued_requests(&self) -> u64 {
         let depth = self.sqs.depth(&self.requests).await.expect("depth");
@@ -243,6 +304,37 @@ pub async fn next_message(
     panic!("no matching message on {queue} within {deadline:?}");
 }
 
+/// Asserts that no message on `queue` for which `pick` holds arrives within
+/// `window` (messages seen are given back at once).
+pub async fn assert_no_message(
+    sqs: &Sqs,
+    queue: &QueueUrl,
+    window: Duration,
+    pick: impl Fn(&Value) -> bool,
+) {
+    let started = Instant::now();
+    while started.elapsed() < window {
+        let messages = sqs
+            .receive(
+                queue,
+                ReceiveOptions {
+                    max_messages: 10,
+                    wait: Duration::from_secs(1),
+                    visibility: Some(Duration::from_secs(30)),
+                },
+            )
+            .await
+            .expect("receive");
+        for message in messages {
+            let value: Value = serde_json::from_str(&message.body).unwrap_or(Value::Null);
+            assert!(!pick(&value), "unexpected message on {queue}: {value}");
+            sqs.change_visibility(queue, &message.receipt, Duration::ZERO)
+                .await
+                .expect("give back");
+        }
+    }
+}
+
 /// Ends `sessions` (a stopped agent leaves its browsers for the next agent
 /// to re-adopt) and stops the agent.
 pub async fn end_and_stop(running: RunningAgent<Sqs>, sessions: &[&str]) {
@@ -262,6 +354,16 @@ pub async fn end_session(running: &RunningAgent<Sqs>, id: &str) {
             false,
         )
         .await;
+}
+
+/// The value of one series on the agent's `/metrics`, named as the text
+/// writes it (`browserfleet_agent_failures_total{reason="cancelled"}`);
+/// `None` when the agent does not show it.
+pub async fn metric(running: &RunningAgent<Sqs>, series: &str) -> Option<f64> {
+    let (_, text) =
+        super::http::call("GET", &format!("http://{}/metrics", running.address), None).await;
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Waits until `condition` holds, or panics with `what` at the deadline.

@@ -11,6 +11,7 @@ pub mod launch_world;
 pub mod moto;
 pub mod node_world;
 pub mod operator_world;
+pub mod tools;
 
 use std::time::Duration;
 

@@ -7,7 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
-use browserfleet::api::BrowserFleet;
+use browserfleet::api::{BrowserFleet, BrowserSession};
 use browserfleet::cloud::{
     Aws, Compute, Ec2Compute, FleetId, FleetInstance, OutgoingMessage, QueueDefinition, QueueUrl,
     Queues, ReceiveOptions, Sqs,
@@ -112,18 +112,69 @@ impl OperatorWorld {
         settings: Settings,
         election: Option<LeaderElection>,
     ) -> OperatorHandle {
+        let namespace = Some(self.cluster.ns.clone());
+        self.launch_operator(
+            self.cluster.client.clone(),
+            namespace,
+            settings,
+            election,
+            self.aws.clone(),
+        )
+        .await
+    }
+
+    /// Starts an operator with a client of the caller's (another user
+    /// agent, say) watching `namespace` (`None`: every namespace).
+    pub async fn start_operator_with(
+        &self,
+        client: kube::Client,
+        namespace: Option<String>,
+        settings: Settings,
+        election: Option<LeaderElection>,
+    ) -> OperatorHandle {
+        self.launch_operator(client, namespace, settings, election, self.aws.clone())
+            .await
+    }
+
+    /// Starts an operator for this world's namespace with AWS clients of
+    /// its own (so that its `CallRecorder` counts its calls alone).
+    pub async fn start_operator_with_aws(
+        &self,
+        settings: Settings,
+        election: Option<LeaderElection>,
+        aws: Aws,
+    ) -> OperatorHandle {
+        let namespace = Some(self.cluster.ns.clone());
+        self.launch_operator(
+            self.cluster.client.clone(),
+            namespace,
+            settings,
+            election,
+            aws,
+        )
+        .await
+    }
+
+    async fn launch_operator(
+        &self,
+        client: kube::Client,
+        namespace: Option<String>,
+        settings: Settings,
+        election: Option<LeaderElection>,
+        aws: Aws,
+    ) -> OperatorHandle {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (started, running) = tokio::sync::oneshot::channel::<Running>();
         let options = OperatorOptions {
-            namespace: Some(self.cluster.ns.clone()),
+            namespace,
             settings,
             listen: Some("127.0.0.1:0".parse().unwrap()),
             leader_election: election,
             cluster: Some(self.cluster_name()),
         };
         let task = tokio::spawn(run(
-            self.cluster.client.clone(),
-            self.aws.clone(),
+            client,
+            aws,
             options,
             async move {
                 let _ = stopped.await;
@@ -253,6 +304,97 @@ impl OperatorWorld {
         );
     }
 
+    /// A BrowserSession manifest on this world's fleet; `spec` adds to (or
+    /// replaces) the fields of its spec.
+    pub fn session(&self, name: &str, spec: Value) -> Value {
+        let mut manifest = json!({
+            "apiVersion": "browserfleet.io/v1alpha1",
+            "kind": "BrowserSession",
+            "metadata": {"name": name},
+            "spec": {"fleetRef": {"name": self.name}, "ttlSeconds": 300},
+        });
+        if let (Some(base), Value::Object(extra)) = (manifest["spec"].as_object_mut(), spec) {
+            base.extend(extra);
+        }
+        manifest
+    }
+
+    /// The session API of this world's namespace.
+    pub fn sessions(&self) -> Api<BrowserSession> {
+        self.cluster.api()
+    }
+
+    /// Creates or updates a session by server-side apply.
+    pub async fn apply_session(&self, manifest: &Value) {
+        let name = manifest["metadata"]["name"].as_str().expect("named");
+        self.sessions()
+            .patch(
+                name,
+                &PatchParams::apply("e2e-test").force(),
+                &Patch::Apply(manifest),
+            )
+            .await
+            .expect("session applied");
+    }
+
+    /// Waits until `check` holds for session `name`, and returns it; on
+    /// timeout, fails showing its last status.
+    pub async fn wait_for_session(
+        &self,
+        name: &str,
+        what: &str,
+        check: impl Fn(&BrowserSession) -> bool,
+    ) -> BrowserSession {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        let mut last = None;
+        while tokio::time::Instant::now() < deadline {
+            if let Ok(session) = self.sessions().get(name).await {
+                if check(&session) {
+                    return session;
+                }
+                last = Some(session);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "session {name}: {what}: not within {WAIT:?}; its status was {:#?}",
+            last.and_then(|s| s.status)
+        );
+    }
+
+    /// The token the fleet's agents accept, from the fleet's Secret.
+    pub async fn fleet_token(&self) -> String {
+        self.fleet_secret("fleetToken").await
+    }
+
+    /// Key `key` of the fleet's Secret (`fleetToken`, `callbackSecret`).
+    pub async fn fleet_secret(&self, key: &str) -> String {
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = self.cluster.api();
+        let secret = secrets
+            .get(&browserfleet::operator::secrets::secret_name(&self.name))
+            .await
+            .expect("fleet Secret");
+        String::from_utf8(secret.data.expect("data")[key].0.clone()).expect("UTF-8")
+    }
+
+    /// Deletes session `name`.
+    pub async fn delete_session(&self, name: &str) {
+        self.sessions()
+            .delete(name, &DeleteParams::default())
+            .await
+            .expect("session deleted");
+    }
+
+    /// Whether the fleet is gone.
+    pub async fn fleet_gone(&self) -> bool {
+        matches!(self.fleets().get_opt(&self.name).await, Ok(None))
+    }
+
+    /// Whether session `name` is gone.
+    pub async fn session_gone(&self, name: &str) -> bool {
+        matches!(self.sessions().get_opt(name).await, Ok(None))
+    }
+
     /// The fleet's identity in AWS.
     pub async fn fleet_id(&self) -> FleetId {
         let fleet = self.get().await;
@@ -320,6 +462,18 @@ impl OperatorWorld {
             .expect("send requests");
         assert!(outcome.failed.is_empty(), "{:?}", outcome.failed);
     }
+}
+
+/// A session's phase (`Pending` before it has a status).
+pub fn phase(session: &BrowserSession) -> browserfleet::api::session::SessionPhase {
+    session.status.as_ref().map(|s| s.phase).unwrap_or_default()
+}
+
+/// A check that a session is in `wanted`.
+pub fn in_phase(
+    wanted: browserfleet::api::session::SessionPhase,
+) -> impl Fn(&BrowserSession) -> bool {
+    move |s| phase(s) == wanted
 }
 
 /// The fleet's condition `type_`, as (status, reason).

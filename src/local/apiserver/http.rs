@@ -20,6 +20,7 @@ use super::selectors::{FieldSelector, LabelSelector};
 use super::status::ApiError;
 use super::store::{Change, DeleteOptions, Part};
 use super::{openapi, schema, table};
+use super::{protobuf, requests};
 
 /// kube-apiserver refuses bodies over 3 MiB.
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
@@ -33,13 +34,29 @@ const MAX_WATCH_SECONDS: u64 = 24 * 3600;
 /// The version this server claims to be.
 const SERVER_VERSION: (&str, &str) = ("1", "33");
 
-/// Entry point for every request.
+/// Entry point for every request: routes it and records it in the
+/// server's request log.
 pub async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response {
-    match route(server, request).await {
+    let user_agent = request
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let path = request.uri().path().trim_end_matches('/');
+    let query = parse_query(request.uri().query().unwrap_or_default()).unwrap_or_default();
+    let target = requests::request_target(request.method(), path, &query);
+    let mut writes = Vec::new();
+    let response = match route(server.clone(), request, &mut writes).await {
         Ok(response) => response,
         Err(error) => error.into_response(),
-    }
+    };
+    server.record(user_agent, target, &writes, response.status().as_u16());
+    response
 }
+
+/// An object a request wrote, and what it replaced (`None` for a create),
+/// for the admission checks the request log holds.
+pub type Written = (Value, Option<Value>);
 
 fn json_response(code: StatusCode, value: &Value) -> Response {
     (code, axum::Json(value.clone())).into_response()
@@ -67,7 +84,11 @@ fn page_not_found() -> Response {
         .into_response()
 }
 
-async fn route(server: Arc<Server>, request: Request) -> Result<Response, ApiError> {
+async fn route(
+    server: Arc<Server>,
+    request: Request,
+    writes: &mut Vec<Written>,
+) -> Result<Response, ApiError> {
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().trim_end_matches('/').to_owned();
     let query = parse_query(parts.uri.query().unwrap_or_default())?;
@@ -174,13 +195,19 @@ async fn route(server: Arc<Server>, request: Request) -> Result<Response, ApiErr
                 server
                     .lock()
                     .create(&target.rt, target.namespace.as_deref(), object, dry_run)?;
-            Ok(json_response(StatusCode::CREATED, &created))
+            let response = json_response(StatusCode::CREATED, &created);
+            writes.push((created, None));
+            Ok(response)
         }
         (&Method::PUT, Some(name)) => {
             let object = decode(&body, &content_type, &target.rt)?;
             check_strict(strict, &target.rt, &object)?;
             let part = part_of(&target)?;
-            let updated = server.lock().replace(
+            let mut store = server.lock();
+            let old = store
+                .get(&target.rt, target.namespace.as_deref(), name)
+                .ok();
+            let updated = store.replace(
                 &target.rt,
                 target.namespace.as_deref(),
                 name,
@@ -188,24 +215,31 @@ async fn route(server: Arc<Server>, request: Request) -> Result<Response, ApiErr
                 part,
                 dry_run,
             )?;
-            ok(updated)
+            drop(store);
+            let response = json_response(StatusCode::OK, &updated);
+            writes.push((updated, old));
+            Ok(response)
         }
         (&Method::PATCH, Some(name)) => {
             let patch_type = PatchType::from_content_type(&content_type)?;
             let flags = PatchFlags { dry_run, strict };
-            let (code, object) =
+            let (code, object, old) =
                 apply_patch(&server, &target, name, patch_type, &body, &query, flags)?;
-            Ok(json_response(code, &object))
+            let response = json_response(code, &object);
+            writes.push((object, old));
+            Ok(response)
         }
         (&Method::DELETE, Some(name)) => {
-            let options = delete_options(&body, &query)?;
+            let options = delete_options(&body, &content_type, &query)?;
             let deleted =
                 server
                     .lock()
                     .delete(&target.rt, target.namespace.as_deref(), name, &options)?;
             ok(deleted)
         }
-        (&Method::DELETE, None) => delete_collection(&server, &target, &body, &query),
+        (&Method::DELETE, None) => {
+            delete_collection(&server, &target, &body, &content_type, &query)
+        }
         (method, _) => Err(ApiError::method_not_allowed(method.as_str())),
     }
 }
@@ -299,6 +333,11 @@ fn decode(body: &[u8], content_type: &str, rt: &ResourceType) -> Result<Value, A
                 rt.kind
             ))
         })?,
+        protobuf::MEDIA_TYPE => match protobuf::decode(body, &rt.kind) {
+            Ok(Some(value)) => value,
+            Ok(None) => return Err(ApiError::unsupported_media_type(media)),
+            Err(e) => return Err(ApiError::bad_request(e.to_string())),
+        },
         other => return Err(ApiError::unsupported_media_type(other)),
     };
     if !value.is_object() {
@@ -331,9 +370,18 @@ fn decode(body: &[u8], content_type: &str, rt: &ResourceType) -> Result<Value, A
     Ok(value)
 }
 
-fn delete_options(body: &[u8], query: &HashMap<String, String>) -> Result<DeleteOptions, ApiError> {
+fn delete_options(
+    body: &[u8],
+    content_type: &str,
+    query: &HashMap<String, String>,
+) -> Result<DeleteOptions, ApiError> {
+    let media = content_type.split(';').next().unwrap_or_default().trim();
     let from_body: Value = if body.is_empty() {
         json!({})
+    } else if media == protobuf::MEDIA_TYPE {
+        protobuf::decode(body, "DeleteOptions")
+            .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
+            .unwrap_or_else(|| json!({}))
     } else {
         serde_json::from_slice(body)
             .map_err(|e| ApiError::bad_request(format!("invalid DeleteOptions: {e}")))?
@@ -473,10 +521,11 @@ fn delete_collection(
     server: &Server,
     target: &Target,
     body: &[u8],
+    content_type: &str,
     query: &HashMap<String, String>,
 ) -> Result<Response, ApiError> {
     let (labels, fields) = selectors(query)?;
-    let options = delete_options(body, query)?;
+    let options = delete_options(body, content_type, query)?;
     let mut store = server.lock();
     let (items, _) = store.list(&target.rt, target.namespace.as_deref(), None, None, |o| {
         labels.matches(o) && fields.matches(o)
@@ -511,7 +560,7 @@ fn apply_patch(
     body: &[u8],
     query: &HashMap<String, String>,
     flags: PatchFlags,
-) -> Result<(StatusCode, Value), ApiError> {
+) -> Result<(StatusCode, Value, Option<Value>), ApiError> {
     let PatchFlags { dry_run, strict } = flags;
     let part = part_of(target)?;
     let rt = &target.rt;
@@ -537,21 +586,23 @@ fn apply_patch(
                 object["metadata"]["name"] = json!(name);
                 store
                     .create(rt, ns, object, dry_run)
-                    .map(|o| (StatusCode::CREATED, o))
+                    .map(|o| (StatusCode::CREATED, o, None))
             }
             Err(e) => Err(e),
             Ok(mut live) => {
+                let old = live.clone();
                 // Unconditional unless the configuration names a resourceVersion.
                 patch::apply(&mut live, &applied, manager, &now);
                 store
                     .replace(rt, ns, name, live, part, dry_run)
-                    .map(|o| (StatusCode::OK, o))
+                    .map(|o| (StatusCode::OK, o, Some(old)))
             }
         };
     }
     let patch_doc: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
     let mut object = store.get(rt, ns, name)?;
+    let old = object.clone();
     let current_rv = object["metadata"]["resourceVersion"].clone();
     match patch_type {
         PatchType::Json => patch::json_patch(&mut object, &patch_doc)?,
@@ -579,7 +630,7 @@ fn apply_patch(
     }
     store
         .replace(rt, ns, name, object, part, dry_run)
-        .map(|o| (StatusCode::OK, o))
+        .map(|o| (StatusCode::OK, o, Some(old)))
 }
 
 fn watch(

@@ -12,11 +12,15 @@
 //! collection, namespaces, patches, and watches with bookmarks and 410 Gone.
 //! What it simplifies is said where it happens (server-side apply in
 //! [`patch`], list snapshots in [`http`], storage versions in [`store`]).
+//! It authorizes nothing, but logs every request in RBAC terms
+//! ([`requests`]), so tests can hold a client's requests against roles.
 
 mod go_regexp;
 mod http;
 mod openapi;
 mod patch;
+mod protobuf;
+pub mod requests;
 mod resources;
 mod schema;
 mod selectors;
@@ -33,6 +37,8 @@ use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
 pub use self::go_regexp::go_regexp_error;
+use self::http::Written;
+use self::requests::{Origin, RecordedRequest, RequestLog, RequestTarget};
 use self::store::Store;
 
 /// How many changes watches can resume from; older resourceVersions get
@@ -42,13 +48,59 @@ pub const HISTORY_LIMIT: usize = 20_000;
 /// Shared state of a running server.
 pub struct Server {
     store: Mutex<Store>,
+    requests: Mutex<RequestLog>,
 }
 
 impl Server {
     fn new() -> Self {
         Self {
             store: Mutex::new(Store::new(HISTORY_LIMIT)),
+            requests: Mutex::new(RequestLog::default()),
         }
+    }
+
+    fn request_log(&self) -> MutexGuard<'_, RequestLog> {
+        match self.requests.lock() {
+            Ok(guard) => guard,
+            Err(poisoned) => poisoned.into_inner(),
+        }
+    }
+
+    /// Logs a served request and the admission checks for what it wrote.
+    fn record(
+        &self,
+        user_agent: Option<String>,
+        target: RequestTarget,
+        writes: &[Written],
+        code: u16,
+    ) {
+        let mut checks = Vec::new();
+        if let RequestTarget::Resource(attributes) = &target {
+            let store = self.lock();
+            for (new, old) in writes {
+                checks.extend(requests::owner_reference_checks(
+                    attributes,
+                    new,
+                    old.as_ref(),
+                    store.types(),
+                ));
+            }
+        }
+        let mut log = self.request_log();
+        for check in checks {
+            log.push(RecordedRequest {
+                user_agent: user_agent.clone(),
+                target: RequestTarget::Resource(check),
+                origin: Origin::OwnerReferenceAdmission,
+                code,
+            });
+        }
+        log.push(RecordedRequest {
+            user_agent,
+            target,
+            origin: Origin::Request,
+            code,
+        });
     }
 
     fn lock(&self) -> MutexGuard<'_, Store> {
@@ -174,6 +226,24 @@ impl DevApiServer {
     /// etcd compaction and an API server restart.
     pub fn forget_history(&self) {
         self.server.lock().compact_and_drop_watches();
+    }
+
+    /// Every request served since the start or the last
+    /// [`DevApiServer::clear_requests`], oldest first, with the admission
+    /// checks made for them (see [`requests`]); at most
+    /// [`requests::LOG_LIMIT`] (see [`DevApiServer::requests_dropped`]).
+    pub fn requests(&self) -> Vec<RecordedRequest> {
+        self.server.request_log().entries()
+    }
+
+    /// How many requests the log dropped past its limit.
+    pub fn requests_dropped(&self) -> u64 {
+        self.server.request_log().dropped()
+    }
+
+    /// Forgets the logged requests.
+    pub fn clear_requests(&self) {
+        self.server.request_log().clear();
     }
 
     /// A kubeconfig for this server.

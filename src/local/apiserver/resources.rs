@@ -27,6 +27,10 @@ pub struct ResourceType {
     pub categories: Vec<String>,
     /// Whether `/status` is a subresource (and the main resource ignores status).
     pub status_subresource: bool,
+    /// Whether objects carry a `metadata.generation` that changes with
+    /// everything outside metadata and status (custom resources, CRDs, and
+    /// built-in kinds whose controllers report an `observedGeneration`).
+    pub generation: bool,
     /// The structural schema of a CRD version; `None` for built-in kinds.
     pub schema: Option<Value>,
     /// `additionalPrinterColumns` of a CRD version.
@@ -95,30 +99,77 @@ fn builtin(
         short_names: short_names.iter().map(|s| (*s).to_owned()).collect(),
         categories: Vec::new(),
         status_subresource: false,
+        generation: false,
         schema: None,
         printer_columns: Vec::new(),
     }
 }
 
-/// The built-in kinds the operator and kubectl need.
+/// A built-in kind with a status subresource and a generation, in the
+/// `all` category when `in_all` (what `kubectl get all` shows).
+fn workload(
+    group: &str,
+    plural: &str,
+    kind: &str,
+    short_names: &[&str],
+    in_all: bool,
+) -> ResourceType {
+    let mut rt = builtin(group, "v1", plural, kind, true, short_names);
+    rt.status_subresource = true;
+    rt.generation = true;
+    if in_all {
+        rt.categories = vec!["all".to_owned()];
+    }
+    rt
+}
+
+/// The built-in kinds the operator, kubectl and Helm (for our chart) need,
+/// with kube-apiserver's short names, categories and scopes.
 pub fn builtins() -> Vec<ResourceType> {
     let mut namespaces = builtin("", "v1", "namespaces", "Namespace", false, &["ns"]);
     namespaces.status_subresource = true;
+    let mut services = workload("", "services", "Service", &["svc"], true);
+    // kube-apiserver bumps no generation for Services.
+    services.generation = false;
+    let mut crds = builtin(
+        "apiextensions.k8s.io",
+        "v1",
+        "customresourcedefinitions",
+        "CustomResourceDefinition",
+        false,
+        &["crd", "crds"],
+    );
+    crds.generation = true;
+    let rbac = "rbac.authorization.k8s.io";
     vec![
         namespaces,
         builtin("", "v1", "secrets", "Secret", true, &[]),
         builtin("", "v1", "configmaps", "ConfigMap", true, &["cm"]),
+        builtin("", "v1", "serviceaccounts", "ServiceAccount", true, &["sa"]),
+        services,
+        workload("apps", "deployments", "Deployment", &["deploy"], true),
+        workload(
+            "policy",
+            "poddisruptionbudgets",
+            "PodDisruptionBudget",
+            &["pdb"],
+            false,
+        ),
+        builtin(rbac, "v1", "clusterroles", "ClusterRole", false, &[]),
+        builtin(
+            rbac,
+            "v1",
+            "clusterrolebindings",
+            "ClusterRoleBinding",
+            false,
+            &[],
+        ),
+        builtin(rbac, "v1", "roles", "Role", true, &[]),
+        builtin(rbac, "v1", "rolebindings", "RoleBinding", true, &[]),
         builtin("", "v1", "events", "Event", true, &["ev"]),
         builtin("events.k8s.io", "v1", "events", "Event", true, &["ev"]),
         builtin("coordination.k8s.io", "v1", "leases", "Lease", true, &[]),
-        builtin(
-            "apiextensions.k8s.io",
-            "v1",
-            "customresourcedefinitions",
-            "CustomResourceDefinition",
-            false,
-            &["crd", "crds"],
-        ),
+        crds,
     ]
 }
 
@@ -268,6 +319,7 @@ pub fn from_crd(crd: &Value) -> Result<Vec<ResourceType>, Vec<Cause>> {
             short_names: strings(&spec["names"]["shortNames"]),
             categories: strings(&spec["names"]["categories"]),
             status_subresource: v["subresources"]["status"].is_object(),
+            generation: true,
             schema: Some(schema),
             printer_columns: v["additionalPrinterColumns"]
                 .as_array()

@@ -349,8 +349,8 @@ impl Store {
                 meta.remove(field);
             }
         }
+        // Like kube-apiserver's PrepareForCreate: status is the server's.
         if rt.status_subresource
-            && rt.is_custom()
             && let Some(map) = object.as_object_mut()
         {
             map.remove("status");
@@ -370,7 +370,7 @@ impl Store {
         }
         object["metadata"]["uid"] = json!(uuid::Uuid::new_v4().to_string());
         object["metadata"]["creationTimestamp"] = json!(now_rfc3339());
-        if rt.is_custom() || rt.plural == "customresourcedefinitions" {
+        if rt.generation {
             object["metadata"]["generation"] = json!(1);
         }
         if rt.plural == "namespaces" && rt.group.is_empty() {
@@ -577,7 +577,7 @@ impl Store {
         };
         self.check_finalizers(rt, &old, &object)?;
         self.admit(rt, &mut object, Some(&old))?;
-        if rt.is_custom() && generation_relevant(rt, &object) != generation_relevant(rt, &old) {
+        if rt.generation && generation_relevant(rt, &object) != generation_relevant(rt, &old) {
             let generation = old["metadata"]["generation"].as_i64().unwrap_or(1) + 1;
             object["metadata"]["generation"] = json!(generation);
         }

@@ -99,6 +99,7 @@ impl World {
                 registrations: BTreeMap::new(),
                 answers: BTreeMap::new(),
                 watching_since: at(0),
+                pending_sessions: 0,
             },
         }
     }

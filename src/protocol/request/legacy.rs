@@ -13,13 +13,27 @@
 //! | `ttl_minutes`   | `ttl`, in minutes: 1 to 10080 (7 days)               |
 //! | `proxy_config`  | `proxy`: `"host:port"`, `"scheme://user:pw@host:port"`, `{"server", "username", "password", "bypass"}` or `{"host", "port", …}` |
 //! | `chrome_args`   | `args` (sanitized later like any other request's)    |
-//! | `extensions`    | `extensions`                                         |
+//! | `extensions`    | `extensions`: names, or paths kept as their last component (below) |
 //!
 //! The shape has no profile, start URL or labels. It may carry the v1
 //! `replyTo` and `callbackUrl` fields, so a legacy producer can opt into
 //! replies without changing anything else. A delete reads `session_id`
 //! (required), `id`, `replyTo` and `callbackUrl`; other fields are ignored,
-//! as are unknown fields in both actions.
+//! as are unknown fields in both actions. The agent that ends the session
+//! answers a delete's `replyTo`/`callbackUrl` with `session.terminated`
+//! echoing its `id`, besides the create's targets (one reply to a target
+//! both name).
+//!
+//! The launcher loaded `extensions` from paths (`["/path/to/extension"]`);
+//! the agent loads only unpacked extensions of its own extensions directory.
+//! An item that is a path is read as the extension named by its last
+//! component (`/opt/ext/adblock`, `C:\ext\adblock` and `./adblock/` all
+//! name `adblock`; see [`super::extension_name`]), and only that name is
+//! kept: the rest of the path is never used. An item whose last component is
+//! no extension name (`..`, `.`, empty, control characters) is refused with
+//! a message saying what is accepted, and the agent refuses a name that its
+//! extensions directory has no unpacked extension of (`session.failed`,
+//! `invalidRequest`). v1 requests read `extensions` the same way.
 
 use std::collections::BTreeMap;
 
@@ -80,6 +94,7 @@ pub(super) fn read(f: &Fields<'_>) -> Result<Inbound, Refusal> {
         reply_to: f.parsed("replyTo", ReplyQueueUrl::new)?,
         callback_url: f.parsed("callbackUrl", CallbackUrl::new)?,
         labels,
+        start_deadline: None,
     }))
 }
 

@@ -1,0 +1,476 @@
+//! The BrowserSession reconciler end to end: a Kubernetes API (the
+//! development API server, or a real cluster through
+//! `BROWSERFLEET_TEST_KUBECONFIG`), moto, the operator in this process, and
+//! the node simulator running a real agent and real Chromium per instance.
+
+mod support;
+
+use std::time::Duration;
+
+use browserfleet::api::BrowserSession;
+use browserfleet::api::session::{SessionEndReason, SessionPhase};
+use browserfleet::cloud::{Queues, Sqs};
+use k8s_openapi::api::core::v1::Secret;
+use kube::ResourceExt;
+use kube::api::Api;
+use serde_json::{Value, json};
+
+use support::agent_world::{Cdp, evaluate_in_new_page, eventually, processes_with};
+use support::operator_world::{OperatorWorld, WAIT, in_phase, phase, test_settings};
+
+fn reason(session: &BrowserSession) -> Option<SessionEndReason> {
+    session.status.as_ref().and_then(|s| s.reason)
+}
+
+fn session_id(session: &BrowserSession) -> String {
+    format!("bs-{}", session.uid().expect("uid"))
+}
+
+/// A fleet of one instance with one slot: a second session waits on the
+/// queue while the first runs.
+fn one_slot_fleet(world: &OperatorWorld) -> Value {
+    let mut fleet = world.fleet(1, 1);
+    fleet["spec"]["capacity"]["sessionsPerInstance"] = json!(1);
+    fleet
+}
+
+async fn token_of(world: &OperatorWorld, session: &BrowserSession) -> String {
+    let name = session
+        .status
+        .as_ref()
+        .and_then(|s| s.credentials_secret.clone())
+        .expect("credentialsSecret");
+    let secrets: Api<Secret> = world.cluster.api();
+    let secret = secrets.get(&name).await.expect("credentials Secret");
+    String::from_utf8(secret.data.expect("data")["token"].0.clone()).expect("UTF-8")
+}
+
+async fn requests_left(world: &OperatorWorld) -> u64 {
+    let depth = Sqs::new(&world.aws)
+        .depth(&world.request_queue().await)
+        .await
+        .expect("depth");
+    depth.visible + depth.in_flight
+}
+
+/// Watches for `window` that no browser process of session `id` exists.
+async fn never_started(id: &str, window: Duration) {
+    let until = tokio::time::Instant::now() + window;
+    while tokio::time::Instant::now() < until {
+        let found = processes_with(id);
+        let commands: Vec<String> = found
+            .iter()
+            .map(|pid| {
+                let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+                String::from_utf8_lossy(&raw).replace('\0', " ")
+            })
+            .collect();
+        assert!(found.is_empty(), "a browser of {id} started: {commands:?}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The cells of a session's row in the server's Table (what `kubectl get
+/// bsess` prints): Name, Fleet, Phase, Instance, Expires, Age.
+async fn printed_row(world: &OperatorWorld, name: &str) -> Vec<String> {
+    let path = format!(
+        "/apis/browserfleet.io/v1alpha1/namespaces/{}/browsersessions/{name}",
+        world.cluster.ns
+    );
+    let request = http::Request::get(path)
+        .header(
+            "accept",
+            "application/json;as=Table;v=v1;g=meta.k8s.io,application/json",
+        )
+        .body(Vec::new())
+        .expect("request");
+    let table: Value = world.cluster.client.request(request).await.expect("table");
+    table["rows"][0]["cells"]
+        .as_array()
+        .expect("cells")
+        .iter()
+        .map(|c| {
+            c.as_str()
+                .map(str::to_owned)
+                .unwrap_or_else(|| c.to_string())
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_becomes_ready_and_serves_devtools_with_the_token_from_its_secret() {
+    let world = OperatorWorld::new("session-ready").await;
+    let _operator = world.start_operator(test_settings(), None).await;
+    let nodes = world.start_nodes(|_| {});
+    world.apply(&world.fleet(1, 2)).await;
+    world
+        .apply_session(&world.session("smoke", json!({})))
+        .await;
+
+    let session = world
+        .wait_for_session("smoke", "Ready", in_phase(SessionPhase::Ready))
+        .await;
+    assert!(
+        session
+            .finalizers()
+            .contains(&"browserfleet.io/session".to_owned())
+    );
+    let status = session.status.clone().unwrap();
+    assert_eq!(
+        status.session_id.as_deref(),
+        Some(session_id(&session).as_str())
+    );
+    assert!(status.instance_id.as_deref().unwrap().starts_with("i-"));
+    assert!(status.requested_at.is_some() && status.started_at.is_some());
+    assert!(status.expires_at.is_some());
+    let endpoints = status.endpoints.clone().expect("endpoints");
+    assert!(
+        endpoints
+            .web_socket_debugger_url
+            .starts_with("ws://127.0.0.1:"),
+        "{endpoints:?}"
+    );
+    assert!(
+        endpoints.http_url.starts_with("http://127.0.0.1:"),
+        "{endpoints:?}"
+    );
+
+    // `kubectl get bsess` columns, as the server prints them.
+    let table = printed_row(&world, "smoke").await;
+    assert_eq!(table[1], "fleet", "{table:?}");
+    assert_eq!(table[2], "Ready", "{table:?}");
+    assert_eq!(table[3], status.instance_id.clone().unwrap(), "{table:?}");
+    let expires: jiff::Timestamp = table[4].parse().expect("Expires is a time");
+    assert!(expires > jiff::Timestamp::now(), "{table:?}");
+    assert!(!table[5].is_empty() && table[5] != "<invalid>", "{table:?}");
+
+    // The token is in the session's own Secret, never in status.
+    let token = token_of(&world, &session).await;
+    assert!(token.len() >= 32);
+    assert!(!serde_json::to_string(&status).unwrap().contains(&token));
+    let secrets: Api<Secret> = world.cluster.api();
+    let secret = secrets
+        .get(status.credentials_secret.as_deref().unwrap())
+        .await
+        .unwrap();
+    assert_eq!(secret.owner_references()[0].uid, session.uid().unwrap());
+
+    // A CDP client connects with the token and evaluates JavaScript.
+    let url = format!("{}?token={token}", endpoints.web_socket_debugger_url);
+    let mut cdp = Cdp::connect(&url).await.expect("gateway admits the token");
+    assert_eq!(evaluate_in_new_page(&mut cdp, "6 * 7").await, json!(42));
+    drop(cdp);
+    // Without the token: 401.
+    let version = format!("{}json/version", endpoints.http_url);
+    assert_eq!(support::http::call("GET", &version, None).await.0, 401);
+    assert_eq!(
+        support::http::call("GET", &version, Some(&token)).await.0,
+        200
+    );
+
+    world.delete_session("smoke").await;
+    eventually("session gone", WAIT, || world.session_gone("smoke")).await;
+    nodes.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_ends_at_its_ttl_and_goes_with_its_secret_after_ttl_seconds_after_finished() {
+    let world = OperatorWorld::new("session-ttl").await;
+    let _operator = world.start_operator(test_settings(), None).await;
+    let nodes = world.start_nodes(|_| {});
+    world.apply(&world.fleet(1, 1)).await;
+    let manifest = world.session(
+        "brief",
+        json!({"ttlSeconds": 6, "ttlSecondsAfterFinished": 3}),
+    );
+    world.apply_session(&manifest).await;
+
+    let ready = world
+        .wait_for_session("brief", "Ready", in_phase(SessionPhase::Ready))
+        .await;
+    let id = session_id(&ready);
+    let secret = ready.status.clone().unwrap().credentials_secret.unwrap();
+    assert!(!processes_with(&id).is_empty(), "its browser runs");
+
+    let ended = world
+        .wait_for_session("brief", "Terminated", in_phase(SessionPhase::Terminated))
+        .await;
+    assert_eq!(reason(&ended), Some(SessionEndReason::Expired));
+    assert!(ended.status.clone().unwrap().finished_at.is_some());
+    eventually("browser gone", WAIT, || async {
+        processes_with(&id).is_empty()
+    })
+    .await;
+
+    eventually(
+        "session removed after ttlSecondsAfterFinished",
+        WAIT,
+        || world.session_gone("brief"),
+    )
+    .await;
+    let secrets: Api<Secret> = world.cluster.api();
+    eventually("its Secret went with it", WAIT, || async {
+        matches!(secrets.get_opt(&secret).await, Ok(None))
+    })
+    .await;
+    nodes.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deleting_a_ready_session_ends_its_browser_before_the_finalizer_goes() {
+    let world = OperatorWorld::new("session-delete").await;
+    let _operator = world.start_operator(test_settings(), None).await;
+    let nodes = world.start_nodes(|_| {});
+    world.apply(&world.fleet(1, 1)).await;
+    world
+        .apply_session(&world.session("doomed", json!({})))
+        .await;
+    let ready = world
+        .wait_for_session("doomed", "Ready", in_phase(SessionPhase::Ready))
+        .await;
+    let id = session_id(&ready);
+    assert!(!processes_with(&id).is_empty(), "its browser runs");
+
+    world.delete_session("doomed").await;
+    // Polled tightly: the moment the resource is gone, its browser is too.
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !world.session_gone("doomed").await {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "session not removed"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        processes_with(&id),
+        Vec::<u32>::new(),
+        "browser outlived its session"
+    );
+    nodes.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_deleted_while_queued_is_never_started_when_capacity_appears() {
+    let world = OperatorWorld::new("session-cancel").await;
+    let _operator = world.start_operator(test_settings(), None).await;
+    let nodes = world.start_nodes(|_| {});
+    world.apply(&one_slot_fleet(&world)).await;
+    world
+        .apply_session(&world.session("first", json!({})))
+        .await;
+    world
+        .wait_for_session("first", "Ready", in_phase(SessionPhase::Ready))
+        .await;
+
+    // The only slot is taken: the second waits on the queue.
+    world
+        .apply_session(&world.session("queued", json!({})))
+        .await;
+    let queued = world
+        .wait_for_session("queued", "Starting", in_phase(SessionPhase::Starting))
+        .await;
+    let id = session_id(&queued);
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert_eq!(
+        phase(&world.sessions().get("queued").await.unwrap()),
+        SessionPhase::Starting
+    );
+    world.delete_session("queued").await;
+    eventually("queued session gone", WAIT, || world.session_gone("queued")).await;
+
+    // Capacity appears: the agent takes the cancelled request and refuses it.
+    world.delete_session("first").await;
+    eventually("first session gone", WAIT, || world.session_gone("first")).await;
+    let watch = never_started(&id, Duration::from_secs(10));
+    let drained = eventually(
+        "the cancelled request was taken off the queue",
+        WAIT,
+        || async { requests_left(&world).await == 0 },
+    );
+    tokio::join!(watch, drained);
+    nodes.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_session_no_agent_starts_in_time_fails_and_is_never_started_later() {
+    let world = OperatorWorld::new("session-timeout").await;
+    let _operator = world.start_operator(test_settings(), None).await;
+    let nodes = world.start_nodes(|_| {});
+    world.apply(&one_slot_fleet(&world)).await;
+    world
+        .apply_session(&world.session("first", json!({})))
+        .await;
+    world
+        .wait_for_session("first", "Ready", in_phase(SessionPhase::Ready))
+        .await;
+
+    world
+        .apply_session(&world.session("impatient", json!({"startTimeoutSeconds": 3})))
+        .await;
+    let failed = world
+        .wait_for_session("impatient", "Failed", in_phase(SessionPhase::Failed))
+        .await;
+    assert_eq!(reason(&failed), Some(SessionEndReason::StartTimeout));
+    let id = session_id(&failed);
+
+    // A slot frees: the agent takes the stale request and refuses it.
+    world.delete_session("first").await;
+    let watch = never_started(&id, Duration::from_secs(10));
+    let drained = eventually(
+        "the stale request was taken off the queue",
+        WAIT,
+        || async { requests_left(&world).await == 0 },
+    );
+    tokio::join!(watch, drained);
+    assert_eq!(
+        phase(&world.sessions().get("impatient").await.unwrap()),
+        SessionPhase::Failed
+    );
+    nodes.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn what_the_fleet_forbids_fails_without_a_message_on_the_queue() {
+    let world = OperatorWorld::new("session-forbidden").await;
+    let _operator = world.start_operator(test_settings(), None).await;
+    let mut fleet = world.fleet(0, 1);
+    fleet["spec"]["agent"]["browser"]["blockedArgs"] = json!(["--disable-web-security"]);
+    fleet["spec"]["agent"]["sessions"] = json!({"defaultTtlSeconds": 300, "maxTtlSeconds": 600});
+    world.apply(&fleet).await;
+    world
+        .wait_for("queues created", |f| {
+            f.status.as_ref().and_then(|s| s.queues.as_ref()).is_some()
+        })
+        .await;
+
+    let cases = [
+        (
+            "blocked-arg",
+            json!({"args": ["--disable-web-security"]}),
+            "forbids",
+        ),
+        ("too-long", json!({"ttlSeconds": 601}), "hard maximum"),
+        (
+            "kept-profile",
+            json!({"profile": {"name": "p", "persistent": true}}),
+            "allowPersistent",
+        ),
+        (
+            "no-fleet",
+            json!({"fleetRef": {"name": "nowhere"}}),
+            "no BrowserFleet nowhere",
+        ),
+    ];
+    for (name, spec, _) in &cases {
+        world
+            .apply_session(&world.session(name, spec.clone()))
+            .await;
+    }
+    for (name, _, says) in &cases {
+        let failed = world
+            .wait_for_session(name, "Failed", in_phase(SessionPhase::Failed))
+            .await;
+        assert_eq!(reason(&failed), Some(SessionEndReason::Rejected), "{name}");
+        let message = failed.status.clone().unwrap().message.unwrap_or_default();
+        assert!(message.contains(says), "{name}: {message}");
+        assert!(
+            failed.status.clone().unwrap().requested_at.is_none(),
+            "{name}"
+        );
+    }
+    let messages = Sqs::new(&world.aws)
+        .receive(
+            &world.request_queue().await,
+            browserfleet::cloud::ReceiveOptions {
+                max_messages: 10,
+                wait: Duration::from_secs(1),
+                visibility: None,
+            },
+        )
+        .await
+        .expect("receive");
+    assert!(messages.is_empty(), "nothing enqueued: {messages:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_operator_restarted_between_enqueue_and_reply_makes_the_session_ready_once() {
+    let world = OperatorWorld::new("session-restart").await;
+    let operator = world.start_operator(test_settings(), None).await;
+    let nodes = world.start_nodes(|_| {});
+    world.apply(&one_slot_fleet(&world)).await;
+    world
+        .apply_session(&world.session("first", json!({})))
+        .await;
+    let first = world
+        .wait_for_session("first", "Ready", in_phase(SessionPhase::Ready))
+        .await;
+    world
+        .apply_session(&world.session("second", json!({})))
+        .await;
+    let second = world
+        .wait_for_session("second", "Starting", in_phase(SessionPhase::Starting))
+        .await;
+    let id = session_id(&second);
+
+    // The operator dies with the request on the queue (`Starting` is
+    // written just before the send).
+    eventually("the request on the queue", WAIT, || async {
+        requests_left(&world).await == 1
+    })
+    .await;
+    operator.kill();
+    // The slot frees behind its back (through the agent itself): the agent
+    // starts the second session and replies to the events queue, where the
+    // reply waits.
+    let fleet = world.get().await;
+    let instance = first.status.clone().unwrap().instance_id.unwrap();
+    let address = fleet
+        .status
+        .unwrap()
+        .instances
+        .into_iter()
+        .find(|i| i.instance_id == instance)
+        .and_then(|i| i.address)
+        .expect("registered address");
+    let end = format!("http://{address}/v1/sessions/{}", session_id(&first));
+    let token = world.fleet_token().await;
+    assert_eq!(
+        support::http::call("DELETE", &end, Some(&token)).await.0,
+        200
+    );
+    eventually("the second browser started", WAIT, || async {
+        !processes_with(&id).is_empty()
+    })
+    .await;
+    assert_eq!(
+        phase(&world.sessions().get("second").await.unwrap()),
+        SessionPhase::Starting
+    );
+
+    let _operator = world.start_operator(test_settings(), None).await;
+    let ready = world
+        .wait_for_session("second", "Ready", in_phase(SessionPhase::Ready))
+        .await;
+    assert_eq!(
+        ready.status.clone().unwrap().instance_id.as_deref(),
+        Some(instance.as_str())
+    );
+    let first = world
+        .wait_for_session("first", "Terminated", in_phase(SessionPhase::Terminated))
+        .await;
+    assert_eq!(reason(&first), Some(SessionEndReason::Deleted));
+    // Exactly one browser: one agent session on the one instance.
+    let state =
+        support::http::call("GET", &format!("http://{address}/v1/state"), Some(&token)).await;
+    let state: Value = serde_json::from_str(&state.1).expect("state");
+    let sessions: Vec<&str> = state["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(sessions, vec![id.as_str()], "{state:#}");
+    assert_eq!(world.instances().await.len(), 1);
+    assert_eq!(requests_left(&world).await, 0);
+    nodes.shutdown().await;
+}
