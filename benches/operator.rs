@@ -21,6 +21,7 @@
 
 #[path = "../tests/support/moto.rs"]
 mod moto;
+mod support;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -28,23 +29,21 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use aws_sdk_ec2::types::Filter;
 use browserfleet::api::BrowserFleet;
 use browserfleet::cloud::{
-    Aws, AwsSettings, CallKey, CallStats, Compute, Ec2Compute, FleetId, OutgoingMessage, QueueUrl,
-    Queues, Service, Sqs,
+    CallKey, CallStats, Compute, Ec2Compute, FleetId, OutgoingMessage, QueueUrl, Queues, Service,
+    Sqs,
 };
-use browserfleet::local::apiserver::DevApiServer;
 use browserfleet::operator::context::Settings;
-use browserfleet::operator::metrics::Metrics;
-use browserfleet::operator::run::{OperatorOptions, RunError, Running, run};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use support::{
+    Cluster, InProcess, loadavg, metric_sum, ms, percentile, proc_stat_ticks, scrape, status_kib,
+    until,
+};
 use tokio::io::AsyncBufReadExt;
 
 const CHROMIUM: &str = "/usr/bin/chromium";
@@ -80,15 +79,7 @@ const FOOTPRINT_QUEUE_POLL: &str = "30s";
 
 /// What every part runs against.
 struct World {
-    _server: DevApiServer,
-    kubeconfig: String,
-    client: Client,
-    /// The benchmark's own AWS clients; each operator gets its own, so that
-    /// its call recorder counts only the operator's calls.
-    aws: Aws,
-    image_id: String,
-    subnets: Vec<String>,
-    security_group: String,
+    cluster: Cluster,
     reply_queue: String,
 }
 
@@ -120,53 +111,10 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `/proc/loadavg`'s three load averages.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".to_owned())
-}
-
 impl World {
     async fn build() -> anyhow::Result<World> {
-        let server = DevApiServer::start().await?;
-        let client = server.client.clone();
-        install_crds(&client).await?;
-        let aws = Aws::load(AwsSettings::default()).await?;
-        let ec2 = aws_sdk_ec2::Client::new(aws.sdk_config());
-        let images = ec2.describe_images().owners("amazon").send().await?;
-        let image_id = images
-            .images()
-            .iter()
-            .find(|i| i.root_device_name().is_some())
-            .and_then(|i| i.image_id())
-            .context("moto ships default AMIs")?
-            .to_owned();
-        let subnets = ec2
-            .describe_subnets()
-            .filters(
-                Filter::builder()
-                    .name("default-for-az")
-                    .values("true")
-                    .build(),
-            )
-            .send()
-            .await?;
-        let mut subnets: Vec<String> = subnets
-            .subnets()
-            .iter()
-            .filter_map(|s| s.subnet_id())
-            .map(str::to_owned)
-            .collect();
-        subnets.sort();
-        subnets.truncate(2);
-        let group = ec2
-            .create_security_group()
-            .group_name("browserfleet-operator-bench")
-            .description("browserfleet operator benchmark")
-            .send()
-            .await?;
-        let sqs = aws_sdk_sqs::Client::new(aws.sdk_config());
+        let cluster = Cluster::start("operator").await?;
+        let sqs = aws_sdk_sqs::Client::new(cluster.aws.sdk_config());
         let reply_queue = sqs
             .create_queue()
             .queue_name("browserfleet-bench-replies")
@@ -176,13 +124,7 @@ impl World {
             .context("reply queue URL")?
             .to_owned();
         Ok(World {
-            kubeconfig: server.kubeconfig(),
-            _server: server,
-            client,
-            aws,
-            image_id,
-            subnets,
-            security_group: group.group_id().context("group id")?.to_owned(),
+            cluster,
             reply_queue,
         })
     }
@@ -197,10 +139,10 @@ impl World {
             "spec": {
                 "instance": {
                     "platform": "Linux",
-                    "image": {"imageId": self.image_id},
+                    "image": {"imageId": self.cluster.image_id},
                     "instanceTypes": ["m6i.large"],
-                    "subnetIds": self.subnets,
-                    "securityGroupIds": [self.security_group],
+                    "subnetIds": self.cluster.subnets,
+                    "securityGroupIds": [self.cluster.security_group],
                     "instanceProfile": moto::INSTANCE_PROFILE,
                 },
                 "capacity": {
@@ -223,55 +165,9 @@ impl World {
     }
 
     async fn namespace(&self, name: &str) -> anyhow::Result<Api<BrowserFleet>> {
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let mut namespace = Namespace::default();
-        namespace.metadata.name = Some(name.to_owned());
-        namespaces
-            .create(&PostParams::default(), &namespace)
-            .await?;
-        Ok(Api::namespaced(self.client.clone(), name))
+        self.cluster.create_namespace(name).await?;
+        Ok(Api::namespaced(self.cluster.client.clone(), name))
     }
-}
-
-async fn install_crds(client: &Client) -> anyhow::Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in browserfleet::api::crds() {
-        crds.create(&PostParams::default(), &crd).await?;
-        let name = crd.name_any();
-        until("CRD established", Duration::from_secs(30), || {
-            let crds = crds.clone();
-            let name = name.clone();
-            async move {
-                crds.get(&name)
-                    .await
-                    .ok()
-                    .and_then(|c| c.status)
-                    .and_then(|s| s.conditions)
-                    .is_some_and(|c| {
-                        c.iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                    })
-            }
-        })
-        .await?;
-    }
-    Ok(())
-}
-
-/// Waits until `check` holds, polling every 200 ms, for at most `deadline`.
-async fn until<F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        if started.elapsed() > deadline {
-            bail!("{what}: not within {deadline:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
 }
 
 async fn apply(fleets: &Api<BrowserFleet>, manifest: &Value) -> anyhow::Result<()> {
@@ -381,86 +277,6 @@ impl Drop for Changes {
     }
 }
 
-/// An operator running in this process.
-struct InProcess {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), RunError>>,
-    metrics: Arc<Metrics>,
-    aws: Aws,
-    started: Instant,
-}
-
-impl InProcess {
-    async fn start(world: &World, namespace: &str, settings: Settings) -> anyhow::Result<Self> {
-        let aws = Aws::load(AwsSettings::default()).await?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Running>();
-        let options = OperatorOptions {
-            namespace: Some(namespace.to_owned()),
-            settings,
-            listen: None,
-            leader_election: None,
-            // No orphan sweep: only reconciles call AWS.
-            cluster: None,
-        };
-        let started = Instant::now();
-        let task = tokio::spawn(run(
-            world.client.clone(),
-            aws.clone(),
-            options,
-            async move {
-                let _ = stopped.await;
-            },
-            Some(started_tx),
-        ));
-        let running = started_rx.await.context("operator did not start")?;
-        Ok(InProcess {
-            stop,
-            task,
-            metrics: running.metrics,
-            aws,
-            started,
-        })
-    }
-
-    fn reconciles(&self) -> f64 {
-        metric_sum(
-            &self.metrics.render(),
-            "browserfleet_operator_reconciles_total",
-            &[],
-        )
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        self.task.await??;
-        Ok(())
-    }
-}
-
-/// The sum of a metric's samples whose labels contain every `labels` pair
-/// (OpenMetrics text).
-fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter(|l| {
-            labels
-                .iter()
-                .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
-        })
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
-}
-
 // ---------------------------------------------------------------------------
 // 1. Queue burst to the first RunInstances.
 
@@ -474,7 +290,8 @@ struct BurstTrial {
 
 async fn burst(world: &World) -> anyhow::Result<()> {
     let fleets = world.namespace("bench-burst").await?;
-    let operator = InProcess::start(world, "bench-burst", Settings::default()).await?;
+    let operator =
+        InProcess::start(&world.cluster.client, "bench-burst", Settings::default()).await?;
     let mut trials = Vec::new();
     for trial in 0..BURST_TRIALS {
         trials.push(burst_trial(world, &fleets, &operator, trial).await?);
@@ -553,7 +370,7 @@ async fn burst_trial(
         })
         .collect();
     let started = Instant::now();
-    let outcome = Sqs::new(&world.aws)
+    let outcome = Sqs::new(&world.cluster.aws)
         .send_batch(&requests, &messages)
         .await?;
     let send = started.elapsed();
@@ -636,7 +453,7 @@ async fn calls(world: &World, count: usize) -> anyhow::Result<CallsRow> {
         depth_poll: Duration::from_secs(3600),
         ..Settings::default()
     };
-    let operator = InProcess::start(world, &namespace, settings).await?;
+    let operator = InProcess::start(&world.cluster.client, &namespace, settings).await?;
     let changes = Changes::watch(fleets.clone());
     for n in 0..count {
         apply(&fleets, &world.fleet(&format!("steady-{n}"), 1, 2, 30)).await?;
@@ -744,37 +561,6 @@ fn print_calls(rows: &[CallsRow]) {
 // ---------------------------------------------------------------------------
 // 3. The release operator's footprint with 100 fleets and 2,000 instances.
 
-fn proc_stat_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    // utime and stime: fields 14 and 15 of stat, 12 and 13 after the name.
-    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
-}
-
-fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with(field))
-        .with_context(|| field.to_owned())?;
-    Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
-}
-
-async fn scrape(address: &str) -> anyhow::Result<String> {
-    use http_body_util::{BodyExt, Empty};
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<bytes::Bytes>>();
-    let uri: hyper::Uri = format!("http://{address}/metrics").parse()?;
-    let response = tokio::time::timeout(Duration::from_secs(10), client.get(uri)).await??;
-    let body = response.into_body().collect().await?.to_bytes();
-    Ok(String::from_utf8_lossy(&body).into_owned())
-}
-
 /// Reads `listening on ADDR` from the operator's standard output.
 async fn listening_address(child: &mut tokio::process::Child) -> anyhow::Result<String> {
     let stdout = child.stdout.take().context("operator stdout")?;
@@ -792,7 +578,7 @@ async fn footprint(world: &World) -> anyhow::Result<()> {
     let fleets = world.namespace("bench").await?;
     let dir = tempfile::tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, &world.kubeconfig)?;
+    std::fs::write(&kubeconfig, &world.cluster.kubeconfig)?;
     let log = std::fs::File::create(dir.path().join("operator.log"))?;
     let binary = env!("CARGO_BIN_EXE_browserfleet");
     // The moto environment (AWS_ENDPOINT_URL, credentials, region) is this
@@ -937,7 +723,7 @@ async fn moto_listing_latency(
 ) -> anyhow::Result<(Duration, Duration)> {
     let fleet = fleets.get("big-0").await?;
     let id = FleetId::new("bench", "big-0", fleet.uid().unwrap_or_default())?;
-    let compute = Ec2Compute::new(&world.aws);
+    let compute = Ec2Compute::new(&world.cluster.aws);
     let started = Instant::now();
     for _ in 0..5 {
         compute.list_instances(&id).await?;

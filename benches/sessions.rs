@@ -32,6 +32,7 @@
 
 #[path = "../tests/support/moto.rs"]
 mod moto;
+mod support;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -40,21 +41,19 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use aws_sdk_ec2::types::Filter;
 use browserfleet::api::session::SessionPhase;
 use browserfleet::api::{BrowserFleet, BrowserSession};
-use browserfleet::cloud::{Aws, AwsSettings, CallStats, QueueUrl, Queues, ReceiveOptions, Sqs};
-use browserfleet::local::apiserver::DevApiServer;
+use browserfleet::cloud::{Aws, QueueUrl, Queues, ReceiveOptions, Sqs};
 use browserfleet::local::nodes::{NodeOptions, NodeSimulator, PortPool};
 use browserfleet::operator::context::Settings;
-use browserfleet::operator::run::{OperatorOptions, RunError, Running, run};
 use futures::StreamExt;
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
-use kube::{Client, ResourceExt};
 use serde_json::{Value, json};
+use support::{
+    Cluster, InProcess, loadavg, meminfo_kib, metric_sum, ms, percentile, scrape, status_kib, until,
+};
 use tokio::io::AsyncBufReadExt;
 use tokio::sync::Notify;
 
@@ -109,15 +108,7 @@ const BROWSER_DEADLINE: Duration = Duration::from_secs(280);
 
 /// What every part runs against.
 struct World {
-    _server: DevApiServer,
-    kubeconfig: String,
-    client: Client,
-    /// The benchmark's own AWS clients (receiver, queue depth, node
-    /// simulator); each in-process operator gets its own.
-    aws: Aws,
-    image_id: String,
-    subnets: Vec<String>,
-    security_group: String,
+    cluster: Cluster,
     work: tempfile::TempDir,
 }
 
@@ -156,60 +147,10 @@ async fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `/proc/loadavg`'s three load averages.
-fn loadavg() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .map(|l| l.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
-        .unwrap_or_else(|_| "unknown".to_owned())
-}
-
 impl World {
     async fn build() -> anyhow::Result<World> {
-        let server = DevApiServer::start().await?;
-        let client = server.client.clone();
-        install_crds(&client).await?;
-        let aws = Aws::load(AwsSettings::default()).await?;
-        let ec2 = aws_sdk_ec2::Client::new(aws.sdk_config());
-        let images = ec2.describe_images().owners("amazon").send().await?;
-        let image_id = images
-            .images()
-            .iter()
-            .find(|i| i.root_device_name().is_some())
-            .and_then(|i| i.image_id())
-            .context("moto ships default AMIs")?
-            .to_owned();
-        let subnets = ec2
-            .describe_subnets()
-            .filters(
-                Filter::builder()
-                    .name("default-for-az")
-                    .values("true")
-                    .build(),
-            )
-            .send()
-            .await?;
-        let mut subnets: Vec<String> = subnets
-            .subnets()
-            .iter()
-            .filter_map(|s| s.subnet_id())
-            .map(str::to_owned)
-            .collect();
-        subnets.sort();
-        subnets.truncate(2);
-        let group = ec2
-            .create_security_group()
-            .group_name("browserfleet-sessions-bench")
-            .description("browserfleet sessions benchmark")
-            .send()
-            .await?;
         Ok(World {
-            kubeconfig: server.kubeconfig(),
-            _server: server,
-            client,
-            aws,
-            image_id,
-            subnets,
-            security_group: group.group_id().context("group id")?.to_owned(),
+            cluster: Cluster::start("sessions").await?,
             work: tempfile::tempdir()?,
         })
     }
@@ -223,10 +164,10 @@ impl World {
             "spec": {
                 "instance": {
                     "platform": "Linux",
-                    "image": {"imageId": self.image_id},
+                    "image": {"imageId": self.cluster.image_id},
                     "instanceTypes": ["m6i.large"],
-                    "subnetIds": self.subnets,
-                    "securityGroupIds": [self.security_group],
+                    "subnetIds": self.cluster.subnets,
+                    "securityGroupIds": [self.cluster.security_group],
                     "instanceProfile": moto::INSTANCE_PROFILE,
                 },
                 "capacity": {
@@ -254,13 +195,8 @@ impl World {
         name: &str,
         manifest: &Value,
     ) -> anyhow::Result<(Api<BrowserFleet>, Api<BrowserSession>)> {
-        let namespaces: Api<Namespace> = Api::all(self.client.clone());
-        let mut namespace = Namespace::default();
-        namespace.metadata.name = Some(name.to_owned());
-        namespaces
-            .create(&PostParams::default(), &namespace)
-            .await?;
-        let fleets: Api<BrowserFleet> = Api::namespaced(self.client.clone(), name);
+        self.cluster.create_namespace(name).await?;
+        let fleets: Api<BrowserFleet> = Api::namespaced(self.cluster.client.clone(), name);
         let fleet = manifest["metadata"]["name"].as_str().unwrap_or_default();
         fleets
             .patch(
@@ -269,7 +205,7 @@ impl World {
                 &Patch::Apply(manifest),
             )
             .await?;
-        Ok((fleets, Api::namespaced(self.client.clone(), name)))
+        Ok((fleets, Api::namespaced(self.cluster.client.clone(), name)))
     }
 
     /// The node simulator for fleet `namespace/name`, with `blocks` blocks
@@ -295,49 +231,8 @@ impl World {
             last: first + blocks * per_node - 1,
             per_node,
         };
-        Ok(NodeSimulator::start(&self.aws, options)?)
+        Ok(NodeSimulator::start(&self.cluster.aws, options)?)
     }
-}
-
-async fn install_crds(client: &Client) -> anyhow::Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in browserfleet::api::crds() {
-        crds.create(&PostParams::default(), &crd).await?;
-        let name = crd.name_any();
-        until("CRD established", Duration::from_secs(30), || {
-            let crds = crds.clone();
-            let name = name.clone();
-            async move {
-                crds.get(&name)
-                    .await
-                    .ok()
-                    .and_then(|c| c.status)
-                    .and_then(|s| s.conditions)
-                    .is_some_and(|c| {
-                        c.iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                    })
-            }
-        })
-        .await?;
-    }
-    Ok(())
-}
-
-/// Waits until `check` holds, polling every 200 ms, for at most `deadline`.
-async fn until<F, Fut>(what: &str, deadline: Duration, mut check: F) -> anyhow::Result<()>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = bool>,
-{
-    let started = Instant::now();
-    while !check().await {
-        if started.elapsed() > deadline {
-            bail!("{what}: not within {deadline:?}");
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
 }
 
 /// A BrowserSession on `fleet`, as a user writes it.
@@ -377,15 +272,6 @@ async fn request_queue(fleets: &Api<BrowserFleet>, name: &str) -> anyhow::Result
         .context("request queue in status")
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let rank = ((p * sorted.len() as f64).ceil() as usize).clamp(1, sorted.len());
-    sorted[rank - 1]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.0} ms", d.as_secs_f64() * 1000.0)
-}
-
 fn seconds(d: Duration) -> String {
     format!("{:.1} s", d.as_secs_f64())
 }
@@ -407,32 +293,12 @@ fn row(what: &str, samples: &[Duration]) {
     );
 }
 
-/// The sum of a metric's samples, whatever their labels (OpenMetrics text).
-fn metric_sum(text: &str, name: &str) -> f64 {
-    text.lines()
-        .filter(|l| l.starts_with(name) && l[name.len()..].starts_with(['{', ' ']))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
-}
-
-async fn scrape(address: &str) -> anyhow::Result<String> {
-    use http_body_util::{BodyExt, Empty};
-    let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
-        .build_http::<Empty<bytes::Bytes>>();
-    let uri: hyper::Uri = format!("http://{address}/metrics").parse()?;
-    let response = tokio::time::timeout(Duration::from_secs(10), client.get(uri)).await??;
-    let body = tokio::time::timeout(Duration::from_secs(10), response.into_body().collect())
-        .await??
-        .to_bytes();
-    Ok(String::from_utf8_lossy(&body).into_owned())
-}
-
 /// The launch histogram of the agent at `address`: (sum of seconds, count).
 async fn launch_seconds(address: &str) -> anyhow::Result<(f64, f64)> {
     let text = scrape(address).await?;
     Ok((
-        metric_sum(&text, "browserfleet_agent_launch_seconds_sum"),
-        metric_sum(&text, "browserfleet_agent_launch_seconds_count"),
+        metric_sum(&text, "browserfleet_agent_launch_seconds_sum", &[]),
+        metric_sum(&text, "browserfleet_agent_launch_seconds_count", &[]),
     ))
 }
 
@@ -654,80 +520,12 @@ impl Drop for Sampler {
     }
 }
 
-fn status_kib(pid: u32, field: &str) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    kib_field(&status, field)
-}
-
-fn meminfo_kib(field: &str) -> anyhow::Result<u64> {
-    kib_field(&std::fs::read_to_string("/proc/meminfo")?, field)
-}
-
-fn kib_field(text: &str, field: &str) -> anyhow::Result<u64> {
-    let line = text
-        .lines()
-        .find(|l| l.starts_with(field))
-        .with_context(|| field.to_owned())?;
-    Ok(line.split_whitespace().nth(1).context("value")?.parse()?)
-}
-
 fn mb(kib: u64) -> String {
     format!("{:.1} MB", kib as f64 / 1024.0)
 }
 
 // ---------------------------------------------------------------------------
 // The operators.
-
-/// An operator running in this process.
-struct InProcess {
-    stop: tokio::sync::oneshot::Sender<()>,
-    task: tokio::task::JoinHandle<Result<(), RunError>>,
-    aws: Aws,
-}
-
-impl InProcess {
-    async fn start(world: &World, namespace: &str, settings: Settings) -> anyhow::Result<Self> {
-        let aws = Aws::load(AwsSettings::default()).await?;
-        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
-        let (started_tx, started_rx) = tokio::sync::oneshot::channel::<Running>();
-        let options = OperatorOptions {
-            namespace: Some(namespace.to_owned()),
-            settings,
-            listen: None,
-            leader_election: None,
-            cluster: None,
-        };
-        let task = tokio::spawn(run(
-            world.client.clone(),
-            aws.clone(),
-            options,
-            async move {
-                let _ = stopped.await;
-            },
-            Some(started_tx),
-        ));
-        started_rx.await.context("operator did not start")?;
-        Ok(InProcess { stop, task, aws })
-    }
-
-    /// The operator's `SendMessage` calls so far.
-    fn sends(&self) -> CallStats {
-        let mut total = CallStats::default();
-        for (key, stats) in self.aws.recorder().snapshot() {
-            if key.operation == "SendMessage" {
-                total.count += stats.count;
-                total.total_latency += stats.total_latency;
-            }
-        }
-        total
-    }
-
-    async fn stop(self) -> anyhow::Result<()> {
-        let _ = self.stop.send(());
-        self.task.await??;
-        Ok(())
-    }
-}
 
 /// The release operator as its own process, production settings, its log
 /// in a file.
@@ -744,7 +542,7 @@ impl OperatorProcess {
     async fn start(world: &World, namespace: &str) -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
         let kubeconfig = dir.path().join("kubeconfig");
-        std::fs::write(&kubeconfig, &world.kubeconfig)?;
+        std::fs::write(&kubeconfig, &world.cluster.kubeconfig)?;
         let log = dir.path().join("operator.log");
         // The moto environment (AWS_ENDPOINT_URL, credentials, region) is
         // this process's, set by moto::use_endpoint, and inherited.
@@ -888,9 +686,9 @@ async fn enqueue(world: &World) -> anyhow::Result<()> {
     let namespace = "bench-enqueue";
     let fleet = world.fleet("paused", 0, 1, 4, true);
     let (fleets, sessions) = world.namespace_with(namespace, &fleet).await?;
-    let operator = InProcess::start(world, namespace, Settings::default()).await?;
+    let operator = InProcess::start(&world.cluster.client, namespace, Settings::default()).await?;
     let requests = request_queue(&fleets, "paused").await?;
-    let mut receiver = QueueReceiver::start(&world.aws, requests);
+    let mut receiver = QueueReceiver::start(&world.cluster.aws, requests);
     let load_before = loadavg();
     let mut latencies = Vec::new();
     let mut creates = Vec::new();
@@ -946,7 +744,7 @@ async fn ready(world: &World) -> anyhow::Result<()> {
     let fleet = world.fleet("ready", 1, 1, READY_SLOTS, false);
     let nodes = world.nodes(namespace, "ready", 4, READY_SLOTS as u16)?;
     let (fleets, sessions) = world.namespace_with(namespace, &fleet).await?;
-    let operator = InProcess::start(world, namespace, Settings::default()).await?;
+    let operator = InProcess::start(&world.cluster.client, namespace, Settings::default()).await?;
     let log = PhaseLog::watch(sessions.clone());
     let started = Instant::now();
     let address = loop {
@@ -1132,7 +930,7 @@ async fn thousand(world: &World) -> anyhow::Result<()> {
         .collect();
     starting.sort();
     // moto's counts are exact; a few seconds for the last sends to land.
-    let sqs = Sqs::new(&world.aws);
+    let sqs = Sqs::new(&world.cluster.aws);
     let mut depth = sqs.depth(&requests).await?;
     let counting = Instant::now();
     while depth.visible + depth.in_flight + depth.delayed < THOUSAND as u64
@@ -1264,7 +1062,7 @@ async fn browsers(world: &World) -> anyhow::Result<()> {
     };
     if let Err(error) = &all_ready {
         println!("NOT REACHED: {error}; {ready_count} of {BROWSER_SESSIONS} Ready");
-        let depth = Sqs::new(&world.aws).depth(&requests).await?;
+        let depth = Sqs::new(&world.cluster.aws).depth(&requests).await?;
         println!(
             "request queue: visible {} / in flight {} / delayed {}",
             depth.visible, depth.in_flight, depth.delayed
