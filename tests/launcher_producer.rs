@@ -12,14 +12,13 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use browserfleet::api::fleet::InstanceState;
-use browserfleet::cloud::{
-    DeadLetterDefinition, QueueDefinition, QueueUrl, Queues, ReceiveOptions, Sqs,
-};
+use browserfleet::cloud::{DeadLetterDefinition, QueueDefinition, QueueUrl, Queues, Sqs};
 use browserfleet::protocol::callback::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use serde_json::{Value, json};
 
 use support::agent_world::{
     CallbackReceiver, Cdp, evaluate_in_new_page, eventually, next_message, processes_with,
+    receive_batch,
 };
 use support::operator_world::{OperatorWorld, WAIT, test_settings};
 
@@ -31,17 +30,7 @@ async fn drain(sqs: &Sqs, queue: &QueueUrl, quiet: Duration) -> Vec<Value> {
     let mut found = Vec::new();
     let mut last = Instant::now();
     while last.elapsed() < quiet {
-        let messages = sqs
-            .receive(
-                queue,
-                ReceiveOptions {
-                    max_messages: 10,
-                    wait: Duration::from_secs(1),
-                    visibility: None,
-                },
-            )
-            .await
-            .expect("receive");
+        let messages = receive_batch(sqs, queue, None).await;
         for message in messages {
             sqs.delete(queue, &message.receipt).await.expect("delete");
             found.push(serde_json::from_str(&message.body).expect("a reply is JSON"));

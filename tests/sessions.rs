@@ -15,7 +15,7 @@ use kube::ResourceExt;
 use kube::api::Api;
 use serde_json::{Value, json};
 
-use support::agent_world::{Cdp, evaluate_in_new_page, eventually, processes_with};
+use support::agent_world::{Cdp, evaluate_in_new_page, eventually, processes_with, receive_batch};
 use support::operator_world::{OperatorWorld, WAIT, in_phase, phase, test_settings};
 
 fn reason(session: &BrowserSession) -> Option<SessionEndReason> {
@@ -378,17 +378,7 @@ async fn what_the_fleet_forbids_fails_without_a_message_on_the_queue() {
             "{name}"
         );
     }
-    let messages = Sqs::new(&world.aws)
-        .receive(
-            &world.request_queue().await,
-            browserfleet::cloud::ReceiveOptions {
-                max_messages: 10,
-                wait: Duration::from_secs(1),
-                visibility: None,
-            },
-        )
-        .await
-        .expect("receive");
+    let messages = receive_batch(&Sqs::new(&world.aws), &world.request_queue().await, None).await;
     assert!(messages.is_empty(), "nothing enqueued: {messages:?}");
 }
 

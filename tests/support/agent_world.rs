@@ -14,7 +14,7 @@ use browserfleet::agent::config::{AgentConfig, AgentSettings};
 use browserfleet::agent::intake::IntakeOptions;
 use browserfleet::agent::{RunOptions, RunningAgent};
 use browserfleet::cloud::{
-    OutgoingMessage, QueueDefinition, QueueUrl, Queues, ReceiveOptions, Sqs,
+    OutgoingMessage, QueueDefinition, QueueUrl, Queues, ReceiveOptions, ReceivedMessage, Sqs,
 };
 use futures::{SinkExt, StreamExt};
 use serde_json::{Value, json};
@@ -264,6 +264,26 @@ impl AgentWorld {
     }
 }
 
+/// One receive of up to ten messages on `queue`, waiting up to a second;
+/// `visibility` hides them from other receivers that long (`None`: the
+/// queue's own timeout).
+pub async fn receive_batch(
+    sqs: &Sqs,
+    queue: &QueueUrl,
+    visibility: Option<Duration>,
+) -> Vec<ReceivedMessage> {
+    sqs.receive(
+        queue,
+        ReceiveOptions {
+            max_messages: 10,
+            wait: Duration::from_secs(1),
+            visibility,
+        },
+    )
+    .await
+    .expect("receive")
+}
+
 /// Waits for the next message on `queue` for which `pick` holds, deletes
 /// it and gives every other message back at once.
 pub async fn next_message(
@@ -274,17 +294,7 @@ pub async fn next_message(
 ) -> Value {
     let started = Instant::now();
     while started.elapsed() < deadline {
-        let messages = sqs
-            .receive(
-                queue,
-                ReceiveOptions {
-                    max_messages: 10,
-                    wait: Duration::from_secs(1),
-                    visibility: Some(Duration::from_secs(30)),
-                },
-            )
-            .await
-            .expect("receive");
+        let messages = receive_batch(sqs, queue, Some(Duration::from_secs(30))).await;
         let mut found = None;
         for message in messages {
             let value: Value = serde_json::from_str(&message.body).unwrap_or(Value::Null);
@@ -314,17 +324,7 @@ pub async fn assert_no_message(
 ) {
     let started = Instant::now();
     while started.elapsed() < window {
-        let messages = sqs
-            .receive(
-                queue,
-                ReceiveOptions {
-                    max_messages: 10,
-                    wait: Duration::from_secs(1),
-                    visibility: Some(Duration::from_secs(30)),
-                },
-            )
-            .await
-            .expect("receive");
+        let messages = receive_batch(sqs, queue, Some(Duration::from_secs(30))).await;
         for message in messages {
             let value: Value = serde_json::from_str(&message.body).unwrap_or(Value::Null);
             assert!(!pick(&value), "unexpected message on {queue}: {value}");

@@ -10,7 +10,7 @@ use std::time::Duration;
 use browserfleet::api::{BrowserFleet, BrowserSession};
 use browserfleet::cloud::{
     Aws, Compute, Ec2Compute, FleetId, FleetInstance, OutgoingMessage, QueueDefinition, QueueUrl,
-    Queues, ReceiveOptions, Sqs,
+    Queues, Sqs,
 };
 use browserfleet::local::nodes::{NodeOptions, NodeSimulator, PortPool};
 use browserfleet::operator::context::Settings;
@@ -21,7 +21,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use super::agent_world::{CHROMIUM, TEST_BROWSER_ARGS, port_range};
+use super::agent_world::{CHROMIUM, TEST_BROWSER_ARGS, port_range, receive_batch};
 use super::cluster::TestCluster;
 use super::launch_world;
 use super::moto::INSTANCE_PROFILE;
@@ -508,17 +508,7 @@ pub async fn replies(
             "only {} of {count} {kind} replies arrived",
             found.len()
         );
-        let messages = sqs
-            .receive(
-                queue,
-                ReceiveOptions {
-                    max_messages: 10,
-                    wait: Duration::from_secs(1),
-                    visibility: None,
-                },
-            )
-            .await
-            .expect("receive replies");
+        let messages = receive_batch(&sqs, queue, None).await;
         for message in messages {
             let body: Value = serde_json::from_str(&message.body).expect("reply is JSON");
             sqs.delete(queue, &message.receipt)
