@@ -15,7 +15,7 @@ use browserfleet::api::{BrowserFleet, BrowserSession};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use support::operator_world::{OperatorWorld, has_condition, in_phase, test_settings};
+use support::operator_world::{OperatorWorld, has_condition, test_settings};
 
 /// What a health check answered.
 #[derive(Debug)]
@@ -204,15 +204,13 @@ async fn argo_cd_health_follows_fleets_and_sessions_through_their_states() {
             assert_eq!(answer.status, "Progressing", "{answer:?}\n{object:#}");
         }
     }
-    world
-        .wait_for_session("starting", "ready", in_phase(SessionPhase::Ready))
-        .await;
+    world.wait_for_phase("starting", SessionPhase::Ready).await;
     let object = raw::<BrowserSession>(&world, "starting").await;
     let answer = health("BrowserSession", &object);
     assert_eq!(answer.status, "Healthy", "{answer:?}\n{object:#}");
     assert!(answer.message.starts_with("Ready"), "{answer:?}");
     world
-        .wait_for_session("starting", "expired", in_phase(SessionPhase::Terminated))
+        .wait_for_phase("starting", SessionPhase::Terminated)
         .await;
     let object = raw::<BrowserSession>(&world, "starting").await;
     let answer = health("BrowserSession", &object);
@@ -225,9 +223,7 @@ async fn argo_cd_health_follows_fleets_and_sessions_through_their_states() {
     world
         .apply_session(&world.session("too-long", json!({"ttlSeconds": 3600})))
         .await;
-    world
-        .wait_for_session("too-long", "refused", in_phase(SessionPhase::Failed))
-        .await;
+    world.wait_for_phase("too-long", SessionPhase::Failed).await;
     let object = raw::<BrowserSession>(&world, "too-long").await;
     let answer = health("BrowserSession", &object);
     assert_eq!(answer.status, "Degraded", "{answer:?}\n{object:#}");

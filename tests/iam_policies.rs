@@ -15,9 +15,7 @@ use browserfleet::cloud::Service;
 use serde_json::{Value, json};
 
 use support::agent_world::eventually;
-use support::operator_world::{
-    OperatorWorld, WAIT, has_condition, in_phase, replies, test_settings,
-};
+use support::operator_world::{OperatorWorld, WAIT, has_condition, replies, test_settings};
 
 /// Actions AWS requires beside a call rather than for one: tags given to
 /// `RunInstances` need `ec2:CreateTags`, its instance profile `iam:PassRole`.
@@ -140,9 +138,7 @@ async fn every_call_of_an_end_to_end_run_is_allowed_by_its_policy() {
     world
         .apply_session(&world.session("iam", json!({"ttlSeconds": 60})))
         .await;
-    world
-        .wait_for_session("iam", "ready", in_phase(SessionPhase::Ready))
-        .await;
+    world.wait_for_phase("iam", SessionPhase::Ready).await;
     let reply_queue = world.reply_queue().await;
     world.send_requests("iam-burst", 4, &reply_queue, 60).await;
     replies(&world, &reply_queue, "session.ready", 4).await;

@@ -24,7 +24,7 @@ use kube::api::Api;
 use serde_json::{Value, json};
 
 use support::agent_world::eventually;
-use support::operator_world::{OperatorWorld, WAIT, in_phase, test_settings};
+use support::operator_world::{OperatorWorld, WAIT, test_settings};
 use support::tools;
 
 /// The user agent of the operator's client in this test.
@@ -142,9 +142,7 @@ async fn run_the_fleet_through_its_life(world: &OperatorWorld) {
             json!({"ttlSeconds": 4, "ttlSecondsAfterFinished": 1}),
         ))
         .await;
-    world
-        .wait_for_session("kept", "Ready", in_phase(SessionPhase::Ready))
-        .await;
+    world.wait_for_phase("kept", SessionPhase::Ready).await;
     // A session on a fleet the operator's cache has not seen: it asks the
     // API for the fleet, and waits.
     let mut orphan = world.session("orphan", json!({}));

@@ -16,7 +16,7 @@ use kube::api::Api;
 use serde_json::{Value, json};
 
 use support::agent_world::{Cdp, evaluate_in_new_page, eventually, processes_with, receive_batch};
-use support::operator_world::{OperatorWorld, WAIT, in_phase, phase, test_settings};
+use support::operator_world::{OperatorWorld, WAIT, phase, test_settings};
 
 fn reason(session: &BrowserSession) -> Option<SessionEndReason> {
     session.status.as_ref().and_then(|s| s.reason)
@@ -32,6 +32,15 @@ fn one_slot_fleet(world: &OperatorWorld) -> Value {
     let mut fleet = world.fleet(1, 1);
     fleet["spec"]["capacity"]["sessionsPerInstance"] = json!(1);
     fleet
+}
+
+/// Applies the one-slot fleet and a session `first` that takes its slot.
+async fn take_the_only_slot(world: &OperatorWorld) {
+    world.apply(&one_slot_fleet(world)).await;
+    world
+        .apply_session(&world.session("first", json!({})))
+        .await;
+    world.wait_for_phase("first", SessionPhase::Ready).await;
 }
 
 async fn token_of(world: &OperatorWorld, session: &BrowserSession) -> String {
@@ -107,9 +116,7 @@ async fn a_session_becomes_ready_and_serves_devtools_with_the_token_from_its_sec
         .apply_session(&world.session("smoke", json!({})))
         .await;
 
-    let session = world
-        .wait_for_session("smoke", "Ready", in_phase(SessionPhase::Ready))
-        .await;
+    let session = world.wait_for_phase("smoke", SessionPhase::Ready).await;
     assert!(
         session
             .finalizers()
@@ -185,15 +192,13 @@ async fn a_session_ends_at_its_ttl_and_goes_with_its_secret_after_ttl_seconds_af
     );
     world.apply_session(&manifest).await;
 
-    let ready = world
-        .wait_for_session("brief", "Ready", in_phase(SessionPhase::Ready))
-        .await;
+    let ready = world.wait_for_phase("brief", SessionPhase::Ready).await;
     let id = session_id(&ready);
     let secret = ready.status.clone().unwrap().credentials_secret.unwrap();
     assert!(!processes_with(&id).is_empty(), "its browser runs");
 
     let ended = world
-        .wait_for_session("brief", "Terminated", in_phase(SessionPhase::Terminated))
+        .wait_for_phase("brief", SessionPhase::Terminated)
         .await;
     assert_eq!(reason(&ended), Some(SessionEndReason::Expired));
     assert!(ended.status.clone().unwrap().finished_at.is_some());
@@ -225,9 +230,7 @@ async fn deleting_a_ready_session_ends_its_browser_before_the_finalizer_goes() {
     world
         .apply_session(&world.session("doomed", json!({})))
         .await;
-    let ready = world
-        .wait_for_session("doomed", "Ready", in_phase(SessionPhase::Ready))
-        .await;
+    let ready = world.wait_for_phase("doomed", SessionPhase::Ready).await;
     let id = session_id(&ready);
     assert!(!processes_with(&id).is_empty(), "its browser runs");
 
@@ -254,21 +257,13 @@ async fn a_session_deleted_while_queued_is_never_started_when_capacity_appears()
     let world = OperatorWorld::new("session-cancel").await;
     let _operator = world.start_operator(test_settings(), None).await;
     let nodes = world.start_nodes(|_| {});
-    world.apply(&one_slot_fleet(&world)).await;
-    world
-        .apply_session(&world.session("first", json!({})))
-        .await;
-    world
-        .wait_for_session("first", "Ready", in_phase(SessionPhase::Ready))
-        .await;
+    take_the_only_slot(&world).await;
 
     // The only slot is taken: the second waits on the queue.
     world
         .apply_session(&world.session("queued", json!({})))
         .await;
-    let queued = world
-        .wait_for_session("queued", "Starting", in_phase(SessionPhase::Starting))
-        .await;
+    let queued = world.wait_for_phase("queued", SessionPhase::Starting).await;
     let id = session_id(&queued);
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
@@ -296,19 +291,13 @@ async fn a_session_no_agent_starts_in_time_fails_and_is_never_started_later() {
     let world = OperatorWorld::new("session-timeout").await;
     let _operator = world.start_operator(test_settings(), None).await;
     let nodes = world.start_nodes(|_| {});
-    world.apply(&one_slot_fleet(&world)).await;
-    world
-        .apply_session(&world.session("first", json!({})))
-        .await;
-    world
-        .wait_for_session("first", "Ready", in_phase(SessionPhase::Ready))
-        .await;
+    take_the_only_slot(&world).await;
 
     world
         .apply_session(&world.session("impatient", json!({"startTimeoutSeconds": 3})))
         .await;
     let failed = world
-        .wait_for_session("impatient", "Failed", in_phase(SessionPhase::Failed))
+        .wait_for_phase("impatient", SessionPhase::Failed)
         .await;
     assert_eq!(reason(&failed), Some(SessionEndReason::StartTimeout));
     let id = session_id(&failed);
@@ -367,9 +356,7 @@ async fn what_the_fleet_forbids_fails_without_a_message_on_the_queue() {
             .await;
     }
     for (name, _, says) in &cases {
-        let failed = world
-            .wait_for_session(name, "Failed", in_phase(SessionPhase::Failed))
-            .await;
+        let failed = world.wait_for_phase(name, SessionPhase::Failed).await;
         assert_eq!(reason(&failed), Some(SessionEndReason::Rejected), "{name}");
         let message = failed.status.clone().unwrap().message.unwrap_or_default();
         assert!(message.contains(says), "{name}: {message}");
@@ -391,15 +378,11 @@ async fn an_operator_restarted_between_enqueue_and_reply_makes_the_session_ready
     world
         .apply_session(&world.session("first", json!({})))
         .await;
-    let first = world
-        .wait_for_session("first", "Ready", in_phase(SessionPhase::Ready))
-        .await;
+    let first = world.wait_for_phase("first", SessionPhase::Ready).await;
     world
         .apply_session(&world.session("second", json!({})))
         .await;
-    let second = world
-        .wait_for_session("second", "Starting", in_phase(SessionPhase::Starting))
-        .await;
+    let second = world.wait_for_phase("second", SessionPhase::Starting).await;
     let id = session_id(&second);
 
     // The operator dies with the request on the queue (`Starting` is
@@ -438,15 +421,13 @@ async fn an_operator_restarted_between_enqueue_and_reply_makes_the_session_ready
     );
 
     let _operator = world.start_operator(test_settings(), None).await;
-    let ready = world
-        .wait_for_session("second", "Ready", in_phase(SessionPhase::Ready))
-        .await;
+    let ready = world.wait_for_phase("second", SessionPhase::Ready).await;
     assert_eq!(
         ready.status.clone().unwrap().instance_id.as_deref(),
         Some(instance.as_str())
     );
     let first = world
-        .wait_for_session("first", "Terminated", in_phase(SessionPhase::Terminated))
+        .wait_for_phase("first", SessionPhase::Terminated)
         .await;
     assert_eq!(reason(&first), Some(SessionEndReason::Deleted));
     // Exactly one browser: one agent session on the one instance.

@@ -7,6 +7,7 @@
 use std::collections::BTreeSet;
 use std::time::Duration;
 
+use browserfleet::api::session::SessionPhase;
 use browserfleet::api::{BrowserFleet, BrowserSession};
 use browserfleet::cloud::{
     Aws, Compute, Ec2Compute, FleetId, FleetInstance, OutgoingMessage, QueueDefinition, QueueUrl,
@@ -362,6 +363,12 @@ impl OperatorWorld {
         );
     }
 
+    /// Waits until session `name` is in `wanted`.
+    pub async fn wait_for_phase(&self, name: &str, wanted: SessionPhase) -> BrowserSession {
+        self.wait_for_session(name, &format!("{wanted:?}"), in_phase(wanted))
+            .await
+    }
+
     /// The token the fleet's agents accept, from the fleet's Secret.
     pub async fn fleet_token(&self) -> String {
         self.fleet_secret("fleetToken").await
@@ -465,14 +472,12 @@ impl OperatorWorld {
 }
 
 /// A session's phase (`Pending` before it has a status).
-pub fn phase(session: &BrowserSession) -> browserfleet::api::session::SessionPhase {
+pub fn phase(session: &BrowserSession) -> SessionPhase {
     session.status.as_ref().map(|s| s.phase).unwrap_or_default()
 }
 
 /// A check that a session is in `wanted`.
-pub fn in_phase(
-    wanted: browserfleet::api::session::SessionPhase,
-) -> impl Fn(&BrowserSession) -> bool {
+pub fn in_phase(wanted: SessionPhase) -> impl Fn(&BrowserSession) -> bool {
     move |s| phase(s) == wanted
 }
 
