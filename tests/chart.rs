@@ -14,34 +14,18 @@ mod support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::Command;
 use std::sync::OnceLock;
 
 use serde_json::{Value, json};
-use support::tools::{self, find, objects};
-
-fn chart_dir() -> PathBuf {
-    tools::root().join("charts/browserfleet")
-}
-
-fn helm_cli() -> PathBuf {
-    tools::root().join("tests/python/helm_chart.py")
-}
-
-fn stdout_json(output: &Output, what: &str) -> Value {
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
-        panic!(
-            "{what} printed no JSON ({e}); stdout:\n{stdout}\nstderr:\n{}",
-            String::from_utf8_lossy(&output.stderr)
-        )
-    })
-}
+use support::tools::{
+    self, RenderCase, chart_dir, find, helm_chart_py, objects, render_chart, stdout_json,
+};
 
 /// `helm lint` of the chart, with `values` merged over its own.
 fn lint(values: Option<&Path>) -> (bool, Value) {
     let mut command = Command::new(tools::python_with_helm());
-    command.arg(helm_cli()).arg("lint").arg(chart_dir());
+    command.arg(helm_chart_py()).arg("lint").arg(chart_dir());
     if let Some(values) = values {
         command.arg("--values").arg(values);
     }
@@ -75,78 +59,56 @@ fn render_cases() -> HashMap<String, Rendered> {
     let root = tools::root();
     // Names of this run's own: a shared cluster may see several at once.
     let run = &uuid::Uuid::new_v4().simple().to_string()[..6];
+    let case = |name: &str, release: Option<&str>, values: Option<PathBuf>| RenderCase {
+        name: format!("{name}-{run}"),
+        release: release.map(str::to_owned),
+        values,
+    };
     let cases = [
-        ("default", None),
-        ("kustomize", None),
+        ("default", case("default", None, None)),
+        (
+            "kustomize",
+            case("kustomize", Some("browserfleet-system/browserfleet"), None),
+        ),
         (
             "examples",
-            Some(chart_dir().join("ci/examples-values.yaml")),
+            case(
+                "examples",
+                None,
+                Some(chart_dir().join("ci/examples-values.yaml")),
+            ),
         ),
         (
             "invalid",
-            Some(root.join("tests/fixtures/chart/invalid-values.yaml")),
+            case(
+                "invalid",
+                None,
+                Some(root.join("tests/fixtures/chart/invalid-values.yaml")),
+            ),
         ),
     ];
-    let mut render = format!(
-        "exec {} {} render {}",
-        tools::python_with_helm().display(),
-        helm_cli().display(),
-        chart_dir().display()
-    );
-    for (name, values) in &cases {
-        render.push_str(&format!(" --case {name}-{run}"));
-        if *name == "kustomize" {
-            render.push_str(":browserfleet-system/browserfleet");
-        }
-        if let Some(values) = values {
-            render.push_str(&format!("={}", values.display()));
-        }
-    }
     // The examples values name a ServiceMonitor (the Prometheus Operator's
     // kind, stood in for by a CRD of our own) and a watched namespace, which
     // the chart does not create.
     let kubectl = tools::kubectl().display().to_string();
-    let script = format!(
-        "set -euo pipefail
-{kubectl} apply -f {crd} >&2
+    let setup = format!(
+        "{kubectl} apply -f {crd} >&2
 {kubectl} wait --for condition=established --timeout=60s crd/servicemonitors.monitoring.coreos.com >&2
 {kubectl} create namespace {WATCHED} --dry-run=client -o yaml | {kubectl} apply -f - >&2
-{render}",
+",
         crd = root
             .join("tests/fixtures/chart/servicemonitor-crd.yaml")
             .display(),
     );
-    let mut command = match std::env::var_os("BROWSERFLEET_TEST_KUBECONFIG") {
-        Some(kubeconfig) => {
-            let mut command = Command::new("bash");
-            command.env("KUBECONFIG", kubeconfig);
-            command
-        }
-        None => {
-            let mut command = Command::new("bash");
-            command
-                .arg(root.join("scripts/with-kube-apiserver.sh"))
-                .arg("bash");
-            command
-        }
-    };
-    let output = command
-        .arg("-c")
-        .arg(&script)
-        .current_dir(root)
-        .output()
-        .expect("bash runs");
-    assert!(
-        output.status.success(),
-        "rendering failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
+    let result = render_chart(
+        &setup,
+        cases.iter().map(|(_, case)| case),
+        std::env::var_os("BROWSERFLEET_TEST_KUBECONFIG").as_deref(),
     );
-    let result = stdout_json(&output, "helm_chart.py render");
     cases
         .iter()
-        .map(|(name, _)| {
-            let case = &result["cases"][format!("{name}-{run}")];
+        .map(|(name, case)| {
+            let case = &result["cases"][&case.name];
             let rendered = Rendered {
                 objects: objects(case["manifest"].as_str().unwrap_or("")),
                 notes: case["notes"].as_str().unwrap_or("").to_owned(),

@@ -26,7 +26,7 @@ const NAMESPACE: &str = "bf-install";
 fn helm(kubeconfig: &Path, args: &[&str]) -> Value {
     let root = tools::root();
     let output = Command::new(tools::python_with_helm())
-        .arg(root.join("tests/python/helm_chart.py"))
+        .arg(tools::helm_chart_py())
         .args(args)
         .arg("--kubeconfig")
         .arg(kubeconfig)

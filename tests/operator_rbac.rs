@@ -11,7 +11,6 @@
 mod support;
 
 use std::collections::BTreeMap;
-use std::process::Command;
 use std::time::Duration;
 
 use browserfleet::api::session::SessionPhase;
@@ -25,7 +24,7 @@ use serde_json::{Value, json};
 
 use support::agent_world::eventually;
 use support::operator_world::{OperatorWorld, WAIT, test_settings};
-use support::tools;
+use support::tools::{self, RenderCase};
 
 /// The user agent of the operator's client in this test.
 const OPERATOR_AGENT: &str = "browserfleet-operator/rbac-test";
@@ -37,41 +36,23 @@ const RELEASE: &str = "browserfleet";
 /// with `values` (YAML) over its defaults; `watched`, a namespace the
 /// values name, is created first (the chart does not create it).
 fn render_chart(ns: &str, values: &str, watched: Option<&str>) -> Vec<Value> {
-    let root = tools::root();
     let run = &uuid::Uuid::new_v4().simple().to_string()[..6];
     let values_file = std::env::temp_dir().join(format!("bf-rbac-values-{run}.yaml"));
     std::fs::write(&values_file, values).expect("values file");
-    let case = format!("rbac-{run}");
+    let case = RenderCase {
+        name: format!("rbac-{run}"),
+        release: Some(format!("{ns}/{RELEASE}")),
+        values: Some(values_file),
+    };
     let kubectl = tools::kubectl().display().to_string();
     let create = watched.map_or_else(String::new, |watched| {
         format!("{kubectl} create namespace {watched} --dry-run=client -o yaml | {kubectl} apply -f - >&2\n")
     });
-    let render = format!(
-        "set -euo pipefail\n{create}exec {} {} render {} --case {case}:{ns}/{RELEASE}={}",
-        tools::python_with_helm().display(),
-        root.join("tests/python/helm_chart.py").display(),
-        root.join("charts/browserfleet").display(),
-        values_file.display(),
-    );
-    let output = Command::new("bash")
-        .arg(root.join("scripts/with-kube-apiserver.sh"))
-        .args(["bash", "-c", &render])
-        .current_dir(root)
-        .output()
-        .expect("bash runs");
-    assert!(
-        output.status.success(),
-        "rendering failed:\n{}\n{}",
-        String::from_utf8_lossy(&output.stdout),
-        String::from_utf8_lossy(&output.stderr)
-    );
-    let result: Value = serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
-        panic!(
-            "helm_chart.py render printed no JSON ({e}): {}",
-            String::from_utf8_lossy(&output.stdout)
-        )
-    });
-    let rendered = &result["cases"][&case];
+    // Rendered on a throw-away kube-apiserver even under
+    // BROWSERFLEET_TEST_KUBECONFIG: this test needs the development API
+    // server's request log, so it never touches that cluster.
+    let result = tools::render_chart(&create, [&case], None);
+    let rendered = &result["cases"][&case.name];
     assert!(rendered["error"].is_null(), "Helm refused: {rendered}");
     tools::objects(rendered["manifest"].as_str().expect("a manifest"))
 }

@@ -1,8 +1,10 @@
 //! The tools in `.venv/` that tests run as processes (installed by the
-//! scripts/install-*.sh that `make test` runs), and the multi-document YAML
-//! they print.
+//! scripts/install-*.sh that `make test` runs), the chart rendered through
+//! one of them, and the multi-document YAML they print.
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
 
 use serde_json::Value;
 
@@ -33,6 +35,86 @@ pub fn kubectl() -> PathBuf {
 /// The venv's Python with helm-sdkpy importable.
 pub fn python_with_helm() -> PathBuf {
     venv_tool("python", "scripts/install-helm.sh")
+}
+
+/// charts/browserfleet.
+pub fn chart_dir() -> PathBuf {
+    root().join("charts/browserfleet")
+}
+
+/// The driver of Helm's Go library (helm-sdkpy) the chart tests run.
+pub fn helm_chart_py() -> PathBuf {
+    root().join("tests/python/helm_chart.py")
+}
+
+/// A process's standard output as JSON; `what` it was, for the panic.
+pub fn stdout_json(output: &Output, what: &str) -> Value {
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    serde_json::from_str(stdout.trim()).unwrap_or_else(|e| {
+        panic!(
+            "{what} printed no JSON ({e}); stdout:\n{stdout}\nstderr:\n{}",
+            String::from_utf8_lossy(&output.stderr)
+        )
+    })
+}
+
+/// One release of [`render_chart`]: case `name`, installed as `release`
+/// (`NAMESPACE/NAME`; `None`: helm_chart.py's default) with the `values`
+/// file over the chart's own.
+pub struct RenderCase {
+    pub name: String,
+    pub release: Option<String>,
+    pub values: Option<PathBuf>,
+}
+
+/// Renders the chart the way `helm install` does (helm-sdkpy has no
+/// `template`): `helm_chart.py render` installs each case, reads its
+/// manifest back and uninstalls it, on the cluster of `kubeconfig` or, with
+/// none, on a throw-away kube-apiserver (scripts/with-kube-apiserver.sh).
+/// `setup`, shell lines ending in a newline, runs first in the same bash
+/// (what the values need that the chart does not create). Returns
+/// helm_chart.py's JSON: `cases.NAME` has `manifest`, `notes`, `status`,
+/// `error`.
+pub fn render_chart<'a>(
+    setup: &str,
+    cases: impl IntoIterator<Item = &'a RenderCase>,
+    kubeconfig: Option<&OsStr>,
+) -> Value {
+    let mut render = format!(
+        "exec {} {} render {}",
+        python_with_helm().display(),
+        helm_chart_py().display(),
+        chart_dir().display()
+    );
+    for case in cases {
+        render.push_str(&format!(" --case {}", case.name));
+        if let Some(release) = &case.release {
+            render.push_str(&format!(":{release}"));
+        }
+        if let Some(values) = &case.values {
+            render.push_str(&format!("={}", values.display()));
+        }
+    }
+    let mut command = Command::new("bash");
+    match kubeconfig {
+        Some(kubeconfig) => command.env("KUBECONFIG", kubeconfig),
+        None => command
+            .arg(root().join("scripts/with-kube-apiserver.sh"))
+            .arg("bash"),
+    };
+    let output = command
+        .arg("-c")
+        .arg(format!("set -euo pipefail\n{setup}{render}"))
+        .current_dir(root())
+        .output()
+        .expect("bash runs");
+    assert!(
+        output.status.success(),
+        "rendering failed:\n{}\n{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    stdout_json(&output, "helm_chart.py render")
 }
 
 /// The objects of a multi-document YAML stream, empty documents left out.
