@@ -9,10 +9,14 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY Cargo.toml Cargo.lock ./
-# Cargo.toml names targets under benches/; src/ is the binary.
+# Cargo.toml names targets under benches/ and the workspace's other members
+# (the development cluster and the test kit) under crates/: cargo reads their
+# manifests, but `-p browserfleet` builds the product alone, whose
+# dependencies never include them.
 COPY benches ./benches
+COPY crates ./crates
 COPY src ./src
-RUN cargo build --release --locked --bin browserfleet \
+RUN cargo build --release --locked -p browserfleet --bin browserfleet \
  && install -m 0755 target/release/browserfleet /browserfleet
 
 # glibc, libgcc and the CA roots (/etc/ssl/certs, which the AWS SDK's and

@@ -5,9 +5,10 @@ CARGO ?= cargo
 
 .PHONY: build test lint crds crds-check chart-crds moto kubectl helm chromium playwright lua kube-apiserver bench-observe
 
-## build: compile the browserfleet binary
+## build: compile the product binary (browserfleet) and the development
+##        cluster's (browserfleet-dev: API server, node simulator)
 build:
-	$(CARGO) build --locked
+	$(CARGO) build --locked --bins
 
 ## test: run every test (unit, property, CRD drift, structural schema, CRD
 ##       patterns against Go's regexp, examples, the development API server
@@ -23,6 +24,7 @@ test: moto kubectl helm chromium playwright lua kube-apiserver
 ##       kube-controller-manager
 .PHONY: test-kube-apiserver
 test-kube-apiserver: kubectl kube-apiserver
+	$(CARGO) build --locked --bins
 	bash scripts/with-kube-apiserver.sh $(CARGO) test --locked --test apiserver --test kubectl \
 		--test operator --test operator_lifecycle --test operator_faults --test sessions
 
@@ -75,7 +77,7 @@ lint:
 
 ## crds: regenerate crds/ from the Rust types in src/api/, and the chart's copy
 crds:
-	$(CARGO) run --locked --quiet -- crdgen --out-dir crds
+	$(CARGO) run --locked --quiet -p browserfleet --bin browserfleet -- crdgen --out-dir crds
 	$(MAKE) --no-print-directory chart-crds
 
 ## chart-crds: copy crds/ into the Helm chart (charts/browserfleet/crds/) and the
@@ -87,7 +89,7 @@ chart-crds:
 
 ## crds-check: fail when crds/ differs from the Rust types
 crds-check:
-	$(CARGO) run --locked --quiet -- crdgen --out-dir crds --check
+	$(CARGO) run --locked --quiet -p browserfleet --bin browserfleet -- crdgen --out-dir crds --check
 
 # The traces the scaling report replays, made by `browserfleet trace` with each
 # shape's fixed seed.
@@ -98,7 +100,7 @@ RELEASE_BIN := target/release/browserfleet
 .PHONY: release traces scaling-report scaling-bench
 
 release:
-	$(CARGO) build --locked --release --quiet
+	$(CARGO) build --locked --release --quiet --bins
 
 ## traces: regenerate benches/traces/ (deterministic)
 traces: release

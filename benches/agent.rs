@@ -14,8 +14,7 @@
 //! Run with `make agent-bench` (release build; installs moto and Chromium
 //! when missing).
 
-#[path = "../tests/support/moto.rs"]
-mod moto;
+use testkit::moto;
 
 use std::collections::BTreeMap;
 use std::path::Path;

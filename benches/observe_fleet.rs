@@ -10,8 +10,7 @@
 //! Run with `make bench-observe` (installs moto into .venv/ when missing), or
 //! `cargo run --example observe_fleet` once moto is installed.
 
-#[path = "../tests/support/moto.rs"]
-mod moto;
+use testkit::moto;
 
 use std::time::{Duration, Instant};
 

@@ -19,9 +19,7 @@
 //! Run with `make operator-bench`, or `cargo bench --bench operator -- burst`
 //! (or `calls`, `footprint`) for one part; no argument runs all three.
 
-#[path = "../tests/support/moto.rs"]
-mod moto;
-mod support;
+use testkit::moto;
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -40,7 +38,7 @@ use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
-use support::{
+use testkit::bench::{
     Cluster, InProcess, loadavg, metric_sum, ms, percentile, proc_stat_ticks, scrape, status_kib,
     until,
 };

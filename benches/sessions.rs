@@ -30,9 +30,7 @@
 //! parts 1 and 2 logs warnings to standard error (`RUST_LOG` overrides);
 //! part 3's operator and agent logs are summarised.
 
-#[path = "../tests/support/moto.rs"]
-mod moto;
-mod support;
+use testkit::moto;
 
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
@@ -44,14 +42,14 @@ use anyhow::{Context, bail};
 use browserfleet::api::session::SessionPhase;
 use browserfleet::api::{BrowserFleet, BrowserSession};
 use browserfleet::cloud::{Aws, QueueUrl, Queues, ReceiveOptions, Sqs};
-use browserfleet::local::nodes::{NodeOptions, NodeSimulator, PortPool};
 use browserfleet::operator::context::Settings;
+use devcluster::nodes::{NodeOptions, NodeSimulator, PortPool};
 use futures::StreamExt;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use serde_json::{Value, json};
-use support::{
+use testkit::bench::{
     Cluster, InProcess, loadavg, meminfo_kib, metric_sum, ms, percentile, scrape, status_kib, until,
 };
 use tokio::io::AsyncBufReadExt;

@@ -14,8 +14,10 @@
 # Environment:
 #   DEMO_EXIT_WHEN_DONE=1  exit 0 once the fleet is back at its minimum
 #                          instead of waiting for Ctrl-C (for tests and CI)
-#   DEMO_BINARY=PATH       the browserfleet binary to run; without it the
-#                          script builds target/debug/browserfleet
+#   DEMO_BINARY=PATH       the browserfleet binary to run, and
+#   DEMO_DEV_BINARY=PATH   the browserfleet-dev binary (development API server
+#                          and node simulator); without both the script builds
+#                          target/debug/browserfleet{,-dev}
 #   CARGO                  cargo to build with (default: cargo)
 #
 # Every wait has a deadline; only loopback addresses are contacted.
@@ -313,13 +315,17 @@ preflight() {
 
 main() {
   preflight
-  local bin="${DEMO_BINARY:-}"
-  if [[ -z "$bin" ]]; then
-    say "building browserfleet (cargo build --locked)"
-    (cd "$ROOT" && "${CARGO:-cargo}" build --locked --quiet)
-    bin="$ROOT/target/debug/browserfleet"
+  # The product binary (operator, agent) and the development cluster's
+  # (API server, node simulator), which cargo builds side by side.
+  local bin="${DEMO_BINARY:-}" dev="${DEMO_DEV_BINARY:-}"
+  if [[ -z "$bin" || -z "$dev" ]]; then
+    say "building browserfleet and browserfleet-dev (cargo build --locked)"
+    (cd "$ROOT" && "${CARGO:-cargo}" build --locked --quiet --bins)
+    bin="${bin:-$ROOT/target/debug/browserfleet}"
+    dev="${dev:-$ROOT/target/debug/browserfleet-dev}"
   fi
   [[ -x "$bin" ]] || fail "$bin is not an executable"
+  [[ -x "$dev" ]] || fail "$dev is not an executable"
 
   WORK="$(mktemp -d "${TMPDIR:-/tmp}/browserfleet-demo.XXXXXX")"
   trap cleanup EXIT
@@ -341,7 +347,7 @@ main() {
   unset AWS_PROFILE AWS_SESSION_TOKEN AWS_DEFAULT_REGION
   note "moto on $AWS_ENDPOINT_URL"
 
-  start apiserver "$bin" dev apiserver --listen 127.0.0.1:0 --kubeconfig "$WORK/kubeconfig"
+  start apiserver "$dev" apiserver --listen 127.0.0.1:0 --kubeconfig "$WORK/kubeconfig"
   wait_until "$START_DEADLINE" "the API server to listen" has_printed apiserver "listening on "
   export KUBECONFIG="$WORK/kubeconfig"
   note "Kubernetes API (development server) on $(printed apiserver "listening on ")"
@@ -370,7 +376,7 @@ EOF
   note "operator serving health and metrics on $(printed operator "listening on ")"
   # Browser ports below the kernel's ephemeral range (32768 on), where no
   # outgoing connection takes them, and below the tests' (20000 on).
-  start nodes "$bin" dev nodes --work-dir "$WORK/nodes" --boot-delay 2s \
+  start nodes "$dev" nodes --agent-binary "$bin" --work-dir "$WORK/nodes" --boot-delay 2s \
     --poll-interval 500ms --fleet "$NAMESPACE/$FLEET" \
     --browser-ports 19000-19999 --ports-per-node 16
   wait_until "$START_DEADLINE" "the node simulator to start" has_printed nodes "simulating nodes in "

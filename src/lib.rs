@@ -6,7 +6,7 @@
 pub mod agent;
 pub mod api;
 pub mod cloud;
-pub mod local;
+pub mod commands;
 pub mod operator;
 pub mod protocol;
 pub mod scaling;

@@ -1,8 +1,6 @@
 //! The node agent end to end: real Chromium, moto SQS, the agent's own HTTP
 //! listener, a CDP client connecting through the gateway.
 
-mod support;
-
 use std::time::Duration;
 
 use browserfleet::agent::RunningAgent;
@@ -10,11 +8,11 @@ use browserfleet::agent::intake::IntakeOptions;
 use browserfleet::cloud::{Service, Sqs};
 use browserfleet::protocol::callback;
 use serde_json::{Value, json};
-use support::agent_world::{
+use testkit::agent_world::{
     AgentWorld, CallbackReceiver, Cdp, assert_no_message, end_and_stop, end_session,
     evaluate_in_new_page, eventually, metric, processes_with,
 };
-use support::http;
+use testkit::http;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_gets_a_ready_reply_a_signed_callback_and_a_working_gateway() {
@@ -500,7 +498,7 @@ async fn a_launcher_command_starts_the_browser() {
     let mut world = AgentWorld::new("agent-launcher", 1).await;
     world.config["browser"] = json!({
         "launcherCommand": ["/bin/sh", "-c", "exec /usr/bin/chromium \"$@\"", "launcher"],
-        "extraArgs": support::agent_world::TEST_BROWSER_ARGS,
+        "extraArgs": testkit::agent_world::TEST_BROWSER_ARGS,
     });
     let running = world.start_agent().await;
     let ready = ready_session(&world, "s-launched", json!({})).await;
@@ -1051,7 +1049,7 @@ async fn a_full_agent_serves_queued_deletes_at_once_and_keeps_waiting_creates_of
     let world = AgentWorld::new("agent-full", 1).await;
     // The agent's own SQS client, so that its recorder counts only the
     // agent's calls.
-    let aws = support::aws().await;
+    let aws = testkit::aws().await;
     let calls = aws.recorder().clone();
     let count = |operation: &str| calls.count(Service::Sqs, operation);
     let intake = AgentWorld::test_intake();

@@ -2,13 +2,11 @@
 //! live on, are re-adopted from the session table and stay supervised, and a
 //! browser that no session owns is killed.
 
-mod support;
-
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::agent_world::{
+use testkit::agent_world::{
     AgentWorld, CHROMIUM, Cdp, TEST_BROWSER_ARGS, evaluate_in_new_page, eventually, processes_with,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -22,7 +20,7 @@ async fn spawn_agent(
     config: &std::path::Path,
     identity: Option<(&str, &str)>,
 ) -> (Child, String) {
-    let moto = support::moto::moto();
+    let moto = testkit::moto::moto();
     let mut command = Command::new(env!("CARGO_BIN_EXE_browserfleet"));
     command.args(["agent", "--config"]).arg(config);
     if let Some((instance_id, advertise)) = identity {

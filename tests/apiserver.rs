@@ -7,12 +7,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-mod support;
-
-use support::cluster::TestCluster;
+use testkit::cluster::TestCluster;
 
 use browserfleet::api::{self, BrowserFleet};
-use browserfleet::local::apiserver::DevApiServer;
+use devcluster::apiserver::DevApiServer;
 use futures::{StreamExt, TryStreamExt};
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -1097,14 +1095,8 @@ async fn cli_writes_a_kubeconfig_kube_rs_can_use() {
     let dir = std::env::temp_dir().join(format!("bf-kubeconfig-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let path = dir.join("config");
-    let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_browserfleet"))
-        .args([
-            "dev",
-            "apiserver",
-            "--listen",
-            "127.0.0.1:0",
-            "--kubeconfig",
-        ])
+    let mut child = tokio::process::Command::new(testkit::tools::dev_binary())
+        .args(["apiserver", "--listen", "127.0.0.1:0", "--kubeconfig"])
         .arg(&path)
         .stdout(std::process::Stdio::piped())
         .kill_on_drop(true)

@@ -10,15 +10,13 @@
 //! `BROWSERFLEET_TEST_KUBECONFIG` that cluster is used instead. One control
 //! plane serves every test of this file: the cases render once, together.
 
-mod support;
-
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
 use serde_json::{Value, json};
-use support::tools::{
+use testkit::tools::{
     self, RenderCase, chart_dir, find, helm_chart_py, objects, render_chart, stdout_json,
 };
 

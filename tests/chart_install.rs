@@ -5,17 +5,15 @@
 //! chart's crds/ stay, as Helm leaves them). tests/chart.rs does the same on
 //! a real kube-apiserver.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 
-use browserfleet::local::apiserver::DevApiServer;
+use devcluster::apiserver::DevApiServer;
 use kube::api::{Api, DynamicObject};
 use kube::core::{ApiResource, GroupVersionKind};
 use serde_json::Value;
 
-use support::tools;
+use testkit::tools;
 
 const RELEASE: &str = "bf";
 /// The release's objects' name (the chart's fullname: release-chart).

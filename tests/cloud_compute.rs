@@ -2,9 +2,7 @@
 //! tag with pagination, batched terminate, stop/start, and resolving an AMI
 //! from an SSM parameter.
 
-mod support;
-
-use support::launch_world::{blueprint, world};
+use testkit::launch_world::{blueprint, world};
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -65,9 +63,9 @@ async fn launch(
 
 #[tokio::test]
 async fn launch_applies_the_whole_blueprint() {
-    let aws = support::aws().await;
+    let aws = testkit::aws().await;
     let world = world(&aws, "blueprint").await;
-    let fleet = support::unique_fleet("blueprint");
+    let fleet = testkit::unique_fleet("blueprint");
     let compute = Ec2Compute::new(&aws);
     let blueprint = blueprint(&world);
     let request = LaunchRequest {
@@ -194,7 +192,7 @@ async fn launch_applies_the_whole_blueprint() {
         assert!(
             arn.ends_with(&format!(
                 "instance-profile/{}",
-                support::moto::INSTANCE_PROFILE
+                testkit::moto::INSTANCE_PROFILE
             )),
             "{arn}"
         );
@@ -214,9 +212,9 @@ async fn launch_applies_the_whole_blueprint() {
 
 #[tokio::test]
 async fn launch_with_a_public_ip_uses_a_network_interface_in_the_subnet() {
-    let aws = support::aws().await;
+    let aws = testkit::aws().await;
     let world = world(&aws, "public-ip").await;
-    let fleet = support::unique_fleet("public-ip");
+    let fleet = testkit::unique_fleet("public-ip");
     let compute = Ec2Compute::new(&aws);
     let blueprint = InstanceBlueprint {
         associate_public_ip: true,
@@ -240,10 +238,10 @@ async fn launch_with_a_public_ip_uses_a_network_interface_in_the_subnet() {
 
 #[tokio::test]
 async fn list_instances_pages_through_the_fleet_and_nothing_else() {
-    let aws = support::aws().await;
+    let aws = testkit::aws().await;
     let world = world(&aws, "pages").await;
-    let fleet = support::unique_fleet("pages");
-    let other = support::unique_fleet("pages-other");
+    let fleet = testkit::unique_fleet("pages");
+    let other = testkit::unique_fleet("pages-other");
     let compute = Ec2Compute::new(&aws).with_page_size(5);
     let blueprint = blueprint(&world);
     let mut launched = BTreeSet::new();
@@ -281,10 +279,10 @@ async fn list_instances_pages_through_the_fleet_and_nothing_else() {
 
 #[tokio::test]
 async fn list_managed_pages_through_every_fleet_and_leaves_out_strangers_and_the_terminated() {
-    let aws = support::aws().await;
+    let aws = testkit::aws().await;
     let world = world(&aws, "managed").await;
-    let first = support::unique_fleet("managed-a");
-    let second = support::unique_fleet("managed-b");
+    let first = testkit::unique_fleet("managed-a");
+    let second = testkit::unique_fleet("managed-b");
     let compute = Ec2Compute::new(&aws).with_page_size(5);
     let blueprint = blueprint(&world);
     let mut ours = BTreeSet::new();
@@ -341,9 +339,9 @@ async fn list_managed_pages_through_every_fleet_and_leaves_out_strangers_and_the
 
 #[tokio::test]
 async fn terminate_splits_into_batches_and_terminated_instances_leave_the_listing() {
-    let aws = support::aws().await;
+    let aws = testkit::aws().await;
     let world = world(&aws, "terminate").await;
-    let fleet = support::unique_fleet("terminate");
+    let fleet = testkit::unique_fleet("terminate");
     let compute = Ec2Compute::new(&aws).with_batch_size(4);
     let ids = launch(&compute, &fleet, &blueprint(&world), 10, 1).await;
     assert_eq!(ids.len(), 10);
@@ -376,9 +374,9 @@ async fn terminate_splits_into_batches_and_terminated_instances_leave_the_listin
 
 #[tokio::test]
 async fn stop_and_start_move_instances_between_states() {
-    let aws = support::aws().await;
+    let aws = testkit::aws().await;
     let world = world(&aws, "stop-start").await;
-    let fleet = support::unique_fleet("stop-start");
+    let fleet = testkit::unique_fleet("stop-start");
     let compute = Ec2Compute::new(&aws).with_batch_size(2);
     let ids = launch(&compute, &fleet, &blueprint(&world), 3, 1).await;
 
@@ -405,7 +403,7 @@ async fn stop_and_start_move_instances_between_states() {
 
 #[tokio::test]
 async fn terminating_an_unknown_instance_is_a_typed_not_found_error() {
-    let aws = support::aws().await;
+    let aws = testkit::aws().await;
     let compute = Ec2Compute::new(&aws);
     let err = compute
         .terminate(&[InstanceId::new("i-0123456789abcdef0")])
@@ -418,9 +416,9 @@ async fn terminating_an_unknown_instance_is_a_typed_not_found_error() {
 
 #[tokio::test]
 async fn launching_an_image_that_does_not_exist_is_refused_before_run_instances() {
-    let aws = support::aws().await;
+    let aws = testkit::aws().await;
     let world = world(&aws, "no-image").await;
-    let fleet = support::unique_fleet("no-image");
+    let fleet = testkit::unique_fleet("no-image");
     let compute = Ec2Compute::new(&aws);
     let blueprint = InstanceBlueprint {
         image_id: ImageId::new("ami-00000000000000000").expect("ami id"),
@@ -441,10 +439,10 @@ async fn launching_an_image_that_does_not_exist_is_refused_before_run_instances(
 
 #[tokio::test]
 async fn resolve_image_reads_an_ssm_parameter_or_passes_a_fixed_id() {
-    let aws = support::aws().await;
+    let aws = testkit::aws().await;
     let compute = Ec2Compute::new(&aws);
     let ssm = Ssm::new(&aws);
-    let fleet = support::unique_fleet("resolve");
+    let fleet = testkit::unique_fleet("resolve");
     let name = format!("/browserfleet/test/{}/ami", fleet.uid());
     let write = ParameterWrite {
         name: name.clone(),

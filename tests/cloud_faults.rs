@@ -1,8 +1,6 @@
-//! Fault injection between the real SDK and moto (through `support::fault_proxy`):
+//! Fault injection between the real SDK and moto (through `testkit::fault_proxy`):
 //! throttling, server errors, dropped connections, stalls and capacity errors,
 //! and what the cloud layer makes of them.
-
-mod support;
 
 use std::time::Duration;
 
@@ -10,14 +8,14 @@ use browserfleet::cloud::{
     Aws, AwsSettings, ClientToken, Compute, ComputeError, Ec2Compute, EnsuredQueue, LaunchRequest,
     QueueDefinition, QueueError, Queues, RetryMode, Service, Sqs,
 };
-use support::fault_proxy::{Fault, proxy};
-use support::launch_world::{blueprint, world};
+use testkit::fault_proxy::{Fault, proxy};
+use testkit::launch_world::{blueprint, world};
 
 async fn aws(max_attempts: u32) -> Aws {
     proxy();
-    support::load(AwsSettings {
+    testkit::load(AwsSettings {
         max_attempts,
-        ..support::fast_settings()
+        ..testkit::fast_settings()
     })
     .await
 }
@@ -25,7 +23,7 @@ async fn aws(max_attempts: u32) -> Aws {
 /// A queue of its own, and the string that marks requests about it (its
 /// name, which every request on it carries in its queue URL).
 async fn queue(aws: &Aws, name: &str) -> (Sqs, EnsuredQueue, String) {
-    let fleet = support::unique_fleet(name);
+    let fleet = testkit::unique_fleet(name);
     let sqs = Sqs::new(aws);
     let ensured = sqs
         .ensure_queue(&QueueDefinition::events_for(&fleet))
@@ -62,10 +60,10 @@ async fn throttled_twice_then_answered_succeeds_within_the_retry_budget() {
 #[tokio::test]
 async fn adaptive_retry_mode_also_rides_out_throttling() {
     proxy();
-    let aws = support::load(AwsSettings {
+    let aws = testkit::load(AwsSettings {
         retry_mode: RetryMode::Adaptive,
         max_attempts: 4,
-        ..support::fast_settings()
+        ..testkit::fast_settings()
     })
     .await;
     let (sqs, queue, marker) = queue(&aws, "adaptive").await;
@@ -110,7 +108,7 @@ async fn throttling_beyond_the_retry_budget_is_a_typed_retryable_error() {
 #[tokio::test]
 async fn ec2_throttling_beyond_the_budget_is_a_typed_retryable_compute_error() {
     let aws = aws(2).await;
-    let fleet = support::unique_fleet("ec2-throttle");
+    let fleet = testkit::unique_fleet("ec2-throttle");
     let compute = Ec2Compute::new(&aws);
     let rule = proxy().inject(
         "DescribeInstances",
@@ -174,10 +172,10 @@ async fn a_permanent_error_is_not_retried() {
 #[tokio::test]
 async fn a_stalled_attempt_times_out_and_is_retried() {
     proxy();
-    let aws = support::load(AwsSettings {
+    let aws = testkit::load(AwsSettings {
         max_attempts: 3,
         attempt_timeout: Duration::from_secs(1),
-        ..support::fast_settings()
+        ..testkit::fast_settings()
     })
     .await;
     let (sqs, queue, marker) = queue(&aws, "stall-once").await;
@@ -195,11 +193,11 @@ async fn a_stalled_attempt_times_out_and_is_retried() {
 #[tokio::test]
 async fn a_call_that_always_stalls_is_a_typed_timeout() {
     proxy();
-    let aws = support::load(AwsSettings {
+    let aws = testkit::load(AwsSettings {
         max_attempts: 2,
         attempt_timeout: Duration::from_secs(1),
         operation_timeout: Duration::from_secs(5),
-        ..support::fast_settings()
+        ..testkit::fast_settings()
     })
     .await;
     let (sqs, queue, marker) = queue(&aws, "stall-forever").await;
@@ -220,7 +218,7 @@ async fn a_call_that_always_stalls_is_a_typed_timeout() {
 async fn capacity_errors_fall_back_to_the_next_type_then_the_next_subnet() {
     let aws = aws(2).await;
     let world = world(&aws, "fallback").await;
-    let fleet = support::unique_fleet("fallback");
+    let fleet = testkit::unique_fleet("fallback");
     let compute = Ec2Compute::new(&aws);
     let blueprint = blueprint(&world);
     let rule = proxy().inject(
@@ -312,7 +310,7 @@ async fn capacity_errors_fall_back_to_the_next_type_then_the_next_subnet() {
 async fn no_capacity_anywhere_is_a_retryable_error_listing_every_placement() {
     let aws = aws(1).await;
     let world = world(&aws, "no-capacity").await;
-    let fleet = support::unique_fleet("no-capacity");
+    let fleet = testkit::unique_fleet("no-capacity");
     let compute = Ec2Compute::new(&aws);
     let rule = proxy().inject(
         "RunInstances",

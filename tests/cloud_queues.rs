@@ -1,8 +1,6 @@
 //! `Sqs` against moto: every `Queues` method, checked against what moto then
 //! holds.
 
-mod support;
-
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -55,8 +53,8 @@ async fn request_queue(
 
 #[tokio::test]
 async fn ensure_creates_the_queue_with_its_dead_letter_queue_redrive_and_tags() {
-    let aws = support::aws().await;
-    let fleet = support::unique_fleet("ensure");
+    let aws = testkit::aws().await;
+    let fleet = testkit::unique_fleet("ensure");
     let spec = QueueSpec {
         visibility_timeout_seconds: 45,
         max_receive_count: 3,
@@ -113,8 +111,8 @@ async fn ensure_creates_the_queue_with_its_dead_letter_queue_redrive_and_tags() 
 
 #[tokio::test]
 async fn ensure_is_idempotent_and_converges_changed_attributes() {
-    let aws = support::aws().await;
-    let fleet = support::unique_fleet("idempotent");
+    let aws = testkit::aws().await;
+    let fleet = testkit::unique_fleet("idempotent");
     let spec = QueueSpec::default();
     let (sqs, first) = request_queue(&aws, &fleet, &spec).await;
     let second = sqs
@@ -170,8 +168,8 @@ async fn ensure_is_idempotent_and_converges_changed_attributes() {
 
 #[tokio::test]
 async fn depth_counts_visible_in_flight_and_delayed_in_one_call() {
-    let aws = support::aws().await;
-    let fleet = support::unique_fleet("depth");
+    let aws = testkit::aws().await;
+    let fleet = testkit::unique_fleet("depth");
     let (sqs, queue) = request_queue(&aws, &fleet, &QueueSpec::default()).await;
     for body in ["a", "b", "c"] {
         sqs.send(&queue.url, &message(body)).await.expect("send");
@@ -204,8 +202,8 @@ async fn depth_counts_visible_in_flight_and_delayed_in_one_call() {
 
 #[tokio::test]
 async fn send_batch_splits_into_batches_of_ten() {
-    let aws = support::aws().await;
-    let fleet = support::unique_fleet("send-batch");
+    let aws = testkit::aws().await;
+    let fleet = testkit::unique_fleet("send-batch");
     let (sqs, queue) = request_queue(&aws, &fleet, &QueueSpec::default()).await;
     let messages: Vec<_> = (0..25).map(|i| message(&format!("request {i}"))).collect();
     aws.recorder().reset();
@@ -224,8 +222,8 @@ async fn send_batch_splits_into_batches_of_ten() {
 
 #[tokio::test]
 async fn receive_then_delete_batch_empties_the_queue_in_batches_of_ten() {
-    let aws = support::aws().await;
-    let fleet = support::unique_fleet("delete-batch");
+    let aws = testkit::aws().await;
+    let fleet = testkit::unique_fleet("delete-batch");
     let (sqs, queue) = request_queue(&aws, &fleet, &QueueSpec::default()).await;
     let messages: Vec<_> = (0..15).map(|i| message(&format!("m{i}"))).collect();
     sqs.send_batch(&queue.url, &messages)
@@ -258,8 +256,8 @@ async fn receive_then_delete_batch_empties_the_queue_in_batches_of_ten() {
 
 #[tokio::test]
 async fn receive_reports_body_and_count_and_delete_removes_one_message() {
-    let aws = support::aws().await;
-    let fleet = support::unique_fleet("receive");
+    let aws = testkit::aws().await;
+    let fleet = testkit::unique_fleet("receive");
     let (sqs, queue) = request_queue(&aws, &fleet, &QueueSpec::default()).await;
     let id = sqs
         .send(&queue.url, &message(r#"{"version":1,"action":"create"}"#))
@@ -281,8 +279,8 @@ async fn receive_reports_body_and_count_and_delete_removes_one_message() {
 
 #[tokio::test]
 async fn change_visibility_to_zero_makes_a_message_visible_again() {
-    let aws = support::aws().await;
-    let fleet = support::unique_fleet("visibility");
+    let aws = testkit::aws().await;
+    let fleet = testkit::unique_fleet("visibility");
     let (sqs, queue) = request_queue(&aws, &fleet, &QueueSpec::default()).await;
     sqs.send(&queue.url, &message("retry me"))
         .await
@@ -311,8 +309,8 @@ async fn change_visibility_to_zero_makes_a_message_visible_again() {
 
 #[tokio::test]
 async fn a_message_moves_to_the_dead_letter_queue_after_max_receive_count() {
-    let aws = support::aws().await;
-    let fleet = support::unique_fleet("dlq");
+    let aws = testkit::aws().await;
+    let fleet = testkit::unique_fleet("dlq");
     let spec = QueueSpec {
         max_receive_count: 2,
         ..QueueSpec::default()
@@ -351,8 +349,8 @@ async fn a_message_moves_to_the_dead_letter_queue_after_max_receive_count() {
 
 #[tokio::test]
 async fn receive_long_polls_an_empty_queue_for_the_wait() {
-    let aws = support::aws().await;
-    let fleet = support::unique_fleet("long-poll");
+    let aws = testkit::aws().await;
+    let fleet = testkit::unique_fleet("long-poll");
     let (sqs, queue) = request_queue(&aws, &fleet, &QueueSpec::default()).await;
     let options = ReceiveOptions {
         wait: Duration::from_secs(1),
@@ -370,8 +368,8 @@ async fn receive_long_polls_an_empty_queue_for_the_wait() {
 
 #[tokio::test]
 async fn deleted_queue_is_gone_and_calls_on_it_are_not_found() {
-    let aws = support::aws().await;
-    let fleet = support::unique_fleet("delete-queue");
+    let aws = testkit::aws().await;
+    let fleet = testkit::unique_fleet("delete-queue");
     let definition = QueueDefinition::events_for(&fleet);
     let sqs = Sqs::new(&aws);
     let ensured = sqs.ensure_queue(&definition).await.expect("ensure");
@@ -393,13 +391,13 @@ async fn deleted_queue_is_gone_and_calls_on_it_are_not_found() {
 
 #[tokio::test]
 async fn the_region_given_in_settings_wins_over_the_environment() {
-    let aws = support::aws_with(browserfleet::cloud::AwsSettings {
+    let aws = testkit::aws_with(browserfleet::cloud::AwsSettings {
         region: Some("eu-west-1".to_owned()),
-        ..support::fast_settings()
+        ..testkit::fast_settings()
     })
     .await;
     assert_eq!(aws.region(), Some("eu-west-1"));
-    let fleet = support::unique_fleet("region");
+    let fleet = testkit::unique_fleet("region");
     let ensured = Sqs::new(&aws)
         .ensure_queue(&QueueDefinition::events_for(&fleet))
         .await
@@ -410,7 +408,7 @@ async fn the_region_given_in_settings_wins_over_the_environment() {
         ensured.arn
     );
 
-    let from_env = support::aws().await;
+    let from_env = testkit::aws().await;
     assert_eq!(
         from_env.region(),
         Some("us-east-1"),

@@ -1,8 +1,6 @@
 //! `Ssm` against moto: the agent-config parameter and secrets (Parameters),
 //! and Run Command (Commands).
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -43,9 +41,9 @@ async fn tags_of(aws: &Aws, name: &str) -> BTreeMap<String, String> {
 
 #[tokio::test]
 async fn agent_config_parameter_is_written_tagged_and_overwritten() {
-    let aws = support::aws().await;
+    let aws = testkit::aws().await;
     let ssm = Ssm::new(&aws);
-    let fleet = support::unique_fleet("config");
+    let fleet = testkit::unique_fleet("config");
     let first = config_write(&fleet, r#"{"gatewayPort":9222}"#, ParameterKind::String);
     assert_eq!(ssm.put_parameter(&first).await.expect("put"), 1);
 
@@ -76,9 +74,9 @@ async fn agent_config_parameter_is_written_tagged_and_overwritten() {
 
 #[tokio::test]
 async fn secure_string_is_stored_encrypted_and_read_back_as_a_secret() {
-    let aws = support::aws().await;
+    let aws = testkit::aws().await;
     let ssm = Ssm::new(&aws);
-    let fleet = support::unique_fleet("secret");
+    let fleet = testkit::unique_fleet("secret");
     let write = ParameterWrite {
         name: format!("/browserfleet/{}/autologon-password", fleet.uid()),
         value: "correct horse battery staple".to_owned(),
@@ -116,9 +114,9 @@ async fn secure_string_is_stored_encrypted_and_read_back_as_a_secret() {
 
 #[tokio::test]
 async fn a_plain_parameter_is_refused_as_a_secret_and_a_missing_one_is_not_found() {
-    let aws = support::aws().await;
+    let aws = testkit::aws().await;
     let ssm = Ssm::new(&aws);
-    let fleet = support::unique_fleet("not-secret");
+    let fleet = testkit::unique_fleet("not-secret");
     let write = config_write(&fleet, "plain", ParameterKind::String);
     ssm.put_parameter(&write).await.expect("put");
     let err = ssm
@@ -184,9 +182,9 @@ async fn wait_until_final(
 
 #[tokio::test]
 async fn shell_and_powershell_commands_are_sent_and_each_invocation_is_read() {
-    let aws = support::aws().await;
+    let aws = testkit::aws().await;
     let ssm = Ssm::new(&aws);
-    let fleet = support::unique_fleet("commands");
+    let fleet = testkit::unique_fleet("commands");
     let instances = two_instances(&aws, &fleet).await;
     let raw = aws_sdk_ssm::Client::new(aws.sdk_config());
 
@@ -248,9 +246,9 @@ async fn shell_and_powershell_commands_are_sent_and_each_invocation_is_read() {
 
 #[tokio::test]
 async fn a_named_document_is_sent_with_its_parameters() {
-    let aws = support::aws().await;
+    let aws = testkit::aws().await;
     let ssm = Ssm::new(&aws);
-    let fleet = support::unique_fleet("named");
+    let fleet = testkit::unique_fleet("named");
     let instances = two_instances(&aws, &fleet).await;
     let parameters = BTreeMap::from([
         ("action".to_owned(), vec!["Install".to_owned()]),
@@ -288,7 +286,7 @@ async fn a_named_document_is_sent_with_its_parameters() {
 
 #[tokio::test]
 async fn reading_an_unknown_command_is_not_found() {
-    let aws = support::aws().await;
+    let aws = testkit::aws().await;
     let ssm = Ssm::new(&aws);
     let err = ssm
         .invocation(

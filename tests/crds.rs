@@ -492,7 +492,7 @@ fn dev_apiserver_refuses_the_patterns_go_refuses() {
     .to_vec();
     let go = go_regexp_errors(&patterns);
     for (pattern, go_error) in patterns.iter().zip(go) {
-        let ours = browserfleet::local::apiserver::go_regexp_error(pattern);
+        let ours = devcluster::apiserver::go_regexp_error(pattern);
         assert_eq!(
             ours.is_some(),
             go_error.is_some(),
@@ -511,7 +511,7 @@ fn dev_apiserver_refuses_the_patterns_go_refuses() {
     for (pattern, go_error) in stricter.iter().zip(go_regexp_errors(&stricter)) {
         assert_eq!(go_error, None, "{pattern:?}");
         assert!(
-            browserfleet::local::apiserver::go_regexp_error(pattern).is_some(),
+            devcluster::apiserver::go_regexp_error(pattern).is_some(),
             "{pattern:?}"
         );
     }

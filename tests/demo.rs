@@ -2,14 +2,12 @@
 //! (`DEMO_EXIT_WHEN_DONE=1`) goes through every phase, exits 0, and leaves
 //! no process and no temporary directory behind.
 
-mod support;
-
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use support::agent_world::{processes_with, processes_with_env};
+use testkit::agent_world::{processes_with, processes_with_env};
 
 /// The whole demo (about 90 s), well within the time it may take.
 const DEADLINE: Duration = Duration::from_secs(200);
@@ -61,6 +59,7 @@ fn run_demo() -> Run {
         .current_dir(&root)
         .env("DEMO_EXIT_WHEN_DONE", "1")
         .env("DEMO_BINARY", env!("CARGO_BIN_EXE_browserfleet"))
+        .env("DEMO_DEV_BINARY", testkit::tools::dev_binary())
         .env_remove("TERM")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

@@ -4,14 +4,12 @@
 //! base and the websocket URL, with the token in the header and in the query;
 //! and the gateway answers Chromium's discovery paths the way Chromium does.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{Value, json};
-use support::agent_world::{AgentWorld, end_and_stop};
-use support::http;
+use testkit::agent_world::{AgentWorld, end_and_stop};
+use testkit::http;
 
 fn python() -> PathBuf {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");

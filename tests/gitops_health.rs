@@ -5,8 +5,6 @@
 //! sessions. The objects are read raw from the API server, as Argo CD
 //! reads them.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -15,7 +13,7 @@ use browserfleet::api::{BrowserFleet, BrowserSession};
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use support::operator_world::{OperatorWorld, has_condition, test_settings};
+use testkit::operator_world::{OperatorWorld, has_condition, test_settings};
 
 /// What a health check answered.
 #[derive(Debug)]

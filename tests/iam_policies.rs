@@ -4,8 +4,6 @@
 //! `CallRecorder`s counted them, must be allowed by the policy of who made
 //! it; and a policy allows no action the code never calls.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::path::Path;
 use std::time::Duration;
@@ -14,8 +12,8 @@ use browserfleet::api::session::SessionPhase;
 use browserfleet::cloud::Service;
 use serde_json::{Value, json};
 
-use support::agent_world::eventually;
-use support::operator_world::{OperatorWorld, WAIT, has_condition, replies, test_settings};
+use testkit::agent_world::eventually;
+use testkit::operator_world::{OperatorWorld, WAIT, has_condition, replies, test_settings};
 
 /// Actions AWS requires beside a call rather than for one: tags given to
 /// `RunInstances` need `ec2:CreateTags`, its instance profile `iam:PassRole`.
@@ -84,7 +82,7 @@ fn callable() -> BTreeSet<String> {
 
 /// The AWS calls an agent exported on its `/metrics`, as IAM actions.
 async fn agent_calls(address: &str) -> BTreeSet<String> {
-    let (code, text) = support::http::call("GET", &format!("http://{address}/metrics"), None).await;
+    let (code, text) = testkit::http::call("GET", &format!("http://{address}/metrics"), None).await;
     assert_eq!(code, 200, "{text}");
     let pattern = regex::Regex::new(
         r#"^browserfleet_aws_calls_total\{service="([a-z0-9]+)",operation="([A-Za-z]+)",outcome="[a-z_]+"\} [1-9]"#,
@@ -123,7 +121,7 @@ fn the_policies_allow_nothing_the_code_never_calls() {
 async fn every_call_of_an_end_to_end_run_is_allowed_by_its_policy() {
     let world = OperatorWorld::new("iam-policies").await;
     // The operator's own clients: its recorder counts its calls alone.
-    let operator_aws = support::aws().await;
+    let operator_aws = testkit::aws().await;
     let recorder = operator_aws.recorder().clone();
     let _operator = world
         .start_operator_with_aws(test_settings(), None, operator_aws)

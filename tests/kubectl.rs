@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Output;
 use std::time::Duration;
 
-use browserfleet::local::apiserver::DevApiServer;
+use devcluster::apiserver::DevApiServer;
 
 fn kubectl_binary() -> PathBuf {
     let path = std::env::var_os("BROWSERFLEET_KUBECTL")

@@ -3,13 +3,11 @@
 //! its CRDs are those of crds/. tests/chart.rs checks the rest of it against
 //! the Helm chart's defaults.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::process::Command;
 
 use serde_json::Value;
-use support::tools::{self, objects};
+use testkit::tools::{self, objects};
 
 fn kustomize(dir: &str) -> Vec<Value> {
     let output = Command::new(tools::kubectl())

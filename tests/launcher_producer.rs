@@ -5,8 +5,6 @@
 //! API server (or `BROWSERFLEET_TEST_KUBECONFIG`), moto, node simulator and
 //! Chromium.
 
-mod support;
-
 use std::path::Path;
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -16,11 +14,11 @@ use browserfleet::cloud::{DeadLetterDefinition, QueueDefinition, QueueUrl, Queue
 use browserfleet::protocol::callback::{SIGNATURE_HEADER, TIMESTAMP_HEADER};
 use serde_json::{Value, json};
 
-use support::agent_world::{
+use testkit::agent_world::{
     CallbackReceiver, Cdp, evaluate_in_new_page, eventually, next_message, processes_with,
     receive_batch,
 };
-use support::operator_world::{OperatorWorld, WAIT, test_settings};
+use testkit::operator_world::{OperatorWorld, WAIT, test_settings};
 
 /// The extension the launcher's example request names, by path.
 const EXTENSION: &str = "hello-extension";

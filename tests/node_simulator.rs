@@ -4,15 +4,13 @@
 //! instance takes its agent and browsers with it; a fleet that never
 //! registers gets no agent; a crashed agent comes back and re-adopts.
 
-mod support;
-
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
 use browserfleet::cloud::{Compute, Queues};
 use browserfleet::operator::agent_client::AgentClient;
-use support::agent_world::{eventually, processes_with};
-use support::node_world::{NodeWorld, SLOTS, boot_due, is_running};
+use testkit::agent_world::{eventually, processes_with};
+use testkit::node_world::{NodeWorld, SLOTS, boot_due, is_running};
 
 /// Long enough for moto, the agent's start and a browser's.
 const DEADLINE: Duration = Duration::from_secs(60);
@@ -211,16 +209,9 @@ async fn dev_nodes_plays_nodes_until_sigterm_and_leaves_nothing_running() {
     let fleet = world.fleet("nodes-cli").await;
     world.publish(&fleet).await;
     let pool = world.options(Duration::ZERO).browser_ports;
-    // The AWS variables support::aws() set for this process are inherited.
-    let mut cli = tokio::process::Command::new(env!("CARGO_BIN_EXE_browserfleet"))
-        .args([
-            "dev",
-            "nodes",
-            "--boot-delay",
-            "1s",
-            "--poll-interval",
-            "200ms",
-        ])
+    // The AWS variables testkit::aws() set for this process are inherited.
+    let mut cli = tokio::process::Command::new(testkit::tools::dev_binary())
+        .args(["nodes", "--boot-delay", "1s", "--poll-interval", "200ms"])
         .args(["--fleet", &fleet.key()])
         .args(["--browser-ports", &format!("{}-{}", pool.first, pool.last)])
         .args(["--ports-per-node", &pool.per_node.to_string()])
@@ -230,7 +221,7 @@ async fn dev_nodes_plays_nodes_until_sigterm_and_leaves_nothing_running() {
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("browserfleet dev nodes starts");
+        .expect("browserfleet-dev nodes starts");
     let stdout = cli.stdout.take().expect("stdout");
     let line = tokio::time::timeout(DEADLINE, BufReader::new(stdout).lines().next_line())
         .await

@@ -3,8 +3,6 @@
 //! the operator in this process, and the node simulator running a real
 //! agent and real Chromium per instance.
 
-mod support;
-
 use std::time::Duration;
 
 use browserfleet::api::fleet::{CONDITION_DEGRADED, CONDITION_READY, InstanceState as Lifecycle};
@@ -15,8 +13,8 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use serde_json::{Value, json};
 
-use support::agent_world::{Cdp, evaluate_in_new_page, eventually};
-use support::operator_world::{OperatorWorld, WAIT, condition, has_condition, test_settings};
+use testkit::agent_world::{Cdp, evaluate_in_new_page, eventually};
+use testkit::operator_world::{OperatorWorld, WAIT, condition, has_condition, test_settings};
 
 fn writes(calls: &CallRecorder) -> Vec<String> {
     calls
@@ -116,18 +114,18 @@ async fn a_fleet_gets_queues_secret_config_and_its_minimum_of_registered_instanc
     // Health and metrics.
     let base = format!("http://{}", operator.address);
     assert_eq!(
-        support::http::call("GET", &format!("{base}/healthz"), None)
+        testkit::http::call("GET", &format!("{base}/healthz"), None)
             .await
             .0,
         200
     );
     assert_eq!(
-        support::http::call("GET", &format!("{base}/readyz"), None)
+        testkit::http::call("GET", &format!("{base}/readyz"), None)
             .await
             .0,
         200
     );
-    let (code, metrics) = support::http::call("GET", &format!("{base}/metrics"), None).await;
+    let (code, metrics) = testkit::http::call("GET", &format!("{base}/metrics"), None).await;
     assert_eq!(code, 200);
     assert!(
         metrics.contains("browserfleet_aws_calls_total{"),
@@ -175,7 +173,7 @@ async fn a_queue_burst_scales_out_is_served_and_idle_scales_back_to_the_minimum(
         fleet.status.unwrap().desired_instances <= 3,
         "no more instances than demand needs"
     );
-    let ready = support::operator_world::replies(&world, &replies_to, "session.ready", 5).await;
+    let ready = testkit::operator_world::replies(&world, &replies_to, "session.ready", 5).await;
     let instances = world.instances().await;
     assert!(
         instances.len() <= 3,
@@ -211,7 +209,7 @@ async fn a_queue_burst_scales_out_is_served_and_idle_scales_back_to_the_minimum(
             .find(|i| i.instance_id == instance)
             .and_then(|i| i.address.clone())
             .expect("address of the hosting instance");
-        let (code, body) = support::http::call(
+        let (code, body) = testkit::http::call(
             "DELETE",
             &format!(
                 "http://{address}/v1/sessions/{}",
@@ -330,7 +328,7 @@ async fn deleting_a_fleet_leaves_no_instance_queue_parameter_agent_or_browser() 
     let work = world.work.path().to_string_lossy().to_string();
     eventually("no browser left", WAIT, || {
         let work = work.clone();
-        async move { support::agent_world::processes_with(&work).is_empty() }
+        async move { testkit::agent_world::processes_with(&work).is_empty() }
     })
     .await;
     nodes.shutdown().await;

@@ -1,15 +1,13 @@
-//! The fleet reconciler when AWS fails (through `support::fault_proxy`
+//! The fleet reconciler when AWS fails (through `testkit::fault_proxy`
 //! between the SDK and moto): no capacity anywhere, a missing permission and
 //! throttling beyond the SDK's retries are reported in `Degraded` with their
 //! reason, never crash the operator, and the fleet recovers once they pass.
 
-mod support;
-
 use browserfleet::api::fleet::CONDITION_DEGRADED;
 use kube::ResourceExt;
 
-use support::fault_proxy::{Fault, proxy};
-use support::operator_world::{OperatorWorld, condition, test_settings};
+use testkit::fault_proxy::{Fault, proxy};
+use testkit::operator_world::{OperatorWorld, condition, test_settings};
 
 /// A world whose AWS calls go through the fault proxy.
 async fn world(test: &str) -> OperatorWorld {

@@ -5,8 +5,6 @@
 //! with leader election one acts and the other takes over when it is killed,
 //! without a duplicate launch.
 
-mod support;
-
 use std::collections::BTreeSet;
 use std::process::Stdio;
 use std::sync::Arc;
@@ -19,8 +17,8 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use serde_json::json;
 
-use support::agent_world::eventually;
-use support::operator_world::{OperatorWorld, WAIT, condition, test_settings};
+use testkit::agent_world::eventually;
+use testkit::operator_world::{OperatorWorld, WAIT, condition, test_settings};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deleted_fleet_keeps_an_instance_with_a_live_session_until_the_session_ends() {
@@ -85,7 +83,7 @@ async fn scale_in_retires_the_idle_instance_and_a_long_session_keeps_running() {
     // Three sessions on two slots per instance: the fleet grows to two.
     world.send_requests("long", 1, &replies, 90).await;
     world.send_requests("short", 2, &replies, 12).await;
-    let ready = support::operator_world::replies(&world, &replies, "session.ready", 3).await;
+    let ready = testkit::operator_world::replies(&world, &replies, "session.ready", 3).await;
     let long = ready
         .iter()
         .find(|r| r["sessionId"] == "long-0")
@@ -122,11 +120,11 @@ async fn scale_in_retires_the_idle_instance_and_a_long_session_keeps_running() {
         Some("False".to_owned()),
         "a scale-in is no replacement"
     );
-    let mut cdp = support::agent_world::Cdp::connect(&url)
+    let mut cdp = testkit::agent_world::Cdp::connect(&url)
         .await
         .expect("the long session still serves");
     assert_eq!(
-        support::agent_world::evaluate_in_new_page(&mut cdp, "1 + 1").await,
+        testkit::agent_world::evaluate_in_new_page(&mut cdp, "1 + 1").await,
         json!(2)
     );
     nodes.shutdown().await;
@@ -234,7 +232,7 @@ async fn instances_of_a_fleet_that_is_gone_are_swept_after_the_grace_period() {
             &ghost,
             &browserfleet::cloud::InstanceBlueprint {
                 cluster: Some(world.cluster_name()),
-                ..support::launch_world::blueprint(&world.launch)
+                ..testkit::launch_world::blueprint(&world.launch)
             },
             LaunchRequest {
                 count: 1,

@@ -8,23 +8,21 @@
 //! make), with a user agent of its own; the test fails if the rendered RBAC
 //! rules refuse any of its requests, or grant a verb nothing used.
 
-mod support;
-
 use std::collections::BTreeMap;
 use std::time::Duration;
 
 use browserfleet::api::session::SessionPhase;
-use browserfleet::local::apiserver::requests::{RecordedRequest, RequestTarget};
-use browserfleet::local::rbac::{self, Grant, Scope};
 use browserfleet::operator::run::LeaderElection;
+use devcluster::apiserver::requests::{RecordedRequest, RequestTarget};
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::api::rbac::v1::PolicyRule;
 use kube::api::Api;
 use serde_json::{Value, json};
+use testkit::rbac::{self, Grant, Scope};
 
-use support::agent_world::eventually;
-use support::operator_world::{OperatorWorld, WAIT, test_settings};
-use support::tools::{self, RenderCase};
+use testkit::agent_world::eventually;
+use testkit::operator_world::{OperatorWorld, WAIT, test_settings};
+use testkit::tools::{self, RenderCase};
 
 /// The user agent of the operator's client in this test.
 const OPERATOR_AGENT: &str = "browserfleet-operator/rbac-test";

@@ -3,8 +3,6 @@
 //! `BROWSERFLEET_TEST_KUBECONFIG`), moto, the operator in this process, and
 //! the node simulator running a real agent and real Chromium per instance.
 
-mod support;
-
 use std::time::Duration;
 
 use browserfleet::api::BrowserSession;
@@ -15,8 +13,8 @@ use kube::ResourceExt;
 use kube::api::Api;
 use serde_json::{Value, json};
 
-use support::agent_world::{Cdp, evaluate_in_new_page, eventually, processes_with, receive_batch};
-use support::operator_world::{OperatorWorld, WAIT, phase, test_settings};
+use testkit::agent_world::{Cdp, evaluate_in_new_page, eventually, processes_with, receive_batch};
+use testkit::operator_world::{OperatorWorld, WAIT, phase, test_settings};
 
 fn reason(session: &BrowserSession) -> Option<SessionEndReason> {
     session.status.as_ref().and_then(|s| s.reason)
@@ -169,9 +167,9 @@ async fn a_session_becomes_ready_and_serves_devtools_with_the_token_from_its_sec
     drop(cdp);
     // Without the token: 401.
     let version = format!("{}json/version", endpoints.http_url);
-    assert_eq!(support::http::call("GET", &version, None).await.0, 401);
+    assert_eq!(testkit::http::call("GET", &version, None).await.0, 401);
     assert_eq!(
-        support::http::call("GET", &version, Some(&token)).await.0,
+        testkit::http::call("GET", &version, Some(&token)).await.0,
         200
     );
 
@@ -408,7 +406,7 @@ async fn an_operator_restarted_between_enqueue_and_reply_makes_the_session_ready
     let end = format!("http://{address}/v1/sessions/{}", session_id(&first));
     let token = world.fleet_token().await;
     assert_eq!(
-        support::http::call("DELETE", &end, Some(&token)).await.0,
+        testkit::http::call("DELETE", &end, Some(&token)).await.0,
         200
     );
     eventually("the second browser started", WAIT, || async {
@@ -432,7 +430,7 @@ async fn an_operator_restarted_between_enqueue_and_reply_makes_the_session_ready
     assert_eq!(reason(&first), Some(SessionEndReason::Deleted));
     // Exactly one browser: one agent session on the one instance.
     let state =
-        support::http::call("GET", &format!("http://{address}/v1/state"), Some(&token)).await;
+        testkit::http::call("GET", &format!("http://{address}/v1/state"), Some(&token)).await;
     let state: Value = serde_json::from_str(&state.1).expect("state");
     let sessions: Vec<&str> = state["sessions"]
         .as_array()

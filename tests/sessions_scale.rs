@@ -2,16 +2,14 @@
 //! Alone in its test binary: fifty Chromium processes on two cores leave
 //! no room for other tests beside them.
 
-mod support;
-
 use std::time::Duration;
 
 use browserfleet::api::session::SessionPhase;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
-use support::agent_world::eventually;
-use support::operator_world::{OperatorWorld, WAIT, phase, test_settings};
+use testkit::agent_world::eventually;
+use testkit::operator_world::{OperatorWorld, WAIT, phase, test_settings};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fifty_sessions_scale_a_fleet_from_zero_and_all_become_ready() {
@@ -27,8 +25,8 @@ async fn fifty_sessions_scale_a_fleet_from_zero_and_all_become_ready() {
         browserfleet::operator::plan::Rules::default().unresponsive_after;
     let _operator = world.start_operator(settings, None).await;
     let nodes = world.start_nodes(|options| {
-        let (first, last) = support::agent_world::port_range(60);
-        options.browser_ports = browserfleet::local::nodes::PortPool {
+        let (first, last) = testkit::agent_world::port_range(60);
+        options.browser_ports = devcluster::nodes::PortPool {
             first,
             last,
             per_node: 10,

@@ -25,8 +25,8 @@ use thiserror::Error;
 use super::error::{AwsFault, Service};
 use super::recorder::{CallRecorder, Outcome};
 
-/// The SDK's retry strategy.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+/// The SDK's retry strategy (also the operator's `--aws-retry-mode`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum RetryMode {
     /// Exponential backoff with jitter and a retry quota.
     #[default]

@@ -5,12 +5,62 @@
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::OnceLock;
 
 use serde_json::Value;
 
-/// The checkout.
+/// The checkout (this crate is `crates/testkit` in it).
 pub fn root() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
+    static ROOT: OnceLock<PathBuf> = OnceLock::new();
+    ROOT.get_or_init(|| {
+        let kit = Path::new(env!("CARGO_MANIFEST_DIR"));
+        kit.ancestors()
+            .nth(2)
+            .expect("crates/testkit lies two levels below the checkout")
+            .to_path_buf()
+    })
+}
+
+/// The product binary, `browserfleet`, or `BROWSERFLEET_BINARY`.
+pub fn browserfleet_binary() -> PathBuf {
+    built_binary(
+        "browserfleet",
+        "BROWSERFLEET_BINARY",
+        "cargo build -p browserfleet",
+    )
+}
+
+/// The development cluster's binary, `browserfleet-dev`, or
+/// `BROWSERFLEET_DEV_BINARY`.
+pub fn dev_binary() -> PathBuf {
+    built_binary(
+        "browserfleet-dev",
+        "BROWSERFLEET_DEV_BINARY",
+        "cargo build -p browserfleet-devcluster",
+    )
+}
+
+/// A binary of the workspace. Cargo puts test and bench executables in
+/// `target/<profile>/deps/` and binaries in `target/<profile>/`; a test of
+/// the root package could name its own binary with `CARGO_BIN_EXE_*`, but
+/// the kit serves every package and the development binary belongs to
+/// another one, so it looks beside the running executable.
+fn built_binary(name: &str, variable: &str, build: &str) -> PathBuf {
+    if let Some(path) = std::env::var_os(variable) {
+        return PathBuf::from(path);
+    }
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = exe
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("the test binary lies in target/<profile>/deps");
+    let path = profile_dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `{build}` (cargo test in the checkout builds it) or set {variable}",
+        path.display()
+    );
+    path
 }
 
 /// `.venv/bin/NAME`, which `script` installs.

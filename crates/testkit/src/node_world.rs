@@ -14,13 +14,13 @@ use browserfleet::cloud::{
     ParameterKind, ParameterWrite, Parameters, QueueDefinition, QueueUrl, Queues, SecretValue, Sqs,
     Ssm,
 };
-use browserfleet::local::nodes::{NodeOptions, NodeSimulator, PortPool};
 use browserfleet::operator::agent_config::{FleetQueues, FleetSecrets, parameter_name, render};
 use browserfleet::protocol::{AnnouncementKind, FleetEvent, NodeAnnouncement};
+use devcluster::nodes::{NodeOptions, NodeSimulator, PortPool};
 use serde_json::{Value, json};
 
-use super::agent_world::{CHROMIUM, TEST_BROWSER_ARGS, next_message, port_range};
-use super::launch_world::{self, blueprint};
+use crate::agent_world::{CHROMIUM, TEST_BROWSER_ARGS, next_message, port_range};
+use crate::launch_world::{self, blueprint};
 
 /// Sessions per simulated instance.
 pub const SLOTS: u16 = 2;
@@ -30,7 +30,7 @@ const PORTS_PER_NODE: u16 = 4;
 /// A Linux, headless fleet on this machine's Chromium, from the minimal
 /// example manifest.
 pub fn linux_spec() -> BrowserFleetSpec {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/fleet-minimal.yaml");
+    let path = crate::tools::root().join("examples/fleet-minimal.yaml");
     let text = std::fs::read_to_string(path).expect("example manifest");
     let fleet: Value = serde_saphyr::from_str(&text).expect("example is YAML");
     let mut spec: BrowserFleetSpec =
@@ -166,7 +166,7 @@ impl NodeWorld {
 
     /// Options for a simulator of this world's fleets.
     pub fn options(&self, boot_delay: Duration) -> NodeOptions {
-        let mut options = NodeOptions::new(env!("CARGO_BIN_EXE_browserfleet"), self.work.path());
+        let mut options = NodeOptions::new(crate::tools::browserfleet_binary(), self.work.path());
         options.boot_delay = boot_delay;
         options.poll_interval = Duration::from_millis(200);
         options.only_fleets = Some(self.fleets.clone());

@@ -4,18 +4,16 @@
 //! in this process, and the readers of `/proc` and `/metrics` their tables
 //! are made of.
 
-#![allow(dead_code)] // each benchmark uses its own part of this module
-
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use aws_sdk_ec2::types::Filter;
 use browserfleet::cloud::{Aws, AwsSettings, CallStats};
-use browserfleet::local::apiserver::DevApiServer;
 use browserfleet::operator::context::Settings;
 use browserfleet::operator::metrics::Metrics;
 use browserfleet::operator::run::{OperatorOptions, RunError, Running, run};
+use devcluster::apiserver::DevApiServer;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};

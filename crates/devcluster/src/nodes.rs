@@ -33,16 +33,16 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-use crate::agent::process::{
+use browserfleet::agent::process::{
     KillOutcome, LaunchSpec, ProcessControl, ProcessError, ProcessIdentity, Signal, Spawned,
     UnixProcesses,
 };
-use crate::agent::profiles::{browser_marker, profiles_root};
-use crate::cloud::fleet_tags::FLEET_TAG;
-use crate::cloud::{
+use browserfleet::agent::profiles::{browser_marker, profiles_root};
+use browserfleet::cloud::fleet_tags::FLEET_TAG;
+use browserfleet::cloud::{
     Aws, Compute, Ec2Compute, FleetInstance, InstanceId, InstanceState, Parameters, Ssm, SsmError,
 };
-use crate::operator::agent_config::parameter_name;
+use browserfleet::operator::agent_config::parameter_name;
 
 /// How often instances are listed unless told otherwise.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);

@@ -5,13 +5,13 @@
 use std::time::Duration;
 
 use browserfleet::api;
-use browserfleet::local::apiserver::DevApiServer;
+use devcluster::apiserver::DevApiServer;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
 use kube::{Client, ResourceExt};
 
-use super::agent_world::eventually;
+use crate::agent_world::eventually;
 
 /// Where a test runs: the development API server started for it, or the
 /// cluster named by `BROWSERFLEET_TEST_KUBECONFIG`; either way in a namespace

@@ -42,7 +42,7 @@ fn python() -> PathBuf {
     if let Some(python) = std::env::var_os("MOTO_PYTHON") {
         return PathBuf::from(python);
     }
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python")
+    crate::tools::root().join(".venv/bin/python")
 }
 
 fn start() -> Result<Moto, String> {
@@ -50,7 +50,7 @@ fn start() -> Result<Moto, String> {
     if !python.exists() {
         return Err(format!("{} does not exist", python.display()));
     }
-    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("scripts/moto-server.py");
+    let script = crate::tools::root().join("scripts/moto-server.py");
     let mut child = Command::new(&python)
         .arg(&script)
         .args(["--instance-profile", INSTANCE_PROFILE])

@@ -1,9 +1,10 @@
-//! The local world the cloud tests run in: a moto server, AWS clients pointed
-//! at it through the standard environment, and a fault-injecting proxy.
-
-#![allow(dead_code)] // each test binary uses its own part of this module
+//! The test kit: the worlds the tests and benchmarks build (a moto server
+//! and AWS clients pointed at it, the development cluster, agents, nodes and
+//! operators in this process), the waits, process and `/proc` readers, the
+//! RBAC evaluator and the tools in `.venv/` they run.
 
 pub mod agent_world;
+pub mod bench;
 pub mod cluster;
 pub mod fault_proxy;
 pub mod http;
@@ -11,6 +12,7 @@ pub mod launch_world;
 pub mod moto;
 pub mod node_world;
 pub mod operator_world;
+pub mod rbac;
 pub mod tools;
 
 use std::time::Duration;

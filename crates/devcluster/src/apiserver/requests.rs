@@ -1,7 +1,7 @@
 //! What the server was asked, in Kubernetes' authorization terms: every
 //! request as kube-apiserver's `RequestInfo` sees it (verb, group, resource,
 //! subresource, namespace, name), with the client's `User-Agent`, so a test
-//! can hold a client's requests against RBAC rules ([`crate::local::rbac`]).
+//! can hold a client's requests against RBAC rules (the test kit's `rbac` module).
 //!
 //! Besides the requests themselves the log holds the checks the
 //! `OwnerReferencesPermissionEnforcement` admission plugin makes for them

@@ -16,7 +16,7 @@ use k8s_openapi::api::rbac::v1::{
 };
 use serde_json::Value;
 
-use super::apiserver::requests::{RequestTarget, ResourceAttributes};
+use devcluster::apiserver::requests::{RequestTarget, ResourceAttributes};
 
 /// Where a grant holds.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -296,7 +296,7 @@ pub fn unused_grants(grants: &[Grant], targets: &[RequestTarget]) -> Vec<UnusedG
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::local::apiserver::requests::Verb;
+    use devcluster::apiserver::requests::Verb;
     use serde_json::json;
 
     fn rule(groups: &[&str], resources: &[&str], verbs: &[&str], names: &[&str]) -> PolicyRule {

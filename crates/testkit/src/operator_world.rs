@@ -13,19 +13,19 @@ use browserfleet::cloud::{
     Aws, Compute, Ec2Compute, FleetId, FleetInstance, OutgoingMessage, QueueDefinition, QueueUrl,
     Queues, Sqs,
 };
-use browserfleet::local::nodes::{NodeOptions, NodeSimulator, PortPool};
 use browserfleet::operator::context::Settings;
 use browserfleet::operator::metrics::Metrics;
 use browserfleet::operator::plan::Rules;
 use browserfleet::operator::run::{LeaderElection, OperatorOptions, RunError, Running, run};
+use devcluster::nodes::{NodeOptions, NodeSimulator, PortPool};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
 
-use super::agent_world::{CHROMIUM, TEST_BROWSER_ARGS, port_range, receive_batch};
-use super::cluster::TestCluster;
-use super::launch_world;
-use super::moto::INSTANCE_PROFILE;
+use crate::agent_world::{CHROMIUM, TEST_BROWSER_ARGS, port_range, receive_batch};
+use crate::cluster::TestCluster;
+use crate::launch_world;
+use crate::moto::INSTANCE_PROFILE;
 
 /// How long an end-to-end wait may take: agents boot, Chromium starts.
 pub const WAIT: Duration = Duration::from_secs(90);
@@ -194,7 +194,7 @@ impl OperatorWorld {
     /// Starts the node simulator for this world's fleet.
     pub fn start_nodes(&self, tune: impl FnOnce(&mut NodeOptions)) -> NodeSimulator {
         let mut options = NodeOptions::new(
-            env!("CARGO_BIN_EXE_browserfleet"),
+            crate::tools::browserfleet_binary(),
             self.work.path().join("nodes"),
         );
         options.only_fleets = Some(BTreeSet::from([self.fleet_key()]));

@@ -16,7 +16,7 @@ use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use super::moto;
+use crate::moto;
 
 /// What the proxy does to one matching request.
 #[derive(Clone, Debug)]

@@ -1,0 +1,119 @@
+//! `browserfleet agent`: the node agent's configuration sources (file, SSM,
+//! overrides) and identity (flags or IMDSv2), then [`crate::agent::start`].
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+
+use super::shutdown_signal;
+use crate::agent::{self, config::AgentConfig, config::ConfigOverrides, runtime::NodeIdentity};
+use crate::api::fleet::PortRange;
+use crate::cloud::{Aws, AwsSettings, Parameters, Sqs, Ssm};
+
+#[derive(clap::Args, Debug)]
+pub(super) struct AgentArgs {
+    /// The configuration JSON file.
+    #[arg(
+        long,
+        conflicts_with = "config_ssm_parameter",
+        required_unless_present = "config_ssm_parameter"
+    )]
+    config: Option<PathBuf>,
+    /// Name of the SSM parameter holding the configuration (String or
+    /// SecureString), as the operator writes it.
+    #[arg(long)]
+    config_ssm_parameter: Option<String>,
+    /// Instance id to report, instead of asking the metadata service.
+    #[arg(long, requires = "advertise_address")]
+    instance_id: Option<String>,
+    /// host:port clients reach the gateway at, instead of the instance's
+    /// private address and the gateway port.
+    #[arg(long, requires = "instance_id")]
+    advertise_address: Option<String>,
+    /// IP address the listener binds to, instead of the configuration's
+    /// listenAddress (several agents on one host).
+    #[arg(long, value_name = "IP")]
+    listen_address: Option<String>,
+    /// Port of the listener, instead of the configuration's gatewayPort; 0
+    /// picks a free port.
+    #[arg(long, value_name = "PORT")]
+    gateway_port: Option<u16>,
+    /// DevTools ports of the browsers, instead of the configuration's
+    /// browserPortRange.
+    #[arg(long, value_name = "START-END", value_parser = crate::agent::config::parse_port_range)]
+    browser_ports: Option<PortRange>,
+    /// Directory of the session table and profiles, instead of the
+    /// configuration's stateDir.
+    #[arg(long, value_name = "DIR")]
+    state_dir: Option<PathBuf>,
+    /// Log as JSON lines (production) instead of human-readable text.
+    #[arg(long)]
+    json_logs: bool,
+}
+
+pub(super) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
+    crate::telemetry::init_logs(args.json_logs);
+    let overrides = ConfigOverrides {
+        listen_address: args.listen_address,
+        gateway_port: args.gateway_port,
+        browser_port_range: args.browser_ports,
+        state_dir: args.state_dir,
+    };
+    let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
+    runtime.block_on(async {
+        let aws = Aws::load(AwsSettings::default()).await?;
+        let json = match (&args.config, &args.config_ssm_parameter) {
+            (Some(path), _) => std::fs::read_to_string(path)
+                .with_context(|| format!("reading {}", path.display()))?,
+            (None, Some(name)) => {
+                Ssm::new(&aws)
+                    .get_parameter(name)
+                    .await
+                    .with_context(|| format!("reading SSM parameter {name}"))?
+                    .value
+            }
+            (None, None) => anyhow::bail!("--config or --config-ssm-parameter is required"),
+        };
+        let settings = AgentConfig::parse_with(&json, &overrides)?;
+        let identity = match args.instance_id.zip(args.advertise_address) {
+            Some((instance_id, advertise)) => NodeIdentity {
+                instance_id,
+                advertise,
+            },
+            None => {
+                let metadata = agent::imds::read().await?;
+                NodeIdentity {
+                    advertise: format!("{}:{}", metadata.private_ip, settings.config.gateway_port),
+                    instance_id: metadata.instance_id,
+                }
+            }
+        };
+        // Listening for SIGTERM before the start, which re-adopts browsers
+        // and may take a while: a signal then stops the agent right after.
+        let (signalled, mut on_signal) = tokio::sync::watch::channel(false);
+        tokio::spawn(async move {
+            shutdown_signal().await;
+            signalled.send_replace(true);
+        });
+        let running = agent::start(
+            settings,
+            Some(identity),
+            Sqs::new(&aws),
+            agent::RunOptions {
+                aws_calls: Some(aws.recorder().clone()),
+                ..Default::default()
+            },
+        )
+        .await?;
+        println!("listening on {}", running.address);
+        let agent = running.agent.clone();
+        tokio::spawn(async move {
+            if on_signal.wait_for(|s| *s).await.is_ok() {
+                agent.stop();
+            }
+        });
+        running.wait().await;
+        Ok(ExitCode::SUCCESS)
+    })
+}
