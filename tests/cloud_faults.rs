@@ -98,7 +98,10 @@ async fn throttling_beyond_the_retry_budget_is_a_typed_retryable_error() {
         .iter()
         .filter(|(k, _)| {
             k.operation == "GetQueueAttributes"
-                && k.outcome == browserfleet::cloud::Outcome::Throttled
+                && k.outcome
+                    == browserfleet::cloud::Outcome::Failed(
+                        browserfleet::cloud::FaultKind::Throttled,
+                    )
         })
         .map(|(_, s)| s.count)
         .sum::<u64>();

@@ -22,7 +22,7 @@ async fn fifty_sessions_scale_a_fleet_from_zero_and_all_become_ready() {
     // production limit, 90 s, spans three heartbeats.
     let mut settings = test_settings();
     settings.rules.unresponsive_after =
-        browserfleet::operator::plan::Rules::default().unresponsive_after;
+        browserfleet::operator::fleet::plan::Rules::default().unresponsive_after;
     let _operator = world.start_operator(settings, None).await;
     let nodes = world.start_nodes(|options| {
         let (first, last) = testkit::agent_world::port_range(60);

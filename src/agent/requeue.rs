@@ -31,8 +31,8 @@ use jiff::Timestamp;
 use serde_json::{Map, Value, json};
 use thiserror::Error;
 
+use crate::protocol::MAX_MESSAGE_BYTES;
 use crate::protocol::SessionId;
-use crate::protocol::request::MAX_MESSAGE_BYTES;
 
 /// The body field a copy carries.
 pub const REQUEUED_FIELD: &str = "requeued";

@@ -11,8 +11,6 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
 
-use super::recorder::Outcome;
-
 /// The AWS service a call went to.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Service {
@@ -42,7 +40,7 @@ impl fmt::Display for Service {
 }
 
 /// What a failed call means for the caller.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum FaultKind {
     /// AWS throttled the call and the SDK's retries ran out: retry later, with
     /// backoff. A normal state, never a crash.
@@ -74,15 +72,16 @@ impl FaultKind {
         }
     }
 
-    pub(crate) fn outcome(self) -> Outcome {
+    /// Lower-case label for metrics.
+    pub fn as_str(self) -> &'static str {
         match self {
-            FaultKind::Throttled => Outcome::Throttled,
-            FaultKind::NotFound => Outcome::NotFound,
-            FaultKind::InvalidRequest => Outcome::InvalidRequest,
-            FaultKind::Capacity => Outcome::Capacity,
-            FaultKind::AccessDenied => Outcome::AccessDenied,
-            FaultKind::Timeout => Outcome::Timeout,
-            FaultKind::Unavailable => Outcome::Unavailable,
+            FaultKind::Throttled => "throttled",
+            FaultKind::NotFound => "not_found",
+            FaultKind::InvalidRequest => "invalid_request",
+            FaultKind::Capacity => "capacity",
+            FaultKind::AccessDenied => "access_denied",
+            FaultKind::Timeout => "timeout",
+            FaultKind::Unavailable => "unavailable",
         }
     }
 }

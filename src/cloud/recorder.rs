@@ -7,27 +7,13 @@ use std::collections::BTreeMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Duration;
 
-use super::error::Service;
+use super::error::{FaultKind, Service};
 
 /// How a call ended.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Outcome {
-    /// The call succeeded.
     Success,
-    /// Throttled beyond the retry budget.
-    Throttled,
-    /// The named resource does not exist.
-    NotFound,
-    /// Refused as invalid.
-    InvalidRequest,
-    /// No EC2 capacity for the request.
-    Capacity,
-    /// Credentials missing or lacking permission.
-    AccessDenied,
-    /// Timed out.
-    Timeout,
-    /// Server error or broken connection.
-    Unavailable,
+    Failed(FaultKind),
 }
 
 impl Outcome {
@@ -35,13 +21,7 @@ impl Outcome {
     pub fn as_str(self) -> &'static str {
         match self {
             Outcome::Success => "success",
-            Outcome::Throttled => "throttled",
-            Outcome::NotFound => "not_found",
-            Outcome::InvalidRequest => "invalid_request",
-            Outcome::Capacity => "capacity",
-            Outcome::AccessDenied => "access_denied",
-            Outcome::Timeout => "timeout",
-            Outcome::Unavailable => "unavailable",
+            Outcome::Failed(kind) => kind.as_str(),
         }
     }
 }
@@ -165,7 +145,7 @@ mod tests {
         recorder.record(
             Service::Ec2,
             "DescribeInstances",
-            Outcome::Throttled,
+            Outcome::Failed(crate::cloud::FaultKind::Throttled),
             Duration::from_millis(1),
         );
         recorder.record(

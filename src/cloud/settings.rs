@@ -178,7 +178,7 @@ where
         }
         Err(err) => {
             let fault = AwsFault::from_sdk(service, operation, err);
-            recorder.record(service, operation, fault.kind.outcome(), latency);
+            recorder.record(service, operation, Outcome::Failed(fault.kind), latency);
             tracing::debug!(%service, operation, ?latency, kind = ?fault.kind, code = ?fault.code, "aws call failed: {}", fault.message);
             Err(fault)
         }

@@ -10,7 +10,7 @@ use anyhow::Context;
 use super::{parse_duration, shutdown_signal};
 use crate::cloud::{Aws, AwsSettings, RetryMode};
 use crate::operator::context::Settings;
-use crate::operator::plan::Rules;
+use crate::operator::fleet::plan::Rules;
 use crate::operator::run::{LeaderElection, OperatorOptions, Running};
 
 #[derive(clap::Args, Debug)]

@@ -28,10 +28,11 @@ use kube::{Api, Resource, ResourceExt};
 use crate::api::{BrowserFleet, BrowserSession};
 use crate::cloud::Aws;
 use crate::operator::context::{Caches, Context, Settings};
-use crate::operator::fleet::{error_policy, reconcile};
+use crate::operator::events_queue::{Inbox, Registrations};
+use crate::operator::fleet::{FleetController, FleetMemories, error_policy, reconcile};
 use crate::operator::metrics::Metrics;
-use crate::operator::sessions::{self, replies::Inbox};
-use crate::operator::watches::{FleetWatches, Registrations, WatchTiming};
+use crate::operator::sessions::{self, FleetLink, SessionController, SessionMemories};
+use crate::operator::watches::{FleetWatches, WatchTiming};
 
 /// How long a graceful stop waits for reconciles in flight: under the 30 s
 /// a pod is given by default between SIGTERM and SIGKILL.
@@ -107,11 +108,11 @@ impl Drop for AbortOnDrop {
 /// Stops every per-fleet watch when dropped: a watch holds no reference
 /// back, so without this one would outlive an operator whose future was
 /// dropped.
-struct StopWatchesOnDrop(Arc<Context>);
+struct StopWatchesOnDrop(Arc<FleetWatches>);
 
 impl Drop for StopWatchesOnDrop {
     fn drop(&mut self) {
-        self.0.watches.stop_all();
+        self.0.stop_all();
     }
 }
 
@@ -244,7 +245,7 @@ async fn run_controller(
     let (trigger, triggers) = futures::channel::mpsc::unbounded();
     let registrations = Arc::new(Registrations::default());
     let (inbox, inbox_receiver) = Inbox::new();
-    let watches = FleetWatches::new(
+    let watches = Arc::new(FleetWatches::new(
         crate::cloud::Sqs::new(&aws),
         registrations.clone(),
         trigger,
@@ -253,7 +254,7 @@ async fn run_controller(
             events_wait: settings.events_wait,
         },
         inbox,
-    );
+    ));
     let session_api: Api<BrowserSession> = match &options.namespace {
         Some(namespace) => Api::namespaced(client.clone(), namespace),
         None => Api::all(client.clone()),
@@ -265,25 +266,35 @@ async fn run_controller(
         fleets_listed: synced.clone(),
         sessions: session_reader.clone(),
     };
-    let mut ctx = Context::new(
-        client,
-        &aws,
-        settings,
-        watches,
-        registrations,
-        metrics,
-        caches,
-    );
+    let mut ctx = Context::new(client, &aws, settings, metrics, caches);
     ctx.cluster = options.cluster.clone();
     let ctx = Arc::new(ctx);
+    let fleet_memories = Arc::new(FleetMemories::default());
+    let fleet_link = FleetLink::new(
+        fleet_memories.clone(),
+        registrations.clone(),
+        watches.trigger(),
+    );
+    let fleet_controller = Arc::new(FleetController {
+        ctx: ctx.clone(),
+        memories: fleet_memories,
+        watches: watches.clone(),
+        registrations,
+    });
+    let session_controller = Arc::new(SessionController {
+        ctx: ctx.clone(),
+        fleets: fleet_link.clone(),
+        memories: SessionMemories::default(),
+    });
     let _replies = AbortOnDrop(tokio::spawn(sessions::replies::serve(
         inbox_receiver,
         ctx.clone(),
+        fleet_link,
     )));
     // Every task below is owned by this call: when it returns, or its
     // future is dropped (a lost Lease, a caller that gives up), they end
-    // with it, and so do the per-fleet watches in `ctx`.
-    let _watches = StopWatchesOnDrop(ctx.clone());
+    // with it, and so do the per-fleet watches.
+    let _watches = StopWatchesOnDrop(watches.clone());
     let _sweep = options.cluster.clone().map(|cluster| {
         AbortOnDrop(tokio::spawn(crate::operator::orphans::sweep_forever(
             ctx.compute.clone(),
@@ -309,7 +320,7 @@ async fn run_controller(
         .predicate_filter(spec_or_lifecycle, PredicateConfig::default());
     // Watches of fleets that left without our deletion path stop too.
     let _prune = {
-        let ctx = ctx.clone();
+        let watches = watches.clone();
         let fleets = reader.clone();
         AbortOnDrop(tokio::spawn(async move {
             let mut ticker = tokio::time::interval(Duration::from_secs(30));
@@ -317,7 +328,7 @@ async fn run_controller(
                 ticker.tick().await;
                 let uids: std::collections::HashSet<String> =
                     fleets.state().iter().filter_map(|f| f.uid()).collect();
-                ctx.watches.retain(|uid| uids.contains(uid));
+                watches.retain(|uid| uids.contains(uid));
             }
         }))
     };
@@ -337,7 +348,7 @@ async fn run_controller(
     // begins). Nothing has been reconciled then, so it is dropped at once;
     // otherwise reconciles in flight get SHUTDOWN_GRACE to finish.
     let sessions_done = sessions_listed.clone();
-    let fleets_listed = ctx.fleets_listed.clone();
+    let fleets_listed = ctx.caches.fleets_listed.clone();
     let cut_short = async move {
         stopping.await;
         let listed = fleets_listed.load(Ordering::SeqCst) && sessions_done.load(Ordering::SeqCst);
@@ -364,7 +375,11 @@ async fn run_controller(
     let session_controller = Controller::for_stream(session_objects, session_reader)
         .with_config(controller::Config::default().concurrency(settings.concurrency.max(32)))
         .graceful_shutdown_on(stop_sessions_rx.map(|_| ()))
-        .run(sessions::reconcile, sessions::error_policy, ctx.clone())
+        .run(
+            sessions::reconcile,
+            sessions::error_policy,
+            session_controller,
+        )
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "session reconcile not run");
@@ -378,7 +393,7 @@ async fn run_controller(
         )
         .reconcile_on(triggers)
         .graceful_shutdown_on(stop_rx.map(|_| ()))
-        .run(reconcile, error_policy, ctx.clone())
+        .run(reconcile, error_policy, fleet_controller)
         .for_each(|result| async move {
             if let Err(error) = result {
                 tracing::debug!(%error, "reconcile not run");

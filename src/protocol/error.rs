@@ -2,8 +2,8 @@
 
 use thiserror::Error;
 
+use super::MAX_MESSAGE_BYTES;
 use super::ids::{RequestId, SessionId};
-use super::request::MAX_MESSAGE_BYTES;
 use super::urls::{CallbackUrl, ReplyQueueUrl};
 
 /// Where a `session.failed` reply for a refused message can go, and the ids

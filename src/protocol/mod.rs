@@ -32,10 +32,11 @@ pub use reply::{
     Endpoints, EventsMessage, Failed, FailureReason, FleetEvent, Ready, Reply, ReplyKind,
     SessionToken, Terminated, TerminationReason,
 };
-pub use request::{
-    CreateRequest, DeleteRequest, Inbound, MAX_MESSAGE_BYTES, MAX_TTL, parse_message,
-};
+pub use request::{CreateRequest, DeleteRequest, Inbound, MAX_TTL, parse_message};
 pub use state::{
     AgentState, AnnouncementKind, HostedPhase, NodeAnnouncement, SessionState, StateError,
 };
 pub use urls::{CallbackUrl, ReplyQueueUrl};
+
+/// Largest message accepted: the SQS maximum of 256 KiB.
+pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;

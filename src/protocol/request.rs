@@ -36,13 +36,12 @@ use jiff::Timestamp;
 use serde::{Serialize, Serializer};
 use serde_json::{Map, Value};
 
+use super::MAX_MESSAGE_BYTES;
 use super::error::{MessageError, ReplyTarget, excerpt};
 use super::ids::{InvalidValue, ProfileName, RequestId, SessionId};
 use super::proxy::ProxyConfig;
 use super::urls::{CallbackUrl, ReplyQueueUrl, check_start_url};
 
-/// Largest message accepted: the SQS maximum of 256 KiB.
-pub const MAX_MESSAGE_BYTES: usize = 256 * 1024;
 /// Longest session lifetime a request may ask for (7 days). The agent clamps
 /// it further to the fleet's hard maximum.
 pub const MAX_TTL: Duration = Duration::from_secs(7 * 24 * 60 * 60);

@@ -102,7 +102,7 @@ mod tests {
         recorder.record(
             Service::Sqs,
             "GetQueueAttributes",
-            Outcome::Throttled,
+            Outcome::Failed(crate::cloud::FaultKind::Throttled),
             Duration::from_millis(10),
         );
         let text = scrape(&registry);

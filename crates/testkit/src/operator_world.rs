@@ -14,8 +14,8 @@ use browserfleet::cloud::{
     Queues, Sqs,
 };
 use browserfleet::operator::context::Settings;
+use browserfleet::operator::fleet::plan::Rules;
 use browserfleet::operator::metrics::Metrics;
-use browserfleet::operator::plan::Rules;
 use browserfleet::operator::run::{LeaderElection, OperatorOptions, RunError, Running, run};
 use devcluster::nodes::{NodeOptions, NodeSimulator, PortPool};
 use kube::ResourceExt;

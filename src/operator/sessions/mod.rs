@@ -37,12 +37,16 @@ use crate::api::BrowserFleet;
 use crate::api::session::{
     BrowserSession, BrowserSessionStatus, CONDITION_READY, SessionEndReason, SessionPhase,
 };
+use crate::cloud::SecretValue;
 use crate::cloud::{OutgoingMessage, QueueError, QueueUrl, Queues};
 use crate::operator::agent_client::{AgentCallError, SessionEnd};
 use crate::operator::conditions::{self, Wanted};
 use crate::operator::context::Context;
+use crate::operator::events_queue::Registrations;
 use crate::operator::finalizers;
+use crate::operator::fleet::FleetMemories;
 use crate::operator::secrets::SecretsError;
+use crate::operator::trigger::FleetTrigger;
 use crate::protocol::{Inbound, SessionId};
 
 /// Keeps a session until its browser is gone.
@@ -83,13 +87,145 @@ impl Error {
     }
 }
 
+/// What the session controller reconciles with.
+pub struct SessionController {
+    pub ctx: Arc<Context>,
+    pub fleets: FleetLink,
+    pub memories: SessionMemories,
+}
+
+/// What the session side knows of fleets beyond the cache: the token their
+/// agents accept, where those agents listen, and how to ask for a fleet's
+/// reconcile.
+#[derive(Clone)]
+pub struct FleetLink {
+    memories: Arc<FleetMemories>,
+    registrations: Arc<Registrations>,
+    trigger: FleetTrigger,
+}
+
+impl FleetLink {
+    pub fn new(
+        memories: Arc<FleetMemories>,
+        registrations: Arc<Registrations>,
+        trigger: FleetTrigger,
+    ) -> Self {
+        FleetLink {
+            memories,
+            registrations,
+            trigger,
+        }
+    }
+
+    /// The token the fleet's agents accept: the one the fleet reconciler
+    /// ensured in this process, else read from the fleet's Secret.
+    pub async fn token(
+        &self,
+        ctx: &Context,
+        fleet: &BrowserFleet,
+    ) -> Result<SecretValue, SecretsError> {
+        match self.memories.fleet_token(&fleet.uid().unwrap_or_default()) {
+            Some(token) => Ok(token),
+            None => Ok(crate::operator::secrets::ensure(&ctx.client, fleet)
+                .await?
+                .fleet_token),
+        }
+    }
+
+    /// Where the agent of `instance` said it listens, if it registered.
+    pub fn registered_address(&self, fleet: &BrowserFleet, instance: &str) -> Option<String> {
+        let uid = fleet.uid().unwrap_or_default();
+        self.registrations
+            .of(&uid)
+            .get(&crate::cloud::InstanceId::new(instance))
+            .map(|r| r.address.clone())
+    }
+
+    /// Where every registered agent of the fleet listens.
+    pub fn registered_addresses(&self, fleet: &BrowserFleet) -> Vec<String> {
+        let uid = fleet.uid().unwrap_or_default();
+        self.registrations
+            .of(&uid)
+            .into_values()
+            .map(|r| r.address)
+            .collect()
+    }
+
+    /// Asks for a reconcile of the fleet now.
+    pub fn reconcile(&self, fleet: &BrowserFleet) {
+        self.trigger.reconcile(&ObjectRef::from_obj(fleet));
+    }
+}
+
+/// What the session reconciler remembers of a session between reconciles,
+/// in this process only: the back-off of a request that could not be sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SessionMemory {
+    /// Sends that failed in a row.
+    pub send_failures: u32,
+    /// No send before this.
+    pub retry_at: Option<std::time::Instant>,
+}
+
+impl SessionMemory {
+    /// How long until a send may be tried again; `None` when it may now.
+    fn retry_in(&self) -> Option<Duration> {
+        self.retry_at?
+            .checked_duration_since(std::time::Instant::now())
+    }
+
+    /// Counts a failed send; the back-off before the next (1 s doubling to
+    /// 1 min).
+    fn send_failed(&mut self) -> Duration {
+        self.send_failures = self.send_failures.saturating_add(1);
+        let wait = Duration::from_secs(1 << self.send_failures.saturating_sub(1).min(6))
+            .min(Duration::from_secs(60));
+        self.retry_at = Some(std::time::Instant::now() + wait);
+        wait
+    }
+}
+
+/// Every session's memory, by uid; only sessions with something to remember
+/// hold an entry.
+#[derive(Debug, Default)]
+pub struct SessionMemories {
+    by_uid: std::sync::Mutex<std::collections::HashMap<String, SessionMemory>>,
+}
+
+impl SessionMemories {
+    pub fn load(&self, uid: &str) -> SessionMemory {
+        let by_uid = self.by_uid.lock().unwrap_or_else(|e| e.into_inner());
+        by_uid.get(uid).cloned().unwrap_or_default()
+    }
+
+    /// Keeps the memory; an empty one is forgotten.
+    pub fn store(&self, uid: &str, memory: SessionMemory) {
+        let mut by_uid = self.by_uid.lock().unwrap_or_else(|e| e.into_inner());
+        if memory == SessionMemory::default() {
+            by_uid.remove(uid);
+        } else {
+            by_uid.insert(uid.to_owned(), memory);
+        }
+    }
+}
+
 /// Reconciles one session.
-pub async fn reconcile(session: Arc<BrowserSession>, ctx: Arc<Context>) -> Result<Action, Error> {
+pub async fn reconcile(
+    session: Arc<BrowserSession>,
+    controller: Arc<SessionController>,
+) -> Result<Action, Error> {
     let span = tracing::info_span!(
         "session",
         session = %format!("{}/{}", session.namespace().unwrap_or_default(), session.name_any())
     );
-    let result = tracing::Instrument::instrument(reconcile_session(&session, &ctx), span).await;
+    let uid = session.uid().unwrap_or_default();
+    let mut memory = controller.memories.load(&uid);
+    let result = tracing::Instrument::instrument(
+        reconcile_session(&session, &controller, &mut memory),
+        span,
+    )
+    .await;
+    controller.memories.store(&uid, memory);
     if let Err(error) = &result
         && !error.is_conflict()
     {
@@ -99,7 +235,11 @@ pub async fn reconcile(session: Arc<BrowserSession>, ctx: Arc<Context>) -> Resul
 }
 
 /// A conflict is decided again at once; anything else after a few seconds.
-pub fn error_policy(_session: Arc<BrowserSession>, error: &Error, _ctx: Arc<Context>) -> Action {
+pub fn error_policy(
+    _session: Arc<BrowserSession>,
+    error: &Error,
+    _controller: Arc<SessionController>,
+) -> Action {
     if error.is_conflict() {
         Action::requeue(Duration::from_millis(100))
     } else {
@@ -141,9 +281,14 @@ fn until(at: Timestamp, now: Timestamp) -> Duration {
         .max(Duration::from_millis(100))
 }
 
-async fn reconcile_session(session: &BrowserSession, ctx: &Context) -> Result<Action, Error> {
+async fn reconcile_session(
+    session: &BrowserSession,
+    controller: &SessionController,
+    memory: &mut SessionMemory,
+) -> Result<Action, Error> {
+    let (ctx, fleets) = (controller.ctx.as_ref(), &controller.fleets);
     if session.meta().deletion_timestamp.is_some() {
-        return delete(session, ctx).await;
+        return delete(session, ctx, fleets, memory).await;
     }
     let status = session.status.clone().unwrap_or_default();
     if finished(status.phase) {
@@ -156,12 +301,12 @@ async fn reconcile_session(session: &BrowserSession, ctx: &Context) -> Result<Ac
     };
     match status.phase {
         SessionPhase::Pending if status.requested_at.is_none() => {
-            admit(session, &status, ctx).await
+            admit(session, &status, ctx, fleets, memory).await
         }
         SessionPhase::Pending | SessionPhase::Starting => {
             give_up_when_due(session, &status, ctx).await
         }
-        SessionPhase::Ready => check_ready(session, &status, ctx).await,
+        SessionPhase::Ready => check_ready(session, &status, ctx, fleets).await,
         // Only set while the resource is being deleted.
         SessionPhase::Terminating => Ok(Action::requeue(Duration::from_secs(30))),
         SessionPhase::Terminated | SessionPhase::Failed => Ok(Action::await_change()),
@@ -170,7 +315,7 @@ async fn reconcile_session(session: &BrowserSession, ctx: &Context) -> Result<Ac
 
 /// The fleet a session names, from the operator's fleet cache.
 pub fn fleet_of(session: &BrowserSession, ctx: &Context) -> Option<Arc<BrowserFleet>> {
-    ctx.fleets.get(
+    ctx.caches.fleets.get(
         &ObjectRef::new(&session.spec.fleet_ref.name)
             .within(&session.namespace().unwrap_or_default()),
     )
@@ -245,13 +390,14 @@ async fn admit(
     session: &BrowserSession,
     status: &BrowserSessionStatus,
     ctx: &Context,
+    fleets: &FleetLink,
+    memory: &mut SessionMemory,
 ) -> Result<Action, Error> {
-    if !ctx.fleets_synced() {
+    if !ctx.caches.fleets_synced() {
         // An empty cache would refuse every session as naming no fleet.
         return Ok(Action::requeue(Duration::from_millis(500)));
     }
-    let uid = session.uid().unwrap_or_default();
-    if let Some(wait) = ctx.session_retry_in(&uid) {
+    if let Some(wait) = memory.retry_in() {
         // A failed send backs off; its own status writes must not make the
         // next attempt come at once.
         return Ok(Action::requeue(wait));
@@ -297,7 +443,7 @@ async fn admit(
         )
         .await?;
         if started_waiting {
-            ctx.watches.trigger(&ObjectRef::from_obj(fleet.as_ref()));
+            fleets.reconcile(&fleet);
         }
         return Ok(Action::requeue(Duration::from_secs(2)));
     };
@@ -375,11 +521,11 @@ async fn admit(
         if let Err(revert) = transition(ctx, &written, reverted).await {
             tracing::warn!(%revert, "cannot take back a request that was not enqueued; it fails at its start deadline");
         }
-        let wait = ctx.session_send_failed(&uid);
+        let wait = memory.send_failed();
         tracing::warn!(session = %session.name_any(), %error, ?wait, "cannot enqueue the request; retrying");
         return Ok(Action::requeue(wait));
     }
-    ctx.session_sent(&uid);
+    *memory = SessionMemory::default();
     ctx.event(
         &written,
         false,
@@ -491,6 +637,7 @@ async fn check_ready(
     session: &BrowserSession,
     status: &BrowserSessionStatus,
     ctx: &Context,
+    fleets: &FleetLink,
 ) -> Result<Action, Error> {
     let now = Timestamp::now();
     let instance = status.instance_id.clone().unwrap_or_default();
@@ -501,13 +648,13 @@ async fn check_ready(
         f.status
             .as_ref()
             .is_none_or(|s| s.instances.iter().any(|i| i.instance_id == instance))
-            || replies::address_of(ctx, f, &instance).is_some()
+            || replies::address_of(fleets, f, &instance).is_some()
     });
     let overdue = status
         .expires_at
         .as_ref()
         .map(|e| later(e.0, END_REPLY_GRACE));
-    let ended = if ctx.fleets_synced() && !hosted {
+    let ended = if ctx.caches.fleets_synced() && !hosted {
         Some((
             SessionEndReason::Crashed,
             format!("instance {instance} is gone"),
@@ -572,7 +719,12 @@ async fn collect_when_due(
 
 /// A deleted session: its browser is ended on its agent before the
 /// finalizer goes; a request not yet started is cancelled on every agent.
-async fn delete(session: &BrowserSession, ctx: &Context) -> Result<Action, Error> {
+async fn delete(
+    session: &BrowserSession,
+    ctx: &Context,
+    fleets: &FleetLink,
+    memory: &mut SessionMemory,
+) -> Result<Action, Error> {
     if !session.finalizers().iter().any(|f| f == FINALIZER) {
         return Ok(Action::await_change());
     }
@@ -586,7 +738,7 @@ async fn delete(session: &BrowserSession, ctx: &Context) -> Result<Action, Error
         SessionPhase::Terminated | SessionPhase::Failed => {}
         SessionPhase::Pending | SessionPhase::Starting => {
             if let Some(fleet) = &fleet {
-                replies::cancel_everywhere(ctx, fleet, &id, &Default::default()).await?;
+                replies::cancel_everywhere(ctx, fleets, fleet, &id, &Default::default()).await?;
             }
         }
         SessionPhase::Ready | SessionPhase::Terminating => {
@@ -606,17 +758,21 @@ async fn delete(session: &BrowserSession, ctx: &Context) -> Result<Action, Error
             };
             let instance = status.instance_id.clone().unwrap_or_default();
             if let Some(fleet) = &fleet {
-                end_hosted(ctx, fleet, &instance, &id).await?;
+                end_hosted(ctx, fleets, fleet, &instance, &id).await?;
             }
-            return finish_deletion(&session, ctx).await;
+            return finish_deletion(&session, ctx, memory).await;
         }
     }
-    finish_deletion(session, ctx).await
+    finish_deletion(session, ctx, memory).await
 }
 
-async fn finish_deletion(session: &BrowserSession, ctx: &Context) -> Result<Action, Error> {
+async fn finish_deletion(
+    session: &BrowserSession,
+    ctx: &Context,
+    memory: &mut SessionMemory,
+) -> Result<Action, Error> {
     finalizers::remove(&api(ctx, session), session, FINALIZER).await?;
-    ctx.session_sent(&session.uid().unwrap_or_default());
+    *memory = SessionMemory::default();
     Ok(Action::await_change())
 }
 
@@ -625,15 +781,16 @@ async fn finish_deletion(session: &BrowserSession, ctx: &Context) -> Result<Acti
 /// not answer on a live instance is an error (retried).
 async fn end_hosted(
     ctx: &Context,
+    fleets: &FleetLink,
     fleet: &BrowserFleet,
     instance: &str,
     id: &SessionId,
 ) -> Result<(), Error> {
-    let Some(address) = replies::address_of(ctx, fleet, instance) else {
+    let Some(address) = replies::address_of(fleets, fleet, instance) else {
         tracing::info!(%instance, session = %id, "instance unknown to its fleet; its browser went with it");
         return Ok(());
     };
-    let token = ctx.fleet_token(fleet).await?;
+    let token = fleets.token(ctx, fleet).await?;
     match ctx.agents.end_session(&address, token.expose(), id).await {
         Ok(SessionEnd::Ended | SessionEnd::NotHosted) => Ok(()),
         Err(error) if !replies::instance_alive(fleet, instance) => {

@@ -9,11 +9,11 @@
 //! deleted, failed at its deadline, or already runs elsewhere) ends that
 //! browser at once: a request never leaves a browser behind.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use futures::channel::{mpsc, oneshot};
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, Time};
@@ -21,11 +21,12 @@ use kube::api::{Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
 
 use super::request::labels;
-use super::{Transition, fleet_of, reasons, transition};
+use super::{FleetLink, Transition, fleet_of, reasons, transition};
 use crate::api::BrowserFleet;
 use crate::api::session::{BrowserSession, BrowserSessionStatus, SessionEndpoints, SessionPhase};
 use crate::operator::agent_client::SessionEnd;
 use crate::operator::context::Context;
+use crate::operator::events_queue::inbox::{Delivery, InboxReceiver};
 use crate::operator::fleet::FIELD_MANAGER;
 use crate::operator::secrets::SecretsError;
 use crate::protocol::{DeleteRequester, EventsMessage, FailureReason, Reply, ReplyKind, SessionId};
@@ -36,82 +37,75 @@ pub const TOKEN_KEY: &str = "token";
 /// Replies and forwarded deletes handled at once, over every fleet.
 const CONCURRENCY: usize = 64;
 
-/// What the consumer hands over.
-pub enum Delivery {
-    /// A reply to a request the operator enqueued.
-    Reply(Reply),
-    /// A delete an agent could not serve.
-    Delete(EventsMessage),
-}
-
-struct Envelope {
-    fleet_uid: String,
-    delivery: Delivery,
-    applied: oneshot::Sender<bool>,
-}
-
-/// The consumer's side: hands a delivery over and learns whether it was
-/// applied (and its message may go).
-#[derive(Clone)]
-pub struct Inbox {
-    sender: mpsc::Sender<Envelope>,
-}
-
-impl Inbox {
-    /// An inbox and the receiver [`serve`] reads.
-    pub fn new() -> (Inbox, InboxReceiver) {
-        let (sender, receiver) = mpsc::channel(1024);
-        (Inbox { sender }, InboxReceiver(receiver))
-    }
-
-    /// Applies `delivery` of the fleet `fleet_uid`; whether it was (false
-    /// keeps the message for another read).
-    pub async fn deliver(&self, fleet_uid: &str, delivery: Delivery) -> bool {
-        let (applied, done) = oneshot::channel();
-        let envelope = Envelope {
-            fleet_uid: fleet_uid.to_owned(),
-            delivery,
-            applied,
-        };
-        let mut sender = self.sender.clone();
-        if futures::SinkExt::send(&mut sender, envelope).await.is_err() {
-            return false;
-        }
-        done.await.unwrap_or(false)
-    }
-}
-
-/// What [`serve`] reads.
-pub struct InboxReceiver(mpsc::Receiver<Envelope>);
-
 /// Applies deliveries until the inbox closes.
-pub async fn serve(receiver: InboxReceiver, ctx: Arc<Context>) {
+pub async fn serve(receiver: InboxReceiver, ctx: Arc<Context>, fleets: FleetLink) {
+    let routed = RoutedDeletes::default();
+    let (ctx, fleets, routed) = (ctx.as_ref(), &fleets, &routed);
     receiver
         .0
-        .for_each_concurrent(CONCURRENCY, |envelope| {
-            let ctx = ctx.clone();
-            async move {
-                let applied = match envelope.delivery {
-                    Delivery::Reply(reply) => apply(&ctx, &envelope.fleet_uid, &reply).await,
-                    Delivery::Delete(delete) => {
-                        route_delete(&ctx, &envelope.fleet_uid, &delete).await
-                    }
-                };
-                let _ = envelope.applied.send(applied);
-            }
+        .for_each_concurrent(CONCURRENCY, |envelope| async move {
+            let applied = match envelope.delivery {
+                Delivery::Reply(reply) => apply(ctx, fleets, &envelope.fleet_uid, &reply).await,
+                Delivery::Delete(delete) => {
+                    route_delete(ctx, fleets, routed, &envelope.fleet_uid, &delete).await
+                }
+            };
+            let _ = envelope.applied.send(applied);
         })
         .await;
 }
 
+/// How long a forwarded delete of a session is not routed again: the
+/// agents' tombstone lifetime.
+const ROUTED_DELETE_MEMORY: Duration = Duration::from_secs(3600);
+/// Most forwarded deletes remembered.
+const MAX_ROUTED_DELETES: usize = 10_000;
+
+/// The forwarded deletes routed, by session id, and when.
+#[derive(Default)]
+struct RoutedDeletes {
+    at: Mutex<HashMap<SessionId, Instant>>,
+}
+
+impl RoutedDeletes {
+    /// Whether a forwarded delete of `id` is to be routed: not when one was
+    /// within the last hour. Remembered, bounded (the oldest go first).
+    fn first_route_of(&self, id: &SessionId) -> bool {
+        let now = Instant::now();
+        let mut routed = self.at.lock().unwrap_or_else(|e| e.into_inner());
+        routed.retain(|_, at| now.duration_since(*at) < ROUTED_DELETE_MEMORY);
+        if routed.contains_key(id) {
+            return false;
+        }
+        if routed.len() >= MAX_ROUTED_DELETES
+            && let Some(oldest) = routed
+                .iter()
+                .min_by_key(|(_, at)| **at)
+                .map(|(k, _)| k.clone())
+        {
+            routed.remove(&oldest);
+        }
+        routed.insert(id.clone(), now);
+        true
+    }
+
+    /// Forgets a routed delete that did not go out.
+    fn forget(&self, id: &SessionId) {
+        let mut routed = self.at.lock().unwrap_or_else(|e| e.into_inner());
+        routed.remove(id);
+    }
+}
+
 fn fleet_by_uid(ctx: &Context, uid: &str) -> Option<Arc<BrowserFleet>> {
-    ctx.fleets
+    ctx.caches
+        .fleets
         .state()
         .into_iter()
         .find(|f| f.uid().as_deref() == Some(uid))
 }
 
 /// Applies one reply; false when it should be read again.
-async fn apply(ctx: &Context, fleet_uid: &str, reply: &Reply) -> bool {
+async fn apply(ctx: &Context, fleets: &FleetLink, fleet_uid: &str, reply: &Reply) -> bool {
     let (Some(namespace), Some(name)) = (
         reply.labels.get(labels::NAMESPACE),
         reply.labels.get(labels::NAME),
@@ -152,9 +146,9 @@ async fn apply(ctx: &Context, fleet_uid: &str, reply: &Reply) -> bool {
                 tracing::warn!(session = %name, "a reply on the events queue of another fleet than the session's; dropped");
                 Ok(true)
             }
-            Some(session) => apply_to(ctx, &session, reply).await,
+            Some(session) => apply_to(ctx, fleets, &session, reply).await,
             None if matches!(reply.kind, ReplyKind::Ready(_)) => {
-                Ok(end_unwanted(ctx, fleet_uid, reply, "its session was deleted").await)
+                Ok(end_unwanted(ctx, fleets, fleet_uid, reply, "its session was deleted").await)
             }
             None => Ok(true),
         };
@@ -182,6 +176,7 @@ async fn apply(ctx: &Context, fleet_uid: &str, reply: &Reply) -> bool {
 /// (a browser to end whose agent did not answer).
 async fn apply_to(
     ctx: &Context,
+    fleets: &FleetLink,
     session: &BrowserSession,
     reply: &Reply,
 ) -> Result<bool, kube::Error> {
@@ -220,9 +215,14 @@ async fn apply_to(
             let uid = fleet_of(session, ctx)
                 .and_then(|f| f.uid())
                 .unwrap_or_default();
-            return Ok(
-                end_unwanted(ctx, &uid, reply, "its session is no longer waiting for it").await,
-            );
+            return Ok(end_unwanted(
+                ctx,
+                fleets,
+                &uid,
+                reply,
+                "its session is no longer waiting for it",
+            )
+            .await);
         }
         ReplyKind::Failed(failure) if waiting => {
             if failure.reason == FailureReason::SessionExists {
@@ -231,7 +231,7 @@ async fn apply_to(
                 let uid = fleet_of(session, ctx)
                     .and_then(|f| f.uid())
                     .unwrap_or_default();
-                if !end_unwanted(ctx, &uid, reply, "its token was lost").await {
+                if !end_unwanted(ctx, fleets, &uid, reply, "its token was lost").await {
                     return Ok(false);
                 }
             }
@@ -342,17 +342,23 @@ async fn write_credentials(
 /// Ends a browser that started for a session nobody waits for. Whether it
 /// is done: ended, not there, or gone with its instance or fleet; false
 /// when its agent should be asked again (the reply is read again).
-async fn end_unwanted(ctx: &Context, fleet_uid: &str, reply: &Reply, why: &str) -> bool {
+async fn end_unwanted(
+    ctx: &Context,
+    fleets: &FleetLink,
+    fleet_uid: &str,
+    reply: &Reply,
+    why: &str,
+) -> bool {
     let Some(fleet) = fleet_by_uid(ctx, fleet_uid) else {
         // The fleet is gone; its instances go with it.
         return true;
     };
     let instance = reply.instance_id.as_str();
-    let Some(address) = address_of(ctx, &fleet, instance) else {
+    let Some(address) = address_of(fleets, &fleet, instance) else {
         tracing::warn!(session = %reply.session_id, %instance, "a browser nobody waits for, on an instance without an address yet");
         return !instance_alive(&fleet, instance);
     };
-    let token = match ctx.fleet_token(&fleet).await {
+    let token = match fleets.token(ctx, &fleet).await {
         Ok(token) => token,
         Err(error) => {
             tracing::warn!(%error, "cannot read the fleet token to end a browser");
@@ -377,22 +383,17 @@ async fn end_unwanted(ctx: &Context, fleet_uid: &str, reply: &Reply, why: &str) 
 
 /// The address to dial for an instance's agent: its registration, else the
 /// one recorded in fleet status.
-pub fn address_of(ctx: &Context, fleet: &BrowserFleet, instance: &str) -> Option<String> {
-    let uid = fleet.uid().unwrap_or_default();
-    ctx.registrations
-        .of(&uid)
-        .get(&crate::cloud::InstanceId::new(instance))
-        .map(|r| r.address.clone())
-        .or_else(|| {
-            fleet
-                .status
-                .as_ref()?
-                .instances
-                .iter()
-                .find(|i| i.instance_id == instance)?
-                .address
-                .clone()
-        })
+pub fn address_of(fleets: &FleetLink, fleet: &BrowserFleet, instance: &str) -> Option<String> {
+    fleets.registered_address(fleet, instance).or_else(|| {
+        fleet
+            .status
+            .as_ref()?
+            .instances
+            .iter()
+            .find(|i| i.instance_id == instance)?
+            .address
+            .clone()
+    })
 }
 
 /// Whether the fleet still lists the instance as one that may run a
@@ -407,14 +408,8 @@ pub fn instance_alive(fleet: &BrowserFleet, instance: &str) -> bool {
 }
 
 /// Every agent address of the fleet.
-fn all_addresses(ctx: &Context, fleet: &BrowserFleet) -> Vec<String> {
-    let uid = fleet.uid().unwrap_or_default();
-    let mut addresses: Vec<String> = ctx
-        .registrations
-        .of(&uid)
-        .into_values()
-        .map(|r| r.address)
-        .collect();
+fn all_addresses(fleets: &FleetLink, fleet: &BrowserFleet) -> Vec<String> {
+    let mut addresses = fleets.registered_addresses(fleet);
     if let Some(status) = &fleet.status {
         addresses.extend(status.instances.iter().filter_map(|i| i.address.clone()));
     }
@@ -431,13 +426,14 @@ fn all_addresses(ctx: &Context, fleet: &BrowserFleet) -> Vec<String> {
 /// the others ignore it, so it gets one reply.
 pub async fn cancel_everywhere(
     ctx: &Context,
+    fleets: &FleetLink,
     fleet: &BrowserFleet,
     id: &SessionId,
     requester: &DeleteRequester,
 ) -> Result<(), SecretsError> {
-    let token = ctx.fleet_token(fleet).await?;
+    let token = fleets.token(ctx, fleet).await?;
     let token = token.expose();
-    futures::stream::iter(all_addresses(ctx, fleet))
+    futures::stream::iter(all_addresses(fleets, fleet))
         .for_each_concurrent(ctx.settings.agent_concurrency.max(1), |address| async move {
             match ctx
                 .agents
@@ -467,19 +463,25 @@ pub async fn cancel_everywhere(
 ///
 /// Each session's delete is routed once an hour at most: an agent older
 /// than `forward=false` would forward the routed delete back here, forever.
-async fn route_delete(ctx: &Context, fleet_uid: &str, delete: &EventsMessage) -> bool {
+async fn route_delete(
+    ctx: &Context,
+    fleets: &FleetLink,
+    routed: &RoutedDeletes,
+    fleet_uid: &str,
+    delete: &EventsMessage,
+) -> bool {
     let Some(fleet) = fleet_by_uid(ctx, fleet_uid) else {
         return true;
     };
-    if !ctx.first_route_of(&delete.session_id) {
+    if !routed.first_route_of(&delete.session_id) {
         return true;
     }
     let requester = DeleteRequester::from(delete);
-    match cancel_everywhere(ctx, &fleet, &delete.session_id, &requester).await {
+    match cancel_everywhere(ctx, fleets, &fleet, &delete.session_id, &requester).await {
         Ok(()) => true,
         Err(error) => {
             tracing::warn!(%error, "cannot route a forwarded delete; it is read again");
-            ctx.forget_route(&delete.session_id);
+            routed.forget(&delete.session_id);
             false
         }
     }

@@ -25,7 +25,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use crate::api::BrowserFleetSpec;
 use crate::api::fleet::{InstanceState as Lifecycle, InstanceStatus, LaunchIntent};
 use crate::cloud::{FleetInstance, InstanceId, InstanceState as Ec2State, QueueDepth};
-use crate::operator::launch::{self, LaunchProgress};
+use crate::operator::fleet::launch::{self, LaunchProgress};
 use crate::protocol::AgentState;
 use crate::scaling::policy::{
     self, Decision, InstancePhase, InstanceView, Observation, PolicyConfig, PolicyMemory,

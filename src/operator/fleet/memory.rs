@@ -1,0 +1,120 @@
+//! What the fleet reconciler remembers of a fleet between reconciles, in
+//! this process only (docs/operator.md says what survives a restart): one
+//! [`FleetMemory`] per fleet, loaded when a reconcile starts and stored once
+//! when it ends.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+
+use jiff::Timestamp;
+
+use crate::cloud::SecretValue;
+use crate::operator::agent_config::FleetQueues;
+use crate::scaling::policy::PolicyMemory;
+
+/// What was created for a fleet at a generation: converged once per
+/// operator process and generation, so a steady reconcile makes no call for
+/// them.
+#[derive(Clone, Debug)]
+pub struct Ensured {
+    /// The fleet generation they were ensured for.
+    pub generation: i64,
+    pub queues: FleetQueues,
+    /// The name of the SSM parameter holding the agent configuration.
+    pub parameter: String,
+    /// The token the fleet's agents accept.
+    pub fleet_token: SecretValue,
+}
+
+/// One fleet's memory.
+#[derive(Clone, Debug)]
+pub struct FleetMemory {
+    /// What the last ensure step converged, at which generation.
+    pub ensured: Option<Ensured>,
+    /// The scaling policy's memory; `None` until this process decided for
+    /// the fleet once.
+    pub policy: Option<PolicyMemory>,
+    /// Reconciles that failed in a row (the error back-off).
+    pub failures: u32,
+    /// When this process first reconciled the fleet: an agent's silence is
+    /// never counted from before it.
+    pub watching_since: Timestamp,
+}
+
+impl FleetMemory {
+    fn new() -> Self {
+        FleetMemory {
+            ensured: None,
+            policy: None,
+            failures: 0,
+            watching_since: Timestamp::now(),
+        }
+    }
+
+    /// What was ensured, when it was for `generation`.
+    pub fn ensured_at(&self, generation: i64) -> Option<&Ensured> {
+        self.ensured.as_ref().filter(|e| e.generation == generation)
+    }
+}
+
+/// Every fleet's memory, by uid.
+#[derive(Debug, Default)]
+pub struct FleetMemories {
+    by_uid: Mutex<HashMap<String, FleetMemory>>,
+}
+
+impl FleetMemories {
+    /// The fleet's memory: a fresh one the first time.
+    pub fn load(&self, uid: &str) -> FleetMemory {
+        self.lock()
+            .entry(uid.to_owned())
+            .or_insert_with(FleetMemory::new)
+            .clone()
+    }
+
+    pub fn store(&self, uid: &str, memory: FleetMemory) {
+        self.lock().insert(uid.to_owned(), memory);
+    }
+
+    /// Forgets a deleted fleet.
+    pub fn forget(&self, uid: &str) {
+        self.lock().remove(uid);
+    }
+
+    /// Failed reconciles in a row, for the error policy.
+    pub fn failures(&self, uid: &str) -> u32 {
+        self.lock().get(uid).map_or(0, |m| m.failures)
+    }
+
+    /// The fleet token this process ensured, if it did: the session
+    /// reconciler and the reply inbox read it before falling back on the
+    /// fleet's Secret.
+    pub fn fleet_token(&self, uid: &str) -> Option<SecretValue> {
+        let memories = self.lock();
+        let ensured = memories.get(uid)?.ensured.as_ref()?;
+        Some(ensured.fleet_token.clone())
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, FleetMemory>> {
+        self.by_uid.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_fleet_is_watched_since_its_first_load_until_forgotten() {
+        let memories = FleetMemories::default();
+        let first = memories.load("uid").watching_since;
+        let mut memory = memories.load("uid");
+        assert_eq!(memory.watching_since, first);
+        memory.failures = 3;
+        memories.store("uid", memory);
+        assert_eq!(memories.failures("uid"), 3);
+        memories.forget("uid");
+        assert_eq!(memories.failures("uid"), 0);
+        assert!(memories.fleet_token("uid").is_none());
+    }
+}
