@@ -7,6 +7,11 @@ outlives its tests.
 
 `--instance-profile NAME` creates that IAM instance profile first: EC2 in
 moto, like AWS, refuses to launch with an instance profile that does not exist.
+
+moto's instance metadata service answers an IMDSv2 token request without the
+`X-aws-ec2-metadata-token-ttl-seconds` response header that EC2 documents
+(and the AWS SDKs' IMDS clients require to cache the token): the token
+response is given that header, echoing the TTL asked for, as EC2 does.
 """
 
 import argparse
@@ -14,7 +19,30 @@ import logging
 import os
 import sys
 
+from urllib.parse import urlparse
+
+from moto.instance_metadata import responses as instance_metadata
 from moto.moto_server.threaded_moto_server import ThreadedMotoServer
+
+TOKEN_TTL_HEADER = "X-aws-ec2-metadata-token-ttl-seconds"
+
+
+def _with_token_ttl(metadata_response):
+    def respond(request, full_url, headers):
+        status, response_headers, body = metadata_response(request, full_url, headers)
+        if urlparse(full_url).path == "/latest/api/token":
+            asked = {k.lower(): v for k, v in dict(headers or {}).items()}
+            ttl = asked.get(TOKEN_TTL_HEADER.lower(), "21600")
+            response_headers = {**dict(response_headers or {}), TOKEN_TTL_HEADER: ttl}
+        return status, response_headers, body
+
+    return staticmethod(respond)
+
+
+# Before the server imports moto's URL map, which holds the function itself.
+instance_metadata.InstanceMetadataResponse.metadata_response = _with_token_ttl(
+    instance_metadata.InstanceMetadataResponse.metadata_response
+)
 
 
 def main() -> None:

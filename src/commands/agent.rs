@@ -82,7 +82,7 @@ pub(super) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                 advertise,
             },
             None => {
-                let metadata = agent::imds::read().await?;
+                let metadata = agent::imds::read(&aws).await?;
                 NodeIdentity {
                     advertise: format!("{}:{}", metadata.private_ip, settings.config.gateway_port),
                     instance_id: metadata.instance_id,
