@@ -10,4 +10,5 @@ pub mod commands;
 pub mod operator;
 pub mod protocol;
 pub mod scaling;
+pub mod secret;
 pub mod telemetry;

@@ -585,7 +585,7 @@ fn valid_proxy(rng: &mut Rng) -> ProxyConfig {
         server: format!("{scheme}://{host}{port}"),
         bypass,
         username,
-        password,
+        password: password.map(browserfleet::secret::SecretValue::new),
     }
 }
 

@@ -27,6 +27,7 @@ use super::table::token_digest;
 use super::tombstones::TOMBSTONE_TTL;
 use crate::cloud::queues::Queues;
 use crate::protocol::{DeleteRequester, SessionId};
+use crate::secret::SecretValue;
 
 /// Largest handshake answer read from a browser.
 const MAX_HANDSHAKE_BYTES: usize = 16 * 1024;
@@ -64,7 +65,7 @@ fn presented_token<'a>(headers: &'a HeaderMap, query: &'a TokenQuery) -> Option<
         .get(header::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
-        .or(query.token.as_deref())
+        .or(query.token.as_ref().map(SecretValue::expose))
 }
 
 fn same_secret(presented: &str, expected: &str) -> bool {
@@ -75,7 +76,7 @@ fn same_secret(presented: &str, expected: &str) -> bool {
 /// The `token` query parameter.
 #[derive(Deserialize, Default)]
 pub struct TokenQuery {
-    token: Option<String>,
+    token: Option<SecretValue>,
 }
 
 /// The query of `DELETE /v1/sessions/{id}` besides the token, read with a
@@ -323,7 +324,7 @@ async fn json_document<Q: Queues + 'static>(
         route.port.0,
         &gateway,
         &route.id,
-        query.token.as_deref(),
+        query.token.as_ref().map(SecretValue::expose),
     );
     axum::Json(document).into_response()
 }

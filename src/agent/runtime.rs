@@ -54,7 +54,7 @@ struct LiveSession {
     phase: HostedPhase,
     /// The gateway token; `None` for a session adopted after a restart (the
     /// table keeps only its digest).
-    token: Option<String>,
+    token: Option<SessionToken>,
     /// Set by the gateway when a client connects.
     used: Arc<AtomicBool>,
     /// The exit of a browser this agent process started; `None` for a
@@ -542,7 +542,7 @@ impl<Q: Queues + 'static> Agent<Q> {
                     &record.id,
                     &record.browser_path,
                 ),
-                token: SessionToken::new(token.clone()),
+                token: token.clone(),
                 expires_at: timestamp(record.expires),
             }),
         )
@@ -702,7 +702,7 @@ impl<Q: Queues + 'static> Agent<Q> {
                 LiveSession {
                     record,
                     phase: HostedPhase::Starting,
-                    token: Some(token),
+                    token: Some(SessionToken::new(token)),
                     used: Arc::new(AtomicBool::new(false)),
                     exit: Some(spawned.exit.clone()),
                     profile,

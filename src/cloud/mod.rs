@@ -21,6 +21,8 @@ pub mod recorder;
 pub mod settings;
 pub mod ssm;
 
+/// Secrets read from SSM are held in the crate's one secret type.
+pub use crate::secret::SecretValue;
 pub use compute::{
     CapacityMiss, ClientToken, Compute, ComputeError, Ec2Compute, FleetInstance, ImageId,
     InstanceBlueprint, InstanceId, InstanceState, LaunchOutcome, LaunchRequest, RootVolume,
@@ -36,5 +38,5 @@ pub use recorder::{CallKey, CallRecorder, CallStats, Outcome};
 pub use settings::{Aws, AwsSettings, RetryMode, SettingsError};
 pub use ssm::{
     CommandDocument, CommandId, CommandInvocation, CommandRequest, CommandStatus, Commands,
-    Parameter, ParameterKind, ParameterWrite, Parameters, SecretValue, Ssm, SsmError,
+    Parameter, ParameterKind, ParameterWrite, Parameters, Ssm, SsmError,
 };

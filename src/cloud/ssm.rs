@@ -20,6 +20,7 @@
 //! * moto has no `ListCommandInvocations`; invocations are read one instance
 //!   at a time with `GetCommandInvocation`, which AWS supports too.
 
+use crate::secret::SecretValue;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::future::Future;
@@ -101,31 +102,6 @@ impl fmt::Debug for Parameter {
             .field("version", &self.version)
             .field("secure", &self.secure)
             .finish()
-    }
-}
-
-/// A secret (read from a SecureString parameter, or generated, or part of
-/// the agent configuration); its `Debug` never shows it. It serializes as
-/// the plain string, for the documents that must carry it.
-#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(transparent)]
-pub struct SecretValue(String);
-
-impl SecretValue {
-    /// Holds `secret`.
-    pub fn new(secret: impl Into<String>) -> Self {
-        SecretValue(secret.into())
-    }
-
-    /// The secret itself; do not log it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SecretValue {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SecretValue(<redacted>)")
     }
 }
 
@@ -483,7 +459,7 @@ impl Parameters for Ssm {
                 name: name.to_owned(),
             });
         }
-        Ok(SecretValue(parameter.value))
+        Ok(SecretValue::new(parameter.value))
     }
 
     async fn delete_parameter(&self, name: &str) -> Result<(), SsmError> {

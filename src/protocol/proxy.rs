@@ -1,8 +1,7 @@
 //! The proxy a session's browser sends its traffic through, and the shapes a
 //! request may give it in.
 
-use std::fmt;
-
+use crate::secret::SecretValue;
 use serde::Serialize;
 use serde_json::Value;
 
@@ -17,7 +16,7 @@ pub const MAX_PROXY_CREDENTIAL_LEN: usize = 256;
 ///
 /// `Debug` never shows the password, and no error of this module repeats any
 /// part of a proxy: a proxy URL may carry credentials.
-#[derive(Clone, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct ProxyConfig {
     /// `scheme://host[:port]` with the scheme one of `http`, `https`, `socks4`
@@ -32,18 +31,7 @@ pub struct ProxyConfig {
     pub username: Option<String>,
     /// Password for proxy authentication; only with a user name.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub password: Option<String>,
-}
-
-impl fmt::Debug for ProxyConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProxyConfig")
-            .field("server", &self.server)
-            .field("bypass", &self.bypass)
-            .field("username", &self.username)
-            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
-            .finish()
-    }
+    pub password: Option<SecretValue>,
 }
 
 /// Why a proxy was refused: the field (relative to the proxy, e.g. `server`
@@ -100,7 +88,7 @@ fn from_object(map: &serde_json::Map<String, Value>) -> Result<ProxyConfig, Prox
     };
     let parsed = parse_server(&server_text)?;
     let username = credential(map, "username")?;
-    let password = credential(map, "password")?;
+    let password = credential(map, "password")?.map(SecretValue::new);
     let (username, password) = match (username, password, parsed.username) {
         (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
             return Err(err(
@@ -185,7 +173,7 @@ fn bypass(map: &serde_json::Map<String, Value>) -> Result<Option<String>, ProxyE
 struct ParsedServer {
     server: String,
     username: Option<String>,
-    password: Option<String>,
+    password: Option<SecretValue>,
 }
 
 const SERVER_SHAPE: &str =
@@ -226,7 +214,7 @@ fn parse_server(text: &str) -> Result<ParsedServer, ProxyError> {
             if !is_credential(user) || pass.is_some_and(|p| !is_credential(p)) {
                 return Err(err("server", "has a malformed user:password@ part"));
             }
-            (Some(user.to_owned()), pass.map(str::to_owned))
+            (Some(user.to_owned()), pass.map(SecretValue::new))
         }
     };
     Ok(ParsedServer {
@@ -320,7 +308,10 @@ mod tests {
         let parsed = proxy(json!("http://alice:s3cr@t@proxy:3128")).expect("valid");
         assert_eq!(parsed.server, "http://proxy:3128");
         assert_eq!(parsed.username.as_deref(), Some("alice"));
-        assert_eq!(parsed.password.as_deref(), Some("s3cr@t"));
+        assert_eq!(
+            parsed.password.as_ref().map(SecretValue::expose),
+            Some("s3cr@t")
+        );
     }
 
     #[test]
@@ -339,7 +330,7 @@ mod tests {
                 server: "https://proxy:443".into(),
                 bypass: Some("localhost;*.internal".into()),
                 username: Some("bob".into()),
-                password: Some("pw".into()),
+                password: Some(SecretValue::new("pw")),
             }
         );
         let string_bypass = proxy(json!({"server": "p:1", "bypass": "a;b"})).expect("valid");
@@ -389,6 +380,6 @@ mod tests {
         let parsed = proxy(json!("http://alice:hunter2@proxy:3128")).expect("valid");
         let shown = format!("{parsed:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
-        assert!(shown.contains("<redacted>"));
+        assert!(shown.contains("REDACTED"), "{shown}");
     }
 }

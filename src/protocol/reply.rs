@@ -22,6 +22,7 @@
 
 pub mod legacy;
 
+use crate::secret::SecretValue;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -147,25 +148,18 @@ impl Endpoints {
 
 /// A session's gateway token. `Debug` never shows it, so a reply can be
 /// logged with `{:?}`.
-#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(transparent)]
-pub struct SessionToken(String);
+pub struct SessionToken(SecretValue);
 
 impl SessionToken {
-    /// Wraps a token.
     pub fn new(token: impl Into<String>) -> Self {
-        SessionToken(token.into())
+        SessionToken(SecretValue::new(token))
     }
 
     /// The token, for the gateway and for the reply body only.
     pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for SessionToken {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("SessionToken(<redacted>)")
+        self.0.expose()
     }
 }
 

@@ -592,7 +592,7 @@ async fn proxy_credentials(
     match (key("username"), key("password")) {
         (Some(username), Some(password)) => Ok(Ok(request::ProxyCredentials {
             username: Some(username),
-            password: Some(password),
+            password: Some(SecretValue::new(password)),
         })),
         _ => Ok(Err(format!(
             "the proxy credentials Secret {} needs the keys username and password",

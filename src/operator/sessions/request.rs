@@ -3,6 +3,7 @@
 //! the same rules the agent applies (`agent::args::sanitize`, the fleet's
 //! session limits and profile policy).
 
+use crate::secret::SecretValue;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
@@ -46,7 +47,7 @@ pub struct ProxyCredentials {
     /// `username` key.
     pub username: Option<String>,
     /// `password` key.
-    pub password: Option<String>,
+    pub password: Option<SecretValue>,
 }
 
 /// How long the session waits for an agent: its own start timeout, else the
