@@ -16,6 +16,7 @@ build:
 ##       with Chromium and Playwright, the demo end to end); installs what
 ##       they need when missing
 test: moto kubectl helm chromium playwright lua kube-apiserver
+	$(CARGO) build --locked --bins
 	$(CARGO) test --locked
 	$(MAKE) --no-print-directory test-kube-apiserver
 

@@ -57,7 +57,7 @@ fn built_binary(name: &str, variable: &str, build: &str) -> PathBuf {
     let path = profile_dir.join(name);
     assert!(
         path.exists(),
-        "{} is missing: run `{build}` (cargo test in the checkout builds it) or set {variable}",
+        "{} is missing: run `{build}` (make test builds every binary first) or set {variable}",
         path.display()
     );
     path
