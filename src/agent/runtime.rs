@@ -27,8 +27,8 @@ use super::slots::{Port, PortState, SlotError, SlotPool};
 use super::supervise::{BrowserHealth, Deadlines, shows_use, verdict};
 use super::table::{SessionRecord, TableFileStore, token_digest};
 use super::tombstones::{CANCELLED_MESSAGE, Tombstones};
-use crate::cloud::compute::InstanceId;
 use crate::cloud::queues::{OutgoingMessage, QueueUrl, Queues};
+use crate::protocol::InstanceId;
 use crate::protocol::state::STATE_VERSION;
 use crate::protocol::{
     AgentState, AnnouncementKind, CreateRequest, Endpoints, EventsMessage, Failed, FailureReason,

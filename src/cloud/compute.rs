@@ -52,27 +52,9 @@ pub const MAX_PAGE_SIZE: i32 = 1000;
 /// Ids per `TerminateInstances` / `StopInstances` / `StartInstances` call.
 pub const DEFAULT_BATCH_SIZE: usize = 1000;
 
-/// An EC2 instance id, `i-…`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct InstanceId(String);
-
-impl InstanceId {
-    /// Wraps an instance id as EC2 reported it.
-    pub fn new(id: impl Into<String>) -> Self {
-        InstanceId(id.into())
-    }
-
-    /// The id as a string.
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Display for InstanceId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
+/// Instance ids are protocol values too (agents report theirs): one type,
+/// defined there.
+pub use crate::protocol::InstanceId;
 
 /// An AMI id, `ami-…`.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]

@@ -53,7 +53,7 @@ impl From<&EventsMessage> for DeleteRequester {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::cloud::compute::InstanceId;
+    use crate::protocol::InstanceId;
     use crate::protocol::SessionId;
 
     const QUEUE: &str = "http://127.0.0.1:5000/123456789012/bf-replies";

@@ -167,6 +167,28 @@ pub(crate) use string_newtype;
 
 string_newtype!(SessionId, RequestId, ProfileName);
 
+/// An EC2 instance id, `i-…`.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct InstanceId(String);
+
+impl InstanceId {
+    /// Wraps an instance id as EC2 reported it.
+    pub fn new(id: impl Into<String>) -> Self {
+        InstanceId(id.into())
+    }
+
+    /// The id as a string.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for InstanceId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -26,7 +26,7 @@ pub mod urls;
 pub use callback::{CallbackSignature, RetrySchedule, VerifyError, sign, verify};
 pub use control::DeleteRequester;
 pub use error::{MessageError, ReplyTarget};
-pub use ids::{InvalidValue, ProfileName, RequestId, SessionId};
+pub use ids::{InstanceId, InvalidValue, ProfileName, RequestId, SessionId};
 pub use proxy::ProxyConfig;
 pub use reply::{
     Endpoints, EventsMessage, Failed, FailureReason, FleetEvent, Ready, Reply, ReplyKind,

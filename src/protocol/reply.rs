@@ -35,7 +35,7 @@ use serde_json::Value;
 use super::ids::{RequestId, SessionId};
 use super::state::NodeAnnouncement;
 use super::urls::{CallbackUrl, ReplyQueueUrl};
-use crate::cloud::compute::InstanceId;
+use crate::protocol::InstanceId;
 
 /// `type` of a reply for a session that is ready.
 pub const TYPE_READY: &str = "session.ready";

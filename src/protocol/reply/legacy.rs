@@ -125,7 +125,7 @@ mod tests {
     use serde_json::json;
 
     use super::*;
-    use crate::cloud::compute::InstanceId;
+    use crate::protocol::InstanceId;
     use crate::protocol::reply::{
         Endpoints, Failed, FailureReason, Ready, SessionToken, Terminated, TerminationReason,
     };
