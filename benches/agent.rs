@@ -14,6 +14,7 @@
 //! Run with `make agent-bench` (release build; installs moto and Chromium
 //! when missing).
 
+use testkit::bench::{proc_stat_ticks, status_kib};
 use testkit::moto;
 
 use std::collections::BTreeMap;
@@ -339,31 +340,6 @@ async fn gateway(aws: &Aws, queues: &(String, String)) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn proc_stat_ticks(pid: u32) -> anyhow::Result<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .context("stat")?
-        .1
-        .split_whitespace()
-        .collect();
-    // utime and stime: fields 14 and 15 of stat, 12 and 13 after the name.
-    Ok(fields[11].parse::<u64>()? + fields[12].parse::<u64>()?)
-}
-
-fn rss_kib(pid: u32) -> anyhow::Result<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
-    let line = status
-        .lines()
-        .find(|l| l.starts_with("VmRSS:"))
-        .context("VmRSS")?;
-    Ok(line
-        .split_whitespace()
-        .nth(1)
-        .context("VmRSS value")?
-        .parse()?)
-}
-
 async fn footprint(aws: &Aws, queues: &(String, String), endpoint: &str) -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
     let config_path = dir.path().join("config.json");
@@ -432,7 +408,7 @@ async fn footprint(aws: &Aws, queues: &(String, String), endpoint: &str) -> anyh
     let mut peak_rss = 0;
     let measured = Instant::now();
     while measured.elapsed() < window {
-        peak_rss = peak_rss.max(rss_kib(pid)?);
+        peak_rss = peak_rss.max(status_kib(pid, "VmRSS:")?);
         tokio::time::sleep(Duration::from_secs(1)).await;
     }
     let cpu = (proc_stat_ticks(pid)? - before) as f64 / ticks_per_second / window.as_secs_f64();

@@ -15,9 +15,8 @@ use browserfleet::operator::metrics::Metrics;
 use browserfleet::operator::run::{OperatorOptions, RunError, Running, run};
 use devcluster::apiserver::DevApiServer;
 use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::Client;
 use kube::api::{Api, PostParams};
-use kube::{Client, ResourceExt};
 
 /// The development API server with our CRDs served, and what a fleet
 /// launches into in moto.
@@ -39,7 +38,7 @@ impl Cluster {
     pub async fn start(bench: &str) -> anyhow::Result<Cluster> {
         let server = DevApiServer::start().await?;
         let client = server.client.clone();
-        install_crds(&client).await?;
+        crate::cluster::install_crds(&client).await?;
         let aws = Aws::load(AwsSettings::default()).await?;
         let ec2 = aws_sdk_ec2::Client::new(aws.sdk_config());
         let images = ec2.describe_images().owners("amazon").send().await?;
@@ -94,31 +93,6 @@ impl Cluster {
             .await?;
         Ok(())
     }
-}
-
-async fn install_crds(client: &Client) -> anyhow::Result<()> {
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-    for crd in browserfleet::api::crds() {
-        crds.create(&PostParams::default(), &crd).await?;
-        let name = crd.name_any();
-        until("CRD established", Duration::from_secs(30), || {
-            let crds = crds.clone();
-            let name = name.clone();
-            async move {
-                crds.get(&name)
-                    .await
-                    .ok()
-                    .and_then(|c| c.status)
-                    .and_then(|s| s.conditions)
-                    .is_some_and(|c| {
-                        c.iter()
-                            .any(|c| c.type_ == "Established" && c.status == "True")
-                    })
-            }
-        })
-        .await?;
-    }
-    Ok(())
 }
 
 /// An operator running in this process, with AWS clients of its own.

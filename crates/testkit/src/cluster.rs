@@ -4,14 +4,14 @@
 
 use std::time::Duration;
 
+use anyhow::Context;
 use browserfleet::api;
 use devcluster::apiserver::DevApiServer;
 use k8s_openapi::api::core::v1::Namespace;
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::api::{Api, PostParams};
+use kube::runtime::wait::{await_condition, conditions};
 use kube::{Client, ResourceExt};
-
-use crate::agent_world::eventually;
 
 /// Where a test runs: the development API server started for it, or the
 /// cluster named by `BROWSERFLEET_TEST_KUBECONFIG`; either way in a namespace
@@ -69,30 +69,8 @@ impl TestCluster {
     /// Installs our CRDs (a real cluster may have them already) and waits
     /// until they are served.
     pub async fn install_crds(&self) {
-        let crds: Api<CustomResourceDefinition> = Api::all(self.client.clone());
-        for crd in api::crds() {
-            match crds.create(&PostParams::default(), &crd).await {
-                Ok(_) => {}
-                Err(kube::Error::Api(status)) if status.code == 409 => {}
-                Err(other) => panic!("CRD refused: {other}"),
-            }
-            let name = crd.name_any();
-            eventually("CRD established", Duration::from_secs(90), || {
-                let crds = crds.clone();
-                let name = name.clone();
-                async move {
-                    crds.get(&name)
-                        .await
-                        .ok()
-                        .and_then(|c| c.status)
-                        .and_then(|s| s.conditions)
-                        .is_some_and(|c| {
-                            c.iter()
-                                .any(|c| c.type_ == "Established" && c.status == "True")
-                        })
-                }
-            })
-            .await;
+        if let Err(error) = install_crds(&self.client).await {
+            panic!("{error:#}");
         }
     }
 
@@ -130,4 +108,25 @@ impl TestCluster {
             None => "1".to_owned(),
         }
     }
+}
+
+/// Creates our CRDs (one that exists already is kept: a real cluster may
+/// have them) and waits, through kube-runtime's `await_condition`, until
+/// each is established.
+pub async fn install_crds(client: &Client) -> anyhow::Result<()> {
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    for crd in api::crds() {
+        match crds.create(&PostParams::default(), &crd).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(status)) if status.code == 409 => {}
+            Err(other) => return Err(anyhow::Error::new(other).context("CRD refused")),
+        }
+        let name = crd.name_any();
+        let established = await_condition(crds.clone(), &name, conditions::is_crd_established());
+        tokio::time::timeout(Duration::from_secs(90), established)
+            .await
+            .with_context(|| format!("CRD {name} not established within 90 s"))?
+            .with_context(|| format!("watching CRD {name}"))?;
+    }
+    Ok(())
 }
