@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use browserfleet::api::fleet::{QueueSpec, VolumeType};
 use browserfleet::cloud::{
-    Aws, AwsSettings, Compute, Ec2Compute, FleetId, ImageId, InstanceBlueprint, LaunchRequest,
+    Aws, AwsSettings, Compute, Ec2Compute, FleetId, InstanceBlueprint, LaunchRequest,
     OutgoingMessage, QueueDefinition, Queues, RootVolume, Service, Sqs,
 };
 
@@ -97,22 +97,7 @@ async fn main() -> anyhow::Result<()> {
 
 async fn blueprint(aws: &Aws) -> anyhow::Result<InstanceBlueprint> {
     let ec2 = aws_sdk_ec2::Client::new(aws.sdk_config());
-    let images = ec2.describe_images().owners("amazon").send().await?;
-    let image_id = images
-        .images()
-        .iter()
-        .find(|i| i.root_device_name().is_some())
-        .and_then(|i| i.image_id())
-        .and_then(ImageId::new)
-        .context("moto has no default AMI")?;
-    let subnets = ec2.describe_subnets().send().await?;
-    let subnet_ids: Vec<String> = subnets
-        .subnets()
-        .iter()
-        .filter_map(|s| s.subnet_id())
-        .take(2)
-        .map(str::to_owned)
-        .collect();
+    let (image_id, subnet_ids) = testkit::launch_world::moto_image_and_subnets(&ec2).await?;
     Ok(InstanceBlueprint {
         image_id,
         instance_types: vec!["m6i.xlarge".to_owned()],

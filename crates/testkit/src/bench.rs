@@ -8,7 +8,6 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use aws_sdk_ec2::types::Filter;
 use browserfleet::cloud::{Aws, AwsSettings, CallStats};
 use browserfleet::operator::context::Settings;
 use browserfleet::operator::metrics::Metrics;
@@ -41,32 +40,8 @@ impl Cluster {
         crate::cluster::install_crds(&client).await?;
         let aws = Aws::load(AwsSettings::default()).await?;
         let ec2 = aws_sdk_ec2::Client::new(aws.sdk_config());
-        let images = ec2.describe_images().owners("amazon").send().await?;
-        let image_id = images
-            .images()
-            .iter()
-            .find(|i| i.root_device_name().is_some())
-            .and_then(|i| i.image_id())
-            .context("moto ships default AMIs")?
-            .to_owned();
-        let subnets = ec2
-            .describe_subnets()
-            .filters(
-                Filter::builder()
-                    .name("default-for-az")
-                    .values("true")
-                    .build(),
-            )
-            .send()
-            .await?;
-        let mut subnets: Vec<String> = subnets
-            .subnets()
-            .iter()
-            .filter_map(|s| s.subnet_id())
-            .map(str::to_owned)
-            .collect();
-        subnets.sort();
-        subnets.truncate(2);
+        let (image_id, subnets) = crate::launch_world::moto_image_and_subnets(&ec2).await?;
+        let image_id = image_id.as_str().to_owned();
         let group = ec2
             .create_security_group()
             .group_name(format!("browserfleet-{bench}-bench"))

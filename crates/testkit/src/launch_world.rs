@@ -3,6 +3,7 @@
 
 use std::collections::BTreeMap;
 
+use anyhow::Context;
 use aws_sdk_ec2::types::Filter;
 use browserfleet::api::fleet::VolumeType;
 use browserfleet::cloud::{Aws, ImageId, InstanceBlueprint, RootVolume};
@@ -15,21 +16,18 @@ pub struct World {
     pub key_name: String,
 }
 
-pub async fn world(aws: &Aws, name: &str) -> World {
-    let ec2 = aws_sdk_ec2::Client::new(aws.sdk_config());
-    let images = ec2
-        .describe_images()
-        .owners("amazon")
-        .send()
-        .await
-        .expect("describe images");
+/// The AMI and the two default subnets every moto has.
+pub async fn moto_image_and_subnets(
+    ec2: &aws_sdk_ec2::Client,
+) -> anyhow::Result<(ImageId, Vec<String>)> {
+    let images = ec2.describe_images().owners("amazon").send().await?;
     let image_id = images
         .images()
         .iter()
         .find(|i| i.root_device_name().is_some())
         .and_then(|i| i.image_id())
         .and_then(ImageId::new)
-        .expect("moto ships default AMIs");
+        .context("moto ships default AMIs")?;
     let subnets = ec2
         .describe_subnets()
         .filters(
@@ -39,8 +37,7 @@ pub async fn world(aws: &Aws, name: &str) -> World {
                 .build(),
         )
         .send()
-        .await
-        .expect("describe subnets");
+        .await?;
     let mut subnets: Vec<String> = subnets
         .subnets()
         .iter()
@@ -49,7 +46,16 @@ pub async fn world(aws: &Aws, name: &str) -> World {
         .collect();
     subnets.sort();
     subnets.truncate(2);
-    assert_eq!(subnets.len(), 2, "moto has default subnets");
+    anyhow::ensure!(subnets.len() == 2, "moto has two default subnets");
+    Ok((image_id, subnets))
+}
+
+pub async fn world(aws: &Aws, name: &str) -> World {
+    let ec2 = aws_sdk_ec2::Client::new(aws.sdk_config());
+    let (image_id, subnets) = match moto_image_and_subnets(&ec2).await {
+        Ok(found) => found,
+        Err(error) => panic!("launch targets in moto: {error:#}"),
+    };
     let group = ec2
         .create_security_group()
         .group_name(format!("bf-{name}-{}", super::unique_fleet(name).uid()))
