@@ -27,7 +27,7 @@ pub struct Ensured {
 }
 
 /// One fleet's memory.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, Default)]
 pub struct FleetMemory {
     /// What the last ensure step converged, at which generation.
     pub ensured: Option<Ensured>,
@@ -36,21 +36,13 @@ pub struct FleetMemory {
     pub policy: Option<PolicyMemory>,
     /// Reconciles that failed in a row (the error back-off).
     pub failures: u32,
-    /// When this process first reconciled the fleet: an agent's silence is
-    /// never counted from before it.
-    pub watching_since: Timestamp,
+    /// When this process first observed the fleet (its queues ensured, EC2
+    /// and its queue read): an agent's silence is never counted from before
+    /// it. `None` until then, however many reconciles failed before.
+    pub watching_since: Option<Timestamp>,
 }
 
 impl FleetMemory {
-    fn new() -> Self {
-        FleetMemory {
-            ensured: None,
-            policy: None,
-            failures: 0,
-            watching_since: Timestamp::now(),
-        }
-    }
-
     /// What was ensured, when it was for `generation`.
     pub fn ensured_at(&self, generation: i64) -> Option<&Ensured> {
         self.ensured.as_ref().filter(|e| e.generation == generation)
@@ -64,12 +56,9 @@ pub struct FleetMemories {
 }
 
 impl FleetMemories {
-    /// The fleet's memory: a fresh one the first time.
+    /// The fleet's memory: an empty one the first time.
     pub fn load(&self, uid: &str) -> FleetMemory {
-        self.lock()
-            .entry(uid.to_owned())
-            .or_insert_with(FleetMemory::new)
-            .clone()
+        self.lock().entry(uid.to_owned()).or_default().clone()
     }
 
     pub fn store(&self, uid: &str, memory: FleetMemory) {
@@ -105,14 +94,16 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_fleet_is_watched_since_its_first_load_until_forgotten() {
+    fn a_fleet_is_remembered_until_forgotten() {
         let memories = FleetMemories::default();
-        let first = memories.load("uid").watching_since;
         let mut memory = memories.load("uid");
-        assert_eq!(memory.watching_since, first);
+        assert_eq!(memory.watching_since, None);
+        let first = Timestamp::now();
+        memory.watching_since = Some(first);
         memory.failures = 3;
         memories.store("uid", memory);
         assert_eq!(memories.failures("uid"), 3);
+        assert_eq!(memories.load("uid").watching_since, Some(first));
         memories.forget("uid");
         assert_eq!(memories.failures("uid"), 0);
         assert!(memories.fleet_token("uid").is_none());

@@ -297,7 +297,7 @@ async fn reconcile_fleet(
         &ensured,
         ctx,
         &controller.registrations,
-        memory.watching_since,
+        &mut memory.watching_since,
     )
     .await?;
     let previous = observe::previous_of(fleet.status.as_ref());

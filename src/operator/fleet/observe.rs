@@ -23,7 +23,7 @@ pub(super) async fn observe(
     ensured: &Ensured,
     ctx: &Context,
     registrations: &Registrations,
-    watching_since: Timestamp,
+    watching_since: &mut Option<Timestamp>,
 ) -> Result<Observed, Error> {
     let (instances, depth) = tokio::join!(
         ctx.compute.list_instances(id),
@@ -40,7 +40,8 @@ pub(super) async fn observe(
         depth,
         registrations,
         answers,
-        watching_since,
+        // Set by the first observation that reached EC2 and the queue.
+        watching_since: *watching_since.get_or_insert_with(Timestamp::now),
         pending_sessions: ctx.caches.pending_sessions(fleet),
     })
 }
