@@ -26,8 +26,8 @@ test: moto kubectl helm chromium playwright lua kube-apiserver
 .PHONY: test-kube-apiserver
 test-kube-apiserver: kubectl kube-apiserver
 	$(CARGO) build --locked --bins
-	bash scripts/with-kube-apiserver.sh $(CARGO) test --locked --test apiserver --test kubectl \
-		--test operator --test operator_lifecycle --test operator_faults --test sessions
+	bash scripts/with-kube-apiserver.sh $(CARGO) test --locked --test suite --test faults -- \
+		apiserver:: kubectl:: operator:: operator_lifecycle:: operator_faults:: sessions::
 
 ## moto: install moto[server] into .venv/ when it is missing (idempotent)
 moto:
@@ -82,7 +82,7 @@ crds:
 	$(MAKE) --no-print-directory chart-crds
 
 ## chart-crds: copy crds/ into the Helm chart (charts/browserfleet/crds/) and the
-##       kustomize base (config/crd/); tests/chart.rs and tests/kustomize.rs fail on drift
+##       kustomize base (config/crd/); tests/suite/chart.rs and tests/suite/kustomize.rs fail on drift
 chart-crds:
 	rm -f charts/browserfleet/crds/*.yaml config/crd/*.browserfleet.io.yaml
 	cp crds/*.yaml charts/browserfleet/crds/

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs helm-sdkpy (Python bindings that carry Helm v4's own Go library)
-# into .venv/ when it is missing; tests/chart.rs lints and installs the chart
+# into .venv/ when it is missing; tests/suite/chart.rs lints and installs the chart
 # with it through tests/python/helm_chart.py. No helm binary is downloaded:
 # the library ships inside the wheel. Idempotent: a second run with the right
 # version in place does nothing. Needs Python 3 with venv and pip, and access

@@ -28,7 +28,7 @@ BIN="$PREFIX/bin"
 have_binaries() {
   [ -x "$BIN/kube-apiserver" ] && [ -x "$BIN/kube-controller-manager" ] || return 1
   "$BIN/kube-apiserver" --version 2>/dev/null | grep -q "Kubernetes $K8S_UPSTREAM" || return 1
-  # What scripts/with-kube-apiserver.sh and tests/crds.rs run besides.
+  # What scripts/with-kube-apiserver.sh and tests/suite/crds.rs run besides.
   command -v etcd >/dev/null && command -v go >/dev/null \
     && command -v openssl >/dev/null && command -v curl >/dev/null
 }

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs Debian's Lua 5.1 interpreter when it is missing: the Argo CD
 # health checks in config/argocd/health/ are tested with it
-# (tests/gitops_health.rs). Argo CD runs them with gopher-lua, which
+# (tests/suite/gitops_health.rs). Argo CD runs them with gopher-lua, which
 # implements Lua 5.1, so 5.1 is the interpreter that tells whether they
 # work there. Idempotent: with lua5.1 answering -v it does nothing. Needs
 # root (or sudo) and access to Debian's package mirrors.

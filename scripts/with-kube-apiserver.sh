@@ -3,7 +3,7 @@
 # loopback: etcd, kube-apiserver and kube-controller-manager (garbage
 # collection and namespace deletion), built by scripts/install-kube-apiserver.sh.
 #
-#   bash scripts/with-kube-apiserver.sh cargo test --test apiserver
+#   bash scripts/with-kube-apiserver.sh cargo test --test suite -- apiserver::
 #
 # The command sees BROWSERFLEET_TEST_KUBECONFIG (and KUBECONFIG) naming a
 # kubeconfig for a cluster administrator over TLS with a bearer token, the way a

@@ -6,7 +6,7 @@
 //! `BrowserFleetSpec::validate()`; the agent checks its configuration again
 //! when it starts. Both take their rules from one definition (the fleet's
 //! `rules`, `PortRange`, `crate::api::switches`), and a property test
-//! (`tests/fleet_agent_config.rs`) shows that every spec the CRD and
+//! (`tests/suite/fleet_agent_config.rs`) shows that every spec the CRD and
 //! `validate()` accept renders into a configuration the agent accepts.
 
 use crate::agent::config::{AgentConfig, DEFAULT_HEARTBEAT_INTERVAL_SECONDS};

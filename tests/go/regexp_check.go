@@ -1,7 +1,7 @@
 // Compiles regular expressions with Go's own regexp package, the one
 // kube-apiserver uses for CRD `pattern`s: reads a JSON array of patterns on
 // standard input and prints a JSON array with, for each, Go's error or null.
-// Standard library only; tests/crds.rs runs it with `go run`.
+// Standard library only; tests/suite/crds.rs runs it with `go run`.
 package main
 
 import (

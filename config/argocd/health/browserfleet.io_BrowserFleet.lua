@@ -1,7 +1,7 @@
 -- Argo CD health check for browserfleet.io BrowserFleet.
 --
 -- Argo CD runs it with gopher-lua (Lua 5.1) and `obj` set to the live
--- object; tests/gitops_health.rs runs it with Debian's lua5.1 against
+-- object; tests/suite/gitops_health.rs runs it with Debian's lua5.1 against
 -- fleets the operator wrote status for. It reads what the operator keeps
 -- current: `status.observedGeneration` and the conditions `Ready`,
 -- `Scaling` and `Degraded` (docs/operator.md).

@@ -1,7 +1,7 @@
 -- Argo CD health check for browserfleet.io BrowserSession.
 --
 -- Argo CD runs it with gopher-lua (Lua 5.1) and `obj` set to the live
--- object; tests/gitops_health.rs runs it with Debian's lua5.1 against
+-- object; tests/suite/gitops_health.rs runs it with Debian's lua5.1 against
 -- sessions the operator wrote status for. A session is a job of sorts:
 -- `Ready` is healthy, the way to it progressing, a session that ended by
 -- its lifetime or by request healthy (done), one that failed or whose

@@ -29,7 +29,7 @@
 //!   joined by `_`), so a made-up script name still passes here.
 //!
 //! A pattern Rust itself cannot parse is refused with Rust's error. Our own
-//! CRDs' patterns are also compiled with Go itself (`tests/crds.rs`).
+//! CRDs' patterns are also compiled with Go itself (`tests/suite/crds.rs`).
 
 use regex_syntax::ast::{self, Ast, Visitor};
 

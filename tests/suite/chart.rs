@@ -539,7 +539,7 @@ fn kustomize_base_is_the_chart_with_its_default_values() {
         )
     };
     // The namespace and the CRDs are not templates of the chart (Helm
-    // installs crds/ apart; tests/kustomize.rs checks config/'s).
+    // installs crds/ apart; tests/suite/kustomize.rs checks config/'s).
     let mut kustomized: Vec<Value> = objects(&String::from_utf8_lossy(&output.stdout))
         .into_iter()
         .filter(|o| o["kind"] != "Namespace" && o["kind"] != "CustomResourceDefinition")

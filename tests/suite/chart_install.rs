@@ -2,7 +2,7 @@
 //! and uninstalls the chart on the development API server: every object of
 //! the release is served as rendered, an upgrade changes what its values
 //! change, and an uninstall removes the release's objects (the CRDs from the
-//! chart's crds/ stay, as Helm leaves them). tests/chart.rs does the same on
+//! chart's crds/ stay, as Helm leaves them). tests/suite/chart.rs does the same on
 //! a real kube-apiserver.
 
 use std::path::Path;

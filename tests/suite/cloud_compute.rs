@@ -9,9 +9,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use aws_sdk_ec2::types::{Filter, HttpTokensState, Instance, InstanceAttributeName};
 use browserfleet::api::fleet::ImageSource;
 use browserfleet::cloud::{
-    Aws, ClientToken, Compute, ComputeError, Ec2Compute, FleetId, ImageId, InstanceBlueprint,
-    InstanceId, InstanceState, LaunchRequest, ParameterKind, ParameterWrite, Parameters, Service,
-    Ssm,
+    Aws, ClientToken, Compute, ComputeError, Ec2Compute, InstanceState, FleetId, ImageId,
+    InstanceBlueprint, InstanceId, LaunchRequest, ParameterKind, ParameterWrite, Parameters,
+    Service, Ssm,
 };
 
 async fn describe(aws: &Aws, ids: &[InstanceId]) -> Vec<Instance> {
@@ -365,9 +365,7 @@ async fn terminate_splits_into_batches_and_terminated_instances_leave_the_listin
     }
     let listed = compute.list_instances(&fleet).await.expect("list");
     assert!(
-        listed
-            .iter()
-            .all(|i| i.state == InstanceState::ShuttingDown),
+        listed.iter().all(|i| i.state == InstanceState::ShuttingDown),
         "only instances still shutting down may remain: {listed:?}"
     );
 }

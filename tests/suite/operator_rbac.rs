@@ -1,7 +1,7 @@
 //! Least privilege, proven: the operator's Kubernetes permissions in the
 //! Helm chart are exactly what it uses. The chart is rendered by real Helm
 //! (tests/python/helm_chart.py, on the throw-away kube-apiserver of
-//! scripts/with-kube-apiserver.sh, as tests/chart.rs renders it: helm-sdkpy
+//! scripts/with-kube-apiserver.sh, as tests/suite/chart.rs renders it: helm-sdkpy
 //! has no `helm template`); the operator runs end to end against the
 //! development API server, which logs every request in RBAC terms (and the
 //! checks the OwnerReferencesPermissionEnforcement admission plugin would

