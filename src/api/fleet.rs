@@ -982,7 +982,8 @@ pub struct ScaleDecision {
     pub time: Time,
 }
 
-/// Lifecycle of one instance as the operator sees it.
+/// Lifecycle of one instance as the operator sees it: the one type for it,
+/// in the fleet's status and in the scaling policy's view of the fleet.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum InstanceState {
     /// Launched; EC2 has not reported it running yet.
@@ -996,6 +997,18 @@ pub enum InstanceState {
     Draining,
     /// Termination requested.
     Terminating,
+}
+
+impl InstanceState {
+    /// Launched but not taking sessions yet: capacity on its way.
+    pub fn is_booting(self) -> bool {
+        matches!(self, Self::Pending | Self::Bootstrapping)
+    }
+
+    /// Counts towards the fleet's size: booting or ready, not on its way out.
+    pub fn is_capacity(self) -> bool {
+        matches!(self, Self::Pending | Self::Bootstrapping | Self::Ready)
+    }
 }
 
 /// One instance of the fleet.

@@ -107,35 +107,33 @@ impl ClientToken {
     }
 }
 
-/// Lifecycle state of an instance as EC2 reports it.
+/// An instance's state as EC2 reports it (`instance-state-name`); the
+/// operator's own view of an instance's life is
+/// [`crate::api::fleet::InstanceState`], which `operator::fleet::plan`
+/// derives from this and from what the agent says.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum InstanceState {
-    /// Booting.
+pub enum Ec2State {
     Pending,
-    /// Running (the agent may not be ready yet).
+    /// Running as far as EC2 knows; says nothing of the agent.
     Running,
-    /// Stopping.
     Stopping,
-    /// Stopped.
     Stopped,
-    /// Terminating.
     ShuttingDown,
-    /// Gone.
     Terminated,
     /// A state this code does not know (newer API).
     Other(String),
 }
 
-impl From<&InstanceStateName> for InstanceState {
+impl From<&InstanceStateName> for Ec2State {
     fn from(name: &InstanceStateName) -> Self {
         match name {
-            InstanceStateName::Pending => InstanceState::Pending,
-            InstanceStateName::Running => InstanceState::Running,
-            InstanceStateName::Stopping => InstanceState::Stopping,
-            InstanceStateName::Stopped => InstanceState::Stopped,
-            InstanceStateName::ShuttingDown => InstanceState::ShuttingDown,
-            InstanceStateName::Terminated => InstanceState::Terminated,
-            other => InstanceState::Other(other.as_str().to_owned()),
+            InstanceStateName::Pending => Ec2State::Pending,
+            InstanceStateName::Running => Ec2State::Running,
+            InstanceStateName::Stopping => Ec2State::Stopping,
+            InstanceStateName::Stopped => Ec2State::Stopped,
+            InstanceStateName::ShuttingDown => Ec2State::ShuttingDown,
+            InstanceStateName::Terminated => Ec2State::Terminated,
+            other => Ec2State::Other(other.as_str().to_owned()),
         }
     }
 }
@@ -146,7 +144,7 @@ pub struct FleetInstance {
     /// Instance id.
     pub id: InstanceId,
     /// Lifecycle state.
-    pub state: InstanceState,
+    pub state: Ec2State,
     /// Instance type, e.g. `m6i.xlarge`.
     pub instance_type: Option<String>,
     /// AMI it was launched from.
@@ -159,7 +157,6 @@ pub struct FleetInstance {
     pub private_ip: Option<IpAddr>,
     /// When it was launched.
     pub launch_time: Option<SystemTime>,
-    /// Its tags.
     pub tags: BTreeMap<String, String>,
 }
 
@@ -178,8 +175,8 @@ impl FleetInstance {
             state: instance
                 .state()
                 .and_then(|s| s.name())
-                .map(InstanceState::from)
-                .unwrap_or(InstanceState::Other("unknown".to_owned())),
+                .map(Ec2State::from)
+                .unwrap_or(Ec2State::Other("unknown".to_owned())),
             instance_type: instance.instance_type().map(|t| t.as_str().to_owned()),
             image_id: instance.image_id().map(str::to_owned),
             subnet_id: instance.subnet_id().map(str::to_owned),

@@ -24,8 +24,8 @@ pub mod ssm;
 /// Secrets read from SSM are held in the crate's one secret type.
 pub use crate::secret::SecretValue;
 pub use compute::{
-    CapacityMiss, ClientToken, Compute, ComputeError, Ec2Compute, FleetInstance, ImageId,
-    InstanceBlueprint, InstanceId, InstanceState, LaunchOutcome, LaunchRequest, RootVolume,
+    CapacityMiss, ClientToken, Compute, ComputeError, Ec2Compute, Ec2State, FleetInstance, ImageId,
+    InstanceBlueprint, InstanceId, LaunchOutcome, LaunchRequest, RootVolume,
 };
 pub use error::{AwsFault, FaultKind, Service};
 pub use fleet_tags::{FleetId, FleetIdError};

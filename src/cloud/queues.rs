@@ -81,7 +81,6 @@ pub struct QueueDefinition {
     pub receive_wait: Duration,
     /// How long a message is kept.
     pub message_retention: Duration,
-    /// Tags.
     pub tags: BTreeMap<String, String>,
     /// The dead-letter queue, if any.
     pub dead_letter: Option<DeadLetterDefinition>,
@@ -90,7 +89,6 @@ pub struct QueueDefinition {
 /// The dead-letter queue of a [`QueueDefinition`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DeadLetterDefinition {
-    /// Its name.
     pub name: String,
     /// Receives after which a message moves there.
     pub max_receive_count: u32,
@@ -201,7 +199,6 @@ pub struct ReceivedMessage {
     pub message_id: String,
     /// Handle to delete or re-time it.
     pub receipt: ReceiptHandle,
-    /// The body.
     pub body: String,
     /// How many times it has been received, this time included.
     pub receive_count: u32,

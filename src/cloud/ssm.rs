@@ -193,7 +193,6 @@ pub enum CommandStatus {
     TimedOut,
     /// Being cancelled.
     Cancelling,
-    /// Cancelled.
     Cancelled,
     /// A status this code does not know.
     Other(String),
@@ -235,9 +234,7 @@ impl From<&CommandInvocationStatus> for CommandStatus {
 /// One command's run on one instance.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CommandInvocation {
-    /// The command.
     pub command_id: CommandId,
-    /// The instance.
     pub instance_id: InstanceId,
     /// Where it stands.
     pub status: CommandStatus,

@@ -79,11 +79,9 @@ pub struct Context {
 
 /// The caches the reconcilers read beside their own object.
 pub struct Caches {
-    /// Fleets.
     pub fleets: Store<BrowserFleet>,
     /// Set once the fleet watch has listed everything.
     pub fleets_listed: Arc<AtomicBool>,
-    /// Sessions.
     pub sessions: Store<BrowserSession>,
 }
 

@@ -1,5 +1,14 @@
 //! Adding and removing the operator's finalizer on any of its resources,
 //! the same way for fleets and sessions.
+//!
+//! Not `kube::runtime::finalizer`: it removes the finalizer as soon as its
+//! cleanup returns `Ok`, so a deletion that takes several reconciles (a
+//! fleet drains its agents and waits for EC2 to terminate its instances; a
+//! session waits for its agent's reply) would have to report "not done yet"
+//! as a reconcile error, counted in the error metrics, backed off by the
+//! error policy and logged as a failure. It also ends the reconcile that
+//! adds the finalizer (`await_change`), which would cost every new fleet
+//! and session a second round trip before its first real work.
 
 use std::fmt::Debug;
 

@@ -20,14 +20,13 @@ use kube::runtime::reflector::Store;
 
 use crate::api::BrowserFleet;
 use crate::cloud::fleet_tags::{CLUSTER_TAG, FLEET_TAG, FLEET_UID_TAG};
-use crate::cloud::{Compute, Ec2Compute, FleetInstance, InstanceId, InstanceState};
+use crate::cloud::{Compute, Ec2Compute, Ec2State, FleetInstance, InstanceId};
 
 /// A fleet as the sweep knows it: `namespace/name` and uid.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
 pub struct KnownFleet {
     /// `namespace/name`.
     pub key: String,
-    /// Its uid.
     pub uid: String,
 }
 
@@ -52,12 +51,7 @@ pub fn orphans(
     let namespace = scope.namespace.as_deref();
     instances
         .iter()
-        .filter(|i| {
-            !matches!(
-                i.state,
-                InstanceState::ShuttingDown | InstanceState::Terminated
-            )
-        })
+        .filter(|i| !matches!(i.state, Ec2State::ShuttingDown | Ec2State::Terminated))
         .filter(|i| i.tags.get(CLUSTER_TAG) == Some(&scope.cluster))
         .filter(|i| {
             let Some(key) = i.tags.get(FLEET_TAG) else {
@@ -148,7 +142,7 @@ mod tests {
         }
         FleetInstance {
             id: InstanceId::new(id),
-            state: InstanceState::Running,
+            state: Ec2State::Running,
             instance_type: None,
             image_id: None,
             subnet_id: None,

@@ -57,7 +57,6 @@ pub struct LeaderElection {
 pub struct OperatorOptions {
     /// Only fleets in this namespace; all namespaces when `None`.
     pub namespace: Option<String>,
-    /// Knobs.
     pub settings: Settings,
     /// Where `/healthz`, `/readyz` and `/metrics` are served.
     pub listen: Option<SocketAddr>,
@@ -75,9 +74,7 @@ pub enum RunError {
     /// The health listener could not bind.
     #[error("cannot listen on {address}: {source}")]
     Listen {
-        /// The address.
         address: SocketAddr,
-        /// Why.
         source: std::io::Error,
     },
     /// Leader election failed.
@@ -90,7 +87,6 @@ pub enum RunError {
 
 /// What a running operator exposes to its caller (tests, `main`).
 pub struct Running {
-    /// Its metrics.
     pub metrics: Arc<Metrics>,
     /// Where health and metrics are served.
     pub address: Option<SocketAddr>,

@@ -46,7 +46,6 @@ pub struct AgentState {
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct SessionState {
-    /// The session.
     pub id: SessionId,
     /// Where its life stands.
     pub phase: HostedPhase,

@@ -17,7 +17,7 @@ use std::collections::VecDeque;
 use std::time::Duration;
 
 use super::policy::{
-    Decision, DecisionKind, InstanceId, InstancePhase, Observation, PolicyConfig, Timestamp,
+    Decision, DecisionKind, InstanceId, InstanceState, Observation, PolicyConfig, Timestamp,
 };
 use super::simulator::Autoscaler;
 
@@ -32,7 +32,7 @@ pub fn converge(observation: &Observation, desired: u32, reason: String) -> Deci
     let live: Vec<_> = observation
         .instances
         .iter()
-        .filter(|i| i.phase != InstancePhase::Draining)
+        .filter(|i| i.phase.is_capacity())
         .collect();
     let counted = u32::try_from(live.len()).unwrap_or(u32::MAX);
     if desired >= counted {
@@ -45,14 +45,11 @@ pub fn converge(observation: &Observation, desired: u32, reason: String) -> Deci
             reason,
         };
     }
-    let mut booting: Vec<_> = live
-        .iter()
-        .filter(|i| i.phase == InstancePhase::Booting)
-        .collect();
+    let mut booting: Vec<_> = live.iter().filter(|i| i.phase.is_booting()).collect();
     booting.sort_by_key(|i| std::cmp::Reverse(i.launched_at));
     let mut idle: Vec<_> = live
         .iter()
-        .filter(|i| i.phase == InstancePhase::Ready && i.sessions == 0)
+        .filter(|i| i.phase == InstanceState::Ready && i.sessions == 0)
         .collect();
     idle.sort_by_key(|i| i.idle_since);
     let remove = usize::try_from(counted - desired).unwrap_or(usize::MAX);
@@ -247,7 +244,7 @@ impl Autoscaler for TargetTracking {
         let in_service = observation
             .instances
             .iter()
-            .filter(|i| i.phase == InstancePhase::Ready)
+            .filter(|i| i.phase == InstanceState::Ready)
             .count()
             .max(1) as f64;
         let backlog = f64::from(backlog(observation));
@@ -346,14 +343,14 @@ mod tests {
         }
     }
 
-    fn instance(n: u32, phase: InstancePhase, sessions: u32) -> InstanceView {
+    fn instance(n: u32, phase: InstanceState, sessions: u32) -> InstanceView {
         InstanceView {
             id: InstanceId::new(format!("i-{n:05}")),
             phase,
             sessions,
             idle_since: (sessions == 0).then(|| at(0)),
             launched_at: at(u64::from(n)),
-            ready_at: (phase != InstancePhase::Booting).then(|| at(0)),
+            ready_at: (!phase.is_booting()).then(|| at(0)),
         }
     }
 
@@ -363,9 +360,9 @@ mod tests {
             100,
             0,
             vec![
-                instance(1, InstancePhase::Ready, 2),
-                instance(2, InstancePhase::Ready, 0),
-                instance(3, InstancePhase::Booting, 0),
+                instance(1, InstanceState::Ready, 2),
+                instance(2, InstanceState::Ready, 0),
+                instance(3, InstanceState::Pending, 0),
             ],
         );
         let d = converge(&obs, 0, String::new());
@@ -380,7 +377,7 @@ mod tests {
         let mut keda = KedaHpa::new(&fleet());
         let first = keda.tick(&observation(0, 100, vec![]));
         assert_eq!(first.launch, 1, "KEDA activates 0 -> 1 only");
-        let booting = vec![instance(0, InstancePhase::Booting, 0)];
+        let booting = vec![instance(0, InstanceState::Pending, 0)];
         let second = keda.tick(&observation(15, 100, booting));
         // ceil(100 / 4) = 25 wanted; HPA adds at most max(4, 100 %) = 4.
         assert_eq!(second.desired, 5);
@@ -389,7 +386,7 @@ mod tests {
     #[test]
     fn target_tracking_waits_for_three_datapoints() {
         let mut tt = TargetTracking::new(&fleet());
-        let ready = || vec![instance(0, InstancePhase::Ready, 4)];
+        let ready = || vec![instance(0, InstanceState::Ready, 4)];
         assert_eq!(tt.tick(&observation(0, 40, ready())).desired, 1);
         assert_eq!(tt.tick(&observation(60, 40, ready())).desired, 1);
         assert_eq!(tt.tick(&observation(120, 40, ready())).desired, 11);

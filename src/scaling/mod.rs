@@ -104,7 +104,6 @@ pub fn report_fleet() -> PolicyConfig {
 pub struct Comparison {
     /// Trace name.
     pub trace: String,
-    /// Policy.
     pub policy: PolicyName,
     /// Its results.
     #[serde(flatten)]

@@ -67,6 +67,7 @@ impl Timestamp {
     }
 }
 
+pub use crate::api::fleet::InstanceState;
 pub use crate::cloud::InstanceId;
 
 /// The part of a fleet spec the policy reads.
@@ -122,24 +123,12 @@ impl PolicyConfig {
     }
 }
 
-/// Where an instance is in its life, as far as capacity is concerned.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum InstancePhase {
-    /// Launched; its agent does not take sessions yet.
-    Booting,
-    /// Its agent takes sessions.
-    Ready,
-    /// Takes no new sessions; waits to be terminated.
-    Draining,
-}
-
 /// One instance as the policy sees it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct InstanceView {
-    /// Its id.
     pub id: InstanceId,
-    /// Its phase.
-    pub phase: InstancePhase,
+    /// Never `Terminating`: the policy does not see instances on their way out.
+    pub phase: InstanceState,
     /// Live sessions on it.
     pub sessions: u32,
     /// Since when it has had no session; `None` while it has one (or boots).
@@ -341,7 +330,7 @@ pub fn decide(
     let counted = observation
         .instances
         .iter()
-        .filter(|i| i.phase != InstancePhase::Draining)
+        .filter(|i| i.phase.is_capacity())
         .count();
     let counted = u32::try_from(counted).unwrap_or(u32::MAX);
 
@@ -436,7 +425,7 @@ fn draining_and_empty(observation: &Observation) -> Vec<InstanceId> {
     observation
         .instances
         .iter()
-        .filter(|i| i.phase == InstancePhase::Draining && i.sessions == 0)
+        .filter(|i| i.phase == InstanceState::Draining && i.sessions == 0)
         .map(|i| i.id.clone())
         .collect()
 }
@@ -587,7 +576,7 @@ fn pick_booting_to_cancel(observation: &Observation, excess: u32) -> Vec<Instanc
     let mut booting: Vec<&InstanceView> = observation
         .instances
         .iter()
-        .filter(|i| i.phase == InstancePhase::Booting)
+        .filter(|i| i.phase.is_booting())
         .collect();
     booting.sort_by_key(|i| (std::cmp::Reverse(i.launched_at), i.id.clone()));
     booting
@@ -609,7 +598,7 @@ fn pick_idle_to_drain(
         .instances
         .iter()
         .filter(|i| {
-            i.phase == InstancePhase::Ready
+            i.phase == InstanceState::Ready
                 && i.sessions == 0
                 && i.idle_since
                     .is_some_and(|since| now.saturating_since(since) >= config.idle_timeout)
@@ -649,7 +638,7 @@ mod tests {
     fn ready(n: u32, sessions: u32, idle_since: Option<u64>) -> InstanceView {
         InstanceView {
             id: InstanceId::new(format!("i-{n}")),
-            phase: InstancePhase::Ready,
+            phase: InstanceState::Ready,
             sessions,
             idle_since: idle_since.map(at),
             launched_at: at(0),
@@ -697,7 +686,7 @@ mod tests {
     fn booting_instances_count_as_coming_capacity() {
         let booting = |n: u32| InstanceView {
             id: InstanceId::new(format!("b-{n}")),
-            phase: InstancePhase::Booting,
+            phase: InstanceState::Pending,
             sessions: 0,
             idle_since: None,
             launched_at: at(0),
@@ -749,9 +738,9 @@ mod tests {
     #[test]
     fn drained_empty_instances_are_terminated_next() {
         let mut draining = ready(7, 0, Some(0));
-        draining.phase = InstancePhase::Draining;
+        draining.phase = InstanceState::Draining;
         let mut busy_draining = ready(8, 1, None);
-        busy_draining.phase = InstancePhase::Draining;
+        busy_draining.phase = InstanceState::Draining;
         let obs = observe(
             500,
             1,
@@ -870,7 +859,7 @@ mod tests {
         let c = config();
         let booting = |n: u32, launched: u64| InstanceView {
             id: InstanceId::new(format!("b-{n}")),
-            phase: InstancePhase::Booting,
+            phase: InstanceState::Pending,
             sessions: 0,
             idle_since: None,
             launched_at: at(launched),
@@ -915,24 +904,18 @@ mod tests {
         (0..3u8, 0..5u32, 0..400u64, 0..400u64, any::<bool>()).prop_map(
             move |(phase, sessions, idle, launched, learned)| {
                 let phase = [
-                    InstancePhase::Booting,
-                    InstancePhase::Ready,
-                    InstancePhase::Draining,
+                    InstanceState::Pending,
+                    InstanceState::Ready,
+                    InstanceState::Draining,
                 ][usize::from(phase)];
-                let sessions = if phase == InstancePhase::Booting {
-                    0
-                } else {
-                    sessions
-                };
+                let sessions = if phase.is_booting() { 0 } else { sessions };
                 InstanceView {
                     id: InstanceId::new(format!("i-{n}")),
                     phase,
                     sessions,
-                    idle_since: (sessions == 0 && phase != InstancePhase::Booting)
-                        .then(|| at(idle)),
+                    idle_since: (sessions == 0 && !phase.is_booting()).then(|| at(idle)),
                     launched_at: at(launched),
-                    ready_at: (phase != InstancePhase::Booting && learned)
-                        .then(|| at(launched + 100)),
+                    ready_at: (!phase.is_booting() && learned).then(|| at(launched + 100)),
                 }
             },
         )
@@ -991,10 +974,10 @@ mod tests {
                 obs.pending_sessions = pending;
                 let (d, m) = decide(&c, &obs, &memory);
                 memory = m;
-                let counted = obs.instances.iter().filter(|i| i.phase != InstancePhase::Draining).count() as u32;
+                let counted = obs.instances.iter().filter(|i| i.phase.is_capacity()).count() as u32;
                 prop_assert!(d.launch == 0 || counted + d.launch <= c.max_instances, "above max: {d:?}");
                 let removed = d.drain.len() as u32
-                    + d.terminate.iter().filter(|id| obs.instances.iter().any(|i| &i.id == *id && i.phase == InstancePhase::Booting)).count() as u32;
+                    + d.terminate.iter().filter(|id| obs.instances.iter().any(|i| &i.id == *id && i.phase.is_booting())).count() as u32;
                 prop_assert!(removed == 0 || counted - removed >= floor, "below min + warm: {d:?}");
                 for id in d.drain.iter().chain(&d.terminate) {
                     let i = obs.instances.iter().find(|i| &i.id == id).expect("known instance");
@@ -1002,7 +985,7 @@ mod tests {
                 }
                 for id in &d.drain {
                     let i = obs.instances.iter().find(|i| &i.id == id).expect("known instance");
-                    prop_assert_eq!(i.phase, InstancePhase::Ready);
+                    prop_assert_eq!(i.phase, InstanceState::Ready);
                     prop_assert!(i.idle_since.is_some_and(|s| now - s.since_epoch().as_secs() >= idle));
                 }
                 launches.push((now, d.launch));

@@ -28,7 +28,7 @@ use rand_distr::{Distribution, Normal};
 use serde::Serialize;
 
 use super::policy::{
-    Decision, InstanceId, InstancePhase, InstanceView, Observation, PolicyConfig, Timestamp,
+    Decision, InstanceId, InstanceState, InstanceView, Observation, PolicyConfig, Timestamp,
 };
 use super::trace::Trace;
 
@@ -171,7 +171,7 @@ enum Event {
 #[derive(Clone, Debug)]
 struct SimInstance {
     id: InstanceId,
-    phase: InstancePhase,
+    phase: InstanceState,
     sessions: u32,
     launched_at: Duration,
     ready_at: Option<Duration>,
@@ -225,7 +225,7 @@ pub fn run(
     };
     for _ in 0..autoscaler.initial_instances() {
         let index = sim.add_instance(Duration::ZERO);
-        sim.instances[index].phase = InstancePhase::Ready;
+        sim.instances[index].phase = InstanceState::Ready;
         sim.instances[index].ready_at = Some(Duration::ZERO);
         sim.instances[index].idle_since = Some(Duration::ZERO);
     }
@@ -273,7 +273,7 @@ impl Fleet<'_> {
         let index = self.instances.len();
         self.instances.push(SimInstance {
             id: InstanceId::new(format!("i-{index:05}")),
-            phase: InstancePhase::Booting,
+            phase: InstanceState::Pending,
             sessions: 0,
             launched_at: now,
             ready_at: None,
@@ -295,8 +295,8 @@ impl Fleet<'_> {
 
     fn mark_ready(&mut self, index: usize, now: Duration) {
         let instance = &mut self.instances[index];
-        if instance.terminated_at.is_none() && instance.phase == InstancePhase::Booting {
-            instance.phase = InstancePhase::Ready;
+        if instance.terminated_at.is_none() && instance.phase.is_booting() {
+            instance.phase = InstanceState::Ready;
             instance.ready_at = Some(now);
             instance.idle_since = Some(now);
         }
@@ -324,7 +324,7 @@ impl Fleet<'_> {
         while let Some(&request) = self.queue.front() {
             let slots = self.slots;
             let Some(index) = self.instances.iter().position(|i| {
-                i.phase == InstancePhase::Ready && i.terminated_at.is_none() && i.sessions < slots
+                i.phase == InstanceState::Ready && i.terminated_at.is_none() && i.sessions < slots
             }) else {
                 return;
             };
@@ -375,7 +375,7 @@ impl Fleet<'_> {
             if let Some(instance) = Self::index_of(id).and_then(|i| self.instances.get_mut(i))
                 && instance.terminated_at.is_none()
             {
-                instance.phase = InstancePhase::Draining;
+                instance.phase = InstanceState::Draining;
             }
         }
         for id in &decision.terminate {

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use aws_sdk_ec2::types::{Filter, HttpTokensState, Instance, InstanceAttributeName};
 use browserfleet::api::fleet::ImageSource;
 use browserfleet::cloud::{
-    Aws, ClientToken, Compute, ComputeError, Ec2Compute, InstanceState, FleetId, ImageId,
+    Aws, ClientToken, Compute, ComputeError, Ec2Compute, Ec2State, FleetId, ImageId,
     InstanceBlueprint, InstanceId, LaunchRequest, ParameterKind, ParameterWrite, Parameters,
     Service, Ssm,
 };
@@ -268,7 +268,7 @@ async fn list_instances_pages_through_the_fleet_and_nothing_else() {
     for instance in &listed {
         assert!(matches!(
             instance.state,
-            InstanceState::Pending | InstanceState::Running
+            Ec2State::Pending | Ec2State::Running
         ));
         assert_eq!(instance.tags["browserfleet.io/fleet-uid"], fleet.uid());
         assert!(instance.private_ip.is_some());
@@ -319,7 +319,7 @@ async fn list_managed_pages_through_every_fleet_and_leaves_out_strangers_and_the
     assert!(!listed_ids.contains(&stranger), "untagged is left out");
     for instance in &listed {
         assert_eq!(instance.tags["browserfleet.io/managed-by"], "browserfleet");
-        assert_ne!(instance.state, InstanceState::Terminated);
+        assert_ne!(instance.state, Ec2State::Terminated);
     }
     let fleets: BTreeSet<&str> = listed
         .iter()
@@ -365,7 +365,7 @@ async fn terminate_splits_into_batches_and_terminated_instances_leave_the_listin
     }
     let listed = compute.list_instances(&fleet).await.expect("list");
     assert!(
-        listed.iter().all(|i| i.state == InstanceState::ShuttingDown),
+        listed.iter().all(|i| i.state == Ec2State::ShuttingDown),
         "only instances still shutting down may remain: {listed:?}"
     );
 }
@@ -385,7 +385,7 @@ async fn stop_and_start_move_instances_between_states() {
     assert!(
         listed
             .iter()
-            .all(|i| matches!(i.state, InstanceState::Stopping | InstanceState::Stopped)),
+            .all(|i| matches!(i.state, Ec2State::Stopping | Ec2State::Stopped)),
         "{listed:?}"
     );
 
@@ -394,7 +394,7 @@ async fn stop_and_start_move_instances_between_states() {
     assert!(
         listed
             .iter()
-            .all(|i| matches!(i.state, InstanceState::Pending | InstanceState::Running)),
+            .all(|i| matches!(i.state, Ec2State::Pending | Ec2State::Running)),
         "{listed:?}"
     );
 }

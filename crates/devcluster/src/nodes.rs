@@ -40,7 +40,7 @@ use browserfleet::agent::process::{
 use browserfleet::agent::profiles::{browser_marker, profiles_root};
 use browserfleet::cloud::fleet_tags::FLEET_TAG;
 use browserfleet::cloud::{
-    Aws, Compute, Ec2Compute, FleetInstance, InstanceId, InstanceState, Parameters, Ssm, SsmError,
+    Aws, Compute, Ec2Compute, Ec2State, FleetInstance, InstanceId, Parameters, Ssm, SsmError,
 };
 use browserfleet::operator::agent_config::parameter_name;
 
@@ -160,7 +160,6 @@ pub enum NodeError {
     /// The work directory cannot be created.
     #[error("cannot create the work directory {path}: {source}")]
     WorkDir {
-        /// The directory.
         path: PathBuf,
         /// The OS error.
         source: io::Error,
@@ -238,7 +237,7 @@ fn plan(
     let mut plan = Plan::default();
     let mut running = BTreeSet::new();
     for instance in listing {
-        if instance.state != InstanceState::Running {
+        if instance.state != Ec2State::Running {
             continue;
         }
         let Some(fleet) = fleet_of(instance) else {
@@ -262,7 +261,7 @@ fn plan(
     for id in tracked.difference(&running) {
         let state = listing.iter().find(|i| &i.id == id).map(|i| &i.state);
         let removal = match state {
-            Some(InstanceState::Stopping | InstanceState::Stopped) => Removal::KeepState,
+            Some(Ec2State::Stopping | Ec2State::Stopped) => Removal::KeepState,
             _ => Removal::RemoveState,
         };
         plan.stop.push((id.clone(), removal));
@@ -725,7 +724,7 @@ fn agent_args(
 mod tests {
     use super::*;
 
-    fn instance(id: &str, state: InstanceState, fleet: Option<&str>) -> FleetInstance {
+    fn instance(id: &str, state: Ec2State, fleet: Option<&str>) -> FleetInstance {
         FleetInstance {
             id: InstanceId::new(id),
             state,
@@ -754,11 +753,11 @@ mod tests {
     #[test]
     fn running_instances_boot_after_their_launch_plus_the_delay() {
         let listing = [
-            instance("i-new", InstanceState::Running, Some("team/web")),
-            instance("i-known", InstanceState::Running, Some("team/web")),
-            instance("i-pending", InstanceState::Pending, Some("team/web")),
-            instance("i-untagged", InstanceState::Running, None),
-            instance("i-bad-tag", InstanceState::Running, Some("team/")),
+            instance("i-new", Ec2State::Running, Some("team/web")),
+            instance("i-known", Ec2State::Running, Some("team/web")),
+            instance("i-pending", Ec2State::Pending, Some("team/web")),
+            instance("i-untagged", Ec2State::Running, None),
+            instance("i-bad-tag", Ec2State::Running, Some("team/")),
         ];
         let now = SystemTime::UNIX_EPOCH + Duration::from_secs(101);
         let plan = plan(
@@ -781,9 +780,9 @@ mod tests {
     #[test]
     fn instances_that_no_longer_run_stop_and_only_gone_ones_lose_their_disk() {
         let listing = [
-            instance("i-stopped", InstanceState::Stopped, Some("team/web")),
-            instance("i-stopping", InstanceState::Stopping, Some("team/web")),
-            instance("i-ending", InstanceState::ShuttingDown, Some("team/web")),
+            instance("i-stopped", Ec2State::Stopped, Some("team/web")),
+            instance("i-stopping", Ec2State::Stopping, Some("team/web")),
+            instance("i-ending", Ec2State::ShuttingDown, Some("team/web")),
         ];
         let tracked = ids(&["i-stopped", "i-stopping", "i-ending", "i-vanished"]);
         let plan = plan(
@@ -807,9 +806,9 @@ mod tests {
     #[test]
     fn fleets_that_never_register_or_are_not_played_never_boot() {
         let listing = [
-            instance("i-silent", InstanceState::Running, Some("team/silent")),
-            instance("i-loud", InstanceState::Running, Some("team/loud")),
-            instance("i-other", InstanceState::Running, Some("team/other")),
+            instance("i-silent", Ec2State::Running, Some("team/silent")),
+            instance("i-loud", Ec2State::Running, Some("team/loud")),
+            instance("i-other", Ec2State::Running, Some("team/other")),
         ];
         let mut options = options(Duration::ZERO);
         options.never_register = BTreeSet::from(["team/silent".to_owned()]);

@@ -27,7 +27,6 @@ pub enum Fault {
         status: u16,
         /// Content-Type header.
         content_type: &'static str,
-        /// Body.
         body: String,
     },
     /// Close the connection without answering.

@@ -50,7 +50,6 @@ pub fn test_settings() -> Settings {
 pub struct OperatorHandle {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     task: tokio::task::JoinHandle<Result<(), RunError>>,
-    /// Its metrics.
     pub metrics: std::sync::Arc<Metrics>,
     /// Where it serves health and metrics.
     pub address: std::net::SocketAddr,

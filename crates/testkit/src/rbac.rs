@@ -34,7 +34,6 @@ pub struct Grant {
     pub source: String,
     /// Where the binding grants it.
     pub scope: Scope,
-    /// The rule.
     pub rule: PolicyRule,
 }
 
@@ -222,7 +221,6 @@ pub struct UnusedGrant {
     pub api_group: Option<String>,
     /// The resource (`plural[/subresource]`) or URL.
     pub resource: String,
-    /// The verb.
     pub verb: String,
 }
 

@@ -12,8 +12,8 @@ use super::observe::addresses;
 use super::{Error, FINALIZER, FleetController, FleetMemory, Reconciled, api};
 use crate::api::BrowserFleet;
 use crate::cloud::{
-    Compute, FleetId, FleetInstance, InstanceId, InstanceState, Parameters, QueueDefinition,
-    QueueError, Queues,
+    Compute, Ec2State, FleetId, FleetInstance, InstanceId, Parameters, QueueDefinition, QueueError,
+    Queues,
 };
 use crate::operator::{agent_config, finalizers, secrets};
 
@@ -32,12 +32,7 @@ pub(super) async fn delete_fleet(
     let instances = ctx.compute.list_instances(id).await?;
     let live: Vec<&FleetInstance> = instances
         .iter()
-        .filter(|i| {
-            !matches!(
-                i.state,
-                InstanceState::ShuttingDown | InstanceState::Terminated
-            )
-        })
+        .filter(|i| !matches!(i.state, Ec2State::ShuttingDown | Ec2State::Terminated))
         .collect();
     if !live.is_empty() {
         retire_for_deletion(fleet, id, &instances, controller, memory).await?;
@@ -104,7 +99,7 @@ async fn retire_for_deletion(
     for instance in instances {
         if matches!(
             instance.state,
-            InstanceState::ShuttingDown | InstanceState::Terminated
+            Ec2State::ShuttingDown | Ec2State::Terminated
         ) {
             continue;
         }
@@ -131,7 +126,7 @@ async fn retire_for_deletion(
                 Err(_) => false,
             },
             // Never registered: nothing can live on it.
-            _ => instance.state != InstanceState::Running || address.is_none(),
+            _ => instance.state != Ec2State::Running || address.is_none(),
         };
         if empty_or_gone {
             terminate.push(instance.id.clone());

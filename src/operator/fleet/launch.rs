@@ -62,9 +62,9 @@ mod tests {
 
     use super::*;
     use crate::cloud::fleet_tags::LAUNCH_SEQUENCE_TAG;
-    use crate::cloud::{InstanceId, InstanceState};
+    use crate::cloud::{Ec2State, InstanceId};
 
-    fn instance(id: &str, sequence: Option<u64>, state: InstanceState) -> FleetInstance {
+    fn instance(id: &str, sequence: Option<u64>, state: Ec2State) -> FleetInstance {
         FleetInstance {
             id: InstanceId::new(id),
             state,
@@ -96,9 +96,9 @@ mod tests {
     #[test]
     fn a_launch_cut_short_launches_only_what_is_missing_with_its_sequence() {
         let instances = [
-            instance("i-1", Some(3), InstanceState::Pending),
-            instance("i-2", Some(2), InstanceState::Running),
-            instance("i-3", None, InstanceState::Running),
+            instance("i-1", Some(3), Ec2State::Pending),
+            instance("i-2", Some(2), Ec2State::Running),
+            instance("i-3", None, Ec2State::Running),
         ];
         assert_eq!(
             progress(Some(&intent(3, 4)), &instances),
@@ -112,8 +112,8 @@ mod tests {
     #[test]
     fn a_launch_whose_instances_all_exist_is_complete_even_if_some_already_went() {
         let instances = [
-            instance("i-1", Some(5), InstanceState::Running),
-            instance("i-2", Some(5), InstanceState::Terminated),
+            instance("i-1", Some(5), Ec2State::Running),
+            instance("i-2", Some(5), Ec2State::Terminated),
         ];
         assert_eq!(
             progress(Some(&intent(5, 2)), &instances),

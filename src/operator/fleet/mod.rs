@@ -74,13 +74,13 @@ pub enum Error {
     /// The spec cannot be rendered into an agent configuration.
     #[error(transparent)]
     Render(#[from] RenderError),
-    /// EC2.
+    /// An EC2 call failed.
     #[error(transparent)]
     Compute(#[from] ComputeError),
-    /// SQS.
+    /// An SQS call failed.
     #[error(transparent)]
     Queues(#[from] QueueError),
-    /// SSM.
+    /// An SSM call failed.
     #[error(transparent)]
     Ssm(#[from] SsmError),
     /// The agent configuration could not be serialized.

@@ -12,7 +12,7 @@ use super::memory::Ensured;
 use super::plan::{self, AgentAnswer, Observed, Previous};
 use crate::api::BrowserFleet;
 use crate::api::fleet::BrowserFleetStatus;
-use crate::cloud::{Compute, FleetId, FleetInstance, InstanceId, InstanceState, Queues};
+use crate::cloud::{Compute, Ec2State, FleetId, FleetInstance, InstanceId, Queues};
 use crate::operator::context::Context;
 use crate::operator::events_queue::Registrations;
 
@@ -60,7 +60,7 @@ pub(super) fn addresses(
         .unwrap_or_default();
     instances
         .iter()
-        .filter(|i| i.state == InstanceState::Running)
+        .filter(|i| i.state == Ec2State::Running)
         .filter_map(|i| {
             let address = registrations
                 .get(&i.id)

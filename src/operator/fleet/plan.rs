@@ -23,12 +23,12 @@ use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::BrowserFleetSpec;
-use crate::api::fleet::{InstanceState as Lifecycle, InstanceStatus, LaunchIntent};
-use crate::cloud::{FleetInstance, InstanceId, InstanceState as Ec2State, QueueDepth};
+use crate::api::fleet::{InstanceState, InstanceStatus, LaunchIntent};
+use crate::cloud::{Ec2State, FleetInstance, InstanceId, QueueDepth};
 use crate::operator::fleet::launch::{self, LaunchProgress};
 use crate::protocol::AgentState;
 use crate::scaling::policy::{
-    self, Decision, InstancePhase, InstanceView, Observation, PolicyConfig, PolicyMemory,
+    self, Decision, InstanceView, Observation, PolicyConfig, PolicyMemory,
 };
 
 /// At most this many instances are listed in status: the CRD's bound, the
@@ -73,7 +73,6 @@ pub enum AgentAnswer {
 /// One look at the fleet.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Observed {
-    /// When.
     pub now: Timestamp,
     /// EC2's non-terminated instances of the fleet.
     pub instances: Vec<FleetInstance>,
@@ -315,7 +314,7 @@ pub fn plan(
             a.status.instance_id == id.as_str()
                 && matches!(
                     a.status.state,
-                    Lifecycle::Pending | Lifecycle::Bootstrapping
+                    InstanceState::Pending | InstanceState::Bootstrapping
                 )
                 && a.terminate.is_none()
         });
@@ -406,21 +405,21 @@ pub fn plan(
             .iter()
             .any(|(id, _)| id.as_str() == status.instance_id)
         {
-            status.state = Lifecycle::Terminating;
+            status.state = InstanceState::Terminating;
         } else if drain
             .iter()
             .any(|(id, _)| id.as_str() == status.instance_id)
         {
-            status.state = Lifecycle::Draining;
+            status.state = InstanceState::Draining;
             status.draining_since = Some(Time(now));
         }
     }
     statuses.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
-    let count = |state: Lifecycle| {
+    let count = |state: InstanceState| {
         u32::try_from(statuses.iter().filter(|s| s.state == state).count()).unwrap_or(u32::MAX)
     };
-    let ready = count(Lifecycle::Ready);
-    let draining = count(Lifecycle::Draining);
+    let ready = count(InstanceState::Ready);
+    let draining = count(InstanceState::Draining);
     let sessions = statuses.iter().map(live_sessions).sum();
     let slots = u32::try_from(spec.capacity.sessions_per_instance).unwrap_or(0);
     let mut listed = statuses;
@@ -465,7 +464,7 @@ fn not_yet_listed(previous: &Previous, observed: &Observed) -> Vec<Assessed> {
     previous
         .instances
         .iter()
-        .filter(|s| matches!(s.state, Lifecycle::Pending))
+        .filter(|s| matches!(s.state, InstanceState::Pending))
         .filter(|s| {
             !observed
                 .instances
@@ -481,7 +480,7 @@ fn not_yet_listed(previous: &Previous, observed: &Observed) -> Vec<Assessed> {
             status: s.clone(),
             view: Some(InstanceView {
                 id: InstanceId::new(&s.instance_id),
-                phase: InstancePhase::Booting,
+                phase: InstanceState::Pending,
                 sessions: 0,
                 idle_since: None,
                 launched_at: s
@@ -516,7 +515,7 @@ fn assess(
 
     let mut status = InstanceStatus {
         instance_id: instance.id.as_str().to_owned(),
-        state: Lifecycle::Pending,
+        state: InstanceState::Pending,
         subnet_id: instance.subnet_id.clone(),
         private_ip: instance.private_ip.map(|ip| ip.to_string()),
         launch_time: launched.map(Time),
@@ -535,32 +534,30 @@ fn assess(
     let newly_registered = status.address.is_some()
         && matches!(
             was,
-            None | Some(Lifecycle::Pending | Lifecycle::Bootstrapping)
+            None | Some(InstanceState::Pending | InstanceState::Bootstrapping)
         );
 
     let mut terminate = None;
-    let mut view_phase = None;
     let mut idle_since = None;
     let mut ready_at = None;
     match instance.state {
         Ec2State::ShuttingDown | Ec2State::Terminated => {
-            status.state = Lifecycle::Terminating;
+            status.state = InstanceState::Terminating;
         }
         Ec2State::Stopping | Ec2State::Stopped => {
-            status.state = Lifecycle::Terminating;
-            if was != Some(Lifecycle::Terminating) {
+            status.state = InstanceState::Terminating;
+            if was != Some(InstanceState::Terminating) {
                 terminate = Some(TerminateReason::StoppedOutside);
             }
         }
-        _ if was == Some(Lifecycle::Terminating) => {
+        _ if was == Some(InstanceState::Terminating) => {
             // Asked to terminate before; EC2 has not caught up. Asking again
             // is harmless and covers a lost call.
-            status.state = Lifecycle::Terminating;
+            status.state = InstanceState::Terminating;
             terminate = Some(TerminateReason::Drained);
         }
         Ec2State::Pending | Ec2State::Other(_) => {
-            status.state = Lifecycle::Pending;
-            view_phase = Some(InstancePhase::Booting);
+            status.state = InstanceState::Pending;
             if let Some(launched) = launched
                 && since(now, launched) > seconds(spec.scaling.ready_timeout_seconds)
             {
@@ -568,12 +565,11 @@ fn assess(
             }
         }
         Ec2State::Running => {
-            let draining = was == Some(Lifecycle::Draining)
+            let draining = was == Some(InstanceState::Draining)
                 || matches!(answer, Some(AgentAnswer::State(s)) if s.draining);
             match (&status.address, answer) {
                 (None, _) => {
-                    status.state = Lifecycle::Bootstrapping;
-                    view_phase = Some(InstancePhase::Booting);
+                    status.state = InstanceState::Bootstrapping;
                     if let Some(launched) = launched
                         && since(now, launched) > seconds(spec.scaling.ready_timeout_seconds)
                     {
@@ -593,23 +589,23 @@ fn assess(
                     idle_since = state.idle_since.map(policy_time);
                     ready_at = Some(policy_time(state.ready_since));
                     status.state = if draining {
-                        Lifecycle::Draining
+                        InstanceState::Draining
                     } else {
-                        Lifecycle::Ready
+                        InstanceState::Ready
                     };
                 }
                 (Some(_), _) if draining => {
                     // A draining agent exits once its last session ended:
                     // silent after an empty answer, it has drained. With
                     // sessions it waits for the drain timeout, below.
-                    status.state = Lifecycle::Draining;
+                    status.state = InstanceState::Draining;
                     if status.sessions == 0 {
                         terminate = Some(TerminateReason::Drained);
                     }
                 }
                 (Some(_), _) => {
                     // Unknown: keep what was known, never idle.
-                    status.state = Lifecycle::Ready;
+                    status.state = InstanceState::Ready;
                     let heard = [
                         status.last_seen.as_ref().map(|t| t.0),
                         registration.map(|r| r.heard),
@@ -624,7 +620,7 @@ fn assess(
                     }
                 }
             }
-            if status.state == Lifecycle::Draining {
+            if status.state == InstanceState::Draining {
                 let from = status.draining_since.get_or_insert(Time(now)).0;
                 let empty = matches!(answer, Some(AgentAnswer::State(s)) if s.live_sessions() == 0);
                 if terminate.is_none() {
@@ -634,10 +630,8 @@ fn assess(
                         terminate = Some(TerminateReason::DrainTimeout);
                     }
                 }
-                view_phase = Some(InstancePhase::Draining);
-            } else if status.state == Lifecycle::Ready {
+            } else if status.state == InstanceState::Ready {
                 status.draining_since = None;
-                view_phase = Some(InstancePhase::Ready);
             }
         }
     }
@@ -651,8 +645,9 @@ fn assess(
             .max(live_sessions(&status)),
         _ => live_sessions(&status),
     };
-    let view = match (view_phase, terminate) {
-        (Some(phase), None) => Some(InstanceView {
+    let view = match (status.state, terminate) {
+        (InstanceState::Terminating, _) | (_, Some(_)) => None,
+        (phase, None) => Some(InstanceView {
             id: instance.id.clone(),
             phase,
             sessions: held,
@@ -660,7 +655,6 @@ fn assess(
             launched_at: launched.map(policy_time).unwrap_or_default(),
             ready_at,
         }),
-        _ => None,
     };
     Assessed {
         status,

@@ -119,9 +119,7 @@ pub enum ApiServerError {
     /// The listen address could not be bound.
     #[error("cannot listen on {address}: {source}")]
     Bind {
-        /// The address.
         address: String,
-        /// The cause.
         source: std::io::Error,
     },
     /// The kube client for the server could not be built.
@@ -129,7 +127,6 @@ pub enum ApiServerError {
     Client {
         /// The server URL.
         url: String,
-        /// The cause.
         message: String,
     },
 }

@@ -67,7 +67,6 @@ impl std::fmt::Display for Verb {
 /// The attributes RBAC decides a resource request on.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct ResourceAttributes {
-    /// The verb.
     pub verb: Verb,
     /// API group; empty for the core group.
     pub group: String,
@@ -117,7 +116,6 @@ pub enum RequestTarget {
     NonResource {
         /// Lowercase HTTP method.
         verb: String,
-        /// Path.
         path: String,
     },
 }

@@ -25,7 +25,6 @@ pub enum ChangeKind {
     Added,
     /// Updated, including a deletion that waits for finalizers.
     Modified,
-    /// Removed.
     Deleted,
 }
 

@@ -187,7 +187,7 @@ fn a_just_launched_instance_the_listing_does_not_show_yet_still_counts() {
     world.previous.launch_sequence = 1;
     world.previous.instances = vec![InstanceStatus {
         instance_id: "i-new".into(),
-        state: Lifecycle::Pending,
+        state: InstanceState::Pending,
         subnet_id: None,
         private_ip: None,
         launch_time: Some(Time(at(25))),
@@ -213,7 +213,7 @@ fn a_draining_agent_that_went_silent_after_an_empty_answer_has_drained() {
     let mut world = World::new(spec(0, 10), 60).ready("i-1", 0);
     world.previous.instances = vec![InstanceStatus {
         instance_id: "i-1".into(),
-        state: Lifecycle::Draining,
+        state: InstanceState::Draining,
         subnet_id: None,
         private_ip: None,
         launch_time: None,
@@ -239,7 +239,7 @@ fn a_restarted_operator_judges_silence_from_when_it_started_watching() {
     let mut world = World::new(spec(1, 10), 1000).ready("i-1", 1);
     world.previous.instances = vec![InstanceStatus {
         instance_id: "i-1".into(),
-        state: Lifecycle::Ready,
+        state: InstanceState::Ready,
         subnet_id: None,
         private_ip: None,
         launch_time: None,
@@ -290,7 +290,7 @@ fn a_registered_answering_agent_is_ready_and_counted() {
     assert_eq!(plan.sessions, 1);
     assert_eq!(plan.capacity, 2);
     let status = &plan.instances[0];
-    assert_eq!(status.state, Lifecycle::Ready);
+    assert_eq!(status.state, InstanceState::Ready);
     assert_eq!(status.address.as_deref(), Some("127.0.0.1:1"));
     assert_eq!(status.last_seen, Some(Time(at(60))));
 }
@@ -315,7 +315,7 @@ fn a_silent_agent_is_unknown_not_idle_and_replaced_when_silent_too_long() {
         .insert(InstanceId::new("i-1"), AgentAnswer::Silent);
     world.observed.now = at(100);
     let plan = world.advance();
-    assert_eq!(plan.instances[0].state, Lifecycle::Ready);
+    assert_eq!(plan.instances[0].state, InstanceState::Ready);
     assert_eq!(plan.sessions, 1, "last known sessions are kept");
     assert!(plan.terminate.is_empty());
     world.observed.now = at(60 + 91);
@@ -362,7 +362,7 @@ fn a_registration_resets_the_back_off() {
     world.previous.backoff_until = Some(at(1000));
     world.previous.instances = vec![InstanceStatus {
         instance_id: "i-1".into(),
-        state: Lifecycle::Bootstrapping,
+        state: InstanceState::Bootstrapping,
         subnet_id: None,
         private_ip: None,
         launch_time: None,
@@ -391,7 +391,7 @@ fn a_draining_instance_with_a_session_stays_until_it_ends_or_the_timeout() {
     let mut world = World::new(spec(0, 10), 60).ready("i-1", 1);
     world.previous.instances = vec![InstanceStatus {
         instance_id: "i-1".into(),
-        state: Lifecycle::Draining,
+        state: InstanceState::Draining,
         subnet_id: None,
         private_ip: None,
         launch_time: None,
@@ -423,7 +423,7 @@ fn a_draining_instance_whose_agent_is_silent_is_not_terminated_as_empty() {
     let mut world = World::new(spec(0, 10), 60).ready("i-1", 0);
     world.previous.instances = vec![InstanceStatus {
         instance_id: "i-1".into(),
-        state: Lifecycle::Draining,
+        state: InstanceState::Draining,
         subnet_id: None,
         private_ip: None,
         launch_time: None,
@@ -523,7 +523,7 @@ fn idle_instances_beyond_the_minimum_are_drained_after_the_window() {
         .iter()
         .find(|s| s.instance_id == drained.as_str())
         .unwrap();
-    assert_eq!(status.state, Lifecycle::Draining);
+    assert_eq!(status.state, InstanceState::Draining);
     assert!(status.draining_since.is_some());
 }
 
