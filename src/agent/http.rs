@@ -18,7 +18,6 @@ use axum::routing::{delete, get, post};
 use hyper_util::rt::TokioIo;
 use serde::Deserialize;
 use subtle::ConstantTimeEq;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use super::replies::ReplyTargets;
@@ -397,7 +396,7 @@ async fn websocket<Q: Queues + 'static>(
     }
     let path = format!("/devtools/{target}");
     let handshake = browser_handshake(route.port.0, &path, &key, protocol.as_deref()).await;
-    let (upstream, accept, leftover) = match handshake {
+    let (mut upstream, accept) = match handshake {
         Ok(connected) => connected,
         Err(message) => return status(StatusCode::BAD_GATEWAY, &message),
     };
@@ -408,10 +407,6 @@ async fn websocket<Q: Queues + 'static>(
             return;
         };
         let mut client = TokioIo::new(upgraded);
-        let mut upstream = upstream;
-        if !leftover.is_empty() && client.write_all(&leftover).await.is_err() {
-            return;
-        }
         let _ = tokio::io::copy_bidirectional_with_sizes(
             &mut client,
             &mut upstream,
@@ -442,66 +437,64 @@ struct Accepted {
     protocol: Option<String>,
 }
 
-/// Opens the websocket to the browser: returns the connection, the
-/// browser's answer, and any bytes read past the handshake.
+/// Opens the websocket to the browser through hyper's HTTP/1 client, which
+/// hands the connection over after the browser's 101 (with any bytes it
+/// read past the answer): returns that connection and the browser's answer.
 async fn browser_handshake(
     port: u16,
     path: &str,
     key: &str,
     protocol: Option<&str>,
-) -> Result<(TcpStream, Accepted, Vec<u8>), String> {
+) -> Result<(TokioIo<hyper::upgrade::Upgraded>, Accepted), String> {
     let connect = async {
-        let mut stream = TcpStream::connect(("127.0.0.1", port))
+        let stream = TcpStream::connect(("127.0.0.1", port))
             .await
             .map_err(|e| format!("browser unreachable: {e}"))?;
         let _ = stream.set_nodelay(true);
-        let protocol_line = protocol
-            .map(|p| format!("Sec-WebSocket-Protocol: {p}\r\n"))
-            .unwrap_or_default();
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n\
-             Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\
-             {protocol_line}\r\n"
-        );
-        stream
-            .write_all(request.as_bytes())
+        let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+            .max_buf_size(MAX_HANDSHAKE_BYTES)
+            .handshake::<_, Body>(TokioIo::new(stream))
             .await
             .map_err(|e| format!("browser handshake: {e}"))?;
-        let mut buffer = Vec::with_capacity(1024);
-        let head_end = loop {
-            let mut chunk = [0u8; 1024];
-            let read = stream
-                .read(&mut chunk)
-                .await
-                .map_err(|e| format!("browser handshake: {e}"))?;
-            if read == 0 {
-                return Err("browser closed the connection during the handshake".to_owned());
-            }
-            buffer.extend_from_slice(&chunk[..read]);
-            if let Some(end) = buffer.windows(4).position(|w| w == b"\r\n\r\n") {
-                break end + 4;
-            }
-            if buffer.len() > MAX_HANDSHAKE_BYTES {
-                return Err("browser handshake answer too long".to_owned());
-            }
-        };
-        let head = String::from_utf8_lossy(&buffer[..head_end]).into_owned();
-        let status_line = head.lines().next().unwrap_or_default();
-        if !status_line.starts_with("HTTP/1.1 101") {
-            return Err(format!("browser refused the websocket: {status_line}"));
+        tokio::spawn(connection.with_upgrades());
+        let mut request = axum::http::Request::get(path)
+            .header(header::HOST, format!("127.0.0.1:{port}"))
+            .header(header::UPGRADE, "websocket")
+            .header(header::CONNECTION, "Upgrade")
+            .header(header::SEC_WEBSOCKET_KEY, key)
+            .header(header::SEC_WEBSOCKET_VERSION, "13");
+        if let Some(protocol) = protocol {
+            request = request.header(header::SEC_WEBSOCKET_PROTOCOL, protocol);
         }
-        let header = |wanted: &str| {
-            head.lines()
-                .filter_map(|line| line.split_once(':'))
-                .find(|(name, _)| name.trim().eq_ignore_ascii_case(wanted))
-                .map(|(_, value)| value.trim().to_owned())
+        let request = request
+            .body(Body::empty())
+            .map_err(|e| format!("browser handshake: {e}"))?;
+        let mut response = sender
+            .send_request(request)
+            .await
+            .map_err(|e| format!("browser handshake: {e}"))?;
+        if response.status() != StatusCode::SWITCHING_PROTOCOLS {
+            return Err(format!(
+                "browser refused the websocket: {}",
+                response.status()
+            ));
+        }
+        let header = |name: header::HeaderName| {
+            response
+                .headers()
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned)
         };
         let accepted = Accepted {
-            accept: header("sec-websocket-accept")
+            accept: header(header::SEC_WEBSOCKET_ACCEPT)
                 .ok_or("browser handshake without Sec-WebSocket-Accept")?,
-            protocol: header("sec-websocket-protocol"),
+            protocol: header(header::SEC_WEBSOCKET_PROTOCOL),
         };
-        Ok((stream, accepted, buffer[head_end..].to_vec()))
+        let upgraded = hyper::upgrade::on(&mut response)
+            .await
+            .map_err(|e| format!("browser handshake: {e}"))?;
+        Ok((TokioIo::new(upgraded), accepted))
     };
     tokio::time::timeout(std::time::Duration::from_secs(5), connect)
         .await
