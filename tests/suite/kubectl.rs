@@ -338,7 +338,7 @@ async fn get_watch_streams_changes() {
     cluster
         .ok(&["apply", "-f", "examples/fleet-minimal.yaml"])
         .await;
-    let watcher = tokio::process::Command::new(kubectl_binary())
+    let mut watcher = tokio::process::Command::new(kubectl_binary())
         .args([
             "get",
             "bfleet",
@@ -352,8 +352,20 @@ async fn get_watch_streams_changes() {
         .kill_on_drop(true)
         .spawn()
         .expect("kubectl get -w starts");
-    // Give the watch a moment to connect, then change things.
-    tokio::time::sleep(Duration::from_millis(800)).await;
+    // kubectl lists, prints what it listed, then watches from the list's
+    // resourceVersion: a change made after the first line is in the watch.
+    let stdout = watcher.stdout.take().expect("stdout");
+    let mut lines = tokio::io::AsyncBufReadExt::lines(tokio::io::BufReader::new(stdout));
+    let mut text = String::new();
+    while !text.contains("ADDED") {
+        let line = tokio::time::timeout(Duration::from_secs(15), lines.next_line())
+            .await
+            .expect("the watch prints the fleet it listed")
+            .expect("kubectl's output")
+            .expect("a line before the watch ends");
+        text.push_str(&line);
+        text.push('\n');
+    }
     cluster
         .ok(&[
             "patch",
@@ -365,11 +377,16 @@ async fn get_watch_streams_changes() {
         ])
         .await;
     cluster.ok(&["delete", "bfleet", "minimal"]).await;
-    let out = tokio::time::timeout(Duration::from_secs(15), watcher.wait_with_output())
+    let rest = async {
+        while let Some(line) = lines.next_line().await.expect("kubectl's output") {
+            text.push_str(&line);
+            text.push('\n');
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(15), rest)
         .await
-        .expect("watch ends by its request timeout")
-        .expect("output");
-    let text = String::from_utf8_lossy(&out.stdout);
+        .expect("watch ends by its request timeout");
+    let _ = watcher.wait().await;
     for event in ["ADDED", "MODIFIED", "DELETED"] {
         assert!(text.contains(event), "no {event} in:\n{text}");
     }

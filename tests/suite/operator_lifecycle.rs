@@ -18,7 +18,7 @@ use kube::api::Api;
 use serde_json::json;
 
 use testkit::agent_world::eventually;
-use testkit::operator_world::{OperatorWorld, WAIT, condition, test_settings};
+use testkit::operator_world::{OperatorWorld, WAIT, condition, process_reconciled, test_settings};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_deleted_fleet_keeps_an_instance_with_a_live_session_until_the_session_ends() {
@@ -196,7 +196,7 @@ async fn a_paused_fleet_is_observed_and_launches_nothing_until_resumed() {
         })
         .await;
     assert_eq!(fleet.status.unwrap().current_instances, 0);
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    operator.reconciled(2).await;
     assert!(
         world.instances().await.is_empty(),
         "a paused fleet launches nothing"
@@ -262,19 +262,26 @@ async fn instances_of_a_fleet_that_is_gone_are_swept_after_the_grace_period() {
     operator.stop().await.expect("graceful stop");
 }
 
-/// `browserfleet operator` as a process, so that it can be killed.
+/// `browserfleet operator` as a process, so that it can be killed, serving
+/// its metrics at the address returned.
 fn spawn_operator(
     world: &OperatorWorld,
     kubeconfig: &std::path::Path,
     identity: &str,
-) -> tokio::process::Child {
-    tokio::process::Command::new(env!("CARGO_BIN_EXE_browserfleet"))
+) -> (tokio::process::Child, String) {
+    // A port the kernel just handed out and took back: free for the
+    // operator to bind a moment later.
+    let address = std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|listener| listener.local_addr())
+        .expect("a free loopback port")
+        .to_string();
+    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_browserfleet"))
         .args([
             "operator",
             "--namespace",
             &world.cluster.ns,
             "--listen",
-            "127.0.0.1:0",
+            &address,
         ])
         .args([
             "--leader-election",
@@ -298,7 +305,8 @@ fn spawn_operator(
         .stderr(Stdio::null())
         .kill_on_drop(true)
         .spawn()
-        .expect("operator process")
+        .expect("operator process");
+    (child, address)
 }
 
 async fn holder(world: &OperatorWorld) -> Option<String> {
@@ -327,8 +335,8 @@ async fn with_leader_election_one_operator_acts_and_a_killed_leader_is_replaced_
         )
         .expect("kubeconfig"),
     }
-    let mut one = spawn_operator(&world, &kubeconfig, "one");
-    let mut two = spawn_operator(&world, &kubeconfig, "two");
+    let (mut one, one_address) = spawn_operator(&world, &kubeconfig, "one");
+    let (mut two, two_address) = spawn_operator(&world, &kubeconfig, "two");
     world.apply(&world.fleet(1, 6)).await;
     world
         .wait_for("the first launch", |f| {
@@ -346,10 +354,10 @@ async fn with_leader_election_one_operator_acts_and_a_killed_leader_is_replaced_
             f.status.as_ref().is_some_and(|s| s.launch_sequence >= 2)
         })
         .await;
-    let (leader_process, survivor) = if leader == "one" {
-        (&mut one, "two")
+    let (leader_process, survivor, survivor_address) = if leader == "one" {
+        (&mut one, "two", &two_address)
     } else {
-        (&mut two, "one")
+        (&mut two, "one", &one_address)
     };
     leader_process.start_kill().expect("kill the leader");
     let _ = leader_process.wait().await;
@@ -371,8 +379,9 @@ async fn with_leader_election_one_operator_acts_and_a_killed_leader_is_replaced_
             f.status.as_ref().is_some_and(|s| s.current_instances == 4)
         })
         .await;
-    // Settle, then count what EC2 has: exactly four, no duplicate launch.
-    tokio::time::sleep(Duration::from_secs(4)).await;
+    // Two more of the new leader's reconciles, each of which would launch a
+    // duplicate if it were going to; then count what EC2 has.
+    process_reconciled(survivor_address, 2).await;
     assert_eq!(world.instances().await.len(), 4);
     let _ = one.start_kill();
     let _ = two.start_kill();

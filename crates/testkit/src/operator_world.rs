@@ -68,6 +68,41 @@ impl OperatorHandle {
     pub fn kill(self) {
         self.task.abort();
     }
+
+    /// Fleet reconciles it has finished, successful or not.
+    pub fn reconciles(&self) -> f64 {
+        crate::bench::metric_sum(
+            &self.metrics.render(),
+            "browserfleet_operator_reconciles_total",
+            &[],
+        )
+    }
+
+    /// Waits until it has finished `more` fleet reconciles after this call.
+    /// A test that something does *not* happen waits for this rather than
+    /// for a time: each of those reconciles would have done it.
+    pub async fn reconciled(&self, more: u32) {
+        let from = self.reconciles();
+        crate::agent_world::eventually(&format!("{more} more reconciles"), WAIT, || async {
+            self.reconciles() >= from + f64::from(more)
+        })
+        .await;
+    }
+}
+
+/// Waits until the operator process serving metrics at `address` has
+/// finished `more` fleet reconciles after this call (see
+/// [`OperatorHandle::reconciled`]).
+pub async fn process_reconciled(address: &str, more: u32) {
+    let count = || async {
+        let text = crate::bench::scrape(address).await.unwrap_or_default();
+        crate::bench::metric_sum(&text, "browserfleet_operator_reconciles_total", &[])
+    };
+    let from = count().await;
+    crate::agent_world::eventually(&format!("{more} more reconciles"), WAIT, || async {
+        count().await >= from + f64::from(more)
+    })
+    .await;
 }
 
 /// A test's world.
