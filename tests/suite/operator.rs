@@ -3,7 +3,6 @@
 //! the operator in this process, and the node simulator running a real
 //! agent and real Chromium per instance.
 
-
 use browserfleet::api::fleet::{CONDITION_DEGRADED, CONDITION_READY, InstanceState as Lifecycle};
 use browserfleet::cloud::{CallRecorder, Parameters, QueueUrl, Queues, Service, Sqs, Ssm};
 use browserfleet::operator::agent_config::parameter_name;

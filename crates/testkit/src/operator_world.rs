@@ -90,6 +90,44 @@ impl OperatorHandle {
     }
 }
 
+/// Watches object `name` (kube-runtime's `await_condition`) until `check`
+/// holds for it, within [`WAIT`]; a watch that fails is started again. On
+/// timeout, the last version seen.
+async fn watch_until<K>(api: Api<K>, name: &str, check: impl Fn(&K) -> bool) -> Result<K, Option<K>>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + Send + serde::de::DeserializeOwned + 'static,
+{
+    let last = std::sync::Mutex::new(None);
+    let condition = |object: Option<&K>| {
+        let Some(object) = object else {
+            return false;
+        };
+        if let Ok(mut last) = last.lock() {
+            *last = Some(object.clone());
+        }
+        check(object)
+    };
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let watched = tokio::time::timeout_at(
+            deadline,
+            kube::runtime::wait::await_condition(api.clone(), name, &condition),
+        )
+        .await;
+        match watched {
+            Ok(Ok(Some(object))) => return Ok(object),
+            // A watch error (a restarted API server, a dropped connection):
+            // watch again, after a pause that keeps a lasting fault from
+            // spinning.
+            Ok(Ok(None) | Err(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_elapsed) => break,
+        }
+    }
+    Err(last
+        .into_inner()
+        .unwrap_or_else(|poisoned| poisoned.into_inner()))
+}
+
 /// Waits until the operator process serving metrics at `address` has
 /// finished `more` fleet reconciles after this call (see
 /// [`OperatorHandle::reconciled`]).
@@ -322,21 +360,13 @@ impl OperatorWorld {
         what: &str,
         check: impl Fn(&BrowserFleet) -> bool,
     ) -> BrowserFleet {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let mut last = None;
-        while tokio::time::Instant::now() < deadline {
-            if let Ok(fleet) = self.fleets().get(&self.name).await {
-                if check(&fleet) {
-                    return fleet;
-                }
-                last = Some(fleet);
-            }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        match watch_until(self.fleets(), &self.name, check).await {
+            Ok(fleet) => fleet,
+            Err(last) => panic!(
+                "{what}: not within {WAIT:?}; the fleet's status was {:#?}",
+                last.and_then(|f| f.status)
+            ),
         }
-        panic!(
-            "{what}: not within {WAIT:?}; the fleet's status was {:#?}",
-            last.and_then(|f| f.status)
-        );
     }
 
     /// A BrowserSession manifest on this world's fleet; `spec` adds to (or
@@ -380,21 +410,13 @@ impl OperatorWorld {
         what: &str,
         check: impl Fn(&BrowserSession) -> bool,
     ) -> BrowserSession {
-        let deadline = tokio::time::Instant::now() + WAIT;
-        let mut last = None;
-        while tokio::time::Instant::now() < deadline {
-            if let Ok(session) = self.sessions().get(name).await {
-                if check(&session) {
-                    return session;
-                }
-                last = Some(session);
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
+        match watch_until(self.sessions(), name, check).await {
+            Ok(session) => session,
+            Err(last) => panic!(
+                "session {name}: {what}: not within {WAIT:?}; its status was {:#?}",
+                last.and_then(|s| s.status)
+            ),
         }
-        panic!(
-            "session {name}: {what}: not within {WAIT:?}; its status was {:#?}",
-            last.and_then(|s| s.status)
-        );
     }
 
     /// Waits until session `name` is in `wanted`.
