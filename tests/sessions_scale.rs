@@ -8,8 +8,7 @@ use browserfleet::api::session::SessionPhase;
 use kube::ResourceExt;
 use serde_json::{Value, json};
 
-use testkit::agent_world::eventually;
-use testkit::operator_world::{OperatorWorld, WAIT, phase, test_settings};
+use testkit::operator_world::{OperatorWorld, phase, test_settings};
 
 #[tokio::test(flavor = "multi_thread")]
 async fn fifty_sessions_scale_a_fleet_from_zero_and_all_become_ready() {
@@ -92,7 +91,7 @@ async fn fifty_sessions_scale_a_fleet_from_zero_and_all_become_ready() {
         world.delete_session(name).await;
     }
     for name in &names {
-        eventually("batch session gone", WAIT, || world.session_gone(name)).await;
+        world.wait_session_gone(name).await;
     }
     nodes.shutdown().await;
 }

@@ -12,8 +12,7 @@ use browserfleet::api::session::SessionPhase;
 use browserfleet::cloud::Service;
 use serde_json::{Value, json};
 
-use testkit::agent_world::eventually;
-use testkit::operator_world::{OperatorWorld, WAIT, has_condition, replies, test_settings};
+use testkit::operator_world::{OperatorWorld, has_condition, replies, test_settings};
 
 /// Actions AWS requires beside a call rather than for one: tags given to
 /// `RunInstances` need `ec2:CreateTags`, its instance profile `iam:PassRole`.
@@ -141,7 +140,7 @@ async fn every_call_of_an_end_to_end_run_is_allowed_by_its_policy() {
     world.send_requests("iam-burst", 4, &reply_queue, 60).await;
     replies(&world, &reply_queue, "session.ready", 4).await;
     world.delete_session("iam").await;
-    eventually("session gone", WAIT, || world.session_gone("iam")).await;
+    world.wait_session_gone("iam").await;
 
     // Every agent's calls, while they run.
     let fleet = world.get().await;
@@ -160,10 +159,7 @@ async fn every_call_of_an_end_to_end_run_is_allowed_by_its_policy() {
     // Deleting the fleet drains, terminates and deletes queues and
     // parameters.
     world.delete().await;
-    eventually("fleet gone", Duration::from_secs(120), || {
-        world.fleet_gone()
-    })
-    .await;
+    world.wait_fleet_gone(Duration::from_secs(120)).await;
     nodes.shutdown().await;
 
     let operator_calls: BTreeSet<String> = recorder

@@ -300,7 +300,7 @@ async fn deleting_a_fleet_leaves_no_instance_queue_parameter_agent_or_browser() 
     let queues = fleet.status.unwrap().queues.unwrap();
     let id = world.fleet_id().await;
     world.delete().await;
-    eventually("the fleet is gone", WAIT, || world.fleet_gone()).await;
+    world.wait_fleet_gone(WAIT).await;
     let compute = browserfleet::cloud::Ec2Compute::new(&world.aws);
     assert!(
         browserfleet::cloud::Compute::list_instances(&compute, &id)

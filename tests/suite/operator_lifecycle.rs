@@ -63,7 +63,7 @@ async fn a_deleted_fleet_keeps_an_instance_with_a_live_session_until_the_session
         }
     })
     .await;
-    eventually("the fleet is gone", WAIT, || world.fleet_gone()).await;
+    world.wait_fleet_gone(WAIT).await;
     nodes.shutdown().await;
     operator.stop().await.expect("graceful stop");
 }

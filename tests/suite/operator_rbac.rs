@@ -20,7 +20,6 @@ use kube::api::Api;
 use serde_json::{Value, json};
 use testkit::rbac::{self, Grant, Scope};
 
-use testkit::agent_world::eventually;
 use testkit::operator_world::{OperatorWorld, WAIT, test_settings};
 use testkit::tools::{self, RenderCase};
 
@@ -136,13 +135,10 @@ async fn run_the_fleet_through_its_life(world: &OperatorWorld) {
         })
         .await;
     world.delete_session("orphan").await;
-    eventually("orphan gone", WAIT, || world.session_gone("orphan")).await;
+    world.wait_session_gone("orphan").await;
     world.delete_session("kept").await;
-    eventually("kept gone", WAIT, || world.session_gone("kept")).await;
-    eventually("brief collected after it ended", WAIT, || {
-        world.session_gone("brief")
-    })
-    .await;
+    world.wait_session_gone("kept").await;
+    world.wait_session_gone("brief").await;
     // A second launch: its Event repeats the first one's reason, so the
     // recorder patches that Event's series.
     world.apply(&world.fleet(2, 2)).await;
@@ -160,7 +156,7 @@ async fn run_the_fleet_through_its_life(world: &OperatorWorld) {
         })
         .await;
     world.delete().await;
-    eventually("the fleet is gone", WAIT, || world.fleet_gone()).await;
+    world.wait_fleet_gone(WAIT).await;
     nodes.shutdown().await;
 }
 

@@ -174,7 +174,7 @@ async fn a_session_becomes_ready_and_serves_devtools_with_the_token_from_its_sec
     );
 
     world.delete_session("smoke").await;
-    eventually("session gone", WAIT, || world.session_gone("smoke")).await;
+    world.wait_session_gone("smoke").await;
     nodes.shutdown().await;
 }
 
@@ -205,12 +205,7 @@ async fn a_session_ends_at_its_ttl_and_goes_with_its_secret_after_ttl_seconds_af
     })
     .await;
 
-    eventually(
-        "session removed after ttlSecondsAfterFinished",
-        WAIT,
-        || world.session_gone("brief"),
-    )
-    .await;
+    world.wait_session_gone("brief").await;
     let secrets: Api<Secret> = world.cluster.api();
     eventually("its Secret went with it", WAIT, || async {
         matches!(secrets.get_opt(&secret).await, Ok(None))
@@ -233,15 +228,8 @@ async fn deleting_a_ready_session_ends_its_browser_before_the_finalizer_goes() {
     assert!(!processes_with(&id).is_empty(), "its browser runs");
 
     world.delete_session("doomed").await;
-    // Polled tightly: the moment the resource is gone, its browser is too.
-    let deadline = tokio::time::Instant::now() + WAIT;
-    while !world.session_gone("doomed").await {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "session not removed"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Watched: the moment the resource is gone, its browser is too.
+    world.wait_session_gone("doomed").await;
     assert_eq!(
         processes_with(&id),
         Vec::<u32>::new(),
@@ -269,11 +257,11 @@ async fn a_session_deleted_while_queued_is_never_started_when_capacity_appears()
         SessionPhase::Starting
     );
     world.delete_session("queued").await;
-    eventually("queued session gone", WAIT, || world.session_gone("queued")).await;
+    world.wait_session_gone("queued").await;
 
     // Capacity appears: the agent takes the cancelled request and refuses it.
     world.delete_session("first").await;
-    eventually("first session gone", WAIT, || world.session_gone("first")).await;
+    world.wait_session_gone("first").await;
     let watch = never_started(&id, Duration::from_secs(10));
     let drained = eventually(
         "the cancelled request was taken off the queue",

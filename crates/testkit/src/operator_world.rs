@@ -128,6 +128,28 @@ where
         .unwrap_or_else(|poisoned| poisoned.into_inner()))
 }
 
+/// Watches object `name` until it does not exist, within `limit`; whether
+/// it went.
+async fn watch_gone<K>(api: Api<K>, name: &str, limit: Duration) -> bool
+where
+    K: kube::Resource + Clone + std::fmt::Debug + Send + serde::de::DeserializeOwned + 'static,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let gone = |object: Option<&K>| object.is_none();
+        let watched = tokio::time::timeout_at(
+            deadline,
+            kube::runtime::wait::await_condition(api.clone(), name, gone),
+        )
+        .await;
+        match watched {
+            Ok(Ok(_)) => return true,
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_elapsed) => return false,
+        }
+    }
+}
+
 /// Waits until the operator process serving metrics at `address` has
 /// finished `more` fleet reconciles after this call (see
 /// [`OperatorHandle::reconciled`]).
@@ -448,14 +470,19 @@ impl OperatorWorld {
             .expect("session deleted");
     }
 
-    /// Whether the fleet is gone.
-    pub async fn fleet_gone(&self) -> bool {
-        matches!(self.fleets().get_opt(&self.name).await, Ok(None))
+    /// Waits until the fleet is gone (its finalizer removed, the object
+    /// deleted), within `limit`.
+    pub async fn wait_fleet_gone(&self, limit: Duration) {
+        if !watch_gone(self.fleets(), &self.name, limit).await {
+            panic!("fleet {}: not gone within {limit:?}", self.name);
+        }
     }
 
-    /// Whether session `name` is gone.
-    pub async fn session_gone(&self, name: &str) -> bool {
-        matches!(self.sessions().get_opt(name).await, Ok(None))
+    /// Waits until session `name` is gone, within [`WAIT`].
+    pub async fn wait_session_gone(&self, name: &str) {
+        if !watch_gone(self.sessions(), name, WAIT).await {
+            panic!("session {name}: not gone within {WAIT:?}");
+        }
     }
 
     /// The fleet's identity in AWS.
