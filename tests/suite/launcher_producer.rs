@@ -256,7 +256,7 @@ async fn a_launcher_producer_moves_over_unchanged() {
 
     // Every slot is taken: the next request waits for one.
     send(json!({"id": "job-1002", "requester_id": "crawler-7", "ttl_minutes": 5})).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    world.wait_put_back(2).await;
     // The launcher's delete, served while the fleet is full.
     let asked = Instant::now();
     send(json!({"action": "delete", "session_id": session, "id": "job-1001-delete"})).await;

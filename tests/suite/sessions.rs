@@ -251,7 +251,7 @@ async fn a_session_deleted_while_queued_is_never_started_when_capacity_appears()
         .await;
     let queued = world.wait_for_phase("queued", SessionPhase::Starting).await;
     let id = session_id(&queued);
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    world.wait_put_back(2).await;
     assert_eq!(
         phase(&world.sessions().get("queued").await.unwrap()),
         SessionPhase::Starting
