@@ -10,7 +10,7 @@ use browserfleet::protocol::callback;
 use serde_json::{Value, json};
 use testkit::agent_world::{
     AgentWorld, CallbackReceiver, Cdp, assert_no_message, end_and_stop, end_session,
-    evaluate_in_new_page, eventually, metric, processes_with,
+    evaluate_in_new_page, eventually, metric, processes_with, wait_put_back,
 };
 use testkit::http;
 
@@ -176,8 +176,9 @@ async fn with_n_slots_n_requests_run_and_the_rest_wait_in_the_queue() {
         .await;
     // Two run; two stay on the queue, neither deleted nor failed (the full
     // agent puts copies back: for a moment after a copy is sent and before
-    // its original is deleted, the queue holds one more).
-    tokio::time::sleep(Duration::from_secs(3)).await;
+    // its original is deleted, the queue holds one more). Checked once the
+    // agent has passed over each of them.
+    wait_put_back(&[running.address.to_string()], 2).await;
     assert_eq!(
         world.state(&running).await["sessions"]
             .as_array()

@@ -382,6 +382,30 @@ where
     panic!("{what}: not within {deadline:?}");
 }
 
+/// Creates the agents serving at `addresses` have put back on the request
+/// queue because every slot was taken (their `requests_requeued` metric).
+pub async fn requests_put_back(addresses: &[String]) -> f64 {
+    let mut total = 0.0;
+    for address in addresses {
+        let text = crate::bench::scrape(address).await.unwrap_or_default();
+        total += crate::bench::metric_sum(&text, "browserfleet_agent_requests_requeued_total", &[]);
+    }
+    total
+}
+
+/// Waits until the agents at `addresses` have put `more` creates back after
+/// this call: a request passed over that many times waits for a slot rather
+/// than starting or failing.
+pub async fn wait_put_back(addresses: &[String], more: u32) {
+    let from = requests_put_back(addresses).await;
+    eventually(
+        &format!("{more} more creates put back"),
+        Duration::from_secs(90),
+        || async { requests_put_back(addresses).await >= from + f64::from(more) },
+    )
+    .await;
+}
+
 /// PIDs of processes whose command line contains `needle`.
 pub fn processes_with(needle: &str) -> Vec<u32> {
     let mut pids = Vec::new();

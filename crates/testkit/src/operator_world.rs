@@ -470,32 +470,16 @@ impl OperatorWorld {
             .expect("session deleted");
     }
 
-    /// Creates its agents have put back on the request queue because every
-    /// slot was taken, summed over the agents the fleet's status lists.
-    pub async fn requests_put_back(&self) -> f64 {
-        let fleet = self.get().await;
-        let addresses: Vec<String> = fleet
+    /// Waits until the agents the fleet's status lists have put `more`
+    /// creates back after this call (see [`crate::agent_world::wait_put_back`]).
+    pub async fn wait_put_back(&self, more: u32) {
+        let addresses: Vec<String> = self
+            .get()
+            .await
             .status
             .map(|s| s.instances.into_iter().filter_map(|i| i.address).collect())
             .unwrap_or_default();
-        let mut total = 0.0;
-        for address in addresses {
-            let text = crate::bench::scrape(&address).await.unwrap_or_default();
-            total +=
-                crate::bench::metric_sum(&text, "browserfleet_agent_requests_requeued_total", &[]);
-        }
-        total
-    }
-
-    /// Waits until the fleet's agents have put `more` creates back after
-    /// this call: a request they passed over that many times waits for a
-    /// slot rather than starting or failing.
-    pub async fn wait_put_back(&self, more: u32) {
-        let from = self.requests_put_back().await;
-        crate::agent_world::eventually(&format!("{more} more creates put back"), WAIT, || async {
-            self.requests_put_back().await >= from + f64::from(more)
-        })
-        .await;
+        crate::agent_world::wait_put_back(&addresses, more).await;
     }
 
     /// Waits until the fleet is gone (its finalizer removed, the object
