@@ -113,13 +113,12 @@ fn fleet_authorized<Q: Queues + 'static>(
 }
 
 async fn metrics<Q: Queues + 'static>(State(agent): State<Arc<Agent<Q>>>) -> Response {
-    agent.refresh_usage_metrics();
     (
         [(
             header::CONTENT_TYPE,
             "application/openmetrics-text; version=1.0.0; charset=utf-8",
         )],
-        agent.metrics().render(),
+        agent.render_metrics(),
     )
         .into_response()
 }

@@ -7,6 +7,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 
+use super::sessions::Occupancy;
 use crate::cloud::CallRecorder;
 use crate::telemetry::aws_calls::AwsCallsCollector;
 use std::sync::Arc;
@@ -138,6 +139,17 @@ impl AgentMetrics {
         set(&self.ports, "free", free);
         set(&self.ports, "reserved", reserved);
         set(&self.ports, "active", active);
+    }
+
+    /// Sets the session and port gauges from the table's occupancy.
+    pub fn set_occupancy(&self, occupancy: &Occupancy) {
+        let usage = occupancy.pool;
+        self.set_usage(
+            occupancy.starting,
+            usage.active,
+            usage.ports - usage.reserved - usage.active,
+            usage.reserved,
+        );
     }
 
     /// The OpenMetrics text of every metric.

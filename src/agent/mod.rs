@@ -14,12 +14,14 @@ pub mod imds;
 pub mod intake;
 pub mod launch;
 pub mod metrics;
+pub mod outbox;
 pub mod process;
 pub mod profiles;
 pub mod replies;
 pub mod requesters;
 pub mod requeue;
 pub mod runtime;
+pub mod sessions;
 pub mod slots;
 pub mod supervise;
 pub mod table;
@@ -172,12 +174,12 @@ async fn serve<Q: Queues + 'static>(
             })
             .await;
     });
-    let intake = tokio::spawn(intake::run(agent.clone(), options.intake));
+    let intake = tokio::spawn(agent.intake(options.intake).run());
     // The listener serves now: tell the operator where.
     agent.announce(AnnouncementKind::Registered).await;
     let mut tick = tokio::time::interval(SUPERVISION_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let period = agent.settings().heartbeat_interval;
+    let period = agent.heartbeat_interval();
     let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -199,5 +201,5 @@ async fn serve<Q: Queues + 'static>(
     // Websocket clients keep their connections to the browsers open; the
     // listener's graceful shutdown would wait for them, so it gets a moment.
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
-    agent.replier().finish(Duration::from_secs(5)).await;
+    agent.finish_replies(Duration::from_secs(5)).await;
 }

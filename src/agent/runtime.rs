@@ -1,43 +1,43 @@
 //! The agent's sessions: launching a browser for a request, supervising it,
 //! ending it with a reason, draining, and finding browsers again after a
 //! restart. Everything that must not leak — slots, ports, processes,
-//! profiles — is taken and given back here, under one lock.
+//! profiles — is taken here and given back here; the session table
+//! ([`super::sessions`]) keeps track of them under its one lock.
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use super::args::sanitize;
 use super::config::AgentSettings;
 use super::devtools::DevTools;
+use super::intake::{Intake, IntakeOptions, RequestQueue};
 use super::launch::{
     SessionLaunch, browser_command, installed_extensions, missing_extensions,
     missing_extensions_message, new_token,
 };
 use super::metrics::AgentMetrics;
-use super::process::{ExitWatch, LaunchSpec, ProcessControl, ProcessExit};
+use super::outbox::{ANNOUNCE_TIMEOUT, Outbox};
+use super::process::{LaunchSpec, ProcessControl};
 use super::profiles::{Profile, ProfileKind, ProfileStore, browser_marker, profiles_root};
 use super::replies::{Replier, ReplyTargets};
-use super::requesters::{Requester, termination_replies};
-use super::slots::{Port, PortState, SlotError, SlotPool};
-use super::supervise::{BrowserHealth, Deadlines, shows_use, verdict};
+use super::requesters::Requester;
+use super::sessions::{Adoption, Claimed, Sessions, Unclaimed, timestamp};
+use super::slots::{Port, SlotError, SlotPool};
+use super::supervise::{BrowserHealth, shows_use, verdict};
 use super::table::{SessionRecord, TableFileStore, token_digest};
-use super::tombstones::{CANCELLED_MESSAGE, Tombstones};
-use crate::cloud::queues::{OutgoingMessage, QueueUrl, Queues};
+use super::tombstones::CANCELLED_MESSAGE;
+use crate::cloud::queues::{QueueUrl, Queues};
 use crate::protocol::InstanceId;
 use crate::protocol::state::STATE_VERSION;
 use crate::protocol::{
-    AgentState, AnnouncementKind, CreateRequest, Endpoints, EventsMessage, Failed, FailureReason,
-    HostedPhase, NodeAnnouncement, Ready, Reply, ReplyKind, SessionId, SessionState, SessionToken,
-    Terminated, TerminationReason,
+    AgentState, AnnouncementKind, CreateRequest, EventsMessage, FailureReason, NodeAnnouncement,
+    Reply, SessionId, SessionToken, TerminationReason,
 };
 
-/// Longest wait for one announcement to reach the events queue.
-pub const ANNOUNCE_TIMEOUT: Duration = Duration::from_secs(5);
+pub use super::sessions::GatewayRoute;
 
 /// Who this agent is.
 #[derive(Clone, Debug)]
@@ -46,60 +46,6 @@ pub struct NodeIdentity {
     pub instance_id: String,
     /// Address clients reach the gateway at (`host:port`).
     pub advertise: String,
-}
-
-/// A session hosted here.
-struct LiveSession {
-    record: SessionRecord,
-    phase: HostedPhase,
-    /// The gateway token; `None` for a session adopted after a restart (the
-    /// table keeps only its digest).
-    token: Option<SessionToken>,
-    /// Set by the gateway when a client connects.
-    used: Arc<AtomicBool>,
-    /// The exit of a browser this agent process started; `None` for a
-    /// browser adopted after a restart (watched through its identity).
-    exit: Option<ExitWatch>,
-    profile: Profile,
-    /// Requesters of deletes that reached the session, answered when it
-    /// ends (whoever ends it) besides the create's. Kept in memory only.
-    deleters: Vec<Requester>,
-}
-
-struct State {
-    pool: SlotPool<SessionId>,
-    sessions: BTreeMap<SessionId, LiveSession>,
-    /// Deletes of sessions not hosted here, which refuse a later create of
-    /// the same id. Under the same lock as `sessions`: a delete decides
-    /// "not hosted" and records its tombstone in one step, so a launch that
-    /// adds its session afterwards finds the tombstone.
-    tombstones: Tombstones,
-    /// When the last session ended (or the agent started, before any).
-    emptied: SystemTime,
-}
-
-/// What the gateway needs to reach one session's browser.
-#[derive(Clone, Debug)]
-pub struct GatewayRoute {
-    /// The session.
-    pub id: SessionId,
-    /// Its browser's DevTools port.
-    pub port: Port,
-    /// SHA-256 (hex) of its token.
-    pub token_sha256: String,
-    used: Arc<AtomicBool>,
-}
-
-impl GatewayRoute {
-    /// Records that a client used the session.
-    pub fn mark_used(&self) {
-        self.used.store(true, Ordering::Relaxed);
-    }
-}
-
-struct TableSnapshot {
-    sequence: u64,
-    records: Vec<SessionRecord>,
 }
 
 struct Housekeeping {
@@ -166,33 +112,20 @@ pub enum LaunchFailure {
     Ended,
 }
 
-fn timestamp(t: SystemTime) -> jiff::Timestamp {
-    jiff::Timestamp::try_from(t).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
-}
-
 /// The agent.
 pub struct Agent<Q> {
     settings: AgentSettings,
     identity: NodeIdentity,
-    queues: Q,
-    requests: QueueUrl,
-    events: QueueUrl,
-    dead_letter: Option<QueueUrl>,
+    queues: Arc<Q>,
+    sessions: Arc<Sessions>,
+    outbox: Arc<Outbox<Q>>,
     processes: Arc<dyn ProcessControl>,
     profiles: ProfileStore,
     devtools: DevTools,
-    table: TableFileStore,
-    metrics: AgentMetrics,
-    replier: Replier,
+    metrics: Arc<AgentMetrics>,
     executable: PathBuf,
-    state: Mutex<State>,
     /// When the agent was made; reported as `readySince`.
     ready_since: SystemTime,
-    /// Wakes the intake when a slot frees.
-    slot_freed: Notify,
-    /// Numbers table snapshots, and the last one written.
-    table_sequence: std::sync::atomic::AtomicU64,
-    table_written: Mutex<u64>,
     /// When page URLs were last read to detect use, and when old profiles
     /// were last cleaned up: both are slower than the supervision tick.
     housekeeping: Mutex<Housekeeping>,
@@ -219,29 +152,33 @@ impl<Q: Queues + 'static> Agent<Q> {
             settings.first_port,
             settings.last_port,
         );
-        Agent {
-            requests: QueueUrl::new(&config.request_queue_url),
-            events: QueueUrl::new(&config.events_queue_url),
-            dead_letter: config.dead_letter_queue_url.as_deref().map(QueueUrl::new),
-            profiles: ProfileStore::new(profiles_root(&settings.state_dir)),
-            table: TableFileStore::new(&settings.state_dir),
-            replier: Replier::new(
+        let queues = Arc::new(queues);
+        let outbox = Outbox::new(
+            queues.clone(),
+            Replier::new(
                 config.callback_secret.expose(),
                 config.replies.format,
                 &config.events_queue_url,
             ),
-            devtools: DevTools::new(),
-            metrics: AgentMetrics::with_aws_calls(aws_calls),
-            state: Mutex::new(State {
+            InstanceId::new(identity.instance_id.clone()),
+            identity.advertise.clone(),
+            QueueUrl::new(&config.events_queue_url),
+        );
+        // A launch reports back within its timeout; the slack covers the
+        // steps around the wait.
+        let reservation_ttl = settings.launch_timeout + Duration::from_secs(10);
+        Agent {
+            sessions: Arc::new(Sessions::new(
                 pool,
-                sessions: BTreeMap::new(),
-                tombstones: Tombstones::default(),
-                emptied: made,
-            }),
+                TableFileStore::new(&settings.state_dir),
+                reservation_ttl,
+                made,
+            )),
+            outbox: Arc::new(outbox),
+            profiles: ProfileStore::new(profiles_root(&settings.state_dir)),
+            devtools: DevTools::new(),
+            metrics: Arc::new(AgentMetrics::with_aws_calls(aws_calls)),
             ready_since: made,
-            slot_freed: Notify::new(),
-            table_sequence: std::sync::atomic::AtomicU64::new(0),
-            table_written: Mutex::new(0),
             housekeeping: Mutex::new(Housekeeping {
                 use_checked: Instant::now(),
                 profiles_cleaned: Instant::now(),
@@ -256,48 +193,41 @@ impl<Q: Queues + 'static> Agent<Q> {
         }
     }
 
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // A panic while holding the lock leaves consistent data behind (every
-        // change is a single assignment), so poisoning is ignored.
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    /// The intake of this agent: it takes requests off the fleet's queue
+    /// and hands them to [`Agent::launch`] and [`Agent::delete_session`].
+    pub fn intake(self: &Arc<Self>, options: IntakeOptions) -> Intake<Q> {
+        let config = &self.settings.config;
+        Intake::new(
+            self.clone(),
+            self.sessions.clone(),
+            self.outbox.clone(),
+            RequestQueue::new(
+                self.queues.clone(),
+                QueueUrl::new(&config.request_queue_url),
+                config.dead_letter_queue_url.as_deref().map(QueueUrl::new),
+                self.settings.visibility_timeout,
+            ),
+            self.metrics.clone(),
+            self.settings.default_targets.clone(),
+            options,
+        )
     }
 
-    /// The settings.
-    pub fn settings(&self) -> &AgentSettings {
-        &self.settings
-    }
-    /// The metrics.
-    pub fn metrics(&self) -> &AgentMetrics {
-        &self.metrics
-    }
-    /// The DevTools client.
-    pub fn devtools(&self) -> &DevTools {
-        &self.devtools
-    }
-    /// The queues.
-    pub fn queues(&self) -> &Q {
-        &self.queues
-    }
-    /// The request queue.
-    pub fn request_queue(&self) -> &QueueUrl {
-        &self.requests
-    }
-    /// The dead-letter queue, when configured.
-    pub fn dead_letter_queue(&self) -> Option<&QueueUrl> {
-        self.dead_letter.as_ref()
-    }
-    /// The fleet token.
+    /// The fleet token, which opens the control API.
     pub fn fleet_token(&self) -> &str {
         self.settings.config.fleet_token.expose()
     }
-    /// The replier.
-    pub fn replier(&self) -> &Replier {
-        &self.replier
+
+    /// How often this agent announces itself.
+    pub fn heartbeat_interval(&self) -> Duration {
+        self.settings.heartbeat_interval
     }
-    /// The instance.
-    pub fn identity(&self) -> &NodeIdentity {
-        &self.identity
+
+    /// The DevTools client the gateway fetches `json/*` documents with.
+    pub fn devtools(&self) -> &DevTools {
+        &self.devtools
     }
+
     /// Where clients reach the gateway.
     pub fn advertised_gateway(&self) -> String {
         self.identity.advertise.clone()
@@ -305,12 +235,7 @@ impl<Q: Queues + 'static> Agent<Q> {
 
     /// Free slots now.
     pub fn free_slots(&self) -> usize {
-        self.lock().pool.usage().free_slots()
-    }
-
-    /// Waits until a slot may have freed (or a short while passed).
-    pub async fn slot_freed(&self) {
-        let _ = tokio::time::timeout(Duration::from_secs(1), self.slot_freed.notified()).await;
+        self.sessions.free_slots()
     }
 
     /// Whether a drain has started.
@@ -344,40 +269,34 @@ impl<Q: Queues + 'static> Agent<Q> {
         });
     }
 
+    /// Waits up to `deadline` for callbacks in flight, then abandons the rest.
+    pub async fn finish_replies(&self, deadline: Duration) {
+        self.outbox.finish(deadline).await;
+    }
+
     /// The gateway's view of a session.
     pub fn route(&self, id: &SessionId) -> Option<GatewayRoute> {
-        let state = self.lock();
-        let session = state.sessions.get(id)?;
-        (session.phase == HostedPhase::Active).then(|| GatewayRoute {
-            id: id.clone(),
-            port: session.record.port(),
-            token_sha256: session.record.token_sha256.clone(),
-            used: session.used.clone(),
-        })
+        self.sessions.route(id)
     }
 
     /// Whether a session is hosted here.
     pub fn hosts(&self, id: &SessionId) -> bool {
-        self.lock().sessions.contains_key(id)
+        self.sessions.hosts(id)
     }
 
-    /// Whether a delete of `id` came while it was not hosted here, within
-    /// the tombstone TTL: a create of it must be refused as `cancelled`.
-    pub fn is_cancelled(&self, id: &SessionId) -> bool {
-        self.lock().tombstones.contains(id, Instant::now())
+    /// Whether the port is held by anyone, for tests and `/v1/state`.
+    pub fn port_state(&self, port: Port) -> Option<&'static str> {
+        self.sessions.port_state(port)
     }
 
-    /// Removes `id`'s tombstone once a create of it has been answered as
-    /// `cancelled` (kept until then, so a create whose answer did not go
-    /// out is refused again when it reappears).
-    pub fn forget_cancel(&self, id: &SessionId) {
-        self.lock().tombstones.forget(id);
+    /// Reserves a slot and port for a request about to launch.
+    pub fn reserve(&self, owner: &SessionId) -> Result<Port, SlotError> {
+        self.sessions.reserve(owner)
     }
 
     /// `/v1/state`.
     pub fn state_view(&self) -> AgentState {
-        let state = self.lock();
-        let usage = state.pool.usage();
+        let table = self.sessions.view();
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         AgentState {
             version: STATE_VERSION,
@@ -385,23 +304,11 @@ impl<Q: Queues + 'static> Agent<Q> {
             fleet: self.settings.config.fleet.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             draining: self.is_draining(),
-            slots: count(usage.slots),
-            free_slots: count(usage.free_slots()),
+            slots: count(table.pool.slots),
+            free_slots: count(table.pool.free_slots()),
             ready_since: timestamp(self.ready_since),
-            idle_since: state.sessions.is_empty().then(|| timestamp(state.emptied)),
-            sessions: state
-                .sessions
-                .values()
-                .map(|s| SessionState {
-                    id: s.record.id.clone(),
-                    phase: s.phase,
-                    port: s.record.port,
-                    pid: s.record.process.pid,
-                    started: timestamp(s.record.started),
-                    expires: timestamp(s.record.expires),
-                    used: s.record.used || s.used.load(Ordering::Relaxed),
-                })
-                .collect(),
+            idle_since: table.idle_since.map(timestamp),
+            sessions: table.sessions,
         }
     }
 
@@ -427,20 +334,9 @@ impl<Q: Queues + 'static> Agent<Q> {
     /// missed one. The send is cut short after [`ANNOUNCE_TIMEOUT`], since
     /// the supervision loop waits for it.
     pub async fn announce(&self, kind: AnnouncementKind) {
-        let body = match serde_json::to_string(&self.announcement(kind)) {
-            Ok(body) => body,
-            Err(error) => {
-                tracing::warn!(%error, "announcement not serializable");
-                return;
-            }
-        };
-        let message = OutgoingMessage {
-            body,
-            delay: Duration::ZERO,
-        };
-        match tokio::time::timeout(ANNOUNCE_TIMEOUT, self.queues.send(&self.events, &message)).await
-        {
-            Ok(Ok(_)) => {}
+        let announcement = self.announcement(kind);
+        match tokio::time::timeout(ANNOUNCE_TIMEOUT, self.outbox.to_events(&announcement)).await {
+            Ok(Ok(())) => {}
             Ok(Err(error)) => {
                 tracing::warn!(%error, kind = kind.type_name(), "announcement not sent");
             }
@@ -450,134 +346,13 @@ impl<Q: Queues + 'static> Agent<Q> {
 
     /// Updates the session and port gauges.
     pub fn refresh_usage_metrics(&self) {
-        let state = self.lock();
-        let usage = state.pool.usage();
-        let starting = state
-            .sessions
-            .values()
-            .filter(|s| s.phase == HostedPhase::Starting)
-            .count();
-        self.metrics.set_usage(
-            starting,
-            usage.active,
-            usage.ports - usage.reserved - usage.active,
-            usage.reserved,
-        );
+        self.metrics.set_occupancy(&self.sessions.occupancy());
     }
 
-    /// A copy of the table to persist, numbered so that a later copy is
-    /// never overwritten by an earlier one.
-    fn snapshot(&self, state: &State) -> TableSnapshot {
-        let records = state
-            .sessions
-            .values()
-            .map(|s| {
-                let mut record = s.record.clone();
-                record.used |= s.used.load(Ordering::Relaxed);
-                record
-            })
-            .collect();
-        TableSnapshot {
-            sequence: self.table_sequence.fetch_add(1, Ordering::Relaxed) + 1,
-            records,
-        }
-    }
-
-    /// Writes a snapshot unless a later one is already on disk. The file is
-    /// written outside the state lock: gateway lookups never wait for disk.
-    fn persist(&self, snapshot: TableSnapshot) {
-        let mut written = self.table_written.lock().unwrap_or_else(|p| p.into_inner());
-        if snapshot.sequence <= *written {
-            return;
-        }
-        match self.table.save(&snapshot.records) {
-            Ok(()) => *written = snapshot.sequence,
-            // The sessions still run; only a restart would lose track of them.
-            Err(error) => tracing::error!(%error, "session table not saved"),
-        }
-    }
-
-    /// Reserves a slot and port for a request about to launch. `None` when
-    /// no slot is free.
-    pub fn reserve(&self, owner: &SessionId) -> Result<Port, SlotError> {
-        let deadline = Instant::now() + self.settings.launch_timeout + Duration::from_secs(10);
-        let mut state = self.lock();
-        state.pool.reserve(owner.clone(), deadline, port_is_free)
-    }
-
-    /// Gives back a reservation that will not be launched.
-    pub fn unreserve(&self, owner: &SessionId, port: Port) {
-        let _ = self.lock().pool.release(owner, port);
-        self.slot_freed.notify_waiters();
-    }
-
-    /// The ready reply of a hosted, active session (a redelivered create).
-    pub fn ready_reply(&self, id: &SessionId) -> Option<Reply> {
-        let state = self.lock();
-        let session = state.sessions.get(id)?;
-        (session.phase == HostedPhase::Active).then(|| self.ready(session))
-    }
-
-    /// `session.ready` for an active session; `session.failed`
-    /// (`sessionExists`) for one adopted after a restart, whose token the
-    /// agent no longer knows.
-    fn ready(&self, session: &LiveSession) -> Reply {
-        let record = &session.record;
-        let Some(token) = &session.token else {
-            return self.reply(
-                record,
-                ReplyKind::Failed(Failed {
-                    reason: FailureReason::SessionExists,
-                    message: "the session runs on this instance, but its token is not kept \
-                              across agent restarts"
-                        .into(),
-                }),
-            );
-        };
-        self.reply(
-            record,
-            ReplyKind::Ready(Ready {
-                endpoints: Endpoints::through_gateway(
-                    &self.identity.advertise,
-                    &record.id,
-                    &record.browser_path,
-                ),
-                token: token.clone(),
-                expires_at: timestamp(record.expires),
-            }),
-        )
-    }
-
-    fn reply(&self, record: &SessionRecord, kind: ReplyKind) -> Reply {
-        self.compose_reply(
-            record.id.clone(),
-            record.request_id.clone(),
-            record.labels.clone(),
-            kind,
-        )
-    }
-
-    /// A reply from this instance, written now.
-    pub fn compose_reply(
-        &self,
-        session_id: SessionId,
-        request_id: Option<crate::protocol::RequestId>,
-        labels: BTreeMap<String, String>,
-        kind: ReplyKind,
-    ) -> Reply {
-        Reply {
-            kind,
-            session_id,
-            request_id,
-            instance_id: self.instance_id(),
-            labels,
-            at: jiff::Timestamp::now(),
-        }
-    }
-
-    /// The instance id, as replies carry it.
-    pub fn instance_id(&self) -> InstanceId {
-        InstanceId::new(self.identity.instance_id.clone())
+    /// The metrics in the OpenMetrics text format, gauges refreshed.
+    pub fn render_metrics(&self) -> String {
+        self.refresh_usage_metrics();
+        self.metrics.render()
     }
 
     /// Launches the browser of `request` on the reserved `port`, waits until
@@ -591,7 +366,7 @@ impl<Q: Queues + 'static> Agent<Q> {
         received: Instant,
     ) -> Result<Reply, LaunchFailure> {
         let rejected = |reason, message: String| {
-            self.unreserve(&id, port);
+            self.sessions.unreserve(&id, port);
             LaunchFailure::Rejected { reason, message }
         };
         let browser = &self.settings.config.browser;
@@ -660,7 +435,7 @@ impl<Q: Queues + 'static> Agent<Q> {
             Ok(spawned) => spawned,
             Err(error) => {
                 self.release_profile(&profile).await;
-                self.unreserve(&id, port);
+                self.sessions.unreserve(&id, port);
                 self.metrics.failed("failedToStart");
                 return Err(LaunchFailure::Retry(format!(
                     "browser did not start: {error}"
@@ -692,28 +467,14 @@ impl<Q: Queues + 'static> Agent<Q> {
             callback_url: request.callback_url.clone(),
             labels: request.labels.clone(),
         };
-        let (snapshot, cancelled) = {
-            let mut state = self.lock();
-            // A delete between the intake's check and here found the
-            // session not hosted and left a tombstone.
-            let cancelled = state.tombstones.contains(&id, Instant::now());
-            state.sessions.insert(
-                id.clone(),
-                LiveSession {
-                    record,
-                    phase: HostedPhase::Starting,
-                    token: Some(SessionToken::new(token)),
-                    used: Arc::new(AtomicBool::new(false)),
-                    exit: Some(spawned.exit.clone()),
-                    profile,
-                    deleters: Vec::new(),
-                },
-            );
-            (self.snapshot(&state), cancelled)
-        };
-        // Persisted before the wait, so an agent that dies now still knows
+        // Saved before the wait, so an agent that dies now still knows
         // this browser after its restart.
-        self.persist(snapshot);
+        let cancelled = self.sessions.add_starting(
+            record,
+            SessionToken::new(token),
+            spawned.exit.clone(),
+            profile,
+        );
         if cancelled {
             // Added above all the same, so that `end` releases everything.
             self.end(&id, TerminationReason::Deleted, false).await;
@@ -728,7 +489,12 @@ impl<Q: Queues + 'static> Agent<Q> {
             code = exit.wait() => Err(format!("browser exited during start: {code:?}")),
         };
         let activated = match ready {
-            Ok(version) => self.activate(&id, port, &version),
+            Ok(version) => {
+                let browser_path = version.browser_path().unwrap_or_default().to_owned();
+                self.sessions
+                    .activate(&id, port, browser_path)
+                    .map(|session| self.outbox.ready(&session))
+            }
             Err(message) => Err(message),
         };
         let reply = match activated {
@@ -750,34 +516,6 @@ impl<Q: Queues + 'static> Agent<Q> {
         Ok(reply)
     }
 
-    /// Marks a started session active and builds its ready reply.
-    fn activate(
-        &self,
-        id: &SessionId,
-        port: Port,
-        version: &super::devtools::BrowserVersion,
-    ) -> Result<Reply, String> {
-        let mut state = self.lock();
-        state
-            .pool
-            .activate(id, port, Instant::now())
-            .map_err(|e| e.to_string())?;
-        let session = state
-            .sessions
-            .get_mut(id)
-            .ok_or("session ended during its start")?;
-        if session.phase != HostedPhase::Starting {
-            return Err("session ended during its start".into());
-        }
-        session.phase = HostedPhase::Active;
-        session.record.browser_path = version.browser_path().unwrap_or_default().to_owned();
-        let reply = self.ready(session);
-        let snapshot = self.snapshot(&state);
-        drop(state);
-        self.persist(snapshot);
-        Ok(reply)
-    }
-
     /// Ends a session: kills its browser's process tree, frees its port,
     /// releases its profile (deleting a temporary one), saves the table and,
     /// when `announce`, sends `session.terminated` to its requester. The
@@ -793,39 +531,17 @@ impl<Q: Queues + 'static> Agent<Q> {
     /// answered once, by the `end` that removes it. Callers that may be
     /// cancelled (an HTTP handler) run it in a task of its own.
     pub async fn end(&self, id: &SessionId, reason: TerminationReason, announce: bool) -> Ending {
-        let (record, profile) = {
-            let mut state = self.lock();
-            let Some(session) = state.sessions.get_mut(id) else {
-                return Ending::NotHosted;
-            };
-            if session.phase == HostedPhase::Ending {
-                return Ending::AlreadyEnding;
-            }
-            session.phase = HostedPhase::Ending;
-            (session.record.clone(), session.profile.clone())
+        let (record, profile) = match self.sessions.claim_end(id) {
+            Ok(Claimed { record, profile }) => (record, profile),
+            Err(Unclaimed::AlreadyEnding) => return Ending::AlreadyEnding,
+            Err(Unclaimed::NotHosted) => return Ending::NotHosted,
         };
         match self.processes.kill_tree(record.process).await {
             Ok(outcome) => tracing::debug!(session = %id, ?outcome, "browser killed"),
             Err(error) => tracing::warn!(session = %id, %error, "browser kill failed"),
         }
         self.release_profile(&profile).await;
-        let (snapshot, deleters) = {
-            let mut state = self.lock();
-            if let Err(error) = state.pool.release(id, record.port()) {
-                tracing::warn!(session = %id, %error, "port was not held");
-            }
-            let deleters = state
-                .sessions
-                .remove(id)
-                .map(|s| s.deleters)
-                .unwrap_or_default();
-            if state.sessions.is_empty() {
-                state.emptied = SystemTime::now();
-            }
-            (self.snapshot(&state), deleters)
-        };
-        self.persist(snapshot);
-        self.slot_freed.notify_waiters();
+        let deleters = self.sessions.remove(id, record.port());
         self.metrics.terminated(&reason.to_string());
         tracing::info!(session = %id, %reason, "session ended");
         let mut requesters = Vec::with_capacity(1 + deleters.len());
@@ -836,35 +552,8 @@ impl<Q: Queues + 'static> Agent<Q> {
             });
         }
         requesters.extend(deleters);
-        self.announce_end(&record, reason, &requesters).await;
+        self.outbox.terminated(&record, reason, &requesters).await;
         Ending::Ended
-    }
-
-    /// Sends `session.terminated` to `requesters`, each target once.
-    async fn announce_end(
-        &self,
-        record: &SessionRecord,
-        reason: TerminationReason,
-        requesters: &[Requester],
-    ) {
-        for requester in termination_replies(requesters) {
-            let reply = self.compose_reply(
-                record.id.clone(),
-                requester.request_id,
-                record.labels.clone(),
-                ReplyKind::Terminated(Terminated {
-                    reason,
-                    message: None,
-                }),
-            );
-            let sent = self
-                .replier
-                .send(&self.queues, &requester.targets, &reply)
-                .await;
-            if let Err(error) = sent {
-                tracing::warn!(session = %record.id, %error, "termination reply not sent");
-            }
-        }
     }
 
     /// A delete: ends the session if hosted here, answering the create's
@@ -886,23 +575,7 @@ impl<Q: Queues + 'static> Agent<Q> {
             request_id,
             targets,
         };
-        let hosted = {
-            let mut state = self.lock();
-            match state.sessions.get_mut(id) {
-                Some(session) => {
-                    // Answered by whichever end removes the session: this
-                    // delete's, or one racing it (the supervisor's, say).
-                    if deleter.has_targets() {
-                        session.deleters.push(deleter.clone());
-                    }
-                    true
-                }
-                None => {
-                    state.tombstones.record(id, Instant::now());
-                    false
-                }
-            }
-        };
+        let hosted = self.sessions.note_delete(id, &deleter);
         if hosted {
             // Ended by this delete, or by another end racing it.
             self.end(id, TerminationReason::Deleted, true).await;
@@ -919,21 +592,13 @@ impl<Q: Queues + 'static> Agent<Q> {
         let forward = EventsMessage {
             session_id: id.clone(),
             request_id,
-            from_instance: self.instance_id(),
+            from_instance: self.outbox.instance_id(),
             reply_to: targets.reply_to,
             callback_url: targets.callback_url,
         };
-        let body = match serde_json::to_string(&forward) {
-            Ok(body) => body,
-            Err(error) => return DeleteOutcome::ForwardFailed(error.to_string()),
-        };
-        let message = OutgoingMessage {
-            body,
-            delay: Duration::ZERO,
-        };
-        match self.queues.send(&self.events, &message).await {
-            Ok(_) => DeleteOutcome::Forwarded,
-            Err(error) => DeleteOutcome::ForwardFailed(error.to_string()),
+        match self.outbox.to_events(&forward).await {
+            Ok(()) => DeleteOutcome::Forwarded,
+            Err(error) => DeleteOutcome::ForwardFailed(error),
         }
     }
 
@@ -943,56 +608,13 @@ impl<Q: Queues + 'static> Agent<Q> {
     /// exit.
     pub async fn supervise_once(&self) -> bool {
         let now = SystemTime::now();
-        let expired = {
-            let mut state = self.lock();
-            state.tombstones.prune(Instant::now());
-            state.pool.expire(Instant::now())
-        };
+        let expired = self.sessions.expire(Instant::now());
         for (port, owner) in expired {
             tracing::warn!(session = %owner, %port, "reservation expired");
         }
-        let checks: Vec<(
-            SessionId,
-            Deadlines,
-            BrowserHealth,
-            bool,
-            Port,
-            Option<String>,
-        )> = {
-            let state = self.lock();
-            state
-                .sessions
-                .values()
-                .filter(|s| s.phase == HostedPhase::Active)
-                .map(|s| {
-                    let health = match &s.exit {
-                        Some(exit) => match exit.exited() {
-                            None => BrowserHealth::Running,
-                            Some(ProcessExit::Code(code)) => BrowserHealth::Exited(Some(code)),
-                            Some(_) => BrowserHealth::Exited(None),
-                        },
-                        None if self.processes.is_alive(&s.record.process) => {
-                            BrowserHealth::Running
-                        }
-                        None => BrowserHealth::Exited(None),
-                    };
-                    let r = &s.record;
-                    (
-                        r.id.clone(),
-                        Deadlines {
-                            started: r.started,
-                            expires: r.expires,
-                            ttl_was_cut: r.ttl_was_cut,
-                            use_by: r.use_by,
-                        },
-                        health,
-                        r.used || s.used.load(Ordering::Relaxed),
-                        r.port(),
-                        r.start_url.clone(),
-                    )
-                })
-                .collect()
-        };
+        let checks = self
+            .sessions
+            .checks(|process| self.processes.is_alive(process));
         let check_use = {
             let mut housekeeping = self.housekeeping.lock().unwrap_or_else(|p| p.into_inner());
             let due = housekeeping.use_checked.elapsed() >= USE_CHECK_INTERVAL;
@@ -1001,33 +623,29 @@ impl<Q: Queues + 'static> Agent<Q> {
             }
             due
         };
-        for (id, deadlines, health, mut used, port, start_url) in checks {
-            if check_use && !used && health == BrowserHealth::Running {
+        for check in checks {
+            let mut used = check.used;
+            if check_use && !used && check.health == BrowserHealth::Running {
                 // A client may drive the browser without the gateway knowing
                 // (a connection opened before a restart): its pages tell.
-                if let Ok(urls) = self.devtools.page_urls(port).await
-                    && urls.iter().any(|u| shows_use(u, start_url.as_deref()))
+                if let Ok(urls) = self.devtools.page_urls(check.port).await
+                    && urls
+                        .iter()
+                        .any(|u| shows_use(u, check.start_url.as_deref()))
                 {
                     used = true;
-                    if let Some(session) = self.lock().sessions.get(&id) {
-                        session.used.store(true, Ordering::Relaxed);
-                    }
+                    self.sessions.mark_used(&check.id);
                 }
             }
-            if let Some(reason) = verdict(&deadlines, health, used, now) {
-                self.end(&id, reason, true).await;
+            if let Some(reason) = verdict(&check.deadlines, check.health, used, now) {
+                self.end(&check.id, reason, true).await;
             }
         }
         self.refresh_usage_metrics();
         self.clean_profiles_when_due().await;
         let deadline = *self.draining.borrow();
         if let Some(deadline) = deadline {
-            let (remaining, launching) = {
-                let state = self.lock();
-                let ids: Vec<SessionId> = state.sessions.keys().cloned().collect();
-                (ids, state.pool.usage().reserved)
-            };
-            // A reservation is a launch whose session is not in the map yet.
+            let (remaining, launching) = self.sessions.remaining();
             if remaining.is_empty() && launching == 0 {
                 return true;
             }
@@ -1045,23 +663,7 @@ impl<Q: Queues + 'static> Agent<Q> {
     /// run and answer DevTools, ends the others (reporting them), and kills
     /// browsers found running from our profiles that no session owns.
     pub async fn recover(&self) -> Result<RecoveryReport, super::table::TableError> {
-        let records = match self.table.load() {
-            Ok(records) => records,
-            Err(error) => {
-                // Unreadable: kept aside for a person to look at. Every
-                // browser of ours still running becomes an orphan below.
-                tracing::error!(%error, "session table unreadable; moving it aside");
-                let aside = self.table.path().with_extension("json.unreadable");
-                if let Err(error) = std::fs::rename(self.table.path(), &aside) {
-                    tracing::error!(%error, "could not move the session table aside");
-                    return Err(super::table::TableError::Io {
-                        path: self.table.path().to_path_buf(),
-                        source: error,
-                    });
-                }
-                Vec::new()
-            }
-        };
+        let records = self.sessions.saved()?;
         let mut report = RecoveryReport::default();
         for record in records {
             let mut record = record;
@@ -1079,45 +681,13 @@ impl<Q: Queues + 'static> Agent<Q> {
                 record.browser_path = version.browser_path().unwrap_or_default().to_owned();
             }
             let profile = self.profiles.adopt(&record.profile_dir);
-            let adopted = {
-                let mut state = self.lock();
-                let taken = alive && state.pool.adopt(record.id.clone(), record.port()).is_ok();
-                let profile = match profile {
-                    Ok(profile) => profile,
-                    Err(error) => {
-                        tracing::warn!(session = %record.id, %error, "profile not adoptable");
-                        continue;
-                    }
-                };
-                if taken {
-                    state.sessions.insert(
-                        record.id.clone(),
-                        LiveSession {
-                            used: Arc::new(AtomicBool::new(record.used)),
-                            record: record.clone(),
-                            phase: HostedPhase::Active,
-                            token: None,
-                            exit: None,
-                            profile,
-                            deleters: Vec::new(),
-                        },
-                    );
-                } else {
-                    // Kept in the table only long enough to be ended below.
-                    state.sessions.insert(
-                        record.id.clone(),
-                        LiveSession {
-                            used: Arc::new(AtomicBool::new(record.used)),
-                            record: record.clone(),
-                            phase: HostedPhase::Starting,
-                            token: None,
-                            exit: None,
-                            profile,
-                            deleters: Vec::new(),
-                        },
-                    );
+            let adopted = match self.sessions.adopt(record.clone(), alive, profile) {
+                Adoption::Adopted => true,
+                Adoption::ToEnd => false,
+                Adoption::ProfileUnusable(error) => {
+                    tracing::warn!(session = %record.id, %error, "profile not adoptable");
+                    continue;
                 }
-                taken
             };
             if adopted {
                 tracing::info!(session = %record.id, port = record.port, "session re-adopted");
@@ -1127,15 +697,9 @@ impl<Q: Queues + 'static> Agent<Q> {
                 report.ended.push(record.id);
             }
         }
-        let snapshot = self.snapshot(&self.lock());
-        self.persist(snapshot);
+        self.sessions.save();
         let marker = browser_marker(self.profiles.root());
-        let known: Vec<_> = self
-            .lock()
-            .sessions
-            .values()
-            .map(|s| s.record.process)
-            .collect();
+        let known = self.sessions.processes();
         match self.processes.find_by_marker(&marker).await {
             Ok(found) => {
                 for orphan in found.into_iter().filter(|p| !known.contains(p)) {
@@ -1185,15 +749,6 @@ impl<Q: Queues + 'static> Agent<Q> {
             tracing::warn!(%error, "profile not released");
         }
     }
-
-    /// Whether the port is held by anyone, for tests and `/v1/state`.
-    pub fn port_state(&self, port: Port) -> Option<&'static str> {
-        self.lock().pool.state(port).map(|s| match s {
-            PortState::Free => "free",
-            PortState::Reserved { .. } => "reserved",
-            PortState::Active { .. } => "active",
-        })
-    }
 }
 
 /// What [`Agent::recover`] found.
@@ -1216,12 +771,6 @@ pub fn profile_dir_name(id: &SessionId) -> String {
     } else {
         format!("s-{}", &token_digest(id.as_str())[..32])
     }
-}
-
-/// Whether nothing listens on the port on 127.0.0.1 (the browser's bind
-/// would fail otherwise).
-fn port_is_free(port: Port) -> bool {
-    std::net::TcpListener::bind(("127.0.0.1", port.0)).is_ok()
 }
 
 #[cfg(test)]

@@ -1,0 +1,116 @@
+//! The fleet's request queue as the intake uses it: receiving, and what
+//! becomes of a received message — deleted once answered, given back with a
+//! delay, returned at once, moved to the dead-letter queue, or put back as a
+//! copy.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use super::GIVE_BACK_DELAY;
+use crate::cloud::queues::{
+    BatchOutcome, OutgoingMessage, QueueError, QueueUrl, Queues, ReceiptHandle, ReceiveOptions,
+    ReceivedMessage,
+};
+
+/// The request queue and its dead-letter queue.
+pub struct RequestQueue<Q> {
+    queues: Arc<Q>,
+    url: QueueUrl,
+    dead_letter: Option<QueueUrl>,
+    /// How long a received message stays invisible while it is handled.
+    visibility: Duration,
+}
+
+impl<Q: Queues> RequestQueue<Q> {
+    /// The queue at `url` with its dead-letter queue, when configured.
+    pub fn new(
+        queues: Arc<Q>,
+        url: QueueUrl,
+        dead_letter: Option<QueueUrl>,
+        visibility: Duration,
+    ) -> Self {
+        RequestQueue {
+            queues,
+            url,
+            dead_letter,
+            visibility,
+        }
+    }
+
+    /// Receives up to `max_messages`, long-polling for `wait`.
+    pub async fn receive(
+        &self,
+        max_messages: usize,
+        wait: Duration,
+    ) -> Result<Vec<ReceivedMessage>, QueueError> {
+        let options = ReceiveOptions {
+            max_messages: max_messages as u32,
+            wait,
+            visibility: Some(self.visibility),
+        };
+        self.queues.receive(&self.url, options).await
+    }
+
+    /// Makes a message visible again at once (one received as the agent
+    /// began to drain or stop).
+    pub async fn return_now(&self, message: &ReceivedMessage) {
+        let _ = self
+            .queues
+            .change_visibility(&self.url, &message.receipt, Duration::ZERO)
+            .await;
+    }
+
+    /// Makes a message visible again after a short delay, for another try
+    /// here or elsewhere.
+    pub async fn give_back(&self, message: &ReceivedMessage) {
+        if let Err(error) = self
+            .queues
+            .change_visibility(&self.url, &message.receipt, GIVE_BACK_DELAY)
+            .await
+        {
+            tracing::warn!(%error, "could not give a request back; it reappears after its visibility timeout");
+        }
+    }
+
+    /// Deletes an answered message.
+    pub async fn finish(&self, message: &ReceivedMessage) {
+        if let Err(error) = self.queues.delete(&self.url, &message.receipt).await {
+            tracing::warn!(%error, "answered request not deleted; it may be answered twice");
+        }
+    }
+
+    /// Moves a message to the dead-letter queue; without one, makes it
+    /// visible again so the queue's redrive policy moves it after
+    /// maxReceiveCount receives.
+    pub async fn dead_letter(&self, message: &ReceivedMessage) {
+        let Some(dlq) = &self.dead_letter else {
+            self.return_now(message).await;
+            return;
+        };
+        let moved = OutgoingMessage {
+            body: message.body.clone(),
+            delay: Duration::ZERO,
+        };
+        match self.queues.send(dlq, &moved).await {
+            Ok(_) => self.finish(message).await,
+            Err(error) => tracing::warn!(%error, "dead-lettering failed; the message stays queued"),
+        }
+    }
+
+    /// Sends copies of messages to the queue.
+    pub async fn send_copies(
+        &self,
+        copies: &[OutgoingMessage],
+    ) -> Result<BatchOutcome, QueueError> {
+        self.queues.send_batch(&self.url, copies).await
+    }
+
+    /// Deletes the originals of copies that are on the queue; returns how
+    /// many were not deleted.
+    pub async fn delete_originals(&self, receipts: &[ReceiptHandle]) -> usize {
+        match self.queues.delete_batch(&self.url, receipts).await {
+            Ok(outcome) => outcome.failed.len(),
+            Err(_) => receipts.len(),
+        }
+    }
+}

@@ -1,0 +1,618 @@
+//! The session table: every session hosted here with its slot and port, the
+//! cancel tombstones, and the copy on disk. One lock guards the sessions,
+//! the slot pool and the tombstones together, because several decisions span
+//! them: a delete decides "not hosted" and records its tombstone in one step,
+//! and a launch adds its session and looks for that tombstone in one step.
+//!
+//! The table is written to disk after every change, outside the lock and
+//! numbered, so gateway lookups never wait for the disk and a later copy is
+//! never overwritten by an earlier one.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Notify;
+
+use super::process::{ExitWatch, ProcessExit, ProcessIdentity};
+use super::profiles::{Profile, ProfileError};
+use super::requesters::Requester;
+use super::slots::{PoolUsage, Port, PortState, SlotError, SlotPool};
+use super::supervise::{BrowserHealth, Deadlines};
+use super::table::{SessionRecord, TableError, TableFileStore};
+use super::tombstones::Tombstones;
+use crate::protocol::{HostedPhase, SessionId, SessionState, SessionToken};
+
+/// A session hosted here.
+struct LiveSession {
+    record: SessionRecord,
+    phase: HostedPhase,
+    /// The gateway token; `None` for a session adopted after a restart (the
+    /// table keeps only its digest).
+    token: Option<SessionToken>,
+    /// Set by the gateway when a client connects.
+    used: Arc<AtomicBool>,
+    /// The exit of a browser this agent process started; `None` for a
+    /// browser adopted after a restart (watched through its identity).
+    exit: Option<ExitWatch>,
+    profile: Profile,
+    /// Requesters of deletes that reached the session, answered when it
+    /// ends (whoever ends it) besides the create's. Kept in memory only.
+    deleters: Vec<Requester>,
+}
+
+impl LiveSession {
+    fn used(&self) -> bool {
+        self.record.used || self.used.load(Ordering::Relaxed)
+    }
+}
+
+struct State {
+    pool: SlotPool<SessionId>,
+    sessions: BTreeMap<SessionId, LiveSession>,
+    /// Deletes of sessions not hosted here, which refuse a later create of
+    /// the same id.
+    tombstones: Tombstones,
+    /// When the last session ended (or the agent started, before any).
+    emptied: SystemTime,
+}
+
+/// What the gateway needs to reach one session's browser.
+#[derive(Clone, Debug)]
+pub struct GatewayRoute {
+    /// The session.
+    pub id: SessionId,
+    /// Its browser's DevTools port.
+    pub port: Port,
+    /// SHA-256 (hex) of its token.
+    pub token_sha256: String,
+    used: Arc<AtomicBool>,
+}
+
+impl GatewayRoute {
+    /// Records that a client used the session.
+    pub fn mark_used(&self) {
+        self.used.store(true, Ordering::Relaxed);
+    }
+}
+
+/// An active session as its `session.ready` reply describes it.
+#[derive(Clone, Debug)]
+pub struct ActiveSession {
+    /// Its record.
+    pub record: SessionRecord,
+    /// `None` once the agent restarted: only the digest was kept.
+    pub token: Option<SessionToken>,
+}
+
+/// How full the table is, for `/v1/state`, announcements and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Occupancy {
+    /// The slot pool's counts.
+    pub pool: PoolUsage,
+    /// Sessions whose browser has not answered yet.
+    pub starting: usize,
+}
+
+/// The table as `/v1/state` shows it.
+#[derive(Clone, Debug)]
+pub struct TableView {
+    /// Slots and ports.
+    pub pool: PoolUsage,
+    /// When the last session ended, while none is hosted.
+    pub idle_since: Option<SystemTime>,
+    /// Every hosted session.
+    pub sessions: Vec<SessionState>,
+}
+
+/// What the supervisor needs to judge one active session.
+#[derive(Clone, Debug)]
+pub struct SessionCheck {
+    /// The session.
+    pub id: SessionId,
+    /// Its deadlines.
+    pub deadlines: Deadlines,
+    /// Its browser, as seen now.
+    pub health: BrowserHealth,
+    /// Whether a client used it, as far as the agent knows.
+    pub used: bool,
+    /// Its browser's DevTools port.
+    pub port: Port,
+    /// The page it was started on, which does not count as use.
+    pub start_url: Option<String>,
+}
+
+/// A session that an end has claimed: no other end may take it, and the
+/// caller must release what it holds.
+#[derive(Debug)]
+pub struct Claimed {
+    /// The session's record.
+    pub record: SessionRecord,
+    /// Its profile.
+    pub profile: Profile,
+}
+
+/// Why an end could not claim a session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unclaimed {
+    /// Another caller is ending it.
+    AlreadyEnding,
+    /// No such session here.
+    NotHosted,
+}
+
+/// What became of a saved session offered back to the table after a
+/// restart.
+#[derive(Debug)]
+pub enum Adoption {
+    /// Its browser runs on and holds its port again.
+    Adopted,
+    /// In the table only to be ended: its browser is gone or its port taken.
+    ToEnd,
+    /// Its profile could not be taken back: left out of the table.
+    ProfileUnusable(ProfileError),
+}
+
+struct Snapshot {
+    sequence: u64,
+    records: Vec<SessionRecord>,
+}
+
+/// The session table of one agent.
+pub struct Sessions {
+    state: Mutex<State>,
+    file: TableFileStore,
+    /// Numbers snapshots, and the last one written.
+    sequence: AtomicU64,
+    written: Mutex<u64>,
+    /// Wakes the intake when a slot frees.
+    slot_freed: Notify,
+    /// How long a reservation waits for its launch to report back.
+    reservation_ttl: Duration,
+}
+
+impl Sessions {
+    /// An empty table of `pool`'s slots, saved to `file`, idle since
+    /// `made`.
+    pub fn new(
+        pool: SlotPool<SessionId>,
+        file: TableFileStore,
+        reservation_ttl: Duration,
+        made: SystemTime,
+    ) -> Self {
+        Sessions {
+            state: Mutex::new(State {
+                pool,
+                sessions: BTreeMap::new(),
+                tombstones: Tombstones::default(),
+                emptied: made,
+            }),
+            file,
+            sequence: AtomicU64::new(0),
+            written: Mutex::new(0),
+            slot_freed: Notify::new(),
+            reservation_ttl,
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves consistent data behind (every
+        // change is a single assignment), so poisoning is ignored.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Free slots now.
+    pub fn free_slots(&self) -> usize {
+        self.lock().pool.usage().free_slots()
+    }
+
+    /// Waits until a slot may have freed (or a short while passed).
+    pub async fn slot_freed(&self) {
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.slot_freed.notified()).await;
+    }
+
+    /// Reserves a slot and a port that is free at the OS for `owner`'s
+    /// launch.
+    pub fn reserve(&self, owner: &SessionId) -> Result<Port, SlotError> {
+        let deadline = Instant::now() + self.reservation_ttl;
+        self.lock()
+            .pool
+            .reserve(owner.clone(), deadline, port_is_free)
+    }
+
+    /// Gives back a reservation that will not be launched.
+    pub fn unreserve(&self, owner: &SessionId, port: Port) {
+        let _ = self.lock().pool.release(owner, port);
+        self.slot_freed.notify_waiters();
+    }
+
+    /// Whether the port is held by anyone, for tests and `/v1/state`.
+    pub fn port_state(&self, port: Port) -> Option<&'static str> {
+        self.lock().pool.state(port).map(|s| match s {
+            PortState::Free => "free",
+            PortState::Reserved { .. } => "reserved",
+            PortState::Active { .. } => "active",
+        })
+    }
+
+    /// The gateway's view of an active session.
+    pub fn route(&self, id: &SessionId) -> Option<GatewayRoute> {
+        let state = self.lock();
+        let session = state.sessions.get(id)?;
+        (session.phase == HostedPhase::Active).then(|| GatewayRoute {
+            id: id.clone(),
+            port: session.record.port(),
+            token_sha256: session.record.token_sha256.clone(),
+            used: session.used.clone(),
+        })
+    }
+
+    /// Whether a session is hosted here, in any phase.
+    pub fn hosts(&self, id: &SessionId) -> bool {
+        self.lock().sessions.contains_key(id)
+    }
+
+    /// The session, when it is hosted here and active.
+    pub fn active(&self, id: &SessionId) -> Option<ActiveSession> {
+        let state = self.lock();
+        let session = state.sessions.get(id)?;
+        (session.phase == HostedPhase::Active).then(|| ActiveSession {
+            record: session.record.clone(),
+            token: session.token.clone(),
+        })
+    }
+
+    /// Whether a delete of `id` came while it was not hosted here, within
+    /// the tombstone TTL: a create of it must be refused as `cancelled`.
+    pub fn is_cancelled(&self, id: &SessionId) -> bool {
+        self.lock().tombstones.contains(id, Instant::now())
+    }
+
+    /// Removes `id`'s tombstone once a create of it has been answered as
+    /// `cancelled` (kept until then, so a create whose answer did not go
+    /// out is refused again when it reappears).
+    pub fn forget_cancel(&self, id: &SessionId) {
+        self.lock().tombstones.forget(id);
+    }
+
+    /// Slots, ports and starting sessions.
+    pub fn occupancy(&self) -> Occupancy {
+        let state = self.lock();
+        Occupancy {
+            pool: state.pool.usage(),
+            starting: state
+                .sessions
+                .values()
+                .filter(|s| s.phase == HostedPhase::Starting)
+                .count(),
+        }
+    }
+
+    /// The table as `/v1/state` shows it.
+    pub fn view(&self) -> TableView {
+        let state = self.lock();
+        TableView {
+            pool: state.pool.usage(),
+            idle_since: state.sessions.is_empty().then_some(state.emptied),
+            sessions: state
+                .sessions
+                .values()
+                .map(|s| SessionState {
+                    id: s.record.id.clone(),
+                    phase: s.phase,
+                    port: s.record.port,
+                    pid: s.record.process.pid,
+                    started: timestamp(s.record.started),
+                    expires: timestamp(s.record.expires),
+                    used: s.used(),
+                })
+                .collect(),
+        }
+    }
+
+    /// Adds a session whose browser was just spawned, as starting, and
+    /// saves the table (so that an agent that dies during the start still
+    /// knows the browser after its restart). Returns whether a delete of it
+    /// came first: the caller must end it, since it holds a port and a
+    /// profile all the same.
+    pub fn add_starting(
+        &self,
+        record: SessionRecord,
+        token: SessionToken,
+        exit: ExitWatch,
+        profile: Profile,
+    ) -> bool {
+        let id = record.id.clone();
+        let (snapshot, cancelled) = {
+            let mut state = self.lock();
+            // A delete between the intake's check and here found the
+            // session not hosted and left a tombstone.
+            let cancelled = state.tombstones.contains(&id, Instant::now());
+            state.sessions.insert(
+                id,
+                LiveSession {
+                    record,
+                    phase: HostedPhase::Starting,
+                    token: Some(token),
+                    used: Arc::new(AtomicBool::new(false)),
+                    exit: Some(exit),
+                    profile,
+                    deleters: Vec::new(),
+                },
+            );
+            (self.snapshot(&state), cancelled)
+        };
+        self.persist(snapshot);
+        cancelled
+    }
+
+    /// Marks a starting session active once its browser answered at
+    /// `browser_path`, and saves the table. Fails when the session was ended
+    /// meanwhile or its reservation lapsed.
+    pub fn activate(
+        &self,
+        id: &SessionId,
+        port: Port,
+        browser_path: String,
+    ) -> Result<ActiveSession, String> {
+        let mut state = self.lock();
+        state
+            .pool
+            .activate(id, port, Instant::now())
+            .map_err(|e| e.to_string())?;
+        let session = state
+            .sessions
+            .get_mut(id)
+            .ok_or("session ended during its start")?;
+        if session.phase != HostedPhase::Starting {
+            return Err("session ended during its start".into());
+        }
+        session.phase = HostedPhase::Active;
+        session.record.browser_path = browser_path;
+        let active = ActiveSession {
+            record: session.record.clone(),
+            token: session.token.clone(),
+        };
+        let snapshot = self.snapshot(&state);
+        drop(state);
+        self.persist(snapshot);
+        Ok(active)
+    }
+
+    /// Marks the session as ending, unless another end has, so that a
+    /// drain does not finish early and a second end (a delete racing the
+    /// supervisor) sees it is already ending.
+    pub fn claim_end(&self, id: &SessionId) -> Result<Claimed, Unclaimed> {
+        let mut state = self.lock();
+        let Some(session) = state.sessions.get_mut(id) else {
+            return Err(Unclaimed::NotHosted);
+        };
+        if session.phase == HostedPhase::Ending {
+            return Err(Unclaimed::AlreadyEnding);
+        }
+        session.phase = HostedPhase::Ending;
+        Ok(Claimed {
+            record: session.record.clone(),
+            profile: session.profile.clone(),
+        })
+    }
+
+    /// Removes a claimed session once its browser and profile are gone:
+    /// frees its port, saves the table, wakes the intake. Returns the
+    /// requesters of the deletes that reached it, taken under the lock so
+    /// that each is answered once.
+    pub fn remove(&self, id: &SessionId, port: Port) -> Vec<Requester> {
+        let (snapshot, deleters) = {
+            let mut state = self.lock();
+            if let Err(error) = state.pool.release(id, port) {
+                tracing::warn!(session = %id, %error, "port was not held");
+            }
+            let deleters = state
+                .sessions
+                .remove(id)
+                .map(|s| s.deleters)
+                .unwrap_or_default();
+            if state.sessions.is_empty() {
+                state.emptied = SystemTime::now();
+            }
+            (self.snapshot(&state), deleters)
+        };
+        self.persist(snapshot);
+        self.slot_freed.notify_waiters();
+        deleters
+    }
+
+    /// A delete of `id`: when hosted, `deleter` (if it named targets) is
+    /// answered by whichever end removes the session — this delete's, or
+    /// one racing it (the supervisor's, say) — and true is returned;
+    /// otherwise a tombstone is recorded and false returned.
+    pub fn note_delete(&self, id: &SessionId, deleter: &Requester) -> bool {
+        let mut state = self.lock();
+        match state.sessions.get_mut(id) {
+            Some(session) => {
+                if deleter.has_targets() {
+                    session.deleters.push(deleter.clone());
+                }
+                true
+            }
+            None => {
+                state.tombstones.record(id, Instant::now());
+                false
+            }
+        }
+    }
+
+    /// Drops lapsed tombstones and expires stale reservations, returning
+    /// the expired ones.
+    pub fn expire(&self, now: Instant) -> Vec<(Port, SessionId)> {
+        let mut state = self.lock();
+        state.tombstones.prune(now);
+        state.pool.expire(now)
+    }
+
+    /// The facts about every active session that the supervisor judges.
+    /// `is_alive` answers for browsers adopted after a restart, whose exit
+    /// this process cannot watch.
+    pub fn checks(&self, is_alive: impl Fn(&ProcessIdentity) -> bool) -> Vec<SessionCheck> {
+        let state = self.lock();
+        state
+            .sessions
+            .values()
+            .filter(|s| s.phase == HostedPhase::Active)
+            .map(|s| {
+                let health = match &s.exit {
+                    Some(exit) => match exit.exited() {
+                        None => BrowserHealth::Running,
+                        Some(ProcessExit::Code(code)) => BrowserHealth::Exited(Some(code)),
+                        Some(_) => BrowserHealth::Exited(None),
+                    },
+                    None if is_alive(&s.record.process) => BrowserHealth::Running,
+                    None => BrowserHealth::Exited(None),
+                };
+                let r = &s.record;
+                SessionCheck {
+                    id: r.id.clone(),
+                    deadlines: Deadlines {
+                        started: r.started,
+                        expires: r.expires,
+                        ttl_was_cut: r.ttl_was_cut,
+                        use_by: r.use_by,
+                    },
+                    health,
+                    used: s.used(),
+                    port: r.port(),
+                    start_url: r.start_url.clone(),
+                }
+            })
+            .collect()
+    }
+
+    /// Records that a client used the session (seen in its pages).
+    pub fn mark_used(&self, id: &SessionId) {
+        if let Some(session) = self.lock().sessions.get(id) {
+            session.used.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Every hosted session and the number of launches under way (a
+    /// reservation is a launch whose session is not in the table yet).
+    pub fn remaining(&self) -> (Vec<SessionId>, usize) {
+        let state = self.lock();
+        let ids = state.sessions.keys().cloned().collect();
+        (ids, state.pool.usage().reserved)
+    }
+
+    /// The browser processes of every session in the table.
+    pub fn processes(&self) -> Vec<ProcessIdentity> {
+        self.lock()
+            .sessions
+            .values()
+            .map(|s| s.record.process)
+            .collect()
+    }
+
+    /// The table saved by the previous agent. An unreadable file is moved
+    /// aside for a person to look at, and the table starts empty: every
+    /// browser of ours still running becomes an orphan. Fails only when the
+    /// file cannot be moved aside.
+    pub fn saved(&self) -> Result<Vec<SessionRecord>, TableError> {
+        match self.file.load() {
+            Ok(records) => Ok(records),
+            Err(error) => {
+                tracing::error!(%error, "session table unreadable; moving it aside");
+                let aside = self.file.path().with_extension("json.unreadable");
+                if let Err(error) = std::fs::rename(self.file.path(), &aside) {
+                    tracing::error!(%error, "could not move the session table aside");
+                    return Err(TableError::Io {
+                        path: self.file.path().to_path_buf(),
+                        source: error,
+                    });
+                }
+                Ok(Vec::new())
+            }
+        }
+    }
+
+    /// Takes a saved session back after a restart: active when its browser
+    /// is `alive` and its port can be held again, otherwise starting, only
+    /// to be ended. The table is not saved here: see [`Sessions::save`].
+    pub fn adopt(
+        &self,
+        record: SessionRecord,
+        alive: bool,
+        profile: Result<Profile, ProfileError>,
+    ) -> Adoption {
+        let mut state = self.lock();
+        let taken = alive && state.pool.adopt(record.id.clone(), record.port()).is_ok();
+        let profile = match profile {
+            Ok(profile) => profile,
+            Err(error) => return Adoption::ProfileUnusable(error),
+        };
+        let (phase, adoption) = if taken {
+            (HostedPhase::Active, Adoption::Adopted)
+        } else {
+            (HostedPhase::Starting, Adoption::ToEnd)
+        };
+        state.sessions.insert(
+            record.id.clone(),
+            LiveSession {
+                used: Arc::new(AtomicBool::new(record.used)),
+                record,
+                phase,
+                token: None,
+                exit: None,
+                profile,
+                deleters: Vec::new(),
+            },
+        );
+        adoption
+    }
+
+    /// Saves the table as it is.
+    pub fn save(&self) {
+        let snapshot = self.snapshot(&self.lock());
+        self.persist(snapshot);
+    }
+
+    /// A copy of the table to persist, numbered so that a later copy is
+    /// never overwritten by an earlier one.
+    fn snapshot(&self, state: &State) -> Snapshot {
+        let records = state
+            .sessions
+            .values()
+            .map(|s| {
+                let mut record = s.record.clone();
+                record.used |= s.used.load(Ordering::Relaxed);
+                record
+            })
+            .collect();
+        Snapshot {
+            sequence: self.sequence.fetch_add(1, Ordering::Relaxed) + 1,
+            records,
+        }
+    }
+
+    fn persist(&self, snapshot: Snapshot) {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        if snapshot.sequence <= *written {
+            return;
+        }
+        match self.file.save(&snapshot.records) {
+            Ok(()) => *written = snapshot.sequence,
+            // The sessions still run; only a restart would lose track of them.
+            Err(error) => tracing::error!(%error, "session table not saved"),
+        }
+    }
+}
+
+/// A time as the protocol writes it.
+pub fn timestamp(t: SystemTime) -> jiff::Timestamp {
+    jiff::Timestamp::try_from(t).unwrap_or(jiff::Timestamp::UNIX_EPOCH)
+}
+
+/// Whether nothing listens on the port on 127.0.0.1 (the browser's bind
+/// would fail otherwise).
+fn port_is_free(port: Port) -> bool {
+    std::net::TcpListener::bind(("127.0.0.1", port.0)).is_ok()
+}
