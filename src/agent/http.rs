@@ -20,8 +20,10 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpStream;
 
+use super::end::{DeleteOutcome, NotHostedDelete};
 use super::replies::ReplyTargets;
-use super::runtime::{Agent, DeleteOutcome, GatewayRoute, NotHostedDelete};
+use super::runtime::Agent;
+use super::sessions::GatewayRoute;
 use super::table::token_digest;
 use super::tombstones::TOMBSTONE_TTL;
 use crate::cloud::queues::Queues;

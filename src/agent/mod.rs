@@ -9,6 +9,7 @@
 pub mod args;
 pub mod config;
 pub mod devtools;
+pub mod end;
 pub mod http;
 pub mod imds;
 pub mod intake;
@@ -17,6 +18,7 @@ pub mod metrics;
 pub mod outbox;
 pub mod process;
 pub mod profiles;
+pub mod recover;
 pub mod replies;
 pub mod requesters;
 pub mod requeue;
@@ -177,6 +179,7 @@ async fn serve<Q: Queues + 'static>(
     let intake = tokio::spawn(agent.intake(options.intake).run());
     // The listener serves now: tell the operator where.
     agent.announce(AnnouncementKind::Registered).await;
+    let mut supervisor = agent.supervisor();
     let mut tick = tokio::time::interval(SUPERVISION_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let period = agent.heartbeat_interval();
@@ -185,7 +188,7 @@ async fn serve<Q: Queues + 'static>(
     loop {
         tokio::select! {
             _ = tick.tick() => {
-                if agent.supervise_once().await {
+                if supervisor.pass().await == supervise::Pass::Drained {
                     tracing::info!("drain finished");
                     agent.stop();
                 }

@@ -323,6 +323,19 @@ impl ProfileStore {
         Ok(removed)
     }
 
+    /// [`ProfileStore::cleanup`] now, logging what it did: leftover
+    /// temporary profiles and named ones unused for longer than `max_age`
+    /// go; profiles in use are never touched.
+    pub async fn remove_old(&self, max_age: Duration) {
+        match self.cleanup(max_age, SystemTime::now()).await {
+            Ok(removed) if !removed.is_empty() => {
+                tracing::info!(count = removed.len(), "old profiles removed")
+            }
+            Ok(_) => {}
+            Err(error) => tracing::warn!(%error, "profile cleanup failed"),
+        }
+    }
+
     fn profile(&self, kind: ProfileKind, name: &str) -> Result<Profile, ProfileError> {
         validate_name(name)?;
         let dir = match kind {

@@ -1,9 +1,116 @@
-//! When a session ends: the pure decision the supervisor takes for every
-//! session on every tick, separate from how the facts were gathered.
+//! Supervision: on every tick, the facts about each active session are
+//! gathered ([`Supervisor`]) and judged by a pure decision ([`verdict`]);
+//! stale reservations expire, a drain advances, and, more slowly, unused
+//! sessions' pages are read for signs of use and old profiles removed.
 
-use std::time::SystemTime;
+use std::time::{Duration, Instant, SystemTime};
 
+use tokio::sync::watch;
+
+use super::devtools::DevTools;
+use super::end::Ends;
+use super::metrics::AgentMetrics;
+use super::process::ProcessControl;
+use super::profiles::ProfileStore;
+use super::sessions::Sessions;
+use crate::cloud::queues::Queues;
 use crate::protocol::TerminationReason;
+
+/// How often unused sessions' pages are read for signs of use.
+const USE_CHECK_INTERVAL: Duration = Duration::from_secs(5);
+/// How often old profiles are looked for.
+const PROFILE_CLEANUP_INTERVAL: Duration = Duration::from_secs(600);
+
+/// What a supervision pass found about the agent as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Pass {
+    /// Keep going.
+    Continue,
+    /// A drain has finished: the agent should stop.
+    Drained,
+}
+
+/// The supervisor of one agent's sessions.
+pub struct Supervisor<'a, Q> {
+    /// The table it reads and expires.
+    pub sessions: &'a Sessions,
+    /// Tells whether an adopted browser still runs.
+    pub processes: &'a dyn ProcessControl,
+    /// Reads page URLs.
+    pub devtools: &'a DevTools,
+    /// Cleaned of old profiles.
+    pub profiles: &'a ProfileStore,
+    /// Unused named profiles older than this are removed.
+    pub profile_max_age: Duration,
+    /// Session and port gauges, refreshed every pass.
+    pub metrics: &'a AgentMetrics,
+    /// Ends what the verdict or the drain says to end.
+    pub ends: Ends<'a, Q>,
+    /// The drain's deadline, once a drain has started.
+    pub draining: watch::Receiver<Option<Instant>>,
+    /// When page URLs were last read, and when old profiles were last
+    /// looked for: both are slower than the tick.
+    pub use_checked: Instant,
+    /// See `use_checked`.
+    pub profiles_cleaned: Instant,
+}
+
+impl<Q: Queues> Supervisor<'_, Q> {
+    /// One supervision pass: ends sessions whose browser exited, whose TTL
+    /// passed or that nobody used; expires stale reservations; advances a
+    /// drain.
+    pub async fn pass(&mut self) -> Pass {
+        let now = SystemTime::now();
+        for (port, owner) in self.sessions.expire(Instant::now()) {
+            tracing::warn!(session = %owner, %port, "reservation expired");
+        }
+        let checks = self
+            .sessions
+            .checks(|process| self.processes.is_alive(process));
+        let check_use = self.use_checked.elapsed() >= USE_CHECK_INTERVAL;
+        if check_use {
+            self.use_checked = Instant::now();
+        }
+        for check in checks {
+            let mut used = check.used;
+            if check_use && !used && check.health == BrowserHealth::Running {
+                // A client may drive the browser without the gateway knowing
+                // (a connection opened before a restart): its pages tell.
+                if let Ok(urls) = self.devtools.page_urls(check.port).await
+                    && urls
+                        .iter()
+                        .any(|u| shows_use(u, check.start_url.as_deref()))
+                {
+                    used = true;
+                    self.sessions.mark_used(&check.id);
+                }
+            }
+            if let Some(reason) = verdict(&check.deadlines, check.health, used, now) {
+                self.ends.end(&check.id, reason, true).await;
+            }
+        }
+        self.metrics.set_occupancy(&self.sessions.occupancy());
+        if self.profiles_cleaned.elapsed() >= PROFILE_CLEANUP_INTERVAL {
+            self.profiles_cleaned = Instant::now();
+            self.profiles.remove_old(self.profile_max_age).await;
+        }
+        let deadline = *self.draining.borrow();
+        let Some(deadline) = deadline else {
+            return Pass::Continue;
+        };
+        let (remaining, launching) = self.sessions.remaining();
+        if remaining.is_empty() && launching == 0 {
+            return Pass::Drained;
+        }
+        if Instant::now() >= deadline {
+            for id in remaining {
+                self.ends.end(&id, TerminationReason::Drained, true).await;
+            }
+            return Pass::Drained;
+        }
+        Pass::Continue
+    }
+}
 
 /// A session's deadlines, fixed at its start.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -20,11 +20,13 @@ use std::time::{Duration, Instant};
 
 use tokio::task::JoinSet;
 
+use super::end::{DeleteOutcome, NotHostedDelete};
+use super::launch::LaunchFailure;
 use super::metrics::AgentMetrics;
 use super::outbox::Outbox;
 use super::replies::ReplyTargets;
 use super::requeue::{self, WhileFull};
-use super::runtime::{Agent, DeleteOutcome, LaunchFailure, NotHostedDelete};
+use super::runtime::Agent;
 use super::sessions::Sessions;
 use super::slots::SlotError;
 use super::tombstones::CANCELLED_MESSAGE;

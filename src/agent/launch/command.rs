@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use crate::api::fleet::BrowserSpec;
 use crate::protocol::ProxyConfig;
 
-use super::slots::Port;
+use crate::agent::slots::Port;
 
 /// Flags every browser gets from the agent, before the fleet's and the
 /// session's own. They keep a browser on a closed network from spending its

@@ -1,0 +1,262 @@
+//! Launching one session's browser. [`plan`] decides whether and how, from
+//! the request and the fleet's rules alone; this module carries the plan out
+//! — profile, process, the wait for DevTools — and gives back everything
+//! taken when a step fails. [`command`] is the browser's command line.
+
+pub mod command;
+pub mod plan;
+
+use std::path::Path;
+use std::time::{Instant, SystemTime};
+
+use super::config::AgentSettings;
+use super::devtools::DevTools;
+use super::end::{Ending, Ends, release_profile};
+use super::metrics::AgentMetrics;
+use super::outbox::Outbox;
+use super::process::{ExitWatch, LaunchSpec, ProcessControl, ProcessError};
+use super::profiles::{Profile, ProfileKind, ProfileStore};
+use super::sessions::Sessions;
+use super::slots::Port;
+use super::table::{SessionRecord, token_digest};
+use super::tombstones::CANCELLED_MESSAGE;
+use crate::cloud::queues::Queues;
+use crate::protocol::{
+    CreateRequest, FailureReason, Reply, SessionId, SessionToken, TerminationReason,
+};
+
+pub use command::{
+    BrowserCommand, SessionLaunch, browser_command, installed_extensions, missing_extensions,
+    missing_extensions_message, new_token,
+};
+pub use plan::{LaunchPlan, LaunchRules, ProfileChoice, Refusal, plan_launch, profile_dir_name};
+
+/// Why a request was not launched.
+#[derive(Debug)]
+pub enum LaunchFailure {
+    /// The request can never succeed here: answer `session.failed`.
+    Rejected {
+        /// Machine reason.
+        reason: FailureReason,
+        /// For humans.
+        message: String,
+    },
+    /// Something that may work on a retry (here or elsewhere): give the
+    /// message back.
+    Retry(String),
+    /// The session was ended (deleted, drained) while it started; its end
+    /// was announced: the request is done.
+    Ended,
+}
+
+/// A browser just started, before it answered.
+struct Started {
+    record: SessionRecord,
+    token: String,
+    exit: ExitWatch,
+}
+
+/// What launching a browser takes.
+pub struct Launcher<'a, Q> {
+    /// The fleet's rules, browser and timeouts.
+    pub settings: &'a AgentSettings,
+    /// The browser found at start (unused with a launcher command).
+    pub executable: &'a Path,
+    /// The table the session joins.
+    pub sessions: &'a Sessions,
+    /// Starts the browser.
+    pub processes: &'a dyn ProcessControl,
+    /// Opens the profile.
+    pub profiles: &'a ProfileStore,
+    /// Waits for DevTools to answer.
+    pub devtools: &'a DevTools,
+    /// Counts launches and failures.
+    pub metrics: &'a AgentMetrics,
+    /// Composes the ready reply.
+    pub outbox: &'a Outbox<Q>,
+    /// Ends a session whose start failed or was cancelled.
+    pub ends: Ends<'a, Q>,
+}
+
+impl<Q: Queues> Launcher<'_, Q> {
+    /// Launches the browser of `request` on the reserved `port`, waits until
+    /// it answers DevTools, and returns the `session.ready` reply. On failure
+    /// everything taken is given back (port, profile, process).
+    pub async fn launch(
+        &self,
+        id: SessionId,
+        port: Port,
+        request: &CreateRequest,
+        received: Instant,
+    ) -> Result<Reply, LaunchFailure> {
+        let plan = match self.plan(&id, request).await {
+            Ok(plan) => plan,
+            Err(refusal) => {
+                let installed = match refusal {
+                    Refusal::MissingExtensions(_) => {
+                        installed_extensions(&self.settings.extensions_dir).await
+                    }
+                    _ => Vec::new(),
+                };
+                self.sessions.unreserve(&id, port);
+                return Err(LaunchFailure::Rejected {
+                    reason: refusal.reason(),
+                    message: plan::refusal_message(&refusal, &installed),
+                });
+            }
+        };
+        let profile = match &plan.profile {
+            ProfileChoice::Named(name) => self.profiles.open_named(name.as_str()).await,
+            ProfileChoice::Temporary(dir) => self.profiles.create_temporary(dir).await,
+        };
+        let profile = match profile {
+            Ok(profile) => profile,
+            Err(error) => {
+                // In use by another session, or not creatable on disk.
+                self.sessions.unreserve(&id, port);
+                return Err(LaunchFailure::Rejected {
+                    reason: FailureReason::ProfileUnavailable,
+                    message: format!("profile: {error}"),
+                });
+            }
+        };
+        let started = match self.start(&id, port, request, &plan, &profile) {
+            Ok(started) => started,
+            Err(error) => {
+                release_profile(self.profiles, &profile).await;
+                self.sessions.unreserve(&id, port);
+                self.metrics.failed("failedToStart");
+                return Err(LaunchFailure::Retry(format!(
+                    "browser did not start: {error}"
+                )));
+            }
+        };
+        self.metrics.launches.inc();
+        let cancelled = self.sessions.add_starting(
+            started.record,
+            SessionToken::new(started.token),
+            started.exit.clone(),
+            profile,
+        );
+        if cancelled {
+            // Added all the same, so that the end releases everything.
+            self.ends.end(&id, TerminationReason::Deleted, false).await;
+            return Err(LaunchFailure::Rejected {
+                reason: FailureReason::Cancelled,
+                message: CANCELLED_MESSAGE.into(),
+            });
+        }
+        let reply = match self.wait_ready(&id, port, started.exit).await {
+            Ok(reply) => reply,
+            Err(message) => {
+                // Ended by a delete or a drain while it started: that end
+                // answered the requester, and the request must not run again.
+                if self
+                    .ends
+                    .end(&id, TerminationReason::FailedToStart, false)
+                    .await
+                    != Ending::Ended
+                {
+                    return Err(LaunchFailure::Ended);
+                }
+                self.metrics.failed("failedToStart");
+                return Err(LaunchFailure::Retry(message));
+            }
+        };
+        self.metrics
+            .launch_seconds
+            .observe(received.elapsed().as_secs_f64());
+        tracing::info!(session = %id, %port, "session ready");
+        Ok(reply)
+    }
+
+    /// The plan, after looking in the extensions directory for what the
+    /// request names.
+    async fn plan(&self, id: &SessionId, request: &CreateRequest) -> Result<LaunchPlan, Refusal> {
+        let settings = self.settings;
+        let rules = LaunchRules {
+            arg_policy: &settings.arg_policy,
+            allow_persistent_profiles: settings.config.profiles.allow_persistent,
+            default_ttl: settings.default_ttl,
+            max_ttl: settings.max_ttl,
+        };
+        let missing = missing_extensions(&settings.extensions_dir, &request.extensions).await;
+        plan_launch(id, request, &rules, missing)
+    }
+
+    /// Starts the browser and writes down what was started.
+    fn start(
+        &self,
+        id: &SessionId,
+        port: Port,
+        request: &CreateRequest,
+        plan: &LaunchPlan,
+        profile: &Profile,
+    ) -> Result<Started, ProcessError> {
+        let command = browser_command(
+            &self.settings.config.browser,
+            self.executable,
+            &SessionLaunch {
+                port,
+                profile_dir: profile.path(),
+                session_args: &plan.args,
+                proxy: request.proxy.as_ref(),
+                extensions: &request.extensions,
+                extensions_dir: &self.settings.extensions_dir,
+                start_url: request.start_url.as_deref(),
+            },
+        );
+        let spawned = self.processes.spawn(&LaunchSpec {
+            program: command.program,
+            args: command.args,
+            env: Vec::new(),
+            working_dir: None,
+            log_file: None,
+        })?;
+        let token = new_token();
+        let started = SystemTime::now();
+        let record = SessionRecord {
+            id: id.clone(),
+            request_id: request.request_id.clone(),
+            port: port.0,
+            token_sha256: token_digest(&token),
+            process: spawned.identity,
+            profile_dir: profile.path().to_path_buf(),
+            profile_temporary: profile.kind() == ProfileKind::Temporary,
+            browser_path: String::new(),
+            started,
+            expires: started + plan.ttl,
+            ttl_was_cut: plan.ttl_was_cut,
+            use_by: started + self.settings.never_used_timeout,
+            used: false,
+            start_url: request.start_url.clone(),
+            reply_to: request.reply_to.clone(),
+            callback_url: request.callback_url.clone(),
+            labels: request.labels.clone(),
+        };
+        Ok(Started {
+            record,
+            token,
+            exit: spawned.exit,
+        })
+    }
+
+    /// Waits until the browser answers DevTools (or exits, or the launch
+    /// timeout passes), then marks the session active and composes its
+    /// ready reply.
+    async fn wait_ready(
+        &self,
+        id: &SessionId,
+        port: Port,
+        mut exit: ExitWatch,
+    ) -> Result<Reply, String> {
+        let ready = tokio::select! {
+            ready = self.devtools.wait_ready(port, self.settings.launch_timeout) => ready.map_err(|e| e.to_string()),
+            code = exit.wait() => Err(format!("browser exited during start: {code:?}")),
+        };
+        let version = ready?;
+        let browser_path = version.browser_path().unwrap_or_default().to_owned();
+        let session = self.sessions.activate(id, port, browser_path)?;
+        Ok(self.outbox.ready(&session))
+    }
+}

@@ -1,0 +1,111 @@
+//! Re-adoption after an agent restart: the browsers of the saved table that
+//! still run and answer DevTools are taken back; the others are ended and
+//! reported; browsers of ours that no session owns are killed.
+
+use std::time::Duration;
+
+use super::devtools::DevTools;
+use super::end::Ends;
+use super::metrics::AgentMetrics;
+use super::process::ProcessControl;
+use super::profiles::{ProfileStore, browser_marker};
+use super::sessions::{Adoption, Sessions};
+use super::table::TableError;
+use crate::cloud::queues::Queues;
+use crate::protocol::{SessionId, TerminationReason};
+
+/// What [`Recovery::recover`] found.
+#[derive(Debug, Default)]
+pub struct RecoveryReport {
+    /// Sessions whose browsers run on.
+    pub adopted: Vec<SessionId>,
+    /// Sessions whose browsers were gone or unreachable.
+    pub ended: Vec<SessionId>,
+    /// Browsers without a session, killed.
+    pub orphans_killed: Vec<u32>,
+}
+
+/// What re-adoption takes.
+pub struct Recovery<'a, Q> {
+    /// The table, saved by the previous agent and filled again.
+    pub sessions: &'a Sessions,
+    /// Checks, finds and kills browsers.
+    pub processes: &'a dyn ProcessControl,
+    /// Asks a browser whether DevTools answers.
+    pub devtools: &'a DevTools,
+    /// Takes profiles back, then removes old ones.
+    pub profiles: &'a ProfileStore,
+    /// Unused named profiles older than this are removed.
+    pub profile_max_age: Duration,
+    /// Counts killed orphans.
+    pub metrics: &'a AgentMetrics,
+    /// Ends sessions whose browsers are gone.
+    pub ends: Ends<'a, Q>,
+}
+
+impl<Q: Queues> Recovery<'_, Q> {
+    /// Re-adopts, ends and kills (see the module); fails only when an
+    /// unreadable table cannot be moved aside.
+    pub async fn recover(&self) -> Result<RecoveryReport, TableError> {
+        let records = self.sessions.saved()?;
+        let mut report = RecoveryReport::default();
+        for mut record in records {
+            let version = if self.processes.is_alive(&record.process) {
+                self.devtools.version(record.port()).await.ok()
+            } else {
+                None
+            };
+            let alive = version.is_some();
+            if let Some(version) = &version
+                && record.browser_path.is_empty()
+            {
+                // The agent died while this browser started: its ready reply
+                // was never sent, and the redelivered request will ask for it.
+                record.browser_path = version.browser_path().unwrap_or_default().to_owned();
+            }
+            let profile = self.profiles.adopt(&record.profile_dir);
+            let adopted = match self.sessions.adopt(record.clone(), alive, profile) {
+                Adoption::Adopted => true,
+                Adoption::ToEnd => false,
+                Adoption::ProfileUnusable(error) => {
+                    tracing::warn!(session = %record.id, %error, "profile not adoptable");
+                    continue;
+                }
+            };
+            if adopted {
+                tracing::info!(session = %record.id, port = record.port, "session re-adopted");
+                report.adopted.push(record.id);
+            } else {
+                self.ends
+                    .end(&record.id, TerminationReason::Crashed, true)
+                    .await;
+                report.ended.push(record.id);
+            }
+        }
+        self.sessions.save();
+        report.orphans_killed = self.kill_orphans().await;
+        self.profiles.remove_old(self.profile_max_age).await;
+        Ok(report)
+    }
+
+    /// Kills the browsers started from our profiles that no session owns;
+    /// returns their PIDs.
+    async fn kill_orphans(&self) -> Vec<u32> {
+        let marker = browser_marker(self.profiles.root());
+        let known = self.sessions.processes();
+        let mut killed = Vec::new();
+        match self.processes.find_by_marker(&marker).await {
+            Ok(found) => {
+                for orphan in found.into_iter().filter(|p| !known.contains(p)) {
+                    tracing::warn!(pid = orphan.pid, "killing a browser no session owns");
+                    if self.processes.kill_tree(orphan).await.is_ok() {
+                        self.metrics.orphans_killed.inc();
+                        killed.push(orphan.pid);
+                    }
+                }
+            }
+            Err(error) => tracing::warn!(%error, "could not look for orphaned browsers"),
+        }
+        killed
+    }
+}
