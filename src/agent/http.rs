@@ -308,7 +308,7 @@ async fn json_document<Q: Queues + 'static>(
         Err(refusal) => return refusal.into_response(),
     };
     route.mark_used();
-    let body = match agent.devtools().get(route.port, path).await {
+    let body = match agent.devtools_document(&route, path).await {
         Ok(body) => body,
         Err(error) => return status(StatusCode::BAD_GATEWAY, &error.to_string()),
     };

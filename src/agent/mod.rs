@@ -2,9 +2,13 @@
 //! free slots (a full agent still serves deletes), launches and supervises one browser per session, and serves
 //! the control API and the authenticated DevTools gateway on one port.
 //!
-//! [`run`] wires the parts: [`runtime::Agent`] owns sessions, slots, ports
-//! and profiles; [`intake`] feeds it from the queue; a supervision loop
-//! ends sessions; [`http`] serves the listener.
+//! [`start`] builds a [`runtime::Agent`], which owns the parts and lends
+//! each concept the narrow view it needs: the session table
+//! ([`sessions`]), launching ([`launch`], its decision in
+//! [`launch::plan`]), ending and deleting ([`end`]), supervision
+//! ([`supervise`]), re-adoption after a restart ([`recover`]), the
+//! intake from the queue ([`intake`]) and the replies and announcements
+//! it sends ([`outbox`]); [`http`] serves the listener.
 
 pub mod args;
 pub mod config;

@@ -13,7 +13,9 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 use super::config::AgentSettings;
-use super::devtools::DevTools;
+use bytes::Bytes;
+
+use super::devtools::{DevTools, DevToolsError};
 use super::end::{DeleteOutcome, Ending, Ends, NotHostedDelete};
 use super::intake::{Intake, IntakeOptions, RequestQueue};
 use super::launch::{LaunchFailure, Launcher};
@@ -149,19 +151,19 @@ impl<Q: Queues + 'static> Agent<Q> {
         self.settings.heartbeat_interval
     }
 
-    /// The DevTools client the gateway fetches `json/*` documents with.
-    pub fn devtools(&self) -> &DevTools {
-        &self.devtools
+    /// A DevTools document (`/json/list`, `/json/version`) of the browser
+    /// behind `route`, as the browser wrote it.
+    pub async fn devtools_document(
+        &self,
+        route: &GatewayRoute,
+        path: &str,
+    ) -> Result<Bytes, DevToolsError> {
+        self.devtools.get(route.port, path).await
     }
 
     /// Where clients reach the gateway.
     pub fn advertised_gateway(&self) -> String {
         self.identity.advertise.clone()
-    }
-
-    /// Free slots now.
-    pub fn free_slots(&self) -> usize {
-        self.sessions.free_slots()
     }
 
     /// Whether a drain has started.
@@ -239,7 +241,7 @@ impl<Q: Queues + 'static> Agent<Q> {
     }
 
     /// This agent's `node.registered` or `node.heartbeat`.
-    pub fn announcement(&self, kind: AnnouncementKind) -> NodeAnnouncement {
+    fn announcement(&self, kind: AnnouncementKind) -> NodeAnnouncement {
         let state = self.state_view();
         NodeAnnouncement {
             version: 1,
@@ -270,14 +272,9 @@ impl<Q: Queues + 'static> Agent<Q> {
         }
     }
 
-    /// Updates the session and port gauges.
-    pub fn refresh_usage_metrics(&self) {
-        self.metrics.set_occupancy(&self.sessions.occupancy());
-    }
-
     /// The metrics in the OpenMetrics text format, gauges refreshed.
     pub fn render_metrics(&self) -> String {
-        self.refresh_usage_metrics();
+        self.metrics.set_occupancy(&self.sessions.occupancy());
         self.metrics.render()
     }
 

@@ -103,9 +103,7 @@ impl<Q: Queues> Supervisor<'_, Q> {
             return Pass::Drained;
         }
         if Instant::now() >= deadline {
-            for id in remaining {
-                self.ends.end(&id, TerminationReason::Drained, true).await;
-            }
+            self.ends.drain(remaining).await;
             return Pass::Drained;
         }
         Pass::Continue

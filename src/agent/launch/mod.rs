@@ -89,35 +89,11 @@ impl<Q: Queues> Launcher<'_, Q> {
         request: &CreateRequest,
         received: Instant,
     ) -> Result<Reply, LaunchFailure> {
-        let plan = match self.plan(&id, request).await {
-            Ok(plan) => plan,
-            Err(refusal) => {
-                let installed = match refusal {
-                    Refusal::MissingExtensions(_) => {
-                        installed_extensions(&self.settings.extensions_dir).await
-                    }
-                    _ => Vec::new(),
-                };
+        let (plan, profile) = match self.prepare(&id, request).await {
+            Ok(prepared) => prepared,
+            Err(failure) => {
                 self.sessions.unreserve(&id, port);
-                return Err(LaunchFailure::Rejected {
-                    reason: refusal.reason(),
-                    message: plan::refusal_message(&refusal, &installed),
-                });
-            }
-        };
-        let profile = match &plan.profile {
-            ProfileChoice::Named(name) => self.profiles.open_named(name.as_str()).await,
-            ProfileChoice::Temporary(dir) => self.profiles.create_temporary(dir).await,
-        };
-        let profile = match profile {
-            Ok(profile) => profile,
-            Err(error) => {
-                // In use by another session, or not creatable on disk.
-                self.sessions.unreserve(&id, port);
-                return Err(LaunchFailure::Rejected {
-                    reason: FailureReason::ProfileUnavailable,
-                    message: format!("profile: {error}"),
-                });
+                return Err(failure);
             }
         };
         let started = match self.start(&id, port, request, &plan, &profile) {
@@ -171,8 +147,13 @@ impl<Q: Queues> Launcher<'_, Q> {
     }
 
     /// The plan, after looking in the extensions directory for what the
-    /// request names.
-    async fn plan(&self, id: &SessionId, request: &CreateRequest) -> Result<LaunchPlan, Refusal> {
+    /// request names, and the profile it chose, opened; or why the request
+    /// is refused.
+    async fn prepare(
+        &self,
+        id: &SessionId,
+        request: &CreateRequest,
+    ) -> Result<(LaunchPlan, Profile), LaunchFailure> {
         let settings = self.settings;
         let rules = LaunchRules {
             arg_policy: &settings.arg_policy,
@@ -181,7 +162,33 @@ impl<Q: Queues> Launcher<'_, Q> {
             max_ttl: settings.max_ttl,
         };
         let missing = missing_extensions(&settings.extensions_dir, &request.extensions).await;
-        plan_launch(id, request, &rules, missing)
+        let plan = match plan_launch(id, request, &rules, missing) {
+            Ok(plan) => plan,
+            Err(refusal) => {
+                let installed = match refusal {
+                    Refusal::MissingExtensions(_) => {
+                        installed_extensions(&settings.extensions_dir).await
+                    }
+                    _ => Vec::new(),
+                };
+                return Err(LaunchFailure::Rejected {
+                    reason: refusal.reason(),
+                    message: plan::refusal_message(&refusal, &installed),
+                });
+            }
+        };
+        let profile = match &plan.profile {
+            ProfileChoice::Named(name) => self.profiles.open_named(name.as_str()).await,
+            ProfileChoice::Temporary(dir) => self.profiles.create_temporary(dir).await,
+        };
+        match profile {
+            Ok(profile) => Ok((plan, profile)),
+            // In use by another session, or not creatable on disk.
+            Err(error) => Err(LaunchFailure::Rejected {
+                reason: FailureReason::ProfileUnavailable,
+                message: format!("profile: {error}"),
+            }),
+        }
     }
 
     /// Starts the browser and writes down what was started.
