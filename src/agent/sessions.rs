@@ -616,3 +616,149 @@ pub fn timestamp(t: SystemTime) -> jiff::Timestamp {
 fn port_is_free(port: Port) -> bool {
     std::net::TcpListener::bind(("127.0.0.1", port.0)).is_ok()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::agent::profiles::ProfileStore;
+    use crate::agent::replies::ReplyTargets;
+    use crate::protocol::{ReplyQueueUrl, RequestId};
+
+    const FIRST: Port = Port(47_311);
+
+    fn table(dir: &Path, slots: usize) -> Sessions {
+        Sessions::new(
+            SlotPool::new(slots, FIRST, Port(FIRST.0 + 2)),
+            TableFileStore::new(dir),
+            Duration::from_secs(40),
+            SystemTime::now(),
+        )
+    }
+
+    fn id(text: &str) -> SessionId {
+        text.parse().unwrap()
+    }
+
+    /// A session as the previous agent saved it, its browser on `port`.
+    fn saved(dir: &Path, session: &str, port: Port) -> (SessionRecord, Profile) {
+        let profiles = ProfileStore::new(dir.join("profiles"));
+        let profile_dir = profiles.root().join("tmp").join(session);
+        let profile = profiles.adopt(&profile_dir).unwrap();
+        let now = SystemTime::now();
+        let record = SessionRecord {
+            id: id(session),
+            request_id: None,
+            port: port.0,
+            token_sha256: "0".repeat(64),
+            process: ProcessIdentity {
+                pid: 4242,
+                start_time: 1,
+            },
+            profile_dir,
+            profile_temporary: true,
+            browser_path: "/devtools/browser/x".into(),
+            started: now,
+            expires: now + Duration::from_secs(60),
+            ttl_was_cut: false,
+            use_by: now + Duration::from_secs(30),
+            used: false,
+            start_url: None,
+            reply_to: None,
+            callback_url: None,
+            labels: BTreeMap::new(),
+        };
+        (record, profile)
+    }
+
+    fn deleter(request: &str) -> Requester {
+        Requester {
+            request_id: RequestId::new(request).ok(),
+            targets: ReplyTargets {
+                reply_to: ReplyQueueUrl::new("http://127.0.0.1:5000/123456789012/replies").ok(),
+                callback_url: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_delete_of_a_session_not_hosted_cancels_its_create_until_forgotten() {
+        let dir = tempfile::tempdir().unwrap();
+        let sessions = table(dir.path(), 1);
+        assert!(!sessions.is_cancelled(&id("s-1")));
+        assert!(!sessions.note_delete(&id("s-1"), &deleter("d-1")));
+        assert!(sessions.is_cancelled(&id("s-1")));
+        assert!(!sessions.is_cancelled(&id("s-2")));
+        sessions.forget_cancel(&id("s-1"));
+        assert!(!sessions.is_cancelled(&id("s-1")));
+    }
+
+    #[test]
+    fn a_reservation_holds_a_slot_until_it_is_given_back() {
+        let dir = tempfile::tempdir().unwrap();
+        let sessions = table(dir.path(), 1);
+        let port = sessions.reserve(&id("s-1")).unwrap();
+        assert_eq!(sessions.port_state(port), Some("reserved"));
+        assert_eq!(sessions.free_slots(), 0);
+        assert!(matches!(
+            sessions.reserve(&id("s-2")),
+            Err(SlotError::NoSlot { .. })
+        ));
+        assert_eq!(sessions.remaining(), (Vec::new(), 1));
+        sessions.unreserve(&id("s-1"), port);
+        assert_eq!(sessions.port_state(port), Some("free"));
+        assert_eq!(sessions.free_slots(), 1);
+    }
+
+    #[test]
+    fn one_end_claims_a_session_and_its_removal_answers_the_deletes_once() {
+        let dir = tempfile::tempdir().unwrap();
+        let sessions = table(dir.path(), 2);
+        let (record, profile) = saved(dir.path(), "s-1", FIRST);
+        assert!(matches!(
+            sessions.adopt(record, true, Ok(profile)),
+            Adoption::Adopted
+        ));
+        assert!(sessions.route(&id("s-1")).is_some());
+        assert_eq!(sessions.port_state(FIRST), Some("active"));
+        // A delete of a hosted session waits for the end, whoever ends it.
+        assert!(sessions.note_delete(&id("s-1"), &deleter("d-1")));
+        assert!(!sessions.is_cancelled(&id("s-1")));
+        let claimed = sessions.claim_end(&id("s-1")).unwrap();
+        assert_eq!(
+            sessions.claim_end(&id("s-1")).unwrap_err(),
+            Unclaimed::AlreadyEnding
+        );
+        // Still in the table while it ends, but no longer reachable.
+        assert!(sessions.hosts(&id("s-1")));
+        assert!(sessions.route(&id("s-1")).is_none());
+        let deleters = sessions.remove(&id("s-1"), claimed.record.port());
+        assert_eq!(deleters.len(), 1);
+        assert!(sessions.remove(&id("s-1"), FIRST).is_empty());
+        assert_eq!(
+            sessions.claim_end(&id("s-1")).unwrap_err(),
+            Unclaimed::NotHosted
+        );
+        assert_eq!(sessions.port_state(FIRST), Some("free"));
+        assert!(sessions.view().idle_since.is_some());
+        assert!(sessions.saved().unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_saved_session_whose_browser_is_gone_is_kept_only_to_be_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let sessions = table(dir.path(), 2);
+        let (record, profile) = saved(dir.path(), "s-1", FIRST);
+        assert!(matches!(
+            sessions.adopt(record, false, Ok(profile)),
+            Adoption::ToEnd
+        ));
+        assert!(sessions.hosts(&id("s-1")));
+        assert!(sessions.route(&id("s-1")).is_none());
+        assert!(sessions.checks(|_| true).is_empty());
+        assert_eq!(sessions.port_state(FIRST), Some("free"));
+        sessions.save();
+        assert_eq!(sessions.saved().unwrap().len(), 1);
+    }
+}
