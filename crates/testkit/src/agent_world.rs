@@ -397,11 +397,22 @@ pub async fn requests_put_back(addresses: &[String]) -> f64 {
 /// this call: a request passed over that many times waits for a slot rather
 /// than starting or failing.
 pub async fn wait_put_back(addresses: &[String], more: u32) {
-    let from = requests_put_back(addresses).await;
+    wait_grown("creates put back", more, || requests_put_back(addresses)).await;
+}
+
+/// Waits until the counter `count` reads has grown by `more` from what it
+/// reads now, within 90 s: the way a test waits for work to have happened
+/// (reconciles, passes of an agent) rather than for a time.
+pub async fn wait_grown<F, Fut>(what: &str, more: u32, count: F)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = f64>,
+{
+    let from = count().await;
     eventually(
-        &format!("{more} more creates put back"),
+        &format!("{more} more {what}"),
         Duration::from_secs(90),
-        || async { requests_put_back(addresses).await >= from + f64::from(more) },
+        || async { count().await >= from + f64::from(more) },
     )
     .await;
 }

@@ -118,11 +118,7 @@ impl InProcess {
     }
 
     pub fn reconciles(&self) -> f64 {
-        metric_sum(
-            &self.metrics.render(),
-            "browserfleet_operator_reconciles_total",
-            &[],
-        )
+        reconciles_in(&self.metrics.render())
     }
 
     /// The operator's `SendMessage` calls so far.
@@ -188,6 +184,12 @@ pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
+}
+
+/// Fleet reconciles finished, successful or not, in an operator's
+/// `/metrics` text.
+pub fn reconciles_in(metrics: &str) -> f64 {
+    metric_sum(metrics, "browserfleet_operator_reconciles_total", &[])
 }
 
 /// The `/metrics` text of the process serving at `address`.

@@ -69,29 +69,47 @@ impl OperatorHandle {
         self.task.abort();
     }
 
-    /// Fleet reconciles it has finished, successful or not.
-    pub fn reconciles(&self) -> f64 {
-        crate::bench::metric_sum(
-            &self.metrics.render(),
-            "browserfleet_operator_reconciles_total",
-            &[],
-        )
-    }
-
     /// Waits until it has finished `more` fleet reconciles after this call.
     /// A test that something does *not* happen waits for this rather than
     /// for a time: each of those reconciles would have done it.
     pub async fn reconciled(&self, more: u32) {
-        let from = self.reconciles();
-        crate::agent_world::eventually(&format!("{more} more reconciles"), WAIT, || async {
-            self.reconciles() >= from + f64::from(more)
-        })
-        .await;
+        let count = || async { crate::bench::reconciles_in(&self.metrics.render()) };
+        crate::agent_world::wait_grown("reconciles", more, count).await;
     }
 }
 
-/// Watches object `name` (kube-runtime's `await_condition`) until `check`
-/// holds for it, within [`WAIT`]; a watch that fails is started again. On
+/// Watches object `name` with kube-runtime's `await_condition` until
+/// `condition` holds, within `limit`; a watch that fails is started again.
+/// `None` on timeout, else the object the condition held for (`None` if it
+/// held for no object).
+async fn watch<K>(
+    api: Api<K>,
+    name: &str,
+    limit: Duration,
+    condition: impl Fn(Option<&K>) -> bool,
+) -> Option<Option<K>>
+where
+    K: kube::Resource + Clone + std::fmt::Debug + Send + serde::de::DeserializeOwned + 'static,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        let watched = tokio::time::timeout_at(
+            deadline,
+            kube::runtime::wait::await_condition(api.clone(), name, &condition),
+        )
+        .await;
+        match watched {
+            Ok(Ok(object)) => return Some(object),
+            // A watch error (a restarted API server, a dropped connection):
+            // watch again, after a pause that keeps a lasting fault from
+            // spinning.
+            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
+            Err(_elapsed) => return None,
+        }
+    }
+}
+
+/// Watches object `name` until `check` holds for it, within [`WAIT`]. On
 /// timeout, the last version seen.
 async fn watch_until<K>(api: Api<K>, name: &str, check: impl Fn(&K) -> bool) -> Result<K, Option<K>>
 where
@@ -107,25 +125,12 @@ where
         }
         check(object)
     };
-    let deadline = tokio::time::Instant::now() + WAIT;
-    loop {
-        let watched = tokio::time::timeout_at(
-            deadline,
-            kube::runtime::wait::await_condition(api.clone(), name, &condition),
-        )
-        .await;
-        match watched {
-            Ok(Ok(Some(object))) => return Ok(object),
-            // A watch error (a restarted API server, a dropped connection):
-            // watch again, after a pause that keeps a lasting fault from
-            // spinning.
-            Ok(Ok(None) | Err(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
-            Err(_elapsed) => break,
-        }
+    match watch(api, name, WAIT, condition).await {
+        Some(Some(object)) => Ok(object),
+        _ => Err(last
+            .into_inner()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())),
     }
-    Err(last
-        .into_inner()
-        .unwrap_or_else(|poisoned| poisoned.into_inner()))
 }
 
 /// Watches object `name` until it does not exist, within `limit`; whether
@@ -134,20 +139,9 @@ async fn watch_gone<K>(api: Api<K>, name: &str, limit: Duration) -> bool
 where
     K: kube::Resource + Clone + std::fmt::Debug + Send + serde::de::DeserializeOwned + 'static,
 {
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        let gone = |object: Option<&K>| object.is_none();
-        let watched = tokio::time::timeout_at(
-            deadline,
-            kube::runtime::wait::await_condition(api.clone(), name, gone),
-        )
-        .await;
-        match watched {
-            Ok(Ok(_)) => return true,
-            Ok(Err(_)) => tokio::time::sleep(Duration::from_millis(200)).await,
-            Err(_elapsed) => return false,
-        }
-    }
+    watch(api, name, limit, |object| object.is_none())
+        .await
+        .is_some()
 }
 
 /// Waits until the operator process serving metrics at `address` has
@@ -155,14 +149,9 @@ where
 /// [`OperatorHandle::reconciled`]).
 pub async fn process_reconciled(address: &str, more: u32) {
     let count = || async {
-        let text = crate::bench::scrape(address).await.unwrap_or_default();
-        crate::bench::metric_sum(&text, "browserfleet_operator_reconciles_total", &[])
+        crate::bench::reconciles_in(&crate::bench::scrape(address).await.unwrap_or_default())
     };
-    let from = count().await;
-    crate::agent_world::eventually(&format!("{more} more reconciles"), WAIT, || async {
-        count().await >= from + f64::from(more)
-    })
-    .await;
+    crate::agent_world::wait_grown("reconciles", more, count).await;
 }
 
 /// A test's world.
