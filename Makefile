@@ -2,6 +2,9 @@
 # scripts/install-moto.sh and scripts/install-kubectl.sh install moto and
 # kubectl into .venv/ for the targets that need them.
 CARGO ?= cargo
+# Tests run three to a core: most of a test's time is spent waiting on other
+# processes (moto, agents, browsers, API servers), not on the CPU.
+TEST_THREADS ?= 6
 
 .PHONY: build test lint crds crds-check chart-crds moto kubectl helm chromium playwright lua kube-apiserver bench-observe
 
@@ -17,7 +20,7 @@ build:
 ##       they need when missing
 test: moto kubectl helm chromium playwright lua kube-apiserver
 	$(CARGO) build --locked --bins
-	$(CARGO) test --locked
+	$(CARGO) test --locked -- --test-threads=$(TEST_THREADS)
 	$(MAKE) --no-print-directory test-kube-apiserver
 
 ## test-kube-apiserver: the conformance, kubectl and operator end-to-end suites
@@ -27,7 +30,7 @@ test: moto kubectl helm chromium playwright lua kube-apiserver
 test-kube-apiserver: kubectl kube-apiserver
 	$(CARGO) build --locked --bins
 	bash scripts/with-kube-apiserver.sh $(CARGO) test --locked --test suite --test faults -- \
-		apiserver:: kubectl:: operator:: operator_lifecycle:: operator_faults:: sessions::
+		--test-threads=$(TEST_THREADS) apiserver:: kubectl:: operator:: operator_lifecycle:: operator_faults:: sessions::
 
 ## moto: install moto[server] into .venv/ when it is missing (idempotent)
 moto:

@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use browserfleet::api::BrowserFleet;
 use browserfleet::cloud::{
-    CallKey, CallStats, Compute, Ec2Compute, FleetId, OutgoingMessage, QueueUrl, Queues, Service,
-    Sqs,
+    CallKey, CallStats, Compute, Ec2Compute, FleetId, ManagedFilter, OutgoingMessage, QueueUrl,
+    Queues, Service, Sqs,
 };
 use browserfleet::operator::context::Settings;
 use futures::StreamExt;
@@ -728,7 +728,7 @@ async fn moto_listing_latency(
     }
     let one_fleet = started.elapsed() / 5;
     let started = Instant::now();
-    let all = compute.list_managed().await?;
+    let all = compute.list_managed(&ManagedFilter::EVERY).await?;
     let everything = started.elapsed();
     println!("instances tagged as managed in moto: {}", all.len());
     Ok((one_fleet, everything))

@@ -22,7 +22,7 @@
 //! * moto never answers `InsufficientInstanceCapacity` or `Unsupported`; the
 //!   fallback order is tested by injecting those errors at the HTTP layer.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
@@ -39,7 +39,8 @@ use thiserror::Error;
 
 use super::error::{AwsFault, FaultKind, Service};
 use super::fleet_tags::{
-    CLUSTER_TAG, FLEET_UID_TAG, FleetId, LAUNCH_SEQUENCE_TAG, MANAGED_BY_TAG, MANAGED_BY_VALUE,
+    CLUSTER_TAG, FLEET_TAG, FLEET_UID_TAG, FleetId, LAUNCH_SEQUENCE_TAG, MANAGED_BY_TAG,
+    MANAGED_BY_VALUE,
 };
 use super::recorder::CallRecorder;
 use super::settings::{Aws, observe};
@@ -447,11 +448,13 @@ pub trait Compute: Send + Sync {
     ) -> impl Future<Output = Result<Vec<FleetInstance>, ComputeError>> + Send;
 
     /// Every instance of any fleet that is not terminated: those tagged
-    /// [`MANAGED_BY_TAG`] = [`MANAGED_BY_VALUE`], in one paginated listing.
-    /// For work across fleets (the orphan sweep, the node simulator), where
-    /// the fleet of an instance is read from its tags.
-    fn list_managed(&self)
-    -> impl Future<Output = Result<Vec<FleetInstance>, ComputeError>> + Send;
+    /// [`MANAGED_BY_TAG`] = [`MANAGED_BY_VALUE`] that `filter` selects, in
+    /// one paginated listing. For work across fleets (the orphan sweep, the
+    /// node simulator), where the fleet of an instance is read from its tags.
+    fn list_managed(
+        &self,
+        filter: &ManagedFilter,
+    ) -> impl Future<Output = Result<Vec<FleetInstance>, ComputeError>> + Send;
 
     /// Terminates instances, in batches.
     fn terminate(
@@ -612,17 +615,21 @@ impl Ec2Compute {
             .collect()
     }
 
-    /// The instances `tag_filter` selects that are not terminated, following
+    /// The instances `tag_filters` select (all of them) that are not
+    /// terminated, following
     /// `NextToken` until it is absent (see the module docs for moto's
     /// paging).
-    async fn describe_live(&self, tag_filter: Filter) -> Result<Vec<FleetInstance>, ComputeError> {
+    async fn describe_live(
+        &self,
+        tag_filters: Vec<Filter>,
+    ) -> Result<Vec<FleetInstance>, ComputeError> {
         let mut instances = Vec::new();
         let mut next_token: Option<String> = None;
         loop {
             let call = self
                 .ec2
                 .describe_instances()
-                .filters(tag_filter.clone())
+                .set_filters(Some(tag_filters.clone()))
                 .filters(
                     Filter::builder()
                         .name("instance-state-name")
@@ -668,6 +675,34 @@ impl Ec2Compute {
         }
         Ok(())
     }
+}
+
+/// Which managed instances [`Compute::list_managed`] returns. EC2 applies
+/// the filter, so a listing costs only the pages of what it selects: on an
+/// account shared by clusters, or a moto shared by parallel tests, the rest
+/// is never sent.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ManagedFilter {
+    /// Only instances the operator of this cluster launched ([`CLUSTER_TAG`]).
+    pub cluster: Option<String>,
+    /// Only instances of these fleets, `namespace/name` ([`FLEET_TAG`]).
+    pub fleets: Option<BTreeSet<String>>,
+}
+
+impl ManagedFilter {
+    /// Every managed instance.
+    pub const EVERY: ManagedFilter = ManagedFilter {
+        cluster: None,
+        fleets: None,
+    };
+}
+
+/// The `DescribeInstances` filter for instances tagged `key` = `value`.
+fn tag_filter(key: &str, value: &str) -> Filter {
+    Filter::builder()
+        .name(format!("tag:{key}"))
+        .values(value)
+        .build()
 }
 
 /// One `RunInstances` call's placement.
@@ -804,23 +839,31 @@ impl Compute for Ec2Compute {
 
     #[tracing::instrument(skip_all, fields(fleet = %fleet))]
     async fn list_instances(&self, fleet: &FleetId) -> Result<Vec<FleetInstance>, ComputeError> {
-        self.describe_live(
-            Filter::builder()
-                .name(format!("tag:{FLEET_UID_TAG}"))
-                .values(fleet.uid())
-                .build(),
-        )
-        .await
+        self.describe_live(vec![tag_filter(FLEET_UID_TAG, fleet.uid())])
+            .await
     }
 
-    async fn list_managed(&self) -> Result<Vec<FleetInstance>, ComputeError> {
-        self.describe_live(
-            Filter::builder()
-                .name(format!("tag:{MANAGED_BY_TAG}"))
-                .values(MANAGED_BY_VALUE)
-                .build(),
-        )
-        .await
+    async fn list_managed(
+        &self,
+        filter: &ManagedFilter,
+    ) -> Result<Vec<FleetInstance>, ComputeError> {
+        let mut filters = vec![tag_filter(MANAGED_BY_TAG, MANAGED_BY_VALUE)];
+        if let Some(cluster) = &filter.cluster {
+            filters.push(tag_filter(CLUSTER_TAG, cluster));
+        }
+        if let Some(fleets) = &filter.fleets {
+            if fleets.is_empty() {
+                // EC2 refuses a filter without values; no fleet selects nothing.
+                return Ok(Vec::new());
+            }
+            filters.push(
+                Filter::builder()
+                    .name(format!("tag:{FLEET_TAG}"))
+                    .set_values(Some(fleets.iter().cloned().collect()))
+                    .build(),
+            );
+        }
+        self.describe_live(filters).await
     }
 
     async fn terminate(&self, ids: &[InstanceId]) -> Result<(), ComputeError> {

@@ -20,7 +20,7 @@ use kube::runtime::reflector::Store;
 
 use crate::api::BrowserFleet;
 use crate::cloud::fleet_tags::{CLUSTER_TAG, FLEET_TAG, FLEET_UID_TAG};
-use crate::cloud::{Compute, Ec2Compute, Ec2State, FleetInstance, InstanceId};
+use crate::cloud::{Compute, Ec2Compute, Ec2State, FleetInstance, InstanceId, ManagedFilter};
 
 /// A fleet as the sweep knows it: `namespace/name` and uid.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -102,7 +102,12 @@ pub async fn sweep_forever(
                 uid: f.uid().unwrap_or_default(),
             })
             .collect();
-        let instances = match compute.list_managed().await {
+        // EC2 leaves out other clusters' instances; `orphans` checks again.
+        let mine = ManagedFilter {
+            cluster: Some(scope.cluster.clone()),
+            fleets: None,
+        };
+        let instances = match compute.list_managed(&mine).await {
             Ok(instances) => instances,
             Err(error) => {
                 tracing::warn!(%error, "orphan sweep cannot list instances");

@@ -49,7 +49,10 @@ async fn live(client: &kube::Client, rendered: &Value) -> Option<DynamicObject> 
         .and_then(|v| v.rsplit_once('/'))
         .unwrap_or(("", rendered["apiVersion"].as_str().unwrap_or_default()));
     let gvk = GroupVersionKind::gvk(group, version, rendered["kind"].as_str().unwrap());
+    // Only this group: parallel tests create and delete CRD groups of their
+    // own, and one deleted mid-discovery would fail a discovery of them all.
     let discovery = kube::Discovery::new(client.clone())
+        .filter(&[group])
         .run()
         .await
         .expect("discovery");

@@ -10,8 +10,8 @@ use aws_sdk_ec2::types::{Filter, HttpTokensState, Instance, InstanceAttributeNam
 use browserfleet::api::fleet::ImageSource;
 use browserfleet::cloud::{
     Aws, ClientToken, Compute, ComputeError, Ec2Compute, Ec2State, FleetId, ImageId,
-    InstanceBlueprint, InstanceId, LaunchRequest, ParameterKind, ParameterWrite, Parameters,
-    Service, Ssm,
+    InstanceBlueprint, InstanceId, LaunchRequest, ManagedFilter, ParameterKind, ParameterWrite,
+    Parameters, Service, Ssm,
 };
 
 async fn describe(aws: &Aws, ids: &[InstanceId]) -> Vec<Instance> {
@@ -312,7 +312,10 @@ async fn list_managed_pages_through_every_fleet_and_leaves_out_strangers_and_the
     );
 
     aws.recorder().reset();
-    let listed = compute.list_managed().await.expect("list managed");
+    let listed = compute
+        .list_managed(&ManagedFilter::EVERY)
+        .await
+        .expect("list managed");
     let listed_ids: BTreeSet<InstanceId> = listed.iter().map(|i| i.id.clone()).collect();
     assert!(listed_ids.is_superset(&ours), "both fleets are listed");
     assert!(!listed_ids.contains(&gone[0]), "terminated is left out");

@@ -40,7 +40,8 @@ use browserfleet::agent::process::{
 use browserfleet::agent::profiles::{browser_marker, profiles_root};
 use browserfleet::cloud::fleet_tags::FLEET_TAG;
 use browserfleet::cloud::{
-    Aws, Compute, Ec2Compute, Ec2State, FleetInstance, InstanceId, Parameters, Ssm, SsmError,
+    Aws, Compute, Ec2Compute, Ec2State, FleetInstance, InstanceId, ManagedFilter, Parameters, Ssm,
+    SsmError,
 };
 use browserfleet::operator::agent_config::parameter_name;
 
@@ -113,8 +114,8 @@ pub struct NodeOptions {
     /// agents are never started.
     pub never_register: BTreeSet<String>,
     /// When set, only instances of these fleets (`namespace/name`) are
-    /// played, so that several simulators share one moto (parallel tests);
-    /// every fleet's when `None`.
+    /// listed and played, so that several simulators share one moto
+    /// (parallel tests); every fleet's when `None`.
     pub only_fleets: Option<BTreeSet<String>>,
     /// Start an agent killed by [`NodeSimulator::crash`] again after the
     /// boot delay. An agent that exits by itself is never restarted.
@@ -455,6 +456,16 @@ impl Shared {
         self.nodes.lock().unwrap_or_else(|p| p.into_inner())
     }
 
+    /// What a poll lists: only the played fleets' instances when they are
+    /// named, so that simulators sharing one moto (parallel tests) do not
+    /// each list, and moto serialize, every other simulator's instances.
+    fn listed(&self) -> ManagedFilter {
+        ManagedFilter {
+            cluster: None,
+            fleets: self.options.only_fleets.clone(),
+        }
+    }
+
     fn state_dir(&self, id: &InstanceId) -> PathBuf {
         self.options.work_dir.join(id.as_str())
     }
@@ -462,7 +473,7 @@ impl Shared {
     /// One round: list, stop the nodes whose instance no longer runs, track
     /// new ones, and move every tracked node on.
     async fn poll_once(&self) {
-        let listing = match self.compute.list_managed().await {
+        let listing = match self.compute.list_managed(&self.listed()).await {
             Ok(listing) => listing,
             Err(error) => {
                 // Unknown is not gone: nothing is stopped on a failed listing.

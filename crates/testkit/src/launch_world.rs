@@ -2,6 +2,7 @@
 //! group and a key pair in moto, and a blueprint that uses all of them.
 
 use std::collections::BTreeMap;
+use std::sync::OnceLock;
 
 use anyhow::Context;
 use aws_sdk_ec2::types::Filter;
@@ -16,8 +17,23 @@ pub struct World {
     pub key_name: String,
 }
 
-/// The AMI and the two default subnets every moto has.
+/// The AMI and the two default subnets every moto has: looked up once per
+/// process, because every test of a process shares one moto
+/// ([`crate::moto::moto`]) whose defaults never change, and moto spends more
+/// than half a second of CPU on each `DescribeImages` of its AMIs, CPU that
+/// the parallel tests' own calls wait for.
 pub async fn moto_image_and_subnets(
+    ec2: &aws_sdk_ec2::Client,
+) -> anyhow::Result<(ImageId, Vec<String>)> {
+    static FOUND: OnceLock<(ImageId, Vec<String>)> = OnceLock::new();
+    if let Some(found) = FOUND.get() {
+        return Ok(found.clone());
+    }
+    let found = look_up_image_and_subnets(ec2).await?;
+    Ok(FOUND.get_or_init(|| found).clone())
+}
+
+async fn look_up_image_and_subnets(
     ec2: &aws_sdk_ec2::Client,
 ) -> anyhow::Result<(ImageId, Vec<String>)> {
     let images = ec2.describe_images().owners("amazon").send().await?;
