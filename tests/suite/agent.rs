@@ -473,13 +473,8 @@ async fn a_drain_stops_intake_and_exits_when_the_last_session_ends() {
     .await;
     assert_eq!(code, 202);
     world.request("s-late", json!({})).await;
-    tokio::time::sleep(Duration::from_secs(3)).await;
-    // Not taken: still on the queue.
-    assert_eq!(world.queued_requests().await, 1);
-    assert!(!running.agent.hosts(&"s-late".parse().unwrap()));
     let agent = running.agent.clone();
     let waiting = tokio::spawn(running.wait());
-    tokio::time::sleep(Duration::from_secs(1)).await;
     assert!(!waiting.is_finished(), "the agent waits for its session");
     agent
         .end(
@@ -492,6 +487,16 @@ async fn a_drain_stops_intake_and_exits_when_the_last_session_ends() {
         .await
         .expect("agent exits once the last session ended")
         .unwrap();
+    // Checked once the agent has exited, when nothing can take the request any
+    // more, so no window has to pass: the drained agent launched nothing after
+    // s-drain (had it launched s-late, it would not have exited), and s-late
+    // is still on the queue for another agent.
+    let metrics = agent.render_metrics();
+    assert!(
+        metrics.contains("browserfleet_agent_launches_total 1\n"),
+        "{metrics}"
+    );
+    assert_eq!(world.queued_requests().await, 1);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -17,7 +17,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use kube::api::Api;
 use serde_json::json;
 
-use testkit::agent_world::eventually;
+use testkit::agent_world::{eventually, processes_with};
 use testkit::operator_world::{OperatorWorld, WAIT, condition, process_reconciled, test_settings};
 
 #[tokio::test(flavor = "multi_thread")]
@@ -33,7 +33,7 @@ async fn a_deleted_fleet_keeps_an_instance_with_a_live_session_until_the_session
         .await;
     let id = world.fleet_id().await;
     let replies = world.reply_queue().await;
-    world.send_requests("long", 1, &replies, 25).await;
+    world.send_requests("outlives-fleet", 1, &replies, 25).await;
     world
         .wait_for("the session runs", |f| {
             f.status.as_ref().is_some_and(|s| s.active_sessions == 1)
@@ -41,14 +41,15 @@ async fn a_deleted_fleet_keeps_an_instance_with_a_live_session_until_the_session
         .await;
 
     world.delete().await;
-    // The instance stays while its session lives (TTL 25 s, drain timeout 60 s).
-    let started = tokio::time::Instant::now();
-    while started.elapsed() < Duration::from_secs(12) {
-        assert_eq!(
-            world.instances().await.len(),
-            1,
-            "terminated under a live session"
-        );
+    // The instance stays while its session lives (TTL 25 s, drain timeout
+    // 60 s): watched until the session's browser is gone. The count is read
+    // first, so a browser still there afterwards was there when it was read.
+    loop {
+        let instances = world.instances().await.len();
+        if processes_with("outlives-fleet-0").is_empty() {
+            break;
+        }
+        assert_eq!(instances, 1, "terminated under a live session");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let compute = Ec2Compute::new(&world.aws);

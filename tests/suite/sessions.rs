@@ -60,21 +60,31 @@ async fn requests_left(world: &OperatorWorld) -> u64 {
     depth.visible + depth.in_flight
 }
 
-/// Watches for `window` that no browser process of session `id` exists.
-async fn never_started(id: &str, window: Duration) {
-    let until = tokio::time::Instant::now() + window;
-    while tokio::time::Instant::now() < until {
-        let found = processes_with(id);
-        let commands: Vec<String> = found
-            .iter()
-            .map(|pid| {
-                let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-                String::from_utf8_lossy(&raw).replace('\0', " ")
-            })
-            .collect();
-        assert!(found.is_empty(), "a browser of {id} started: {commands:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
+/// Watches that no browser process of session `id` exists until `settled`
+/// (its request has left the queue: the agent has decided) and once more
+/// after: a browser the agent started would still be running then.
+async fn never_started_until(id: &str, settled: impl Future<Output = ()>) {
+    let mut settled = std::pin::pin!(settled);
+    loop {
+        assert_no_browser_of(id);
+        tokio::select! {
+            () = &mut settled => break,
+            () = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
     }
+    assert_no_browser_of(id);
+}
+
+fn assert_no_browser_of(id: &str) {
+    let found = processes_with(id);
+    let commands: Vec<String> = found
+        .iter()
+        .map(|pid| {
+            let raw = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            String::from_utf8_lossy(&raw).replace('\0', " ")
+        })
+        .collect();
+    assert!(found.is_empty(), "a browser of {id} started: {commands:?}");
 }
 
 /// The cells of a session's row in the server's Table (what `kubectl get
@@ -262,13 +272,15 @@ async fn a_session_deleted_while_queued_is_never_started_when_capacity_appears()
     // Capacity appears: the agent takes the cancelled request and refuses it.
     world.delete_session("first").await;
     world.wait_session_gone("first").await;
-    let watch = never_started(&id, Duration::from_secs(10));
-    let drained = eventually(
-        "the cancelled request was taken off the queue",
-        WAIT,
-        || async { requests_left(&world).await == 0 },
-    );
-    tokio::join!(watch, drained);
+    never_started_until(
+        &id,
+        eventually(
+            "the cancelled request was taken off the queue",
+            WAIT,
+            || async { requests_left(&world).await == 0 },
+        ),
+    )
+    .await;
     nodes.shutdown().await;
 }
 
@@ -290,13 +302,15 @@ async fn a_session_no_agent_starts_in_time_fails_and_is_never_started_later() {
 
     // A slot frees: the agent takes the stale request and refuses it.
     world.delete_session("first").await;
-    let watch = never_started(&id, Duration::from_secs(10));
-    let drained = eventually(
-        "the stale request was taken off the queue",
-        WAIT,
-        || async { requests_left(&world).await == 0 },
-    );
-    tokio::join!(watch, drained);
+    never_started_until(
+        &id,
+        eventually(
+            "the stale request was taken off the queue",
+            WAIT,
+            || async { requests_left(&world).await == 0 },
+        ),
+    )
+    .await;
     assert_eq!(
         phase(&world.sessions().get("impatient").await.unwrap()),
         SessionPhase::Failed
