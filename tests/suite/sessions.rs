@@ -60,10 +60,13 @@ async fn requests_left(world: &OperatorWorld) -> u64 {
     depth.visible + depth.in_flight
 }
 
-/// Watches that no browser process of session `id` exists until `settled`
-/// (its request has left the queue: the agent has decided) and once more
+/// Watches that no browser process of session `id` exists until the request
+/// queue is empty (an agent has taken the request and decided) and once more
 /// after: a browser the agent started would still be running then.
-async fn never_started_until(id: &str, settled: impl Future<Output = ()>) {
+async fn taken_and_never_started(world: &OperatorWorld, id: &str) {
+    let settled = eventually("the request was taken off the queue", WAIT, || async {
+        requests_left(world).await == 0
+    });
     let mut settled = std::pin::pin!(settled);
     loop {
         assert_no_browser_of(id);
@@ -272,15 +275,7 @@ async fn a_session_deleted_while_queued_is_never_started_when_capacity_appears()
     // Capacity appears: the agent takes the cancelled request and refuses it.
     world.delete_session("first").await;
     world.wait_session_gone("first").await;
-    never_started_until(
-        &id,
-        eventually(
-            "the cancelled request was taken off the queue",
-            WAIT,
-            || async { requests_left(&world).await == 0 },
-        ),
-    )
-    .await;
+    taken_and_never_started(&world, &id).await;
     nodes.shutdown().await;
 }
 
@@ -302,15 +297,7 @@ async fn a_session_no_agent_starts_in_time_fails_and_is_never_started_later() {
 
     // A slot frees: the agent takes the stale request and refuses it.
     world.delete_session("first").await;
-    never_started_until(
-        &id,
-        eventually(
-            "the stale request was taken off the queue",
-            WAIT,
-            || async { requests_left(&world).await == 0 },
-        ),
-    )
-    .await;
+    taken_and_never_started(&world, &id).await;
     assert_eq!(
         phase(&world.sessions().get("impatient").await.unwrap()),
         SessionPhase::Failed
