@@ -615,10 +615,9 @@ impl Ec2Compute {
             .collect()
     }
 
-    /// The instances `tag_filters` select (all of them) that are not
-    /// terminated, following
-    /// `NextToken` until it is absent (see the module docs for moto's
-    /// paging).
+    /// The instances that every one of `tag_filters` selects and that are not
+    /// terminated, following `NextToken` until it is absent (see the module
+    /// docs for moto's paging).
     async fn describe_live(
         &self,
         tag_filters: Vec<Filter>,
