@@ -67,8 +67,9 @@ struct NodesArgs {
     /// How often instances are listed.
     #[arg(long, default_value = "500ms", value_parser = parse_duration)]
     poll_interval: Duration,
-    /// Ports the browsers of all nodes share, in disjoint blocks.
-    #[arg(long, value_name = "START-END", default_value = "40000-44999", value_parser = browserfleet::agent::config::parse_port_range)]
+    /// Ports the browsers of all nodes share, in disjoint blocks (below the
+    /// ephemeral ports, which loopback connections take at random).
+    #[arg(long, value_name = "START-END", default_value = "24000-28999", value_parser = browserfleet::agent::config::parse_port_range)]
     browser_ports: PortRange,
     /// Browser ports per node: at least the fleet's sessionsPerInstance.
     #[arg(long, default_value_t = 16)]

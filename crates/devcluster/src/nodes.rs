@@ -70,10 +70,13 @@ pub struct PortPool {
 }
 
 impl Default for PortPool {
+    /// Below Linux's ephemeral ports (32768–60999 by default): every
+    /// connection here is on loopback, and one that took a browser port as
+    /// its local port would keep that browser from starting.
     fn default() -> Self {
         PortPool {
-            first: 40_000,
-            last: 44_999,
+            first: 24_000,
+            last: 28_999,
             per_node: 16,
         }
     }

@@ -29,10 +29,22 @@ pub const TEST_BROWSER_ARGS: &[&str] = &["--no-sandbox", "--disable-gpu"];
 
 static NEXT_RANGE: AtomicU16 = AtomicU16::new(0);
 
+/// Where test port ranges are taken: below Linux's ephemeral ports
+/// (32768–60999 by default), which outgoing connections take as their local
+/// ports. A browser port in there is busy at the OS now and then; an agent
+/// gives the request back each time, and after `maxReceiveCount` give-backs
+/// it lands in the dead-letter queue (seen in CI as sessions that never
+/// started).
+const PORTS_FIRST: u32 = 10_000;
+const PORTS_END: u32 = 32_000;
+
 /// A port range of its own for each world: tests run in parallel.
 pub fn port_range(size: u16) -> (u16, u16) {
-    let base = 20_000 + (std::process::id() % 200) as u16 * 100;
-    let start = base + NEXT_RANGE.fetch_add(size, Ordering::Relaxed);
+    let span = PORTS_END - PORTS_FIRST - u32::from(size);
+    let offset =
+        (std::process::id() % 100) * 200 + u32::from(NEXT_RANGE.fetch_add(size, Ordering::Relaxed));
+    let start = PORTS_FIRST + offset % span;
+    let start = u16::try_from(start).expect("below 32000");
     (start, start + size - 1)
 }
 
