@@ -46,6 +46,34 @@ pub fn test_settings() -> Settings {
     }
 }
 
+/// Logs of the operator in this process go to the test's output when
+/// `RUST_LOG` is set (say `RUST_LOG=browserfleet=debug` with
+/// `--nocapture`); agents log to files in the work dir.
+fn log_when_asked() {
+    if std::env::var_os("RUST_LOG").is_some() {
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
+    }
+}
+
+/// The world's scratch directory (agents' state and logs). Kept, and its
+/// path printed, when `BROWSERFLEET_KEEP_WORK` is set: a failed run's agent
+/// logs are the record of what the nodes did.
+fn work_dir() -> tempfile::TempDir {
+    let keep = std::env::var_os("BROWSERFLEET_KEEP_WORK").is_some();
+    let dir = tempfile::Builder::new()
+        .prefix("browserfleet-world-")
+        .disable_cleanup(keep)
+        .tempdir()
+        .expect("work dir");
+    if keep {
+        eprintln!("keeping the work dir {}", dir.path().display());
+    }
+    dir
+}
+
 /// One operator, running in this process.
 pub struct OperatorHandle {
     stop: Option<tokio::sync::oneshot::Sender<()>>,
@@ -167,6 +195,7 @@ pub struct OperatorWorld {
 impl OperatorWorld {
     /// A world named after the test.
     pub async fn new(test: &str) -> Self {
+        log_when_asked();
         let cluster = TestCluster::new(test, true).await;
         let aws = super::aws().await;
         let launch = launch_world::world(&aws, test).await;
@@ -174,7 +203,7 @@ impl OperatorWorld {
             cluster,
             aws,
             launch,
-            work: tempfile::tempdir().expect("work dir"),
+            work: work_dir(),
             name: "fleet".to_owned(),
         }
     }

@@ -61,6 +61,7 @@ pub(super) async fn act(
             return (acted, Some(error.into()));
         }
         for (instance, reason) in &plan.terminate {
+            tracing::info!(%instance, reason = reason.describe(), "instance terminated");
             ctx.event(
                 fleet,
                 reason.degrades(),
