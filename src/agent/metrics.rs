@@ -33,6 +33,9 @@ pub struct AgentMetrics {
     pub requests_requeued: Counter,
     /// Browsers found running without a session after a restart, and killed.
     pub orphans_killed: Counter,
+    /// Request-queue messages received and not yet deleted or given back
+    /// (`/v1/state`'s `heldRequests`).
+    pub requests_held: Gauge,
 }
 
 fn labels(key: &str, value: &str) -> Vec<(String, String)> {
@@ -72,6 +75,7 @@ impl AgentMetrics {
         let queue_receive_errors = Counter::default();
         let requests_requeued = Counter::default();
         let orphans_killed = Counter::default();
+        let requests_held = Gauge::default();
         registry.register("sessions", "Sessions by state", sessions.clone());
         registry.register("launches", "Browsers launched", launches.clone());
         registry.register("failures", "Failed requests by reason", failures.clone());
@@ -101,6 +105,11 @@ impl AgentMetrics {
             "Browsers without a session killed after a restart",
             orphans_killed.clone(),
         );
+        registry.register(
+            "requests_held",
+            "Request-queue messages received and not yet deleted or given back",
+            requests_held.clone(),
+        );
         AgentMetrics {
             registry: root,
             sessions,
@@ -112,6 +121,7 @@ impl AgentMetrics {
             queue_receive_errors,
             requests_requeued,
             orphans_killed,
+            requests_held,
         }
     }
 

@@ -161,6 +161,28 @@ pub async fn start<Q: Queues + 'static>(
     })
 }
 
+/// Sends `node.registered` until it is on the events queue or the agent
+/// stops, backing off up to [`REGISTER_RETRY_CAP`] between tries.
+async fn register<Q: Queues + 'static>(
+    agent: &Agent<Q>,
+    stopping: &mut tokio::sync::watch::Receiver<bool>,
+) {
+    let mut delay = Duration::from_millis(500);
+    while !agent.announce(AnnouncementKind::Registered).await {
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stopping.changed() => {}
+        }
+        if *stopping.borrow() {
+            return;
+        }
+        delay = (delay * 2).min(REGISTER_RETRY_CAP);
+    }
+}
+
+/// Longest wait between two tries of `node.registered`.
+const REGISTER_RETRY_CAP: Duration = Duration::from_secs(10);
+
 async fn serve<Q: Queues + 'static>(
     agent: Arc<Agent<Q>>,
     listener: tokio::net::TcpListener,
@@ -180,9 +202,11 @@ async fn serve<Q: Queues + 'static>(
             })
             .await;
     });
+    // The listener serves now: tell the operator where, before taking any
+    // request. An agent that hosts sessions the operator cannot see would
+    // look like an empty booting instance, which scaling may cancel.
+    register(&agent, &mut stopping).await;
     let intake = tokio::spawn(agent.intake(options.intake).run());
-    // The listener serves now: tell the operator where.
-    agent.announce(AnnouncementKind::Registered).await;
     let mut supervisor = agent.supervisor();
     let mut tick = tokio::time::interval(SUPERVISION_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -197,7 +221,9 @@ async fn serve<Q: Queues + 'static>(
                     agent.stop();
                 }
             }
-            _ = heartbeat.tick() => agent.announce(AnnouncementKind::Heartbeat).await,
+            _ = heartbeat.tick() => {
+                agent.announce(AnnouncementKind::Heartbeat).await;
+            }
             _ = stopping.changed() => {}
         }
         if *stopping.borrow() {

@@ -237,6 +237,7 @@ impl<Q: Queues + 'static> Agent<Q> {
             ready_since: timestamp(self.ready_since),
             idle_since: table.idle_since.map(timestamp),
             sessions: table.sessions,
+            held_requests: u32::try_from(self.metrics.requests_held.get()).unwrap_or(0),
         }
     }
 
@@ -257,18 +258,22 @@ impl<Q: Queues + 'static> Agent<Q> {
         }
     }
 
-    /// Sends an announcement to the fleet's events queue. A failure is
-    /// logged and left for the next heartbeat: the operator tolerates a
-    /// missed one. The send is cut short after [`ANNOUNCE_TIMEOUT`], since
-    /// the supervision loop waits for it.
-    pub async fn announce(&self, kind: AnnouncementKind) {
+    /// Sends an announcement to the fleet's events queue; whether it was
+    /// sent. A failure is logged; a missed heartbeat is left for the next
+    /// one (the operator tolerates one). The send is cut short after
+    /// [`ANNOUNCE_TIMEOUT`], since the supervision loop waits for it.
+    pub async fn announce(&self, kind: AnnouncementKind) -> bool {
         let announcement = self.announcement(kind);
         match tokio::time::timeout(ANNOUNCE_TIMEOUT, self.outbox.to_events(&announcement)).await {
-            Ok(Ok(())) => {}
+            Ok(Ok(())) => true,
             Ok(Err(error)) => {
                 tracing::warn!(%error, kind = kind.type_name(), "announcement not sent");
+                false
             }
-            Err(_) => tracing::warn!(kind = kind.type_name(), "announcement timed out"),
+            Err(_) => {
+                tracing::warn!(kind = kind.type_name(), "announcement timed out");
+                false
+            }
         }
     }
 

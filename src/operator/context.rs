@@ -1,6 +1,7 @@
 //! What every reconcile shares: the clients, the operator's settings and
 //! the caches of fleets and sessions.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -11,7 +12,7 @@ use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
 
 use crate::api::{BrowserFleet, BrowserSession};
-use crate::cloud::{Aws, CallRecorder, Ec2Compute, Sqs, Ssm};
+use crate::cloud::{Aws, CallRecorder, Ec2Compute, InstanceId, Sqs, Ssm};
 use crate::operator::agent_client::AgentClient;
 use crate::operator::fleet::plan::Rules;
 use crate::operator::metrics::Metrics;
@@ -167,5 +168,35 @@ impl Caches {
             })
             .count();
         u32::try_from(count).unwrap_or(u32::MAX)
+    }
+
+    /// How many BrowserSessions of `fleet` that have not ended each
+    /// instance hosts, as their status says. An agent may start sessions
+    /// before the operator has heard its registration (and so before it can
+    /// ask the agent): these keep such an instance from being taken for an
+    /// empty booting one.
+    pub fn sessions_by_instance(&self, fleet: &BrowserFleet) -> BTreeMap<InstanceId, u32> {
+        use crate::api::session::SessionPhase;
+        let namespace = fleet.namespace();
+        let name = fleet.name_any();
+        let mut hosted = BTreeMap::new();
+        for session in self.sessions.state() {
+            if session.namespace() != namespace || session.spec.fleet_ref.name != name {
+                continue;
+            }
+            let Some(status) = session.status.as_ref() else {
+                continue;
+            };
+            if matches!(
+                status.phase,
+                SessionPhase::Failed | SessionPhase::Terminated
+            ) {
+                continue;
+            }
+            if let Some(instance) = status.instance_id.as_deref() {
+                *hosted.entry(InstanceId::new(instance)).or_insert(0u32) += 1;
+            }
+        }
+        hosted
     }
 }

@@ -40,6 +40,13 @@ pub struct AgentState {
     pub idle_since: Option<Timestamp>,
     /// The sessions it hosts, without their tokens.
     pub sessions: Vec<SessionState>,
+    /// Messages of the request queue it has received and not yet deleted
+    /// or given back: the part of the queue's in-flight count this agent
+    /// explains. The operator counts only the rest of that count as demand
+    /// no agent it can see holds, so a request is never counted both as in
+    /// flight and as the slot reserved for it. Absent from older agents.
+    #[serde(default)]
+    pub held_requests: u32,
 }
 
 /// One session in [`AgentState`].
@@ -161,6 +168,7 @@ mod tests {
 
     fn state() -> AgentState {
         AgentState {
+            held_requests: 0,
             version: STATE_VERSION,
             instance_id: "i-0abc".into(),
             fleet: "team/fleet".into(),

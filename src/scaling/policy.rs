@@ -474,9 +474,11 @@ pub fn required_instances(config: &PolicyConfig, sessions: u32) -> u32 {
 
 fn forget_old(memory: &mut PolicyMemory, config: &PolicyConfig, now: Timestamp) {
     let keep_for = config.scale_down_stabilization.max(TREND_WINDOW);
+    // The newest sample older than that stays: it is what was in force when
+    // the window began (see `stabilized_requirement`).
     while memory
         .samples
-        .front()
+        .get(1)
         .is_some_and(|s| now.saturating_since(s.at) > keep_for)
     {
         memory.samples.pop_front();
@@ -558,25 +560,38 @@ fn scale_up(memory: &mut PolicyMemory, config: &PolicyConfig, now: Timestamp, wa
 }
 
 /// The highest requirement over the stabilization window: the fleet shrinks
-/// only to what it would have needed at any moment of that window.
+/// only to what it would have needed at any moment of that window. A sample
+/// holds until the next one, so the window also covers the last sample taken
+/// before it began: under load reconciles come seconds apart, and one low
+/// sample after a gap longer than the window must not count as a whole
+/// window of low demand.
 fn stabilized_requirement(memory: &PolicyMemory, config: &PolicyConfig, now: Timestamp) -> u32 {
-    memory
+    let window = config.scale_down_stabilization;
+    let in_window = memory
         .samples
         .iter()
-        .filter(|s| now.saturating_since(s.at) <= config.scale_down_stabilization)
+        .filter(|s| now.saturating_since(s.at) <= window);
+    let in_force_at_start = memory
+        .samples
+        .iter()
+        .rev()
+        .find(|s| now.saturating_since(s.at) >= window);
+    in_window
+        .chain(in_force_at_start)
         .map(|s| s.required)
         .max()
         .unwrap_or(0)
 }
 
-/// Up to `excess` booting instances, newest first: a launch no longer needed
-/// costs nothing more once cancelled, and the newest has the longest boot
-/// still ahead of it.
+/// Up to `excess` booting instances that host no session, newest first: a
+/// launch no longer needed costs nothing more once cancelled, and the
+/// newest has the longest boot still ahead of it.
 fn pick_booting_to_cancel(observation: &Observation, excess: u32) -> Vec<InstanceId> {
     let mut booting: Vec<&InstanceView> = observation
         .instances
         .iter()
-        .filter(|i| i.phase.is_booting())
+        // One that hosts sessions is serving, only not yet heard from.
+        .filter(|i| i.phase.is_booting() && i.sessions == 0)
         .collect();
     booting.sort_by_key(|i| (std::cmp::Reverse(i.launched_at), i.id.clone()));
     booting
@@ -733,6 +748,38 @@ mod tests {
             !d.drain.contains(&InstanceId::new("i-1")),
             "busy instance kept"
         );
+    }
+
+    #[test]
+    fn one_low_sample_after_a_gap_longer_than_the_window_does_not_shrink() {
+        let c = config();
+        let window = c.scale_down_stabilization.as_secs();
+        let idle = |now: u64| {
+            (1..=4)
+                .map(|n| {
+                    let mut i = ready(n, 0, Some(0));
+                    i.idle_since = Some(at(now.saturating_sub(1000)));
+                    i
+                })
+                .collect::<Vec<_>>()
+        };
+        let (_, memory) = decide(
+            &c,
+            &observe(1000, 16, 0, idle(1000)),
+            &PolicyMemory::default(),
+        );
+        // Under load the next reconcile comes only after the whole window:
+        // demand was 16 until a moment ago, for all the policy knows.
+        let later = 1000 + window + 5;
+        let (d, memory) = decide(&c, &observe(later, 0, 0, idle(later)), &memory);
+        assert!(d.drain.is_empty(), "{}", d.reason);
+        // A window after the low sample, it has held for a whole window.
+        let (d, _) = decide(
+            &c,
+            &observe(later + window, 0, 0, idle(later + window)),
+            &memory,
+        );
+        assert!(!d.drain.is_empty(), "{}", d.reason);
     }
 
     #[test]
@@ -908,7 +955,8 @@ mod tests {
                     InstanceState::Ready,
                     InstanceState::Draining,
                 ][usize::from(phase)];
-                let sessions = if phase.is_booting() { 0 } else { sessions };
+                // Booting instances may host sessions too: an agent serves
+                // before the operator has heard its registration.
                 InstanceView {
                     id: InstanceId::new(format!("i-{n}")),
                     phase,

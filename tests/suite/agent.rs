@@ -1200,3 +1200,51 @@ async fn a_create_that_waits_for_a_slot_too_long_is_answered_no_capacity_or_dead
     );
     end_and_stop(running, &["s-busy"]).await;
 }
+
+/// `/v1/state`'s `heldRequests` is how the operator tells a request in
+/// flight at a known agent from one held by an agent it cannot see: it
+/// must count the message from its receipt until it is deleted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn state_counts_a_request_as_held_from_its_receipt_until_its_message_is_deleted() {
+    use std::os::unix::fs::PermissionsExt;
+    let mut world = AgentWorld::new("agent-held", 1).await;
+    // A browser that takes two seconds to start leaves time to look.
+    let bin = tempfile::tempdir().expect("bin dir");
+    let slow = bin.path().join("slow-chromium");
+    std::fs::write(
+        &slow,
+        format!(
+            "#!/bin/sh\nsleep 2\nexec {} \"$@\"\n",
+            testkit::agent_world::CHROMIUM
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&slow, std::fs::Permissions::from_mode(0o755)).unwrap();
+    world.config["browser"]["executable"] = json!(slow);
+    let running = world.start_agent().await;
+    assert_eq!(world.state(&running).await["heldRequests"], 0);
+
+    world.request("s-held", json!({})).await;
+    eventually(
+        "held while its browser starts",
+        Duration::from_secs(10),
+        || async {
+            let state = world.state(&running).await;
+            state["heldRequests"] == 1 && state["sessions"][0]["phase"] == "starting"
+        },
+    )
+    .await;
+    world.reply("session.ready", "s-held").await;
+    eventually(
+        "released once its message is deleted",
+        Duration::from_secs(10),
+        || async { world.state(&running).await["heldRequests"] == 0 },
+    )
+    .await;
+    assert_eq!(world.queued_requests().await, 0, "the message is deleted");
+    assert_eq!(
+        metric(&running, "browserfleet_agent_requests_held").await,
+        Some(0.0)
+    );
+    end_and_stop(running, &["s-held"]).await;
+}

@@ -18,6 +18,7 @@ mod request_queue;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::task::JoinSet;
 
 use super::end::{DeleteOutcome, NotHostedDelete};
@@ -113,6 +114,25 @@ pub struct Intake<Q> {
     /// Where the replies of a request that names no target go.
     default_targets: ReplyTargets,
     options: IntakeOptions,
+}
+
+/// A received message's share of the `requests_held` gauge, which
+/// `/v1/state` reports: taken when the message is, released when its
+/// handling ends (deleted, given back or refused). A create that finds
+/// every slot taken is not held: the operator counts it as waiting.
+struct Held(Gauge);
+
+impl Held {
+    fn new(gauge: &Gauge) -> Held {
+        gauge.inc();
+        Held(gauge.clone())
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// What became of the creates of one receive that were not started at once.
@@ -248,10 +268,14 @@ impl<Q: Queues + 'static> Intake<Q> {
         deferred: &mut Deferred,
     ) {
         let received = Instant::now();
+        let held = Held::new(&self.metrics.requests_held);
         match parse_message(message.body.as_bytes()) {
             Err(error) => {
                 let intake = self.clone();
-                handlers.spawn(async move { intake.refuse(&message, error).await });
+                handlers.spawn(async move {
+                    intake.refuse(&message, error).await;
+                    drop(held);
+                });
             }
             Ok(Inbound::Delete(delete)) => {
                 let intake = self.clone();
@@ -279,6 +303,7 @@ impl<Q: Queues + 'static> Intake<Q> {
                         | DeleteOutcome::Forwarded
                         | DeleteOutcome::NotHosted => intake.requests.finish(&message).await,
                     }
+                    drop(held);
                 });
             }
             Ok(Inbound::Create(request)) => {
@@ -289,8 +314,10 @@ impl<Q: Queues + 'static> Intake<Q> {
                     .unwrap_or_else(SessionId::generate);
                 if self.sessions.hosts(&id) {
                     let intake = self.clone();
-                    handlers
-                        .spawn(async move { intake.redelivered(&id, &request, &message).await });
+                    handlers.spawn(async move {
+                        intake.redelivered(&id, &request, &message).await;
+                        drop(held);
+                    });
                     return;
                 }
                 let refusal = refusal_before_start(
@@ -303,7 +330,8 @@ impl<Q: Queues + 'static> Intake<Q> {
                     handlers.spawn(async move {
                         intake
                             .refuse_create(&id, &request, &message, reason, why)
-                            .await
+                            .await;
+                        drop(held);
                     });
                     return;
                 }
@@ -311,6 +339,9 @@ impl<Q: Queues + 'static> Intake<Q> {
                 let port = match self.sessions.reserve(&id) {
                     Ok(port) => port,
                     Err(SlotError::NoSlot { .. }) => {
+                        // Not held: waiting for a slot on its way back to
+                        // the queue, it is demand the operator must see.
+                        drop(held);
                         deferred.no_slot.push((message, request));
                         return;
                     }
@@ -331,6 +362,7 @@ impl<Q: Queues + 'static> Intake<Q> {
                         .launch(id.clone(), port, &request, received)
                         .await;
                     intake.answer_launch(id, &request, &message, launched).await;
+                    drop(held);
                 });
             }
         }

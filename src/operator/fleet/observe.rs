@@ -43,6 +43,7 @@ pub(super) async fn observe(
         // Set by the first observation that reached EC2 and the queue.
         watching_since: *watching_since.get_or_insert_with(Timestamp::now),
         pending_sessions: ctx.caches.pending_sessions(fleet),
+        session_hosts: ctx.caches.sessions_by_instance(fleet),
     })
 }
 

@@ -88,6 +88,9 @@ pub struct Observed {
     pub watching_since: Timestamp,
     /// BrowserSessions of the fleet whose request is not on its queue yet.
     pub pending_sessions: u32,
+    /// BrowserSessions of the fleet that have not ended, by the instance
+    /// their status names.
+    pub session_hosts: BTreeMap<InstanceId, u32>,
 }
 
 /// Operator-wide knobs of the rules above.
@@ -271,22 +274,30 @@ pub fn plan(
     assessed.extend(not_yet_listed(previous, observed));
 
     let config = PolicyConfig::from_spec(spec);
-    // An agent receives a request only into a free slot, and the message
-    // stays in flight until the session is ready: a request in flight
-    // already holds a slot counted below. Only in-flight requests beyond
-    // every held slot (received by an agent that then died) are demand of
-    // their own.
     let held: u32 = assessed
         .iter()
         .filter_map(|a| a.view.as_ref())
         .map(|v| v.sessions)
         .sum();
+    // A request is counted once: an agent that answered says how many of
+    // the queue's in-flight messages it holds (each also a slot counted in
+    // `held`, until it is deleted). The rest are held by agents the
+    // operator cannot see yet (registration not heard) or that died with
+    // them: demand of their own.
+    let explained: u32 = observed
+        .answers
+        .values()
+        .map(|answer| match answer {
+            AgentAnswer::State(state) => state.held_requests,
+            AgentAnswer::Silent => 0,
+        })
+        .fold(0, u32::saturating_add);
     let in_flight = u32::try_from(observed.depth.in_flight).unwrap_or(u32::MAX);
     let observation = Observation {
         now: policy_time(now),
         active_sessions: held,
         queued_visible: u32::try_from(observed.depth.visible).unwrap_or(u32::MAX),
-        queued_in_flight: in_flight.saturating_sub(held),
+        queued_in_flight: in_flight.saturating_sub(explained),
         pending_sessions: observed.pending_sessions,
         mean_session_duration: None,
         instances: assessed.iter().filter_map(|a| a.view.clone()).collect(),
@@ -296,6 +307,7 @@ pub fn plan(
         None => PolicyMemory::resume(&config, &observation),
     };
     let (decision, memory) = policy::decide(&config, &observation, &memory);
+    tracing::debug!(reason = %decision.reason, "scaling decision");
 
     if spec.paused {
         // Observe and report only: nothing launched, drained or terminated.
@@ -638,12 +650,17 @@ fn assess(
 
     // The policy counts held slots: sessions, and slots reserved for a
     // request being started.
+    let hosted = observed
+        .session_hosts
+        .get(&instance.id)
+        .copied()
+        .unwrap_or(0);
     let held = match answer {
         Some(AgentAnswer::State(state)) => state
             .slots
             .saturating_sub(state.free_slots)
             .max(live_sessions(&status)),
-        _ => live_sessions(&status),
+        _ => live_sessions(&status).max(hosted),
     };
     let view = match (status.state, terminate) {
         (InstanceState::Terminating, _) | (_, Some(_)) => None,

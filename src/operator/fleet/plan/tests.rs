@@ -50,6 +50,7 @@ fn instance(id: &str, launched: i64, state: Ec2State) -> FleetInstance {
 
 fn agent(id: &str, sessions: usize, draining: bool) -> AgentAnswer {
     AgentAnswer::State(AgentState {
+        held_requests: 0,
         version: STATE_VERSION,
         instance_id: id.into(),
         fleet: "qa/web".into(),
@@ -100,6 +101,7 @@ impl World {
                 answers: BTreeMap::new(),
                 watching_since: at(0),
                 pending_sessions: 0,
+                session_hosts: BTreeMap::new(),
             },
         }
     }
@@ -534,12 +536,101 @@ fn a_request_in_flight_is_counted_once_not_as_well_as_its_reserved_slot() {
         if let Some(AgentAnswer::State(state)) =
             world.observed.answers.get_mut(&InstanceId::new(id))
         {
-            // One session live, one slot reserved for a request being started.
+            // One session live, one slot reserved for a request being
+            // started, whose message the agent holds.
             state.free_slots = 0;
+            state.held_requests = 1;
         }
     }
     world.observed.depth.in_flight = 2;
     let plan = world.plan();
     assert_eq!(plan.launch, None, "{}", plan.decision.reason);
     assert_eq!(plan.sessions, 2, "status reports live sessions");
+}
+
+/// The plan of `world` once the policy has watched it for longer than its
+/// scale-down window (no hold after taking over), as the cluster sees it
+/// `after` seconds later.
+fn plan_after_the_window(world: &mut World, after: u64) -> Plan {
+    let config = PolicyConfig::from_spec(&world.spec);
+    let (_, memory) = plan(
+        &world.spec,
+        &world.previous,
+        &world.observed,
+        None,
+        &Rules::default(),
+    );
+    world.observed.now =
+        world.observed.now + config.scale_down_stabilization + Duration::from_secs(after);
+    plan(
+        &world.spec,
+        &world.previous,
+        &world.observed,
+        Some(&memory),
+        &Rules::default(),
+    )
+    .0
+}
+
+/// An agent whose registration the operator has not heard yet, on an
+/// instance launched a moment ago: the operator sees only a booting
+/// instance.
+fn unheard(mut world: World, id: &str) -> World {
+    world
+        .observed
+        .instances
+        .push(instance(id, 590, Ec2State::Running));
+    world
+}
+
+#[test]
+fn requests_an_unheard_agent_holds_are_demand_and_its_instance_is_not_cancelled() {
+    // Two full agents that hold no message (their sessions are started and
+    // their requests deleted), and one the operator has not heard from that
+    // took the last two requests: the queue shows them in flight.
+    let world = World::new(spec(0, 10), 600).ready("i-1", 2).ready("i-2", 2);
+    let mut world = unheard(world, "i-3");
+    world.observed.depth.in_flight = 2;
+    let plan = plan_after_the_window(&mut world, 1);
+    assert!(
+        plan.terminate.is_empty(),
+        "{:?}: {}",
+        plan.terminate,
+        plan.decision.reason
+    );
+    assert!(
+        plan.decision.reason.starts_with("demand 6 "),
+        "{}",
+        plan.decision.reason
+    );
+}
+
+#[test]
+fn a_booting_instance_that_browser_sessions_name_is_not_cancelled() {
+    // The requests of the unheard agent are started and deleted: only the
+    // BrowserSessions' status says where they run.
+    let world = World::new(spec(0, 10), 600).ready("i-1", 2).ready("i-2", 2);
+    let mut world = unheard(world, "i-3");
+    world
+        .observed
+        .session_hosts
+        .insert(InstanceId::new("i-3"), 2);
+    let plan = plan_after_the_window(&mut world, 1);
+    assert!(
+        plan.terminate.is_empty(),
+        "{:?}: {}",
+        plan.terminate,
+        plan.decision.reason
+    );
+    // Without them, nothing says it serves: the same booting instance is
+    // cancelled as no longer needed.
+    world.observed.session_hosts.clear();
+    world.observed.now = at(600);
+    let plan = plan_after_the_window(&mut world, 1);
+    assert_eq!(
+        plan.terminate,
+        vec![(InstanceId::new("i-3"), TerminateReason::NotNeeded)],
+        "{}",
+        plan.decision.reason
+    );
 }
