@@ -62,6 +62,7 @@ fn config(dir: &Path, first_port: u16, slots: u16, queues: &(String, String)) ->
         "stateDir": dir,
         "fleetToken": "f".repeat(40),
         "callbackSecret": "s".repeat(40),
+        "messageKey": "m".repeat(40),
     })
 }
 
@@ -376,6 +377,7 @@ async fn footprint(aws: &Aws, queues: &(String, String), endpoint: &str) -> anyh
             &browserfleet::cloud::OutgoingMessage {
                 body: body.to_string(),
                 delay: Duration::ZERO,
+                attributes: Default::default(),
             },
         )
         .await?;
@@ -473,6 +475,7 @@ async fn deletes_every(producer: &Sqs, queue: &QueueUrl, every: Duration) -> any
         let message = OutgoingMessage {
             body: body.to_string(),
             delay: Duration::ZERO,
+            attributes: Default::default(),
         };
         producer.send(queue, &message).await?;
         tokio::time::sleep(every).await;
@@ -552,6 +555,7 @@ async fn intake_calls(producer: &Aws) -> anyhow::Result<()> {
         let message = OutgoingMessage {
             body: body.to_string(),
             delay: Duration::ZERO,
+            attributes: Default::default(),
         };
         producer.send(&requests.url, &message).await?;
     }

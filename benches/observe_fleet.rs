@@ -62,6 +62,7 @@ async fn main() -> anyhow::Result<()> {
             .map(|i| OutgoingMessage {
                 body: format!(r#"{{"version":1,"action":"create","requestId":"{i}"}}"#),
                 delay: Duration::ZERO,
+                attributes: Default::default(),
             })
             .collect();
         sqs.send_batch(&queue.url, &messages).await?;

@@ -365,6 +365,7 @@ async fn burst_trial(
             })
             .to_string(),
             delay: Duration::ZERO,
+            attributes: Default::default(),
         })
         .collect();
     let started = Instant::now();

@@ -85,9 +85,16 @@ mod tests {
 
         let fleet_token = "F".repeat(40);
         let callback_secret = "C".repeat(40);
+        let message_key = "M".repeat(40);
         let password = "P".repeat(24);
         let session_token = "T".repeat(40);
-        let secrets = [&fleet_token, &callback_secret, &password, &session_token];
+        let secrets = [
+            &fleet_token,
+            &callback_secret,
+            &message_key,
+            &password,
+            &session_token,
+        ];
 
         let config_json = serde_json::json!({
             "fleet": "team/fleet",
@@ -98,6 +105,7 @@ mod tests {
             "browserPortRange": {"start": 9300, "end": 9309},
             "fleetToken": fleet_token,
             "callbackSecret": callback_secret,
+            "messageKey": message_key,
         });
         let settings = AgentConfig::parse(&config_json.to_string()).expect("valid config");
 
@@ -109,6 +117,7 @@ mod tests {
         let fleet_secrets = FleetSecrets {
             fleet_token: SecretValue::new(fleet_token.clone()),
             callback_secret: SecretValue::new(callback_secret.clone()),
+            message_key: SecretValue::new(message_key.clone()),
         };
         let queues = FleetQueues {
             requests: QueueUrl::new("http://localhost:5000/123/requests"),
@@ -122,7 +131,7 @@ mod tests {
             generation: 1,
             queues,
             parameter: "/browserfleet/team/fleet/agent-config".into(),
-            fleet_token: SecretValue::new(fleet_token.clone()),
+            secrets: fleet_secrets.clone(),
         });
         let create = crate::protocol::parse_message(
             serde_json::json!({

@@ -95,6 +95,9 @@ pub struct AgentConfig {
     pub fleet_token: SecretValue,
     /// Key of the HMAC signature on callbacks.
     pub callback_secret: SecretValue,
+    /// Key of the HMAC signature on events-queue messages and on the
+    /// operator's requests (`protocol::signing`).
+    pub message_key: SecretValue,
 }
 
 /// [`SWITCH_PATTERN`], compiled once.
@@ -402,6 +405,7 @@ impl AgentConfig {
         for (field, secret) in [
             ("fleetToken", &self.fleet_token),
             ("callbackSecret", &self.callback_secret),
+            ("messageKey", &self.message_key),
         ] {
             // Never echo the secret itself.
             if secret.expose().len() < MIN_SECRET_LEN {
@@ -484,6 +488,7 @@ mod tests {
             "browserPortRange": {"start": 9300, "end": 9309},
             "fleetToken": "f".repeat(32),
             "callbackSecret": "c".repeat(32),
+            "messageKey": "m".repeat(32),
         })
     }
 

@@ -13,7 +13,7 @@ use super::replies::{Replier, ReplyTargets};
 use super::requesters::{Requester, termination_replies};
 use super::sessions::{ActiveSession, timestamp};
 use super::table::SessionRecord;
-use crate::cloud::queues::{OutgoingMessage, QueueError, QueueUrl, Queues};
+use crate::cloud::queues::{QueueError, QueueUrl, Queues};
 use crate::protocol::{
     CreateRequest, Endpoints, Failed, FailureReason, InstanceId, Ready, Reply, ReplyKind,
     RequestId, SessionId, Terminated, TerminationReason,
@@ -153,10 +153,7 @@ impl<Q: Queues> Outbox<Q> {
     /// Puts `message` on the fleet's events queue.
     pub async fn to_events(&self, message: &impl Serialize) -> Result<(), String> {
         let body = serde_json::to_string(message).map_err(|e| e.to_string())?;
-        let message = OutgoingMessage {
-            body,
-            delay: Duration::ZERO,
-        };
+        let message = self.replier.event_message(body);
         self.queues
             .send(&self.events, &message)
             .await

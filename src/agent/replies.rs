@@ -3,6 +3,7 @@
 //! deleted (so a request is never lost without an answer); callbacks are
 //! retried with backoff in the background and never hold up a launch.
 
+use crate::protocol::signing::{self, Purpose};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -62,6 +63,8 @@ impl ReplyTargets {
 /// Sends replies and callbacks.
 pub struct Replier {
     secret: Vec<u8>,
+    /// Signs what goes on the events queue (`protocol::signing`).
+    message_key: Vec<u8>,
     format: ReplyFormat,
     /// The fleet's events queue: the operator reads protocol v1 there,
     /// whatever the fleet's reply format.
@@ -74,8 +77,8 @@ pub struct Replier {
 impl Replier {
     /// A replier signing callbacks with `secret` and writing replies to
     /// requesters in `format` (those on the fleet's `events` queue always
-    /// in protocol v1).
-    pub fn new(secret: &str, format: ReplyFormat, events: &str) -> Self {
+    /// in protocol v1, signed with `message_key`).
+    pub fn new(secret: &str, message_key: &str, format: ReplyFormat, events: &str) -> Self {
         // The system's roots (corporate CAs included); Mozilla's bundled roots
         // on an image that has none.
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
@@ -86,6 +89,7 @@ impl Replier {
         let connector = builder.https_or_http().enable_http1().build();
         Replier {
             secret: secret.as_bytes().to_vec(),
+            message_key: message_key.as_bytes().to_vec(),
             format,
             events: events.to_owned(),
             http: Client::builder(TokioExecutor::new()).build(connector),
@@ -115,7 +119,8 @@ impl Replier {
             self.start_callback(url.as_str().to_owned(), body);
         }
         if let Some(queue) = &targets.reply_to {
-            let format = if queue.as_str() == self.events {
+            let to_events = queue.as_str() == self.events;
+            let format = if to_events {
                 ReplyFormat::V1
             } else {
                 self.format
@@ -123,15 +128,35 @@ impl Replier {
             let Ok(body) = encode(format) else {
                 return Ok(());
             };
-            let message = OutgoingMessage {
-                body,
-                delay: Duration::ZERO,
+            let message = if to_events {
+                self.event_message(body)
+            } else {
+                OutgoingMessage {
+                    body,
+                    ..OutgoingMessage::default()
+                }
             };
             queues
                 .send(&QueueUrl::new(queue.as_str()), &message)
                 .await?;
         }
         Ok(())
+    }
+
+    /// `body` as a message for the events queue, signed: the operator
+    /// reads nothing there that no agent of the fleet signed.
+    pub fn event_message(&self, body: String) -> OutgoingMessage {
+        let attributes = signing::sign(
+            &self.message_key,
+            Purpose::Event,
+            &body,
+            jiff::Timestamp::now().as_second(),
+        );
+        OutgoingMessage {
+            body,
+            delay: Duration::ZERO,
+            attributes,
+        }
     }
 
     fn start_callback(&self, url: String, body: String) {

@@ -17,7 +17,7 @@ use bytes::Bytes;
 
 use super::devtools::{DevTools, DevToolsError};
 use super::end::{DeleteOutcome, Ending, Ends, NotHostedDelete};
-use super::intake::{Intake, IntakeOptions, RequestQueue};
+use super::intake::{Intake, IntakeOptions, OperatorTrust, RequestQueue};
 use super::launch::{LaunchFailure, Launcher};
 use super::metrics::AgentMetrics;
 use super::outbox::{ANNOUNCE_TIMEOUT, Outbox};
@@ -89,6 +89,7 @@ impl<Q: Queues + 'static> Agent<Q> {
             queues.clone(),
             Replier::new(
                 config.callback_secret.expose(),
+                config.message_key.expose(),
                 config.replies.format,
                 &config.events_queue_url,
             ),
@@ -134,6 +135,10 @@ impl<Q: Queues + 'static> Agent<Q> {
                 QueueUrl::new(&config.request_queue_url),
                 config.dead_letter_queue_url.as_deref().map(QueueUrl::new),
                 self.settings.visibility_timeout,
+                OperatorTrust {
+                    message_key: config.message_key.clone(),
+                    events: config.events_queue_url.clone(),
+                },
             ),
             self.metrics.clone(),
             self.settings.default_targets.clone(),

@@ -13,8 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_sdk_sqs::types::{
-    DeleteMessageBatchRequestEntry, MessageSystemAttributeName, QueueAttributeName,
-    SendMessageBatchRequestEntry,
+    DeleteMessageBatchRequestEntry, MessageAttributeValue, MessageSystemAttributeName,
+    QueueAttributeName, SendMessageBatchRequestEntry,
 };
 use thiserror::Error;
 
@@ -184,12 +184,33 @@ pub struct QueueDepth {
 }
 
 /// A message to send.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct OutgoingMessage {
     /// The body (JSON for our protocol).
     pub body: String,
     /// Delay before it becomes visible (at most 15 minutes).
     pub delay: Duration,
+    /// String message attributes (a signature: `protocol::signing`).
+    pub attributes: BTreeMap<String, String>,
+}
+
+/// The SDK's form of string message attributes.
+fn sdk_attributes(
+    attributes: &BTreeMap<String, String>,
+) -> Option<HashMap<String, MessageAttributeValue>> {
+    if attributes.is_empty() {
+        return None;
+    }
+    let mut sdk = HashMap::with_capacity(attributes.len());
+    for (name, value) in attributes {
+        let value = MessageAttributeValue::builder()
+            .data_type("String")
+            .string_value(value)
+            .build()
+            .ok()?;
+        sdk.insert(name.clone(), value);
+    }
+    Some(sdk)
 }
 
 /// A received message.
@@ -202,6 +223,8 @@ pub struct ReceivedMessage {
     pub body: String,
     /// How many times it has been received, this time included.
     pub receive_count: u32,
+    /// Its string message attributes.
+    pub attributes: BTreeMap<String, String>,
 }
 
 /// How to receive.
@@ -578,6 +601,7 @@ impl Queues for Sqs {
             .queue_url(queue.as_str())
             .message_body(&message.body)
             .delay_seconds(message.delay.as_secs().min(900) as i32)
+            .set_message_attributes(sdk_attributes(&message.attributes))
             .send();
         let out = observe(&self.recorder, Service::Sqs, "SendMessage", call).await?;
         out.message_id()
@@ -602,6 +626,7 @@ impl Queues for Sqs {
                     .id((base + i).to_string())
                     .message_body(&message.body)
                     .delay_seconds(message.delay.as_secs().min(900) as i32)
+                    .set_message_attributes(sdk_attributes(&message.attributes))
                     .build()
                     .map_err(|_| QueueError::MalformedResponse {
                         operation: "SendMessageBatch",
@@ -651,6 +676,7 @@ impl Queues for Sqs {
             .wait_time_seconds(wait.as_secs() as i32)
             .set_visibility_timeout(options.visibility.map(|v| v.as_secs() as i32))
             .message_system_attribute_names(MessageSystemAttributeName::ApproximateReceiveCount)
+            .message_attribute_names("All")
             .customize()
             .config_override(overrides)
             .send();
@@ -668,11 +694,18 @@ impl Queues for Sqs {
                 .and_then(|a| a.get(&MessageSystemAttributeName::ApproximateReceiveCount))
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(1);
+            let attributes = message
+                .message_attributes()
+                .into_iter()
+                .flatten()
+                .filter_map(|(name, value)| Some((name.clone(), value.string_value()?.to_owned())))
+                .collect();
             received.push(ReceivedMessage {
                 message_id: id.to_owned(),
                 receipt: ReceiptHandle::new(receipt),
                 body: message.body().unwrap_or_default().to_owned(),
                 receive_count,
+                attributes,
             });
         }
         Ok(received)

@@ -31,6 +31,9 @@ pub struct FleetSecrets {
     pub fleet_token: SecretValue,
     /// Key of the HMAC signature on callbacks.
     pub callback_secret: SecretValue,
+    /// Key of the HMAC signature on the agents' events-queue messages and
+    /// the operator's requests (`protocol::signing`).
+    pub message_key: SecretValue,
 }
 
 /// Address agents on EC2 listen on: every interface, so that clients in the
@@ -111,5 +114,6 @@ pub fn render(
         extensions_dir: None,
         fleet_token: secrets.fleet_token.clone(),
         callback_secret: secrets.callback_secret.clone(),
+        message_key: secrets.message_key.clone(),
     })
 }

@@ -35,6 +35,9 @@ pub struct Metrics {
     pub sessions: Family<Labels, Gauge>,
     /// Requests waiting in the request queue, per fleet.
     pub queue: Family<Labels, Gauge>,
+    /// Events-queue messages refused, by reason (`unsigned`, `invalid`,
+    /// `stale`, `replayed`): not from an agent of the fleet.
+    pub events_refused: Family<Labels, Counter>,
 }
 
 /// The label set of one fleet.
@@ -58,6 +61,12 @@ impl Metrics {
             prometheus_client::metrics::histogram::exponential_buckets(0.005, 2.0, 12),
         );
         let (desired, current, ready, sessions, queue) = Default::default();
+        let events_refused = Family::default();
+        operator.register(
+            "events_refused",
+            "Events-queue messages refused as not signed by an agent of the fleet, by reason",
+            Family::<Labels, Counter>::clone(&events_refused),
+        );
         operator.register(
             "reconciles",
             "Fleet reconciles by outcome",
@@ -105,7 +114,15 @@ impl Metrics {
             ready,
             sessions,
             queue,
+            events_refused,
         }
+    }
+
+    /// Counts an events-queue message refused for `reason`.
+    pub fn event_refused(&self, reason: &str) {
+        self.events_refused
+            .get_or_create(&one("reason", reason))
+            .inc();
     }
 
     /// Counts a reconcile.

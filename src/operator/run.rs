@@ -250,6 +250,7 @@ async fn run_controller(
             events_wait: settings.events_wait,
         },
         inbox,
+        metrics.clone(),
     ));
     let session_api: Api<BrowserSession> = match &options.namespace {
         Some(namespace) => Api::namespaced(client.clone(), namespace),

@@ -1,5 +1,5 @@
-//! The fleet's secrets (the agents' fleet token and the callback signing
-//! key): generated once, 244 random bits each, and kept in a Secret the
+//! The fleet's secrets (the agents' fleet token, the callback signing key
+//! and the key that signs queue messages): generated once, 244 random bits each, and kept in a Secret the
 //! fleet owns, so they survive operator restarts and go with the fleet. They
 //! reach the agents only inside the SecureString agent configuration; never
 //! status, Events, logs or user data.
@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::ByteString;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{ObjectMeta, PostParams};
+use kube::api::{ObjectMeta, Patch, PatchParams, PostParams};
 use kube::{Api, Resource, ResourceExt};
 
 use crate::agent::launch::new_token;
@@ -18,6 +18,7 @@ use crate::operator::agent_config::FleetSecrets;
 
 const FLEET_TOKEN_KEY: &str = "fleetToken";
 const CALLBACK_SECRET_KEY: &str = "callbackSecret";
+const MESSAGE_KEY_KEY: &str = "messageKey";
 
 /// Why the fleet's secrets cannot be had.
 #[derive(Debug, thiserror::Error)]
@@ -61,12 +62,37 @@ pub async fn ensure(
         name: name.clone(),
         source,
     };
-    if let Some(secret) = api.get_opt(&name).await.map_err(api_error)? {
+    if let Some(mut secret) = api.get_opt(&name).await.map_err(api_error)? {
+        if secret
+            .data
+            .as_ref()
+            .is_some_and(|d| !d.contains_key(MESSAGE_KEY_KEY))
+        {
+            // A Secret from before signed messages: the key is added once.
+            // The patch carries the resourceVersion read, so of two
+            // reconciles adding one, the second gets a conflict and reads
+            // the first one's key instead of replacing it.
+            let patch = serde_json::json!({
+                "metadata": {"resourceVersion": secret.resource_version()},
+                "data": {MESSAGE_KEY_KEY: ByteString(new_token().into_bytes())},
+            });
+            secret = match api
+                .patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await
+            {
+                Ok(secret) => secret,
+                Err(kube::Error::Api(status)) if status.is_conflict() => {
+                    api.get(&name).await.map_err(api_error)?
+                }
+                Err(source) => return Err(api_error(source)),
+            };
+        }
         return read(&name, &secret);
     }
     let secrets = FleetSecrets {
         fleet_token: SecretValue::new(new_token()),
         callback_secret: SecretValue::new(new_token()),
+        message_key: SecretValue::new(new_token()),
     };
     let secret = Secret {
         metadata: ObjectMeta {
@@ -88,6 +114,10 @@ pub async fn ensure(
             (
                 CALLBACK_SECRET_KEY.to_owned(),
                 ByteString(secrets.callback_secret.expose().as_bytes().to_vec()),
+            ),
+            (
+                MESSAGE_KEY_KEY.to_owned(),
+                ByteString(secrets.message_key.expose().as_bytes().to_vec()),
             ),
         ])),
         ..Secret::default()
@@ -120,5 +150,6 @@ fn read(name: &str, secret: &Secret) -> Result<FleetSecrets, SecretsError> {
     Ok(FleetSecrets {
         fleet_token: value(FLEET_TOKEN_KEY)?,
         callback_secret: value(CALLBACK_SECRET_KEY)?,
+        message_key: value(MESSAGE_KEY_KEY)?,
     })
 }

@@ -20,8 +20,9 @@ use kube::runtime::reflector::ObjectRef;
 use tracing::Instrument;
 
 use crate::api::BrowserFleet;
-use crate::cloud::{QueueDepth, QueueUrl, Queues, Sqs};
+use crate::cloud::{QueueDepth, QueueUrl, Queues, SecretValue, Sqs};
 use crate::operator::events_queue::{EventsConsumer, Inbox, Registrations};
+use crate::operator::metrics::Metrics;
 use crate::operator::trigger::FleetTrigger;
 
 /// How often the watches run.
@@ -40,6 +41,8 @@ pub struct WatchedQueues {
     pub requests: QueueUrl,
     /// Events, consumed.
     pub events: QueueUrl,
+    /// The key agents sign events with.
+    pub message_key: SecretValue,
 }
 
 struct Running {
@@ -55,6 +58,7 @@ pub struct FleetWatches {
     trigger: UnboundedSender<ObjectRef<BrowserFleet>>,
     timing: WatchTiming,
     inbox: Inbox,
+    metrics: Arc<Metrics>,
     running: Mutex<HashMap<String, Running>>,
 }
 
@@ -67,9 +71,11 @@ impl FleetWatches {
         trigger: UnboundedSender<ObjectRef<BrowserFleet>>,
         timing: WatchTiming,
         inbox: Inbox,
+        metrics: Arc<Metrics>,
     ) -> Self {
         FleetWatches {
             sqs,
+            metrics,
             registrations,
             trigger,
             timing,
@@ -108,6 +114,8 @@ impl FleetWatches {
                 trigger: self.trigger(),
                 inbox: self.inbox.clone(),
                 wait: self.timing.events_wait,
+                message_key: queues.message_key.clone(),
+                metrics: self.metrics.clone(),
             }
             .run()
             .instrument(span.clone()),

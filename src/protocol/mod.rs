@@ -7,7 +7,8 @@
 //! * [`reply`] holds what agents send back ([`Reply`]) and what they forward
 //!   to the fleet's events queue ([`EventsMessage`]).
 //! * [`callback`] signs and verifies HTTP callbacks and schedules their
-//!   retries.
+//!   retries; [`signing`] signs and verifies the agents' events-queue
+//!   messages and the operator's requests.
 //! * [`control`] is what the operator passes on to an agent's control API
 //!   with a forwarded delete ([`DeleteRequester`]).
 //! * [`state`] is the agent's state as its control API reports it to the
@@ -20,6 +21,7 @@ pub mod ids;
 pub mod proxy;
 pub mod reply;
 pub mod request;
+pub mod signing;
 pub mod state;
 pub mod urls;
 

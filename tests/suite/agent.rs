@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use browserfleet::agent::RunningAgent;
 use browserfleet::agent::intake::IntakeOptions;
-use browserfleet::cloud::{Service, Sqs};
+use browserfleet::cloud::queues::{OutgoingMessage, ReceivedMessage};
+use browserfleet::cloud::{Queues, Service, Sqs};
 use browserfleet::protocol::callback;
 use serde_json::{Value, json};
 use testkit::agent_world::{
@@ -1247,4 +1248,115 @@ async fn state_counts_a_request_as_held_from_its_receipt_until_its_message_is_de
         Some(0.0)
     );
     end_and_stop(running, &["s-held"]).await;
+}
+
+/// The agent's messages on the events queue, as received, until one for
+/// which `pick` holds (given back: other tests of the world may read it).
+async fn signed_event(world: &AgentWorld, pick: impl Fn(&Value) -> bool) -> ReceivedMessage {
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        assert!(std::time::Instant::now() < deadline, "no such event");
+        for message in testkit::agent_world::receive_batch(&world.sqs, &world.events, None).await {
+            let value: Value = serde_json::from_str(&message.body).unwrap_or(Value::Null);
+            if pick(&value) {
+                return message;
+            }
+        }
+    }
+}
+
+/// Producers may ask for sessions, not speak for the operator: a request
+/// with a reserved label or session id is refused on its own reply queue,
+/// one naming the events queue is never answered there; the operator's
+/// signed request with the same label is served, and what the agent puts on
+/// the events queue is signed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_producer_speaking_for_the_operator_is_refused_and_never_answered_on_the_events_queue() {
+    use browserfleet::protocol::signing::{self, Purpose};
+    use testkit::agent_world::MESSAGE_KEY;
+    let world = AgentWorld::new("agent-reserved", 2).await;
+    let running = world.start_agent().await;
+    let registration = signed_event(&world, |v| v["type"] == "node.registered").await;
+    let now = jiff::Timestamp::now().as_second();
+    let verify = |message: &ReceivedMessage| {
+        signing::verify(
+            MESSAGE_KEY.as_bytes(),
+            Purpose::Event,
+            &message.body,
+            &message.attributes,
+            now,
+        )
+    };
+    assert_eq!(verify(&registration), Ok(()));
+
+    world
+        .request(
+            "s-label",
+            json!({"labels": {"browserfleet.io/session-uid": "u"}}),
+        )
+        .await;
+    let refused = world.reply("session.failed", "s-label").await;
+    assert_eq!(refused["reason"], "invalidRequest");
+    assert!(
+        refused["message"]
+            .as_str()
+            .unwrap()
+            .contains("browserfleet.io/session-uid"),
+        "{refused}"
+    );
+    world.request("bs-forged", json!({})).await;
+    let refused = world.reply("session.failed", "bs-forged").await;
+    assert!(
+        refused["message"].as_str().unwrap().contains("reserved"),
+        "{refused}"
+    );
+
+    // Naming the events queue, and nothing else: dead-lettered, unanswered.
+    world
+        .send_raw(
+            &json!({"version": 1, "action": "create", "sessionId": "s-events",
+                    "replyTo": world.events.as_str()})
+            .to_string(),
+        )
+        .await;
+    eventually("dead-lettered", Duration::from_secs(20), || async {
+        world.dead_lettered().await == 1
+    })
+    .await;
+    assert_no_message(&world.sqs, &world.events, Duration::from_secs(2), |v| {
+        v["sessionId"] == "s-events"
+    })
+    .await;
+    assert_eq!(
+        metric(
+            &running,
+            "browserfleet_agent_failures_total{reason=\"invalidRequest\"}"
+        )
+        .await,
+        Some(3.0)
+    );
+
+    // The operator's request, signed with the fleet's key, may do all that.
+    let body = json!({"version": 1, "action": "create", "sessionId": "bs-signed",
+                      "replyTo": world.events.as_str(),
+                      "labels": {"browserfleet.io/session-uid": "u"}})
+    .to_string();
+    world
+        .sqs
+        .send(
+            &world.requests,
+            &OutgoingMessage {
+                attributes: signing::sign(MESSAGE_KEY.as_bytes(), Purpose::Request, &body, now),
+                body,
+                delay: Duration::ZERO,
+            },
+        )
+        .await
+        .unwrap();
+    let ready = signed_event(&world, |v| {
+        v["type"] == "session.ready" && v["sessionId"] == "bs-signed"
+    })
+    .await;
+    assert_eq!(verify(&ready), Ok(()));
+    end_and_stop(running, &["bs-signed"]).await;
 }

@@ -15,6 +15,7 @@ fn message(body: &str) -> OutgoingMessage {
     OutgoingMessage {
         body: body.to_owned(),
         delay: Duration::ZERO,
+        attributes: Default::default(),
     }
 }
 
@@ -177,6 +178,7 @@ async fn depth_counts_visible_in_flight_and_delayed_in_one_call() {
     let delayed = OutgoingMessage {
         body: "later".to_owned(),
         delay: Duration::from_secs(300),
+        attributes: Default::default(),
     };
     sqs.send(&queue.url, &delayed).await.expect("send delayed");
     let received = sqs.receive(&queue.url, no_wait(1)).await.expect("receive");

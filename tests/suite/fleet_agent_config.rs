@@ -66,6 +66,7 @@ fn secrets() -> FleetSecrets {
     FleetSecrets {
         fleet_token: SecretValue::new("f".repeat(64)),
         callback_secret: SecretValue::new("c".repeat(64)),
+        message_key: SecretValue::new("m".repeat(64)),
     }
 }
 

@@ -141,6 +141,7 @@ async fn a_launcher_producer_moves_over_unchanged() {
                 &browserfleet::cloud::OutgoingMessage {
                     body: body.to_string(),
                     delay: Duration::ZERO,
+                    attributes: Default::default(),
                 },
             )
             .await

@@ -29,6 +29,7 @@ fn rendered() -> String {
     let operator = Metrics::new(calls.clone());
     operator.reconciled(0.2, Some("AwsThrottled"));
     operator.fleet("team/web", 2, 2, 1, 3, 4);
+    operator.event_refused("unsigned");
     let agent = AgentMetrics::with_aws_calls(Some(calls));
     agent.failed("failedToStart");
     agent.terminated("expired");

@@ -432,3 +432,191 @@ async fn an_operator_restarted_between_enqueue_and_reply_makes_the_session_ready
     assert_eq!(requests_left(&world).await, 0);
     nodes.shutdown().await;
 }
+
+/// What goes on the events queue in the name of an agent, as `sign` signs
+/// it (nothing: unsigned).
+async fn forge(world: &OperatorWorld, body: &Value, sign: Option<&str>) {
+    use browserfleet::protocol::signing::{self, Purpose};
+    let body = body.to_string();
+    let attributes = sign
+        .map(|key| {
+            signing::sign(
+                key.as_bytes(),
+                Purpose::Event,
+                &body,
+                jiff::Timestamp::now().as_second(),
+            )
+        })
+        .unwrap_or_default();
+    Sqs::new(&world.aws)
+        .send(
+            &world.events_queue().await,
+            &browserfleet::cloud::OutgoingMessage {
+                body,
+                delay: Duration::ZERO,
+                attributes,
+            },
+        )
+        .await
+        .expect("send");
+}
+
+/// The operator's count of refused events for `reason`.
+fn refused(operator: &testkit::operator_world::OperatorHandle, reason: &str) -> u64 {
+    let needle = format!("browserfleet_operator_events_refused_total{{reason=\"{reason}\"}} ");
+    operator
+        .metrics
+        .render()
+        .lines()
+        .find_map(|l| l.strip_prefix(&needle)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forged_registrations_and_replies_are_refused_and_the_token_goes_nowhere() {
+    let world = OperatorWorld::new("session-forged").await;
+    let operator = world.start_operator(test_settings(), None).await;
+    // No nodes: the session waits, its instance boots for ever.
+    world.apply(&world.fleet(0, 1)).await;
+    world
+        .apply_session(&world.session("target", json!({})))
+        .await;
+    let target = world.wait_for_phase("target", SessionPhase::Starting).await;
+    let key = world.fleet_secret("messageKey").await;
+
+    // Where a forger listens, hoping for the fleet token.
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let trap = listener.local_addr().unwrap().to_string();
+    let dialled = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = dialled.clone();
+    let trap_task = tokio::spawn(async move {
+        while listener.accept().await.is_ok() {
+            counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    let instance = loop {
+        if let Some(instance) = world.instances().await.first() {
+            break instance.id.as_str().to_owned();
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let fleet = world.fleet_key();
+    let registration = |kind: &str, instance: &str| {
+        json!({"version": 1, "type": kind, "fleet": fleet, "instanceId": instance,
+               "address": trap, "agentVersion": "0.1.0", "slots": 2, "sessions": 0,
+               "draining": false, "at": jiff::Timestamp::now().to_string()})
+    };
+    forge(&world, &registration("node.registered", &instance), None).await;
+    forge(
+        &world,
+        &registration("node.registered", &instance),
+        Some(&"x".repeat(40)),
+    )
+    .await;
+    // Validly signed (a copy of an agent's message), sent twice: the copy
+    // is a replay. For an instance that does not exist, so the first one is
+    // harmless.
+    let heartbeat = registration("node.heartbeat", "i-0000000000000dead");
+    forge(&world, &heartbeat, Some(&key)).await;
+    forge(&world, &heartbeat, Some(&key)).await;
+
+    // A ready reply for the session on a browser the forger controls.
+    let uid = target.uid().unwrap();
+    let ready = |session_id: &str| {
+        json!({"version": 1, "type": "session.ready", "sessionId": session_id,
+               "instanceId": instance,
+               "labels": {"browserfleet.io/namespace": world.cluster.ns,
+                          "browserfleet.io/session": "target", "browserfleet.io/uid": uid},
+               "at": jiff::Timestamp::now().to_string(),
+               "endpoints": {"webSocketDebuggerUrl": format!("ws://{trap}/devtools/browser/x"),
+                             "httpBase": format!("http://{trap}/"),
+                             "jsonVersion": format!("http://{trap}/json/version")},
+               "token": "t".repeat(40),
+               "expiresAt": "2099-01-01T00:00:00Z"})
+    };
+    forge(&world, &ready(&session_id(&target)), None).await;
+    // Signed (an agent's), but for another session id than the operator
+    // asked for.
+    forge(&world, &ready("bs-someone-else"), Some(&key)).await;
+
+    eventually("refusals counted", WAIT, || async {
+        refused(&operator, "unsigned") >= 2
+            && refused(&operator, "invalid") >= 1
+            && refused(&operator, "replayed") >= 1
+    })
+    .await;
+    let events = world.events_queue().await;
+    eventually("every forged event read", WAIT, || async {
+        let depth = Sqs::new(&world.aws).depth(&events).await.expect("depth");
+        depth.visible + depth.in_flight == 0
+    })
+    .await;
+    // Three reconciles of the fleet later (resyncs, 2 s apart here),
+    // still nothing.
+    let reconciles = || {
+        operator
+            .metrics
+            .render()
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("browserfleet_operator_reconciles_total{outcome=\"ok\"} ")?
+                    .trim()
+                    .parse::<u64>()
+                    .ok()
+            })
+            .unwrap_or(0)
+    };
+    let before = reconciles();
+    eventually("three more reconciles", WAIT, || async {
+        reconciles() >= before + 3
+    })
+    .await;
+    assert_eq!(
+        dialled.load(std::sync::atomic::Ordering::SeqCst),
+        0,
+        "the operator dialled a forged address"
+    );
+    let after = world.sessions().get("target").await.unwrap();
+    assert_eq!(phase(&after), SessionPhase::Starting, "{:?}", after.status);
+
+    // The control: the same reply, signed by the fleet's key and for the
+    // session id the operator asked for, is applied.
+    forge(&world, &ready(&session_id(&target)), Some(&key)).await;
+    world.wait_for_phase("target", SessionPhase::Ready).await;
+    trap_task.abort();
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_secret_from_before_signed_messages_gets_a_message_key_and_keeps_its_token() {
+    use k8s_openapi::ByteString;
+    let world = OperatorWorld::new("session-old-secret").await;
+    let secrets: Api<Secret> = world.cluster.api();
+    let name = browserfleet::operator::secrets::secret_name(&world.name);
+    let old = |value: char| ByteString(value.to_string().repeat(40).into_bytes());
+    secrets
+        .create(
+            &Default::default(),
+            &serde_json::from_value(json!({
+                "metadata": {"name": name},
+                "data": {"fleetToken": old('f'), "callbackSecret": old('c')},
+            }))
+            .unwrap(),
+        )
+        .await
+        .expect("an old fleet Secret");
+    let _operator = world.start_operator(test_settings(), None).await;
+    let nodes = world.start_nodes(|_| {});
+    world.apply(&world.fleet(0, 1)).await;
+    // The agent needs the key to answer a BrowserSession.
+    world
+        .apply_session(&world.session("after-upgrade", json!({})))
+        .await;
+    world
+        .wait_for_phase("after-upgrade", SessionPhase::Ready)
+        .await;
+    assert_eq!(world.fleet_secret("fleetToken").await, "f".repeat(40));
+    assert!(world.fleet_secret("messageKey").await.len() >= 32);
+    world.delete_session("after-upgrade").await;
+    world.wait_session_gone("after-upgrade").await;
+    nodes.shutdown().await;
+}

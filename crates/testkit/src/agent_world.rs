@@ -23,6 +23,9 @@ use tokio_tungstenite::tungstenite::Message;
 /// Chromium as the project's script installs it.
 pub const CHROMIUM: &str = "/usr/bin/chromium";
 
+/// The message key of agent worlds' fleets (`protocol::signing`).
+pub const MESSAGE_KEY: &str = "mmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmmm";
+
 /// Flags the sandboxed test machine needs: Chromium refuses to run as root
 /// with its sandbox on, and has no GPU.
 pub const TEST_BROWSER_ARGS: &[&str] = &["--no-sandbox", "--disable-gpu"];
@@ -100,6 +103,7 @@ impl AgentWorld {
             "stateDir": state_dir.path(),
             "fleetToken": "f".repeat(40),
             "callbackSecret": "s".repeat(40),
+            "messageKey": MESSAGE_KEY,
         });
         AgentWorld {
             sqs,
@@ -224,6 +228,7 @@ impl AgentWorld {
                 &OutgoingMessage {
                     body: body.to_owned(),
                     delay: Duration::ZERO,
+                    attributes: Default::default(),
                 },
             )
             .await

@@ -123,6 +123,7 @@ impl NodeWorld {
             secrets: FleetSecrets {
                 fleet_token: secret(),
                 callback_secret: secret(),
+                message_key: secret(),
             },
         }
     }
@@ -223,6 +224,7 @@ impl NodeWorld {
                 &OutgoingMessage {
                     body: body.to_string(),
                     delay: Duration::ZERO,
+                    attributes: Default::default(),
                 },
             )
             .await

@@ -553,6 +553,17 @@ impl OperatorWorld {
         QueueUrl::new(url)
     }
 
+    /// The events queue in status.
+    pub async fn events_queue(&self) -> QueueUrl {
+        let fleet = self.get().await;
+        let url = fleet
+            .status
+            .and_then(|s| s.queues)
+            .and_then(|q| q.events)
+            .expect("events queue in status");
+        QueueUrl::new(url)
+    }
+
     /// Sends `count` session requests replying to `reply_to`.
     pub async fn send_requests(
         &self,
@@ -574,6 +585,7 @@ impl OperatorWorld {
                 })
                 .to_string(),
                 delay: Duration::ZERO,
+                attributes: Default::default(),
             })
             .collect();
         let outcome = sqs

@@ -32,11 +32,12 @@ use super::sessions::Sessions;
 use super::slots::SlotError;
 use super::tombstones::CANCELLED_MESSAGE;
 use crate::cloud::queues::{MAX_BATCH, OutgoingMessage, Queues, ReceivedMessage};
+use crate::protocol::signing::{self, RESERVED_SESSION_PREFIX};
 use crate::protocol::{
     CreateRequest, Failed, FailureReason, Inbound, Reply, ReplyKind, SessionId, parse_message,
 };
 
-pub use request_queue::RequestQueue;
+pub use request_queue::{OperatorTrust, RequestQueue};
 
 /// Delay before a request given back becomes visible again.
 const GIVE_BACK_DELAY: Duration = Duration::from_secs(5);
@@ -277,6 +278,31 @@ impl<Q: Queues + 'static> Intake<Q> {
                     drop(held);
                 });
             }
+            Ok(Inbound::Delete(delete))
+                if (delete
+                    .session_id
+                    .as_str()
+                    .starts_with(RESERVED_SESSION_PREFIX)
+                    || delete
+                        .reply_to
+                        .as_ref()
+                        .is_some_and(|q| q.as_str() == self.requests.events()))
+                    && !self.requests.from_operator(&message) =>
+            {
+                // Only the operator may end a BrowserSession, and it does so
+                // through the agents' control API, never on the queue.
+                let intake = self.clone();
+                handlers.spawn(async move {
+                    intake.metrics.failed("invalidRequest");
+                    tracing::warn!(
+                        message_id = %message.message_id,
+                        session = %delete.session_id,
+                        "a delete speaking for the operator, unsigned; dead-lettered"
+                    );
+                    intake.requests.dead_letter(&message).await;
+                    drop(held);
+                });
+            }
             Ok(Inbound::Delete(delete)) => {
                 let intake = self.clone();
                 handlers.spawn(async move {
@@ -307,6 +333,16 @@ impl<Q: Queues + 'static> Intake<Q> {
                 });
             }
             Ok(Inbound::Create(request)) => {
+                if let Some(why) = signing::reserved_use(&request, self.requests.events())
+                    && !self.requests.from_operator(&message)
+                {
+                    let intake = self.clone();
+                    handlers.spawn(async move {
+                        intake.refuse_reserved(&request, &message, why).await;
+                        drop(held);
+                    });
+                    return;
+                }
                 let request = with_default_targets(request, &self.default_targets);
                 let id = request
                     .session_id
@@ -385,9 +421,11 @@ impl<Q: Queues + 'static> Intake<Q> {
                     let id = requeue::session_for(&message.message_id);
                     match requeue::copy_body(&message.body, &id, record) {
                         Ok(body) => {
+                            let attributes = self.requests.copy_attributes(&message, &body);
                             copies.push(OutgoingMessage {
                                 body,
                                 delay: Duration::ZERO,
+                                attributes,
                             });
                             originals.push(message);
                         }
@@ -531,6 +569,38 @@ impl<Q: Queues + 'static> Intake<Q> {
         }
     }
 
+    /// A producer's create that asks for what only the operator may: answered
+    /// `session.failed` (`invalidRequest`) on its own targets, never on the
+    /// events queue (that answer would reach a BrowserSession), or
+    /// dead-lettered when it names no other target.
+    async fn refuse_reserved(
+        &self,
+        request: &CreateRequest,
+        message: &ReceivedMessage,
+        why: String,
+    ) {
+        self.metrics.failed("invalidRequest");
+        tracing::warn!(message_id = %message.message_id, %why, "create refused");
+        let reply_to = request
+            .reply_to
+            .as_ref()
+            .filter(|q| q.as_str() != self.requests.events());
+        let targets = ReplyTargets::new(reply_to, request.callback_url.as_ref());
+        if !targets.is_empty() {
+            let id = request
+                .session_id
+                .clone()
+                .unwrap_or_else(SessionId::generate);
+            let reply = self
+                .outbox
+                .failed(&id, request, FailureReason::InvalidRequest, why);
+            if self.answer(&targets, &reply, message).await {
+                return;
+            }
+        }
+        self.requests.dead_letter(message).await;
+    }
+
     /// Sends `reply` and, once it is on the requester's queue, deletes the
     /// request. Returns whether it did.
     async fn answer(
@@ -578,8 +648,14 @@ impl<Q: Queues + 'static> Intake<Q> {
         // A message with no shape at all names no one and is dead-lettered; one
         // that broke a rule is answered where it asked, else at the fleet's
         // default targets.
+        // Never on the events queue: what is not a request is not the
+        // operator's, and an answer there could reach a BrowserSession.
         let target = error.reply_target().map(|target| {
-            let targets = ReplyTargets::new(target.reply_to.as_ref(), target.callback_url.as_ref())
+            let reply_to = target
+                .reply_to
+                .as_ref()
+                .filter(|q| q.as_str() != self.requests.events());
+            let targets = ReplyTargets::new(reply_to, target.callback_url.as_ref())
                 .or_defaults(&self.default_targets);
             (target, targets)
         });

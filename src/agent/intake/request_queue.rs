@@ -3,14 +3,55 @@
 //! delay, returned at once, moved to the dead-letter queue, or put back as a
 //! copy.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::GIVE_BACK_DELAY;
+use crate::cloud::SecretValue;
 use crate::cloud::queues::{
     BatchOutcome, OutgoingMessage, QueueError, QueueUrl, Queues, ReceiptHandle, ReceiveOptions,
     ReceivedMessage,
 };
+use crate::protocol::signing::{self, Purpose};
+
+/// What tells the operator's requests from producers': the fleet's message
+/// key, and the events queue a producer's request must not name.
+pub struct OperatorTrust {
+    /// The fleet's message key.
+    pub message_key: SecretValue,
+    /// The fleet's events queue.
+    pub events: String,
+}
+
+impl OperatorTrust {
+    /// Whether the operator signed `message` (within the signature's
+    /// tolerance).
+    fn signed(&self, message: &ReceivedMessage) -> bool {
+        signing::verify(
+            self.message_key.expose().as_bytes(),
+            Purpose::Request,
+            &message.body,
+            &message.attributes,
+            jiff::Timestamp::now().as_second(),
+        )
+        .is_ok()
+    }
+
+    /// The attributes of a copy of `original` with body `body`: signed
+    /// again when the original was.
+    fn copy_attributes(&self, original: &ReceivedMessage, body: &str) -> BTreeMap<String, String> {
+        if !self.signed(original) {
+            return BTreeMap::new();
+        }
+        signing::sign(
+            self.message_key.expose().as_bytes(),
+            Purpose::Request,
+            body,
+            jiff::Timestamp::now().as_second(),
+        )
+    }
+}
 
 /// The request queue and its dead-letter queue.
 pub struct RequestQueue<Q> {
@@ -19,6 +60,8 @@ pub struct RequestQueue<Q> {
     dead_letter: Option<QueueUrl>,
     /// How long a received message stays invisible while it is handled.
     visibility: Duration,
+    /// What tells the operator's requests on it from producers'.
+    trust: OperatorTrust,
 }
 
 impl<Q: Queues> RequestQueue<Q> {
@@ -28,13 +71,35 @@ impl<Q: Queues> RequestQueue<Q> {
         url: QueueUrl,
         dead_letter: Option<QueueUrl>,
         visibility: Duration,
+        trust: OperatorTrust,
     ) -> Self {
         RequestQueue {
             queues,
             url,
             dead_letter,
             visibility,
+            trust,
         }
+    }
+
+    /// Whether the operator signed `message`: only then may it ask for what
+    /// only the operator may (`protocol::signing::reserved_use`).
+    pub fn from_operator(&self, message: &ReceivedMessage) -> bool {
+        self.trust.signed(message)
+    }
+
+    /// The attributes of a copy of `original` whose body is `body`.
+    pub fn copy_attributes(
+        &self,
+        original: &ReceivedMessage,
+        body: &str,
+    ) -> BTreeMap<String, String> {
+        self.trust.copy_attributes(original, body)
+    }
+
+    /// The fleet's events queue, which a producer's request may not name.
+    pub fn events(&self) -> &str {
+        &self.trust.events
     }
 
     /// Receives up to `max_messages`, long-polling for `wait`.
@@ -90,6 +155,7 @@ impl<Q: Queues> RequestQueue<Q> {
         let moved = OutgoingMessage {
             body: message.body.clone(),
             delay: Duration::ZERO,
+            attributes: message.attributes.clone(),
         };
         match self.queues.send(dlq, &moved).await {
             Ok(_) => self.finish(message).await,

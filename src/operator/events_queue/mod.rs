@@ -9,7 +9,7 @@
 pub mod inbox;
 mod registrations;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -17,10 +17,12 @@ use jiff::Timestamp;
 use kube::runtime::reflector::ObjectRef;
 
 use crate::api::BrowserFleet;
-use crate::cloud::queues::ReceiptHandle;
-use crate::cloud::{QueueUrl, Queues, ReceiveOptions, Sqs};
+use crate::cloud::queues::{ReceiptHandle, ReceivedMessage};
+use crate::cloud::{QueueUrl, Queues, ReceiveOptions, SecretValue, Sqs};
+use crate::operator::metrics::Metrics;
 use crate::operator::trigger::FleetTrigger;
 use crate::protocol::FleetEvent;
+use crate::protocol::signing::{self, Purpose};
 pub use inbox::{Delivery, Inbox};
 pub use registrations::Registrations;
 
@@ -35,6 +37,48 @@ pub struct EventsConsumer {
     pub inbox: Inbox,
     /// Long-poll wait (at most 20 s).
     pub wait: Duration,
+    /// The key the fleet's agents sign their messages with.
+    pub message_key: SecretValue,
+    pub metrics: Arc<Metrics>,
+}
+
+/// Signatures accepted within their tolerance, with the SQS message that
+/// carried each: a copy sent again by someone who read the queue is
+/// refused, while the same message delivered again (one not applied is
+/// left for the next read) is not.
+#[derive(Default)]
+struct Accepted {
+    by_signature: HashMap<String, (String, i64)>,
+}
+
+impl Accepted {
+    /// Whether `message` is a fresh, valid message of the fleet's agents;
+    /// the reason to refuse it if not.
+    fn check(
+        &mut self,
+        key: &[u8],
+        message: &ReceivedMessage,
+        now: i64,
+    ) -> Result<(), &'static str> {
+        signing::verify(key, Purpose::Event, &message.body, &message.attributes, now)
+            .map_err(|error| error.label())?;
+        let signature = message
+            .attributes
+            .get(signing::SIGNATURE_ATTRIBUTE)
+            .cloned()
+            .unwrap_or_default();
+        let window = i64::try_from(signing::TOLERANCE.as_secs()).unwrap_or(i64::MAX);
+        self.by_signature
+            .retain(|_, (_, at)| now.saturating_sub(*at) <= window.saturating_mul(2));
+        match self.by_signature.get(&signature) {
+            Some((id, _)) if *id != message.message_id => Err("replayed"),
+            _ => {
+                self.by_signature
+                    .insert(signature, (message.message_id.clone(), now));
+                Ok(())
+            }
+        }
+    }
 }
 
 impl EventsConsumer {
@@ -49,7 +93,10 @@ impl EventsConsumer {
             trigger,
             inbox,
             wait,
+            message_key,
+            metrics,
         } = self;
+        let mut accepted = Accepted::default();
         let name = format!(
             "{}/{}",
             fleet.namespace.as_deref().unwrap_or_default(),
@@ -74,6 +121,22 @@ impl EventsConsumer {
             // Session deliveries by session, each session's in the order read.
             let mut deliveries: BTreeMap<String, Vec<(ReceiptHandle, Delivery)>> = BTreeMap::new();
             for message in messages {
+                let now = Timestamp::now().as_second();
+                if let Err(reason) = accepted.check(message_key.expose().as_bytes(), &message, now)
+                {
+                    // Not from an agent of this fleet: whoever may send to
+                    // the queue must not register an address (the operator
+                    // would dial it with the fleet token) or answer for a
+                    // session.
+                    metrics.event_refused(reason);
+                    tracing::warn!(
+                        message_id = %message.message_id,
+                        reason,
+                        "a message on the events queue not signed by an agent of the fleet; dropped"
+                    );
+                    done.push(message.receipt);
+                    continue;
+                }
                 match serde_json::from_str::<FleetEvent>(&message.body) {
                     Ok(FleetEvent::Node(announcement)) if announcement.fleet == name => {
                         changed |= registrations.record(&uid, &announcement, Timestamp::now());

@@ -37,7 +37,7 @@ pub(super) async fn act(
     for (instance, address) in &plan.drain {
         match ctx
             .agents
-            .drain(address, ensured.fleet_token.expose())
+            .drain(address, ensured.secrets.fleet_token.expose())
             .await
         {
             Ok(()) => {

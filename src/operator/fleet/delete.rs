@@ -85,7 +85,10 @@ async fn retire_for_deletion(
         Duration::from_secs(u64::try_from(fleet.spec.scaling.drain_timeout_seconds).unwrap_or(0));
     let expired = Timestamp::now().duration_since(deleted_at)
         >= jiff::SignedDuration::try_from(timeout).unwrap_or_default();
-    let token = memory.ensured.as_ref().map(|e| e.fleet_token.clone());
+    let token = memory
+        .ensured
+        .as_ref()
+        .map(|e| e.secrets.fleet_token.clone());
     let token = match token {
         Some(token) => Some(token),
         None => secrets::ensure(&ctx.client, fleet)

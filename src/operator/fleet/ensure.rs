@@ -73,7 +73,7 @@ pub(super) async fn ensure(
         generation,
         queues,
         parameter,
-        fleet_token: fleet_secrets.fleet_token,
+        secrets: fleet_secrets,
     };
     memory.ensured = Some(ensured.clone());
     Ok(ensured)

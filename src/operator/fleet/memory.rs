@@ -8,8 +8,7 @@ use std::sync::Mutex;
 
 use jiff::Timestamp;
 
-use crate::cloud::SecretValue;
-use crate::operator::agent_config::FleetQueues;
+use crate::operator::agent_config::{FleetQueues, FleetSecrets};
 use crate::scaling::policy::PolicyMemory;
 
 /// What was created for a fleet at a generation: converged once per
@@ -22,8 +21,9 @@ pub struct Ensured {
     pub queues: FleetQueues,
     /// The name of the SSM parameter holding the agent configuration.
     pub parameter: String,
-    /// The token the fleet's agents accept.
-    pub fleet_token: SecretValue,
+    /// The fleet's secrets: the token its agents accept, the key of its
+    /// signed messages.
+    pub secrets: FleetSecrets,
 }
 
 /// One fleet's memory.
@@ -75,13 +75,13 @@ impl FleetMemories {
         self.lock().get(uid).map_or(0, |m| m.failures)
     }
 
-    /// The fleet token this process ensured, if it did: the session
-    /// reconciler and the reply inbox read it before falling back on the
+    /// The fleet secrets this process ensured, if it did: the session
+    /// reconciler and the reply inbox read them before falling back on the
     /// fleet's Secret.
-    pub fn fleet_token(&self, uid: &str) -> Option<SecretValue> {
+    pub fn secrets(&self, uid: &str) -> Option<FleetSecrets> {
         let memories = self.lock();
         let ensured = memories.get(uid)?.ensured.as_ref()?;
-        Some(ensured.fleet_token.clone())
+        Some(ensured.secrets.clone())
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, FleetMemory>> {
@@ -106,6 +106,6 @@ mod tests {
         assert_eq!(memories.load("uid").watching_since, Some(first));
         memories.forget("uid");
         assert_eq!(memories.failures("uid"), 0);
-        assert!(memories.fleet_token("uid").is_none());
+        assert!(memories.secrets("uid").is_none());
     }
 }

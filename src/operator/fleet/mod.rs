@@ -289,6 +289,7 @@ async fn reconcile_fleet(
         &WatchedQueues {
             requests: ensured.queues.requests.clone(),
             events: ensured.queues.events.clone(),
+            message_key: ensured.secrets.message_key.clone(),
         },
     );
     let observed = observe::observe(

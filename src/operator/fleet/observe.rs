@@ -84,7 +84,7 @@ async fn ask_agents(
     ensured: &Ensured,
     ctx: &Context,
 ) -> BTreeMap<InstanceId, AgentAnswer> {
-    let token = ensured.fleet_token.expose();
+    let token = ensured.secrets.fleet_token.expose();
     futures::stream::iter(addresses(fleet, instances, registrations))
         .map(|(id, address)| async move {
             let answer = match ctx.agents.state(&address, token).await {

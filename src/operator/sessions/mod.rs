@@ -40,6 +40,7 @@ use crate::api::session::{
 use crate::cloud::SecretValue;
 use crate::cloud::{OutgoingMessage, QueueError, QueueUrl, Queues};
 use crate::operator::agent_client::{AgentCallError, SessionEnd};
+use crate::operator::agent_config::FleetSecrets;
 use crate::operator::conditions::{self, Wanted};
 use crate::operator::context::Context;
 use crate::operator::events_queue::Registrations;
@@ -47,6 +48,7 @@ use crate::operator::finalizers;
 use crate::operator::fleet::FleetMemories;
 use crate::operator::secrets::SecretsError;
 use crate::operator::trigger::FleetTrigger;
+use crate::protocol::signing::{self, Purpose};
 use crate::protocol::{Inbound, SessionId};
 
 /// Keeps a session until its browser is gone.
@@ -117,19 +119,26 @@ impl FleetLink {
         }
     }
 
-    /// The token the fleet's agents accept: the one the fleet reconciler
-    /// ensured in this process, else read from the fleet's Secret.
+    /// The fleet's secrets: those the fleet reconciler ensured in this
+    /// process, else read from the fleet's Secret.
+    pub async fn secrets(
+        &self,
+        ctx: &Context,
+        fleet: &BrowserFleet,
+    ) -> Result<FleetSecrets, SecretsError> {
+        match self.memories.secrets(&fleet.uid().unwrap_or_default()) {
+            Some(secrets) => Ok(secrets),
+            None => crate::operator::secrets::ensure(&ctx.client, fleet).await,
+        }
+    }
+
+    /// The token the fleet's agents accept.
     pub async fn token(
         &self,
         ctx: &Context,
         fleet: &BrowserFleet,
     ) -> Result<SecretValue, SecretsError> {
-        match self.memories.fleet_token(&fleet.uid().unwrap_or_default()) {
-            Some(token) => Ok(token),
-            None => Ok(crate::operator::secrets::ensure(&ctx.client, fleet)
-                .await?
-                .fleet_token),
-        }
+        Ok(self.secrets(ctx, fleet).await?.fleet_token)
     }
 
     /// Where the agent of `instance` said it listens, if it registered.
@@ -473,6 +482,15 @@ async fn admit(
         }
     };
     let body = serde_json::to_string(&Inbound::Create(create))?;
+    // Signed: it asks for what only the operator may (a `bs-` session id,
+    // reserved labels, replies on the events queue).
+    let key = fleets.secrets(ctx, &fleet).await?.message_key;
+    let attributes = signing::sign(
+        key.expose().as_bytes(),
+        Purpose::Request,
+        &body,
+        now.as_second(),
+    );
     let id = request::session_id(session);
     // The record first: a restarted operator sees the request as made and
     // never makes it twice.
@@ -501,6 +519,7 @@ async fn admit(
             &OutgoingMessage {
                 body,
                 delay: Duration::ZERO,
+                attributes,
             },
         )
         .await;

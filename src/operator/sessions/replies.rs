@@ -133,8 +133,11 @@ async fn apply(ctx: &Context, fleets: &FleetLink, fleet_uid: &str, reply: &Reply
                 return false;
             }
         };
+        // Only a reply for the very session the operator asked for: the
+        // labels route it, the session id (`bs-<uid>`) must match.
         let wanted = session.filter(|s| {
             s.uid().as_deref() == reply.labels.get(labels::UID).map(String::as_str)
+                && super::request::session_id(s) == reply.session_id
                 && s.meta().deletion_timestamp.is_none()
         });
         let outcome = match wanted {
