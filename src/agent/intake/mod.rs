@@ -120,7 +120,8 @@ pub struct Intake<Q> {
 /// A received message's share of the `requests_held` gauge, which
 /// `/v1/state` reports: taken when the message is, released when its
 /// handling ends (deleted, given back or refused). A create that finds
-/// every slot taken is not held: the operator counts it as waiting.
+/// every slot taken is not held, the operator counts it as waiting, until
+/// its copy is on the queue (see `put_back`).
 struct Held(Gauge);
 
 impl Held {
@@ -465,6 +466,13 @@ impl<Q: Queues + 'static> Intake<Q> {
             .map(|message| message.receipt.clone())
             .collect();
         self.metrics.requests_requeued.inc_by(receipts.len() as u64);
+        // From the moment its copy is on the queue (and counted there as
+        // waiting) until it is deleted, an original is a duplicate: held, so
+        // the operator does not count the request twice.
+        let _duplicates: Vec<Held> = receipts
+            .iter()
+            .map(|_| Held::new(&self.metrics.requests_held))
+            .collect();
         tracing::debug!(
             count = receipts.len(),
             "creates put back while every slot is taken"

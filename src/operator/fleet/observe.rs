@@ -25,15 +25,15 @@ pub(super) async fn observe(
     registrations: &Registrations,
     watching_since: &mut Option<Timestamp>,
 ) -> Result<Observed, Error> {
-    let (instances, depth) = tokio::join!(
-        ctx.compute.list_instances(id),
-        ctx.sqs.depth(&ensured.queues.requests)
-    );
-    let instances = instances?;
-    let depth = depth?;
+    let instances = ctx.compute.list_instances(id).await?;
     registrations.retain(id.uid(), |i| instances.iter().any(|x| &x.id == i));
     let registrations = registrations.of(id.uid());
     let answers = ask_agents(fleet, &instances, &registrations, ensured, ctx).await;
+    // The depth after the agents' answers: a request an agent took since
+    // it answered is then in flight and not among what it said it holds
+    // (counted once, as waiting); one it finished is gone from both. Read
+    // before, a request finished in between was counted twice.
+    let depth = ctx.sqs.depth(&ensured.queues.requests).await?;
     Ok(Observed {
         now: Timestamp::now(),
         instances,

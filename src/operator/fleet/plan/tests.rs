@@ -499,25 +499,7 @@ fn no_scale_in_right_after_taking_over() {
 #[test]
 fn idle_instances_beyond_the_minimum_are_drained_after_the_window() {
     let mut world = World::new(spec(1, 10), 600).ready("i-1", 0).ready("i-2", 0);
-    let config = PolicyConfig::from_spec(&world.spec);
-    let observation_memory = {
-        let (_, memory) = plan(
-            &world.spec,
-            &world.previous,
-            &world.observed,
-            None,
-            &Rules::default(),
-        );
-        memory
-    };
-    world.observed.now = at(600) + config.scale_down_stabilization + Duration::from_secs(1);
-    let (plan, _) = plan(
-        &world.spec,
-        &world.previous,
-        &world.observed,
-        Some(&observation_memory),
-        &Rules::default(),
-    );
+    let plan = plan_after_the_window(&mut world, 1);
     assert_eq!(plan.drain.len(), 1, "{:?}", plan.decision);
     let drained = &plan.drain[0].0;
     let status = plan
