@@ -3,7 +3,6 @@
 //! deleted (so a request is never lost without an answer); callbacks are
 //! retried with backoff in the background and never hold up a launch.
 
-use crate::protocol::signing::{self, Purpose};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -19,6 +18,7 @@ use crate::api::fleet::ReplyFormat;
 use crate::cloud::queues::{OutgoingMessage, QueueError, QueueUrl, Queues};
 use crate::protocol::callback::{self, RetrySchedule};
 use crate::protocol::reply::legacy;
+use crate::protocol::signing::{self, Purpose};
 use crate::protocol::{CallbackUrl, Reply, ReplyQueueUrl};
 
 /// Most callbacks in flight at once; more wait for a free place.

@@ -4,6 +4,7 @@
 
 mod agent;
 mod crdgen;
+mod node_policy;
 mod operator;
 mod simulate;
 
@@ -62,6 +63,12 @@ enum Command {
     Operator(operator::OperatorArgs),
     /// Generate a request trace of a given shape from a fixed seed.
     Trace(simulate::TraceArgs),
+    /// Print the IAM policy of one fleet's nodes: its own queues and agent
+    /// configuration, nothing of another fleet's.
+    ///
+    /// Attach it to the instance profile the fleet names in
+    /// spec.instance.instanceProfile, one profile per fleet.
+    NodePolicy(node_policy::NodePolicyArgs),
 }
 
 /// Parses the command line and runs the subcommand it names.
@@ -72,6 +79,7 @@ pub fn run() -> anyhow::Result<ExitCode> {
         Command::Trace(args) => simulate::write_trace(&args),
         Command::Agent(args) => agent::run(args),
         Command::Operator(args) => operator::run(args),
+        Command::NodePolicy(args) => node_policy::run(&args),
     }
 }
 

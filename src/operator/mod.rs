@@ -18,6 +18,7 @@ pub mod events_queue;
 pub mod finalizers;
 pub mod fleet;
 pub mod metrics;
+pub mod node_policy;
 pub mod orphans;
 pub mod run;
 pub mod secrets;

@@ -1,6 +1,7 @@
 //! The fleet's secrets (the agents' fleet token, the callback signing key
-//! and the key that signs queue messages): generated once, 244 random bits each, and kept in a Secret the
-//! fleet owns, so they survive operator restarts and go with the fleet. They
+//! and the key that signs queue messages): generated once, 244 random bits
+//! each, and kept in a Secret the fleet owns, so they survive operator
+//! restarts and go with the fleet. They
 //! reach the agents only inside the SecureString agent configuration; never
 //! status, Events, logs or user data.
 

@@ -155,6 +155,7 @@ async fn every_call_of_an_end_to_end_run_is_allowed_by_its_policy() {
     for address in &addresses {
         node_calls.extend(agent_calls(address).await);
     }
+    let fleet_policy = fleet_node_policy(&fleet, &reply_queue);
 
     // Deleting the fleet drains, terminates and deletes queues and
     // parameters.
@@ -203,4 +204,70 @@ async fn every_call_of_an_end_to_end_run_is_allowed_by_its_policy() {
             "{expected} not in {node_calls:?}"
         );
     }
+    // The fleet's own node policy (`browserfleet node-policy`) allows every
+    // call the agents made on every resource of the fleet it applies to:
+    // the queues the operator created (their names as the policy predicts
+    // them) and the agent configuration.
+    let (policy, uses) = fleet_policy;
+    for action in &node_calls {
+        for resource in uses.iter().filter(|(a, _)| a == action).map(|(_, r)| r) {
+            assert!(
+                browserfleet::operator::node_policy::may_allow(&policy, action, resource),
+                "the fleet's node policy does not allow {action} on {resource}: {policy:#}"
+            );
+        }
+    }
+}
+
+/// The rendered node policy of `fleet`, and the (action, resource) pairs
+/// its agents use: the queues in its status, as ARNs, and its parameter.
+fn fleet_node_policy(
+    fleet: &browserfleet::api::BrowserFleet,
+    reply_queue: &browserfleet::cloud::QueueUrl,
+) -> (Value, Vec<(String, String)>) {
+    use browserfleet::operator::node_policy::{NodePolicyScope, node_policy};
+    use kube::ResourceExt;
+    let scope = NodePolicyScope {
+        fleet: browserfleet::cloud::FleetId::new(
+            fleet.namespace().unwrap(),
+            fleet.name_any(),
+            fleet.uid().unwrap(),
+        )
+        .unwrap(),
+        partition: "aws".into(),
+        region: "*".into(),
+        account: "*".into(),
+        kms_key_arn: None,
+    };
+    // moto's queue URLs end in `/<account>/<name>`.
+    let arn = |url: &str| {
+        let mut parts = url.rsplit('/');
+        let name = parts.next().unwrap().to_owned();
+        let account = parts.next().unwrap().to_owned();
+        format!("arn:aws:sqs:us-east-1:{account}:{name}")
+    };
+    let queues = fleet
+        .status
+        .as_ref()
+        .and_then(|s| s.queues.clone())
+        .expect("queues in status");
+    let requests = arn(queues.requests.as_deref().unwrap());
+    let events = arn(queues.events.as_deref().unwrap());
+    let dead_letter = arn(queues.dead_letter.as_deref().unwrap());
+    let parameter = scope
+        .parameter_arn()
+        .replace("ssm:*:*:", "ssm:us-east-1:123456789012:");
+    let mut uses: Vec<(String, String)> = [
+        "sqs:ReceiveMessage",
+        "sqs:DeleteMessage",
+        "sqs:ChangeMessageVisibility",
+    ]
+    .iter()
+    .map(|a| (a.to_string(), requests.clone()))
+    .collect();
+    for queue in [&requests, &events, &dead_letter, &arn(reply_queue.as_str())] {
+        uses.push(("sqs:SendMessage".into(), queue.clone()));
+    }
+    uses.push(("ssm:GetParameter".into(), parameter));
+    (node_policy(&scope), uses)
 }

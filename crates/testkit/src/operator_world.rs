@@ -534,7 +534,10 @@ impl OperatorWorld {
     pub async fn reply_queue(&self) -> QueueUrl {
         let id = self.fleet_id().await;
         let mut definition = QueueDefinition::events_for(&id);
-        definition.name = format!("{}-replies", definition.name.trim_end_matches("-events"));
+        // Not `bf-…`: a fleet's own node policy lets its agents reply to any
+        // queue of the account except browserfleet's (`node-policy`).
+        let stem = definition.name.trim_start_matches("bf-");
+        definition.name = format!("replies-{}", stem.trim_end_matches("-events"));
         Sqs::new(&self.aws)
             .ensure_queue(&definition)
             .await
