@@ -120,8 +120,10 @@ pub struct Intake<Q> {
 /// A received message's share of the `requests_held` gauge, which
 /// `/v1/state` reports: taken when the message is, released when its
 /// handling ends (deleted, given back or refused). A create that finds
-/// every slot taken is not held, the operator counts it as waiting, until
-/// its copy is on the queue (see `put_back`).
+/// every slot taken is held until its original is deleted: while it is put
+/// back, the copy on the queue is what the operator counts as waiting, and
+/// the original must not be counted a second time (the burst test saw the
+/// fleet scale past its demand).
 struct Held(Gauge);
 
 impl Held {
@@ -142,6 +144,8 @@ impl Drop for Held {
 struct Deferred {
     /// Creates that found every slot taken.
     no_slot: Vec<(ReceivedMessage, CreateRequest)>,
+    /// Their shares of `requests_held`, released once they are put back.
+    no_slot_held: Vec<Held>,
     /// Whether free slots had no usable port (another program holds them).
     port_trouble: bool,
 }
@@ -249,6 +253,7 @@ impl<Q: Queues + 'static> Intake<Q> {
             if !deferred.no_slot.is_empty() {
                 intake.put_back(deferred.no_slot).await;
             }
+            drop(deferred.no_slot_held);
             if deferred.port_trouble {
                 tokio::select! {
                     _ = tokio::time::sleep(GIVE_BACK_DELAY) => {}
@@ -376,10 +381,10 @@ impl<Q: Queues + 'static> Intake<Q> {
                 let port = match self.sessions.reserve(&id) {
                     Ok(port) => port,
                     Err(SlotError::NoSlot { .. }) => {
-                        // Not held: waiting for a slot on its way back to
-                        // the queue, it is demand the operator must see.
-                        drop(held);
+                        // Held until its original is deleted: its copy
+                        // is what the operator counts as waiting.
                         deferred.no_slot.push((message, request));
+                        deferred.no_slot_held.push(held);
                         return;
                     }
                     Err(error) => {
@@ -466,13 +471,6 @@ impl<Q: Queues + 'static> Intake<Q> {
             .map(|message| message.receipt.clone())
             .collect();
         self.metrics.requests_requeued.inc_by(receipts.len() as u64);
-        // From the moment its copy is on the queue (and counted there as
-        // waiting) until it is deleted, an original is a duplicate: held, so
-        // the operator does not count the request twice.
-        let _duplicates: Vec<Held> = receipts
-            .iter()
-            .map(|_| Held::new(&self.metrics.requests_held))
-            .collect();
         tracing::debug!(
             count = receipts.len(),
             "creates put back while every slot is taken"
