@@ -177,7 +177,9 @@ async fn a_stalled_attempt_times_out_and_is_retried() {
     proxy();
     let aws = testkit::load(AwsSettings {
         max_attempts: 3,
-        attempt_timeout: Duration::from_secs(1),
+        // Long enough that an unfaulted attempt on a loaded machine still
+        // answers within it (1 s made a third attempt in CI once).
+        attempt_timeout: Duration::from_secs(4),
         ..testkit::fast_settings()
     })
     .await;
@@ -185,7 +187,7 @@ async fn a_stalled_attempt_times_out_and_is_retried() {
     let rule = proxy().inject(
         "GetQueueAttributes",
         &marker,
-        vec![Fault::Stall(Duration::from_secs(3))],
+        vec![Fault::Stall(Duration::from_secs(10))],
     );
     sqs.depth(&queue.url)
         .await
