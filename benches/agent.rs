@@ -55,6 +55,7 @@ fn config(dir: &Path, first_port: u16, slots: u16, queues: &(String, String)) ->
         "eventsQueueUrl": queues.1,
         "slots": slots,
         "gatewayPort": 0,
+        "egress": {"proxyPort": 0},
         "listenAddress": "127.0.0.1",
         "browserPortRange": {"start": first_port, "end": first_port + 40},
         "browser": {"executable": CHROMIUM, "headless": true, "extraArgs": EXTRA_ARGS},
@@ -109,6 +110,7 @@ async fn raw_launch(dir: &Path, port: u16) -> anyhow::Result<f64> {
             extensions: &[],
             extensions_dir: dir,
             start_url: None,
+            egress_proxy: None,
         },
     );
     let processes = process::native();

@@ -62,7 +62,7 @@ pub use crate::api::switches::{AGENT_OWNED, AGENT_OWNED_PREFIXES, is_agent_owned
 /// Switches refused unless the fleet's `allowedArgs` lists them, in lower
 /// case without `--`, each with the reason a requester sees.
 #[rustfmt::skip]
-pub const DEFAULT_BLOCKED: [(&str, &str); 52] = [
+pub const DEFAULT_BLOCKED: [(&str, &str); 51] = [
     // Run another program: the value is a command line Chromium starts.
     ("renderer-cmd-prefix", "runs a command of the caller's choosing"),
     ("utility-cmd-prefix", "runs a command of the caller's choosing"),
@@ -117,7 +117,6 @@ pub const DEFAULT_BLOCKED: [(&str, &str); 52] = [
     ("proxy-pac-url", "runs a proxy script from any URL or file; use the request's proxy field"),
     ("proxy-bypass-list", "sets the proxy around the fleet's rules; use the request's proxy field"),
     ("proxy-auto-detect", "uses whatever proxy the network announces; use the request's proxy field"),
-    ("no-proxy-server", "bypasses the proxy, whatever else is set; use the request's proxy field"),
     ("app", "opens a URL, files included, that the start URL rules never see"),
     ("custom-devtools-frontend", "loads the privileged DevTools front-end from any URL or file"),
     // Change the machine rather than the session (Windows).

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 
 use crate::api::fleet::{
-    BROWSER_START_TIMEOUT_SECONDS, BrowserSpec, PortRange, ProfilePolicy, ReplyPolicy,
+    BROWSER_START_TIMEOUT_SECONDS, BrowserSpec, EgressSpec, PortRange, ProfilePolicy, ReplyPolicy,
     SessionLimits,
 };
 
@@ -71,6 +71,10 @@ pub struct AgentConfig {
     /// configuration of a fleet that does not use it.
     #[serde(default, skip_serializing_if = "ReplyPolicy::is_default")]
     pub replies: ReplyPolicy,
+    /// Where the browsers may connect, through the agent's egress proxy.
+    /// Left out when unset, like `replies`.
+    #[serde(default, skip_serializing_if = "EgressSpec::is_default")]
+    pub egress: EgressSpec,
     /// How long a browser may take to answer DevTools after its start.
     #[serde(default = "default_launch_timeout_seconds")]
     pub launch_timeout_seconds: u32,
@@ -188,6 +192,10 @@ pub struct AgentSettings {
     pub arg_policy: ArgPolicy,
     /// Where the replies of a request that names no target go.
     pub default_targets: ReplyTargets,
+    /// The fleet's blocked egress ranges, parsed.
+    pub egress_blocked: Vec<ipnet::IpNet>,
+    /// The fleet's allowed egress ranges, parsed.
+    pub egress_allowed: Vec<ipnet::IpNet>,
 }
 
 /// Values from the agent's command line that replace the configuration's,
@@ -204,6 +212,8 @@ pub struct ConfigOverrides {
     pub browser_port_range: Option<PortRange>,
     /// Replaces `stateDir`.
     pub state_dir: Option<PathBuf>,
+    /// Replaces `egress.proxyPort` (0 picks a free port).
+    pub egress_proxy_port: Option<u16>,
 }
 
 impl ConfigOverrides {
@@ -220,6 +230,9 @@ impl ConfigOverrides {
         }
         if let Some(dir) = &self.state_dir {
             config.state_dir = Some(dir.clone());
+        }
+        if let Some(port) = self.egress_proxy_port {
+            config.egress.proxy_port = i32::from(port);
         }
     }
 }
@@ -426,6 +439,18 @@ impl AgentConfig {
                 .map_err(|e| bad("replies.defaultCallbackUrl", e.reason.to_owned()))
                 .ok()
         });
+        if u16::try_from(self.egress.proxy_port).is_err() {
+            bad(
+                "egress.proxyPort",
+                format!("{} is not a port number", self.egress.proxy_port),
+            );
+        }
+        let egress_blocked = super::egress::parse_ranges(&self.egress.blocked)
+            .map_err(|e| bad("egress.blocked", e.to_string()))
+            .unwrap_or_default();
+        let egress_allowed = super::egress::parse_ranges(&self.egress.allowed)
+            .map_err(|e| bad("egress.allowed", e.to_string()))
+            .unwrap_or_default();
         let arg_policy = ArgPolicy::new(
             self.browser.allowed_args.iter().cloned(),
             self.browser.blocked_args.iter().cloned(),
@@ -460,6 +485,8 @@ impl AgentConfig {
                 reply_to: default_reply_to,
                 callback_url: default_callback_url,
             },
+            egress_blocked,
+            egress_allowed,
             config: self,
         })
     }
@@ -552,8 +579,10 @@ mod tests {
             gateway_port: Some(0),
             browser_port_range: Some(parse_port_range("41000-41003").unwrap()),
             state_dir: Some(PathBuf::from("/tmp/bf/i-1")),
+            egress_proxy_port: Some(0),
         };
         let settings = AgentConfig::parse_with(&valid().to_string(), &overrides).unwrap();
+        assert_eq!(settings.config.egress.proxy_port, 0);
         assert_eq!(settings.config.listen_address, "127.0.0.1");
         assert_eq!(settings.config.gateway_port, 0);
         assert_eq!(
@@ -571,6 +600,7 @@ mod tests {
             gateway_port: Some(41000),
             browser_port_range: Some(parse_port_range("41000-41000").unwrap()),
             state_dir: None,
+            egress_proxy_port: None,
         };
         let fields = match AgentConfig::parse_with(&valid().to_string(), &bad) {
             Err(ConfigError::Invalid(v)) => v.into_iter().map(|v| v.field).collect::<Vec<_>>(),

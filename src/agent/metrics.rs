@@ -36,6 +36,8 @@ pub struct AgentMetrics {
     /// Request-queue messages received and not yet deleted or given back
     /// (`/v1/state`'s `heldRequests`).
     pub requests_held: Gauge,
+    /// Connections the egress proxy refused, by reason.
+    pub egress_refused: Family<Vec<(String, String)>, Counter>,
 }
 
 fn labels(key: &str, value: &str) -> Vec<(String, String)> {
@@ -76,6 +78,7 @@ impl AgentMetrics {
         let requests_requeued = Counter::default();
         let orphans_killed = Counter::default();
         let requests_held = Gauge::default();
+        let egress_refused = Family::default();
         registry.register("sessions", "Sessions by state", sessions.clone());
         registry.register("launches", "Browsers launched", launches.clone());
         registry.register("failures", "Failed requests by reason", failures.clone());
@@ -110,6 +113,11 @@ impl AgentMetrics {
             "Request-queue messages received and not yet deleted or given back",
             requests_held.clone(),
         );
+        registry.register(
+            "egress_refused",
+            "Browser connections the egress proxy refused, by reason",
+            egress_refused.clone(),
+        );
         AgentMetrics {
             registry: root,
             sessions,
@@ -122,6 +130,7 @@ impl AgentMetrics {
             requests_requeued,
             orphans_killed,
             requests_held,
+            egress_refused,
         }
     }
 

@@ -13,6 +13,7 @@
 pub mod args;
 pub mod config;
 pub mod devtools;
+pub mod egress;
 pub mod end;
 pub mod http;
 pub mod imds;
@@ -138,9 +139,33 @@ pub async fn start<Q: Queues + 'static>(
     if let Some(host) = identity.advertise.strip_suffix(":0") {
         identity.advertise = format!("{host}:{}", address.port());
     }
+    let egress_listener =
+        egress::bind(u16::try_from(settings.config.egress.proxy_port).unwrap_or(0))
+            .await
+            .map_err(|source| AgentError::Listen {
+                address: SocketAddr::from((std::net::Ipv4Addr::LOCALHOST, 0)),
+                source,
+            })?;
+    let egress_port = egress_listener
+        .local_addr()
+        .map_err(|source| AgentError::Listen { address, source })?
+        .port();
+    let egress = egress::Egress {
+        port: egress_port,
+        policy: egress::EgressPolicy::new(
+            settings.egress_blocked.clone(),
+            settings.egress_allowed.clone(),
+            vec![
+                address.port()..=address.port(),
+                settings.first_port.0..=settings.last_port.0,
+                egress_port..=egress_port,
+            ],
+        ),
+    };
     let agent = Arc::new(Agent::new(
         settings,
         identity,
+        egress,
         queues,
         process::native(),
         executable,
@@ -153,7 +178,7 @@ pub async fn start<Q: Queues + 'static>(
         orphans_killed = report.orphans_killed.len(),
         "agent started"
     );
-    let task = tokio::spawn(serve(agent.clone(), listener, options));
+    let task = tokio::spawn(serve(agent.clone(), listener, egress_listener, options));
     Ok(RunningAgent {
         agent,
         address,
@@ -186,9 +211,16 @@ const REGISTER_RETRY_CAP: Duration = Duration::from_secs(10);
 async fn serve<Q: Queues + 'static>(
     agent: Arc<Agent<Q>>,
     listener: tokio::net::TcpListener,
+    egress_listener: tokio::net::TcpListener,
     options: RunOptions,
 ) {
     let mut stopping = agent.stopping();
+    let egress_proxy = tokio::spawn(egress::serve(
+        egress_listener,
+        agent.egress().policy.clone(),
+        agent.egress_refusals(),
+        agent.stopping(),
+    ));
     let router = http::router(agent.clone());
     let mut server_stop = agent.stopping();
     let server = tokio::spawn(async move {
@@ -234,5 +266,6 @@ async fn serve<Q: Queues + 'static>(
     // Websocket clients keep their connections to the browsers open; the
     // listener's graceful shutdown would wait for them, so it gets a moment.
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    let _ = egress_proxy.await;
     agent.finish_replies(Duration::from_secs(5)).await;
 }

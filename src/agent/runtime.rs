@@ -16,6 +16,7 @@ use super::config::AgentSettings;
 use bytes::Bytes;
 
 use super::devtools::{DevTools, DevToolsError};
+use super::egress::Egress;
 use super::end::{DeleteOutcome, Ending, Ends, NotHostedDelete};
 use super::intake::{Intake, IntakeOptions, OperatorTrust, RequestQueue};
 use super::launch::{LaunchFailure, Launcher};
@@ -59,6 +60,7 @@ pub struct Agent<Q> {
     devtools: DevTools,
     metrics: Arc<AgentMetrics>,
     executable: PathBuf,
+    egress: Egress,
     /// When the agent was made; reported as `readySince`.
     ready_since: SystemTime,
     draining: watch::Sender<Option<Instant>>,
@@ -72,6 +74,7 @@ impl<Q: Queues + 'static> Agent<Q> {
     pub fn new(
         settings: AgentSettings,
         identity: NodeIdentity,
+        egress: Egress,
         queues: Q,
         processes: Arc<dyn ProcessControl>,
         executable: PathBuf,
@@ -119,7 +122,18 @@ impl<Q: Queues + 'static> Agent<Q> {
             queues,
             processes,
             executable,
+            egress,
         }
+    }
+
+    /// The egress proxy the agent's browsers go through.
+    pub fn egress(&self) -> &Egress {
+        &self.egress
+    }
+
+    /// The counter of the egress proxy's refusals.
+    pub fn egress_refusals(&self) -> super::egress::RefusalCounter {
+        self.metrics.egress_refused.clone()
     }
 
     /// The intake of this agent: it takes requests off the fleet's queue
@@ -307,6 +321,7 @@ impl<Q: Queues + 'static> Agent<Q> {
             devtools: &self.devtools,
             metrics: &self.metrics,
             outbox: &self.outbox,
+            egress: &self.egress,
             ends: self.ends(),
         };
         launcher.launch(id, port, request, received).await

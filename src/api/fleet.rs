@@ -57,6 +57,11 @@ pub mod patterns {
     pub const CALLBACK_URL: &str = "^[Hh][Tt][Tt][Pp][Ss]?://[^\\s/?#@]+([/?#][^\\s]*)?$";
     /// Where the agent artifact is downloaded from.
     pub const ARTIFACT_URL: &str = "^(https?|s3)://[^\\s]+$";
+    /// An IPv4 or IPv6 address, optionally with a prefix length
+    /// (`10.0.0.0/8`, `fd00:ec2::/64`). IPv4 is checked exactly; IPv6 by
+    /// its alphabet and prefix only, and the agent refuses a configuration
+    /// whose range does not parse.
+    pub const CIDR: &str = "^(((25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])\\.){3}(25[0-5]|2[0-4][0-9]|1[0-9][0-9]|[1-9]?[0-9])(/([0-9]|[12][0-9]|3[0-2]))?|[0-9A-Fa-f]{0,4}(:[0-9A-Fa-f]{0,4}){2,7}(/([0-9]|[1-9][0-9]|1[01][0-9]|12[0-8]))?)$";
     /// A lower-case hex SHA-256 digest.
     pub const SHA256: &str = "^[0-9a-f]{64}$";
     /// A Chromium command-line switch, optionally with a value: `--name` or
@@ -684,6 +689,53 @@ pub struct AgentSpec {
     /// browsers run in an interactive desktop session.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub windows_auto_logon: Option<WindowsAutoLogon>,
+    /// Where the browsers may connect. Every browser's traffic goes through
+    /// the agent's egress proxy, which refuses the instance metadata service
+    /// and other link-local addresses, loopback and the node's own ports
+    /// unless allowed here.
+    #[serde(default, skip_serializing_if = "EgressSpec::is_default")]
+    pub egress: EgressSpec,
+}
+
+/// The egress policy of a fleet's browsers (docs/security.md).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EgressSpec {
+    /// Port of the agent's egress proxy, on 127.0.0.1 only.
+    #[serde(default = "default_egress_proxy_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub proxy_port: i32,
+    /// CIDR ranges (or single addresses) the browsers may not reach, such as
+    /// the VPC's own range. Blocked beats allowed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 64), pattern(patterns::CIDR)))]
+    pub blocked: Vec<String>,
+    /// CIDR ranges (or single addresses) let through although refused by
+    /// default (link-local, loopback). The node's own ports stay refused.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(max = 64), pattern(patterns::CIDR)))]
+    pub allowed: Vec<String>,
+}
+
+fn default_egress_proxy_port() -> i32 {
+    9221
+}
+
+impl Default for EgressSpec {
+    fn default() -> Self {
+        Self {
+            proxy_port: default_egress_proxy_port(),
+            blocked: Vec::new(),
+            allowed: Vec::new(),
+        }
+    }
+}
+
+impl EgressSpec {
+    /// Whether nothing was set (left out of a rendered manifest).
+    pub fn is_default(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Default for AgentSpec {
@@ -697,6 +749,7 @@ impl Default for AgentSpec {
             profiles: ProfilePolicy::default(),
             replies: ReplyPolicy::default(),
             windows_auto_logon: None,
+            egress: EgressSpec::default(),
         }
     }
 }

@@ -27,7 +27,7 @@ pub const SWITCH_PATTERN: &str = "^--[a-z0-9][a-z0-9-]*(=.*)?$";
 pub const AGENT_OWNED_PREFIXES: [&str; 2] = ["remote-debugging", "user-data-dir"];
 
 /// Switch names only the agent sets, in lower case without `--`.
-pub const AGENT_OWNED: [&str; 3] = [
+pub const AGENT_OWNED: [&str; 4] = [
     // Which origins may open the DevTools websocket; the gateway relies on
     // the browser refusing every origin but its own.
     "remote-allow-origins",
@@ -37,6 +37,9 @@ pub const AGENT_OWNED: [&str; 3] = [
     // Windows: everything after it on the raw command line becomes one URL
     // argument, which would swallow the switches the agent appends.
     "single-argument",
+    // Beats every other proxy switch, the egress proxy's included: a browser
+    // with it would leave the egress policy (docs/security.md).
+    "no-proxy-server",
 ];
 
 /// Whether only the agent may set switch `name` (lower case, without `--`).
@@ -140,7 +143,7 @@ mod tests {
         }
         assert_eq!(
             agent_owned_list(),
-            "--remote-debugging*, --user-data-dir*, --remote-allow-origins, --profile-directory, --single-argument"
+            "--remote-debugging*, --user-data-dir*, --remote-allow-origins, --profile-directory, --single-argument, --no-proxy-server"
         );
     }
 }

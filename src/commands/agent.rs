@@ -47,6 +47,10 @@ pub(super) struct AgentArgs {
     /// configuration's stateDir.
     #[arg(long, value_name = "DIR")]
     state_dir: Option<PathBuf>,
+    /// Port of the egress proxy, instead of the configuration's
+    /// egress.proxyPort; 0 picks a free port.
+    #[arg(long, value_name = "PORT")]
+    egress_proxy_port: Option<u16>,
     /// Log as JSON lines (production) instead of human-readable text.
     #[arg(long)]
     json_logs: bool,
@@ -59,6 +63,7 @@ pub(super) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         gateway_port: args.gateway_port,
         browser_port_range: args.browser_ports,
         state_dir: args.state_dir,
+        egress_proxy_port: args.egress_proxy_port,
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {

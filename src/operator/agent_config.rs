@@ -100,6 +100,7 @@ pub fn render(
         sessions: agent.sessions.clone(),
         profiles: agent.profiles.clone(),
         replies: agent.replies.clone(),
+        egress: agent.egress.clone(),
         launch_timeout_seconds: fit("(browser start timeout)", BROWSER_START_TIMEOUT_SECONDS)?,
         drain_timeout_seconds: fit(
             "scaling.drainTimeoutSeconds",

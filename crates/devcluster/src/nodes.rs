@@ -729,6 +729,8 @@ fn agent_args(
         &format!("{first}-{last}"),
         "--state-dir",
         &state_dir.display().to_string(),
+        "--egress-proxy-port",
+        "0",
     ]
     .map(str::to_owned)
     .to_vec()
@@ -883,7 +885,7 @@ mod tests {
             args.join(" "),
             "agent --config-ssm-parameter /browserfleet/team/web/agent-config \
              --instance-id i-1 --advertise-address 127.0.0.1:0 --listen-address 127.0.0.1 \
-             --gateway-port 0 --browser-ports 40000-40015 --state-dir /work/nodes/i-1"
+             --gateway-port 0 --browser-ports 40000-40015 --state-dir /work/nodes/i-1 --egress-proxy-port 0"
         );
     }
 }

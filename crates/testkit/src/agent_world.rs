@@ -98,6 +98,9 @@ impl AgentWorld {
                 "extraArgs": TEST_BROWSER_ARGS,
             },
             "sessions": {"defaultTtlSeconds": 300, "maxTtlSeconds": 600, "neverUsedTimeoutSeconds": 120},
+            // Tests serve their pages on loopback; the node's own ports stay
+            // refused (tests/suite/session_policy.rs checks the rest).
+            "egress": {"proxyPort": 0, "allowed": ["127.0.0.0/8", "::1"]},
             "launchTimeoutSeconds": 30,
             "visibilityTimeoutSeconds": 60,
             "stateDir": state_dir.path(),
@@ -533,6 +536,8 @@ pub struct Cdp {
         tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>,
     >,
     next_id: u64,
+    /// Events read while waiting for an answer, for [`Cdp::event`].
+    events: std::collections::VecDeque<Value>,
 }
 
 impl Cdp {
@@ -540,7 +545,11 @@ impl Cdp {
         let (socket, _) = tokio_tungstenite::connect_async(url)
             .await
             .map_err(|e| e.to_string())?;
-        Ok(Cdp { socket, next_id: 0 })
+        Ok(Cdp {
+            socket,
+            next_id: 0,
+            events: Default::default(),
+        })
     }
 
     /// Sends a command (on a flattened target session when given) and
@@ -567,6 +576,30 @@ impl Cdp {
                 if value["id"] == id {
                     assert!(value.get("error").is_none(), "{method} failed: {value}");
                     return value["result"].clone();
+                }
+                if value.get("method").is_some() {
+                    self.events.push_back(value);
+                }
+            }
+        }
+    }
+
+    /// The next event named `method` (with its `sessionId`, if any), within
+    /// 15 seconds; events of other names are dropped.
+    pub async fn event(&mut self, method: &str) -> Value {
+        if let Some(at) = self.events.iter().position(|e| e["method"] == method) {
+            return self.events.remove(at).expect("position is in range");
+        }
+        loop {
+            let frame = tokio::time::timeout(Duration::from_secs(15), self.socket.next())
+                .await
+                .unwrap_or_else(|_| panic!("no {method} event in time"))
+                .expect("CDP socket open")
+                .expect("CDP frame");
+            if let Message::Text(text) = frame {
+                let value: Value = serde_json::from_str(&text).expect("CDP JSON");
+                if value["method"] == method {
+                    return value;
                 }
             }
         }
@@ -617,7 +650,8 @@ pub async fn evaluate_in_new_page(cdp: &mut Cdp, expression: &str) -> Value {
     evaluate_in(cdp, &session, expression).await
 }
 
-async fn evaluate_in(cdp: &mut Cdp, session: &str, expression: &str) -> Value {
+/// Evaluates `expression` (awaiting a promise) in the page of `session`.
+pub async fn evaluate_in(cdp: &mut Cdp, session: &str, expression: &str) -> Value {
     let evaluated = cdp
         .call(
             "Runtime.evaluate",

@@ -49,6 +49,9 @@ pub struct SessionLaunch<'a> {
     pub extensions_dir: &'a Path,
     /// First page to open.
     pub start_url: Option<&'a str>,
+    /// Port of the agent's egress proxy on 127.0.0.1, when the agent runs
+    /// one (always, outside of unit tests of other flags).
+    pub egress_proxy: Option<u16>,
 }
 
 /// Builds the command line of a session's browser.
@@ -79,7 +82,9 @@ pub fn browser_command(
         args.push("--headless=new".into());
     }
     args.extend(browser.extra_args.iter().cloned());
-    if let Some(proxy) = session.proxy {
+    if let Some(proxy) = session.proxy
+        && session.egress_proxy.is_none()
+    {
         args.push(format!("--proxy-server={}", proxy.server));
         if let Some(bypass) = &proxy.bypass {
             args.push(format!("--proxy-bypass-list={bypass}"));
@@ -94,10 +99,33 @@ pub fn browser_command(
         args.push(format!("--load-extension={}", paths.join(",")));
     }
     args.extend(session.session_args.iter().cloned());
+    if let Some(port) = session.egress_proxy {
+        args.extend(egress_flags(port, session.proxy));
+    }
     // The start page goes last, after `--`, so it can never be read as a flag.
     args.push("--".into());
     args.push(session.start_url.unwrap_or("about:blank").to_owned());
     BrowserCommand { program, args }
+}
+
+/// The flags that keep a browser's traffic on the egress policy, appended
+/// after every other argument so that they win over any earlier proxy
+/// switch (`--no-proxy-server`, which would beat them, only the agent sets).
+///
+/// All traffic goes to the agent's egress proxy, or, for a session with a
+/// proxy of its own, to that proxy (whose address the agent checked against
+/// the policy). Loopback is proxied too (`<-loopback>` removes Chromium's
+/// implicit bypass), and WebRTC may not send UDP outside the proxy.
+fn egress_flags(port: u16, own: Option<&ProxyConfig>) -> Vec<String> {
+    let server = match own {
+        Some(proxy) => proxy.server.clone(),
+        None => format!("http://127.0.0.1:{port}"),
+    };
+    vec![
+        format!("--proxy-server={server}"),
+        "--proxy-bypass-list=<-loopback>".into(),
+        "--force-webrtc-ip-handling-policy=disable_non_proxied_udp".into(),
+    ]
 }
 
 /// The file that makes a directory an unpacked extension.
@@ -190,6 +218,7 @@ mod tests {
             extensions: &[],
             extensions_dir: Path::new("/ext"),
             start_url: None,
+            egress_proxy: None,
         }
     }
 
@@ -310,6 +339,61 @@ mod tests {
                 .contains(&"--load-extension=/ext/adblock,/ext/recorder.v2".to_owned()),
             "{:?}",
             command.args
+        );
+    }
+
+    #[test]
+    fn the_egress_proxy_flags_come_after_every_other_argument() {
+        let browser = BrowserSpec {
+            extra_args: vec!["--proxy-server=http://fleet:1".into()],
+            ..BrowserSpec::default()
+        };
+        let dir = PathBuf::from("/p");
+        let session_args = vec!["--proxy-server=socks5://session:2".to_owned()];
+        let session = SessionLaunch {
+            egress_proxy: Some(9221),
+            ..launch(&dir, &session_args)
+        };
+        let command = browser_command(&browser, Path::new("/c"), &session);
+        let n = command.args.len();
+        assert_eq!(
+            &command.args[n - 5..],
+            [
+                "--proxy-server=http://127.0.0.1:9221",
+                "--proxy-bypass-list=<-loopback>",
+                "--force-webrtc-ip-handling-policy=disable_non_proxied_udp",
+                "--",
+                "about:blank",
+            ]
+        );
+    }
+
+    #[test]
+    fn a_session_proxy_is_used_without_its_bypass_list_under_the_egress_policy() {
+        let dir = PathBuf::from("/p");
+        let proxy = ProxyConfig {
+            server: "http://proxy.example:3128".into(),
+            bypass: Some("*.internal".into()),
+            username: None,
+            password: None,
+        };
+        let session = SessionLaunch {
+            egress_proxy: Some(9221),
+            proxy: Some(&proxy),
+            ..launch(&dir, &[])
+        };
+        let command = browser_command(&BrowserSpec::default(), Path::new("/c"), &session);
+        let proxies: Vec<&String> = command
+            .args
+            .iter()
+            .filter(|a| a.starts_with("--proxy"))
+            .collect();
+        assert_eq!(
+            proxies,
+            [
+                "--proxy-server=http://proxy.example:3128",
+                "--proxy-bypass-list=<-loopback>"
+            ]
         );
     }
 

@@ -11,6 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use super::config::AgentSettings;
 use super::devtools::DevTools;
+use super::egress::Egress;
 use super::end::{Ending, Ends, release_profile};
 use super::metrics::AgentMetrics;
 use super::outbox::Outbox;
@@ -74,6 +75,8 @@ pub struct Launcher<'a, Q> {
     pub metrics: &'a AgentMetrics,
     /// Composes the ready reply.
     pub outbox: &'a Outbox<Q>,
+    /// The egress proxy the browser goes through.
+    pub egress: &'a Egress,
     /// Ends a session whose start failed or was cancelled.
     pub ends: Ends<'a, Q>,
 }
@@ -161,6 +164,14 @@ impl<Q: Queues> Launcher<'_, Q> {
             default_ttl: settings.default_ttl,
             max_ttl: settings.max_ttl,
         };
+        if let Some(proxy) = &request.proxy
+            && let Err(message) = self.egress.check_session_proxy(proxy).await
+        {
+            return Err(LaunchFailure::Rejected {
+                reason: FailureReason::InvalidRequest,
+                message,
+            });
+        }
         let missing = missing_extensions(&settings.extensions_dir, &request.extensions).await;
         let plan = match plan_launch(id, request, &rules, missing) {
             Ok(plan) => plan,
@@ -211,6 +222,7 @@ impl<Q: Queues> Launcher<'_, Q> {
                 extensions: &request.extensions,
                 extensions_dir: &self.settings.extensions_dir,
                 start_url: request.start_url.as_deref(),
+                egress_proxy: Some(self.egress.port),
             },
         );
         let spawned = self.processes.spawn(&LaunchSpec {

@@ -1,0 +1,368 @@
+//! The egress proxy: every browser the agent starts sends all its traffic —
+//! pages, `fetch`, XHR, websockets, service workers, loopback included
+//! (`--proxy-bypass-list=<-loopback>`) — through this HTTP proxy on
+//! 127.0.0.1, which lets a connection through only to an address
+//! [`policy::EgressPolicy`] allows.
+//!
+//! The proxy resolves names itself and connects to the very address it
+//! judged, so a name that resolves to a refused address (or changes its
+//! answer between a check and a connect) never reaches it. A client that
+//! controls the browser through CDP cannot take its traffic elsewhere: the
+//! proxy flags come from the agent, after every other argument, and the
+//! gateway's CDP filter refuses a browser context with its own proxy. What
+//! a proxy cannot stop (UDP from WebRTC, which the flags confine; raw
+//! sockets of a compromised renderer) is what an OS rule on a real node
+//! must: see docs/security.md.
+
+pub mod policy;
+
+use std::convert::Infallible;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{self, HeaderName, HeaderValue};
+use hyper::{Method, Request, Response, StatusCode};
+use hyper_util::rt::TokioIo;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio::task::JoinSet;
+
+pub use policy::{BadRange, Denial, EgressPolicy, parse_ranges};
+
+use crate::protocol::ProxyConfig;
+
+/// Longest a name lookup may take.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest a connection to a destination may take to open.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Buffer of each direction of a tunnel.
+const TUNNEL_BUFFER: usize = 64 * 1024;
+
+/// Headers that belong to one hop and are not passed on.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authorization",
+    "proxy-authenticate",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+type ProxyBody = BoxBody<Bytes, hyper::Error>;
+
+/// Refusals counted by reason (`nodeService`, `blocked`, `defaultDenied`).
+pub type RefusalCounter = Family<Vec<(String, String)>, Counter>;
+
+/// The egress proxy of an agent, as its launches need it.
+#[derive(Clone, Debug)]
+pub struct Egress {
+    /// The proxy's port on 127.0.0.1.
+    pub port: u16,
+    /// Its rules, also applied to a session's own proxy before launch.
+    pub policy: EgressPolicy,
+}
+
+impl Egress {
+    /// Whether a session's own proxy may be used: the browser then sends
+    /// everything to it instead of to the egress proxy, so its address must
+    /// pass the policy, and a bypass list (hosts reached directly) cannot be
+    /// honoured. The message never repeats the proxy (it may hold
+    /// credentials).
+    pub async fn check_session_proxy(&self, proxy: &ProxyConfig) -> Result<(), String> {
+        if proxy.bypass.is_some() {
+            return Err(
+                "proxy.bypass cannot be honoured: under the fleet's egress policy \
+                        every connection goes through the proxy"
+                    .into(),
+            );
+        }
+        let Some((host, port)) = proxy_address(&proxy.server) else {
+            return Err("proxy.server has no host".into());
+        };
+        let addresses: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![SocketAddr::new(ip, port)],
+            Err(_) => {
+                match tokio::time::timeout(
+                    RESOLVE_TIMEOUT,
+                    tokio::net::lookup_host((host.as_str(), port)),
+                )
+                .await
+                {
+                    Ok(Ok(found)) => found.collect(),
+                    _ => return Err("proxy.server does not resolve".into()),
+                }
+            }
+        };
+        self.policy.judge_all(&addresses).map_err(|denial| {
+            format!("proxy.server is refused by the fleet's egress policy: {denial}")
+        })
+    }
+}
+
+/// Host and port of a proxy server written `scheme://host[:port]`.
+fn proxy_address(server: &str) -> Option<(String, u16)> {
+    let (scheme, rest) = server.split_once("://")?;
+    let authority = rest.split('/').next()?;
+    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+    let default_port = match scheme {
+        "https" => 443,
+        "socks4" | "socks5" => 1080,
+        _ => 80,
+    };
+    let (host, port) = match authority.strip_prefix('[') {
+        Some(v6) => {
+            let (host, after) = v6.split_once(']')?;
+            (host, after.strip_prefix(':'))
+        }
+        None => match authority.rsplit_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (authority, None),
+        },
+    };
+    let port = match port {
+        Some(p) => p.parse().ok()?,
+        None => default_port,
+    };
+    (!host.is_empty()).then(|| (host.to_owned(), port))
+}
+
+/// What every connection of the proxy shares.
+struct Shared {
+    policy: EgressPolicy,
+    refused: RefusalCounter,
+}
+
+/// Binds the proxy's listener on 127.0.0.1 (`port` 0 picks a free one).
+pub async fn bind(port: u16) -> std::io::Result<TcpListener> {
+    TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).await
+}
+
+/// Serves the proxy on `listener` until `stopping` turns true; then every
+/// open connection and tunnel is dropped.
+pub async fn serve(
+    listener: TcpListener,
+    policy: EgressPolicy,
+    refused: RefusalCounter,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let shared = Arc::new(Shared { policy, refused });
+    let mut connections = JoinSet::new();
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let Ok((stream, _)) = accepted else { continue };
+                let _ = stream.set_nodelay(true);
+                connections.spawn(serve_connection(stream, shared.clone()));
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+            _ = stopping.wait_for(|s| *s) => return,
+        }
+    }
+}
+
+async fn serve_connection(stream: TcpStream, shared: Arc<Shared>) {
+    let service = hyper::service::service_fn(move |request| {
+        let shared = shared.clone();
+        async move { Ok::<_, Infallible>(handle(request, &shared).await) }
+    });
+    let _ = hyper::server::conn::http1::Builder::new()
+        .preserve_header_case(true)
+        .serve_connection(TokioIo::new(stream), service)
+        .with_upgrades()
+        .await;
+}
+
+async fn handle(request: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
+    if request.method() == Method::CONNECT {
+        tunnel(request, shared).await
+    } else {
+        forward(request, shared).await
+    }
+}
+
+/// Where a request wants to go, as written: `host` and `port`.
+fn destination(request: &Request<Incoming>) -> Option<(String, u16)> {
+    let uri = request.uri();
+    let authority = uri.authority()?;
+    let default_port = match (request.method(), uri.scheme_str()) {
+        (&Method::CONNECT, _) => 443,
+        (_, Some("http")) => 80,
+        _ => return None,
+    };
+    let host = authority.host();
+    let host = host
+        .strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host);
+    Some((
+        host.to_owned(),
+        authority.port_u16().unwrap_or(default_port),
+    ))
+}
+
+/// A refusal or a failure, as the browser sees it.
+fn answer(status: StatusCode, message: String) -> Response<ProxyBody> {
+    let mut response = Response::new(
+        Full::new(Bytes::from(message + "\n"))
+            .map_err(|never| match never {})
+            .boxed(),
+    );
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
+    );
+    response
+}
+
+/// Resolves `host`, judges every address, and connects to one of them.
+async fn connect(shared: &Shared, host: &str, port: u16) -> Result<TcpStream, Response<ProxyBody>> {
+    let addresses: Vec<SocketAddr> = match host.parse::<IpAddr>() {
+        Ok(ip) => vec![SocketAddr::new(ip, port)],
+        Err(_) => {
+            match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await
+            {
+                Ok(Ok(found)) => found.collect(),
+                Ok(Err(error)) => {
+                    return Err(answer(
+                        StatusCode::BAD_GATEWAY,
+                        format!("cannot resolve {host}: {error}"),
+                    ));
+                }
+                Err(_) => {
+                    return Err(answer(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        format!("resolving {host} timed out"),
+                    ));
+                }
+            }
+        }
+    };
+    if addresses.is_empty() {
+        return Err(answer(
+            StatusCode::BAD_GATEWAY,
+            format!("{host} resolves to nothing"),
+        ));
+    }
+    if let Err(denial) = shared.policy.judge_all(&addresses) {
+        shared
+            .refused
+            .get_or_create(&vec![("reason".to_owned(), denial.kind().to_owned())])
+            .inc();
+        tracing::info!(%host, port, %denial, "egress refused");
+        return Err(answer(
+            StatusCode::FORBIDDEN,
+            format!("refused by browserfleet's egress policy: {host}:{port}: {denial}"),
+        ));
+    }
+    let mut last = String::new();
+    for address in addresses {
+        match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(address)).await {
+            Ok(Ok(stream)) => {
+                let _ = stream.set_nodelay(true);
+                return Ok(stream);
+            }
+            Ok(Err(error)) => last = error.to_string(),
+            Err(_) => last = "timed out".into(),
+        }
+    }
+    Err(answer(
+        StatusCode::BAD_GATEWAY,
+        format!("cannot connect to {host}:{port}: {last}"),
+    ))
+}
+
+/// `CONNECT host:port`: https, wss, and anything else a browser tunnels.
+async fn tunnel(request: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
+    let Some((host, port)) = destination(&request) else {
+        return answer(StatusCode::BAD_REQUEST, "CONNECT needs host:port".into());
+    };
+    let mut upstream = match connect(shared, &host, port).await {
+        Ok(stream) => stream,
+        Err(refusal) => return refusal,
+    };
+    tokio::spawn(async move {
+        let Ok(upgraded) = hyper::upgrade::on(request).await else {
+            return;
+        };
+        let mut client = TokioIo::new(upgraded);
+        let _ = tokio::io::copy_bidirectional_with_sizes(
+            &mut client,
+            &mut upstream,
+            TUNNEL_BUFFER,
+            TUNNEL_BUFFER,
+        )
+        .await;
+    });
+    Response::new(
+        http_body_util::Empty::new()
+            .map_err(|never| match never {})
+            .boxed(),
+    )
+}
+
+/// A plain-http request in absolute form (`GET http://host/path`), sent on
+/// its own connection to the judged address.
+async fn forward(request: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
+    let Some((host, port)) = destination(&request) else {
+        return answer(
+            StatusCode::BAD_REQUEST,
+            "the egress proxy takes http://host/… requests and CONNECT".into(),
+        );
+    };
+    let stream = match connect(shared, &host, port).await {
+        Ok(stream) => stream,
+        Err(refusal) => return refusal,
+    };
+    let (mut parts, body) = request.into_parts();
+    let origin_form = parts
+        .uri
+        .path_and_query()
+        .map_or("/", |p| p.as_str())
+        .parse()
+        .unwrap_or_else(|_| hyper::Uri::from_static("/"));
+    parts.uri = origin_form;
+    strip_hop_by_hop(&mut parts.headers);
+    let sent = async {
+        let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
+            .preserve_header_case(true)
+            .handshake::<_, Incoming>(TokioIo::new(stream))
+            .await?;
+        tokio::spawn(connection);
+        sender.send_request(Request::from_parts(parts, body)).await
+    };
+    match sent.await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.boxed())
+        }
+        Err(error) => answer(StatusCode::BAD_GATEWAY, format!("{host}:{port}: {error}")),
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    // Headers the Connection header names are hop-by-hop too.
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
