@@ -78,7 +78,11 @@ impl AgentMetrics {
         let requests_requeued = Counter::default();
         let orphans_killed = Counter::default();
         let requests_held = Gauge::default();
-        let egress_refused = Family::default();
+        let egress_refused: Family<Vec<(String, String)>, Counter> = Family::default();
+        // Every reason from zero, so that an alert's rate() sees the first one.
+        for reason in ["nodeService", "blocked", "defaultDenied"] {
+            egress_refused.get_or_create(&labels("reason", reason));
+        }
         registry.register("sessions", "Sessions by state", sessions.clone());
         registry.register("launches", "Browsers launched", launches.clone());
         registry.register("failures", "Failed requests by reason", failures.clone());
