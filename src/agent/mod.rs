@@ -27,6 +27,7 @@ pub mod replies;
 pub mod requesters;
 pub mod requeue;
 pub mod runtime;
+pub mod session_files;
 pub mod sessions;
 pub mod slots;
 pub mod supervise;
