@@ -11,6 +11,7 @@
 //! it sends ([`outbox`]); [`http`] serves the listener.
 
 pub mod args;
+pub mod cdp_filter;
 pub mod config;
 pub mod devtools;
 pub mod end;
