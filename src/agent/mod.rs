@@ -12,6 +12,7 @@
 
 pub mod args;
 pub mod cdp_filter;
+pub mod cdp_relay;
 pub mod config;
 pub mod devtools;
 pub mod end;
