@@ -120,3 +120,76 @@ where
     })
     .await;
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::Value;
+    use std::time::Duration;
+
+    type TestResult = Result<(), Box<dyn std::error::Error>>;
+
+    /// The next data message of `socket`, as JSON.
+    async fn next_json<S>(
+        socket: &mut WebSocketStream<S>,
+    ) -> Result<Value, Box<dyn std::error::Error>>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        loop {
+            let message = tokio::time::timeout(Duration::from_secs(5), socket.next())
+                .await?
+                .ok_or("closed")??;
+            if let Message::Text(text) = message {
+                return Ok(serde_json::from_str(text.as_str())?);
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn refused_commands_are_answered_others_pass_and_a_close_crosses() -> TestResult {
+        let (client_far, client_near) = tokio::io::duplex(64 * 1024);
+        let (browser_near, browser_far) = tokio::io::duplex(64 * 1024);
+        let context = RelayContext {
+            session: "s-1".parse()?,
+            files: SessionFiles {
+                downloads: std::env::temp_dir().join("s-1/Downloads"),
+            },
+            refusals: CdpRefusals::default(),
+        };
+        let relayed = tokio::spawn(relay(client_near, browser_near, context));
+        let mut client = WebSocketStream::from_raw_socket(client_far, Role::Client, None).await;
+        let mut browser = WebSocketStream::from_raw_socket(browser_far, Role::Server, None).await;
+
+        client
+            .send(Message::text(
+                r#"{"id":1,"sessionId":"P","method":"Page.navigate","params":{"url":"file:///etc"}}"#,
+            ))
+            .await?;
+        let answer = next_json(&mut client).await?;
+        assert_eq!(answer["id"], 1);
+        assert_eq!(answer["sessionId"], "P");
+        assert_eq!(answer["error"]["code"], -32000);
+
+        client
+            .send(Message::text(
+                r#"{"id":2,"method":"Browser.setDownloadBehavior","params":{"behavior":"allow","downloadPath":"/tmp"}}"#,
+            ))
+            .await?;
+        let command = next_json(&mut browser).await?;
+        assert_eq!(command["id"], 2);
+        assert_ne!(command["params"]["downloadPath"], "/tmp");
+        browser
+            .send(Message::text(r#"{"id":2,"result":{}}"#))
+            .await?;
+        assert_eq!(next_json(&mut client).await?["id"], 2);
+
+        client.close(None).await?;
+        let closing = tokio::time::timeout(Duration::from_secs(5), browser.next())
+            .await?
+            .ok_or("closed without a close frame")??;
+        assert!(matches!(closing, Message::Close(_)), "{closing:?}");
+        tokio::time::timeout(Duration::from_secs(5), relayed).await??;
+        Ok(())
+    }
+}
