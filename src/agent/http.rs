@@ -4,8 +4,9 @@
 //! The gateway is the only way to a browser: each browser's DevTools listens
 //! on 127.0.0.1. `json/*` answers are fetched from the browser and their
 //! websocket URLs rewritten to point back at the gateway; a websocket is
-//! proxied as bytes after the handshake (no frame parsing), which keeps the
-//! added latency to a copy.
+//! relayed message by message after the handshake ([`super::cdp_relay`]),
+//! each command from the client judged by the session policy
+//! ([`super::cdp_filter`]).
 
 use std::sync::Arc;
 
@@ -20,6 +21,7 @@ use serde::Deserialize;
 use subtle::ConstantTimeEq;
 use tokio::net::TcpStream;
 
+use super::cdp_relay::{self, RelayContext};
 use super::end::{DeleteOutcome, NotHostedDelete};
 use super::replies::ReplyTargets;
 use super::runtime::Agent;
@@ -32,8 +34,6 @@ use crate::secret::SecretValue;
 
 /// Largest handshake answer read from a browser.
 const MAX_HANDSHAKE_BYTES: usize = 16 * 1024;
-/// Buffer of each direction of a proxied websocket.
-const PROXY_BUFFER: usize = 64 * 1024;
 
 /// The router of the agent's listener.
 pub fn router<Q: Queues + 'static>(agent: Arc<Agent<Q>>) -> Router {
@@ -347,8 +347,9 @@ async fn json_version<Q: Queues + 'static>(
     json_document(&agent, &id, "/json/version", &headers, &query).await
 }
 
-/// Proxies a DevTools websocket (`/sessions/{id}/devtools/browser/…` or
-/// `…/page/…`) to the browser.
+/// Relays a DevTools websocket (`/sessions/{id}/devtools/browser/…` or
+/// `…/page/…`) to the browser, every client command through the CDP filter
+/// ([`cdp_relay::relay`]).
 ///
 /// The gateway does the handshake with the browser first, with the client's
 /// key, and answers the client with the browser's accept value only once the
@@ -397,24 +398,22 @@ async fn websocket<Q: Queues + 'static>(
     }
     let path = format!("/devtools/{target}");
     let handshake = browser_handshake(route.port.0, &path, &key, protocol.as_deref()).await;
-    let (mut upstream, accept) = match handshake {
+    let (upstream, accept) = match handshake {
         Ok(connected) => connected,
         Err(message) => return status(StatusCode::BAD_GATEWAY, &message),
     };
     route.mark_used();
     let on_upgrade = hyper::upgrade::on(&mut request);
+    let context = RelayContext {
+        session: route.id.clone(),
+        files: route.files.clone(),
+        refusals: agent.cdp_refusals(),
+    };
     tokio::spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };
-        let mut client = TokioIo::new(upgraded);
-        let _ = tokio::io::copy_bidirectional_with_sizes(
-            &mut client,
-            &mut upstream,
-            PROXY_BUFFER,
-            PROXY_BUFFER,
-        )
-        .await;
+        cdp_relay::relay(TokioIo::new(upgraded), upstream, context).await;
     });
     let mut response = Response::new(Body::empty());
     *response.status_mut() = StatusCode::SWITCHING_PROTOCOLS;

@@ -38,6 +38,22 @@ pub struct AgentMetrics {
     pub requests_held: Gauge,
     /// Connections the egress proxy refused, by reason.
     pub egress_refused: Family<Vec<(String, String)>, Counter>,
+    /// CDP commands the gateway's filter refused, by method.
+    pub cdp_refused: CdpRefusals,
+}
+
+/// The counter of CDP commands the gateway's filter refused, by method; the
+/// narrow part of the metrics a gateway connection holds on to.
+#[derive(Clone, Debug, Default)]
+pub struct CdpRefusals(Family<Vec<(String, String)>, Counter>);
+
+impl CdpRefusals {
+    /// Counts one refusal. `method` is one of the filter's own labels
+    /// ([`super::cdp_filter::metric_method`]), never a client's string, so
+    /// the series stay few.
+    pub fn count(&self, method: &'static str) {
+        self.0.get_or_create(&labels("method", method)).inc();
+    }
 }
 
 fn labels(key: &str, value: &str) -> Vec<(String, String)> {
@@ -81,8 +97,9 @@ impl AgentMetrics {
         let egress_refused: Family<Vec<(String, String)>, Counter> = Family::default();
         // Every reason from zero, so that an alert's rate() sees the first one.
         for reason in ["nodeService", "blocked", "defaultDenied"] {
-            egress_refused.get_or_create(&labels("reason", reason));
+            let _ = egress_refused.get_or_create(&labels("reason", reason));
         }
+        let cdp_refused = CdpRefusals::default();
         registry.register("sessions", "Sessions by state", sessions.clone());
         registry.register("launches", "Browsers launched", launches.clone());
         registry.register("failures", "Failed requests by reason", failures.clone());
@@ -122,6 +139,11 @@ impl AgentMetrics {
             "Browser connections the egress proxy refused, by reason",
             egress_refused.clone(),
         );
+        registry.register(
+            "cdp_refused",
+            "CDP commands the DevTools gateway refused by the session policy, by method",
+            cdp_refused.0.clone(),
+        );
         AgentMetrics {
             registry: root,
             sessions,
@@ -135,6 +157,7 @@ impl AgentMetrics {
             orphans_killed,
             requests_held,
             egress_refused,
+            cdp_refused,
         }
     }
 
@@ -194,6 +217,7 @@ mod tests {
         metrics.failed("failedToStart");
         metrics.set_usage(1, 2, 3, 1);
         metrics.launch_seconds.observe(0.4);
+        metrics.cdp_refused.count("Page.navigate");
         let text = metrics.render();
         for name in [
             "browserfleet_agent_sessions{state=\"active\"} 2",
@@ -202,6 +226,7 @@ mod tests {
             "browserfleet_agent_ports{state=\"free\"} 3",
             "browserfleet_agent_queue_receive_errors_total 0",
             "browserfleet_agent_requests_requeued_total 0",
+            "browserfleet_agent_cdp_refused_total{method=\"Page.navigate\"} 1",
         ] {
             assert!(text.contains(name), "{name} missing from\n{text}");
         }

@@ -8,9 +8,14 @@
 //! [`launch::plan`]), ending and deleting ([`end`]), supervision
 //! ([`supervise`]), re-adoption after a restart ([`recover`]), the
 //! intake from the queue ([`intake`]) and the replies and announcements
-//! it sends ([`outbox`]); [`http`] serves the listener.
+//! it sends ([`outbox`]); [`http`] serves the listener, whose DevTools
+//! gateway relays each client command ([`cdp_relay`]) through the session
+//! policy ([`cdp_filter`]), which keeps a client to its own files
+//! ([`session_files`]) and its proxy.
 
 pub mod args;
+pub mod cdp_filter;
+pub mod cdp_relay;
 pub mod config;
 pub mod devtools;
 pub mod egress;
@@ -28,6 +33,7 @@ pub mod replies;
 pub mod requesters;
 pub mod requeue;
 pub mod runtime;
+pub mod session_files;
 pub mod sessions;
 pub mod slots;
 pub mod supervise;

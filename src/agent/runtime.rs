@@ -180,6 +180,11 @@ impl<Q: Queues + 'static> Agent<Q> {
         self.devtools.get(route.port, path).await
     }
 
+    /// The counter of the gateway's CDP refusals, for a gateway connection.
+    pub fn cdp_refusals(&self) -> super::metrics::CdpRefusals {
+        self.metrics.cdp_refused.clone()
+    }
+
     /// Where clients reach the gateway.
     pub fn advertised_gateway(&self) -> String {
         self.identity.advertise.clone()

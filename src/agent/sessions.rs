@@ -18,6 +18,7 @@ use tokio::sync::Notify;
 use super::process::{ExitWatch, ProcessExit, ProcessIdentity};
 use super::profiles::{Profile, ProfileError};
 use super::requesters::Requester;
+use super::session_files::SessionFiles;
 use super::slots::{PoolUsage, Port, PortState, SlotError, SlotPool};
 use super::supervise::{BrowserHealth, Deadlines};
 use super::table::{SessionRecord, TableError, TableFileStore};
@@ -67,6 +68,8 @@ pub struct GatewayRoute {
     pub port: Port,
     /// SHA-256 (hex) of its token.
     pub token_sha256: String,
+    /// The files its client may touch, which the CDP filter confines it to.
+    pub files: SessionFiles,
     used: Arc<AtomicBool>,
 }
 
@@ -244,6 +247,7 @@ impl Sessions {
             id: id.clone(),
             port: session.record.port(),
             token_sha256: session.record.token_sha256.clone(),
+            files: SessionFiles::of_profile(&session.record.profile_dir),
             used: session.used.clone(),
         })
     }

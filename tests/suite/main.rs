@@ -37,4 +37,5 @@ mod operator_lifecycle;
 mod operator_rbac;
 mod protocol_fuzz;
 mod scaling;
+mod session_policy;
 mod sessions;

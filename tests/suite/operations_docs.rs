@@ -35,6 +35,7 @@ fn rendered() -> String {
     agent.terminated("expired");
     agent.set_usage(1, 2, 3, 1);
     agent.launch_seconds.observe(0.4);
+    agent.cdp_refused.count("Page.navigate");
     format!("{}{}", operator.render(), agent.render())
 }
 

@@ -555,6 +555,14 @@ impl Cdp {
     /// Sends a command (on a flattened target session when given) and
     /// returns its result, skipping events.
     pub async fn call(&mut self, method: &str, params: Value, session: Option<&str>) -> Value {
+        let answer = self.answer(method, params, session).await;
+        assert!(answer.get("error").is_none(), "{method} failed: {answer}");
+        answer["result"].clone()
+    }
+
+    /// Sends a command and returns its whole answer (`result` or `error`,
+    /// with its `id` and `sessionId`), skipping events.
+    pub async fn answer(&mut self, method: &str, params: Value, session: Option<&str>) -> Value {
         self.next_id += 1;
         let id = self.next_id;
         let mut command = json!({"id": id, "method": method, "params": params});
@@ -574,8 +582,7 @@ impl Cdp {
             if let Message::Text(text) = frame {
                 let value: Value = serde_json::from_str(&text).expect("CDP JSON");
                 if value["id"] == id {
-                    assert!(value.get("error").is_none(), "{method} failed: {value}");
-                    return value["result"].clone();
+                    return value;
                 }
                 if value.get("method").is_some() {
                     self.events.push_back(value);
@@ -613,14 +620,11 @@ impl Cdp {
     }
 }
 
-/// Opens a `data:` page through `cdp` and evaluates `expression` in it.
-pub async fn evaluate_in_new_page(cdp: &mut Cdp, expression: &str) -> Value {
+/// Opens a page on `url` through `cdp` and attaches to it (flattened);
+/// returns its CDP session id.
+pub async fn attach_new_page(cdp: &mut Cdp, url: &str) -> String {
     let target = cdp
-        .call(
-            "Target.createTarget",
-            json!({"url": "data:text/html,<title>browserfleet</title><p>hello</p>"}),
-            None,
-        )
+        .call("Target.createTarget", json!({"url": url}), None)
         .await;
     let attached = cdp
         .call(
@@ -629,10 +633,19 @@ pub async fn evaluate_in_new_page(cdp: &mut Cdp, expression: &str) -> Value {
             None,
         )
         .await;
-    let session = attached["sessionId"]
+    attached["sessionId"]
         .as_str()
         .expect("CDP session")
-        .to_owned();
+        .to_owned()
+}
+
+/// Opens a `data:` page through `cdp` and evaluates `expression` in it.
+pub async fn evaluate_in_new_page(cdp: &mut Cdp, expression: &str) -> Value {
+    let session = attach_new_page(
+        cdp,
+        "data:text/html,<title>browserfleet</title><p>hello</p>",
+    )
+    .await;
     // A new target starts on about:blank and commits the data: URL a moment
     // later; an expression evaluated before the commit runs in the blank page.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);

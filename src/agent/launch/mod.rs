@@ -17,6 +17,7 @@ use super::metrics::AgentMetrics;
 use super::outbox::Outbox;
 use super::process::{ExitWatch, LaunchSpec, ProcessControl, ProcessError};
 use super::profiles::{Profile, ProfileKind, ProfileStore};
+use super::session_files;
 use super::sessions::Sessions;
 use super::slots::Port;
 use super::table::{SessionRecord, token_digest};
@@ -192,14 +193,26 @@ impl<Q: Queues> Launcher<'_, Q> {
             ProfileChoice::Named(name) => self.profiles.open_named(name.as_str()).await,
             ProfileChoice::Temporary(dir) => self.profiles.create_temporary(dir).await,
         };
-        match profile {
-            Ok(profile) => Ok((plan, profile)),
+        let profile = match profile {
+            Ok(profile) => profile,
             // In use by another session, or not creatable on disk.
-            Err(error) => Err(LaunchFailure::Rejected {
+            Err(error) => {
+                return Err(LaunchFailure::Rejected {
+                    reason: FailureReason::ProfileUnavailable,
+                    message: format!("profile: {error}"),
+                });
+            }
+        };
+        // Downloads land in the session's own directory from the start, even
+        // for a client that never sets a download behaviour.
+        if let Err(error) = session_files::prepare(profile.path()).await {
+            release_profile(self.profiles, &profile).await;
+            return Err(LaunchFailure::Rejected {
                 reason: FailureReason::ProfileUnavailable,
                 message: format!("profile: {error}"),
-            }),
+            });
         }
+        Ok((plan, profile))
     }
 
     /// Starts the browser and writes down what was started.
