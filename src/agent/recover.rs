@@ -5,12 +5,13 @@
 use std::time::Duration;
 
 use super::devtools::DevTools;
+use super::egress::{self, ChainGuard, Egress, Upstream};
 use super::end::Ends;
 use super::metrics::AgentMetrics;
 use super::process::ProcessControl;
 use super::profiles::{ProfileStore, browser_marker};
 use super::sessions::{Adoption, Sessions};
-use super::table::TableError;
+use super::table::{ChainedProxy, TableError};
 use crate::cloud::queues::Queues;
 use crate::protocol::{SessionId, TerminationReason};
 
@@ -39,6 +40,10 @@ pub struct Recovery<'a, Q> {
     pub profile_max_age: Duration,
     /// Counts killed orphans.
     pub metrics: &'a AgentMetrics,
+    /// Listens again for sessions with a chained proxy.
+    pub egress: &'a Egress,
+    /// Opens their sealed credentials.
+    pub fleet_key: &'a [u8],
     /// Ends sessions whose browsers are gone.
     pub ends: Ends<'a, Q>,
 }
@@ -55,7 +60,13 @@ impl<Q: Queues> Recovery<'_, Q> {
             } else {
                 None
             };
-            let alive = version.is_some();
+            // A browser whose chained proxy cannot listen again on its port
+            // would have no network: it is ended like a dead one.
+            let chain = match (&version, &record.chained_proxy) {
+                (Some(_), Some(chained)) => self.rechain(&record.id, chained).await,
+                _ => None,
+            };
+            let alive = version.is_some() && (record.chained_proxy.is_none() || chain.is_some());
             if let Some(version) = &version
                 && record.browser_path.is_empty()
             {
@@ -64,7 +75,7 @@ impl<Q: Queues> Recovery<'_, Q> {
                 record.browser_path = version.browser_path().unwrap_or_default().to_owned();
             }
             let profile = self.profiles.adopt(&record.profile_dir);
-            let adopted = match self.sessions.adopt(record.clone(), alive, profile) {
+            let adopted = match self.sessions.adopt(record.clone(), alive, profile, chain) {
                 Adoption::Adopted => true,
                 Adoption::ToEnd => false,
                 Adoption::ProfileUnusable(error) => {
@@ -86,6 +97,31 @@ impl<Q: Queues> Recovery<'_, Q> {
         report.orphans_killed = self.kill_orphans().await;
         self.profiles.remove_old(self.profile_max_age).await;
         Ok(report)
+    }
+
+    /// The chained proxy of an adopted session, on the port its browser
+    /// was given.
+    async fn rechain(&self, id: &SessionId, chained: &ChainedProxy) -> Option<ChainGuard> {
+        let mut proxy = chained.proxy();
+        let upstream = proxy
+            .open_credentials(self.fleet_key, id.as_str())
+            .map_err(|e| e.to_string())
+            .and_then(|()| Upstream::of(&proxy))
+            .ok()
+            .flatten();
+        let Some(upstream) = upstream else {
+            tracing::warn!(session = %id, "the chained proxy's credentials do not open");
+            return None;
+        };
+        let policy = self.egress.policy.clone();
+        let refused = self.metrics.egress_refused.clone();
+        match egress::start_chain(chained.port, policy, upstream, refused).await {
+            Ok(guard) => Some(guard),
+            Err(error) => {
+                tracing::warn!(session = %id, port = chained.port, %error, "cannot listen for the chained proxy again");
+                None
+            }
+        }
     }
 
     /// Kills the browsers started from our profiles that no session owns;

@@ -361,6 +361,8 @@ impl<Q: Queues + 'static> Agent<Q> {
             profiles: &self.profiles,
             profile_max_age: self.settings.profile_max_age,
             metrics: &self.metrics,
+            egress: &self.egress,
+            fleet_key: self.settings.config.message_key.expose().as_bytes(),
             ends: self.ends(),
         };
         recovery.recover().await

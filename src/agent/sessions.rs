@@ -15,6 +15,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::Notify;
 
+use super::egress::ChainGuard;
 use super::process::{ExitWatch, ProcessExit, ProcessIdentity};
 use super::profiles::{Profile, ProfileError};
 use super::requesters::Requester;
@@ -38,6 +39,9 @@ struct LiveSession {
     /// browser adopted after a restart (watched through its identity).
     exit: Option<ExitWatch>,
     profile: Profile,
+    /// The listener of its chained proxy, if it has one; dropped (and so
+    /// stopped) with the session.
+    _chain: Option<ChainGuard>,
     /// Requesters of deletes that reached the session, answered when it
     /// ends (whoever ends it) besides the create's. Kept in memory only.
     deleters: Vec<Requester>,
@@ -326,6 +330,7 @@ impl Sessions {
         token: SessionToken,
         exit: ExitWatch,
         profile: Profile,
+        chain: Option<ChainGuard>,
     ) -> bool {
         let id = record.id.clone();
         let (snapshot, cancelled) = {
@@ -342,6 +347,7 @@ impl Sessions {
                     used: Arc::new(AtomicBool::new(false)),
                     exit: Some(exit),
                     profile,
+                    _chain: chain,
                     deleters: Vec::new(),
                 },
             );
@@ -546,6 +552,7 @@ impl Sessions {
         record: SessionRecord,
         alive: bool,
         profile: Result<Profile, ProfileError>,
+        chain: Option<ChainGuard>,
     ) -> Adoption {
         let mut state = self.lock();
         let taken = alive && state.pool.adopt(record.id.clone(), record.port()).is_ok();
@@ -567,6 +574,7 @@ impl Sessions {
                 token: None,
                 exit: None,
                 profile,
+                _chain: chain,
                 deleters: Vec::new(),
             },
         );
@@ -672,6 +680,7 @@ mod tests {
             reply_to: None,
             callback_url: None,
             labels: BTreeMap::new(),
+            chained_proxy: None,
         };
         (record, profile)
     }
@@ -721,7 +730,7 @@ mod tests {
         let sessions = table(dir.path(), 2);
         let (record, profile) = saved(dir.path(), "s-1", FIRST);
         assert!(matches!(
-            sessions.adopt(record, true, Ok(profile)),
+            sessions.adopt(record, true, Ok(profile), None),
             Adoption::Adopted
         ));
         assert!(sessions.route(&id("s-1")).is_some());
@@ -755,7 +764,7 @@ mod tests {
         let sessions = table(dir.path(), 2);
         let (record, profile) = saved(dir.path(), "s-1", FIRST);
         assert!(matches!(
-            sessions.adopt(record, false, Ok(profile)),
+            sessions.adopt(record, false, Ok(profile), None),
             Adoption::ToEnd
         ));
         assert!(sessions.hosts(&id("s-1")));

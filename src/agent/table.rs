@@ -60,6 +60,38 @@ pub struct SessionRecord {
     pub callback_url: Option<CallbackUrl>,
     /// Labels from the request, echoed in replies.
     pub labels: BTreeMap<String, String>,
+    /// The session's authenticated proxy, chained through a listener of the
+    /// agent's (`agent::egress`), its credentials sealed with the fleet key:
+    /// after a restart the agent listens on the same port again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chained_proxy: Option<ChainedProxy>,
+}
+
+/// Where a session's chained proxy listens and what it chains to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ChainedProxy {
+    /// The listener's port on 127.0.0.1, which the browser was given.
+    pub port: u16,
+    /// The upstream proxy (`http://host:port`).
+    pub server: String,
+    /// Its user name and password, sealed with the fleet key for this
+    /// session ([`crate::protocol::sealing`]): the table never holds them in
+    /// clear.
+    pub sealed_credentials: String,
+}
+
+impl ChainedProxy {
+    /// The upstream proxy, its credentials still sealed.
+    pub fn proxy(&self) -> crate::protocol::ProxyConfig {
+        crate::protocol::ProxyConfig {
+            server: self.server.clone(),
+            bypass: None,
+            username: None,
+            password: None,
+            sealed_credentials: Some(self.sealed_credentials.clone()),
+        }
+    }
 }
 
 impl SessionRecord {

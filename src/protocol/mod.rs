@@ -21,6 +21,7 @@ pub mod ids;
 pub mod proxy;
 pub mod reply;
 pub mod request;
+pub mod sealing;
 pub mod signing;
 pub mod state;
 pub mod urls;

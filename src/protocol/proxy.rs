@@ -32,6 +32,18 @@ pub struct ProxyConfig {
     /// Password for proxy authentication; only with a user name.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub password: Option<SecretValue>,
+    /// User name and password sealed to the fleet
+    /// ([`crate::protocol::sealing`]): what the operator sends instead of
+    /// the two in clear. Never together with them.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sealed_credentials: Option<String>,
+}
+
+/// The plaintext of [`ProxyConfig::sealed_credentials`].
+#[derive(serde::Deserialize, Serialize)]
+struct Credentials {
+    username: String,
+    password: String,
 }
 
 /// Why a proxy was refused: the field (relative to the proxy, e.g. `server`
@@ -43,6 +55,49 @@ pub(crate) struct ProxyError {
 }
 
 impl ProxyConfig {
+    /// Replaces a user name and password with their sealed form, for
+    /// session `session` of the fleet with `fleet_key`; nothing to do
+    /// without a user name.
+    pub fn seal_credentials(
+        &mut self,
+        fleet_key: &[u8],
+        session: &str,
+    ) -> Result<(), super::sealing::SealError> {
+        let Some(username) = self.username.take() else {
+            return Ok(());
+        };
+        let password = self.password.take();
+        let plain = serde_json::to_vec(&Credentials {
+            username,
+            password: password
+                .as_ref()
+                .map(|p| p.expose().to_owned())
+                .unwrap_or_default(),
+        })
+        .map_err(|_| super::sealing::SealError::Malformed)?;
+        self.sealed_credentials = Some(super::sealing::seal(fleet_key, session, &plain)?);
+        Ok(())
+    }
+
+    /// Opens sealed credentials into the user name and password; nothing
+    /// to do when none are sealed.
+    pub fn open_credentials(
+        &mut self,
+        fleet_key: &[u8],
+        session: &str,
+    ) -> Result<(), super::sealing::SealError> {
+        let Some(sealed) = self.sealed_credentials.take() else {
+            return Ok(());
+        };
+        let plain = super::sealing::open(fleet_key, session, &sealed)?;
+        let credentials: Credentials =
+            serde_json::from_slice(&plain).map_err(|_| super::sealing::SealError::Malformed)?;
+        self.username = Some(credentials.username);
+        self.password =
+            (!credentials.password.is_empty()).then(|| SecretValue::new(credentials.password));
+        Ok(())
+    }
+
     /// Reads a proxy from a request, in one of these shapes:
     /// * a string: `host:port`, `scheme://host:port`, either with
     ///   `user:password@` before the host (taken verbatim, not
@@ -61,6 +116,7 @@ impl ProxyConfig {
                     bypass: None,
                     username: parsed.username,
                     password: parsed.password,
+                    sealed_credentials: None,
                 })
             }
             Value::Object(map) => from_object(map),
@@ -102,11 +158,33 @@ fn from_object(map: &serde_json::Map<String, Value>) -> Result<ProxyConfig, Prox
     if password.is_some() && username.is_none() {
         return Err(err("password", "needs a username"));
     }
+    let sealed_credentials = match non_null(map, "sealedCredentials") {
+        None => None,
+        Some(_) if username.is_some() => {
+            return Err(err(
+                "sealedCredentials",
+                "comes instead of username and password, not with them",
+            ));
+        }
+        Some(Value::String(s))
+            if s.starts_with(super::sealing::SEALED_PREFIX)
+                && s.len() <= super::sealing::MAX_SEALED_LEN =>
+        {
+            Some(s.clone())
+        }
+        Some(_) => {
+            return Err(err(
+                "sealedCredentials",
+                "must be a sealed value (bfs1.…) of at most 4096 bytes",
+            ));
+        }
+    };
     Ok(ProxyConfig {
         server: parsed.server,
         bypass: bypass(map)?,
         username,
         password,
+        sealed_credentials,
     })
 }
 
@@ -284,6 +362,7 @@ mod tests {
             bypass: None,
             username: None,
             password: None,
+            sealed_credentials: None,
         }
     }
 
@@ -331,6 +410,7 @@ mod tests {
                 bypass: Some("localhost;*.internal".into()),
                 username: Some("bob".into()),
                 password: Some(SecretValue::new("pw")),
+                sealed_credentials: None,
             }
         );
         let string_bypass = proxy(json!({"server": "p:1", "bypass": "a;b"})).expect("valid");

@@ -12,6 +12,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use browserfleet::protocol::ProxyConfig;
+use browserfleet::secret::SecretValue;
 use serde_json::{Value, json};
 use testkit::agent_world::{AgentWorld, Cdp, end_and_stop, evaluate_in, eventually, metric};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -260,4 +262,178 @@ async fn no_route_a_cdp_client_controls_reaches_a_blocked_address() {
     })
     .await;
     end_and_stop(running, &["s-egress"]).await;
+}
+
+/// What a test proxy that requires credentials saw: each request's first
+/// line and its `Proxy-Authorization`.
+type Seen = Arc<std::sync::Mutex<Vec<(String, Option<String>)>>>;
+
+/// An http proxy on `ip` that answers `407` without the right credentials,
+/// serves every absolute-form GET itself (a page titled `via proxy`) and
+/// accepts a CONNECT, then closes it.
+async fn authenticating_proxy(ip: &str, expected: &'static str) -> (SocketAddr, Seen) {
+    let listener = tokio::net::TcpListener::bind((ip, 0)).await.expect("bind");
+    let address = listener.local_addr().unwrap();
+    let seen: Seen = Arc::default();
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut stream, _)) = listener.accept().await {
+            let record = record.clone();
+            tokio::spawn(async move {
+                let mut buffer = vec![0; 8192];
+                let Ok(n) = stream.read(&mut buffer).await else {
+                    return;
+                };
+                let head = String::from_utf8_lossy(&buffer[..n]).to_string();
+                let first = head.lines().next().unwrap_or_default().to_owned();
+                let authorization = head.lines().find_map(|l| {
+                    let (name, value) = l.split_once(':')?;
+                    name.eq_ignore_ascii_case("proxy-authorization")
+                        .then(|| value.trim().to_owned())
+                });
+                let admitted = authorization.as_deref() == Some(expected);
+                record.lock().unwrap().push((first.clone(), authorization));
+                let answer = if !admitted {
+                    "HTTP/1.1 407 Proxy Authentication Required\r\n\
+                     Proxy-Authenticate: Basic realm=\"test\"\r\nContent-Length: 0\r\n\r\n"
+                        .to_owned()
+                } else if first.starts_with("CONNECT ") {
+                    "HTTP/1.1 200 Connection established\r\n\r\n".to_owned()
+                } else {
+                    let body = "<title>via proxy</title>";
+                    format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\n\
+                         Connection: close\r\n\r\n{body}",
+                        body.len()
+                    )
+                };
+                let _ = stream.write_all(answer.as_bytes()).await;
+            });
+        }
+    });
+    (address, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_browses_through_its_authenticated_proxy_with_sealed_credentials() {
+    // alice:s3cret
+    let (proxy, seen) = authenticating_proxy("127.0.0.4", "Basic YWxpY2U6czNjcmV0").await;
+    let world = AgentWorld::new("egress-proxy", 1).await;
+    let running = world.start_agent().await;
+    let mut proxy_config = ProxyConfig {
+        server: format!("http://{proxy}"),
+        bypass: None,
+        username: Some("alice".into()),
+        password: Some(SecretValue::new("s3cret")),
+        sealed_credentials: None,
+    };
+    proxy_config
+        .seal_credentials(testkit::agent_world::MESSAGE_KEY.as_bytes(), "s-proxied")
+        .unwrap();
+    let proxy_json = serde_json::to_value(&proxy_config).unwrap();
+    assert!(!proxy_json.to_string().contains("s3cret"), "{proxy_json}");
+    assert!(proxy_json.get("username").is_none(), "{proxy_json}");
+    world
+        .request("s-proxied", json!({"proxy": proxy_json}))
+        .await;
+    let ready = world.reply("session.ready", "s-proxied").await;
+    let token = ready["token"].as_str().unwrap();
+    let ws = ready["endpoints"]["webSocketDebuggerUrl"].as_str().unwrap();
+    let mut cdp = Cdp::connect(&format!("{ws}?token={token}")).await.unwrap();
+
+    // A name only the proxy knows: the page comes from the proxy, asked
+    // with the session's credentials.
+    let target = cdp
+        .call(
+            "Target.createTarget",
+            json!({"url": "http://site.example/"}),
+            None,
+        )
+        .await;
+    let attached = cdp
+        .call(
+            "Target.attachToTarget",
+            json!({"targetId": target["targetId"], "flatten": true}),
+            None,
+        )
+        .await;
+    let session = attached["sessionId"].as_str().unwrap().to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while run(&mut cdp, &session, "document.title").await != json!("via proxy") {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the page never came through the proxy"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // An https request is tunnelled through the proxy, credentials and all.
+    let _ = run(
+        &mut cdp,
+        &session,
+        "fetch('https://secure.example/').then(() => 'ok').catch(() => 'failed')",
+    )
+    .await;
+    let seen = seen.lock().unwrap().clone();
+    assert!(
+        seen.iter()
+            .any(|(line, auth)| line.starts_with("GET http://site.example/")
+                && auth.as_deref() == Some("Basic YWxpY2U6czNjcmV0")),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter()
+            .any(|(line, auth)| line.starts_with("CONNECT secure.example:443") && auth.is_some()),
+        "{seen:?}"
+    );
+    assert!(
+        seen.iter().all(|(_, auth)| auth.is_some()),
+        "every request carried the credentials: {seen:?}"
+    );
+    // The session table on disk holds them sealed only.
+    let table = std::fs::read_to_string(world.state_dir.path().join("sessions.json")).unwrap();
+    assert!(table.contains("sealedCredentials"), "{table}");
+    assert!(
+        !table.contains("s3cret") && !table.contains("YWxpY2U6czNjcmV0"),
+        "{table}"
+    );
+    end_and_stop(running, &["s-proxied"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn credentials_sealed_for_another_session_or_fleet_are_refused() {
+    let world = AgentWorld::new("egress-sealed", 1).await;
+    let running = world.start_agent().await;
+    let sealed_for = |key: &[u8], session: &str| {
+        let mut proxy = ProxyConfig {
+            server: "http://127.0.0.4:3128".into(),
+            bypass: None,
+            username: Some("alice".into()),
+            password: Some(SecretValue::new("s3cret")),
+            sealed_credentials: None,
+        };
+        proxy.seal_credentials(key, session).unwrap();
+        serde_json::to_value(&proxy).unwrap()
+    };
+    let key = testkit::agent_world::MESSAGE_KEY.as_bytes();
+    world
+        .request("s-moved", json!({"proxy": sealed_for(key, "s-original")}))
+        .await;
+    let failed = world.reply("session.failed", "s-moved").await;
+    assert_eq!(failed["reason"], "invalidRequest", "{failed}");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("sealedCredentials"),
+        "{failed}"
+    );
+    world
+        .request(
+            "s-foreign",
+            json!({"proxy": sealed_for(b"another fleet's message key......", "s-foreign")}),
+        )
+        .await;
+    let failed = world.reply("session.failed", "s-foreign").await;
+    assert_eq!(failed["reason"], "invalidRequest", "{failed}");
+    end_and_stop(running, &[]).await;
 }

@@ -586,6 +586,7 @@ fn valid_proxy(rng: &mut Rng) -> ProxyConfig {
         bypass,
         username,
         password: password.map(browserfleet::secret::SecretValue::new),
+        sealed_credentials: None,
     }
 }
 
@@ -703,6 +704,7 @@ proptest! {
                 bypass: None,
                 username: None,
                 password: None,
+                sealed_credentials: None,
             }),
             args: chrome_args,
             extensions,

@@ -135,10 +135,97 @@ fn proxy_address(server: &str) -> Option<(String, u16)> {
     (!host.is_empty()).then(|| (host.to_owned(), port))
 }
 
+/// An authenticated http proxy a session's traffic is chained to: Chromium
+/// cannot answer a proxy's challenge by itself, so the browser talks to a
+/// listener of the agent's own, which adds the credentials on the way
+/// (issue #21, item 6).
+#[derive(Clone)]
+pub struct Upstream {
+    host: String,
+    port: u16,
+    /// `Basic <base64(user:password)>`.
+    authorization: crate::secret::SecretValue,
+}
+
+impl std::fmt::Debug for Upstream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "Upstream({}:{}, credentials hidden)",
+            self.host, self.port
+        )
+    }
+}
+
+impl Upstream {
+    /// The upstream of a proxy with a user name; `Ok(None)` without one.
+    /// Only `http://` proxies take credentials this way.
+    pub fn of(proxy: &ProxyConfig) -> Result<Option<Upstream>, String> {
+        let Some(username) = &proxy.username else {
+            return Ok(None);
+        };
+        if !proxy.server.starts_with("http://") {
+            return Err("proxy credentials are applied to http:// proxies only".into());
+        }
+        let Some((host, port)) = proxy_address(&proxy.server) else {
+            return Err("proxy.server has no host".into());
+        };
+        let password = proxy.password.as_ref().map_or("", |p| p.expose());
+        use base64::Engine;
+        let basic =
+            base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+        Ok(Some(Upstream {
+            host,
+            port,
+            authorization: crate::secret::SecretValue::new(format!("Basic {basic}")),
+        }))
+    }
+}
+
+/// A session's chained proxy listener; dropping it stops the listener and
+/// every connection it serves.
+#[derive(Debug)]
+pub struct ChainGuard {
+    /// Its port on 127.0.0.1.
+    pub port: u16,
+    task: tokio::task::AbortHandle,
+}
+
+impl Drop for ChainGuard {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// Starts a listener on 127.0.0.1:`port` (0 picks one) that sends a
+/// session's traffic to `upstream` with its credentials, under `policy`.
+pub async fn start_chain(
+    port: u16,
+    policy: EgressPolicy,
+    upstream: Upstream,
+    refused: RefusalCounter,
+) -> std::io::Result<ChainGuard> {
+    let listener = bind(port).await?;
+    let port = listener.local_addr()?.port();
+    let shared = Arc::new(Shared {
+        policy,
+        refused,
+        upstream: Some(upstream),
+    });
+    let task = tokio::spawn(async move {
+        let (_never, stopping) = watch::channel(false);
+        accept_loop(listener, shared, stopping).await;
+    })
+    .abort_handle();
+    Ok(ChainGuard { port, task })
+}
+
 /// What every connection of the proxy shares.
 struct Shared {
     policy: EgressPolicy,
     refused: RefusalCounter,
+    /// Where the traffic goes instead of straight to its destination.
+    upstream: Option<Upstream>,
 }
 
 /// Binds the proxy's listener on 127.0.0.1 (`port` 0 picks a free one).
@@ -152,9 +239,21 @@ pub async fn serve(
     listener: TcpListener,
     policy: EgressPolicy,
     refused: RefusalCounter,
+    stopping: watch::Receiver<bool>,
+) {
+    let shared = Arc::new(Shared {
+        policy,
+        refused,
+        upstream: None,
+    });
+    accept_loop(listener, shared, stopping).await;
+}
+
+async fn accept_loop(
+    listener: TcpListener,
+    shared: Arc<Shared>,
     mut stopping: watch::Receiver<bool>,
 ) {
-    let shared = Arc::new(Shared { policy, refused });
     let mut connections = JoinSet::new();
     loop {
         tokio::select! {
@@ -209,6 +308,22 @@ fn destination(request: &Request<Incoming>) -> Option<(String, u16)> {
     ))
 }
 
+/// Why the proxy did not connect: the status and text the browser gets.
+struct Failure {
+    status: StatusCode,
+    message: String,
+}
+
+fn failure(status: StatusCode, message: String) -> Failure {
+    Failure { status, message }
+}
+
+impl Failure {
+    fn into_response(self) -> Response<ProxyBody> {
+        answer(self.status, self.message)
+    }
+}
+
 /// A refusal or a failure, as the browser sees it.
 fn answer(status: StatusCode, message: String) -> Response<ProxyBody> {
     let mut response = Response::new(
@@ -224,8 +339,32 @@ fn answer(status: StatusCode, message: String) -> Response<ProxyBody> {
     response
 }
 
+/// Refuses a destination written as an address the policy refuses; a name
+/// is for the upstream proxy to resolve on its own network.
+fn judge_literal(shared: &Shared, host: &str, port: u16) -> Result<(), Failure> {
+    match host.parse::<IpAddr>() {
+        Ok(ip) => shared
+            .policy
+            .judge(SocketAddr::new(ip, port))
+            .map_err(|denial| refuse(shared, host, port, &denial)),
+        Err(_) => Ok(()),
+    }
+}
+
+fn refuse(shared: &Shared, host: &str, port: u16, denial: &Denial) -> Failure {
+    shared
+        .refused
+        .get_or_create(&vec![("reason".to_owned(), denial.kind().to_owned())])
+        .inc();
+    tracing::info!(%host, port, %denial, "egress refused");
+    failure(
+        StatusCode::FORBIDDEN,
+        format!("refused by browserfleet's egress policy: {host}:{port}: {denial}"),
+    )
+}
+
 /// Resolves `host`, judges every address, and connects to one of them.
-async fn connect(shared: &Shared, host: &str, port: u16) -> Result<TcpStream, Response<ProxyBody>> {
+async fn connect(shared: &Shared, host: &str, port: u16) -> Result<TcpStream, Failure> {
     let addresses: Vec<SocketAddr> = match host.parse::<IpAddr>() {
         Ok(ip) => vec![SocketAddr::new(ip, port)],
         Err(_) => {
@@ -233,13 +372,13 @@ async fn connect(shared: &Shared, host: &str, port: u16) -> Result<TcpStream, Re
             {
                 Ok(Ok(found)) => found.collect(),
                 Ok(Err(error)) => {
-                    return Err(answer(
+                    return Err(failure(
                         StatusCode::BAD_GATEWAY,
                         format!("cannot resolve {host}: {error}"),
                     ));
                 }
                 Err(_) => {
-                    return Err(answer(
+                    return Err(failure(
                         StatusCode::GATEWAY_TIMEOUT,
                         format!("resolving {host} timed out"),
                     ));
@@ -248,21 +387,13 @@ async fn connect(shared: &Shared, host: &str, port: u16) -> Result<TcpStream, Re
         }
     };
     if addresses.is_empty() {
-        return Err(answer(
+        return Err(failure(
             StatusCode::BAD_GATEWAY,
             format!("{host} resolves to nothing"),
         ));
     }
     if let Err(denial) = shared.policy.judge_all(&addresses) {
-        shared
-            .refused
-            .get_or_create(&vec![("reason".to_owned(), denial.kind().to_owned())])
-            .inc();
-        tracing::info!(%host, port, %denial, "egress refused");
-        return Err(answer(
-            StatusCode::FORBIDDEN,
-            format!("refused by browserfleet's egress policy: {host}:{port}: {denial}"),
-        ));
+        return Err(refuse(shared, host, port, &denial));
     }
     let mut last = String::new();
     for address in addresses {
@@ -275,7 +406,7 @@ async fn connect(shared: &Shared, host: &str, port: u16) -> Result<TcpStream, Re
             Err(_) => last = "timed out".into(),
         }
     }
-    Err(answer(
+    Err(failure(
         StatusCode::BAD_GATEWAY,
         format!("cannot connect to {host}:{port}: {last}"),
     ))
@@ -286,9 +417,16 @@ async fn tunnel(request: Request<Incoming>, shared: &Shared) -> Response<ProxyBo
     let Some((host, port)) = destination(&request) else {
         return answer(StatusCode::BAD_REQUEST, "CONNECT needs host:port".into());
     };
-    let mut upstream = match connect(shared, &host, port).await {
+    let connected = match &shared.upstream {
+        None => connect(shared, &host, port).await,
+        Some(upstream) => match judge_literal(shared, &host, port) {
+            Ok(()) => connect_through(shared, upstream, &host, port).await,
+            Err(refusal) => Err(refusal),
+        },
+    };
+    let mut upstream = match connected {
         Ok(stream) => stream,
-        Err(refusal) => return refusal,
+        Err(failed) => return failed.into_response(),
     };
     tokio::spawn(async move {
         let Ok(upgraded) = hyper::upgrade::on(request).await else {
@@ -310,6 +448,62 @@ async fn tunnel(request: Request<Incoming>, shared: &Shared) -> Response<ProxyBo
     )
 }
 
+/// Largest answer head an upstream proxy may send to a `CONNECT`.
+const MAX_UPSTREAM_HEAD: usize = 16 * 1024;
+
+/// Opens a tunnel to `host:port` through an upstream proxy, with its
+/// credentials: the connection, past the proxy's `200`.
+async fn connect_through(
+    shared: &Shared,
+    upstream: &Upstream,
+    host: &str,
+    port: u16,
+) -> Result<TcpStream, Failure> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = connect(shared, &upstream.host, upstream.port).await?;
+    let authority = if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    };
+    let request = format!(
+        "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nProxy-Authorization: {}\r\n\r\n",
+        upstream.authorization.expose()
+    );
+    let failed = |message: String| failure(StatusCode::BAD_GATEWAY, message);
+    let handshake = async {
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| failed(format!("upstream proxy: {e}")))?;
+        // Byte by byte up to the blank line, so that nothing of the tunnel
+        // is read into a buffer here.
+        let mut head = Vec::new();
+        while !head.ends_with(b"\r\n\r\n") {
+            if head.len() >= MAX_UPSTREAM_HEAD {
+                return Err(failed("upstream proxy: answer head too long".into()));
+            }
+            let byte = stream
+                .read_u8()
+                .await
+                .map_err(|e| failed(format!("upstream proxy: {e}")))?;
+            head.push(byte);
+        }
+        let status_line = String::from_utf8_lossy(&head);
+        let status_line = status_line.lines().next().unwrap_or_default().to_owned();
+        let code = status_line.split_whitespace().nth(1).unwrap_or_default();
+        if code == "200" {
+            Ok(())
+        } else {
+            Err(failed(format!("upstream proxy answered: {status_line}")))
+        }
+    };
+    tokio::time::timeout(CONNECT_TIMEOUT, handshake)
+        .await
+        .map_err(|_| failed("upstream proxy: no answer in time".into()))??;
+    Ok(stream)
+}
+
 /// A plain-http request in absolute form (`GET http://host/path`), sent on
 /// its own connection to the judged address.
 async fn forward(request: Request<Incoming>, shared: &Shared) -> Response<ProxyBody> {
@@ -319,19 +513,35 @@ async fn forward(request: Request<Incoming>, shared: &Shared) -> Response<ProxyB
             "the egress proxy takes http://host/… requests and CONNECT".into(),
         );
     };
-    let stream = match connect(shared, &host, port).await {
+    let connected = match &shared.upstream {
+        None => connect(shared, &host, port).await,
+        Some(upstream) => match judge_literal(shared, &host, port) {
+            Ok(()) => connect(shared, &upstream.host, upstream.port).await,
+            Err(refusal) => Err(refusal),
+        },
+    };
+    let stream = match connected {
         Ok(stream) => stream,
-        Err(refusal) => return refusal,
+        Err(failed) => return failed.into_response(),
     };
     let (mut parts, body) = request.into_parts();
-    let origin_form = parts
-        .uri
-        .path_and_query()
-        .map_or("/", |p| p.as_str())
-        .parse()
-        .unwrap_or_else(|_| hyper::Uri::from_static("/"));
-    parts.uri = origin_form;
     strip_hop_by_hop(&mut parts.headers);
+    match &shared.upstream {
+        // To a proxy: the absolute form, with the credentials.
+        Some(upstream) => {
+            if let Ok(value) = HeaderValue::from_str(upstream.authorization.expose()) {
+                parts.headers.insert(header::PROXY_AUTHORIZATION, value);
+            }
+        }
+        None => {
+            parts.uri = parts
+                .uri
+                .path_and_query()
+                .map_or("/", |p| p.as_str())
+                .parse()
+                .unwrap_or_else(|_| hyper::Uri::from_static("/"));
+        }
+    }
     let sent = async {
         let (mut sender, connection) = hyper::client::conn::http1::Builder::new()
             .preserve_header_case(true)

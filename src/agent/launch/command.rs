@@ -376,6 +376,7 @@ mod tests {
             bypass: Some("*.internal".into()),
             username: None,
             password: None,
+            sealed_credentials: None,
         };
         let session = SessionLaunch {
             egress_proxy: Some(9221),

@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use super::config::AgentSettings;
 use super::devtools::DevTools;
-use super::egress::Egress;
+use super::egress::{self, ChainGuard, Egress, Upstream};
 use super::end::{Ending, Ends, release_profile};
 use super::metrics::AgentMetrics;
 use super::outbox::Outbox;
@@ -20,11 +20,11 @@ use super::profiles::{Profile, ProfileKind, ProfileStore};
 use super::session_files;
 use super::sessions::Sessions;
 use super::slots::Port;
-use super::table::{SessionRecord, token_digest};
+use super::table::{ChainedProxy, SessionRecord, token_digest};
 use super::tombstones::CANCELLED_MESSAGE;
 use crate::cloud::queues::Queues;
 use crate::protocol::{
-    CreateRequest, FailureReason, Reply, SessionId, SessionToken, TerminationReason,
+    CreateRequest, FailureReason, ProxyConfig, Reply, SessionId, SessionToken, TerminationReason,
 };
 
 pub use command::{
@@ -93,14 +93,23 @@ impl<Q: Queues> Launcher<'_, Q> {
         request: &CreateRequest,
         received: Instant,
     ) -> Result<Reply, LaunchFailure> {
-        let (plan, profile) = match self.prepare(&id, request).await {
+        let (plan, profile, proxy) = match self.prepare(&id, request).await {
             Ok(prepared) => prepared,
             Err(failure) => {
                 self.sessions.unreserve(&id, port);
                 return Err(failure);
             }
         };
-        let started = match self.start(&id, port, request, &plan, &profile) {
+        let chain = match self.chain(&id, &proxy, 0).await {
+            Ok(chain) => chain,
+            Err(message) => {
+                release_profile(self.profiles, &profile).await;
+                self.sessions.unreserve(&id, port);
+                return Err(LaunchFailure::Retry(message));
+            }
+        };
+        let started = match self.start(&id, port, request, &plan, &profile, &proxy, chain.as_ref())
+        {
             Ok(started) => started,
             Err(error) => {
                 release_profile(self.profiles, &profile).await;
@@ -117,6 +126,7 @@ impl<Q: Queues> Launcher<'_, Q> {
             SessionToken::new(started.token),
             started.exit.clone(),
             profile,
+            chain,
         );
         if cancelled {
             // Added all the same, so that the end releases everything.
@@ -151,14 +161,30 @@ impl<Q: Queues> Launcher<'_, Q> {
     }
 
     /// The plan, after looking in the extensions directory for what the
-    /// request names, and the profile it chose, opened; or why the request
-    /// is refused.
+    /// request names, the profile it chose, opened, and the request's proxy
+    /// with its credentials opened and checked; or why the request is
+    /// refused.
     async fn prepare(
         &self,
         id: &SessionId,
         request: &CreateRequest,
-    ) -> Result<(LaunchPlan, Profile), LaunchFailure> {
+    ) -> Result<(LaunchPlan, Profile, Option<ProxyConfig>), LaunchFailure> {
         let settings = self.settings;
+        let mut proxy = request.proxy.clone();
+        if let Some(proxy) = proxy.as_mut() {
+            let refused = |message: String| LaunchFailure::Rejected {
+                reason: FailureReason::InvalidRequest,
+                message,
+            };
+            proxy
+                .open_credentials(settings.config.message_key.expose().as_bytes(), id.as_str())
+                .map_err(|e| refused(format!("proxy.sealedCredentials {e}")))?;
+            self.egress
+                .check_session_proxy(proxy)
+                .await
+                .map_err(refused)?;
+            Upstream::of(proxy).map_err(refused)?;
+        }
         let rules = LaunchRules {
             arg_policy: &settings.arg_policy,
             allow_persistent_profiles: settings.config.profiles.allow_persistent,
@@ -212,10 +238,33 @@ impl<Q: Queues> Launcher<'_, Q> {
                 message: format!("profile: {error}"),
             });
         }
-        Ok((plan, profile))
+        Ok((plan, profile, proxy))
+    }
+
+    /// The chained listener of a session whose proxy takes credentials
+    /// (on `port`, 0 for any); `None` for any other session.
+    async fn chain(
+        &self,
+        id: &SessionId,
+        proxy: &Option<ProxyConfig>,
+        port: u16,
+    ) -> Result<Option<ChainGuard>, String> {
+        let Some(upstream) = proxy.as_ref().and_then(|p| Upstream::of(p).ok().flatten()) else {
+            return Ok(None);
+        };
+        egress::start_chain(
+            port,
+            self.egress.policy.clone(),
+            upstream,
+            self.metrics.egress_refused.clone(),
+        )
+        .await
+        .map(Some)
+        .map_err(|e| format!("session {id}: cannot listen for its proxy: {e}"))
     }
 
     /// Starts the browser and writes down what was started.
+    #[allow(clippy::too_many_arguments)]
     fn start(
         &self,
         id: &SessionId,
@@ -223,6 +272,8 @@ impl<Q: Queues> Launcher<'_, Q> {
         request: &CreateRequest,
         plan: &LaunchPlan,
         profile: &Profile,
+        proxy: &Option<ProxyConfig>,
+        chain: Option<&ChainGuard>,
     ) -> Result<Started, ProcessError> {
         let command = browser_command(
             &self.settings.config.browser,
@@ -231,11 +282,16 @@ impl<Q: Queues> Launcher<'_, Q> {
                 port,
                 profile_dir: profile.path(),
                 session_args: &plan.args,
-                proxy: request.proxy.as_ref(),
+                // A chained session's browser knows only the chain.
+                proxy: if chain.is_some() {
+                    None
+                } else {
+                    proxy.as_ref()
+                },
                 extensions: &request.extensions,
                 extensions_dir: &self.settings.extensions_dir,
                 start_url: request.start_url.as_deref(),
-                egress_proxy: Some(self.egress.port),
+                egress_proxy: Some(chain.map_or(self.egress.port, |c| c.port)),
             },
         );
         let spawned = self.processes.spawn(&LaunchSpec {
@@ -265,6 +321,20 @@ impl<Q: Queues> Launcher<'_, Q> {
             reply_to: request.reply_to.clone(),
             callback_url: request.callback_url.clone(),
             labels: request.labels.clone(),
+            chained_proxy: chain.and_then(|chain| {
+                let mut sealed = proxy.clone()?;
+                sealed
+                    .seal_credentials(
+                        self.settings.config.message_key.expose().as_bytes(),
+                        id.as_str(),
+                    )
+                    .ok()?;
+                Some(ChainedProxy {
+                    port: chain.port,
+                    server: sealed.server,
+                    sealed_credentials: sealed.sealed_credentials?,
+                })
+            }),
         };
         Ok(Started {
             record,

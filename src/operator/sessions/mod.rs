@@ -469,7 +469,16 @@ async fn admit(
     // give up at the same instant.
     let deadline = later(now, timeout);
     let deadline = Timestamp::from_second(deadline.as_second()).unwrap_or(deadline);
-    let create = match request::build(session, &fleet, &events, credentials, deadline) {
+    let key = fleets.secrets(ctx, &fleet).await?.message_key;
+    let built = request::build(
+        session,
+        &fleet,
+        &events,
+        credentials,
+        key.expose().as_bytes(),
+        deadline,
+    );
+    let create = match built {
         Ok(create) => create,
         Err(refused) => {
             transition(
@@ -484,7 +493,6 @@ async fn admit(
     let body = serde_json::to_string(&Inbound::Create(create))?;
     // Signed: it asks for what only the operator may (a `bs-` session id,
     // reserved labels, replies on the events queue).
-    let key = fleets.secrets(ctx, &fleet).await?.message_key;
     let attributes = signing::sign(
         key.expose().as_bytes(),
         Purpose::Request,

@@ -61,12 +61,15 @@ pub fn start_timeout(session: &BrowserSession, fleet: &BrowserFleet) -> Duration
 }
 
 /// The create request of `session` on `fleet`, replying to the fleet's
-/// events queue `events`, or why the fleet refuses it.
+/// events queue `events`, or why the fleet refuses it. Proxy credentials
+/// are sealed with the fleet's message key `fleet_key`: they cross the
+/// queue as ciphertext only (docs/security.md).
 pub fn build(
     session: &BrowserSession,
     fleet: &BrowserFleet,
     events: &str,
     proxy_credentials: ProxyCredentials,
+    fleet_key: &[u8],
     start_deadline: Timestamp,
 ) -> Result<CreateRequest, Refused> {
     let spec = &session.spec;
@@ -111,12 +114,18 @@ pub fn build(
         // A profile that is not kept is the temporary one every session gets.
         _ => None,
     };
-    let proxy = spec.proxy.as_ref().map(|proxy| ProxyConfig {
+    let mut proxy = spec.proxy.as_ref().map(|proxy| ProxyConfig {
         server: proxy.server.clone(),
         bypass: (!proxy.bypass.is_empty()).then(|| proxy.bypass.join(";")),
         username: proxy_credentials.username.clone(),
         password: proxy_credentials.password.clone(),
+        sealed_credentials: None,
     });
+    if let Some(proxy) = proxy.as_mut() {
+        proxy
+            .seal_credentials(fleet_key, session_id(session).as_str())
+            .map_err(|e| Refused(format!("the proxy credentials cannot be sealed: {e}")))?;
+    }
     let reply_to = ReplyQueueUrl::new(events)
         .map_err(|e| Refused(format!("the fleet's events queue URL {}", e.reason)))?;
     Ok(CreateRequest {
@@ -189,8 +198,47 @@ mod tests {
             fleet,
             EVENTS,
             ProxyCredentials::default(),
+            KEY,
             Timestamp::UNIX_EPOCH,
         )
+    }
+
+    const KEY: &[u8] = b"a fleet's message key of 32 chars";
+
+    #[test]
+    fn proxy_credentials_leave_sealed_for_this_session_only() {
+        let proxied = session(|s| {
+            s.proxy = Some(crate::api::session::ProxySpec {
+                server: "http://proxy.internal:3128".into(),
+                bypass: Vec::new(),
+                credentials_secret_ref: None,
+            })
+        });
+        let request = build(
+            &proxied,
+            &fleet(|_| {}),
+            EVENTS,
+            ProxyCredentials {
+                username: Some("alice".into()),
+                password: Some(SecretValue::new("s3cret")),
+            },
+            KEY,
+            Timestamp::UNIX_EPOCH,
+        )
+        .expect("built");
+        let body = serde_json::to_string(&crate::protocol::Inbound::Create(request.clone()))
+            .expect("serializes");
+        assert!(
+            !body.contains("s3cret") && !body.contains("alice"),
+            "{body}"
+        );
+        assert!(body.contains("sealedCredentials"), "{body}");
+        let mut proxy = request.proxy.expect("a proxy");
+        let id = request.session_id.expect("an id");
+        assert!(proxy.clone().open_credentials(KEY, "bs-another").is_err());
+        proxy.open_credentials(KEY, id.as_str()).expect("opens");
+        assert_eq!(proxy.username.as_deref(), Some("alice"));
+        assert_eq!(proxy.password.as_ref().map(|p| p.expose()), Some("s3cret"));
     }
 
     #[test]
