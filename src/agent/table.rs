@@ -78,7 +78,11 @@ pub struct ChainedProxy {
     /// Its user name and password, sealed with the fleet key for this
     /// session ([`crate::protocol::sealing`]): the table never holds them in
     /// clear.
-    pub sealed_credentials: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sealed_credentials: Option<String>,
+    /// Hosts reached directly, in Chromium's syntax.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bypass: Option<String>,
 }
 
 impl ChainedProxy {
@@ -86,10 +90,10 @@ impl ChainedProxy {
     pub fn proxy(&self) -> crate::protocol::ProxyConfig {
         crate::protocol::ProxyConfig {
             server: self.server.clone(),
-            bypass: None,
+            bypass: self.bypass.clone(),
             username: None,
             password: None,
-            sealed_credentials: Some(self.sealed_credentials.clone()),
+            sealed_credentials: self.sealed_credentials.clone(),
         }
     }
 }

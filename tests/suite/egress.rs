@@ -318,11 +318,12 @@ async fn authenticating_proxy(ip: &str, expected: &'static str) -> (SocketAddr, 
 async fn a_session_browses_through_its_authenticated_proxy_with_sealed_credentials() {
     // alice:s3cret
     let (proxy, seen) = authenticating_proxy("127.0.0.4", "Basic YWxpY2U6czNjcmV0").await;
+    let direct = Counting::start("127.0.0.5", "<title>direct</title>", None).await;
     let world = AgentWorld::new("egress-proxy", 1).await;
     let running = world.start_agent().await;
     let mut proxy_config = ProxyConfig {
         server: format!("http://{proxy}"),
-        bypass: None,
+        bypass: Some("127.0.0.5;*.bypassed.example".into()),
         username: Some("alice".into()),
         password: Some(SecretValue::new("s3cret")),
         sealed_credentials: None,
@@ -366,6 +367,18 @@ async fn a_session_browses_through_its_authenticated_proxy_with_sealed_credentia
         );
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // A host of the bypass list is reached directly (under the policy).
+    let bypassed = run(
+        &mut cdp,
+        &session,
+        &format!(
+            "fetch('http://{}/').then(r => r.text()).catch(e => 'failed: ' + e)",
+            direct.address
+        ),
+    )
+    .await;
+    assert!(bypassed.to_string().contains("direct"), "{bypassed}");
+    assert_eq!(direct.count(), 1);
     // An https request is tunnelled through the proxy, credentials and all.
     let _ = run(
         &mut cdp,
@@ -388,6 +401,10 @@ async fn a_session_browses_through_its_authenticated_proxy_with_sealed_credentia
     assert!(
         seen.iter().all(|(_, auth)| auth.is_some()),
         "every request carried the credentials: {seen:?}"
+    );
+    assert!(
+        !seen.iter().any(|(line, _)| line.contains("127.0.0.5")),
+        "the bypassed host never reached the proxy: {seen:?}"
     );
     // The session table on disk holds them sealed only.
     let table = std::fs::read_to_string(world.state_dir.path().join("sessions.json")).unwrap();

@@ -14,6 +14,7 @@
 //! sockets of a compromised renderer) is what an OS rule on a real node
 //! must: see docs/security.md.
 
+pub mod bypass;
 pub mod policy;
 
 use std::convert::Infallible;
@@ -72,19 +73,10 @@ pub struct Egress {
 }
 
 impl Egress {
-    /// Whether a session's own proxy may be used: the browser then sends
-    /// everything to it instead of to the egress proxy, so its address must
-    /// pass the policy, and a bypass list (hosts reached directly) cannot be
-    /// honoured. The message never repeats the proxy (it may hold
+    /// Whether a session's own proxy may be used: its address must pass
+    /// the policy. The message never repeats the proxy (it may hold
     /// credentials).
     pub async fn check_session_proxy(&self, proxy: &ProxyConfig) -> Result<(), String> {
-        if proxy.bypass.is_some() {
-            return Err(
-                "proxy.bypass cannot be honoured: under the fleet's egress policy \
-                        every connection goes through the proxy"
-                    .into(),
-            );
-        }
         let Some((host, port)) = proxy_address(&proxy.server) else {
             return Err("proxy.server has no host".into());
         };
@@ -135,16 +127,19 @@ fn proxy_address(server: &str) -> Option<(String, u16)> {
     (!host.is_empty()).then(|| (host.to_owned(), port))
 }
 
-/// An authenticated http proxy a session's traffic is chained to: Chromium
-/// cannot answer a proxy's challenge by itself, so the browser talks to a
-/// listener of the agent's own, which adds the credentials on the way
-/// (issue #21, item 6).
+/// A session's http proxy its traffic is chained to, when the browser alone
+/// cannot use it under the policy: Chromium cannot answer a proxy's
+/// challenge by itself (issue #21, item 6), and the hosts of a bypass list
+/// would be reached around the egress proxy. The browser then talks to a
+/// listener of the agent's own, which adds the credentials and honours the
+/// bypass list (those hosts go direct, under the policy).
 #[derive(Clone)]
 pub struct Upstream {
     host: String,
     port: u16,
     /// `Basic <base64(user:password)>`.
-    authorization: crate::secret::SecretValue,
+    authorization: Option<crate::secret::SecretValue>,
+    bypass: bypass::BypassList,
 }
 
 impl std::fmt::Debug for Upstream {
@@ -158,27 +153,40 @@ impl std::fmt::Debug for Upstream {
 }
 
 impl Upstream {
-    /// The upstream of a proxy with a user name; `Ok(None)` without one.
-    /// Only `http://` proxies take credentials this way.
+    /// The upstream of a proxy with a user name or a bypass list;
+    /// `Ok(None)` for a proxy the browser can use by itself. Only `http://`
+    /// proxies are chained.
     pub fn of(proxy: &ProxyConfig) -> Result<Option<Upstream>, String> {
-        let Some(username) = &proxy.username else {
+        if proxy.username.is_none() && proxy.bypass.is_none() {
             return Ok(None);
-        };
+        }
         if !proxy.server.starts_with("http://") {
-            return Err("proxy credentials are applied to http:// proxies only".into());
+            return Err(
+                "proxy credentials and a bypass list are applied to http:// proxies only".into(),
+            );
         }
         let Some((host, port)) = proxy_address(&proxy.server) else {
             return Err("proxy.server has no host".into());
         };
-        let password = proxy.password.as_ref().map_or("", |p| p.expose());
-        use base64::Engine;
-        let basic =
-            base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+        let authorization = proxy.username.as_ref().map(|username| {
+            use base64::Engine;
+            let password = proxy.password.as_ref().map_or("", |p| p.expose());
+            let basic =
+                base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"));
+            crate::secret::SecretValue::new(format!("Basic {basic}"))
+        });
         Ok(Some(Upstream {
             host,
             port,
-            authorization: crate::secret::SecretValue::new(format!("Basic {basic}")),
+            authorization,
+            bypass: bypass::BypassList::parse(proxy.bypass.as_deref().unwrap_or_default()),
         }))
+    }
+
+    /// The upstream to use for `host`: `None` when the bypass list sends it
+    /// direct.
+    fn for_host(&self, host: &str) -> Option<&Upstream> {
+        (!self.bypass.matches(host)).then_some(self)
     }
 }
 
@@ -417,7 +425,8 @@ async fn tunnel(request: Request<Incoming>, shared: &Shared) -> Response<ProxyBo
     let Some((host, port)) = destination(&request) else {
         return answer(StatusCode::BAD_REQUEST, "CONNECT needs host:port".into());
     };
-    let connected = match &shared.upstream {
+    let upstream = shared.upstream.as_ref().and_then(|u| u.for_host(&host));
+    let connected = match upstream {
         None => connect(shared, &host, port).await,
         Some(upstream) => match judge_literal(shared, &host, port) {
             Ok(()) => connect_through(shared, upstream, &host, port).await,
@@ -466,10 +475,12 @@ async fn connect_through(
     } else {
         format!("{host}:{port}")
     };
-    let request = format!(
-        "CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\nProxy-Authorization: {}\r\n\r\n",
-        upstream.authorization.expose()
-    );
+    let credentials = upstream
+        .authorization
+        .as_ref()
+        .map(|a| format!("Proxy-Authorization: {}\r\n", a.expose()))
+        .unwrap_or_default();
+    let request = format!("CONNECT {authority} HTTP/1.1\r\nHost: {authority}\r\n{credentials}\r\n");
     let failed = |message: String| failure(StatusCode::BAD_GATEWAY, message);
     let handshake = async {
         stream
@@ -513,7 +524,8 @@ async fn forward(request: Request<Incoming>, shared: &Shared) -> Response<ProxyB
             "the egress proxy takes http://host/… requests and CONNECT".into(),
         );
     };
-    let connected = match &shared.upstream {
+    let upstream = shared.upstream.as_ref().and_then(|u| u.for_host(&host));
+    let connected = match upstream {
         None => connect(shared, &host, port).await,
         Some(upstream) => match judge_literal(shared, &host, port) {
             Ok(()) => connect(shared, &upstream.host, upstream.port).await,
@@ -526,10 +538,14 @@ async fn forward(request: Request<Incoming>, shared: &Shared) -> Response<ProxyB
     };
     let (mut parts, body) = request.into_parts();
     strip_hop_by_hop(&mut parts.headers);
-    match &shared.upstream {
+    match upstream {
         // To a proxy: the absolute form, with the credentials.
         Some(upstream) => {
-            if let Ok(value) = HeaderValue::from_str(upstream.authorization.expose()) {
+            if let Some(Ok(value)) = upstream
+                .authorization
+                .as_ref()
+                .map(|a| HeaderValue::from_str(a.expose()))
+            {
                 parts.headers.insert(header::PROXY_AUTHORIZATION, value);
             }
         }

@@ -369,11 +369,13 @@ mod tests {
     }
 
     #[test]
-    fn a_session_proxy_is_used_without_its_bypass_list_under_the_egress_policy() {
+    fn a_session_proxy_the_browser_uses_alone_takes_all_its_traffic_loopback_included() {
+        // (A proxy with credentials or a bypass list is chained through the
+        // agent instead: the browser is then given the chain's port.)
         let dir = PathBuf::from("/p");
         let proxy = ProxyConfig {
-            server: "http://proxy.example:3128".into(),
-            bypass: Some("*.internal".into()),
+            server: "socks5://proxy.example:1080".into(),
+            bypass: None,
             username: None,
             password: None,
             sealed_credentials: None,
@@ -392,7 +394,7 @@ mod tests {
         assert_eq!(
             proxies,
             [
-                "--proxy-server=http://proxy.example:3128",
+                "--proxy-server=socks5://proxy.example:1080",
                 "--proxy-bypass-list=<-loopback>"
             ]
         );

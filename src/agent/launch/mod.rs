@@ -241,8 +241,9 @@ impl<Q: Queues> Launcher<'_, Q> {
         Ok((plan, profile, proxy))
     }
 
-    /// The chained listener of a session whose proxy takes credentials
-    /// (on `port`, 0 for any); `None` for any other session.
+    /// The chained listener of a session whose proxy takes credentials or
+    /// has a bypass list (on `port`, 0 for any); `None` for any other
+    /// session.
     async fn chain(
         &self,
         id: &SessionId,
@@ -332,7 +333,8 @@ impl<Q: Queues> Launcher<'_, Q> {
                 Some(ChainedProxy {
                     port: chain.port,
                     server: sealed.server,
-                    sealed_credentials: sealed.sealed_credentials?,
+                    sealed_credentials: sealed.sealed_credentials,
+                    bypass: sealed.bypass,
                 })
             }),
         };
