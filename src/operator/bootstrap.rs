@@ -8,6 +8,8 @@
 //! it as a service; the full Windows node (auto-logon, the agent in the
 //! interactive session, upgrades through Run Command) grows here.
 
+use crate::agent::egress::{os_rule_ranges, parse_ranges};
+use crate::agent::process::windows_system_browsers;
 use crate::api::BrowserFleetSpec;
 use crate::api::fleet::{AgentArtifact, Platform};
 
@@ -23,8 +25,91 @@ pub fn user_data(namespace: &str, name: &str, spec: &BrowserFleetSpec, parameter
     let artifact = spec.agent.artifact.as_ref();
     match spec.instance.platform {
         Platform::Linux => linux(namespace, name, artifact, parameter, append),
-        Platform::Windows => windows(namespace, name, artifact, parameter, append),
+        Platform::Windows => {
+            let firewall = windows_egress_rules(spec);
+            windows(namespace, name, artifact, parameter, &firewall, append)
+        }
     }
+}
+
+/// The ranges of the fleet's OS egress rule, as text.
+fn os_ranges(spec: &BrowserFleetSpec) -> Vec<String> {
+    let egress = &spec.agent.egress;
+    // The CRD's patterns let only parseable ranges through; one that still
+    // does not parse is left to the agent, which refuses the configuration.
+    let blocked = parse_ranges(&egress.blocked).unwrap_or_default();
+    let allowed = parse_ranges(&egress.allowed).unwrap_or_default();
+    os_rule_ranges(&blocked, &allowed)
+        .iter()
+        .map(ToString::to_string)
+        .collect()
+}
+
+/// Windows Firewall rules that refuse the browser programs the
+/// link-local/metadata ranges and the fleet's blocked ones, whatever opens
+/// the socket (docs/security.md, "What only an OS rule gives"). Rules are by
+/// program, so they hold with the browsers running as the agent's user.
+/// The fleet's `browser.executable` when set, else the system-wide Chrome
+/// and Edge paths the agent looks for.
+fn windows_egress_rules(spec: &BrowserFleetSpec) -> String {
+    let ranges = os_ranges(spec);
+    if ranges.is_empty() {
+        return String::new();
+    }
+    let programs = match &spec.agent.browser.executable {
+        Some(path) => vec![path.clone()],
+        None => windows_system_browsers(),
+    };
+    let addresses = ranges
+        .iter()
+        .map(|r| powershell_quote(r))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let mut script = format!("$blocked = @({addresses})\n");
+    for (index, program) in programs.iter().enumerate() {
+        let rule = format!("browserfleet-browser-egress-{}", index + 1);
+        script.push_str(&format!(
+            "Remove-NetFirewallRule -Name '{rule}' -ErrorAction SilentlyContinue\n\
+             New-NetFirewallRule -Name '{rule}' -DisplayName 'browserfleet: browsers may not reach metadata or blocked ranges' \
+             -Direction Outbound -Action Block -Program {program} -RemoteAddress $blocked | Out-Null\n",
+            program = powershell_quote(program),
+        ));
+    }
+    script
+}
+
+/// The Linux form of the OS rule: an nftables table that refuses the
+/// browsers' user `user` the same ranges. Browsers run as the agent's user
+/// today, which needs the metadata service for its own credentials, so no
+/// node applies it yet: it is what the unprivileged browser user of issue
+/// #22 gets.
+pub fn linux_egress_rules(spec: &BrowserFleetSpec, user: &str) -> String {
+    let ranges = os_ranges(spec);
+    let (v6, v4): (Vec<&String>, Vec<&String>) = ranges.iter().partition(|r| r.contains(':'));
+    let set = |list: &[&String]| {
+        list.iter()
+            .map(|r| r.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let user = user.replace(['"', '\\', '\n'], "");
+    let mut rules = String::from(
+        "table inet browserfleet_egress {\n  chain output {\n    type filter hook output priority 0; policy accept;\n",
+    );
+    if !v4.is_empty() {
+        rules.push_str(&format!(
+            "    meta skuid \"{user}\" ip daddr {{ {} }} drop\n",
+            set(&v4)
+        ));
+    }
+    if !v6.is_empty() {
+        rules.push_str(&format!(
+            "    meta skuid \"{user}\" ip6 daddr {{ {} }} drop\n",
+            set(&v6)
+        ));
+    }
+    rules.push_str("  }\n}\n");
+    rules
 }
 
 /// A string as one single-quoted shell word.
@@ -88,6 +173,7 @@ fn windows(
     name: &str,
     artifact: Option<&AgentArtifact>,
     parameter: &str,
+    firewall: &str,
     append: &str,
 ) -> String {
     let agent = powershell_quote(WINDOWS_AGENT);
@@ -111,6 +197,7 @@ fn windows(
          # browserfleet node of fleet {namespace}/{name}: installs and starts the agent.\n\
          $ErrorActionPreference = 'Stop'\n\
          {install}\
+         {firewall}\
          $action = New-ScheduledTaskAction -Execute {agent} -Argument ('agent --config-ssm-parameter ' + {parameter} + ' --json-logs')\n\
          $trigger = New-ScheduledTaskTrigger -AtStartup\n\
          Register-ScheduledTask -TaskName 'browserfleet-agent' -Action $action -Trigger $trigger -User 'SYSTEM' -RunLevel Highest -Force | Out-Null\n\
@@ -170,6 +257,60 @@ mod tests {
         let install = script.find("install -m 0755").expect("install");
         assert!(check < install, "{script}");
         assert!(script.contains("'https://example.com/agent'"));
+    }
+
+    #[test]
+    fn windows_nodes_refuse_the_browser_programs_metadata_and_blocked_ranges() {
+        let mut spec = spec(Platform::Windows);
+        spec.agent.egress.blocked = vec!["10.0.0.0/8".into()];
+        let script = user_data("qa", "web", &spec, "/p");
+        assert!(
+            script.contains(
+                "$blocked = @('169.254.0.0/16', 'fe80::/10', 'fd00:ec2::/64', '10.0.0.0/8')\n"
+            ),
+            "{script}"
+        );
+        for program in [
+            r"'%ProgramFiles%\Google\Chrome\Application\chrome.exe'",
+            r"'%ProgramFiles(x86)%\Google\Chrome\Application\chrome.exe'",
+            r"'%ProgramFiles%\Microsoft\Edge\Application\msedge.exe'",
+        ] {
+            assert!(
+                script.contains(&format!(
+                    "-Direction Outbound -Action Block -Program {program} -RemoteAddress $blocked"
+                )),
+                "{program}: {script}"
+            );
+        }
+        // Before the agent starts, so no browser ever runs without it.
+        assert!(
+            script.find("New-NetFirewallRule").unwrap()
+                < script.find("Register-ScheduledTask").unwrap()
+        );
+        // A fleet's own browser is the one program, quoted as one literal.
+        spec.agent.browser.executable = Some(r"C:\it's\chrome.exe".into());
+        let script = user_data("qa", "web", &spec, "/p");
+        assert!(
+            script.contains(r"-Program 'C:\it''s\chrome.exe' "),
+            "{script}"
+        );
+        assert_eq!(script.matches("New-NetFirewallRule").count(), 1);
+    }
+
+    #[test]
+    fn the_linux_rule_for_a_browser_user_drops_the_same_ranges_per_family() {
+        let mut spec = spec(Platform::Linux);
+        spec.agent.egress.blocked = vec!["10.0.0.0/8".into()];
+        spec.agent.egress.allowed = vec!["fe80::1".into()];
+        assert_eq!(
+            linux_egress_rules(&spec, "bfbrowser"),
+            "table inet browserfleet_egress {\n  chain output {\n    \
+             type filter hook output priority 0; policy accept;\n    \
+             meta skuid \"bfbrowser\" ip daddr { 169.254.0.0/16, 10.0.0.0/8 } drop\n    \
+             meta skuid \"bfbrowser\" ip6 daddr { fd00:ec2::/64 } drop\n  }\n}\n"
+        );
+        // Not applied on Linux nodes yet (browsers run as the agent's user).
+        assert!(!user_data("qa", "web", &spec, "/p").contains("nft"));
     }
 
     #[test]

@@ -35,7 +35,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 
-pub use policy::{BadRange, Denial, EgressPolicy, parse_ranges};
+pub use policy::{BadRange, Denial, EgressPolicy, os_rule_ranges, parse_ranges};
 
 use crate::protocol::ProxyConfig;
 

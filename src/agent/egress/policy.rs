@@ -36,6 +36,31 @@ const DEFAULT_DENIED: &[(&str, &str)] = &[
     ("::/128", "unspecified (reaches the node itself)"),
 ];
 
+/// The ranges refused by default that an OS rule refuses a browser program
+/// too: the ones no session ever needs. Loopback is not among them, since
+/// the egress proxy lives there.
+const OS_RULE_DEFAULTS: &[&str] = &["169.254.0.0/16", "fe80::/10", "fd00:ec2::/64"];
+
+/// The ranges an OS firewall rule refuses the browser programs
+/// (`operator::bootstrap`): the link-local and metadata ranges, except one
+/// an allowed range overlaps, and the fleet's blocked ranges. The egress
+/// proxy enforces the rest; the rule is the floor that holds even for a
+/// socket Chromium's network stack did not open.
+pub fn os_rule_ranges(blocked: &[IpNet], allowed: &[IpNet]) -> Vec<IpNet> {
+    let overlaps = |a: &IpNet, b: &IpNet| a.contains(&b.network()) || b.contains(&a.network());
+    let mut ranges: Vec<IpNet> = OS_RULE_DEFAULTS
+        .iter()
+        .map(|net| net.parse().expect("OS_RULE_DEFAULTS holds valid ranges"))
+        .filter(|default: &IpNet| !allowed.iter().any(|a| overlaps(a, default)))
+        .collect();
+    for net in blocked {
+        if !ranges.contains(net) {
+            ranges.push(*net);
+        }
+    }
+    ranges
+}
+
 /// Why a destination was refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Denial {
@@ -250,6 +275,26 @@ mod tests {
         let both = [at("93.184.216.34:80"), at("169.254.169.254:80")];
         assert!(p.judge_all(&both).is_err());
         assert!(p.judge_all(&both[..1]).is_ok());
+    }
+
+    #[test]
+    fn the_os_rule_refuses_metadata_and_blocked_ranges_but_never_loopback() {
+        let blocked = parse_ranges(&["10.0.0.0/8".into()]).unwrap();
+        let ranges: Vec<String> = os_rule_ranges(&blocked, &[])
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(
+            ranges,
+            ["169.254.0.0/16", "fe80::/10", "fd00:ec2::/64", "10.0.0.0/8"]
+        );
+        // A fleet that allows a part of link-local gets no OS rule on it.
+        let allowed = parse_ranges(&["169.254.170.2".into(), "127.0.0.0/8".into()]).unwrap();
+        let ranges: Vec<String> = os_rule_ranges(&[], &allowed)
+            .iter()
+            .map(ToString::to_string)
+            .collect();
+        assert_eq!(ranges, ["fe80::/10", "fd00:ec2::/64"]);
     }
 
     #[test]

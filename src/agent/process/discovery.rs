@@ -30,6 +30,17 @@ const WINDOWS_CANDIDATES: &[(&str, &str)] = &[
     ),
 ];
 
+/// The system-wide Windows browser paths, written with their environment
+/// variable (`%ProgramFiles%\Google\…\chrome.exe`) as Windows Firewall
+/// takes a program path; per-user installs are left out.
+pub fn windows_system_browsers() -> Vec<String> {
+    WINDOWS_CANDIDATES
+        .iter()
+        .filter(|(variable, _)| variable.starts_with("ProgramFiles"))
+        .map(|(variable, relative)| format!("%{variable}%\\{relative}"))
+        .collect()
+}
+
 /// The platform this agent was built for.
 pub fn native_platform() -> Platform {
     if cfg!(windows) {

@@ -31,7 +31,9 @@ use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
-pub use discovery::{browser_candidates, discover_browser, native_platform};
+pub use discovery::{
+    browser_candidates, discover_browser, native_platform, windows_system_browsers,
+};
 #[cfg(unix)]
 pub use unix::{Signal, UnixProcesses};
 #[cfg(windows)]
