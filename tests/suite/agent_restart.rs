@@ -76,9 +76,18 @@ async fn a_killed_agent_readopts_its_browsers_and_kills_strangers() {
     // The first agent takes its identity from the metadata service (moto's:
     // instance i-fake at 127.0.0.1), the second from the command line.
     let (mut agent, address) = spawn_agent(&world, &config_path, None).await;
+    // s-keep-2 browses through an authenticated proxy, chained by the agent
+    // on a port of its own: the restarted agent must listen there again,
+    // with the credentials it sealed into its table.
+    let (proxy, seen) =
+        testkit::http_proxy::authenticating_proxy("127.0.0.6", "Basic YWxpY2U6czNjcmV0").await;
     let mut sessions: Vec<(String, Value)> = Vec::new();
     for id in ["s-keep-1", "s-keep-2"] {
-        world.request(id, json!({"ttlSeconds": 8})).await;
+        let mut request = json!({"ttlSeconds": 8});
+        if id == "s-keep-2" {
+            request["proxy"] = json!({"server": format!("http://{proxy}"), "username": "alice", "password": "s3cret"});
+        }
+        world.request(id, request).await;
         let ready = world.reply("session.ready", id).await;
         assert_eq!(ready["instanceId"], "i-fake", "identity from IMDSv2");
         sessions.push((id.to_owned(), ready));
@@ -130,7 +139,25 @@ async fn a_killed_agent_readopts_its_browsers_and_kills_strangers() {
             .await
             .unwrap_or_else(|e| panic!("{id} reachable after the restart: {e}"));
         assert_eq!(evaluate_in_new_page(&mut cdp, "2 + 3").await, json!(5));
+        if id == "s-keep-2" {
+            let title =
+                testkit::agent_world::title_of_new_page(&mut cdp, "http://site.example/").await;
+            assert_eq!(title, "via proxy", "the chained proxy listens again");
+        }
     }
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|(line, auth)| line.starts_with("GET http://site.example/")
+                && auth.as_deref() == Some("Basic YWxpY2U6czNjcmV0")),
+        "the proxy saw the session's credentials after the restart"
+    );
+    let table = std::fs::read_to_string(world.state_dir.path().join("sessions.json")).unwrap();
+    assert!(
+        !table.contains("s3cret"),
+        "no clear credential on disk: {table}"
+    );
     // ...and still supervised: their TTL ends them.
     for (id, _) in &sessions {
         let ended = world.reply("session.terminated", id).await;

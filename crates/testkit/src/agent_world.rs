@@ -663,6 +663,37 @@ pub async fn evaluate_in_new_page(cdp: &mut Cdp, expression: &str) -> Value {
     evaluate_in(cdp, &session, expression).await
 }
 
+/// Opens `url` in a new page through `cdp` and returns its title once it
+/// has one (within 15 seconds).
+pub async fn title_of_new_page(cdp: &mut Cdp, url: &str) -> String {
+    let target = cdp
+        .call("Target.createTarget", json!({"url": url}), None)
+        .await;
+    let attached = cdp
+        .call(
+            "Target.attachToTarget",
+            json!({"targetId": target["targetId"], "flatten": true}),
+            None,
+        )
+        .await;
+    let session = attached["sessionId"]
+        .as_str()
+        .expect("CDP session")
+        .to_owned();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    loop {
+        let title = evaluate_in(cdp, &session, "document.title").await;
+        if let Some(title) = title.as_str().filter(|t| !t.is_empty()) {
+            return title.to_owned();
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{url} never got a title"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 /// Evaluates `expression` (awaiting a promise) in the page of `session`.
 pub async fn evaluate_in(cdp: &mut Cdp, session: &str, expression: &str) -> Value {
     let evaluated = cdp

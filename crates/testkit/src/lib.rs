@@ -8,6 +8,7 @@ pub mod bench;
 pub mod cluster;
 pub mod fault_proxy;
 pub mod http;
+pub mod http_proxy;
 pub mod launch_world;
 pub mod moto;
 pub mod node_world;
