@@ -405,3 +405,58 @@ async fn credentials_sealed_for_another_session_or_fleet_are_refused() {
     assert_eq!(failed["reason"], "invalidRequest", "{failed}");
     end_and_stop(running, &[]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn playwright_cannot_leave_the_egress_policy_either() {
+    let metadata = Counting::start("127.0.0.7", "SECRET-CREDENTIALS", None).await;
+    let page = Counting::start("127.0.0.8", "<title>allowed</title>", None).await;
+    let mut world = AgentWorld::new("egress-playwright", 1).await;
+    world.config["egress"] = json!({
+        "proxyPort": 0,
+        "allowed": ["127.0.0.0/8"],
+        "blocked": ["127.0.0.7/32"],
+    });
+    let running = world.start_agent().await;
+    world.request("s-pw-egress", json!({})).await;
+    let ready = world.reply("session.ready", "s-pw-egress").await;
+    let ws = format!(
+        "{}?token={}",
+        ready["endpoints"]["webSocketDebuggerUrl"].as_str().unwrap(),
+        ready["token"].as_str().unwrap()
+    );
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".venv/bin/python");
+    let script =
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/python/playwright_egress.py");
+    let output = tokio::time::timeout(
+        Duration::from_secs(90),
+        tokio::process::Command::new(python)
+            .arg(script)
+            .arg(&ws)
+            .arg(format!("http://{}/", page.address))
+            .arg(format!("http://{}/latest/meta-data/", metadata.address))
+            .output(),
+    )
+    .await
+    .expect("Playwright finishes in time")
+    .expect("Python runs");
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let result: Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(result["allowedTitle"], "allowed", "{result}");
+    assert!(!result.to_string().contains("SECRET"), "{result}");
+    assert!(
+        result["contextWithProxy"]
+            .as_str()
+            .is_some_and(|e| e.contains("session policy")),
+        "{result}"
+    );
+    assert_eq!(
+        metadata.count(),
+        0,
+        "nothing reached the blocked server: {result}"
+    );
+    end_and_stop(running, &["s-pw-egress"]).await;
+}
