@@ -80,20 +80,11 @@ impl Egress {
         let Some((host, port)) = proxy_address(&proxy.server) else {
             return Err("proxy.server has no host".into());
         };
-        let addresses: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-            Ok(ip) => vec![SocketAddr::new(ip, port)],
-            Err(_) => {
-                match tokio::time::timeout(
-                    RESOLVE_TIMEOUT,
-                    tokio::net::lookup_host((host.as_str(), port)),
-                )
-                .await
-                {
-                    Ok(Ok(found)) => found.collect(),
-                    _ => return Err("proxy.server does not resolve".into()),
-                }
-            }
-        };
+        // The failure's text names the host, which may be the proxy's: not
+        // repeated.
+        let addresses = resolve(&host, port)
+            .await
+            .map_err(|_| "proxy.server does not resolve".to_owned())?;
         self.policy.judge_all(&addresses).map_err(|denial| {
             format!("proxy.server is refused by the fleet's egress policy: {denial}")
         })
@@ -371,35 +362,39 @@ fn refuse(shared: &Shared, host: &str, port: u16, denial: &Denial) -> Failure {
     )
 }
 
-/// Resolves `host`, judges every address, and connects to one of them.
-async fn connect(shared: &Shared, host: &str, port: u16) -> Result<TcpStream, Failure> {
-    let addresses: Vec<SocketAddr> = match host.parse::<IpAddr>() {
-        Ok(ip) => vec![SocketAddr::new(ip, port)],
-        Err(_) => {
-            match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port))).await
-            {
-                Ok(Ok(found)) => found.collect(),
-                Ok(Err(error)) => {
-                    return Err(failure(
-                        StatusCode::BAD_GATEWAY,
-                        format!("cannot resolve {host}: {error}"),
-                    ));
-                }
-                Err(_) => {
-                    return Err(failure(
-                        StatusCode::GATEWAY_TIMEOUT,
-                        format!("resolving {host} timed out"),
-                    ));
-                }
-            }
-        }
-    };
+/// Every address of `host` (itself when it is one), within
+/// [`RESOLVE_TIMEOUT`].
+async fn resolve(host: &str, port: u16) -> Result<Vec<SocketAddr>, Failure> {
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(vec![SocketAddr::new(ip, port)]);
+    }
+    let found = tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host, port)))
+        .await
+        .map_err(|_| {
+            failure(
+                StatusCode::GATEWAY_TIMEOUT,
+                format!("resolving {host} timed out"),
+            )
+        })?
+        .map_err(|e| {
+            failure(
+                StatusCode::BAD_GATEWAY,
+                format!("cannot resolve {host}: {e}"),
+            )
+        })?;
+    let addresses: Vec<SocketAddr> = found.collect();
     if addresses.is_empty() {
         return Err(failure(
             StatusCode::BAD_GATEWAY,
             format!("{host} resolves to nothing"),
         ));
     }
+    Ok(addresses)
+}
+
+/// Resolves `host`, judges every address, and connects to one of them.
+async fn connect(shared: &Shared, host: &str, port: u16) -> Result<TcpStream, Failure> {
+    let addresses = resolve(host, port).await?;
     if let Err(denial) = shared.policy.judge_all(&addresses) {
         return Err(refuse(shared, host, port, &denial));
     }
@@ -590,5 +585,33 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     }
     for name in HOP_BY_HOP {
         headers.remove(*name);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_proxy_address_is_read_with_its_schemes_default_port() {
+        let address = |s: &str| proxy_address(s);
+        assert_eq!(
+            address("http://p.example:3128"),
+            Some(("p.example".into(), 3128))
+        );
+        assert_eq!(
+            address("http://u:pw@p.example"),
+            Some(("p.example".into(), 80))
+        );
+        assert_eq!(
+            address("socks5://10.0.0.5"),
+            Some(("10.0.0.5".into(), 1080))
+        );
+        assert_eq!(
+            address("https://[fd00::1]:8443/"),
+            Some(("fd00::1".into(), 8443))
+        );
+        assert_eq!(address("p.example:3128"), None);
+        assert_eq!(address("http://:80"), None);
     }
 }
