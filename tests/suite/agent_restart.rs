@@ -140,8 +140,8 @@ async fn a_killed_agent_readopts_its_browsers_and_kills_strangers() {
             .unwrap_or_else(|e| panic!("{id} reachable after the restart: {e}"));
         assert_eq!(evaluate_in_new_page(&mut cdp, "2 + 3").await, json!(5));
         if id == "s-keep-2" {
-            let title =
-                testkit::agent_world::title_of_new_page(&mut cdp, "http://site.example/").await;
+            let (_, title) =
+                testkit::agent_world::open_titled_page(&mut cdp, "http://site.example/").await;
             assert_eq!(title, "via proxy", "the chained proxy listens again");
         }
     }

@@ -15,7 +15,9 @@ use std::time::Duration;
 use browserfleet::protocol::ProxyConfig;
 use browserfleet::secret::SecretValue;
 use serde_json::{Value, json};
-use testkit::agent_world::{AgentWorld, Cdp, end_and_stop, evaluate_in, eventually, metric};
+use testkit::agent_world::{
+    AgentWorld, Cdp, end_and_stop, evaluate_in, eventually, metric, open_titled_page,
+};
 use testkit::http_proxy::authenticating_proxy;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -107,25 +109,8 @@ async fn no_route_a_cdp_client_controls_reaches_a_blocked_address() {
 
     // An ordinary page on an allowed address loads through the proxy.
     let page_url = format!("http://{}/", page.address);
-    let target = cdp
-        .call("Target.createTarget", json!({"url": page_url}), None)
-        .await;
-    let attached = cdp
-        .call(
-            "Target.attachToTarget",
-            json!({"targetId": target["targetId"], "flatten": true}),
-            None,
-        )
-        .await;
-    let session = attached["sessionId"].as_str().unwrap().to_owned();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while run(&mut cdp, &session, "document.title").await != json!("allowed") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the allowed page never loaded"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (session, title) = open_titled_page(&mut cdp, &page_url).await;
+    assert_eq!(title, "allowed");
 
     // fetch (a PUT, as for an IMDSv2 token), XHR, a websocket, and a name
     // that resolves to a blocked address: none reads a secret.
@@ -295,29 +280,8 @@ async fn a_session_browses_through_its_authenticated_proxy_with_sealed_credentia
 
     // A name only the proxy knows: the page comes from the proxy, asked
     // with the session's credentials.
-    let target = cdp
-        .call(
-            "Target.createTarget",
-            json!({"url": "http://site.example/"}),
-            None,
-        )
-        .await;
-    let attached = cdp
-        .call(
-            "Target.attachToTarget",
-            json!({"targetId": target["targetId"], "flatten": true}),
-            None,
-        )
-        .await;
-    let session = attached["sessionId"].as_str().unwrap().to_owned();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
-    while run(&mut cdp, &session, "document.title").await != json!("via proxy") {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the page never came through the proxy"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let (session, title) = open_titled_page(&mut cdp, "http://site.example/").await;
+    assert_eq!(title, "via proxy");
     // A host of the bypass list is reached directly (under the policy).
     let bypassed = run(
         &mut cdp,

@@ -663,28 +663,15 @@ pub async fn evaluate_in_new_page(cdp: &mut Cdp, expression: &str) -> Value {
     evaluate_in(cdp, &session, expression).await
 }
 
-/// Opens `url` in a new page through `cdp` and returns its title once it
-/// has one (within 15 seconds).
-pub async fn title_of_new_page(cdp: &mut Cdp, url: &str) -> String {
-    let target = cdp
-        .call("Target.createTarget", json!({"url": url}), None)
-        .await;
-    let attached = cdp
-        .call(
-            "Target.attachToTarget",
-            json!({"targetId": target["targetId"], "flatten": true}),
-            None,
-        )
-        .await;
-    let session = attached["sessionId"]
-        .as_str()
-        .expect("CDP session")
-        .to_owned();
+/// Opens `url` in a new page through `cdp` and waits until it has a
+/// title (within 15 seconds): the page's CDP session and its title.
+pub async fn open_titled_page(cdp: &mut Cdp, url: &str) -> (String, String) {
+    let session = attach_new_page(cdp, url).await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
     loop {
         let title = evaluate_in(cdp, &session, "document.title").await;
         if let Some(title) = title.as_str().filter(|t| !t.is_empty()) {
-            return title.to_owned();
+            return (session, title.to_owned());
         }
         assert!(
             tokio::time::Instant::now() < deadline,
