@@ -490,14 +490,33 @@ impl OperatorWorld {
 
     /// Waits until the agents the fleet's status lists have put `more`
     /// creates back after this call (see [`crate::agent_world::wait_put_back`]).
+    ///
+    /// The addresses are read again on every poll: under load the fleet's
+    /// status may list an agent's address only after the call (CI once saw
+    /// none at the call and waited for a count that could never grow).
     pub async fn wait_put_back(&self, more: u32) {
-        let addresses: Vec<String> = self
-            .get()
-            .await
-            .status
-            .map(|s| s.instances.into_iter().filter_map(|i| i.address).collect())
-            .unwrap_or_default();
-        crate::agent_world::wait_put_back(&addresses, more).await;
+        let addresses = || async {
+            self.get()
+                .await
+                .status
+                .map(|s| {
+                    s.instances
+                        .into_iter()
+                        .filter_map(|i| i.address)
+                        .collect::<Vec<_>>()
+                })
+                .unwrap_or_default()
+        };
+        crate::agent_world::eventually(
+            "the fleet's status lists its agents' addresses",
+            Duration::from_secs(90),
+            || async { !addresses().await.is_empty() },
+        )
+        .await;
+        crate::agent_world::wait_grown("creates put back", more, || async {
+            crate::agent_world::requests_put_back(&addresses().await).await
+        })
+        .await;
     }
 
     /// Waits until the fleet is gone (its finalizer removed, the object
