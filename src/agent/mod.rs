@@ -156,22 +156,19 @@ pub async fn start<Q: Queues + 'static>(
         .local_addr()
         .map_err(|source| AgentError::Listen { address, source })?
         .port();
-    let egress = egress::Egress {
-        port: egress_port,
-        policy: egress::EgressPolicy::new(
-            settings.egress_blocked.clone(),
-            settings.egress_allowed.clone(),
-            vec![
-                address.port()..=address.port(),
-                settings.first_port.0..=settings.last_port.0,
-                egress_port..=egress_port,
-            ],
-        ),
-    };
+    let egress_policy = egress::EgressPolicy::new(
+        settings.egress_blocked.clone(),
+        settings.egress_allowed.clone(),
+        vec![
+            address.port()..=address.port(),
+            settings.first_port.0..=settings.last_port.0,
+            egress_port..=egress_port,
+        ],
+    );
     let agent = Arc::new(Agent::new(
         settings,
         identity,
-        egress,
+        (egress_port, egress_policy),
         queues,
         process::native(),
         executable,
@@ -221,12 +218,10 @@ async fn serve<Q: Queues + 'static>(
     options: RunOptions,
 ) {
     let mut stopping = agent.stopping();
-    let egress_proxy = tokio::spawn(egress::serve(
-        egress_listener,
-        agent.egress().policy.clone(),
-        agent.egress_refusals(),
-        agent.stopping(),
-    ));
+    let egress = agent.egress().clone();
+    let egress_stop = agent.stopping();
+    let egress_proxy =
+        tokio::spawn(async move { egress.serve(egress_listener, egress_stop).await });
     let router = http::router(agent.clone());
     let mut server_stop = agent.stopping();
     let server = tokio::spawn(async move {

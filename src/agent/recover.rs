@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::devtools::DevTools;
-use super::egress::{self, ChainGuard, Egress, Upstream};
+use super::egress::{ChainGuard, Egress, Upstream};
 use super::end::Ends;
 use super::metrics::AgentMetrics;
 use super::process::ProcessControl;
@@ -113,9 +113,7 @@ impl<Q: Queues> Recovery<'_, Q> {
             tracing::warn!(session = %id, "the chained proxy's credentials do not open");
             return None;
         };
-        let policy = self.egress.policy.clone();
-        let refused = self.metrics.egress_refused.clone();
-        match egress::start_chain(chained.port, policy, upstream, refused).await {
+        match self.egress.start_chain(chained.port, upstream).await {
             Ok(guard) => Some(guard),
             Err(error) => {
                 tracing::warn!(session = %id, port = chained.port, %error, "cannot listen for the chained proxy again");

@@ -16,7 +16,7 @@ use super::config::AgentSettings;
 use bytes::Bytes;
 
 use super::devtools::{DevTools, DevToolsError};
-use super::egress::Egress;
+use super::egress::{Egress, EgressPolicy};
 use super::end::{DeleteOutcome, Ending, Ends, NotHostedDelete};
 use super::intake::{Intake, IntakeOptions, OperatorTrust, RequestQueue};
 use super::launch::{LaunchFailure, Launcher};
@@ -74,7 +74,7 @@ impl<Q: Queues + 'static> Agent<Q> {
     pub fn new(
         settings: AgentSettings,
         identity: NodeIdentity,
-        egress: Egress,
+        (egress_port, egress_policy): (u16, EgressPolicy),
         queues: Q,
         processes: Arc<dyn ProcessControl>,
         executable: PathBuf,
@@ -103,6 +103,7 @@ impl<Q: Queues + 'static> Agent<Q> {
         // A launch reports back within its timeout; the slack covers the
         // steps around the wait.
         let reservation_ttl = settings.launch_timeout + Duration::from_secs(10);
+        let metrics = Arc::new(AgentMetrics::with_aws_calls(aws_calls));
         Agent {
             sessions: Arc::new(Sessions::new(
                 pool,
@@ -113,7 +114,12 @@ impl<Q: Queues + 'static> Agent<Q> {
             outbox: Arc::new(outbox),
             profiles: ProfileStore::new(profiles_root(&settings.state_dir)),
             devtools: DevTools::new(),
-            metrics: Arc::new(AgentMetrics::with_aws_calls(aws_calls)),
+            egress: Egress {
+                port: egress_port,
+                policy: egress_policy,
+                refused: metrics.egress_refused.clone(),
+            },
+            metrics,
             ready_since: made,
             draining: watch::Sender::new(None),
             stopping: watch::Sender::new(false),
@@ -122,18 +128,12 @@ impl<Q: Queues + 'static> Agent<Q> {
             queues,
             processes,
             executable,
-            egress,
         }
     }
 
     /// The egress proxy the agent's browsers go through.
     pub fn egress(&self) -> &Egress {
         &self.egress
-    }
-
-    /// The counter of the egress proxy's refusals.
-    pub fn egress_refusals(&self) -> super::egress::RefusalCounter {
-        self.metrics.egress_refused.clone()
     }
 
     /// The intake of this agent: it takes requests off the fleet's queue

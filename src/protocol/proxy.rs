@@ -55,6 +55,35 @@ pub(crate) struct ProxyError {
 }
 
 impl ProxyConfig {
+    /// The proxy's host and port (the scheme's default port when `server`
+    /// names none): where the agent's egress checks and chains go.
+    pub fn host_port(&self) -> Option<(String, u16)> {
+        let server = self.server.as_str();
+        let (scheme, rest) = server.split_once("://")?;
+        let authority = rest.split('/').next()?;
+        let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
+        let default_port = match scheme {
+            "https" => 443,
+            "socks4" | "socks5" => 1080,
+            _ => 80,
+        };
+        let (host, port) = match authority.strip_prefix('[') {
+            Some(v6) => {
+                let (host, after) = v6.split_once(']')?;
+                (host, after.strip_prefix(':'))
+            }
+            None => match authority.rsplit_once(':') {
+                Some((host, port)) => (host, Some(port)),
+                None => (authority, None),
+            },
+        };
+        let port = match port {
+            Some(p) => p.parse().ok()?,
+            None => default_port,
+        };
+        (!host.is_empty()).then(|| (host.to_owned(), port))
+    }
+
     /// Replaces a user name and password with their sealed form, for
     /// session `session` of the fleet with `fleet_key`; nothing to do
     /// without a user name.
@@ -461,5 +490,37 @@ mod tests {
         let shown = format!("{parsed:?}");
         assert!(!shown.contains("hunter2"), "{shown}");
         assert!(shown.contains("REDACTED"), "{shown}");
+    }
+
+    #[test]
+    fn a_proxy_address_is_read_with_its_schemes_default_port() {
+        let address = |s: &str| {
+            ProxyConfig {
+                server: s.into(),
+                bypass: None,
+                username: None,
+                password: None,
+                sealed_credentials: None,
+            }
+            .host_port()
+        };
+        assert_eq!(
+            address("http://p.example:3128"),
+            Some(("p.example".into(), 3128))
+        );
+        assert_eq!(
+            address("http://u:pw@p.example"),
+            Some(("p.example".into(), 80))
+        );
+        assert_eq!(
+            address("socks5://10.0.0.5"),
+            Some(("10.0.0.5".into(), 1080))
+        );
+        assert_eq!(
+            address("https://[fd00::1]:8443/"),
+            Some(("fd00::1".into(), 8443))
+        );
+        assert_eq!(address("p.example:3128"), None);
+        assert_eq!(address("http://:80"), None);
     }
 }

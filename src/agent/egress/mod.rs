@@ -63,21 +63,53 @@ type ProxyBody = BoxBody<Bytes, hyper::Error>;
 /// Refusals counted by reason (`nodeService`, `blocked`, `defaultDenied`).
 pub type RefusalCounter = Family<Vec<(String, String)>, Counter>;
 
-/// The egress proxy of an agent, as its launches need it.
+/// The egress proxy of an agent: its port, its rules, and the counter of
+/// what it refused, which its session chains share.
 #[derive(Clone, Debug)]
 pub struct Egress {
     /// The proxy's port on 127.0.0.1.
     pub port: u16,
     /// Its rules, also applied to a session's own proxy before launch.
     pub policy: EgressPolicy,
+    /// Refusals by reason (the agent's `egress_refused` metric).
+    pub refused: RefusalCounter,
 }
 
 impl Egress {
+    /// Serves the proxy on `listener` until `stopping` turns true; then
+    /// every open connection is dropped.
+    pub async fn serve(&self, listener: TcpListener, stopping: watch::Receiver<bool>) {
+        accept_loop(listener, self.shared(None), stopping).await;
+    }
+
+    /// Starts a session's chained listener on 127.0.0.1:`port` (0 picks
+    /// one) that sends its traffic to `upstream` under the same rules.
+    pub async fn start_chain(&self, port: u16, upstream: Upstream) -> std::io::Result<ChainGuard> {
+        let listener = bind(port).await?;
+        let port = listener.local_addr()?.port();
+        let shared = self.shared(Some(upstream));
+        let task = tokio::spawn(async move {
+            // Never stopped: the guard aborts the task instead.
+            let (_keep_open, stopping) = watch::channel(false);
+            accept_loop(listener, shared, stopping).await;
+        })
+        .abort_handle();
+        Ok(ChainGuard { port, task })
+    }
+
+    fn shared(&self, upstream: Option<Upstream>) -> Arc<Shared> {
+        Arc::new(Shared {
+            policy: self.policy.clone(),
+            refused: self.refused.clone(),
+            upstream,
+        })
+    }
+
     /// Whether a session's own proxy may be used: its address must pass
     /// the policy. The message never repeats the proxy (it may hold
     /// credentials).
     pub async fn check_session_proxy(&self, proxy: &ProxyConfig) -> Result<(), String> {
-        let Some((host, port)) = proxy_address(&proxy.server) else {
+        let Some((host, port)) = proxy.host_port() else {
             return Err("proxy.server has no host".into());
         };
         // The failure's text names the host, which may be the proxy's: not
@@ -89,33 +121,6 @@ impl Egress {
             format!("proxy.server is refused by the fleet's egress policy: {denial}")
         })
     }
-}
-
-/// Host and port of a proxy server written `scheme://host[:port]`.
-fn proxy_address(server: &str) -> Option<(String, u16)> {
-    let (scheme, rest) = server.split_once("://")?;
-    let authority = rest.split('/').next()?;
-    let authority = authority.rsplit_once('@').map_or(authority, |(_, a)| a);
-    let default_port = match scheme {
-        "https" => 443,
-        "socks4" | "socks5" => 1080,
-        _ => 80,
-    };
-    let (host, port) = match authority.strip_prefix('[') {
-        Some(v6) => {
-            let (host, after) = v6.split_once(']')?;
-            (host, after.strip_prefix(':'))
-        }
-        None => match authority.rsplit_once(':') {
-            Some((host, port)) => (host, Some(port)),
-            None => (authority, None),
-        },
-    };
-    let port = match port {
-        Some(p) => p.parse().ok()?,
-        None => default_port,
-    };
-    (!host.is_empty()).then(|| (host.to_owned(), port))
 }
 
 /// A session's http proxy its traffic is chained to, when the browser alone
@@ -156,7 +161,7 @@ impl Upstream {
                 "proxy credentials and a bypass list are applied to http:// proxies only".into(),
             );
         }
-        let Some((host, port)) = proxy_address(&proxy.server) else {
+        let Some((host, port)) = proxy.host_port() else {
             return Err("proxy.server has no host".into());
         };
         let authorization = proxy.username.as_ref().map(|username| {
@@ -196,29 +201,6 @@ impl Drop for ChainGuard {
     }
 }
 
-/// Starts a listener on 127.0.0.1:`port` (0 picks one) that sends a
-/// session's traffic to `upstream` with its credentials, under `policy`.
-pub async fn start_chain(
-    port: u16,
-    policy: EgressPolicy,
-    upstream: Upstream,
-    refused: RefusalCounter,
-) -> std::io::Result<ChainGuard> {
-    let listener = bind(port).await?;
-    let port = listener.local_addr()?.port();
-    let shared = Arc::new(Shared {
-        policy,
-        refused,
-        upstream: Some(upstream),
-    });
-    let task = tokio::spawn(async move {
-        let (_never, stopping) = watch::channel(false);
-        accept_loop(listener, shared, stopping).await;
-    })
-    .abort_handle();
-    Ok(ChainGuard { port, task })
-}
-
 /// What every connection of the proxy shares.
 struct Shared {
     policy: EgressPolicy,
@@ -230,22 +212,6 @@ struct Shared {
 /// Binds the proxy's listener on 127.0.0.1 (`port` 0 picks a free one).
 pub async fn bind(port: u16) -> std::io::Result<TcpListener> {
     TcpListener::bind((std::net::Ipv4Addr::LOCALHOST, port)).await
-}
-
-/// Serves the proxy on `listener` until `stopping` turns true; then every
-/// open connection and tunnel is dropped.
-pub async fn serve(
-    listener: TcpListener,
-    policy: EgressPolicy,
-    refused: RefusalCounter,
-    stopping: watch::Receiver<bool>,
-) {
-    let shared = Arc::new(Shared {
-        policy,
-        refused,
-        upstream: None,
-    });
-    accept_loop(listener, shared, stopping).await;
 }
 
 async fn accept_loop(
@@ -585,33 +551,5 @@ fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
     }
     for name in HOP_BY_HOP {
         headers.remove(*name);
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_proxy_address_is_read_with_its_schemes_default_port() {
-        let address = |s: &str| proxy_address(s);
-        assert_eq!(
-            address("http://p.example:3128"),
-            Some(("p.example".into(), 3128))
-        );
-        assert_eq!(
-            address("http://u:pw@p.example"),
-            Some(("p.example".into(), 80))
-        );
-        assert_eq!(
-            address("socks5://10.0.0.5"),
-            Some(("10.0.0.5".into(), 1080))
-        );
-        assert_eq!(
-            address("https://[fd00::1]:8443/"),
-            Some(("fd00::1".into(), 8443))
-        );
-        assert_eq!(address("p.example:3128"), None);
-        assert_eq!(address("http://:80"), None);
     }
 }

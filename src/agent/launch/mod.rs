@@ -11,7 +11,7 @@ use std::time::{Instant, SystemTime};
 
 use super::config::AgentSettings;
 use super::devtools::DevTools;
-use super::egress::{self, ChainGuard, Egress, Upstream};
+use super::egress::{ChainGuard, Egress, Upstream};
 use super::end::{Ending, Ends, release_profile};
 use super::metrics::AgentMetrics;
 use super::outbox::Outbox;
@@ -49,6 +49,17 @@ pub enum LaunchFailure {
     /// The session was ended (deleted, drained) while it started; its end
     /// was announced: the request is done.
     Ended,
+}
+
+/// What a launch settled before anything starts.
+struct Prepared {
+    plan: LaunchPlan,
+    profile: Profile,
+    /// The request's proxy, its credentials opened.
+    proxy: Option<ProxyConfig>,
+    /// Where the session's chained listener sends its traffic, when its
+    /// proxy needs one.
+    upstream: Option<Upstream>,
 }
 
 /// A browser just started, before it answered.
@@ -93,26 +104,25 @@ impl<Q: Queues> Launcher<'_, Q> {
         request: &CreateRequest,
         received: Instant,
     ) -> Result<Reply, LaunchFailure> {
-        let (plan, profile, proxy) = match self.prepare(&id, request).await {
+        let prepared = match self.prepare(&id, request).await {
             Ok(prepared) => prepared,
             Err(failure) => {
                 self.sessions.unreserve(&id, port);
                 return Err(failure);
             }
         };
-        let chain = match self.chain(&id, &proxy, 0).await {
+        let chain = match self.chain(&id, &prepared.upstream).await {
             Ok(chain) => chain,
             Err(message) => {
-                release_profile(self.profiles, &profile).await;
+                release_profile(self.profiles, &prepared.profile).await;
                 self.sessions.unreserve(&id, port);
                 return Err(LaunchFailure::Retry(message));
             }
         };
-        let started = match self.start(&id, port, request, &plan, &profile, &proxy, chain.as_ref())
-        {
+        let started = match self.start(&id, port, request, &prepared, chain.as_ref()) {
             Ok(started) => started,
             Err(error) => {
-                release_profile(self.profiles, &profile).await;
+                release_profile(self.profiles, &prepared.profile).await;
                 self.sessions.unreserve(&id, port);
                 self.metrics.failed("failedToStart");
                 return Err(LaunchFailure::Retry(format!(
@@ -125,7 +135,7 @@ impl<Q: Queues> Launcher<'_, Q> {
             started.record,
             SessionToken::new(started.token),
             started.exit.clone(),
-            profile,
+            prepared.profile,
             chain,
         );
         if cancelled {
@@ -168,9 +178,10 @@ impl<Q: Queues> Launcher<'_, Q> {
         &self,
         id: &SessionId,
         request: &CreateRequest,
-    ) -> Result<(LaunchPlan, Profile, Option<ProxyConfig>), LaunchFailure> {
+    ) -> Result<Prepared, LaunchFailure> {
         let settings = self.settings;
         let mut proxy = request.proxy.clone();
+        let mut upstream = None;
         if let Some(proxy) = proxy.as_mut() {
             let refused = |message: String| LaunchFailure::Rejected {
                 reason: FailureReason::InvalidRequest,
@@ -183,7 +194,7 @@ impl<Q: Queues> Launcher<'_, Q> {
                 .check_session_proxy(proxy)
                 .await
                 .map_err(refused)?;
-            Upstream::of(proxy).map_err(refused)?;
+            upstream = Upstream::of(proxy).map_err(refused)?;
         }
         let rules = LaunchRules {
             arg_policy: &settings.arg_policy,
@@ -191,14 +202,6 @@ impl<Q: Queues> Launcher<'_, Q> {
             default_ttl: settings.default_ttl,
             max_ttl: settings.max_ttl,
         };
-        if let Some(proxy) = &request.proxy
-            && let Err(message) = self.egress.check_session_proxy(proxy).await
-        {
-            return Err(LaunchFailure::Rejected {
-                reason: FailureReason::InvalidRequest,
-                message,
-            });
-        }
         let missing = missing_extensions(&settings.extensions_dir, &request.extensions).await;
         let plan = match plan_launch(id, request, &rules, missing) {
             Ok(plan) => plan,
@@ -238,44 +241,46 @@ impl<Q: Queues> Launcher<'_, Q> {
                 message: format!("profile: {error}"),
             });
         }
-        Ok((plan, profile, proxy))
+        Ok(Prepared {
+            plan,
+            profile,
+            proxy,
+            upstream,
+        })
     }
 
-    /// The chained listener of a session whose proxy takes credentials or
-    /// has a bypass list (on `port`, 0 for any); `None` for any other
-    /// session.
+    /// The chained listener of a session whose proxy needs one (see
+    /// [`Upstream`]); `None` for any other session.
     async fn chain(
         &self,
         id: &SessionId,
-        proxy: &Option<ProxyConfig>,
-        port: u16,
+        upstream: &Option<Upstream>,
     ) -> Result<Option<ChainGuard>, String> {
-        let Some(upstream) = proxy.as_ref().and_then(|p| Upstream::of(p).ok().flatten()) else {
+        let Some(upstream) = upstream else {
             return Ok(None);
         };
-        egress::start_chain(
-            port,
-            self.egress.policy.clone(),
-            upstream,
-            self.metrics.egress_refused.clone(),
-        )
-        .await
-        .map(Some)
-        .map_err(|e| format!("session {id}: cannot listen for its proxy: {e}"))
+        self.egress
+            .start_chain(0, upstream.clone())
+            .await
+            .map(Some)
+            .map_err(|e| format!("session {id}: cannot listen for its proxy: {e}"))
     }
 
     /// Starts the browser and writes down what was started.
-    #[allow(clippy::too_many_arguments)]
     fn start(
         &self,
         id: &SessionId,
         port: Port,
         request: &CreateRequest,
-        plan: &LaunchPlan,
-        profile: &Profile,
-        proxy: &Option<ProxyConfig>,
+        prepared: &Prepared,
         chain: Option<&ChainGuard>,
     ) -> Result<Started, ProcessError> {
+        let Prepared {
+            plan,
+            profile,
+            proxy,
+            ..
+        } = prepared;
         let command = browser_command(
             &self.settings.config.browser,
             self.executable,
