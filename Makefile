@@ -9,7 +9,7 @@ CARGO ?= cargo
 # names; the slower launches of a more loaded machine widen its window.
 TEST_THREADS ?= 4
 
-.PHONY: build test lint crds crds-check chart-crds moto kubectl helm chromium playwright lua kube-apiserver bench-observe
+.PHONY: build test lint crds crds-check chart-crds moto kubectl helm chromium playwright lua node-tools kube-apiserver bench-observe
 
 ## build: compile the product binary (browserfleet) and the development
 ##        cluster's (browserfleet-dev: API server, node simulator)
@@ -21,7 +21,7 @@ build:
 ##       through kube-rs and kubectl, the cloud layer against moto, the agent
 ##       with Chromium and Playwright, the demo end to end); installs what
 ##       they need when missing
-test: moto kubectl helm chromium playwright lua kube-apiserver
+test: moto kubectl helm chromium playwright lua node-tools kube-apiserver
 	$(CARGO) build --locked --bins
 	$(CARGO) test --locked -- --test-threads=$(TEST_THREADS)
 	$(MAKE) --no-print-directory test-kube-apiserver
@@ -42,6 +42,11 @@ moto:
 ## chromium: install Debian's chromium when it is missing (idempotent)
 chromium:
 	bash scripts/install-chromium.sh
+
+## node-tools: install Debian's shellcheck and nftables when missing
+##      (idempotent); the node simulator runs the generated boot scripts
+node-tools:
+	bash scripts/install-node-tools.sh
 
 ## lua: install Debian's lua5.1 when it is missing (idempotent); the Argo CD
 ##      health checks are tested with it

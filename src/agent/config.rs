@@ -196,6 +196,9 @@ pub struct AgentSettings {
     pub egress_blocked: Vec<ipnet::IpNet>,
     /// The fleet's allowed egress ranges, parsed.
     pub egress_allowed: Vec<ipnet::IpNet>,
+    /// The user browsers run as, when not the agent's own (`--browser-user`,
+    /// set by the node, not by the fleet's configuration).
+    pub browser_user: Option<crate::agent::browser_user::BrowserUser>,
 }
 
 /// Values from the agent's command line that replace the configuration's,
@@ -487,6 +490,7 @@ impl AgentConfig {
             },
             egress_blocked,
             egress_allowed,
+            browser_user: None,
             config: self,
         })
     }

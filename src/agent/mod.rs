@@ -14,6 +14,7 @@
 //! ([`session_files`]) and its proxy.
 
 pub mod args;
+pub mod browser_user;
 pub mod cdp_filter;
 pub mod cdp_relay;
 pub mod config;
@@ -73,6 +74,9 @@ pub enum AgentError {
     /// The saved session table is unreadable.
     #[error(transparent)]
     Table(#[from] table::TableError),
+    /// The browsers' user cannot reach its profiles.
+    #[error(transparent)]
+    BrowserUser(#[from] browser_user::BrowserUserError),
 }
 
 /// Options of a run that are not part of the fleet's configuration.
@@ -122,6 +126,15 @@ pub async fn start<Q: Queues + 'static>(
         None if settings.config.browser.launcher_command.is_some() => PathBuf::new(),
         None => process::discover_browser().ok_or(AgentError::NoBrowser)?,
     };
+    if let Some(user) = &settings.browser_user {
+        // Before anything is written: the browsers' user must read nothing
+        // of the agent's but the way to its profiles.
+        browser_user::private_umask();
+        user.open_path_to_profiles(
+            &settings.state_dir,
+            &profiles::profiles_root(&settings.state_dir),
+        )?;
+    }
     let address: SocketAddr = SocketAddr::new(
         settings
             .config

@@ -51,6 +51,12 @@ pub(super) struct AgentArgs {
     /// egress.proxyPort; 0 picks a free port.
     #[arg(long, value_name = "PORT")]
     egress_proxy_port: Option<u16>,
+    /// Start browsers as this unprivileged user (Linux; the node's user
+    /// data creates it and grants the agent the capabilities it needs):
+    /// with Chromium's sandbox, under the node's egress rule, away from the
+    /// agent's state.
+    #[arg(long, value_name = "USER")]
+    browser_user: Option<String>,
     /// Log as JSON lines (production) instead of human-readable text.
     #[arg(long)]
     json_logs: bool,
@@ -80,7 +86,12 @@ pub(super) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             }
             (None, None) => anyhow::bail!("--config or --config-ssm-parameter is required"),
         };
-        let settings = AgentConfig::parse_with(&json, &overrides)?;
+        let mut settings = AgentConfig::parse_with(&json, &overrides)?;
+        settings.browser_user = args
+            .browser_user
+            .as_deref()
+            .map(agent::browser_user::BrowserUser::lookup)
+            .transpose()?;
         let identity = match args.instance_id.zip(args.advertise_address) {
             Some((instance_id, advertise)) => NodeIdentity {
                 instance_id,

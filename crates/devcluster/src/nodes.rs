@@ -611,6 +611,7 @@ impl Shared {
             env: self.aws_env.clone(),
             working_dir: Some(self.options.work_dir.clone()),
             log_file: Some(self.options.work_dir.join(format!("{id}.log"))),
+            run_as: None,
         };
         Ok(self.processes.spawn(&spec)?)
     }

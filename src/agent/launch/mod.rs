@@ -241,6 +241,15 @@ impl<Q: Queues> Launcher<'_, Q> {
                 message: format!("profile: {error}"),
             });
         }
+        if let Some(user) = &settings.browser_user
+            && let Err(error) = user.hand_over(profile.path())
+        {
+            release_profile(self.profiles, &profile).await;
+            return Err(LaunchFailure::Rejected {
+                reason: FailureReason::ProfileUnavailable,
+                message: format!("profile: {error}"),
+            });
+        }
         Ok(Prepared {
             plan,
             profile,
@@ -300,12 +309,21 @@ impl<Q: Queues> Launcher<'_, Q> {
                 egress_proxy: Some(chain.map_or(self.egress.port, |c| c.port)),
             },
         );
+        let run_as = self.settings.browser_user.as_ref().map(|user| user.ids);
+        // A browser of its own user has no home of its own: its profile is
+        // one, so that nothing it writes lands outside it (`~/Downloads`,
+        // `~/.pki`, `~/.config`).
+        let env = match run_as {
+            Some(_) => vec![("HOME".to_owned(), profile.path().display().to_string())],
+            None => Vec::new(),
+        };
         let spawned = self.processes.spawn(&LaunchSpec {
             program: command.program,
             args: command.args,
-            env: Vec::new(),
+            env,
             working_dir: None,
             log_file: None,
+            run_as,
         })?;
         let token = new_token();
         let started = SystemTime::now();

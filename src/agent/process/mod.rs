@@ -31,6 +31,7 @@ use serde::{Deserialize, Serialize};
 use tokio::process::{Child, Command};
 use tokio::sync::watch;
 
+pub use crate::agent::browser_user::RunAs;
 pub use discovery::{
     browser_candidates, discover_browser, native_platform, windows_system_browsers,
 };
@@ -67,6 +68,9 @@ pub struct LaunchSpec {
     /// A file that receives both stdout and stderr, appended to and created if
     /// missing; output is discarded when `None`.
     pub log_file: Option<PathBuf>,
+    /// The user and group it runs as, with no supplementary group and no
+    /// capability; the agent's own when `None`. Unix only.
+    pub run_as: Option<RunAs>,
 }
 
 /// How a process ended.
@@ -248,6 +252,10 @@ fn command_for(spec: &LaunchSpec) -> Result<Command, ProcessError> {
         .stdin(Stdio::null());
     if let Some(dir) = &spec.working_dir {
         command.current_dir(dir);
+    }
+    #[cfg(unix)]
+    if let Some(run_as) = spec.run_as {
+        unix::run_as(&mut command, run_as);
     }
     match &spec.log_file {
         Some(path) => {
