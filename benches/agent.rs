@@ -121,6 +121,7 @@ async fn raw_launch(dir: &Path, port: u16) -> anyhow::Result<f64> {
         env: Vec::new(),
         working_dir: None,
         log_file: None,
+        run_as: None,
     })?;
     DevTools::new()
         .wait_ready(Port(port), Duration::from_secs(30))

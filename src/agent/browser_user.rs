@@ -65,8 +65,8 @@ impl BrowserUser {
     /// Looks `name` up in the user database (`getpwnam_r`).
     #[cfg(unix)]
     pub fn lookup(name: &str) -> Result<Self, BrowserUserError> {
-        let c_name = std::ffi::CString::new(name)
-            .map_err(|_| BrowserUserError::Unknown(name.to_owned()))?;
+        let c_name =
+            std::ffi::CString::new(name).map_err(|_| BrowserUserError::Unknown(name.to_owned()))?;
         let mut buffer = vec![0 as libc::c_char; 16 * 1024];
         // SAFETY: every pointer refers to a live local of the right type and
         // `buffer`'s length is the one passed; getpwnam_r writes only there.
@@ -120,16 +120,13 @@ impl BrowserUser {
         })
     }
 
-    /// Opens the way from the state directory down to the profiles for the
-    /// user: search permission only (0711), so that it reaches a profile
-    /// whose name it is given and lists nothing. Everything else the agent
-    /// writes is private: the agent sets its umask to 077 at start.
-    pub fn open_path_to_profiles(
-        &self,
-        state_dir: &Path,
-        profiles_root: &Path,
-    ) -> Result<(), BrowserUserError> {
-        for dir in [state_dir, profiles_root] {
+    /// Opens the way down to the profiles for the user: `path`, every
+    /// directory from the state directory to the ones profiles are made in,
+    /// gets search permission only (0711), so that the user reaches a
+    /// profile whose name it is given and lists nothing. Everything else the
+    /// agent writes is private: the agent sets its umask to 077 at start.
+    pub fn open_path_to_profiles(&self, path: &[PathBuf]) -> Result<(), BrowserUserError> {
+        for dir in path {
             traversable(dir).map_err(|source| BrowserUserError::HandOver {
                 path: dir.to_path_buf(),
                 source,
@@ -226,7 +223,7 @@ mod tests {
         }
         // The link's target kept its owner.
         assert_eq!(std::fs::metadata("/etc/passwd")?.uid(), 0);
-        user.open_path_to_profiles(&state, &root)
+        user.open_path_to_profiles(&[state.clone(), root.clone()])
             .expect("traversable");
         for dir in [&state, &root] {
             assert_eq!(std::fs::metadata(dir)?.permissions().mode() & 0o777, 0o711);

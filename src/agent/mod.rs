@@ -130,10 +130,10 @@ pub async fn start<Q: Queues + 'static>(
         // Before anything is written: the browsers' user must read nothing
         // of the agent's but the way to its profiles.
         browser_user::private_umask();
-        user.open_path_to_profiles(
-            &settings.state_dir,
-            &profiles::profiles_root(&settings.state_dir),
-        )?;
+        let root = profiles::profiles_root(&settings.state_dir);
+        let mut path = vec![settings.state_dir.clone(), root.clone()];
+        path.extend(profiles::profile_parents(&root));
+        user.open_path_to_profiles(&path)?;
     }
     let address: SocketAddr = SocketAddr::new(
         settings

@@ -179,6 +179,12 @@ pub struct ProfileStore {
     in_use: Mutex<HashSet<PathBuf>>,
 }
 
+/// The directories profiles are made in under the profiles root `root`:
+/// one for temporary profiles, one for named ones.
+pub fn profile_parents(root: &Path) -> [PathBuf; 2] {
+    [root.join(TEMPORARY_DIR), root.join(NAMED_DIR)]
+}
+
 /// Where the profiles of an agent with state directory `state_dir` live.
 pub fn profiles_root(state_dir: &Path) -> PathBuf {
     state_dir.join("profiles")

@@ -31,6 +31,7 @@ mod kubectl;
 mod kustomize;
 mod launcher_producer;
 mod node_simulator;
+mod nodes;
 mod operations_docs;
 mod operator;
 mod operator_lifecycle;

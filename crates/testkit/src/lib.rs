@@ -4,6 +4,7 @@
 //! RBAC evaluator and the tools in `.venv/` they run.
 
 pub mod agent_world;
+pub mod artifact;
 pub mod bench;
 pub mod cluster;
 pub mod fault_proxy;

@@ -17,7 +17,7 @@ use browserfleet::operator::context::Settings;
 use browserfleet::operator::fleet::plan::Rules;
 use browserfleet::operator::metrics::Metrics;
 use browserfleet::operator::run::{LeaderElection, OperatorOptions, RunError, Running, run};
-use devcluster::nodes::{NodeOptions, NodeSimulator, PortPool};
+use devcluster::nodes::{BootMode, NodeOptions, NodeSimulator, PortPool};
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, Patch, PatchParams};
 use serde_json::{Value, json};
@@ -318,6 +318,12 @@ impl OperatorWorld {
             per_node: 4,
         };
         tune(&mut options);
+        if options.boot == BootMode::UserData {
+            // The nodes' users pass through it to their state.
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(self.work.path(), std::fs::Permissions::from_mode(0o755))
+                .expect("work dir opened");
+        }
         NodeSimulator::start(&self.aws, options).expect("node simulator starts")
     }
 

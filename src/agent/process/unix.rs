@@ -290,6 +290,37 @@ fn find_by_marker(marker: &str) -> Vec<ProcessIdentity> {
         .collect()
 }
 
+/// Makes `command`'s process run as `run_as`: no supplementary group, then
+/// the group, then the user, then no ambient capability, so that the program
+/// it runs starts with none (it has no file capabilities). From an agent that
+/// is root, the change of user drops every capability anyway.
+pub(super) fn run_as(command: &mut tokio::process::Command, run_as: super::RunAs) {
+    let super::RunAs { uid, gid } = run_as;
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // async-signal-safe system calls, touching no memory of the parent's.
+    unsafe {
+        command.pre_exec(move || {
+            let check = |result: libc::c_int| {
+                if result == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            };
+            check(libc::setgroups(0, std::ptr::null()))?;
+            check(libc::setgid(gid))?;
+            check(libc::setuid(uid))?;
+            check(libc::prctl(
+                libc::PR_CAP_AMBIENT,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+                0 as libc::c_ulong,
+            ))
+        });
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -369,36 +400,5 @@ mod tests {
         assert!(!signal(0, 0)?);
         assert!(!signal(-1, 0)?);
         Ok(())
-    }
-}
-
-/// Makes `command`'s process run as `run_as`: no supplementary group, then
-/// the group, then the user, then no ambient capability, so that the program
-/// it runs starts with none (it has no file capabilities). From an agent that
-/// is root, the change of user drops every capability anyway.
-pub(super) fn run_as(command: &mut tokio::process::Command, run_as: super::RunAs) {
-    let super::RunAs { uid, gid } = run_as;
-    // SAFETY: the closure runs in the forked child before exec and calls only
-    // async-signal-safe system calls, touching no memory of the parent's.
-    unsafe {
-        command.pre_exec(move || {
-            let check = |result: libc::c_int| {
-                if result == 0 {
-                    Ok(())
-                } else {
-                    Err(io::Error::last_os_error())
-                }
-            };
-            check(libc::setgroups(0, std::ptr::null()))?;
-            check(libc::setgid(gid))?;
-            check(libc::setuid(uid))?;
-            check(libc::prctl(
-                libc::PR_CAP_AMBIENT,
-                libc::PR_CAP_AMBIENT_CLEAR_ALL as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-                0 as libc::c_ulong,
-            ))
-        });
     }
 }

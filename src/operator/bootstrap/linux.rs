@@ -110,11 +110,12 @@ fn install(artifact: Option<&AgentArtifact>) -> String {
         return format!("test -x \"$root{AGENT_PATH}\"\n");
     };
     format!(
-        "tmp=$(mktemp)\n\
+        "url={url}\n\
+         tmp=$(mktemp)\n\
          trap 'rm -f \"$tmp\"' EXIT\n\
-         case {url} in\n\
-         \x20 s3://*) aws s3 cp {url} \"$tmp\" ;;\n\
-         \x20 *) curl --fail --silent --show-error --location --retry 5 -o \"$tmp\" {url} ;;\n\
+         case \"$url\" in\n\
+         \x20 s3://*) aws s3 cp \"$url\" \"$tmp\" ;;\n\
+         \x20 *) curl --fail --silent --show-error --location --retry 5 -o \"$tmp\" \"$url\" ;;\n\
          esac\n\
          if ! echo {sha}'  '\"$tmp\" | sha256sum --check --status; then\n\
          \x20 echo 'browserfleet: the agent artifact does not match its SHA-256; not installed' >&2\n\

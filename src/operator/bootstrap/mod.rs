@@ -178,7 +178,9 @@ mod tests {
         );
         let script = user_data("qa", "web", &spec, "/p");
         assert!(
-            script.contains("meta skuid \"browserfleet-browser\" ip daddr { 169.254.0.0/16, 10.0.0.0/8 } drop"),
+            script.contains(
+                "meta skuid \"browserfleet-browser\" ip daddr { 169.254.0.0/16, 10.0.0.0/8 } drop"
+            ),
             "{script}"
         );
         assert!(script.contains("ExecStart=/usr/sbin/nft -f /etc/browserfleet/egress.nft\n"));
@@ -212,11 +214,16 @@ mod tests {
             );
         }
         // Before the agent starts, so no browser ever runs without it.
-        assert!(position(&script, "New-NetFirewallRule") < position(&script, "Register-ScheduledTask"));
+        assert!(
+            position(&script, "New-NetFirewallRule") < position(&script, "Register-ScheduledTask")
+        );
         // A fleet's own browser is the one program, quoted as one literal.
         spec.agent.browser.executable = Some(r"C:\it's\chrome.exe".into());
         let script = user_data("qa", "web", &spec, "/p");
-        assert!(script.contains(r"-Program 'C:\it''s\chrome.exe' "), "{script}");
+        assert!(
+            script.contains(r"-Program 'C:\it''s\chrome.exe' "),
+            "{script}"
+        );
         assert_eq!(script.matches("New-NetFirewallRule").count(), 1);
     }
 
@@ -232,9 +239,14 @@ mod tests {
         assert!(script.starts_with("<powershell>\n"), "{script}");
         assert!(script.ends_with("</powershell>\n<persist>false</persist>\n"));
         // The artifact: refused unless its digest matches, compared in lower case.
-        let check = position(&script, "(Get-FileHash -Algorithm SHA256 $tmp.FullName).Hash.ToLower() -ne 'abab");
+        let check = position(
+            &script,
+            "(Get-FileHash -Algorithm SHA256 $tmp.FullName).Hash.ToLower() -ne 'abab",
+        );
         assert!(check < position(&script, "Move-Item -Force $tmp.FullName"));
-        assert!(script.contains("throw 'browserfleet: the agent artifact does not match its SHA-256; not installed'"));
+        assert!(script.contains(
+            "throw 'browserfleet: the agent artifact does not match its SHA-256; not installed'"
+        ));
         // The user, quoted as one literal; its password read from SSM at boot.
         assert!(script.contains("$user = 'robot''s desk'\n"), "{script}");
         assert!(script.contains(
@@ -242,7 +254,12 @@ mod tests {
         ));
         // Auto-logon with the password as an LSA secret, never the registry value.
         let winlogon = position(&script, "-Name AutoAdminLogon -Value '1'");
-        assert!(position(&script, "[BrowserfleetLsa]::Store('DefaultPassword', $password)") < winlogon);
+        assert!(
+            position(
+                &script,
+                "[BrowserfleetLsa]::Store('DefaultPassword', $password)"
+            ) < winlogon
+        );
         assert!(script.contains("-Name DefaultUserName -Value $user\n"));
         assert!(script.contains("Remove-ItemProperty -Path $winlogon -Name DefaultPassword"));
         assert!(!script.contains("-Name DefaultPassword -Value"));
@@ -270,8 +287,12 @@ mod tests {
             "Register-ScheduledTask -TaskName 'browserfleet-agent' -Action $action -Trigger $trigger -Principal $principal -Settings $settings -Force"
         ));
         // The agent task is not SYSTEM's and not at startup (session 0).
-        let agent_task = &script[position(&script, "# The agent: at the user's logon")..position(&script, "# A disconnected RDP session")];
-        assert!(!agent_task.contains("SYSTEM") && !agent_task.contains("AtStartup"), "{agent_task}");
+        let agent_task = &script[position(&script, "# The agent: at the user's logon")
+            ..position(&script, "# A disconnected RDP session")];
+        assert!(
+            !agent_task.contains("SYSTEM") && !agent_task.contains("AtStartup"),
+            "{agent_task}"
+        );
         // The console task: disconnected sessions back to the console.
         assert!(script.contains("tscon.exe $Matches[2] /dest:console"));
         assert!(script.contains("*[System[EventID=24]]"));

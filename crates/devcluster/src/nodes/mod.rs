@@ -20,6 +20,15 @@
 //! down; [`NodeSimulator::crash`] kills an agent as a crash would, and with
 //! [`NodeOptions::restart_crashed`] it comes back after the boot delay, like
 //! a service manager restarting it. Unix only: it stops agents by signal.
+//!
+//! With [`BootMode::UserData`] a node boots as an instance does: it runs its
+//! instance's user data, the operator's real boot script, and starts the
+//! agent its systemd unit names, as the unit's user ([`user_data`] says what
+//! is real and what is shimmed). [`BootMode::Direct`], the default, starts
+//! the agent as root without a script: most tests need nodes, not boots,
+//! and a boot copies the agent and creates users.
+
+pub mod user_data;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
@@ -27,7 +36,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, SystemTime};
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use thiserror::Error;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -44,6 +53,8 @@ use browserfleet::cloud::{
     SsmError,
 };
 use browserfleet::operator::agent_config::parameter_name;
+use browserfleet::operator::bootstrap::linux::STATE_DIR as LINUX_STATE_DIR;
+use user_data::{AgentUnit, BootError};
 
 /// How often instances are listed unless told otherwise.
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
@@ -51,6 +62,8 @@ pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(500);
 pub const MIN_POLL_INTERVAL: Duration = Duration::from_millis(10);
 /// How long a stopping agent has between SIGTERM and SIGKILL.
 pub const DEFAULT_STOP_GRACE: Duration = Duration::from_secs(5);
+/// Longest a boot script may run.
+const BOOT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 /// Agents stopped at once.
 const STOP_CONCURRENCY: usize = 8;
 /// How long the browsers of a stopped agent may take to disappear.
@@ -100,9 +113,23 @@ impl PortPool {
     }
 }
 
+/// How a node starts its agent.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum BootMode {
+    /// The simulator starts the agent itself, as root, in `<work dir>/<instance id>`.
+    #[default]
+    Direct,
+    /// The node runs its instance's user data in `<work dir>/<instance id>`
+    /// and starts the agent its unit names ([`user_data`]). Needs root, and
+    /// a work directory other users may pass through.
+    UserData,
+}
+
 /// How the simulator behaves.
 #[derive(Clone, Debug)]
 pub struct NodeOptions {
+    /// How nodes start their agents.
+    pub boot: BootMode,
     /// Time from an instance's launch (or an agent's crash, with
     /// `restart_crashed`) to its agent's start.
     pub boot_delay: Duration,
@@ -134,6 +161,7 @@ impl NodeOptions {
     /// crashed agents stay down.
     pub fn new(agent_binary: impl Into<PathBuf>, work_dir: impl Into<PathBuf>) -> Self {
         NodeOptions {
+            boot: BootMode::Direct,
             boot_delay: Duration::ZERO,
             poll_interval: DEFAULT_POLL_INTERVAL,
             agent_binary: agent_binary.into(),
@@ -168,6 +196,12 @@ pub enum NodeError {
         /// The OS error.
         source: io::Error,
     },
+    /// Other users cannot pass through the work directory to their node's
+    /// state ([`BootMode::UserData`]).
+    #[error(
+        "{0} must be searchable by other users (mode o+x): the nodes' agent and browser users pass through it"
+    )]
+    Closed(PathBuf),
     /// No agent runs for this instance (not booted, never registers, or
     /// already exited).
     #[error("no agent runs for instance {0}")]
@@ -183,6 +217,10 @@ enum Phase {
     /// Booting: the agent starts once `due` has passed and the fleet's
     /// parameter exists.
     Booting { due: SystemTime },
+    /// The boot script runs ([`BootMode::UserData`]).
+    Installing {
+        script: JoinHandle<Result<AgentUnit, BootError>>,
+    },
     /// The agent runs. `crashed` is set by [`NodeSimulator::crash`] just
     /// before it kills the agent.
     Running {
@@ -202,6 +240,9 @@ struct Node {
     /// Index of its browser port block.
     block: usize,
     phase: Phase,
+    /// The agent's unit, once its boot script ran: a restart starts it
+    /// again without booting again.
+    unit: Option<AgentUnit>,
 }
 
 /// What one listing means for the nodes, decided by [`plan`].
@@ -290,6 +331,8 @@ fn after_exit(crashed: bool, options: &NodeOptions, now: SystemTime) -> Phase {
 struct Shared {
     options: NodeOptions,
     compute: Ec2Compute,
+    /// Reads instances' user data.
+    ec2: aws_sdk_ec2::Client,
     ssm: Ssm,
     processes: UnixProcesses,
     /// AWS variables the agents get: the simulator's own endpoint and region
@@ -314,6 +357,9 @@ impl NodeSimulator {
             path: options.work_dir.clone(),
             source,
         })?;
+        if options.boot == BootMode::UserData {
+            open_to_node_users(&options.work_dir)?;
+        }
         let mut aws_env = Vec::new();
         if let Some(region) = aws.region() {
             aws_env.push(("AWS_REGION".to_owned(), region.to_owned()));
@@ -324,6 +370,7 @@ impl NodeSimulator {
         let shared = Arc::new(Shared {
             options,
             compute: Ec2Compute::new(aws),
+            ec2: aws_sdk_ec2::Client::new(aws.sdk_config()),
             ssm: Ssm::new(aws),
             processes: UnixProcesses::new(),
             aws_env,
@@ -469,8 +516,35 @@ impl Shared {
         }
     }
 
-    fn state_dir(&self, id: &InstanceId) -> PathBuf {
+    /// Everything of one node: its state, or with [`BootMode::UserData`]
+    /// its root, script and boot log.
+    fn node_dir(&self, id: &InstanceId) -> PathBuf {
         self.options.work_dir.join(id.as_str())
+    }
+
+    /// Where the node's agent keeps its state.
+    fn state_dir(&self, id: &InstanceId) -> PathBuf {
+        match self.options.boot {
+            BootMode::Direct => self.node_dir(id),
+            BootMode::UserData => {
+                user_data::root_of(&self.node_dir(id)).join(LINUX_STATE_DIR.trim_start_matches('/'))
+            }
+        }
+    }
+
+    /// Reads the instance's user data and runs it, in a task of its own.
+    fn install(&self, id: &InstanceId) -> JoinHandle<Result<AgentUnit, BootError>> {
+        let ec2 = self.ec2.clone();
+        let node_dir = self.node_dir(id);
+        let image = self.options.agent_binary.clone();
+        let id = id.clone();
+        tokio::spawn(
+            async move {
+                let script = user_data::read(&ec2, id.as_str()).await?;
+                user_data::boot(&node_dir, &script, &image, BOOT_SCRIPT_TIMEOUT).await
+            }
+            .instrument(tracing::info_span!("boot script")),
+        )
     }
 
     /// One round: list, stop the nodes whose instance no longer runs, track
@@ -509,6 +583,7 @@ impl Shared {
                         fleet,
                         block,
                         phase,
+                        unit: None,
                     },
                 );
             }
@@ -550,6 +625,31 @@ impl Shared {
                     }
                     return;
                 }
+                Phase::Installing { script } => {
+                    if !script.is_finished() {
+                        return;
+                    }
+                    let Phase::Installing { script } =
+                        std::mem::replace(&mut node.phase, Phase::Down)
+                    else {
+                        return;
+                    };
+                    match script.now_or_never() {
+                        Some(Ok(Ok(unit))) => {
+                            tracing::info!(agent = ?unit.command, "boot script ran");
+                            node.unit = Some(unit);
+                            node.phase = Phase::Booting { due: now };
+                        }
+                        Some(Ok(Err(error))) => {
+                            tracing::warn!(%error, "the node did not boot; it stays down")
+                        }
+                        Some(Err(error)) => {
+                            tracing::warn!(%error, "the boot script's task failed")
+                        }
+                        None => {}
+                    }
+                    return;
+                }
                 Phase::Down => return,
                 Phase::Booting { due } if *due > now => return,
                 Phase::Booting { .. } => node.fleet.clone(),
@@ -574,7 +674,18 @@ impl Shared {
         if !matches!(node.phase, Phase::Booting { .. }) {
             return;
         }
-        match self.spawn_agent(id, &parameter, node.block) {
+        let spawned = match (self.options.boot, &node.unit) {
+            (BootMode::Direct, _) => self.spawn_agent(id, &parameter, node.block),
+            (BootMode::UserData, Some(unit)) => self.spawn_unit(id, unit, node.block),
+            (BootMode::UserData, None) => {
+                tracing::info!("running the instance's user data");
+                node.phase = Phase::Installing {
+                    script: self.install(id),
+                };
+                return;
+            }
+        };
+        match spawned {
             Ok(agent) => {
                 tracing::info!(pid = agent.identity.pid, "agent started");
                 node.phase = Phase::Running {
@@ -616,20 +727,46 @@ impl Shared {
         Ok(self.processes.spawn(&spec)?)
     }
 
+    /// Starts the agent as its unit says, with the node's identity and ports.
+    fn spawn_unit(
+        &self,
+        id: &InstanceId,
+        unit: &AgentUnit,
+        block: usize,
+    ) -> Result<Spawned, NodeStartError> {
+        let ports = self
+            .options
+            .browser_ports
+            .block(block)
+            .ok_or(NodeStartError::NoPorts)?;
+        let (program, args) = unit.launch(&identity_args(id, ports));
+        let spec = LaunchSpec {
+            program,
+            args,
+            env: self.aws_env.clone(),
+            working_dir: Some(self.options.work_dir.clone()),
+            log_file: Some(self.options.work_dir.join(format!("{id}.log"))),
+            run_as: None,
+        };
+        Ok(self.processes.spawn(&spec)?)
+    }
+
     /// Stops a node's agent (SIGTERM, SIGKILL after the grace period), kills
     /// every browser started on its profiles, and removes its state when its
     /// instance is gone.
     async fn stop_node(&self, id: &InstanceId, node: Node, removal: Removal) {
-        if let Phase::Running { agent, .. } = node.phase {
-            self.stop_agent(agent).await;
+        match node.phase {
+            Phase::Running { agent, .. } => self.stop_agent(agent).await,
+            Phase::Installing { script } => script.abort(),
+            Phase::Booting { .. } | Phase::Down => {}
         }
-        let state_dir = self.state_dir(id);
-        self.kill_browsers(&state_dir).await;
+        self.kill_browsers(&self.state_dir(id)).await;
+        let node_dir = self.node_dir(id);
         if removal == Removal::RemoveState
-            && let Err(error) = tokio::fs::remove_dir_all(&state_dir).await
+            && let Err(error) = tokio::fs::remove_dir_all(&node_dir).await
             && error.kind() != io::ErrorKind::NotFound
         {
-            tracing::warn!(%error, dir = %state_dir.display(), "cannot remove the state directory");
+            tracing::warn!(%error, dir = %node_dir.display(), "cannot remove the node directory");
         }
         tracing::info!(?removal, "node stopped");
     }
@@ -694,6 +831,32 @@ impl Shared {
     }
 }
 
+/// Makes `work_dir` searchable by the nodes' users, after checking that its
+/// ancestors are.
+fn open_to_node_users(work_dir: &Path) -> Result<(), NodeError> {
+    use std::os::unix::fs::PermissionsExt;
+    let work_dir = work_dir
+        .canonicalize()
+        .map_err(|source| NodeError::WorkDir {
+            path: work_dir.to_path_buf(),
+            source,
+        })?;
+    for ancestor in work_dir.ancestors().skip(1) {
+        let searchable = std::fs::metadata(ancestor)
+            .map(|m| m.permissions().mode() & 0o001 != 0)
+            .unwrap_or(false);
+        if !searchable {
+            return Err(NodeError::Closed(ancestor.to_path_buf()));
+        }
+    }
+    std::fs::set_permissions(&work_dir, std::fs::Permissions::from_mode(0o755)).map_err(|source| {
+        NodeError::WorkDir {
+            path: work_dir.clone(),
+            source,
+        }
+    })
+}
+
 /// Why an agent could not be started (retried at the next poll).
 #[derive(Debug, Error)]
 enum NodeStartError {
@@ -711,13 +874,22 @@ enum NodeStartError {
 fn agent_args(
     id: &InstanceId,
     parameter: &str,
-    (first, last): (u16, u16),
+    ports: (u16, u16),
     state_dir: &Path,
 ) -> Vec<String> {
+    let mut args: Vec<String> = ["agent", "--config-ssm-parameter", parameter]
+        .map(str::to_owned)
+        .to_vec();
+    args.extend(identity_args(id, ports));
+    args.extend(["--state-dir".to_owned(), state_dir.display().to_string()]);
+    args
+}
+
+/// What EC2's metadata service would tell the agent, and what agents
+/// sharing a host must not share: identity, a loopback address, listener,
+/// browser and proxy ports of its own.
+fn identity_args(id: &InstanceId, (first, last): (u16, u16)) -> Vec<String> {
     [
-        "agent",
-        "--config-ssm-parameter",
-        parameter,
         "--instance-id",
         id.as_str(),
         "--advertise-address",
@@ -728,8 +900,6 @@ fn agent_args(
         "0",
         "--browser-ports",
         &format!("{first}-{last}"),
-        "--state-dir",
-        &state_dir.display().to_string(),
         "--egress-proxy-port",
         "0",
     ]
@@ -886,7 +1056,7 @@ mod tests {
             args.join(" "),
             "agent --config-ssm-parameter /browserfleet/team/web/agent-config \
              --instance-id i-1 --advertise-address 127.0.0.1:0 --listen-address 127.0.0.1 \
-             --gateway-port 0 --browser-ports 40000-40015 --state-dir /work/nodes/i-1 --egress-proxy-port 0"
+             --gateway-port 0 --browser-ports 40000-40015 --egress-proxy-port 0 --state-dir /work/nodes/i-1"
         );
     }
 }

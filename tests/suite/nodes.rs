@@ -1,0 +1,332 @@
+//! Nodes for real: the operator's generated Linux boot script, checked by
+//! shellcheck and run by the node simulator as cloud-init would run it
+//! (`BootMode::UserData`): artifact download and digest check, the agent's
+//! and browsers' users, the nftables egress rule, the systemd unit's user
+//! and capabilities; then a session whose browser runs as the unprivileged
+//! browser user with Chromium's sandbox on.
+
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use browserfleet::api::BrowserFleetSpec;
+use browserfleet::api::fleet::{AgentArtifact, Platform};
+use browserfleet::api::session::SessionPhase;
+use browserfleet::operator::bootstrap::{self, linux};
+use devcluster::nodes::BootMode;
+use k8s_openapi::api::core::v1::Secret;
+use kube::api::Api;
+use serde_json::{Value, json};
+
+use testkit::agent_world::{Cdp, evaluate_in_new_page, eventually};
+use testkit::operator_world::{OperatorWorld, test_settings};
+
+/// A fleet of one node booted from its user data: the agent from `artifact`,
+/// browsers without `--no-sandbox`, and a blocked loopback range the OS rule
+/// can be seen to enforce.
+fn booted_fleet(world: &OperatorWorld, url: &str, sha256: &str) -> Value {
+    let mut fleet = world.fleet(1, 1);
+    let agent = &mut fleet["spec"]["agent"];
+    agent["artifact"] = json!({"url": url, "sha256": sha256});
+    agent["browser"]["extraArgs"] = json!(["--disable-gpu"]);
+    agent["egress"] = json!({"blocked": ["127.0.0.2/32"]});
+    fleet
+}
+
+/// `uid` of a user of this host.
+fn uid_of(user: &str) -> u32 {
+    let out = std::process::Command::new("id")
+        .args(["-u", user])
+        .output()
+        .expect("id runs");
+    String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("no user {user}"))
+}
+
+/// Owner of process `pid`.
+fn owner(pid: u32) -> u32 {
+    std::fs::metadata(format!("/proc/{pid}"))
+        .expect("process exists")
+        .uid()
+}
+
+fn field(pid: u32, name: &str) -> String {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{name}:")))
+        .unwrap_or("")
+        .trim()
+        .to_owned()
+}
+
+fn cmdline(pid: u32) -> String {
+    std::fs::read(format!("/proc/{pid}/cmdline"))
+        .map(|b| String::from_utf8_lossy(&b).replace('\0', " "))
+        .unwrap_or_default()
+}
+
+/// Processes whose command line contains `needle`.
+fn processes(needle: &str) -> Vec<u32> {
+    testkit::agent_world::processes_with(needle)
+}
+
+/// Whether `user` can open a TCP connection to `address` (bash's
+/// `/dev/tcp`, one second at most).
+fn connects_as(user: Option<&str>, address: &str) -> bool {
+    let (host, port) = address.rsplit_once(':').expect("host:port");
+    let probe = format!("exec 3<>/dev/tcp/{host}/{port}");
+    let mut command = match user {
+        Some(user) => {
+            let mut c = std::process::Command::new("timeout");
+            c.args([
+                "1",
+                "setpriv",
+                &format!("--reuid={user}"),
+                &format!("--regid={user}"),
+            ])
+            .args(["--clear-groups", "bash", "-c", &probe]);
+            c
+        }
+        None => {
+            let mut c = std::process::Command::new("timeout");
+            c.args(["1", "bash", "-c", &probe]);
+            c
+        }
+    };
+    command.status().map(|s| s.success()).unwrap_or(false)
+}
+
+fn node_dir(world: &OperatorWorld, instance: &str) -> PathBuf {
+    world.work.path().join("nodes").join(instance)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_linux_node_boots_from_its_user_data_and_runs_sandboxed_browsers_as_their_own_user() {
+    let world = OperatorWorld::new("node-boot").await;
+    let artifact = testkit::artifact::serve(
+        &testkit::tools::browserfleet_binary(),
+        b"",
+        world.work.path(),
+    )
+    .await;
+    let _operator = world.start_operator(test_settings(), None).await;
+    let nodes = world.start_nodes(|options| options.boot = BootMode::UserData);
+    world
+        .apply(&booted_fleet(&world, &artifact.url, &artifact.sha256))
+        .await;
+    world
+        .apply_session(&world.session("sandboxed", json!({})))
+        .await;
+    let session = world.wait_for_phase("sandboxed", SessionPhase::Ready).await;
+    let status = session.status.clone().expect("status");
+    let instance = status.instance_id.clone().expect("instance");
+    let root = node_dir(&world, &instance).join("root");
+
+    // The artifact was installed, not the image's agent: a file, not a link.
+    let installed = root.join("usr/local/bin/browserfleet");
+    let meta = std::fs::symlink_metadata(&installed).expect("agent installed");
+    assert!(meta.is_file() && meta.len() == std::fs::metadata(&artifact.path).unwrap().len());
+
+    // The agent runs as its user, with only its capabilities.
+    let agent_uid = uid_of(linux::AGENT_USER);
+    let browser_uid = uid_of(linux::BROWSER_USER);
+    let agents = nodes.agents();
+    assert_eq!(agents.len(), 1, "{agents:?}");
+    let agent = agents[0].pid;
+    assert_eq!(owner(agent), agent_uid);
+    assert_eq!(
+        field(agent, "CapEff"),
+        "00000000000000eb",
+        "setuid, setgid, kill, chown, dac_override, fowner"
+    );
+
+    // Its browsers run as the browser user, with no capability, no
+    // --no-sandbox, and the renderers under seccomp-bpf (the sandbox).
+    let state = root.join(linux::STATE_DIR.trim_start_matches('/'));
+    let marker = state.join("profiles").display().to_string();
+    let browsers = processes(&marker);
+    assert!(!browsers.is_empty(), "no browser under {marker}");
+    for pid in &browsers {
+        assert_eq!(owner(*pid), browser_uid, "{}", cmdline(*pid));
+        assert!(!cmdline(*pid).contains("--no-sandbox"), "{}", cmdline(*pid));
+        // The browser process itself holds no capability (its sandboxed
+        // children hold some inside user namespaces of their own).
+        if !cmdline(*pid).contains("--type=") {
+            assert_eq!(field(*pid, "CapEff"), "0000000000000000");
+        }
+    }
+    let renderers: Vec<u32> = browsers
+        .iter()
+        .copied()
+        .filter(|pid| cmdline(*pid).contains("--type=renderer"))
+        .collect();
+    assert!(!renderers.is_empty(), "no renderer among {browsers:?}");
+    for pid in renderers {
+        assert_eq!(
+            field(pid, "Seccomp"),
+            "2",
+            "renderer {pid} is not sandboxed"
+        );
+    }
+
+    // The session works through the gateway.
+    let secrets: Api<Secret> = world.cluster.api();
+    let secret = secrets
+        .get(status.credentials_secret.as_deref().expect("secret"))
+        .await
+        .expect("credentials");
+    let token = String::from_utf8(secret.data.expect("data")["token"].0.clone()).unwrap();
+    let endpoints = status.endpoints.expect("endpoints");
+    let url = format!("{}?token={token}", endpoints.web_socket_debugger_url);
+    let mut cdp = Cdp::connect(&url).await.expect("gateway admits the token");
+    assert_eq!(evaluate_in_new_page(&mut cdp, "6 * 7").await, json!(42));
+    drop(cdp);
+
+    // The browser user reads nothing of the agent's state.
+    let table = state.join("sessions.json");
+    assert!(table.exists());
+    let read = std::process::Command::new("setpriv")
+        .args([
+            &format!("--reuid={}", linux::BROWSER_USER),
+            "--regid=nogroup",
+            "--clear-groups",
+            "cat",
+        ])
+        .arg(&table)
+        .output()
+        .expect("setpriv runs");
+    assert!(
+        !read.status.success(),
+        "the browser user read the session table"
+    );
+
+    // The OS rule: the browser user's packets to a blocked range are
+    // dropped, whoever else may connect.
+    let listener = std::net::TcpListener::bind("127.0.0.2:0").expect("listen on 127.0.0.2");
+    let blocked = listener.local_addr().unwrap().to_string();
+    assert!(connects_as(None, &blocked));
+    assert!(connects_as(Some(linux::AGENT_USER), &blocked));
+    assert!(!connects_as(Some(linux::BROWSER_USER), &blocked));
+
+    world.delete_session("sandboxed").await;
+    world.wait_session_gone("sandboxed").await;
+    nodes.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_sha256_installs_nothing_and_the_node_never_registers() {
+    let world = OperatorWorld::new("node-bad-digest").await;
+    let artifact = testkit::artifact::serve(
+        &testkit::tools::browserfleet_binary(),
+        b"tampered",
+        world.work.path(),
+    )
+    .await;
+    let _operator = world.start_operator(test_settings(), None).await;
+    let nodes = world.start_nodes(|options| options.boot = BootMode::UserData);
+    let wrong = "0".repeat(64);
+    world
+        .apply(&booted_fleet(&world, &artifact.url, &wrong))
+        .await;
+    let refused = || async {
+        let instance = world.instances().await.into_iter().next()?;
+        let log = std::fs::read_to_string(node_dir(&world, instance.id.as_str()).join("boot.log"))
+            .ok()?;
+        log.contains("does not match its SHA-256")
+            .then_some((instance, log))
+    };
+    eventually(
+        "the boot script refuses the artifact",
+        Duration::from_secs(60),
+        || async { refused().await.is_some() },
+    )
+    .await;
+    let (instance, log) = refused().await.expect("refused");
+    assert!(log.contains("not installed"), "{log}");
+    // Nothing was installed: the image's agent is still the link the
+    // simulator put there, and no agent ever ran.
+    let root = node_dir(&world, instance.id.as_str()).join("root");
+    assert!(
+        std::fs::symlink_metadata(root.join("usr/local/bin/browserfleet"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert!(
+        !root
+            .join("etc/systemd/system")
+            .join(linux::AGENT_UNIT)
+            .exists()
+    );
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(nodes.agents().is_empty());
+    let fleet = world.get().await;
+    assert_eq!(fleet.status.expect("status").ready_instances, 0);
+    nodes.shutdown().await;
+}
+
+fn spec_with(artifact: Option<AgentArtifact>, append: Option<&str>) -> BrowserFleetSpec {
+    let mut spec: BrowserFleetSpec = serde_json::from_value(json!({
+        "instance": {
+            "image": {"imageId": "ami-0123456789abcdef0"},
+            "instanceTypes": ["m6i.large"],
+            "subnetIds": ["subnet-01234567"],
+            "securityGroupIds": ["sg-01234567"],
+            "instanceProfile": "node",
+        },
+        "capacity": {"minInstances": 0, "maxInstances": 10},
+        "agent": {"egress": {"blocked": ["10.0.0.0/8", "fd12::/16"]}},
+    }))
+    .expect("spec");
+    spec.instance.platform = Platform::Linux;
+    spec.agent.artifact = artifact;
+    spec.instance.user_data_append = append.map(str::to_owned);
+    spec
+}
+
+#[test]
+fn generated_linux_boot_scripts_pass_shellcheck() {
+    let dir = tempfile::tempdir().expect("dir");
+    let variants = [
+        ("image-agent", spec_with(None, None)),
+        (
+            "artifact",
+            spec_with(
+                Some(AgentArtifact {
+                    url: "https://releases.example.com/it's/agent".into(),
+                    sha256: "ab".repeat(32),
+                }),
+                Some("echo appended"),
+            ),
+        ),
+        (
+            "s3-artifact",
+            spec_with(
+                Some(AgentArtifact {
+                    url: "s3://bucket/agent".into(),
+                    sha256: "cd".repeat(32),
+                }),
+                None,
+            ),
+        ),
+    ];
+    for (name, spec) in variants {
+        let script =
+            bootstrap::user_data("team", "web", &spec, "/browserfleet/team/web/agent-config");
+        let path: PathBuf = dir.path().join(name);
+        std::fs::write(&path, &script).expect("written");
+        let out = std::process::Command::new("shellcheck")
+            .args(["--shell=bash", "--severity=style"])
+            .arg(Path::new(&path))
+            .output()
+            .expect("shellcheck runs (make node-tools installs it)");
+        assert!(
+            out.status.success(),
+            "{name}:\n{}\n{script}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+    }
+}
