@@ -376,8 +376,17 @@ EOF
   note "operator serving health and metrics on $(printed operator "listening on ")"
   # Browser ports below the kernel's ephemeral range (32768 on), where no
   # outgoing connection takes them, and below the tests' (20000 on).
+  # As root, nodes boot from the fleet's real user data: the agent runs as
+  # browserfleet and Chromium, sandboxed, as browserfleet-browser (both users
+  # are created on this machine). Otherwise agents and browsers run as the
+  # invoking user, which Chromium's sandbox accepts too.
+  local boot=direct
+  if [[ "$(id -u)" -eq 0 ]]; then
+    boot=user-data
+    chmod 755 "$WORK"
+  fi
   start nodes "$dev" nodes --agent-binary "$bin" --work-dir "$WORK/nodes" --boot-delay 2s \
-    --poll-interval 500ms --fleet "$NAMESPACE/$FLEET" \
+    --poll-interval 500ms --fleet "$NAMESPACE/$FLEET" --boot "$boot" \
     --browser-ports 19000-19999 --ports-per-node 16
   wait_until "$START_DEADLINE" "the node simulator to start" has_printed nodes "simulating nodes in "
   note "node simulator: an agent and Chromium per running moto instance (logs in nodes/)"

@@ -78,9 +78,22 @@ struct NodesArgs {
     /// this command when omitted.
     #[arg(long, value_name = "PATH")]
     agent_binary: Option<PathBuf>,
+    /// How nodes start their agents: `direct` (as this user, no script) or
+    /// `user-data` (each instance's real boot script, as root: the agent
+    /// and its browsers run as the users it creates).
+    #[arg(long, value_enum, default_value = "direct")]
+    boot: Boot,
     /// Log as JSON lines instead of human-readable text.
     #[arg(long)]
     json_logs: bool,
+}
+
+/// `--boot`'s values.
+#[cfg(unix)]
+#[derive(clap::ValueEnum, Clone, Copy, Debug)]
+enum Boot {
+    Direct,
+    UserData,
 }
 
 fn main() -> anyhow::Result<ExitCode> {
@@ -109,13 +122,17 @@ fn apiserver(listen: &str, kubeconfig: &Path) -> anyhow::Result<ExitCode> {
 #[cfg(unix)]
 fn nodes(args: NodesArgs) -> anyhow::Result<ExitCode> {
     use browserfleet::cloud::{Aws, AwsSettings};
-    use devcluster::nodes::{NodeOptions, NodeSimulator, PortPool};
+    use devcluster::nodes::{BootMode, NodeOptions, NodeSimulator, PortPool};
     browserfleet::telemetry::init_logs(args.json_logs);
     let agent_binary = match args.agent_binary {
         Some(path) => path,
         None => sibling_browserfleet()?,
     };
     let mut options = NodeOptions::new(agent_binary, args.work_dir);
+    options.boot = match args.boot {
+        Boot::Direct => BootMode::Direct,
+        Boot::UserData => BootMode::UserData,
+    };
     options.boot_delay = args.boot_delay;
     options.poll_interval = args.poll_interval;
     options.never_register = args.never_register.into_iter().collect();
