@@ -95,6 +95,12 @@ pub struct AgentConfig {
     /// `<stateDir>/extensions` when absent.
     #[serde(default)]
     pub extensions_dir: Option<PathBuf>,
+    /// SHA-256 of the agent artifact the fleet names. When set, the agent
+    /// reports the digest of its own executable (`/v1/state`'s
+    /// `artifactSha256`), which tells the operator whether this node still
+    /// has to be upgraded.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_sha256: Option<String>,
     /// Token of the control API (`/v1/state`, `/v1/drain`, session delete).
     pub fleet_token: SecretValue,
     /// Key of the HMAC signature on callbacks.

@@ -178,6 +178,7 @@ pub async fn start<Q: Queues + 'static>(
             egress_port..=egress_port,
         ],
     );
+    let names_artifact = settings.config.artifact_sha256.is_some();
     let agent = Arc::new(Agent::new(
         settings,
         identity,
@@ -187,6 +188,9 @@ pub async fn start<Q: Queues + 'static>(
         executable,
         options.aws_calls.clone(),
     ));
+    if names_artifact {
+        agent.report_artifact_digest();
+    }
     let report = agent.recover().await?;
     tracing::info!(
         adopted = report.adopted.len(),

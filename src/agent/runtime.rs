@@ -51,6 +51,8 @@ pub struct NodeIdentity {
 /// The agent.
 pub struct Agent<Q> {
     settings: AgentSettings,
+    /// SHA-256 of this agent's executable, once computed.
+    artifact_sha256: std::sync::OnceLock<String>,
     identity: NodeIdentity,
     queues: Arc<Q>,
     sessions: Arc<Sessions>,
@@ -121,6 +123,7 @@ impl<Q: Queues + 'static> Agent<Q> {
             },
             metrics,
             ready_since: made,
+            artifact_sha256: std::sync::OnceLock::new(),
             draining: watch::Sender::new(None),
             stopping: watch::Sender::new(false),
             settings,
@@ -246,6 +249,19 @@ impl<Q: Queues + 'static> Agent<Q> {
         self.sessions.reserve(owner)
     }
 
+    /// Computes the SHA-256 of this agent's executable off the runtime's
+    /// threads and reports it from then on.
+    pub fn report_artifact_digest(self: &Arc<Self>) {
+        let agent = self.clone();
+        tokio::task::spawn_blocking(move || match own_digest() {
+            Ok(digest) => {
+                tracing::info!(sha256 = %digest, "agent artifact digest");
+                let _ = agent.artifact_sha256.set(digest);
+            }
+            Err(error) => tracing::warn!(%error, "cannot read the agent's own executable"),
+        });
+    }
+
     /// `/v1/state`.
     pub fn state_view(&self) -> AgentState {
         let table = self.sessions.view();
@@ -255,6 +271,7 @@ impl<Q: Queues + 'static> Agent<Q> {
             instance_id: self.identity.instance_id.clone(),
             fleet: self.settings.config.fleet.clone(),
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            artifact_sha256: self.artifact_sha256.get().cloned(),
             draining: self.is_draining(),
             slots: count(table.pool.slots),
             free_slots: count(table.pool.free_slots()),
@@ -393,4 +410,25 @@ impl<Q: Queues + 'static> Agent<Q> {
             outbox: &self.outbox,
         }
     }
+}
+
+/// SHA-256 of the running executable, lower-case hex.
+fn own_digest() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut file = std::fs::File::open(std::env::current_exe()?)?;
+    let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+    let mut buffer = vec![0u8; 1 << 20];
+    loop {
+        let read = file.read(&mut buffer)?;
+        if read == 0 {
+            break;
+        }
+        context.update(&buffer[..read]);
+    }
+    Ok(context
+        .finish()
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect())
 }

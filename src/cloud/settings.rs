@@ -136,6 +136,21 @@ impl Aws {
         })
     }
 
+    /// The same configuration with every service at `endpoint` (a VPC
+    /// endpoint, or a stand-in in front of moto in tests), and a recorder
+    /// of its own.
+    pub fn with_endpoint(&self, endpoint: &str) -> Aws {
+        let mut config = self.config.to_builder().endpoint_url(endpoint);
+        // Set in code: it wins over `AWS_ENDPOINT_URL` and its per-service
+        // forms, which each client would otherwise read again.
+        config.insert_origin("endpoint_url", aws_types::origin::Origin::shared_config());
+        Aws {
+            config: config.build(),
+            settings: self.settings.clone(),
+            recorder: Arc::new(CallRecorder::new()),
+        }
+    }
+
     /// The SDK configuration (for building service clients).
     pub fn sdk_config(&self) -> &SdkConfig {
         &self.config

@@ -113,6 +113,10 @@ pub fn render(
         heartbeat_interval_seconds: DEFAULT_HEARTBEAT_INTERVAL_SECONDS,
         state_dir: None,
         extensions_dir: None,
+        artifact_sha256: agent
+            .artifact
+            .as_ref()
+            .map(|a| a.sha256.to_ascii_lowercase()),
         fleet_token: secrets.fleet_token.clone(),
         callback_secret: secrets.callback_secret.clone(),
         message_key: secrets.message_key.clone(),

@@ -27,6 +27,10 @@ pub struct AgentState {
     pub fleet: String,
     /// The agent's build (`CARGO_PKG_VERSION`).
     pub agent_version: String,
+    /// SHA-256 of the agent's executable, lower-case hex: reported once
+    /// computed, when the fleet names an artifact.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_sha256: Option<String>,
     /// Whether the agent takes no new sessions.
     pub draining: bool,
     /// Sessions it hosts at once.
@@ -173,6 +177,7 @@ mod tests {
             instance_id: "i-0abc".into(),
             fleet: "team/fleet".into(),
             agent_version: "0.1.0".into(),
+            artifact_sha256: None,
             draining: false,
             slots: 2,
             free_slots: 1,

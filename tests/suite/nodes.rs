@@ -330,3 +330,147 @@ fn generated_linux_boot_scripts_pass_shellcheck() {
         );
     }
 }
+
+/// Waits for a command's invocation on `instance` to end; its status,
+/// response code and output.
+async fn invocation_end(
+    ssm: &browserfleet::cloud::Ssm,
+    command: &browserfleet::cloud::CommandId,
+    instance: &browserfleet::cloud::InstanceId,
+) -> browserfleet::cloud::CommandInvocation {
+    use browserfleet::cloud::Commands;
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let invocation = ssm.invocation(command, instance).await.expect("invocation");
+        if invocation.status.is_final() {
+            return invocation;
+        }
+        assert!(std::time::Instant::now() < deadline, "{invocation:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_command_runs_shell_on_the_node_and_restarts_its_agent_without_ending_sessions() {
+    use browserfleet::cloud::{CommandDocument, CommandRequest, CommandStatus, Commands, Ssm};
+    let world = OperatorWorld::new("node-run-command").await;
+    let artifact = testkit::artifact::serve(
+        &testkit::tools::browserfleet_binary(),
+        b"",
+        world.work.path(),
+    )
+    .await;
+    let _operator = world.start_operator(test_settings(), None).await;
+    let nodes = world.start_nodes(|options| options.boot = BootMode::UserData);
+    let moto = world
+        .aws
+        .sdk_config()
+        .endpoint_url()
+        .expect("moto endpoint")
+        .to_owned();
+    let ssm = Ssm::new(
+        &world.aws.with_endpoint(
+            &nodes
+                .serve_run_command(&moto)
+                .await
+                .expect("stand-in serves"),
+        ),
+    );
+    world
+        .apply(&booted_fleet(&world, &artifact.url, &artifact.sha256))
+        .await;
+    world.apply_session(&world.session("kept", json!({}))).await;
+    let session = world.wait_for_phase("kept", SessionPhase::Ready).await;
+    let status = session.status.clone().expect("status");
+    let instance =
+        browserfleet::cloud::InstanceId::new(status.instance_id.clone().expect("instance"));
+    let secrets: Api<Secret> = world.cluster.api();
+    let secret = secrets
+        .get(status.credentials_secret.as_deref().expect("secret"))
+        .await
+        .expect("credentials");
+    let token = String::from_utf8(secret.data.expect("data")["token"].0.clone()).unwrap();
+    let url = format!(
+        "{}?token={token}",
+        status.endpoints.expect("endpoints").web_socket_debugger_url
+    );
+    let mut cdp = Cdp::connect(&url).await.expect("connects");
+    assert_eq!(evaluate_in_new_page(&mut cdp, "1 + 1").await, json!(2));
+    let before = nodes.agents()[0].pid;
+    let marker = node_dir(&world, instance.as_str())
+        .join("root")
+        .join(linux::STATE_DIR.trim_start_matches('/'))
+        .join("profiles")
+        .display()
+        .to_string();
+    let mut browsers = processes(&marker);
+    browsers.sort_unstable();
+    assert!(!browsers.is_empty());
+
+    // Output and exit codes come back as SSM reports them.
+    let failing = ssm
+        .send_command(&CommandRequest {
+            document: CommandDocument::Shell(vec!["echo on the node".into(), "exit 3".into()]),
+            instance_ids: vec![instance.clone()],
+            comment: None,
+            delivery_timeout: None,
+        })
+        .await
+        .expect("sent");
+    let ended = invocation_end(&ssm, &failing, &instance).await;
+    assert_eq!(ended.status, CommandStatus::Failed, "{ended:?}");
+    assert_eq!(ended.response_code, Some(3));
+    assert_eq!(ended.stdout, "on the node\n");
+
+    // A restart of the agent's unit restarts the agent; its browser lives on.
+    let restart = ssm
+        .send_command(&CommandRequest {
+            document: CommandDocument::Shell(vec![
+                "test -n \"$BROWSERFLEET_NODE_ROOT\"".into(),
+                "systemctl restart browserfleet-agent.service".into(),
+            ]),
+            instance_ids: vec![instance.clone()],
+            comment: Some("restart".into()),
+            delivery_timeout: None,
+        })
+        .await
+        .expect("sent");
+    let ended = invocation_end(&ssm, &restart, &instance).await;
+    assert_eq!(ended.status, CommandStatus::Success, "{ended:?}");
+    eventually("a new agent runs", Duration::from_secs(30), || async {
+        nodes.agents().first().is_some_and(|a| a.pid != before)
+    })
+    .await;
+    // The browser is the one from before; the client's connection, which
+    // went through the old agent, is reopened at the same endpoint with the
+    // same token once the new agent has adopted it.
+    let mut after = processes(&marker);
+    after.sort_unstable();
+    assert_eq!(after, browsers);
+    drop(cdp);
+    let reconnected = || async { Cdp::connect(&url).await.ok() };
+    eventually(
+        "the session answers again",
+        Duration::from_secs(30),
+        || async { reconnected().await.is_some() },
+    )
+    .await;
+    let mut cdp = reconnected().await.expect("reconnects");
+    assert_eq!(evaluate_in_new_page(&mut cdp, "2 + 2").await, json!(4));
+
+    // Not a node of the simulator: refused, as SSM refuses an unmanaged one.
+    let refused = ssm
+        .send_command(&CommandRequest {
+            document: CommandDocument::Shell(vec!["true".into()]),
+            instance_ids: vec![browserfleet::cloud::InstanceId::new("i-0000000000000000")],
+            comment: None,
+            delivery_timeout: None,
+        })
+        .await;
+    assert!(refused.is_err(), "{refused:?}");
+
+    drop(cdp);
+    world.delete_session("kept").await;
+    world.wait_session_gone("kept").await;
+    nodes.shutdown().await;
+}

@@ -28,6 +28,7 @@
 //! the agent as root without a script: most tests need nodes, not boots,
 //! and a boot copies the agent and creates users.
 
+mod run_command;
 pub mod user_data;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -243,6 +244,11 @@ struct Node {
     /// The agent's unit, once its boot script ran: a restart starts it
     /// again without booting again.
     unit: Option<AgentUnit>,
+    /// The agent's listener and egress proxy ports ([`BootMode::UserData`]):
+    /// picked at its first start and kept, as an instance's fixed ports are,
+    /// so that a restarted agent is found where its sessions' clients and
+    /// browsers look for it.
+    listen_ports: Option<(u16, u16)>,
 }
 
 /// What one listing means for the nodes, decided by [`plan`].
@@ -345,6 +351,8 @@ struct Shared {
 /// Plays EC2 and the node's service manager for the instances moto reports.
 pub struct NodeSimulator {
     shared: Arc<Shared>,
+    /// The Run Command stand-ins serving.
+    stand_ins: Mutex<Vec<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
 }
@@ -380,9 +388,25 @@ impl NodeSimulator {
         let task = tokio::spawn(poll_loop(shared.clone(), stopped));
         Ok(NodeSimulator {
             shared,
+            stand_ins: Mutex::default(),
             stop,
             task: Some(task),
         })
+    }
+
+    /// Serves SSM Run Command for the nodes on a loopback port, in front of
+    /// moto at `moto` ([`run_command`]'s stand-in); returns its endpoint URL,
+    /// for the AWS clients that should see commands run.
+    pub async fn serve_run_command(&self, moto: &str) -> io::Result<String> {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let url = format!("http://{}", listener.local_addr()?);
+        let stand_in = run_command::RunCommand::new(self.shared.clone(), moto.to_owned());
+        let task = tokio::spawn(stand_in.serve(listener));
+        self.stand_ins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(task);
+        Ok(url)
     }
 
     /// The agents running now.
@@ -440,6 +464,9 @@ impl NodeSimulator {
     /// stay.
     pub async fn shutdown(mut self) {
         self.stop.send_replace(true);
+        for task in std::mem::take(&mut *self.stand_ins.lock().unwrap_or_else(|p| p.into_inner())) {
+            task.abort();
+        }
         if let Some(task) = self.task.take() {
             let _ = task.await;
         }
@@ -463,6 +490,14 @@ impl Drop for NodeSimulator {
     /// browsers are still killed, at once and without grace.
     fn drop(&mut self) {
         self.stop.send_replace(true);
+        for task in self
+            .stand_ins
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .drain(..)
+        {
+            task.abort();
+        }
         if let Some(task) = self.task.take() {
             task.abort();
         }
@@ -532,6 +567,100 @@ impl Shared {
         }
     }
 
+    /// Whether commands can run on `id`: a node booted from its user data.
+    fn plays(&self, id: &InstanceId) -> bool {
+        self.options.boot == BootMode::UserData && self.lock().contains_key(id)
+    }
+
+    /// Runs `script` on node `id` with `sh`, as root, as the SSM agent runs
+    /// `AWS-RunShellScript`; restarts the agent when the script restarted
+    /// its unit. Returns the exit code and output.
+    async fn run_commands(
+        &self,
+        id: &InstanceId,
+        command: &str,
+        script: &str,
+        timeout: Duration,
+    ) -> Result<(i32, String, String), run_command::CommandProblem> {
+        let problem = |message: String| run_command::CommandProblem {
+            message,
+            timed_out: false,
+        };
+        let node_dir = self.node_dir(id);
+        let file = node_dir.join(format!("command-{command}.sh"));
+        std::fs::write(&file, script).map_err(|e| problem(e.to_string()))?;
+        let log = user_data::systemctl_log(&node_dir);
+        let before = std::fs::metadata(&log).map(|m| m.len()).unwrap_or(0);
+        let run = tokio::process::Command::new("sh")
+            .arg(&file)
+            .envs(user_data::environment(&node_dir))
+            .stdin(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .output();
+        let output = match tokio::time::timeout(timeout, run).await {
+            Ok(output) => output.map_err(|e| problem(e.to_string()))?,
+            Err(_) => {
+                return Err(run_command::CommandProblem {
+                    message: format!("still running after {timeout:?}"),
+                    timed_out: true,
+                });
+            }
+        };
+        let asked = std::fs::read(&log).unwrap_or_default();
+        let asked = String::from_utf8_lossy(asked.get(before as usize..).unwrap_or_default());
+        let agent_unit = self
+            .lock()
+            .get(id)
+            .and_then(|n| n.unit.as_ref().map(|u| u.name.clone()));
+        if let Some(unit) = agent_unit
+            && user_data::started_units(&asked).contains(&unit)
+        {
+            self.restart_agent(id).await;
+        }
+        Ok((
+            output.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&output.stdout).into_owned(),
+            String::from_utf8_lossy(&output.stderr).into_owned(),
+        ))
+    }
+
+    /// Restarts node `id`'s agent as `systemctl restart` would with
+    /// `KillMode=process`: SIGTERM to the agent alone (its browsers stay, to
+    /// be re-adopted), then its unit's command again, which now runs
+    /// whatever file is installed.
+    async fn restart_agent(&self, id: &InstanceId) {
+        // Held back from the poll loop while the old agent stops.
+        let held = SystemTime::now() + Duration::from_secs(3600);
+        let agent = {
+            let mut nodes = self.lock();
+            let Some(node) = nodes.get_mut(id) else {
+                return;
+            };
+            match std::mem::replace(&mut node.phase, Phase::Booting { due: held }) {
+                Phase::Running { agent, .. } => Some(agent),
+                Phase::Installing { script } => {
+                    node.phase = Phase::Installing { script };
+                    return;
+                }
+                Phase::Booting { .. } | Phase::Down => None,
+            }
+        };
+        if let Some(agent) = agent {
+            tracing::info!(
+                pid = agent.identity.pid,
+                "restarting the agent (Run Command)"
+            );
+            self.stop_agent(agent).await;
+        }
+        if let Some(node) = self.lock().get_mut(id)
+            && matches!(node.phase, Phase::Booting { due } if due == held)
+        {
+            node.phase = Phase::Booting {
+                due: SystemTime::now(),
+            };
+        }
+    }
+
     /// Reads the instance's user data and runs it, in a task of its own.
     fn install(&self, id: &InstanceId) -> JoinHandle<Result<AgentUnit, BootError>> {
         let ec2 = self.ec2.clone();
@@ -584,6 +713,7 @@ impl Shared {
                         block,
                         phase,
                         unit: None,
+                        listen_ports: None,
                     },
                 );
             }
@@ -676,7 +806,19 @@ impl Shared {
         }
         let spawned = match (self.options.boot, &node.unit) {
             (BootMode::Direct, _) => self.spawn_agent(id, &parameter, node.block),
-            (BootMode::UserData, Some(unit)) => self.spawn_unit(id, unit, node.block),
+            (BootMode::UserData, Some(unit)) => {
+                let ports = match node.listen_ports {
+                    Some(ports) => ports,
+                    None => match two_free_ports() {
+                        Ok(ports) => *node.listen_ports.insert(ports),
+                        Err(error) => {
+                            tracing::warn!(%error, "no free ports for the agent; trying again at the next poll");
+                            return;
+                        }
+                    },
+                };
+                self.spawn_unit(id, unit, node.block, ports)
+            }
             (BootMode::UserData, None) => {
                 tracing::info!("running the instance's user data");
                 node.phase = Phase::Installing {
@@ -733,13 +875,14 @@ impl Shared {
         id: &InstanceId,
         unit: &AgentUnit,
         block: usize,
+        listen_ports: (u16, u16),
     ) -> Result<Spawned, NodeStartError> {
         let ports = self
             .options
             .browser_ports
             .block(block)
             .ok_or(NodeStartError::NoPorts)?;
-        let (program, args) = unit.launch(&identity_args(id, ports));
+        let (program, args) = unit.launch(&identity_args(id, ports, listen_ports));
         let spec = LaunchSpec {
             program,
             args,
@@ -831,6 +974,14 @@ impl Shared {
     }
 }
 
+/// Two loopback ports free now (the OS's pick; a port taken between this
+/// and the agent's bind makes that start fail and the next poll retry).
+fn two_free_ports() -> io::Result<(u16, u16)> {
+    let first = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let second = std::net::TcpListener::bind("127.0.0.1:0")?;
+    Ok((first.local_addr()?.port(), second.local_addr()?.port()))
+}
+
 /// Makes `work_dir` searchable by the nodes' users, after checking that its
 /// ancestors are.
 fn open_to_node_users(work_dir: &Path) -> Result<(), NodeError> {
@@ -880,7 +1031,7 @@ fn agent_args(
     let mut args: Vec<String> = ["agent", "--config-ssm-parameter", parameter]
         .map(str::to_owned)
         .to_vec();
-    args.extend(identity_args(id, ports));
+    args.extend(identity_args(id, ports, (0, 0)));
     args.extend(["--state-dir".to_owned(), state_dir.display().to_string()]);
     args
 }
@@ -888,7 +1039,12 @@ fn agent_args(
 /// What EC2's metadata service would tell the agent, and what agents
 /// sharing a host must not share: identity, a loopback address, listener,
 /// browser and proxy ports of its own.
-fn identity_args(id: &InstanceId, (first, last): (u16, u16)) -> Vec<String> {
+/// `(gateway, egress)` 0 picks free ports at each start.
+fn identity_args(
+    id: &InstanceId,
+    (first, last): (u16, u16),
+    (gateway, egress): (u16, u16),
+) -> Vec<String> {
     [
         "--instance-id",
         id.as_str(),
@@ -897,11 +1053,11 @@ fn identity_args(id: &InstanceId, (first, last): (u16, u16)) -> Vec<String> {
         "--listen-address",
         "127.0.0.1",
         "--gateway-port",
-        "0",
+        &gateway.to_string(),
         "--browser-ports",
         &format!("{first}-{last}"),
         "--egress-proxy-port",
-        "0",
+        &egress.to_string(),
     ]
     .map(str::to_owned)
     .to_vec()

@@ -73,6 +73,8 @@ pub enum BootError {
 /// The agent as its unit starts it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct AgentUnit {
+    /// The unit's name (`browserfleet-agent.service`).
+    pub name: String,
     /// The unit's command line, its paths taken from the node's root.
     pub command: Vec<String>,
     /// `User=`, if any.
@@ -135,6 +137,27 @@ pub async fn read(ec2: &aws_sdk_ec2::Client, id: &str) -> Result<String, BootErr
     String::from_utf8(bytes).map_err(|e| BootError::UserData(e.to_string()))
 }
 
+/// What a command run on the node as root finds in its environment: the
+/// node's root and the `systemctl` shim first on its `PATH`.
+pub fn environment(node_dir: &Path) -> [(String, String); 2] {
+    let path = format!(
+        "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        node_dir.join("shims").display()
+    );
+    [
+        ("PATH".to_owned(), path),
+        (
+            "BROWSERFLEET_NODE_ROOT".to_owned(),
+            root_of(node_dir).display().to_string(),
+        ),
+    ]
+}
+
+/// Where the `systemctl` shim records what it was asked.
+pub fn systemctl_log(node_dir: &Path) -> PathBuf {
+    root_of(node_dir).join("run/systemctl.log")
+}
+
 /// The node's root: where its script writes what it would write on `/`.
 pub fn root_of(node_dir: &Path) -> PathBuf {
     node_dir.join("root")
@@ -156,15 +179,10 @@ pub async fn boot(
         source,
     })?;
     let log = node_dir.join("boot.log");
-    let path = format!(
-        "{}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
-        shims.display()
-    );
     let outcome = run(
         tokio::process::Command::new("bash")
             .arg(node_dir.join("user-data"))
-            .env("PATH", &path)
-            .env("BROWSERFLEET_NODE_ROOT", &root),
+            .envs(environment(node_dir)),
         &log,
         timeout,
     )
@@ -176,7 +194,7 @@ pub async fn boot(
     if let Some(outcome) = outcome {
         return Err(BootError::Script { outcome, log });
     }
-    let enabled = std::fs::read_to_string(root.join("run/systemctl.log")).unwrap_or_default();
+    let enabled = std::fs::read_to_string(systemctl_log(node_dir)).unwrap_or_default();
     let mut agent = None;
     for unit in started_units(&enabled) {
         let text =
@@ -209,7 +227,10 @@ pub async fn boot(
                 });
             }
         } else {
-            agent = Some(service.agent);
+            agent = Some(AgentUnit {
+                name: unit,
+                ..service.agent
+            });
         }
     }
     agent.ok_or(BootError::NoAgent)
@@ -276,7 +297,7 @@ async fn run(
 
 /// The units a `systemctl` log started, in order: `enable --now`, `start`
 /// and `restart` start; `daemon-reload` and plain `enable` do not.
-fn started_units(log: &str) -> Vec<String> {
+pub fn started_units(log: &str) -> Vec<String> {
     let mut units = Vec::new();
     for line in log.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
@@ -308,6 +329,7 @@ fn parse_service(text: &str, root: &Path) -> Result<Service, String> {
     let mut oneshot = false;
     let mut exec = None;
     let mut unit = AgentUnit {
+        name: String::new(),
         command: Vec::new(),
         user: None,
         group: None,

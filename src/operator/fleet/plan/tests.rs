@@ -55,6 +55,7 @@ fn agent(id: &str, sessions: usize, draining: bool) -> AgentAnswer {
         instance_id: id.into(),
         fleet: "qa/web".into(),
         agent_version: "0.1.0".into(),
+        artifact_sha256: None,
         draining,
         slots: 2,
         free_slots: 2 - sessions as u32,
