@@ -62,6 +62,10 @@ pub struct Registration {
     pub agent_version: String,
     /// When the operator last heard the announcement.
     pub heard: Timestamp,
+    /// It said it is draining and hosts no session: its drain is over. A
+    /// drained agent says so as it stops, since the operator may not ask it
+    /// in the moment between its last session's end and its exit.
+    pub drained: bool,
 }
 
 /// What the operator learned of one agent in this observation.
@@ -734,7 +738,7 @@ fn assess(
                     // silent after an empty answer, it has drained. With
                     // sessions it waits for the drain timeout, below.
                     status.state = InstanceState::Draining;
-                    if status.sessions == 0 {
+                    if status.sessions == 0 || registration.is_some_and(|r| r.drained) {
                         terminate = Some(TerminateReason::Drained);
                     }
                 }

@@ -79,6 +79,7 @@ fn registration(address: &str, heard: i64) -> Registration {
         address: address.into(),
         agent_version: "0.1.0".into(),
         heard: at(heard),
+        drained: false,
     }
 }
 
@@ -458,6 +459,42 @@ fn a_draining_instance_whose_agent_is_silent_is_not_terminated_as_empty() {
         .observed
         .answers
         .insert(InstanceId::new("i-1"), agent("i-1", 0, true));
+    assert_eq!(
+        world.plan().terminate,
+        vec![(InstanceId::new("i-1"), TerminateReason::Drained)]
+    );
+}
+
+#[test]
+fn a_draining_agent_that_said_it_drained_as_it_stopped_is_terminated() {
+    // Its last session ended and it exited between two looks: its last
+    // announcement is the only word of it.
+    let mut world = World::new(spec(0, 10), 60).ready("i-1", 0);
+    world.previous.instances = vec![InstanceStatus {
+        instance_id: "i-1".into(),
+        state: InstanceState::Draining,
+        subnet_id: None,
+        private_ip: None,
+        launch_time: None,
+        sessions: 1,
+        address: Some("127.0.0.1:1".into()),
+        agent_version: None,
+        last_seen: Some(Time(at(55))),
+        draining_since: Some(Time(at(50))),
+        bootstrap: None,
+        disruption: None,
+        replaces: None,
+    }];
+    world
+        .observed
+        .answers
+        .insert(InstanceId::new("i-1"), AgentAnswer::Silent);
+    let mut drained = registration("127.0.0.1:1", 58);
+    drained.drained = true;
+    world
+        .observed
+        .registrations
+        .insert(InstanceId::new("i-1"), drained);
     assert_eq!(
         world.plan().terminate,
         vec![(InstanceId::new("i-1"), TerminateReason::Drained)]
