@@ -54,7 +54,6 @@ fn assert_within_the_budget(status: &BrowserFleetStatus, max: i32) {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_changed_image_replaces_instances_within_the_budget_without_cutting_a_session() {
-    let started = Instant::now();
     let world = OperatorWorld::new("drift").await;
     let _operator = world.start_operator(test_settings(), None).await;
     let nodes = world.start_nodes(|_| {});
@@ -146,7 +145,6 @@ async fn a_changed_image_replaces_instances_within_the_budget_without_cutting_a_
         world.fleet_event_reasons().await
     );
     nodes.shutdown().await;
-    eprintln!("drift test took {:?}", started.elapsed());
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -182,5 +180,4 @@ async fn an_instance_past_expire_after_is_replaced_the_same_way() {
         "not before it expired: {elapsed:?}"
     );
     nodes.shutdown().await;
-    eprintln!("expire test took {elapsed:?}");
 }
