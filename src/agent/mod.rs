@@ -268,6 +268,9 @@ async fn serve<Q: Queues + 'static>(
             _ = tick.tick() => {
                 if supervisor.pass().await == supervise::Pass::Drained {
                     tracing::info!("drain finished");
+                    // Said before the listener closes: the operator may not
+                    // have asked since the last session ended.
+                    agent.announce(AnnouncementKind::Heartbeat).await;
                     agent.stop();
                 }
             }

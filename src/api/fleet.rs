@@ -7,6 +7,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::disruption::{DisruptionBudget, DisruptionReason, DisruptionSpec, ReplacementWaiting};
 use super::switches::sets_agent_owned_switch;
 use super::validation::{CrossFieldRule, Violations};
 
@@ -278,6 +279,10 @@ pub struct BrowserFleetSpec {
     /// How the agent on each instance runs browsers.
     #[serde(default)]
     pub agent: AgentSpec,
+    /// When running instances are replaced (a changed launch spec, or age)
+    /// and how many at once.
+    #[serde(default)]
+    pub disruption: DisruptionSpec,
     /// When true the operator keeps every running instance and session as it is
     /// and launches, drains and terminates nothing; status is still updated.
     #[serde(default)]
@@ -374,6 +379,20 @@ impl BrowserFleetSpec {
             .map(|url| crate::protocol::CallbackUrl::new(url.as_str()))
         {
             found.refuse("spec.agent.replies.defaultCallbackUrl", refused.reason);
+        }
+        // Patterns the parsers match exactly: refused here only for objects
+        // written past a CRD without them.
+        if DisruptionBudget::parse(&self.disruption.budget).is_none() {
+            found.refuse(
+                "spec.disruption.budget",
+                "must be a count such as \"1\" or a percentage such as \"10%\"",
+            );
+        }
+        if self.disruption.expire_after.is_some() && self.disruption.expire_after().is_none() {
+            found.refuse(
+                "spec.disruption.expireAfter",
+                "must be a positive number of s, m, h or d such as \"72h\"",
+            );
         }
         found.into_result()
     }
@@ -969,6 +988,22 @@ pub struct BrowserFleetStatus {
     /// Requests received by an agent and not yet answered.
     #[serde(default)]
     pub queue_in_flight: i32,
+    /// Instances launched with a spec the fleet no longer has (see
+    /// `instances[].disruption`), not yet terminated.
+    #[serde(default)]
+    pub drifted_instances: i32,
+    /// Instances older than `spec.disruption.expireAfter` (and not
+    /// drifted), not yet terminated.
+    #[serde(default)]
+    pub expired_instances: i32,
+    /// What instances launched now are tagged `browserfleet.io/launch-hash`
+    /// with: a digest of the resolved image and of everything else they are
+    /// launched with. An instance whose tag differs has drifted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub launch_hash: Option<String>,
+    /// Why a drifted or expired instance is not being replaced right now.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replacement_waiting: Option<ReplacementWaiting>,
     /// The most recent change of the desired size.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_scale_decision: Option<ScaleDecision>,
@@ -1101,6 +1136,13 @@ pub struct InstanceStatus {
     /// The SSM command that installs or upgrades its agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<BootstrapStatus>,
+    /// Why it is to be replaced, if it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption: Option<DisruptionReason>,
+    /// The instance it was launched to replace; it stands in for that one
+    /// until that one is drained (cleared once that one is gone).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replaces: Option<String>,
 }
 
 /// Outcome of an SSM Run Command invocation on one instance.
@@ -1235,6 +1277,7 @@ mod tests {
             scaling: ScalingSpec::default(),
             queue: QueueSpec::default(),
             agent: AgentSpec::default(),
+            disruption: DisruptionSpec::default(),
             paused: false,
         }
     }
@@ -1441,6 +1484,27 @@ mod tests {
         spec.agent.browser.headless = false;
         assert!(broken_by(&rules::HEADFUL_WINDOWS_NEEDS_AUTO_LOGON, &spec));
         spec.instance.platform = Platform::Linux;
+        assert_eq!(spec.validate(), Ok(()));
+    }
+
+    #[test]
+    fn a_budget_or_lifetime_the_patterns_refuse_is_a_violation() {
+        let mut spec = valid_spec();
+        spec.disruption.budget = "150%".into();
+        spec.disruption.expire_after = Some("1d12h".into());
+        let fields: Vec<String> = spec
+            .validate()
+            .expect_err("refused")
+            .as_slice()
+            .iter()
+            .map(|v| v.field.clone())
+            .collect();
+        assert_eq!(
+            fields,
+            ["spec.disruption.budget", "spec.disruption.expireAfter"]
+        );
+        spec.disruption.budget = "2".into();
+        spec.disruption.expire_after = Some("36h".into());
         assert_eq!(spec.validate(), Ok(()));
     }
 

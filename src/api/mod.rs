@@ -2,6 +2,7 @@
 //! (group `browserfleet.io`, version `v1alpha1`) and the CRD manifests
 //! generated from them.
 
+pub mod disruption;
 pub mod fleet;
 pub mod session;
 pub mod switches;

@@ -39,8 +39,8 @@ use thiserror::Error;
 
 use super::error::{AwsFault, FaultKind, Service};
 use super::fleet_tags::{
-    CLUSTER_TAG, FLEET_TAG, FLEET_UID_TAG, FleetId, LAUNCH_SEQUENCE_TAG, MANAGED_BY_TAG,
-    MANAGED_BY_VALUE,
+    CLUSTER_TAG, FLEET_TAG, FLEET_UID_TAG, FleetId, LAUNCH_HASH_TAG, LAUNCH_SEQUENCE_TAG,
+    MANAGED_BY_TAG, MANAGED_BY_VALUE,
 };
 use super::recorder::CallRecorder;
 use super::settings::{Aws, observe};
@@ -169,6 +169,15 @@ impl FleetInstance {
         self.tags.get(LAUNCH_SEQUENCE_TAG)?.parse().ok()
     }
 
+    /// The hash of what it was launched with (its
+    /// `browserfleet.io/launch-hash` tag); `None` for an instance an
+    /// operator before the tag launched.
+    pub fn launch_hash(&self) -> Option<LaunchHash> {
+        self.tags
+            .get(LAUNCH_HASH_TAG)
+            .map(|h| LaunchHash(h.clone()))
+    }
+
     fn from_sdk(instance: &Instance) -> Option<Self> {
         let id = instance.instance_id()?;
         Some(FleetInstance {
@@ -271,6 +280,81 @@ impl InstanceBlueprint {
             tags: spec.tags.clone(),
             cluster: None,
         }
+    }
+}
+
+/// A digest of what an instance is launched with, tagged on it
+/// ([`LAUNCH_HASH_TAG`]): two blueprints with the same hash launch the same
+/// machine. 16 hex digits of SHA-256 (64 bits: no two specs of one fleet
+/// collide by chance).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct LaunchHash(String);
+
+impl LaunchHash {
+    /// A hash read from an instance's tag.
+    pub fn from_tag(value: impl Into<String>) -> Self {
+        LaunchHash(value.into())
+    }
+
+    /// The hash as tagged.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for LaunchHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl InstanceBlueprint {
+    /// The hash of everything an instance launched from this blueprint is
+    /// that cannot change while it runs: image, security groups, instance
+    /// profile, key, root volume, user data, public IP and the user's tags.
+    ///
+    /// Instance types and subnets are left out: they are lists to choose
+    /// from, so an instance drifts only when its own type or subnet is no
+    /// longer listed (adding a subnet replaces nothing). The operator's
+    /// cluster name is left out too: it says who owns an instance, not how
+    /// it runs.
+    ///
+    /// Each part is written as `name=value` on a line of its own, in a fixed
+    /// order, with lists sorted where their order means nothing: the text,
+    /// and so the hash, is the same in every operator process and version
+    /// until a part is added (the leading `v1` changes then).
+    pub fn launch_hash(&self) -> LaunchHash {
+        use sha2::Digest;
+        let mut groups = self.security_group_ids.clone();
+        groups.sort();
+        let volume = &self.root_volume;
+        let mut text = format!(
+            "v1\nimage={}\nsecurity-groups={}\ninstance-profile={}\nkey={}\n\
+             volume={}:{}:{}:{}\npublic-ip={}\n",
+            self.image_id,
+            groups.join(","),
+            self.instance_profile,
+            self.key_name.as_deref().unwrap_or(""),
+            volume.size_gib,
+            volume_type_name(volume.volume_type),
+            volume.encrypted,
+            volume.kms_key_id.as_deref().unwrap_or(""),
+            self.associate_public_ip,
+        );
+        for (key, value) in &self.tags {
+            // Lengths first: no key or value can pass for a boundary.
+            text.push_str(&format!(
+                "tag={}:{key}={}:{value}\n",
+                key.len(),
+                value.len()
+            ));
+        }
+        text.push_str("user-data=");
+        text.push_str(self.user_data.as_deref().unwrap_or(""));
+        let digest = sha2::Sha256::digest(text.as_bytes());
+        let mut hex = hex::encode(digest);
+        hex.truncate(16);
+        LaunchHash(hex)
     }
 }
 
@@ -529,6 +613,10 @@ impl Ec2Compute {
         tags.insert(
             LAUNCH_SEQUENCE_TAG.to_owned(),
             placement.sequence.to_string(),
+        );
+        tags.insert(
+            LAUNCH_HASH_TAG.to_owned(),
+            blueprint.launch_hash().to_string(),
         );
         if let Some(cluster) = &blueprint.cluster {
             tags.insert(CLUSTER_TAG.to_owned(), cluster.clone());
@@ -916,6 +1004,68 @@ mod tests {
         assert_eq!(spread_over_subnets(2, 3, 2), vec![(2, 1), (0, 1)]);
         assert_eq!(spread_over_subnets(0, 3, 0), vec![]);
         assert_eq!(spread_over_subnets(4, 0, 0), vec![]);
+    }
+
+    fn blueprint() -> InstanceBlueprint {
+        InstanceBlueprint {
+            image_id: ImageId::new("ami-0123456789abcdef0").unwrap(),
+            instance_types: vec!["m6i.large".into(), "m5.large".into()],
+            subnet_ids: vec!["subnet-01234567".into()],
+            security_group_ids: vec!["sg-0000000b".into(), "sg-0000000a".into()],
+            instance_profile: "node".into(),
+            key_name: None,
+            root_volume: RootVolume {
+                size_gib: 50,
+                volume_type: VolumeType::Gp3,
+                encrypted: true,
+                kms_key_id: None,
+            },
+            user_data: Some("#!/bin/bash\n".into()),
+            associate_public_ip: false,
+            tags: BTreeMap::from([("team".into(), "qa".into())]),
+            cluster: Some("east".into()),
+        }
+    }
+
+    #[test]
+    fn the_launch_hash_is_the_same_in_every_operator_version() {
+        // A changed value replaces every instance of every fleet after an
+        // upgrade: change the hashed text only on purpose (and its `v1`).
+        assert_eq!(blueprint().launch_hash().as_str(), "38a15e38c007314e");
+    }
+
+    #[test]
+    fn the_launch_hash_changes_with_how_an_instance_runs_only() {
+        let base = blueprint().launch_hash();
+        let changed: Vec<fn(&mut InstanceBlueprint)> = vec![
+            |b| b.image_id = ImageId::new("ami-0123456789abcdef1").unwrap(),
+            |b| b.security_group_ids.push("sg-0000000c".into()),
+            |b| b.instance_profile = "other".into(),
+            |b| b.key_name = Some("key".into()),
+            |b| b.root_volume.size_gib = 51,
+            |b| b.root_volume.kms_key_id = Some("alias/k".into()),
+            |b| b.user_data = Some("#!/bin/sh\n".into()),
+            |b| b.associate_public_ip = true,
+            |b| {
+                b.tags.insert("cost".into(), "1".into());
+            },
+        ];
+        for change in changed {
+            let mut b = blueprint();
+            change(&mut b);
+            assert_ne!(b.launch_hash(), base, "{b:?}");
+        }
+        let same: Vec<fn(&mut InstanceBlueprint)> = vec![
+            |b| b.instance_types.reverse(),
+            |b| b.subnet_ids.push("subnet-89abcdef".into()),
+            |b| b.security_group_ids.reverse(),
+            |b| b.cluster = None,
+        ];
+        for change in same {
+            let mut b = blueprint();
+            change(&mut b);
+            assert_eq!(b.launch_hash(), base, "{b:?}");
+        }
     }
 
     #[test]

@@ -18,6 +18,10 @@ pub const MANAGED_BY_VALUE: &str = "browserfleet";
 /// Tag key: the fleet's launch sequence number an instance was launched
 /// for (`LaunchRequest::sequence`).
 pub const LAUNCH_SEQUENCE_TAG: &str = "browserfleet.io/launch-sequence";
+/// Tag key: the [`crate::cloud::LaunchHash`] of what an instance was
+/// launched with; one that differs from the fleet's current hash has
+/// drifted.
+pub const LAUNCH_HASH_TAG: &str = "browserfleet.io/launch-hash";
 /// Tag key: the operator cluster's name (`--cluster-name`) on the instances
 /// it launches, so that its orphan sweep takes only its own.
 pub const CLUSTER_TAG: &str = "browserfleet.io/cluster";

@@ -25,7 +25,8 @@ pub mod ssm;
 pub use crate::secret::SecretValue;
 pub use compute::{
     CapacityMiss, ClientToken, Compute, ComputeError, Ec2Compute, Ec2State, FleetInstance, ImageId,
-    InstanceBlueprint, InstanceId, LaunchOutcome, LaunchRequest, ManagedFilter, RootVolume,
+    InstanceBlueprint, InstanceId, LaunchHash, LaunchOutcome, LaunchRequest, ManagedFilter,
+    RootVolume,
 };
 pub use error::{AwsFault, FaultKind, Service};
 pub use fleet_tags::{FleetId, FleetIdError};

@@ -351,6 +351,7 @@ mod tests {
             idle_since: (sessions == 0).then(|| at(0)),
             launched_at: at(u64::from(n)),
             ready_at: (!phase.is_booting()).then(|| at(0)),
+            disrupted: false,
         }
     }
 

@@ -137,6 +137,9 @@ pub struct InstanceView {
     pub launched_at: Timestamp,
     /// When its agent first reported ready.
     pub ready_at: Option<Timestamp>,
+    /// To be replaced (drifted or expired): the first to go when the fleet
+    /// shrinks, since it would be replaced anyway.
+    pub disrupted: bool,
 }
 
 /// One look at the fleet and its queue.
@@ -583,9 +586,9 @@ fn stabilized_requirement(memory: &PolicyMemory, config: &PolicyConfig, now: Tim
         .unwrap_or(0)
 }
 
-/// Up to `excess` booting instances that host no session, newest first: a
-/// launch no longer needed costs nothing more once cancelled, and the
-/// newest has the longest boot still ahead of it.
+/// Up to `excess` booting instances that host no session, disrupted ones
+/// first, then newest first: a launch no longer needed costs nothing more
+/// once cancelled, and the newest has the longest boot still ahead of it.
 fn pick_booting_to_cancel(observation: &Observation, excess: u32) -> Vec<InstanceId> {
     let mut booting: Vec<&InstanceView> = observation
         .instances
@@ -593,7 +596,7 @@ fn pick_booting_to_cancel(observation: &Observation, excess: u32) -> Vec<Instanc
         // One that hosts sessions is serving, only not yet heard from.
         .filter(|i| i.phase.is_booting() && i.sessions == 0)
         .collect();
-    booting.sort_by_key(|i| (std::cmp::Reverse(i.launched_at), i.id.clone()));
+    booting.sort_by_key(|i| (!i.disrupted, std::cmp::Reverse(i.launched_at), i.id.clone()));
     booting
         .into_iter()
         .take(usize::try_from(excess).unwrap_or(usize::MAX))
@@ -602,7 +605,7 @@ fn pick_booting_to_cancel(observation: &Observation, excess: u32) -> Vec<Instanc
 }
 
 /// Up to `excess` ready instances that have been idle for the idle timeout,
-/// longest idle first.
+/// disrupted ones first, then longest idle first.
 fn pick_idle_to_drain(
     observation: &Observation,
     config: &PolicyConfig,
@@ -619,7 +622,7 @@ fn pick_idle_to_drain(
                     .is_some_and(|since| now.saturating_since(since) >= config.idle_timeout)
         })
         .collect();
-    idle.sort_by_key(|i| (i.idle_since, i.id.clone()));
+    idle.sort_by_key(|i| (!i.disrupted, i.idle_since, i.id.clone()));
     idle.into_iter()
         .take(usize::try_from(excess).unwrap_or(usize::MAX))
         .map(|i| i.id.clone())
@@ -658,6 +661,7 @@ mod tests {
             idle_since: idle_since.map(at),
             launched_at: at(0),
             ready_at: Some(at(300)),
+            disrupted: false,
         }
     }
 
@@ -706,6 +710,7 @@ mod tests {
             idle_since: None,
             launched_at: at(0),
             ready_at: None,
+            disrupted: false,
         };
         let obs = observe(10, 0, 8, vec![booting(1), booting(2), booting(3)]);
         let (d, _) = decide(&config(), &obs, &PolicyMemory::default());
@@ -747,6 +752,27 @@ mod tests {
         assert!(
             !d.drain.contains(&InstanceId::new("i-1")),
             "busy instance kept"
+        );
+    }
+
+    #[test]
+    fn a_disrupted_instance_is_the_first_to_go_when_the_fleet_shrinks() {
+        let c = config();
+        // i-3 idled last, but would be replaced anyway.
+        let mut fleet = vec![
+            ready(1, 0, Some(0)),
+            ready(2, 0, Some(10)),
+            ready(3, 0, Some(20)),
+        ];
+        fleet[2].disrupted = true;
+        assert_eq!(
+            pick_idle_to_drain(&observe(500, 0, 0, fleet.clone()), &c, 1),
+            vec![InstanceId::new("i-3")]
+        );
+        fleet[2].disrupted = false;
+        assert_eq!(
+            pick_idle_to_drain(&observe(500, 0, 0, fleet), &c, 1),
+            vec![InstanceId::new("i-1")]
         );
     }
 
@@ -911,6 +937,7 @@ mod tests {
             idle_since: None,
             launched_at: at(launched),
             ready_at: None,
+            disrupted: false,
         };
         // Four launched in the last minute, one long ago; the limit is 5/min.
         let instances = vec![
@@ -964,6 +991,7 @@ mod tests {
                     idle_since: (sessions == 0 && !phase.is_booting()).then(|| at(idle)),
                     launched_at: at(launched),
                     ready_at: (!phase.is_booting() && learned).then(|| at(launched + 100)),
+                    disrupted: false,
                 }
             },
         )

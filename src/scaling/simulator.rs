@@ -359,6 +359,7 @@ impl Fleet<'_> {
                     idle_since: i.idle_since.map(at),
                     launched_at: at(i.launched_at),
                     ready_at: i.ready_at.map(at),
+                    disrupted: false,
                 })
                 .collect(),
         }

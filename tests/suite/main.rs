@@ -21,6 +21,7 @@ mod cloud_compute;
 mod cloud_queues;
 mod cloud_ssm;
 mod crds;
+mod disruption;
 mod egress;
 mod examples;
 mod fleet_agent_config;

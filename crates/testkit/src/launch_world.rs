@@ -66,6 +66,26 @@ async fn look_up_image_and_subnets(
     Ok((image_id, subnets))
 }
 
+/// Another of moto's default AMIs than `other_than`: what a test changes a
+/// fleet's image to.
+pub async fn another_image(aws: &Aws, other_than: &ImageId) -> ImageId {
+    let ec2 = aws_sdk_ec2::Client::new(aws.sdk_config());
+    let images = ec2
+        .describe_images()
+        .owners("amazon")
+        .send()
+        .await
+        .expect("describe moto's images");
+    images
+        .images()
+        .iter()
+        .filter(|i| i.root_device_name().is_some())
+        .filter_map(|i| i.image_id())
+        .filter_map(ImageId::new)
+        .find(|id| id != other_than)
+        .expect("moto ships more than one AMI")
+}
+
 pub async fn world(aws: &Aws, name: &str) -> World {
     let ec2 = aws_sdk_ec2::Client::new(aws.sdk_config());
     let (image_id, subnets) = match moto_image_and_subnets(&ec2).await {

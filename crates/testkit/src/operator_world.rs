@@ -486,6 +486,34 @@ impl OperatorWorld {
         String::from_utf8(secret.data.expect("data")[key].0.clone()).expect("UTF-8")
     }
 
+    /// The token of a ready session, from its credentials Secret.
+    pub async fn session_token(&self, session: &BrowserSession) -> String {
+        let name = session
+            .status
+            .as_ref()
+            .and_then(|s| s.credentials_secret.clone())
+            .expect("credentialsSecret");
+        let secrets: Api<k8s_openapi::api::core::v1::Secret> = self.cluster.api();
+        let secret = secrets.get(&name).await.expect("credentials Secret");
+        String::from_utf8(secret.data.expect("data")["token"].0.clone()).expect("UTF-8")
+    }
+
+    /// The reasons of the Events about the fleet, as they are now.
+    pub async fn fleet_event_reasons(&self) -> Vec<String> {
+        let events: Api<k8s_openapi::api::events::v1::Event> = self.cluster.api();
+        let listed = events.list(&Default::default()).await.expect("list Events");
+        listed
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.regarding
+                    .as_ref()
+                    .is_some_and(|r| r.kind.as_deref() == Some("BrowserFleet"))
+            })
+            .filter_map(|e| e.reason)
+            .collect()
+    }
+
     /// Deletes session `name`.
     pub async fn delete_session(&self, name: &str) {
         self.sessions()

@@ -33,6 +33,7 @@ impl Registrations {
             address: announcement.address.clone(),
             agent_version: announcement.agent_version.clone(),
             heard,
+            drained: announcement.draining && announcement.sessions == 0,
         };
         let changed = fleet
             .get(&id)

@@ -10,16 +10,17 @@ use super::{Acted, Error};
 use crate::api::BrowserFleet;
 use crate::api::fleet::LaunchIntent;
 use crate::cloud::{Compute, FleetId, InstanceBlueprint, InstanceId, LaunchRequest};
-use crate::operator::bootstrap;
 use crate::operator::context::Context;
 
 /// Carries out the plan. What was done is returned with the error that
 /// stopped it, if any: a launch's intent, once in status, is never taken back
 /// by a failure after it.
+#[allow(clippy::too_many_arguments)]
 pub(super) async fn act(
     fleet: &BrowserFleet,
     id: &FleetId,
     ensured: &Ensured,
+    blueprint: Result<InstanceBlueprint, Error>,
     previous: &Previous,
     plan: &Plan,
     observed: &Observed,
@@ -34,10 +35,11 @@ pub(super) async fn act(
         launch_sequence: previous.launch_sequence,
         ..Acted::default()
     };
-    for (instance, address) in &plan.drain {
+    for drain in &plan.drain {
+        let instance = &drain.instance;
         match ctx
             .agents
-            .drain(address, ensured.secrets.fleet_token.expose())
+            .drain(&drain.address, ensured.secrets.fleet_token.expose())
             .await
         {
             Ok(()) => {
@@ -45,7 +47,7 @@ pub(super) async fn act(
                     fleet,
                     false,
                     "Draining",
-                    format!("draining {instance}: not needed"),
+                    format!("draining {instance}: {}", drain.why.describe()),
                 )
                 .await;
             }
@@ -74,6 +76,12 @@ pub(super) async fn act(
     let Some(launch) = plan.launch else {
         return (acted, None);
     };
+    let blueprint = match blueprint {
+        Ok(blueprint) => blueprint,
+        // Nothing recorded, nothing launched: the next reconcile decides
+        // again.
+        Err(error) => return (acted, Some(error)),
+    };
     // The intent is in status before EC2 is called: whatever happens next
     // (a crash, a lost answer, a new leader), the next reconcile completes
     // this launch from the listing instead of deciding it again.
@@ -90,7 +98,7 @@ pub(super) async fn act(
         acted.launch_sequence = previous.launch_sequence;
         return (acted, Some(error));
     }
-    match launch_instances(fleet, id, ensured, launch, ctx).await {
+    match launch_instances(fleet, id, &blueprint, launch, ctx).await {
         Ok(launched) => {
             acted.capacity_misses = launched
                 .misses
@@ -98,12 +106,18 @@ pub(super) async fn act(
                 .map(|m| format!("{} in {}", m.instance_type, m.subnet_id))
                 .collect();
             let ids: Vec<&str> = launched.instances.iter().map(|i| i.id.as_str()).collect();
+            let replacing = if plan.replacing.is_empty() {
+                String::new()
+            } else {
+                let originals: Vec<&str> = plan.replacing.iter().map(InstanceId::as_str).collect();
+                format!(", the first replacing {}", originals.join(", "))
+            };
             ctx.event(
                 fleet,
                 false,
                 "Launched",
                 format!(
-                    "launched {} of {} (launch {}): {}",
+                    "launched {} of {} (launch {}): {}{replacing}",
                     ids.len(),
                     launch.count,
                     launch.sequence,
@@ -127,22 +141,16 @@ pub(super) async fn act(
 async fn launch_instances(
     fleet: &BrowserFleet,
     id: &FleetId,
-    ensured: &Ensured,
+    blueprint: &InstanceBlueprint,
     launch: plan::Launch,
     ctx: &Context,
 ) -> Result<crate::cloud::LaunchOutcome, Error> {
     let spec = &fleet.spec;
-    let image = ctx.compute.resolve_image(&spec.instance.image).await?;
-    let user_data = bootstrap::user_data(id.namespace(), id.name(), spec, &ensured.parameter);
-    let blueprint = InstanceBlueprint {
-        cluster: ctx.cluster.clone(),
-        ..InstanceBlueprint::from_spec(&spec.instance, image, Some(user_data))
-    };
     let subnets = spec.instance.subnet_ids.len().max(1);
     let request = LaunchRequest {
         count: launch.count,
         sequence: launch.sequence,
         first_subnet: usize::try_from(launch.sequence).unwrap_or(0) % subnets,
     };
-    Ok(ctx.compute.launch(id, &blueprint, request).await?)
+    Ok(ctx.compute.launch(id, blueprint, request).await?)
 }

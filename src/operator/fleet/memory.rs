@@ -5,8 +5,12 @@
 
 use std::collections::HashMap;
 use std::sync::Mutex;
+use std::time::Instant;
 
 use jiff::Timestamp;
+
+use crate::api::fleet::ImageSource;
+use crate::cloud::ImageId;
 
 use crate::operator::agent_config::{FleetQueues, FleetSecrets};
 use crate::scaling::policy::PolicyMemory;
@@ -40,6 +44,16 @@ pub struct FleetMemory {
     /// and its queue read): an agent's silence is never counted from before
     /// it. `None` until then, however many reconciles failed before.
     pub watching_since: Option<Timestamp>,
+    /// The AMI the fleet's image source named when last read.
+    pub image: Option<ResolvedImage>,
+}
+
+/// An image source and the AMI it named.
+#[derive(Clone, Debug)]
+pub struct ResolvedImage {
+    pub source: ImageSource,
+    pub id: ImageId,
+    pub resolved_at: Instant,
 }
 
 impl FleetMemory {

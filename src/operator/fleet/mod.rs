@@ -11,8 +11,10 @@
 //!    generation and operator process (a steady reconcile makes no call for
 //!    them);
 //! 4. [`observe`] EC2 (one listing), the queue (one call) and every
-//!    registered agent (`GET /v1/state`, bounded and short);
-//! 5. [`plan`] the lifecycle and size (pure);
+//!    registered agent (`GET /v1/state`, bounded and short), and the
+//!    [`blueprint`] instances are launched with now (its hash tells
+//!    drifted instances apart);
+//! 5. [`plan`] the lifecycle, size and replacements (pure);
 //! 6. [`act`]: launch (the intent is in status before EC2 is called), drain,
 //!    terminate;
 //! 7. [`report`] status by server-side apply, only when it changed.
@@ -22,6 +24,7 @@
 //! and then removes the finalizer.
 
 mod act;
+mod blueprint;
 mod delete;
 mod ensure;
 pub mod launch;
@@ -292,7 +295,7 @@ async fn reconcile_fleet(
             message_key: ensured.secrets.message_key.clone(),
         },
     );
-    let observed = observe::observe(
+    let mut observed = observe::observe(
         fleet,
         &id,
         &ensured,
@@ -301,6 +304,12 @@ async fn reconcile_fleet(
         &mut memory.watching_since,
     )
     .await?;
+    let blueprint = blueprint::blueprint(fleet, &id, &ensured, ctx, memory).await;
+    match &blueprint {
+        Ok(blueprint) => observed.launch_hash = Some(blueprint.launch_hash()),
+        // A launch reports it; until then only drift by the hash waits.
+        Err(error) => tracing::warn!(%error, "what instances launch with is unknown"),
+    }
     let previous = observe::previous_of(fleet.status.as_ref());
     let (plan, policy) = plan::plan(
         &fleet.spec,
@@ -310,7 +319,10 @@ async fn reconcile_fleet(
         &ctx.settings.rules,
     );
     memory.policy = Some(policy);
-    let (acted, failure) = act::act(fleet, &id, &ensured, &previous, &plan, &observed, ctx).await;
+    let (acted, failure) = act::act(
+        fleet, &id, &ensured, blueprint, &previous, &plan, &observed, ctx,
+    )
+    .await;
     let status = report::status_of(fleet, &ensured, &plan, &observed, &acted, failure.as_ref());
     ctx.metrics.fleet(
         &id.to_string(),
@@ -322,6 +334,7 @@ async fn reconcile_fleet(
     );
     report::write_status(fleet, ctx, &status).await?;
     report::emit_scale_event(fleet, ctx, &previous, &plan).await;
+    report::emit_replacement_event(fleet, ctx, &plan).await;
     match failure {
         Some(error) => Err(error),
         None => Ok(Reconciled::Live(Action::requeue(ctx.settings.resync))),

@@ -44,6 +44,7 @@ pub(super) async fn observe(
         watching_since: *watching_since.get_or_insert_with(Timestamp::now),
         pending_sessions: ctx.caches.pending_sessions(fleet),
         session_hosts: ctx.caches.sessions_by_instance(fleet),
+        launch_hash: None,
     })
 }
 

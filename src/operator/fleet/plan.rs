@@ -14,17 +14,20 @@
 //! * a registered agent that has not answered for `unresponsive_after` is
 //!   terminated and replaced; one that does not answer now counts as
 //!   *unknown*: its last known sessions, never idle;
-//! * an instance stopped outside the operator is terminated and replaced.
+//! * an instance stopped outside the operator is terminated and replaced;
+//! * a drifted or expired instance is replaced, replacement first
+//!   ([`disruption`]).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
 use jiff::Timestamp;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::BrowserFleetSpec;
+use crate::api::disruption::{DisruptionReason, ReplacementWaiting};
 use crate::api::fleet::{InstanceState, InstanceStatus, LaunchIntent};
-use crate::cloud::{Ec2State, FleetInstance, InstanceId, QueueDepth};
+use crate::cloud::{Ec2State, FleetInstance, InstanceId, LaunchHash, QueueDepth};
 use crate::operator::fleet::launch::{self, LaunchProgress};
 use crate::protocol::AgentState;
 use crate::scaling::policy::{
@@ -59,6 +62,10 @@ pub struct Registration {
     pub agent_version: String,
     /// When the operator last heard the announcement.
     pub heard: Timestamp,
+    /// It said it is draining and hosts no session: its drain is over. A
+    /// drained agent says so as it stops, since the operator may not ask it
+    /// in the moment between its last session's end and its exit.
+    pub drained: bool,
 }
 
 /// What the operator learned of one agent in this observation.
@@ -91,6 +98,9 @@ pub struct Observed {
     /// BrowserSessions of the fleet that have not ended, by the instance
     /// their status names.
     pub session_hosts: BTreeMap<InstanceId, u32>,
+    /// The hash instances launched now are tagged with; `None` when the
+    /// image could not be resolved (drift is then not judged by it).
+    pub launch_hash: Option<LaunchHash>,
 }
 
 /// Operator-wide knobs of the rules above.
@@ -164,6 +174,40 @@ impl TerminateReason {
     }
 }
 
+/// An agent to drain.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Drain {
+    pub instance: InstanceId,
+    /// Where its agent listens.
+    pub address: String,
+    pub why: DrainReason,
+}
+
+/// Why an instance is drained.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DrainReason {
+    /// The scaling policy retires it: idle, and the fleet is larger than
+    /// demand needs.
+    NotNeeded,
+    /// It is drifted or expired, and its replacement is ready.
+    Replaced {
+        by: InstanceId,
+        because: DisruptionReason,
+    },
+}
+
+impl DrainReason {
+    /// For Events and logs.
+    pub fn describe(&self) -> String {
+        match self {
+            DrainReason::NotNeeded => "not needed".to_owned(),
+            DrainReason::Replaced { by, because } => {
+                format!("{}, replaced by {by}", because.describe())
+            }
+        }
+    }
+}
+
 /// A launch to make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Launch {
@@ -188,8 +232,8 @@ pub struct Plan {
     pub launch: Option<Launch>,
     /// Whether a recorded intent is complete and is cleared.
     pub clear_intent: bool,
-    /// Agents to drain: instance and address.
-    pub drain: Vec<(InstanceId, String)>,
+    /// Agents to drain.
+    pub drain: Vec<Drain>,
     /// Instances to terminate.
     pub terminate: Vec<(InstanceId, TerminateReason)>,
     /// Instances in status after the plan is carried out.
@@ -210,6 +254,15 @@ pub struct Plan {
     pub backoff_until: Option<Timestamp>,
     /// Launches were wanted and held back by the back-off.
     pub backed_off: bool,
+    /// Drifted or expired instances this launch replaces, in order: the
+    /// first launched instances replace them.
+    pub replacing: Vec<InstanceId>,
+    /// Drifted instances not yet terminated.
+    pub drifted: u32,
+    /// Expired instances not yet terminated.
+    pub expired: u32,
+    /// What holds a replacement back, if anything does.
+    pub replacement_waiting: Option<ReplacementWaiting>,
 }
 
 /// What the last status says, as the plan needs it.
@@ -271,7 +324,11 @@ pub fn plan(
         .iter()
         .map(|instance| assess(spec, previous, observed, instance, rules))
         .collect();
+    disruption::mark(spec, observed, &mut assessed);
     assessed.extend(not_yet_listed(previous, observed));
+    // A replacement beside its still-ready original is not shown to the
+    // policy (the original is): its sessions are, below.
+    let standing_in = disruption::standing_in(&assessed);
 
     let config = PolicyConfig::from_spec(spec);
     let held: u32 = assessed
@@ -300,7 +357,11 @@ pub fn plan(
         queued_in_flight: in_flight.saturating_sub(explained),
         pending_sessions: observed.pending_sessions,
         mean_session_duration: None,
-        instances: assessed.iter().filter_map(|a| a.view.clone()).collect(),
+        instances: assessed
+            .iter()
+            .filter(|a| !standing_in.contains(&a.status.instance_id))
+            .filter_map(|a| a.view.clone())
+            .collect(),
     };
     let memory = match memory {
         Some(memory) => memory.clone(),
@@ -340,7 +401,11 @@ pub fn plan(
             .iter()
             .find(|a| a.status.instance_id == id.as_str() && a.terminate.is_none());
         if let Some(address) = found.and_then(|a| a.status.address.clone()) {
-            drain.push((id.clone(), address));
+            drain.push(Drain {
+                instance: id.clone(),
+                address,
+                why: DrainReason::NotNeeded,
+            });
         }
     }
 
@@ -373,9 +438,35 @@ pub fn plan(
         .saturating_sub(existing);
     let backing_off = backoff_until.is_some_and(|until| now < until);
 
+    let progress = launch::progress(previous.intent.as_ref(), &observed.instances);
+    let policy_launch = match progress {
+        LaunchProgress::Unfinished { .. } => 0,
+        _ => decision.launch.min(room),
+    };
+    let launches_held = if matches!(progress, LaunchProgress::Unfinished { .. }) {
+        Some("an earlier launch is being completed first")
+    } else if backing_off {
+        Some("launches back off while instances fail to register")
+    } else {
+        None
+    };
+    let replacements = disruption::replace(
+        spec,
+        &disruption::Fleet {
+            assessed: &assessed,
+            retiring: &decision.drain,
+            demand: observation.demand(),
+            existing,
+            policy_launch,
+            launches_held,
+        },
+    );
+    drain.extend(replacements.drain);
+    let replacing = u32::try_from(replacements.launch_for.len()).unwrap_or(u32::MAX);
+
     let mut clear_intent = false;
     let mut backed_off = false;
-    let launch = match launch::progress(previous.intent.as_ref(), &observed.instances) {
+    let launch = match progress {
         _ if spec.paused => None,
         LaunchProgress::Unfinished { missing, .. } => {
             let settled = previous
@@ -396,15 +487,18 @@ pub fn plan(
             clear_intent = progress == LaunchProgress::Complete;
             // Instances being terminated are not in the policy's view, so
             // their replacements are part of its launch.
-            let wanted = decision.launch.min(room);
+            // Replacements are launched with them, within maxInstances and
+            // the budget's surge (never while backing off: `replace` knew).
+            let wanted = policy_launch;
             if wanted > 0 && backing_off {
                 backed_off = true;
                 None
             } else {
-                (wanted > 0).then_some(Launch {
+                let count = wanted.saturating_add(replacing);
+                (count > 0).then_some(Launch {
                     sequence: previous.launch_sequence + 1,
-                    count: wanted,
-                    intent_count: wanted,
+                    count,
+                    intent_count: count,
                     resumed: false,
                 })
             }
@@ -420,13 +514,34 @@ pub fn plan(
             status.state = InstanceState::Terminating;
         } else if drain
             .iter()
-            .any(|(id, _)| id.as_str() == status.instance_id)
+            .any(|d| d.instance.as_str() == status.instance_id)
         {
             status.state = InstanceState::Draining;
             status.draining_since = Some(Time(now));
         }
     }
+    // A replacement stands in for its original only while that one exists.
+    let listed_ids: BTreeSet<String> = statuses.iter().map(|s| s.instance_id.clone()).collect();
+    for status in &mut statuses {
+        if status
+            .replaces
+            .as_ref()
+            .is_some_and(|original| !listed_ids.contains(original))
+        {
+            status.replaces = None;
+        }
+    }
     statuses.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
+    let disrupted = |reason: DisruptionReason| {
+        let found = statuses
+            .iter()
+            .filter(|s| s.state != InstanceState::Terminating && s.disruption == Some(reason));
+        u32::try_from(found.count()).unwrap_or(u32::MAX)
+    };
+    let (drifted, expired) = (
+        disrupted(DisruptionReason::Drifted),
+        disrupted(DisruptionReason::Expired),
+    );
     let count = |state: InstanceState| {
         u32::try_from(statuses.iter().filter(|s| s.state == state).count()).unwrap_or(u32::MAX)
     };
@@ -452,6 +567,14 @@ pub fn plan(
         boot_failures,
         backoff_until,
         backed_off,
+        replacing: if launch.is_some_and(|l| !l.resumed) {
+            replacements.launch_for
+        } else {
+            Vec::new()
+        },
+        drifted,
+        expired,
+        replacement_waiting: replacements.waiting,
     };
     (plan, memory)
 }
@@ -501,6 +624,7 @@ fn not_yet_listed(previous: &Previous, observed: &Observed) -> Vec<Assessed> {
                     .map(|t| policy_time(t.0))
                     .unwrap_or_default(),
                 ready_at: None,
+                disrupted: false,
             }),
             terminate: None,
             newly_registered: false,
@@ -541,6 +665,9 @@ fn assess(
         last_seen: before.and_then(|b| b.last_seen.clone()),
         draining_since: before.and_then(|b| b.draining_since.clone()),
         bootstrap: before.and_then(|b| b.bootstrap.clone()),
+        // Judged after the assessment, from the listing.
+        disruption: None,
+        replaces: before.and_then(|b| b.replaces.clone()),
     };
     let was = before.map(|b| b.state);
     let newly_registered = status.address.is_some()
@@ -611,7 +738,7 @@ fn assess(
                     // silent after an empty answer, it has drained. With
                     // sessions it waits for the drain timeout, below.
                     status.state = InstanceState::Draining;
-                    if status.sessions == 0 {
+                    if status.sessions == 0 || registration.is_some_and(|r| r.drained) {
                         terminate = Some(TerminateReason::Drained);
                     }
                 }
@@ -671,6 +798,7 @@ fn assess(
             idle_since,
             launched_at: launched.map(policy_time).unwrap_or_default(),
             ready_at,
+            disrupted: false,
         }),
     };
     Assessed {
@@ -680,6 +808,8 @@ fn assess(
         newly_registered,
     }
 }
+
+mod disruption;
 
 #[cfg(test)]
 mod tests;

@@ -45,7 +45,7 @@ pub(super) fn status_of(
         }
     }
     let launched = u32::try_from(acted.launched.len()).unwrap_or(u32::MAX);
-    for instance in &acted.launched {
+    for (n, instance) in acted.launched.iter().enumerate() {
         instances.push(crate::api::fleet::InstanceStatus {
             instance_id: instance.id.as_str().to_owned(),
             state: crate::api::fleet::InstanceState::Pending,
@@ -61,6 +61,8 @@ pub(super) fn status_of(
             last_seen: None,
             draining_since: None,
             bootstrap: None,
+            disruption: None,
+            replaces: plan.replacing.get(n).map(|i| i.as_str().to_owned()),
         });
     }
     instances.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));
@@ -89,6 +91,14 @@ pub(super) fn status_of(
         session_capacity: count(plan.capacity),
         queue_visible: i32::try_from(observed.depth.visible).unwrap_or(i32::MAX),
         queue_in_flight: i32::try_from(observed.depth.in_flight).unwrap_or(i32::MAX),
+        drifted_instances: count(plan.drifted),
+        expired_instances: count(plan.expired),
+        launch_hash: observed
+            .launch_hash
+            .as_ref()
+            .map(|h| h.as_str().to_owned())
+            .or(old.launch_hash.clone()),
+        replacement_waiting: plan.replacement_waiting.clone(),
         last_scale_decision,
         launch_sequence: i64::try_from(sequence).unwrap_or(i64::MAX),
         launch_intent: intent,
@@ -201,6 +211,8 @@ pub(super) async fn write_status(
             "lastScaleDecision",
             "launchIntent",
             "launchBackoffUntil",
+            "launchHash",
+            "replacementWaiting",
             "queues",
             "agentConfigParameter",
         ] {
@@ -244,6 +256,29 @@ pub(super) async fn emit_scale_event(
                 "desired {old} → {}: {}",
                 plan.decision.desired, plan.decision.reason
             ),
+        )
+        .await;
+    }
+}
+
+/// Why a drifted or expired instance is not replaced yet: an Event when the
+/// reason changes (a budget in use for an hour-long drain says so once, not
+/// on every reconcile).
+pub(super) async fn emit_replacement_event(fleet: &BrowserFleet, ctx: &Context, plan: &Plan) {
+    let Some(waiting) = &plan.replacement_waiting else {
+        return;
+    };
+    let before = fleet
+        .status
+        .as_ref()
+        .and_then(|s| s.replacement_waiting.as_ref())
+        .map(|w| w.reason.as_str());
+    if before != Some(waiting.reason.as_str()) {
+        ctx.event(
+            fleet,
+            false,
+            "ReplacementWaiting",
+            format!("{}: {}", waiting.reason, waiting.message),
         )
         .await;
     }

@@ -2,7 +2,7 @@ use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime};
 
 use super::*;
-use crate::cloud::fleet_tags::LAUNCH_SEQUENCE_TAG;
+use crate::cloud::fleet_tags::{LAUNCH_HASH_TAG, LAUNCH_SEQUENCE_TAG};
 use crate::protocol::SessionId;
 use crate::protocol::state::{HostedPhase, STATE_VERSION, SessionState};
 
@@ -80,6 +80,7 @@ fn registration(address: &str, heard: i64) -> Registration {
         address: address.into(),
         agent_version: "0.1.0".into(),
         heard: at(heard),
+        drained: false,
     }
 }
 
@@ -103,6 +104,7 @@ impl World {
                 watching_since: at(0),
                 pending_sessions: 0,
                 session_hosts: BTreeMap::new(),
+                launch_hash: None,
             },
         }
     }
@@ -200,6 +202,8 @@ fn a_just_launched_instance_the_listing_does_not_show_yet_still_counts() {
         last_seen: None,
         draining_since: None,
         bootstrap: None,
+        disruption: None,
+        replaces: None,
     }];
     let plan = world.plan();
     assert_eq!(plan.launch, None, "{}", plan.decision.reason);
@@ -226,6 +230,8 @@ fn a_draining_agent_that_went_silent_after_an_empty_answer_has_drained() {
         last_seen: Some(Time(at(55))),
         draining_since: Some(Time(at(50))),
         bootstrap: None,
+        disruption: None,
+        replaces: None,
     }];
     world
         .observed
@@ -252,6 +258,8 @@ fn a_restarted_operator_judges_silence_from_when_it_started_watching() {
         last_seen: Some(Time(at(100))),
         draining_since: None,
         bootstrap: None,
+        disruption: None,
+        replaces: None,
     }];
     world.observed.registrations.clear();
     world
@@ -375,6 +383,8 @@ fn a_registration_resets_the_back_off() {
         last_seen: None,
         draining_since: None,
         bootstrap: None,
+        disruption: None,
+        replaces: None,
     }];
     let plan = world.plan();
     assert_eq!(plan.boot_failures, 0);
@@ -404,6 +414,8 @@ fn a_draining_instance_with_a_session_stays_until_it_ends_or_the_timeout() {
         last_seen: None,
         draining_since: Some(Time(at(50))),
         bootstrap: None,
+        disruption: None,
+        replaces: None,
     }];
     world
         .observed
@@ -436,6 +448,8 @@ fn a_draining_instance_whose_agent_is_silent_is_not_terminated_as_empty() {
         last_seen: Some(Time(at(55))),
         draining_since: Some(Time(at(50))),
         bootstrap: None,
+        disruption: None,
+        replaces: None,
     }];
     world
         .observed
@@ -446,6 +460,42 @@ fn a_draining_instance_whose_agent_is_silent_is_not_terminated_as_empty() {
         .observed
         .answers
         .insert(InstanceId::new("i-1"), agent("i-1", 0, true));
+    assert_eq!(
+        world.plan().terminate,
+        vec![(InstanceId::new("i-1"), TerminateReason::Drained)]
+    );
+}
+
+#[test]
+fn a_draining_agent_that_said_it_drained_as_it_stopped_is_terminated() {
+    // Its last session ended and it exited between two looks: its last
+    // announcement is the only word of it.
+    let mut world = World::new(spec(0, 10), 60).ready("i-1", 0);
+    world.previous.instances = vec![InstanceStatus {
+        instance_id: "i-1".into(),
+        state: InstanceState::Draining,
+        subnet_id: None,
+        private_ip: None,
+        launch_time: None,
+        sessions: 1,
+        address: Some("127.0.0.1:1".into()),
+        agent_version: None,
+        last_seen: Some(Time(at(55))),
+        draining_since: Some(Time(at(50))),
+        bootstrap: None,
+        disruption: None,
+        replaces: None,
+    }];
+    world
+        .observed
+        .answers
+        .insert(InstanceId::new("i-1"), AgentAnswer::Silent);
+    let mut drained = registration("127.0.0.1:1", 58);
+    drained.drained = true;
+    world
+        .observed
+        .registrations
+        .insert(InstanceId::new("i-1"), drained);
     assert_eq!(
         world.plan().terminate,
         vec![(InstanceId::new("i-1"), TerminateReason::Drained)]
@@ -502,7 +552,7 @@ fn idle_instances_beyond_the_minimum_are_drained_after_the_window() {
     let mut world = World::new(spec(1, 10), 600).ready("i-1", 0).ready("i-2", 0);
     let plan = plan_after_the_window(&mut world, 1);
     assert_eq!(plan.drain.len(), 1, "{:?}", plan.decision);
-    let drained = &plan.drain[0].0;
+    let drained = &plan.drain[0].instance;
     let status = plan
         .instances
         .iter()
@@ -616,4 +666,282 @@ fn a_booting_instance_that_browser_sessions_name_is_not_cancelled() {
         "{}",
         plan.decision.reason
     );
+}
+
+// Drift and lifetime (`disruption`).
+
+const CURRENT: &str = "c0ffee0000000001";
+const OLD: &str = "c0ffee0000000000";
+
+/// A fleet of `min` to `max` whose instances are launched with [`CURRENT`]
+/// now, replacing `budget` at once.
+fn drifting(min: i32, max: i32, budget: &str, now: i64) -> World {
+    let mut spec = spec(min, max);
+    spec.disruption.budget = budget.into();
+    let mut world = World::new(spec, now);
+    world.observed.launch_hash = Some(LaunchHash::from_tag(CURRENT));
+    world
+}
+
+impl World {
+    /// Tags instance `id` with launch hash `hash`.
+    fn hashed(mut self, id: &str, hash: &str) -> Self {
+        let found = self
+            .observed
+            .instances
+            .iter_mut()
+            .find(|i| i.id.as_str() == id);
+        found
+            .expect("listed")
+            .tags
+            .insert(LAUNCH_HASH_TAG.to_owned(), hash.to_owned());
+        self
+    }
+
+    /// A replacement `id` of `original`, launched at `launched`, as status
+    /// records it after the launch, booting or (`registered`) ready.
+    fn replacement(mut self, id: &str, original: &str, launched: i64, registered: bool) -> Self {
+        let mut listed = instance(id, launched, Ec2State::Running);
+        listed
+            .tags
+            .insert(LAUNCH_HASH_TAG.to_owned(), CURRENT.to_owned());
+        self.observed.instances.push(listed);
+        self.previous.instances.push(InstanceStatus {
+            instance_id: id.into(),
+            state: InstanceState::Pending,
+            subnet_id: None,
+            private_ip: None,
+            launch_time: Some(Time(at(launched))),
+            sessions: 0,
+            address: None,
+            agent_version: None,
+            last_seen: None,
+            draining_since: None,
+            bootstrap: None,
+            disruption: None,
+            replaces: Some(original.into()),
+        });
+        if registered {
+            self.observed
+                .registrations
+                .insert(InstanceId::new(id), registration("127.0.0.1:2", launched));
+            self.observed
+                .answers
+                .insert(InstanceId::new(id), agent(id, 0, false));
+        }
+        self
+    }
+
+    fn status_of(&self, plan: &Plan, id: &str) -> InstanceStatus {
+        let found = plan.instances.iter().find(|s| s.instance_id == id);
+        found.cloned().unwrap_or_else(|| panic!("{id} in status"))
+    }
+}
+
+fn waiting_reason(plan: &Plan) -> Option<&str> {
+    plan.replacement_waiting.as_ref().map(|w| w.reason.as_str())
+}
+
+#[test]
+fn an_instance_with_another_launch_hash_is_drifted_and_one_without_the_tag_is_not() {
+    let world = drifting(2, 4, "1", 60)
+        .ready("i-1", 0)
+        .hashed("i-1", OLD)
+        .ready("i-2", 0)
+        .ready("i-3", 0)
+        .hashed("i-3", CURRENT);
+    let plan = world.plan();
+    assert_eq!(
+        world.status_of(&plan, "i-1").disruption,
+        Some(DisruptionReason::Drifted)
+    );
+    assert_eq!(world.status_of(&plan, "i-2").disruption, None, "no tag");
+    assert_eq!(world.status_of(&plan, "i-3").disruption, None);
+    assert_eq!((plan.drifted, plan.expired), (1, 0));
+}
+
+#[test]
+fn an_instance_type_or_subnet_the_fleet_no_longer_lists_is_drift() {
+    let mut world = drifting(2, 4, "1", 60).ready("i-1", 0).ready("i-2", 0);
+    world.observed.instances[0].instance_type = Some("m5.large".into());
+    world.observed.instances[1].subnet_id = Some("subnet-89abcdef".into());
+    let plan = world.plan();
+    assert_eq!(plan.drifted, 2);
+}
+
+#[test]
+fn drifted_instances_get_a_replacement_first_as_many_as_the_budget_allows() {
+    let world = drifting(2, 2, "1", 60)
+        .ready("i-1", 1)
+        .hashed("i-1", OLD)
+        .ready("i-2", 0)
+        .hashed("i-2", OLD);
+    let plan = world.plan();
+    // Above maxInstances by the budget: replacement first.
+    assert_eq!(plan.launch.map(|l| l.count), Some(1));
+    assert_eq!(plan.replacing, vec![InstanceId::new("i-1")]);
+    assert!(plan.drain.is_empty() && plan.terminate.is_empty());
+    assert_eq!(plan.decision.desired, 2, "the fleet's size is unchanged");
+    assert_eq!(waiting_reason(&plan), Some("BudgetExhausted"));
+}
+
+#[test]
+fn a_percentage_budget_replaces_its_share_of_the_fleet_at_once() {
+    let mut world = drifting(5, 5, "20%", 60);
+    for n in 1..=5 {
+        let id = format!("i-{n}");
+        world = world.ready(&id, 0).hashed(&id, OLD);
+    }
+    let plan = world.plan();
+    assert_eq!(
+        plan.replacing,
+        vec![InstanceId::new("i-1")],
+        "20% of 5 is one"
+    );
+    world.spec.disruption.budget = "21%".into();
+    assert_eq!(world.plan().replacing.len(), 2, "rounded up");
+}
+
+#[test]
+fn a_replacement_stands_in_until_ready_then_its_original_drains() {
+    let world = drifting(2, 2, "1", 60)
+        .ready("i-1", 1)
+        .hashed("i-1", OLD)
+        .ready("i-2", 0)
+        .hashed("i-2", OLD)
+        .replacement("i-3", "i-1", 50, false);
+    let plan = world.plan();
+    assert_eq!(plan.launch, None, "one replacement at a time");
+    assert!(plan.drain.is_empty() && plan.terminate.is_empty());
+    assert_eq!(waiting_reason(&plan), Some("ReplacementNotReady"));
+    assert_eq!(
+        world.status_of(&plan, "i-3").replaces.as_deref(),
+        Some("i-1")
+    );
+    assert_eq!(plan.decision.desired, 2, "{}", plan.decision.reason);
+
+    let world = drifting(2, 2, "1", 60)
+        .ready("i-1", 1)
+        .hashed("i-1", OLD)
+        .ready("i-2", 0)
+        .hashed("i-2", OLD)
+        .replacement("i-3", "i-1", 50, true);
+    let plan = world.plan();
+    assert_eq!(
+        plan.drain,
+        vec![Drain {
+            instance: InstanceId::new("i-1"),
+            address: "127.0.0.1:1".into(),
+            why: DrainReason::Replaced {
+                by: InstanceId::new("i-3"),
+                because: DisruptionReason::Drifted
+            },
+        }]
+    );
+    assert_eq!(world.status_of(&plan, "i-1").state, InstanceState::Draining);
+    assert_eq!(
+        plan.launch, None,
+        "i-1 drains: its replacement is in progress"
+    );
+    assert_eq!(waiting_reason(&plan), Some("BudgetExhausted"));
+}
+
+#[test]
+fn the_policy_never_cancels_a_replacement_standing_in() {
+    // The fleet needs one instance and has two: the policy retires what
+    // is idle, and sees the original, not its booting replacement.
+    let mut world = drifting(1, 4, "1", 600)
+        .ready("i-1", 1)
+        .hashed("i-1", OLD)
+        .ready("i-2", 0)
+        .replacement("i-3", "i-1", 590, false);
+    let plan = plan_after_the_window(&mut world, 1);
+    assert!(
+        !plan.terminate.iter().any(|(i, _)| i.as_str() == "i-3"),
+        "{:?}: {}",
+        plan.terminate,
+        plan.decision.reason
+    );
+}
+
+#[test]
+fn an_original_stays_while_the_other_ready_instances_cannot_hold_the_demand() {
+    let mut world = drifting(1, 2, "1", 60)
+        .ready("i-1", 2)
+        .hashed("i-1", OLD)
+        .replacement("i-3", "i-1", 50, true);
+    world.observed.depth.visible = 1;
+    let plan = world.plan();
+    assert!(plan.drain.is_empty(), "{:?}", plan.drain);
+    assert_eq!(waiting_reason(&plan), Some("CapacityInUse"));
+    world.observed.depth.visible = 0;
+    assert_eq!(world.plan().drain.len(), 1, "two sessions fit on i-3");
+}
+
+#[test]
+fn an_instance_older_than_expire_after_is_replaced() {
+    let mut world = drifting(1, 1, "1", 3599)
+        .ready("i-1", 0)
+        .hashed("i-1", CURRENT);
+    world.spec.disruption.expire_after = Some("1h".into());
+    assert_eq!(world.plan().expired, 0);
+    world.observed.now = at(3600);
+    let plan = world.plan();
+    assert_eq!(
+        world.status_of(&plan, "i-1").disruption,
+        Some(DisruptionReason::Expired)
+    );
+    assert_eq!(plan.expired, 1);
+    assert_eq!(plan.replacing, vec![InstanceId::new("i-1")]);
+}
+
+#[test]
+fn a_zero_budget_replaces_nothing_and_says_so() {
+    let world = drifting(1, 2, "0", 60).ready("i-1", 0).hashed("i-1", OLD);
+    let plan = world.plan();
+    assert_eq!(plan.launch, None);
+    assert_eq!(plan.drifted, 1);
+    assert_eq!(waiting_reason(&plan), Some("BudgetZero"));
+}
+
+#[test]
+fn no_replacement_beyond_max_instances_plus_the_budget() {
+    // i-2 is draining (for scale-in) and still counts towards the ceiling.
+    let mut world = drifting(1, 1, "1", 60)
+        .ready("i-1", 0)
+        .hashed("i-1", OLD)
+        .ready("i-2", 1);
+    world
+        .observed
+        .answers
+        .insert(InstanceId::new("i-2"), agent("i-2", 1, true));
+    let plan = world.plan();
+    assert_eq!(plan.launch, None, "{:?}", plan.launch);
+    assert_eq!(waiting_reason(&plan), Some("InstanceLimit"));
+}
+
+#[test]
+fn replacements_wait_while_launches_back_off() {
+    let mut world = drifting(1, 2, "1", 60).ready("i-1", 0).hashed("i-1", OLD);
+    world.advance();
+    world.previous.backoff_until = Some(at(100));
+    let plan = world.plan();
+    assert_eq!(plan.launch, None);
+    assert_eq!(waiting_reason(&plan), Some("LaunchesHeld"));
+}
+
+#[test]
+fn a_paused_fleet_replaces_nothing() {
+    let mut world = drifting(1, 2, "1", 60).ready("i-1", 0).hashed("i-1", OLD);
+    world.spec.paused = true;
+    let plan = world.plan();
+    assert_eq!((plan.launch, plan.drifted), (None, 1));
+    assert!(plan.drain.is_empty() && plan.replacement_waiting.is_none());
+}
+
+#[test]
+fn a_replacement_forgets_its_original_once_that_one_is_gone() {
+    let world = drifting(1, 2, "1", 60).replacement("i-3", "i-1", 50, true);
+    let plan = world.plan();
+    assert_eq!(world.status_of(&plan, "i-3").replaces, None);
 }
