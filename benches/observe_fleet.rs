@@ -113,6 +113,7 @@ async fn blueprint(aws: &Aws) -> anyhow::Result<InstanceBlueprint> {
             kms_key_id: None,
         },
         user_data: None,
+        drift_user_data: None,
         associate_public_ip: false,
         tags: Default::default(),
         cluster: None,

@@ -255,6 +255,11 @@ pub struct InstanceBlueprint {
     pub root_volume: RootVolume,
     /// User data, plain text (base64-encoded on the wire).
     pub user_data: Option<String>,
+    /// The user data as far as it drifts an instance, when not all of it
+    /// does: the operator's rendering without the agent artifact, which
+    /// reaches running instances in place (Run Command), not by a
+    /// replacement. [`Self::user_data`] when `None`.
+    pub drift_user_data: Option<String>,
     /// Give instances a public IPv4 address.
     pub associate_public_ip: bool,
     /// The user's tags (the fleet's own tags are added on launch).
@@ -276,6 +281,7 @@ impl InstanceBlueprint {
             key_name: spec.key_name.clone(),
             root_volume: RootVolume::from(&spec.root_volume),
             user_data,
+            drift_user_data: None,
             associate_public_ip: spec.associate_public_ip,
             tags: spec.tags.clone(),
             cluster: None,
@@ -350,7 +356,8 @@ impl InstanceBlueprint {
             ));
         }
         text.push_str("user-data=");
-        text.push_str(self.user_data.as_deref().unwrap_or(""));
+        let user_data = self.drift_user_data.as_ref().or(self.user_data.as_ref());
+        text.push_str(user_data.map_or("", String::as_str));
         let digest = sha2::Sha256::digest(text.as_bytes());
         let mut hex = hex::encode(digest);
         hex.truncate(16);
@@ -1006,6 +1013,18 @@ mod tests {
         assert_eq!(spread_over_subnets(4, 0, 0), vec![]);
     }
 
+    #[test]
+    fn only_the_drift_user_data_counts_when_given() {
+        let mut v1 = blueprint();
+        v1.user_data = Some("install agent v1".into());
+        v1.drift_user_data = Some("install an agent".into());
+        let mut v2 = v1.clone();
+        v2.user_data = Some("install agent v2".into());
+        assert_eq!(v1.launch_hash(), v2.launch_hash());
+        v2.drift_user_data = Some("install an agent elsewhere".into());
+        assert_ne!(v1.launch_hash(), v2.launch_hash());
+    }
+
     fn blueprint() -> InstanceBlueprint {
         InstanceBlueprint {
             image_id: ImageId::new("ami-0123456789abcdef0").unwrap(),
@@ -1021,6 +1040,7 @@ mod tests {
                 kms_key_id: None,
             },
             user_data: Some("#!/bin/bash\n".into()),
+            drift_user_data: None,
             associate_public_ip: false,
             tags: BTreeMap::from([("team".into(), "qa".into())]),
             cluster: Some("east".into()),

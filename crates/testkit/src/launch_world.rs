@@ -128,6 +128,7 @@ pub fn blueprint(world: &World) -> InstanceBlueprint {
             kms_key_id: Some("alias/browserfleet".to_owned()),
         },
         user_data: Some("<powershell>Write-Output hello</powershell>".to_owned()),
+        drift_user_data: None,
         associate_public_ip: false,
         tags: BTreeMap::from([("team".to_owned(), "qa".to_owned())]),
         cluster: None,

@@ -30,8 +30,15 @@ pub(super) async fn blueprint(
     let spec = &fleet.spec;
     let image = resolve_image(&spec.instance.image, ctx, memory).await?;
     let user_data = bootstrap::user_data(id.namespace(), id.name(), spec, &ensured.parameter);
+    // A new artifact is rolled out in place (the upgrade step); alone it
+    // drifts nothing.
+    let mut unversioned = spec.clone();
+    unversioned.agent.artifact = None;
+    let drift_user_data =
+        bootstrap::user_data(id.namespace(), id.name(), &unversioned, &ensured.parameter);
     Ok(InstanceBlueprint {
         cluster: ctx.cluster.clone(),
+        drift_user_data: Some(drift_user_data),
         ..InstanceBlueprint::from_spec(&spec.instance, image, Some(user_data))
     })
 }
