@@ -714,6 +714,38 @@ pub struct AgentSpec {
     /// unless allowed here.
     #[serde(default, skip_serializing_if = "EgressSpec::is_default")]
     pub egress: EgressSpec,
+    /// How a changed `artifact` reaches running instances: in place,
+    /// through SSM Run Command, a bounded batch at a time (docs/nodes.md).
+    #[serde(default)]
+    pub upgrade: UpgradeSpec,
+}
+
+/// The in-place rollout of a new agent artifact.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UpgradeSpec {
+    /// Instances upgraded at once (SSM's `MaxConcurrency`).
+    #[serde(default = "default_upgrade_max_concurrency")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_concurrency: i32,
+    /// Failed upgrades tolerated before the rollout stops (SSM's
+    /// `MaxErrors`): 0 stops at the first.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 1000))]
+    pub max_errors: i32,
+}
+
+fn default_upgrade_max_concurrency() -> i32 {
+    1
+}
+
+impl Default for UpgradeSpec {
+    fn default() -> Self {
+        UpgradeSpec {
+            max_concurrency: default_upgrade_max_concurrency(),
+            max_errors: 0,
+        }
+    }
 }
 
 /// The egress policy of a fleet's browsers (docs/security.md).
@@ -769,6 +801,7 @@ impl Default for AgentSpec {
             replies: ReplyPolicy::default(),
             windows_auto_logon: None,
             egress: EgressSpec::default(),
+            upgrade: UpgradeSpec::default(),
         }
     }
 }
@@ -973,6 +1006,10 @@ pub struct BrowserFleetStatus {
     /// Instances whose agent takes sessions.
     #[serde(default)]
     pub ready_instances: i32,
+    /// Ready instances whose agent runs the fleet's artifact (0 when the
+    /// fleet names none).
+    #[serde(default)]
+    pub up_to_date_instances: i32,
     /// Instances taking no new sessions before they are terminated.
     #[serde(default)]
     pub draining_instances: i32,
@@ -1133,6 +1170,10 @@ pub struct InstanceStatus {
     /// `scaling.drainTimeoutSeconds` after this at the latest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub draining_since: Option<Time>,
+    /// SHA-256 of its agent's executable, as the agent reports it (when
+    /// the fleet names an artifact).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_artifact_sha256: Option<String>,
     /// The SSM command that installs or upgrades its agent.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<BootstrapStatus>,
@@ -1168,6 +1209,9 @@ pub enum CommandState {
 pub struct BootstrapStatus {
     /// SSM command id.
     pub command_id: String,
+    /// SHA-256 of the artifact it installs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact_sha256: Option<String>,
     /// Its state on this instance.
     pub state: CommandState,
     /// A short excerpt of its output when it failed.

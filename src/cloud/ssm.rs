@@ -174,6 +174,11 @@ pub struct CommandRequest {
     pub comment: Option<String>,
     /// How long an instance may take to start running it.
     pub delivery_timeout: Option<Duration>,
+    /// Instances running it at once (SSM's default, 50, when `None`).
+    pub max_concurrency: Option<u32>,
+    /// Failures after which it is sent to no more instances (SSM's
+    /// default, 0, when `None`).
+    pub max_errors: Option<u32>,
 }
 
 /// Status of one command invocation on one instance.
@@ -487,6 +492,8 @@ impl Commands for Ssm {
             .set_instance_ids(Some(instance_ids))
             .set_parameters(Some(parameters))
             .set_comment(request.comment.clone())
+            .set_max_concurrency(request.max_concurrency.map(|n| n.to_string()))
+            .set_max_errors(request.max_errors.map(|n| n.to_string()))
             .set_timeout_seconds(
                 request
                     .delivery_timeout

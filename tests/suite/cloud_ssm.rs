@@ -207,6 +207,8 @@ async fn shell_and_powershell_commands_are_sent_and_each_invocation_is_read() {
             instance_ids: instances.clone(),
             comment: Some("install agent 1.2.3".to_owned()),
             delivery_timeout: Some(Duration::from_secs(600)),
+            max_concurrency: None,
+            max_errors: None,
         };
         let command = ssm.send_command(&request).await.expect("send command");
 
@@ -262,6 +264,8 @@ async fn a_named_document_is_sent_with_its_parameters() {
         instance_ids: instances[..1].to_vec(),
         comment: None,
         delivery_timeout: None,
+        max_concurrency: None,
+        max_errors: None,
     };
     let command = ssm.send_command(&request).await.expect("send command");
     let raw = aws_sdk_ssm::Client::new(aws.sdk_config());

@@ -414,6 +414,8 @@ async fn run_command_runs_shell_on_the_node_and_restarts_its_agent_without_endin
             instance_ids: vec![instance.clone()],
             comment: None,
             delivery_timeout: None,
+            max_concurrency: None,
+            max_errors: None,
         })
         .await
         .expect("sent");
@@ -432,6 +434,8 @@ async fn run_command_runs_shell_on_the_node_and_restarts_its_agent_without_endin
             instance_ids: vec![instance.clone()],
             comment: Some("restart".into()),
             delivery_timeout: None,
+            max_concurrency: None,
+            max_errors: None,
         })
         .await
         .expect("sent");
@@ -465,6 +469,8 @@ async fn run_command_runs_shell_on_the_node_and_restarts_its_agent_without_endin
             instance_ids: vec![browserfleet::cloud::InstanceId::new("i-0000000000000000")],
             comment: None,
             delivery_timeout: None,
+            max_concurrency: None,
+            max_errors: None,
         })
         .await;
     assert!(refused.is_err(), "{refused:?}");
@@ -472,5 +478,174 @@ async fn run_command_runs_shell_on_the_node_and_restarts_its_agent_without_endin
     drop(cdp);
     world.delete_session("kept").await;
     world.wait_session_gone("kept").await;
+    nodes.shutdown().await;
+}
+
+fn up_to_date(fleet: &browserfleet::api::BrowserFleet, sha256: &str, count: i32) -> bool {
+    let Some(status) = fleet.status.as_ref() else {
+        return false;
+    };
+    let ready = status
+        .instances
+        .iter()
+        .filter(|i| i.state == browserfleet::api::fleet::InstanceState::Ready);
+    status.up_to_date_instances == count
+        && ready
+            .clone()
+            .all(|i| i.agent_artifact_sha256.as_deref() == Some(sha256))
+        && ready.count() == usize::try_from(count).unwrap()
+        && testkit::operator_world::has_condition(fleet, "AgentsUpToDate", "True")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_new_artifact_reaches_every_node_in_place_one_at_a_time_without_ending_a_session() {
+    let world = OperatorWorld::new("node-upgrade").await;
+    let v1 = testkit::artifact::serve(
+        &testkit::tools::browserfleet_binary(),
+        b"",
+        world.work.path(),
+    )
+    .await;
+    let v2 = testkit::artifact::serve(
+        &testkit::tools::browserfleet_binary(),
+        b"\nbrowserfleet v2\n",
+        world.work.path(),
+    )
+    .await;
+    assert_ne!(v1.sha256, v2.sha256);
+    let nodes = world.start_nodes(|options| options.boot = BootMode::UserData);
+    let moto = world
+        .aws
+        .sdk_config()
+        .endpoint_url()
+        .expect("moto endpoint")
+        .to_owned();
+    let run_command = nodes
+        .serve_run_command(&moto)
+        .await
+        .expect("stand-in serves");
+    let _operator = world
+        .start_operator_with_aws(test_settings(), None, world.aws.with_endpoint(&run_command))
+        .await;
+    let mut fleet = booted_fleet(&world, &v1.url, &v1.sha256);
+    fleet["spec"]["capacity"]["minInstances"] = json!(2);
+    fleet["spec"]["capacity"]["maxInstances"] = json!(2);
+    fleet["spec"]["agent"]["upgrade"] = json!({"maxConcurrency": 1, "maxErrors": 0});
+    world.apply(&fleet).await;
+    world
+        .wait_for("two agents run v1", |f| up_to_date(f, &v1.sha256, 2))
+        .await;
+    world
+        .apply_session(&world.session("through", json!({})))
+        .await;
+    let session = world.wait_for_phase("through", SessionPhase::Ready).await;
+    let status = session.status.clone().expect("status");
+    let host = status.instance_id.clone().expect("host");
+    let marker = node_dir(&world, &host)
+        .join("root")
+        .join(linux::STATE_DIR.trim_start_matches('/'))
+        .join("profiles")
+        .display()
+        .to_string();
+    let mut browsers = processes(&marker);
+    browsers.sort_unstable();
+    let secrets: Api<Secret> = world.cluster.api();
+    let secret = secrets
+        .get(status.credentials_secret.as_deref().expect("secret"))
+        .await
+        .expect("credentials");
+    let token = String::from_utf8(secret.data.expect("data")["token"].0.clone()).unwrap();
+    let url = format!(
+        "{}?token={token}",
+        status.endpoints.expect("endpoints").web_socket_debugger_url
+    );
+    let mut instances: Vec<String> = world
+        .instances()
+        .await
+        .into_iter()
+        .map(|i| i.id.to_string())
+        .collect();
+    instances.sort();
+
+    // v2: one node at a time, in place.
+    fleet["spec"]["agent"]["artifact"] = json!({"url": v2.url, "sha256": v2.sha256});
+    world.apply(&fleet).await;
+    let started = std::time::Instant::now();
+    let mut most_at_once = 0;
+    loop {
+        let now = world.get().await;
+        if up_to_date(&now, &v2.sha256, 2) {
+            break;
+        }
+        let upgrading = now
+            .status
+            .as_ref()
+            .map(|s| {
+                s.instances
+                    .iter()
+                    .filter_map(|i| i.bootstrap.as_ref())
+                    .filter(|b| {
+                        b.artifact_sha256.as_deref() == Some(v2.sha256.as_str())
+                            && matches!(
+                                b.state,
+                                browserfleet::api::fleet::CommandState::Pending
+                                    | browserfleet::api::fleet::CommandState::InProgress
+                            )
+                    })
+                    .count()
+            })
+            .unwrap_or(0);
+        most_at_once = most_at_once.max(upgrading);
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "not upgraded: {:#?}",
+            now.status
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert!(most_at_once <= 1, "{most_at_once} upgrades ran at once");
+    // No instance was replaced, the session lives on its browser, and its
+    // client reconnects at the same endpoint with the same token.
+    let mut after: Vec<String> = world
+        .instances()
+        .await
+        .into_iter()
+        .map(|i| i.id.to_string())
+        .collect();
+    after.sort();
+    assert_eq!(after, instances);
+    let mut kept = processes(&marker);
+    kept.sort_unstable();
+    assert_eq!(kept, browsers);
+    assert_eq!(
+        world
+            .wait_for_phase("through", SessionPhase::Ready)
+            .await
+            .status
+            .unwrap()
+            .instance_id
+            .as_deref(),
+        Some(host.as_str())
+    );
+    let reconnected = || async { Cdp::connect(&url).await.ok() };
+    eventually(
+        "the session answers through the new agent",
+        Duration::from_secs(30),
+        || async { reconnected().await.is_some() },
+    )
+    .await;
+    let mut cdp = reconnected().await.expect("reconnects");
+    assert_eq!(evaluate_in_new_page(&mut cdp, "3 * 3").await, json!(9));
+    // What the nodes run now is the v2 file.
+    for instance in &instances {
+        let installed = node_dir(&world, instance).join("root/usr/local/bin/browserfleet");
+        assert_eq!(
+            std::fs::metadata(&installed).unwrap().len(),
+            std::fs::metadata(&v2.path).unwrap().len()
+        );
+    }
+    drop(cdp);
+    world.delete_session("through").await;
+    world.wait_session_gone("through").await;
     nodes.shutdown().await;
 }

@@ -103,6 +103,25 @@ pub fn script(
     )
 }
 
+/// The commands that upgrade a running node's agent in place (SSM's
+/// `AWS-RunShellScript` runs them with `sh`): the boot script's download and
+/// digest check, then a restart of the agent's unit, which with
+/// `KillMode=process` leaves the browsers running for the new agent to
+/// re-adopt.
+pub fn upgrade_commands(artifact: &AgentArtifact) -> Vec<String> {
+    let script = format!(
+        "set -euo pipefail\n\
+         root=\"${{BROWSERFLEET_NODE_ROOT:-}}\"\n\
+         {install}\
+         systemctl restart {AGENT_UNIT}\n",
+        install = install(Some(artifact)),
+    );
+    let mut lines = vec!["bash -s <<'UPGRADE'".to_owned()];
+    lines.extend(script.lines().map(str::to_owned));
+    lines.push("UPGRADE".to_owned());
+    lines
+}
+
 /// Downloads the artifact and installs it only when its digest matches; or
 /// checks that the image carries an agent.
 fn install(artifact: Option<&AgentArtifact>) -> String {

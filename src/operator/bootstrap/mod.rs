@@ -12,6 +12,7 @@ use crate::agent::egress::{os_rule_ranges, parse_ranges};
 use crate::agent::process::windows_system_browsers;
 use crate::api::BrowserFleetSpec;
 use crate::api::fleet::Platform;
+use crate::cloud::CommandDocument;
 use windows::powershell_quote;
 
 /// The user data of the instances of fleet `namespace/name`, whose agents
@@ -24,6 +25,16 @@ pub fn user_data(namespace: &str, name: &str, spec: &BrowserFleetSpec, parameter
             windows::script(namespace, name, spec, parameter, &firewall)
         }
     }
+}
+
+/// The Run Command that upgrades a running instance's agent to the fleet's
+/// artifact; `None` when the fleet names none (its image carries the agent).
+pub fn upgrade_commands(spec: &BrowserFleetSpec) -> Option<CommandDocument> {
+    let artifact = spec.agent.artifact.as_ref()?;
+    Some(match spec.instance.platform {
+        Platform::Linux => CommandDocument::Shell(linux::upgrade_commands(artifact)),
+        Platform::Windows => CommandDocument::PowerShell(windows::upgrade_commands(artifact)),
+    })
 }
 
 /// The ranges of the fleet's OS egress rule, as text.

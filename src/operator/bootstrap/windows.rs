@@ -79,6 +79,30 @@ pub fn script(
     )
 }
 
+/// The commands that upgrade a running node's agent in place
+/// (`AWS-RunPowerShellScript`): download and digest check, then the running
+/// executable is renamed aside (Windows will not overwrite it), the new one
+/// put in its place, and the agent's task restarted.
+pub fn upgrade_commands(artifact: &AgentArtifact) -> Vec<String> {
+    let agent = powershell_quote(AGENT_PATH);
+    let old = powershell_quote(&format!("{AGENT_PATH}.old"));
+    let install = install(&agent, Some(artifact)).replace(
+        &format!("Move-Item -Force $tmp.FullName {agent}\n"),
+        &format!(
+            "Remove-Item -Force {old} -ErrorAction SilentlyContinue\n\
+             Rename-Item -Path {agent} -NewName (Split-Path -Leaf {old})\n\
+             Move-Item -Force $tmp.FullName {agent}\n"
+        ),
+    );
+    let script = format!(
+        "$ErrorActionPreference = 'Stop'\n\
+         {install}\
+         Stop-ScheduledTask -TaskName '{AGENT_TASK}'\n\
+         Start-ScheduledTask -TaskName '{AGENT_TASK}'\n"
+    );
+    script.lines().map(str::to_owned).collect()
+}
+
 fn install(agent: &str, artifact: Option<&AgentArtifact>) -> String {
     match artifact {
         Some(artifact) => format!(

@@ -17,7 +17,9 @@
 //! 5. [`plan`] the lifecycle, size and replacements (pure);
 //! 6. [`act`]: launch (the intent is in status before EC2 is called), drain,
 //!    terminate;
-//! 7. [`report`] status by server-side apply, only when it changed.
+//! 7. [`upgrade`]: a changed agent artifact rolled out to running
+//!    instances in place, through SSM Run Command, in bounded batches;
+//! 8. [`report`] status by server-side apply, only when it changed.
 //!
 //! Deleting a fleet ([`delete`]) drains and terminates its instances (for at
 //! most `drainTimeoutSeconds`), deletes what the operator created in AWS,
@@ -32,6 +34,7 @@ mod memory;
 mod observe;
 pub mod plan;
 mod report;
+pub mod upgrade;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -323,7 +326,8 @@ async fn reconcile_fleet(
         fleet, &id, &ensured, blueprint, &previous, &plan, &observed, ctx,
     )
     .await;
-    let status = report::status_of(fleet, &ensured, &plan, &observed, &acted, failure.as_ref());
+    let mut status = report::status_of(fleet, &ensured, &plan, &observed, &acted, failure.as_ref());
+    upgrade::roll_out(fleet, &mut status, ctx).await;
     ctx.metrics.fleet(
         &id.to_string(),
         plan.decision.desired,

@@ -662,6 +662,7 @@ fn assess(
         agent_version: registration
             .map(|r| r.agent_version.clone())
             .or_else(|| before.and_then(|b| b.agent_version.clone())),
+        agent_artifact_sha256: before.and_then(|b| b.agent_artifact_sha256.clone()),
         last_seen: before.and_then(|b| b.last_seen.clone()),
         draining_since: before.and_then(|b| b.draining_since.clone()),
         bootstrap: before.and_then(|b| b.bootstrap.clone()),
@@ -718,6 +719,9 @@ fn assess(
                 (Some(_), Some(AgentAnswer::State(state))) => {
                     status.sessions = i32::try_from(state.live_sessions()).unwrap_or(i32::MAX);
                     status.agent_version = Some(state.agent_version.clone());
+                    if state.artifact_sha256.is_some() {
+                        status.agent_artifact_sha256 = state.artifact_sha256.clone();
+                    }
                     let stale = status
                         .last_seen
                         .as_ref()

@@ -58,6 +58,7 @@ pub(super) fn status_of(
             sessions: 0,
             address: None,
             agent_version: None,
+            agent_artifact_sha256: None,
             last_seen: None,
             draining_since: None,
             bootstrap: None,
@@ -86,6 +87,8 @@ pub(super) fn status_of(
         desired_instances: count(desired),
         current_instances: count(plan.current + launched),
         ready_instances: count(plan.ready),
+        // Counted by the upgrade step.
+        up_to_date_instances: 0,
         draining_instances: count(plan.draining),
         active_sessions: count(plan.sessions),
         session_capacity: count(plan.capacity),
