@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use browserfleet::api::BrowserFleetSpec;
 use browserfleet::api::fleet::{AgentArtifact, Platform};
-use browserfleet::api::session::SessionPhase;
+use browserfleet::api::session::{BrowserSessionStatus, SessionPhase};
 use browserfleet::operator::bootstrap::{self, linux};
 use devcluster::nodes::BootMode;
 use k8s_openapi::api::core::v1::Secret;
@@ -103,6 +103,43 @@ fn node_dir(world: &OperatorWorld, instance: &str) -> PathBuf {
     world.work.path().join("nodes").join(instance)
 }
 
+/// The agent's state directory on a booted node.
+fn state_dir(world: &OperatorWorld, instance: &str) -> PathBuf {
+    node_dir(world, instance)
+        .join("root")
+        .join(linux::STATE_DIR.trim_start_matches('/'))
+}
+
+/// The browsers started on the node's profiles, by PID.
+fn browsers_on(world: &OperatorWorld, instance: &str) -> Vec<u32> {
+    let marker = state_dir(world, instance).join("profiles");
+    let mut pids = processes(&marker.display().to_string());
+    pids.sort_unstable();
+    pids
+}
+
+/// The session's DevTools websocket URL with its token, from its Secret.
+async fn devtools_url(world: &OperatorWorld, status: &BrowserSessionStatus) -> String {
+    let secrets: Api<Secret> = world.cluster.api();
+    let secret = secrets
+        .get(status.credentials_secret.as_deref().expect("secret"))
+        .await
+        .expect("credentials");
+    let token = String::from_utf8(secret.data.expect("data")["token"].0.clone()).unwrap();
+    let endpoints = status.endpoints.as_ref().expect("endpoints");
+    format!("{}?token={token}", endpoints.web_socket_debugger_url)
+}
+
+/// A CDP client of the session at `url`, once its agent admits one.
+async fn reconnect(url: &str) -> Cdp {
+    let connected = || async { Cdp::connect(url).await.ok() };
+    eventually("the session answers", Duration::from_secs(30), || async {
+        connected().await.is_some()
+    })
+    .await;
+    connected().await.expect("connects")
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_linux_node_boots_from_its_user_data_and_runs_sandboxed_browsers_as_their_own_user() {
     let world = OperatorWorld::new("node-boot").await;
@@ -145,10 +182,9 @@ async fn a_linux_node_boots_from_its_user_data_and_runs_sandboxed_browsers_as_th
 
     // Its browsers run as the browser user, with no capability, no
     // --no-sandbox, and the renderers under seccomp-bpf (the sandbox).
-    let state = root.join(linux::STATE_DIR.trim_start_matches('/'));
-    let marker = state.join("profiles").display().to_string();
-    let browsers = processes(&marker);
-    assert!(!browsers.is_empty(), "no browser under {marker}");
+    let state = state_dir(&world, &instance);
+    let browsers = browsers_on(&world, &instance);
+    assert!(!browsers.is_empty(), "no browser on {instance}");
     for pid in &browsers {
         assert_eq!(owner(*pid), browser_uid, "{}", cmdline(*pid));
         assert!(!cmdline(*pid).contains("--no-sandbox"), "{}", cmdline(*pid));
@@ -173,14 +209,7 @@ async fn a_linux_node_boots_from_its_user_data_and_runs_sandboxed_browsers_as_th
     }
 
     // The session works through the gateway.
-    let secrets: Api<Secret> = world.cluster.api();
-    let secret = secrets
-        .get(status.credentials_secret.as_deref().expect("secret"))
-        .await
-        .expect("credentials");
-    let token = String::from_utf8(secret.data.expect("data")["token"].0.clone()).unwrap();
-    let endpoints = status.endpoints.expect("endpoints");
-    let url = format!("{}?token={token}", endpoints.web_socket_debugger_url);
+    let url = devtools_url(&world, &status).await;
     let mut cdp = Cdp::connect(&url).await.expect("gateway admits the token");
     assert_eq!(evaluate_in_new_page(&mut cdp, "6 * 7").await, json!(42));
     drop(cdp);
@@ -384,27 +413,11 @@ async fn run_command_runs_shell_on_the_node_and_restarts_its_agent_without_endin
     let status = session.status.clone().expect("status");
     let instance =
         browserfleet::cloud::InstanceId::new(status.instance_id.clone().expect("instance"));
-    let secrets: Api<Secret> = world.cluster.api();
-    let secret = secrets
-        .get(status.credentials_secret.as_deref().expect("secret"))
-        .await
-        .expect("credentials");
-    let token = String::from_utf8(secret.data.expect("data")["token"].0.clone()).unwrap();
-    let url = format!(
-        "{}?token={token}",
-        status.endpoints.expect("endpoints").web_socket_debugger_url
-    );
+    let url = devtools_url(&world, &status).await;
     let mut cdp = Cdp::connect(&url).await.expect("connects");
     assert_eq!(evaluate_in_new_page(&mut cdp, "1 + 1").await, json!(2));
     let before = nodes.agents()[0].pid;
-    let marker = node_dir(&world, instance.as_str())
-        .join("root")
-        .join(linux::STATE_DIR.trim_start_matches('/'))
-        .join("profiles")
-        .display()
-        .to_string();
-    let mut browsers = processes(&marker);
-    browsers.sort_unstable();
+    let browsers = browsers_on(&world, instance.as_str());
     assert!(!browsers.is_empty());
 
     // Output and exit codes come back as SSM reports them.
@@ -448,18 +461,9 @@ async fn run_command_runs_shell_on_the_node_and_restarts_its_agent_without_endin
     // The browser is the one from before; the client's connection, which
     // went through the old agent, is reopened at the same endpoint with the
     // same token once the new agent has adopted it.
-    let mut after = processes(&marker);
-    after.sort_unstable();
-    assert_eq!(after, browsers);
+    assert_eq!(browsers_on(&world, instance.as_str()), browsers);
     drop(cdp);
-    let reconnected = || async { Cdp::connect(&url).await.ok() };
-    eventually(
-        "the session answers again",
-        Duration::from_secs(30),
-        || async { reconnected().await.is_some() },
-    )
-    .await;
-    let mut cdp = reconnected().await.expect("reconnects");
+    let mut cdp = reconnect(&url).await;
     assert_eq!(evaluate_in_new_page(&mut cdp, "2 + 2").await, json!(4));
 
     // Not a node of the simulator: refused, as SSM refuses an unmanaged one.
@@ -541,24 +545,8 @@ async fn a_new_artifact_reaches_every_node_in_place_one_at_a_time_without_ending
     let session = world.wait_for_phase("through", SessionPhase::Ready).await;
     let status = session.status.clone().expect("status");
     let host = status.instance_id.clone().expect("host");
-    let marker = node_dir(&world, &host)
-        .join("root")
-        .join(linux::STATE_DIR.trim_start_matches('/'))
-        .join("profiles")
-        .display()
-        .to_string();
-    let mut browsers = processes(&marker);
-    browsers.sort_unstable();
-    let secrets: Api<Secret> = world.cluster.api();
-    let secret = secrets
-        .get(status.credentials_secret.as_deref().expect("secret"))
-        .await
-        .expect("credentials");
-    let token = String::from_utf8(secret.data.expect("data")["token"].0.clone()).unwrap();
-    let url = format!(
-        "{}?token={token}",
-        status.endpoints.expect("endpoints").web_socket_debugger_url
-    );
+    let browsers = browsers_on(&world, &host);
+    let url = devtools_url(&world, &status).await;
     let mut instances: Vec<String> = world
         .instances()
         .await
@@ -614,9 +602,7 @@ async fn a_new_artifact_reaches_every_node_in_place_one_at_a_time_without_ending
         .collect();
     after.sort();
     assert_eq!(after, instances);
-    let mut kept = processes(&marker);
-    kept.sort_unstable();
-    assert_eq!(kept, browsers);
+    assert_eq!(browsers_on(&world, &host), browsers);
     assert_eq!(
         world
             .wait_for_phase("through", SessionPhase::Ready)
@@ -627,14 +613,7 @@ async fn a_new_artifact_reaches_every_node_in_place_one_at_a_time_without_ending
             .as_deref(),
         Some(host.as_str())
     );
-    let reconnected = || async { Cdp::connect(&url).await.ok() };
-    eventually(
-        "the session answers through the new agent",
-        Duration::from_secs(30),
-        || async { reconnected().await.is_some() },
-    )
-    .await;
-    let mut cdp = reconnected().await.expect("reconnects");
+    let mut cdp = reconnect(&url).await;
     assert_eq!(evaluate_in_new_page(&mut cdp, "3 * 3").await, json!(9));
     // What the nodes run now is the v2 file.
     for instance in &instances {
