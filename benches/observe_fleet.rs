@@ -115,6 +115,7 @@ async fn blueprint(aws: &Aws) -> anyhow::Result<InstanceBlueprint> {
         user_data: None,
         drift_user_data: None,
         associate_public_ip: false,
+        capacity_type: browserfleet::api::fleet::CapacityType::OnDemand,
         tags: Default::default(),
         cluster: None,
     })

@@ -462,6 +462,32 @@ pub struct InstanceSpec {
     /// expected to reach the gateway inside the VPC.
     #[serde(default)]
     pub associate_public_ip: bool,
+    /// On-demand or spot capacity; `spot-then-on-demand` launches on demand
+    /// where spot has no capacity.
+    #[serde(default, skip_serializing_if = "CapacityType::is_on_demand")]
+    pub capacity_type: CapacityType,
+}
+
+/// What EC2 capacity a fleet's instances run on.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum CapacityType {
+    /// On-demand instances.
+    #[default]
+    #[serde(rename = "on-demand")]
+    OnDemand,
+    /// Spot instances only (cheaper; EC2 may reclaim them with a two-minute
+    /// notice).
+    #[serde(rename = "spot")]
+    Spot,
+    /// Spot, and on demand for what spot has no capacity for.
+    #[serde(rename = "spot-then-on-demand")]
+    SpotThenOnDemand,
+}
+
+impl CapacityType {
+    fn is_on_demand(&self) -> bool {
+        *self == CapacityType::OnDemand
+    }
 }
 
 /// Where the AMI comes from; set exactly one field.
@@ -1311,6 +1337,7 @@ mod tests {
                 tags: BTreeMap::from([("team".into(), "qa".into())]),
                 user_data_append: None,
                 associate_public_ip: false,
+                capacity_type: CapacityType::OnDemand,
             },
             capacity: CapacitySpec {
                 min_instances: 1,

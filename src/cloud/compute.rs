@@ -31,20 +31,22 @@ use std::time::SystemTime;
 
 use aws_sdk_ec2::types::{
     BlockDeviceMapping, EbsBlockDevice, Filter, HttpTokensState, IamInstanceProfileSpecification,
-    Instance, InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
-    InstanceNetworkInterfaceSpecification, InstanceStateName, InstanceType, ResourceType, Tag,
-    TagSpecification, VolumeType as Ec2VolumeType,
+    Instance, InstanceInterruptionBehavior, InstanceMarketOptionsRequest,
+    InstanceMetadataEndpointState, InstanceMetadataOptionsRequest,
+    InstanceNetworkInterfaceSpecification, InstanceStateName, InstanceType, MarketType,
+    ResourceType, SpotInstanceType, SpotMarketOptions, Tag, TagSpecification,
+    VolumeType as Ec2VolumeType,
 };
 use thiserror::Error;
 
 use super::error::{AwsFault, FaultKind, Service};
 use super::fleet_tags::{
-    CLUSTER_TAG, FLEET_TAG, FLEET_UID_TAG, FleetId, LAUNCH_HASH_TAG, LAUNCH_SEQUENCE_TAG,
-    MANAGED_BY_TAG, MANAGED_BY_VALUE,
+    CAPACITY_TYPE_TAG, CLUSTER_TAG, FLEET_TAG, FLEET_UID_TAG, FleetId, LAUNCH_HASH_TAG,
+    LAUNCH_SEQUENCE_TAG, MANAGED_BY_TAG, MANAGED_BY_VALUE,
 };
 use super::recorder::CallRecorder;
 use super::settings::{Aws, observe};
-use crate::api::fleet::{ImageSource, InstanceSpec, RootVolumeSpec, VolumeType};
+use crate::api::fleet::{CapacityType, ImageSource, InstanceSpec, RootVolumeSpec, VolumeType};
 
 /// Longest client token EC2 accepts.
 pub const MAX_CLIENT_TOKEN_LEN: usize = 64;
@@ -262,6 +264,8 @@ pub struct InstanceBlueprint {
     pub drift_user_data: Option<String>,
     /// Give instances a public IPv4 address.
     pub associate_public_ip: bool,
+    /// On-demand or spot capacity, or spot then on demand.
+    pub capacity_type: CapacityType,
     /// The user's tags (the fleet's own tags are added on launch).
     pub tags: BTreeMap<String, String>,
     /// The launching operator's cluster name, tagged [`CLUSTER_TAG`].
@@ -283,6 +287,7 @@ impl InstanceBlueprint {
             user_data,
             drift_user_data: None,
             associate_public_ip: spec.associate_public_ip,
+            capacity_type: spec.capacity_type,
             tags: spec.tags.clone(),
             cluster: None,
         }
@@ -355,6 +360,13 @@ impl InstanceBlueprint {
                 value.len()
             ));
         }
+        // Only when not on demand: every hash taken before the field existed
+        // stays the same.
+        match self.capacity_type {
+            CapacityType::OnDemand => {}
+            CapacityType::Spot => text.push_str("capacity=spot\n"),
+            CapacityType::SpotThenOnDemand => text.push_str("capacity=spot-then-on-demand\n"),
+        }
         text.push_str("user-data=");
         let user_data = self.drift_user_data.as_ref().or(self.user_data.as_ref());
         text.push_str(user_data.map_or("", String::as_str));
@@ -382,6 +394,8 @@ pub struct LaunchRequest {
 pub struct CapacityMiss {
     /// Instance type tried.
     pub instance_type: String,
+    /// Whether spot capacity was asked for.
+    pub spot: bool,
     /// Subnet tried.
     pub subnet_id: String,
     /// AWS error code, e.g. `InsufficientInstanceCapacity`.
@@ -625,6 +639,10 @@ impl Ec2Compute {
             LAUNCH_HASH_TAG.to_owned(),
             blueprint.launch_hash().to_string(),
         );
+        tags.insert(
+            CAPACITY_TYPE_TAG.to_owned(),
+            if placement.spot { "spot" } else { "on-demand" }.to_owned(),
+        );
         if let Some(cluster) = &blueprint.cluster {
             tags.insert(CLUSTER_TAG.to_owned(), cluster.clone());
         }
@@ -684,6 +702,21 @@ impl Ec2Compute {
             )
             .tag_specifications(tag_spec(ResourceType::Instance))
             .tag_specifications(tag_spec(ResourceType::Volume));
+        if placement.spot {
+            // A one-time request that ends with the instance: a reclaimed
+            // instance is replaced by the operator, not revived by EC2.
+            call = call.instance_market_options(
+                InstanceMarketOptionsRequest::builder()
+                    .market_type(MarketType::Spot)
+                    .spot_options(
+                        SpotMarketOptions::builder()
+                            .spot_instance_type(SpotInstanceType::OneTime)
+                            .instance_interruption_behavior(InstanceInterruptionBehavior::Terminate)
+                            .build(),
+                    )
+                    .build(),
+            );
+        }
         if blueprint.associate_public_ip {
             call = call.network_interfaces(
                 InstanceNetworkInterfaceSpecification::builder()
@@ -801,6 +834,8 @@ fn tag_filter(key: &str, value: &str) -> Filter {
 
 /// One `RunInstances` call's placement.
 struct Placement<'a> {
+    /// Spot capacity, or on demand.
+    spot: bool,
     instance_type: &'a str,
     subnet_id: &'a str,
     count: u32,
@@ -879,43 +914,54 @@ impl Compute for Ec2Compute {
         let subnets = &blueprint.subnet_ids;
         let mut outcome = LaunchOutcome::default();
         let groups = spread_over_subnets(request.count, subnets.len(), request.first_subnet);
+        let markets: &[bool] = match blueprint.capacity_type {
+            CapacityType::OnDemand => &[false],
+            CapacityType::Spot => &[true],
+            CapacityType::SpotThenOnDemand => &[true, false],
+        };
         for (group, (first_subnet, count)) in groups.into_iter().enumerate() {
             let mut attempt = 0;
             let mut placed = false;
-            'subnets: for offset in 0..subnets.len() {
-                let subnet_id = &subnets[(first_subnet + offset) % subnets.len()];
-                for instance_type in &blueprint.instance_types {
-                    let token = ClientToken::for_attempt(fleet, request.sequence, group, attempt);
-                    attempt += 1;
-                    let placement = Placement {
-                        instance_type,
-                        subnet_id,
-                        count,
-                        sequence: request.sequence,
-                        token: &token,
-                        root_device: &root_device,
-                    };
-                    match self.run_instances(fleet, blueprint, placement).await {
-                        Ok(instances) => {
-                            tracing::info!(
-                                subnet_id,
-                                instance_type,
-                                launched = instances.len(),
-                                "launched instances"
-                            );
-                            outcome.instances.extend(instances);
-                            placed = true;
-                            break 'subnets;
+            'markets: for &spot in markets {
+                for offset in 0..subnets.len() {
+                    let subnet_id = &subnets[(first_subnet + offset) % subnets.len()];
+                    for instance_type in &blueprint.instance_types {
+                        let token =
+                            ClientToken::for_attempt(fleet, request.sequence, group, attempt);
+                        attempt += 1;
+                        let placement = Placement {
+                            spot,
+                            instance_type,
+                            subnet_id,
+                            count,
+                            sequence: request.sequence,
+                            token: &token,
+                            root_device: &root_device,
+                        };
+                        match self.run_instances(fleet, blueprint, placement).await {
+                            Ok(instances) => {
+                                tracing::info!(
+                                    subnet_id,
+                                    instance_type,
+                                    spot,
+                                    launched = instances.len(),
+                                    "launched instances"
+                                );
+                                outcome.instances.extend(instances);
+                                placed = true;
+                                break 'markets;
+                            }
+                            Err(ComputeError::Capacity(fault)) => {
+                                tracing::warn!(subnet_id, instance_type, spot, code = ?fault.code, "no capacity, trying the next placement");
+                                outcome.misses.push(CapacityMiss {
+                                    instance_type: instance_type.clone(),
+                                    spot,
+                                    subnet_id: subnet_id.clone(),
+                                    code: fault.code,
+                                });
+                            }
+                            Err(other) => return Err(other),
                         }
-                        Err(ComputeError::Capacity(fault)) => {
-                            tracing::warn!(subnet_id, instance_type, code = ?fault.code, "no capacity, trying the next placement");
-                            outcome.misses.push(CapacityMiss {
-                                instance_type: instance_type.clone(),
-                                subnet_id: subnet_id.clone(),
-                                code: fault.code,
-                            });
-                        }
-                        Err(other) => return Err(other),
                     }
                 }
             }
@@ -1042,6 +1088,7 @@ mod tests {
             user_data: Some("#!/bin/bash\n".into()),
             drift_user_data: None,
             associate_public_ip: false,
+            capacity_type: CapacityType::OnDemand,
             tags: BTreeMap::from([("team".into(), "qa".into())]),
             cluster: Some("east".into()),
         }

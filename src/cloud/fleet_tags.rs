@@ -22,6 +22,9 @@ pub const LAUNCH_SEQUENCE_TAG: &str = "browserfleet.io/launch-sequence";
 /// launched with; one that differs from the fleet's current hash has
 /// drifted.
 pub const LAUNCH_HASH_TAG: &str = "browserfleet.io/launch-hash";
+/// Tag key: the capacity an instance was launched on, `spot` or
+/// `on-demand`.
+pub const CAPACITY_TYPE_TAG: &str = "browserfleet.io/capacity-type";
 /// Tag key: the operator cluster's name (`--cluster-name`) on the instances
 /// it launches, so that its orphan sweep takes only its own.
 pub const CLUSTER_TAG: &str = "browserfleet.io/cluster";

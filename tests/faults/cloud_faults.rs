@@ -345,3 +345,88 @@ async fn no_capacity_anywhere_is_a_retryable_error_listing_every_placement() {
             .is_empty()
     );
 }
+
+#[tokio::test]
+async fn spot_without_capacity_anywhere_falls_back_to_on_demand() {
+    let aws = aws(1).await;
+    let world = world(&aws, "spot-fallback").await;
+    let fleet = testkit::unique_fleet("spot-fallback");
+    let compute = Ec2Compute::new(&aws);
+    let mut spot = blueprint(&world);
+    spot.capacity_type = browserfleet::api::fleet::CapacityType::SpotThenOnDemand;
+    // Every spot placement (2 types x 2 subnets) has no capacity.
+    let rule = proxy().inject(
+        "RunInstances",
+        fleet.uid(),
+        vec![Fault::ec2_error(500, "InsufficientInstanceCapacity", "no spot"); 4],
+    );
+    let request = LaunchRequest {
+        count: 1,
+        sequence: 1,
+        first_subnet: 0,
+    };
+    let outcome = compute
+        .launch(&fleet, &spot, request)
+        .await
+        .expect("on demand has capacity");
+    assert_eq!(rule.seen(), 5, "four spot placements, then on demand");
+    assert_eq!(outcome.misses.len(), 4);
+    assert!(outcome.misses.iter().all(|m| m.spot));
+    assert_eq!(outcome.instances.len(), 1);
+    let tags = &outcome.instances[0].tags;
+    assert_eq!(
+        tags.get("browserfleet.io/capacity-type")
+            .map(String::as_str),
+        Some("on-demand")
+    );
+
+    // Spot alone: no fallback, and a spot instance when there is capacity.
+    spot.capacity_type = browserfleet::api::fleet::CapacityType::Spot;
+    let other = testkit::unique_fleet("spot-only");
+    proxy().inject(
+        "RunInstances",
+        other.uid(),
+        vec![Fault::ec2_error(500, "InsufficientInstanceCapacity", "no spot"); 4],
+    );
+    let err = compute
+        .launch(&other, &spot, request)
+        .await
+        .expect_err("spot only");
+    assert!(
+        matches!(err, ComputeError::NoCapacity { ref misses } if misses.len() == 4),
+        "{err:?}"
+    );
+    let launched = compute
+        .launch(
+            &other,
+            &spot,
+            LaunchRequest {
+                sequence: 2,
+                ..request
+            },
+        )
+        .await
+        .expect("spot capacity now");
+    let instance = &launched.instances[0];
+    assert_eq!(
+        instance
+            .tags
+            .get("browserfleet.io/capacity-type")
+            .map(String::as_str),
+        Some("spot")
+    );
+    let ec2 = aws_sdk_ec2::Client::new(aws.sdk_config());
+    let described = ec2
+        .describe_instances()
+        .instance_ids(instance.id.as_str())
+        .send()
+        .await
+        .expect("describe");
+    let lifecycle = described.reservations()[0].instances()[0]
+        .instance_lifecycle()
+        .cloned();
+    assert_eq!(
+        lifecycle,
+        Some(aws_sdk_ec2::types::InstanceLifecycleType::Spot)
+    );
+}

@@ -130,6 +130,7 @@ pub fn blueprint(world: &World) -> InstanceBlueprint {
         user_data: Some("<powershell>Write-Output hello</powershell>".to_owned()),
         drift_user_data: None,
         associate_public_ip: false,
+        capacity_type: browserfleet::api::fleet::CapacityType::OnDemand,
         tags: BTreeMap::from([("team".to_owned(), "qa".to_owned())]),
         cluster: None,
     }
