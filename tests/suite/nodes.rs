@@ -13,13 +13,14 @@ use browserfleet::api::BrowserFleetSpec;
 use browserfleet::api::fleet::{AgentArtifact, Platform};
 use browserfleet::api::session::{BrowserSessionStatus, SessionPhase};
 use browserfleet::operator::bootstrap::{self, linux};
-use devcluster::nodes::BootMode;
+use devcluster::nodes::{BootMode, NodeSimulator};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use serde_json::{Value, json};
 
 use testkit::agent_world::{Cdp, evaluate_in_new_page, eventually};
-use testkit::operator_world::{OperatorWorld, test_settings};
+use testkit::artifact::Artifact;
+use testkit::operator_world::{OperatorHandle, OperatorWorld, test_settings};
 
 /// A fleet of one node booted from its user data: the agent from `artifact`,
 /// browsers without `--no-sandbox`, and a blocked loopback range the OS rule
@@ -140,17 +141,32 @@ async fn reconnect(url: &str) -> Cdp {
     connected().await.expect("connects")
 }
 
-#[tokio::test(flavor = "multi_thread")]
-async fn a_linux_node_boots_from_its_user_data_and_runs_sandboxed_browsers_as_their_own_user() {
-    let world = OperatorWorld::new("node-boot").await;
-    let artifact = testkit::artifact::serve(
+/// A world whose nodes boot from their user data, its operator running, and
+/// an agent artifact (the binary under test, `trailer` appended) served.
+async fn booted_world(
+    test: &str,
+    trailer: &[u8],
+) -> (OperatorWorld, Artifact, OperatorHandle, NodeSimulator) {
+    let world = OperatorWorld::new(test).await;
+    let artifact = serve_agent(&world, trailer).await;
+    let operator = world.start_operator(test_settings(), None).await;
+    let nodes = world.start_nodes(|options| options.boot = BootMode::UserData);
+    (world, artifact, operator, nodes)
+}
+
+/// The agent under test, `trailer` appended, served to the world's nodes.
+async fn serve_agent(world: &OperatorWorld, trailer: &[u8]) -> Artifact {
+    testkit::artifact::serve(
         &testkit::tools::browserfleet_binary(),
-        b"",
+        trailer,
         world.work.path(),
     )
-    .await;
-    let _operator = world.start_operator(test_settings(), None).await;
-    let nodes = world.start_nodes(|options| options.boot = BootMode::UserData);
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_linux_node_boots_from_its_user_data_and_runs_sandboxed_browsers_as_their_own_user() {
+    let (world, artifact, _operator, nodes) = booted_world("node-boot", b"").await;
     world
         .apply(&booted_fleet(&world, &artifact.url, &artifact.sha256))
         .await;
@@ -247,15 +263,7 @@ async fn a_linux_node_boots_from_its_user_data_and_runs_sandboxed_browsers_as_th
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_sha256_installs_nothing_and_the_node_never_registers() {
-    let world = OperatorWorld::new("node-bad-digest").await;
-    let artifact = testkit::artifact::serve(
-        &testkit::tools::browserfleet_binary(),
-        b"tampered",
-        world.work.path(),
-    )
-    .await;
-    let _operator = world.start_operator(test_settings(), None).await;
-    let nodes = world.start_nodes(|options| options.boot = BootMode::UserData);
+    let (world, artifact, _operator, nodes) = booted_world("node-bad-digest", b"tampered").await;
     let wrong = "0".repeat(64);
     world
         .apply(&booted_fleet(&world, &artifact.url, &wrong))
@@ -382,15 +390,7 @@ async fn invocation_end(
 #[tokio::test(flavor = "multi_thread")]
 async fn run_command_runs_shell_on_the_node_and_restarts_its_agent_without_ending_sessions() {
     use browserfleet::cloud::{CommandDocument, CommandRequest, CommandStatus, Commands, Ssm};
-    let world = OperatorWorld::new("node-run-command").await;
-    let artifact = testkit::artifact::serve(
-        &testkit::tools::browserfleet_binary(),
-        b"",
-        world.work.path(),
-    )
-    .await;
-    let _operator = world.start_operator(test_settings(), None).await;
-    let nodes = world.start_nodes(|options| options.boot = BootMode::UserData);
+    let (world, artifact, _operator, nodes) = booted_world("node-run-command", b"").await;
     let moto = world
         .aws
         .sdk_config()
@@ -504,18 +504,8 @@ fn up_to_date(fleet: &browserfleet::api::BrowserFleet, sha256: &str, count: i32)
 #[tokio::test(flavor = "multi_thread")]
 async fn a_new_artifact_reaches_every_node_in_place_one_at_a_time_without_ending_a_session() {
     let world = OperatorWorld::new("node-upgrade").await;
-    let v1 = testkit::artifact::serve(
-        &testkit::tools::browserfleet_binary(),
-        b"",
-        world.work.path(),
-    )
-    .await;
-    let v2 = testkit::artifact::serve(
-        &testkit::tools::browserfleet_binary(),
-        b"\nbrowserfleet v2\n",
-        world.work.path(),
-    )
-    .await;
+    let v1 = serve_agent(&world, b"").await;
+    let v2 = serve_agent(&world, b"\nbrowserfleet v2\n").await;
     assert_ne!(v1.sha256, v2.sha256);
     let nodes = world.start_nodes(|options| options.boot = BootMode::UserData);
     let moto = world
