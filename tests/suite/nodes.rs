@@ -13,7 +13,7 @@ use browserfleet::api::BrowserFleetSpec;
 use browserfleet::api::fleet::{AgentArtifact, Platform};
 use browserfleet::api::session::{BrowserSessionStatus, SessionPhase};
 use browserfleet::operator::bootstrap::{self, linux};
-use devcluster::nodes::{BootMode, NodeSimulator};
+use devcluster::nodes::{BootMode, NodeSimulator, PortPool};
 use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use serde_json::{Value, json};
@@ -24,10 +24,12 @@ use testkit::operator_world::{OperatorHandle, OperatorWorld, test_settings};
 
 /// A fleet of one node booted from its user data: the agent from `artifact`,
 /// browsers without `--no-sandbox`, and a blocked loopback range the OS rule
-/// can be seen to enforce.
-fn booted_fleet(world: &OperatorWorld, url: &str, sha256: &str) -> Value {
+/// can be seen to enforce; its DevTools ports are the simulator's
+/// `devtools` ports, so that the rule's port set covers the real ones.
+fn booted_fleet(world: &OperatorWorld, url: &str, sha256: &str, devtools: (u16, u16)) -> Value {
     let mut fleet = world.fleet(1, 1);
     let agent = &mut fleet["spec"]["agent"];
+    agent["browserPortRange"] = json!({"start": devtools.0, "end": devtools.1});
     agent["artifact"] = json!({"url": url, "sha256": sha256});
     agent["browser"]["extraArgs"] = json!(["--disable-gpu"]);
     agent["egress"] = json!({"blocked": ["127.0.0.2/32"]});
@@ -143,15 +145,41 @@ async fn reconnect(url: &str) -> Cdp {
 
 /// A world whose nodes boot from their user data, its operator running, and
 /// an agent artifact (the binary under test, `trailer` appended) served.
-async fn booted_world(
-    test: &str,
-    trailer: &[u8],
-) -> (OperatorWorld, Artifact, OperatorHandle, NodeSimulator) {
+struct Booted {
+    world: OperatorWorld,
+    artifact: Artifact,
+    operator: OperatorHandle,
+    nodes: NodeSimulator,
+    /// The simulator's browser ports.
+    devtools: (u16, u16),
+}
+
+async fn booted_world(test: &str, trailer: &[u8]) -> Booted {
     let world = OperatorWorld::new(test).await;
     let artifact = serve_agent(&world, trailer).await;
     let operator = world.start_operator(test_settings(), None).await;
-    let nodes = world.start_nodes(|options| options.boot = BootMode::UserData);
-    (world, artifact, operator, nodes)
+    let (nodes, devtools) = user_data_nodes(&world);
+    Booted {
+        world,
+        artifact,
+        operator,
+        nodes,
+        devtools,
+    }
+}
+
+/// Nodes that boot from their user data, and their browser ports.
+fn user_data_nodes(world: &OperatorWorld) -> (NodeSimulator, (u16, u16)) {
+    let (first, last) = testkit::agent_world::port_range(40);
+    let nodes = world.start_nodes(|options| {
+        options.boot = BootMode::UserData;
+        options.browser_ports = PortPool {
+            first,
+            last,
+            per_node: 4,
+        };
+    });
+    (nodes, (first, last))
 }
 
 /// The agent under test, `trailer` appended, served to the world's nodes.
@@ -166,9 +194,20 @@ async fn serve_agent(world: &OperatorWorld, trailer: &[u8]) -> Artifact {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_linux_node_boots_from_its_user_data_and_runs_sandboxed_browsers_as_their_own_user() {
-    let (world, artifact, _operator, nodes) = booted_world("node-boot", b"").await;
+    let Booted {
+        world,
+        artifact,
+        operator: _operator,
+        nodes,
+        devtools,
+    } = booted_world("node-boot", b"").await;
     world
-        .apply(&booted_fleet(&world, &artifact.url, &artifact.sha256))
+        .apply(&booted_fleet(
+            &world,
+            &artifact.url,
+            &artifact.sha256,
+            devtools,
+        ))
         .await;
     world
         .apply_session(&world.session("sandboxed", json!({})))
@@ -255,6 +294,20 @@ async fn a_linux_node_boots_from_its_user_data_and_runs_sandboxed_browsers_as_th
     assert!(connects_as(None, &blocked));
     assert!(connects_as(Some(linux::AGENT_USER), &blocked));
     assert!(!connects_as(Some(linux::BROWSER_USER), &blocked));
+    // And the node's own DevTools ports on loopback: the agent reaches the
+    // session's browser there, the browser user does not.
+    let port = browsers
+        .iter()
+        .find_map(|pid| {
+            cmdline(*pid)
+                .split(' ')
+                .find_map(|arg| arg.strip_prefix("--remote-debugging-port="))
+                .map(str::to_owned)
+        })
+        .expect("a DevTools port");
+    let devtools_port = format!("127.0.0.1:{port}");
+    assert!(connects_as(Some(linux::AGENT_USER), &devtools_port));
+    assert!(!connects_as(Some(linux::BROWSER_USER), &devtools_port));
 
     world.delete_session("sandboxed").await;
     world.wait_session_gone("sandboxed").await;
@@ -263,10 +316,16 @@ async fn a_linux_node_boots_from_its_user_data_and_runs_sandboxed_browsers_as_th
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_wrong_sha256_installs_nothing_and_the_node_never_registers() {
-    let (world, artifact, _operator, nodes) = booted_world("node-bad-digest", b"tampered").await;
+    let Booted {
+        world,
+        artifact,
+        operator: _operator,
+        nodes,
+        devtools,
+    } = booted_world("node-bad-digest", b"tampered").await;
     let wrong = "0".repeat(64);
     world
-        .apply(&booted_fleet(&world, &artifact.url, &wrong))
+        .apply(&booted_fleet(&world, &artifact.url, &wrong, devtools))
         .await;
     let refused = || async {
         let instance = world.instances().await.into_iter().next()?;
@@ -390,7 +449,13 @@ async fn invocation_end(
 #[tokio::test(flavor = "multi_thread")]
 async fn run_command_runs_shell_on_the_node_and_restarts_its_agent_without_ending_sessions() {
     use browserfleet::cloud::{CommandDocument, CommandRequest, CommandStatus, Commands, Ssm};
-    let (world, artifact, _operator, nodes) = booted_world("node-run-command", b"").await;
+    let Booted {
+        world,
+        artifact,
+        operator: _operator,
+        nodes,
+        devtools,
+    } = booted_world("node-run-command", b"").await;
     let moto = world
         .aws
         .sdk_config()
@@ -406,7 +471,12 @@ async fn run_command_runs_shell_on_the_node_and_restarts_its_agent_without_endin
         ),
     );
     world
-        .apply(&booted_fleet(&world, &artifact.url, &artifact.sha256))
+        .apply(&booted_fleet(
+            &world,
+            &artifact.url,
+            &artifact.sha256,
+            devtools,
+        ))
         .await;
     world.apply_session(&world.session("kept", json!({}))).await;
     let session = world.wait_for_phase("kept", SessionPhase::Ready).await;
@@ -507,7 +577,7 @@ async fn a_new_artifact_reaches_every_node_in_place_one_at_a_time_without_ending
     let v1 = serve_agent(&world, b"").await;
     let v2 = serve_agent(&world, b"\nbrowserfleet v2\n").await;
     assert_ne!(v1.sha256, v2.sha256);
-    let nodes = world.start_nodes(|options| options.boot = BootMode::UserData);
+    let (nodes, devtools) = user_data_nodes(&world);
     let moto = world
         .aws
         .sdk_config()
@@ -521,7 +591,7 @@ async fn a_new_artifact_reaches_every_node_in_place_one_at_a_time_without_ending
     let _operator = world
         .start_operator_with_aws(test_settings(), None, world.aws.with_endpoint(&run_command))
         .await;
-    let mut fleet = booted_fleet(&world, &v1.url, &v1.sha256);
+    let mut fleet = booted_fleet(&world, &v1.url, &v1.sha256, devtools);
     fleet["spec"]["capacity"]["minInstances"] = json!(2);
     fleet["spec"]["capacity"]["maxInstances"] = json!(2);
     fleet["spec"]["agent"]["upgrade"] = json!({"maxConcurrency": 1, "maxErrors": 0});

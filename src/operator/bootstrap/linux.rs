@@ -56,7 +56,12 @@ pub fn script(
     os_ranges: &[String],
 ) -> String {
     let install = install(spec.agent.artifact.as_ref());
-    let rules = egress_rules(os_ranges, BROWSER_USER);
+    let rules = egress_rules(
+        &egress_table(namespace, name),
+        os_ranges,
+        &node_ports(spec),
+        BROWSER_USER,
+    );
     let agent_unit = agent_unit(parameter);
     let append = spec.instance.user_data_append.as_deref().unwrap_or("");
     format!(
@@ -183,11 +188,32 @@ fn agent_unit(parameter: &str) -> String {
     )
 }
 
+/// The nftables table of fleet `namespace/name`'s rule: one per fleet, so
+/// that nodes of several fleets sharing one kernel (the node simulator) do
+/// not replace each other's.
+pub fn egress_table(namespace: &str, name: &str) -> String {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(format!("{namespace}/{name}").as_bytes());
+    format!("browserfleet_egress_{}", &hex::encode(digest)[..8])
+}
+
+/// The node's own loopback ports a browser must not reach by itself: the
+/// agent's listener and the DevTools ports (its own and other sessions'):
+/// the agent reaches them for it. The egress proxy's port stays open.
+fn node_ports(spec: &BrowserFleetSpec) -> Vec<(i32, i32)> {
+    let range = &spec.agent.browser_port_range;
+    vec![
+        (spec.agent.gateway_port, spec.agent.gateway_port),
+        (range.start, range.end),
+    ]
+}
+
 /// The OS egress rule: an nftables table that drops `user`'s packets to
-/// `ranges`, whatever opens the socket. Loading the file replaces the table
+/// `ranges`, and to the node's own `ports` on loopback, whatever opens the
+/// socket. Loading the file replaces the table
 /// as a whole (declare, delete, define), so a node's rule is always the
 /// fleet's latest and loading it twice is harmless.
-pub fn egress_rules(ranges: &[String], user: &str) -> String {
+pub fn egress_rules(table: &str, ranges: &[String], ports: &[(i32, i32)], user: &str) -> String {
     let (v6, v4): (Vec<&String>, Vec<&String>) = ranges.iter().partition(|r| r.contains(':'));
     let set = |list: &[&String]| {
         list.iter()
@@ -196,10 +222,10 @@ pub fn egress_rules(ranges: &[String], user: &str) -> String {
             .join(", ")
     };
     let user = user.replace(['"', '\\', '\n'], "");
-    let mut rules = String::from(
-        "table inet browserfleet_egress\n\
-         delete table inet browserfleet_egress\n\
-         table inet browserfleet_egress {\n  chain output {\n    type filter hook output priority 0; policy accept;\n",
+    let mut rules = format!(
+        "table inet {table}\n\
+         delete table inet {table}\n\
+         table inet {table} {{\n  chain output {{\n    type filter hook output priority 0; policy accept;\n",
     );
     if !v4.is_empty() {
         rules.push_str(&format!(
@@ -211,6 +237,20 @@ pub fn egress_rules(ranges: &[String], user: &str) -> String {
         rules.push_str(&format!(
             "    meta skuid \"{user}\" ip6 daddr {{ {} }} drop\n",
             set(&v6)
+        ));
+    }
+    if !ports.is_empty() {
+        let ports = ports
+            .iter()
+            .map(|(first, last)| match first == last {
+                true => first.to_string(),
+                false => format!("{first}-{last}"),
+            })
+            .collect::<Vec<_>>()
+            .join(", ");
+        rules.push_str(&format!(
+            "    meta skuid \"{user}\" ip daddr 127.0.0.0/8 tcp dport {{ {ports} }} drop\n\
+             \x20   meta skuid \"{user}\" ip6 daddr ::1 tcp dport {{ {ports} }} drop\n"
         ));
     }
     rules.push_str("  }\n}\n");

@@ -179,15 +179,35 @@ mod tests {
         spec.agent.egress.blocked = vec!["10.0.0.0/8".into()];
         spec.agent.egress.allowed = vec!["fe80::1".into()];
         assert_eq!(
-            linux::egress_rules(&os_ranges(&spec), "bfbrowser"),
-            "table inet browserfleet_egress\n\
-             delete table inet browserfleet_egress\n\
-             table inet browserfleet_egress {\n  chain output {\n    \
+            linux::egress_rules(
+                "bf_t",
+                &os_ranges(&spec),
+                &[(9222, 9222), (9300, 9399)],
+                "bfbrowser"
+            ),
+            "table inet bf_t\n\
+             delete table inet bf_t\n\
+             table inet bf_t {\n  chain output {\n    \
              type filter hook output priority 0; policy accept;\n    \
              meta skuid \"bfbrowser\" ip daddr { 169.254.0.0/16, 10.0.0.0/8 } drop\n    \
-             meta skuid \"bfbrowser\" ip6 daddr { fd00:ec2::/64 } drop\n  }\n}\n"
+             meta skuid \"bfbrowser\" ip6 daddr { fd00:ec2::/64 } drop\n    \
+             meta skuid \"bfbrowser\" ip daddr 127.0.0.0/8 tcp dport { 9222, 9300-9399 } drop\n    \
+             meta skuid \"bfbrowser\" ip6 daddr ::1 tcp dport { 9222, 9300-9399 } drop\n  }\n}\n"
         );
         let script = user_data("qa", "web", &spec, "/p");
+        // A table per fleet: several fleets' nodes on one kernel keep theirs.
+        assert_eq!(
+            linux::egress_table("qa", "web"),
+            linux::egress_table("qa", "web")
+        );
+        assert_ne!(
+            linux::egress_table("qa", "web"),
+            linux::egress_table("qa", "webb")
+        );
+        assert!(script.contains(&format!(
+            "table inet {} {{",
+            linux::egress_table("qa", "web")
+        )));
         assert!(
             script.contains(
                 "meta skuid \"browserfleet-browser\" ip daddr { 169.254.0.0/16, 10.0.0.0/8 } drop"
