@@ -363,6 +363,65 @@ mod tests {
     }
 
     #[test]
+    fn an_upgrade_checks_the_digest_before_it_installs_and_then_restarts_the_agent() {
+        let mut spec = spec(Platform::Linux);
+        assert_eq!(
+            upgrade_commands(&spec),
+            None,
+            "no artifact, nothing to upgrade"
+        );
+        spec.agent.artifact = Some(AgentArtifact {
+            url: "https://example.com/agent".into(),
+            sha256: "ab".repeat(32),
+        });
+        let Some(CommandDocument::Shell(lines)) = upgrade_commands(&spec) else {
+            panic!("a shell command for Linux");
+        };
+        let script = lines.join("\n");
+        assert!(
+            script.starts_with("bash -s <<'UPGRADE'\nset -euo pipefail\n"),
+            "{script}"
+        );
+        assert!(script.ends_with("\nUPGRADE"), "{script}");
+        let check = position(&script, "sha256sum --check --status; then");
+        let install = position(&script, "install -D -m 0755");
+        let restart = position(&script, "systemctl restart browserfleet-agent.service");
+        assert!(check < install && install < restart, "{script}");
+
+        let mut spec = headful_windows();
+        spec.agent.artifact = Some(AgentArtifact {
+            url: "https://example.com/agent.exe".into(),
+            sha256: "cd".repeat(32),
+        });
+        let Some(CommandDocument::PowerShell(lines)) = upgrade_commands(&spec) else {
+            panic!("a PowerShell command for Windows");
+        };
+        let script = lines.join("\n");
+        assert!(
+            script.starts_with("$ErrorActionPreference = 'Stop'\n"),
+            "{script}"
+        );
+        let check = position(&script, ".Hash.ToLower() -ne 'cdcd");
+        let aside = position(
+            &script,
+            "Rename-Item -Path 'C:\\Program Files\\browserfleet\\browserfleet.exe'",
+        );
+        let moved = position(
+            &script,
+            "Move-Item -Force $tmp.FullName 'C:\\Program Files\\browserfleet\\browserfleet.exe'",
+        );
+        let stop = position(&script, "Stop-ScheduledTask -TaskName 'browserfleet-agent'");
+        let start = position(
+            &script,
+            "Start-ScheduledTask -TaskName 'browserfleet-agent'",
+        );
+        assert!(
+            check < aside && aside < moved && moved < stop && stop < start,
+            "{script}"
+        );
+    }
+
+    #[test]
     fn quoting_keeps_a_hostile_value_one_word() {
         assert_eq!(linux::shell_quote("a'b; rm -rf /"), r"'a'\''b; rm -rf /'");
         assert_eq!(powershell_quote("a'b"), "'a''b'");
