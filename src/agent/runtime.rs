@@ -425,10 +425,5 @@ fn own_digest() -> std::io::Result<String> {
         }
         context.update(&buffer[..read]);
     }
-    Ok(context
-        .finish()
-        .as_ref()
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(hex::encode(context.finish()))
 }

@@ -86,37 +86,41 @@ pub fn script(
 pub fn upgrade_commands(artifact: &AgentArtifact) -> Vec<String> {
     let agent = powershell_quote(AGENT_PATH);
     let old = powershell_quote(&format!("{AGENT_PATH}.old"));
-    let install = install(&agent, Some(artifact)).replace(
-        &format!("Move-Item -Force $tmp.FullName {agent}\n"),
-        &format!(
-            "Remove-Item -Force {old} -ErrorAction SilentlyContinue\n\
-             Rename-Item -Path {agent} -NewName (Split-Path -Leaf {old})\n\
-             Move-Item -Force $tmp.FullName {agent}\n"
-        ),
-    );
+    let download = download(&agent, artifact);
     let script = format!(
         "$ErrorActionPreference = 'Stop'\n\
-         {install}\
+         {download}\
+         Remove-Item -Force {old} -ErrorAction SilentlyContinue\n\
+         Rename-Item -Path {agent} -NewName (Split-Path -Leaf {old})\n\
+         Move-Item -Force $tmp.FullName {agent}\n\
          Stop-ScheduledTask -TaskName '{AGENT_TASK}'\n\
          Start-ScheduledTask -TaskName '{AGENT_TASK}'\n"
     );
     script.lines().map(str::to_owned).collect()
 }
 
+/// Downloads the artifact to `$tmp` and refuses it unless its digest
+/// matches; the caller puts it in place.
+fn download(agent: &str, artifact: &AgentArtifact) -> String {
+    format!(
+        "New-Item -ItemType Directory -Force -Path (Split-Path {agent}) | Out-Null\n\
+         $tmp = New-TemporaryFile\n\
+         if ({url}.StartsWith('s3://')) {{ Read-S3Object -S3Uri {url} -File $tmp.FullName | Out-Null }}\n\
+         else {{ Invoke-WebRequest -UseBasicParsing -Uri {url} -OutFile $tmp.FullName }}\n\
+         if ((Get-FileHash -Algorithm SHA256 $tmp.FullName).Hash.ToLower() -ne {sha}) {{\n\
+         \x20 Remove-Item -Force $tmp.FullName\n\
+         \x20 throw 'browserfleet: the agent artifact does not match its SHA-256; not installed'\n\
+         }}\n",
+        url = powershell_quote(&artifact.url),
+        sha = powershell_quote(&artifact.sha256.to_ascii_lowercase()),
+    )
+}
+
 fn install(agent: &str, artifact: Option<&AgentArtifact>) -> String {
     match artifact {
         Some(artifact) => format!(
-            "New-Item -ItemType Directory -Force -Path (Split-Path {agent}) | Out-Null\n\
-             $tmp = New-TemporaryFile\n\
-             if ({url}.StartsWith('s3://')) {{ Read-S3Object -S3Uri {url} -File $tmp.FullName | Out-Null }}\n\
-             else {{ Invoke-WebRequest -UseBasicParsing -Uri {url} -OutFile $tmp.FullName }}\n\
-             if ((Get-FileHash -Algorithm SHA256 $tmp.FullName).Hash.ToLower() -ne {sha}) {{\n\
-             \x20 Remove-Item -Force $tmp.FullName\n\
-             \x20 throw 'browserfleet: the agent artifact does not match its SHA-256; not installed'\n\
-             }}\n\
-             Move-Item -Force $tmp.FullName {agent}\n",
-            url = powershell_quote(&artifact.url),
-            sha = powershell_quote(&artifact.sha256.to_ascii_lowercase()),
+            "{}Move-Item -Force $tmp.FullName {agent}\n",
+            download(agent, artifact)
         ),
         None => format!(
             "if (-not (Test-Path {agent})) {{ throw 'the image has no browserfleet agent' }}\n"
