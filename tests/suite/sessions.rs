@@ -5,8 +5,8 @@
 
 use std::time::Duration;
 
-use browserfleet::api::BrowserSession;
 use browserfleet::api::session::{SessionEndReason, SessionPhase};
+use browserfleet::api::{BrowserFleet, BrowserSession};
 use browserfleet::cloud::{Queues, Sqs};
 use k8s_openapi::api::core::v1::Secret;
 use kube::ResourceExt;
@@ -372,6 +372,26 @@ async fn an_operator_restarted_between_enqueue_and_reply_makes_the_session_ready
     let second = world.wait_for_phase("second", SessionPhase::Starting).await;
     let id = session_id(&second);
 
+    // The agent's address comes from the fleet's status, which the fleet
+    // reconciler writes on its own schedule: a session can be Ready before
+    // the status names the address of the instance that serves it.
+    let instance = first.status.clone().unwrap().instance_id.unwrap();
+    let address_of = |fleet: &BrowserFleet| {
+        fleet
+            .status
+            .as_ref()?
+            .instances
+            .iter()
+            .find(|i| i.instance_id == instance)?
+            .address
+            .clone()
+    };
+    let fleet = world
+        .wait_for("the instance's registered address", |f| {
+            address_of(f).is_some()
+        })
+        .await;
+    let address = address_of(&fleet).expect("registered address");
     // The operator dies with the request on the queue (`Starting` is
     // written just before the send).
     eventually("the request on the queue", WAIT, || async {
@@ -382,16 +402,6 @@ async fn an_operator_restarted_between_enqueue_and_reply_makes_the_session_ready
     // The slot frees behind its back (through the agent itself): the agent
     // starts the second session and replies to the events queue, where the
     // reply waits.
-    let fleet = world.get().await;
-    let instance = first.status.clone().unwrap().instance_id.unwrap();
-    let address = fleet
-        .status
-        .unwrap()
-        .instances
-        .into_iter()
-        .find(|i| i.instance_id == instance)
-        .and_then(|i| i.address)
-        .expect("registered address");
     let end = format!("http://{address}/v1/sessions/{}", session_id(&first));
     let token = world.fleet_token().await;
     assert_eq!(
