@@ -158,10 +158,10 @@ impl<Q: Queues> Ends<'_, Q> {
         }
     }
 
-    /// Ends every session still hosted when a drain times out.
-    pub async fn drain(&self, remaining: Vec<SessionId>) {
+    /// Ends every session still hosted at a drain's deadline, as `reason`.
+    pub async fn drain(&self, remaining: Vec<SessionId>, reason: TerminationReason) {
         for id in remaining {
-            self.end(&id, TerminationReason::Drained, true).await;
+            self.end(&id, reason, true).await;
         }
     }
 }

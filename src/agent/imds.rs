@@ -1,4 +1,5 @@
-//! The instance's identity from the EC2 instance metadata service, through
+//! The instance's identity (and, for [`super::interruptions`], EC2's notices)
+//! from the EC2 instance metadata service, through
 //! the AWS SDK's IMDSv2 client (`aws_config::imds`): a session token first
 //! (the operator launches instances with IMDSv1 disabled), the endpoint from
 //! `AWS_EC2_METADATA_SERVICE_ENDPOINT` or the profile as in every AWS SDK,
@@ -32,31 +33,55 @@ pub struct InstanceMetadata {
     pub private_ip: String,
 }
 
-/// Reads the instance id and private address, over the HTTP client of the
-/// process's other AWS calls.
-pub async fn read(aws: &Aws) -> Result<InstanceMetadata, ImdsError> {
+/// A metadata client over the HTTP client of the process's other AWS calls.
+pub fn client(aws: &Aws) -> imds::Client {
     let mut provider = ProviderConfig::without_region();
     if let Some(http) = aws.sdk_config().http_client() {
         provider = provider.with_http_client(http);
     }
-    let client = imds::Client::builder()
+    imds::Client::builder()
         .configure(&provider)
         .connect_timeout(CALL_TIMEOUT)
         .read_timeout(CALL_TIMEOUT)
         .operation_timeout(CALL_TIMEOUT * 2)
-        .build();
-    let get = |what: &'static str| {
-        let client = client.clone();
-        async move {
-            let value = client
-                .get(format!("/latest/meta-data/{what}"))
-                .await
-                .map_err(|source| ImdsError { what, source })?;
-            Ok::<_, ImdsError>(String::from(value).trim().to_owned())
-        }
-    };
+        .build()
+}
+
+/// Whether an endpoint for the metadata service was named explicitly
+/// (`AWS_EC2_METADATA_SERVICE_ENDPOINT`): off EC2, only then does one answer.
+pub fn endpoint_named() -> bool {
+    std::env::var_os("AWS_EC2_METADATA_SERVICE_ENDPOINT").is_some_and(|v| !v.is_empty())
+}
+
+/// Reads the instance id and private address.
+pub async fn read(client: &imds::Client) -> Result<InstanceMetadata, ImdsError> {
     Ok(InstanceMetadata {
-        instance_id: get("instance-id").await?,
-        private_ip: get("local-ipv4").await?,
+        instance_id: get(client, "instance-id").await?,
+        private_ip: get(client, "local-ipv4").await?,
     })
+}
+
+/// `/latest/meta-data/<what>`, trimmed.
+pub async fn get(client: &imds::Client, what: &'static str) -> Result<String, ImdsError> {
+    let value = client
+        .get(format!("/latest/meta-data/{what}"))
+        .await
+        .map_err(|source| ImdsError { what, source })?;
+    Ok(String::from(value).trim().to_owned())
+}
+
+/// [`get`], with `None` when the service has no such item (a 404: how it
+/// says that no notice is pending).
+pub async fn get_optional(
+    client: &imds::Client,
+    what: &'static str,
+) -> Result<Option<String>, ImdsError> {
+    match get(client, what).await {
+        Ok(value) => Ok(Some(value)),
+        Err(ImdsError {
+            source: imds::client::error::ImdsError::ErrorResponse(response),
+            ..
+        }) if response.response().status().as_u16() == 404 => Ok(None),
+        Err(error) => Err(error),
+    }
 }

@@ -24,6 +24,7 @@ pub mod end;
 pub mod http;
 pub mod imds;
 pub mod intake;
+pub mod interruptions;
 pub mod launch;
 pub mod metrics;
 pub mod outbox;
@@ -87,6 +88,9 @@ pub struct RunOptions {
     pub intake: intake::IntakeOptions,
     /// The process's AWS call counts, exported on `/metrics` when given.
     pub aws_calls: Option<std::sync::Arc<crate::cloud::CallRecorder>>,
+    /// The metadata service to read EC2's interruption and rebalance notices
+    /// from ([`interruptions`]); none off EC2.
+    pub notices: Option<aws_config::imds::Client>,
 }
 
 /// A running agent.
@@ -257,6 +261,9 @@ async fn serve<Q: Queues + 'static>(
     // look like an empty booting instance, which scaling may cancel.
     register(&agent, &mut stopping).await;
     let intake = tokio::spawn(agent.intake(options.intake).run());
+    if let Some(client) = options.notices {
+        tokio::spawn(interruptions::watch(agent.clone(), client));
+    }
     let mut supervisor = agent.supervisor();
     let mut tick = tokio::time::interval(SUPERVISION_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);

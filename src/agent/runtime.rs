@@ -33,11 +33,24 @@ use super::table::{TableError, TableFileStore};
 use crate::cloud::queues::{QueueUrl, Queues};
 use crate::protocol::state::STATE_VERSION;
 use crate::protocol::{
-    AgentState, AnnouncementKind, CreateRequest, InstanceId, NodeAnnouncement, Reply, RequestId,
-    SessionId, TerminationReason,
+    AgentState, AnnouncementKind, CreateRequest, InstanceId, InterruptionKind, InterruptionNotice,
+    NodeAnnouncement, Reply, RequestId, SessionId, TerminationReason,
 };
 
 pub use super::sessions::GatewayRoute;
+
+/// Sessions on an instance EC2 takes back end this long before it does:
+/// their end is then reported while the agent still can.
+pub const INTERRUPTION_MARGIN: Duration = Duration::from_secs(15);
+
+/// When a drain ends the sessions still running, and as what.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DrainDeadline {
+    /// The deadline.
+    pub at: Instant,
+    /// The reason the sessions still running then end with.
+    pub ends_as: TerminationReason,
+}
 
 /// Who this agent is.
 #[derive(Clone, Debug)]
@@ -65,7 +78,9 @@ pub struct Agent<Q> {
     egress: Egress,
     /// When the agent was made; reported as `readySince`.
     ready_since: SystemTime,
-    draining: watch::Sender<Option<Instant>>,
+    draining: watch::Sender<Option<DrainDeadline>>,
+    /// The notice EC2 gave about this instance's end, once read.
+    interruption: std::sync::Mutex<Option<InterruptionNotice>>,
     /// Set when the agent should stop (SIGTERM, or the end of a drain).
     stopping: watch::Sender<bool>,
 }
@@ -125,6 +140,7 @@ impl<Q: Queues + 'static> Agent<Q> {
             ready_since: made,
             artifact_sha256: std::sync::OnceLock::new(),
             draining: watch::Sender::new(None),
+            interruption: std::sync::Mutex::new(None),
             stopping: watch::Sender::new(false),
             settings,
             identity,
@@ -213,15 +229,65 @@ impl<Q: Queues + 'static> Agent<Q> {
     /// still running at the drain timeout end as `drained`; then the agent
     /// stops.
     pub fn start_drain(&self) {
-        self.draining.send_if_modified(|deadline| {
-            if deadline.is_none() {
-                *deadline = Some(Instant::now() + self.settings.drain_timeout);
-                tracing::info!("drain started");
+        self.drain_until(
+            Instant::now() + self.settings.drain_timeout,
+            TerminationReason::Drained,
+        );
+    }
+
+    /// Drains by `at` at the latest: an earlier deadline than the drain's
+    /// (if one runs) takes its place, with the reason the sessions still
+    /// running then end with.
+    fn drain_until(&self, at: Instant, ends_as: TerminationReason) {
+        self.draining.send_if_modified(|deadline| match deadline {
+            Some(current) if current.at <= at => false,
+            _ => {
+                tracing::info!(
+                    in_seconds = at.saturating_duration_since(Instant::now()).as_secs(),
+                    %ends_as,
+                    "drain started"
+                );
+                *deadline = Some(DrainDeadline { at, ends_as });
                 true
-            } else {
-                false
             }
         });
+    }
+
+    /// Acts on a notice EC2 gave about this instance: no more intake from
+    /// now, and on an interruption the sessions still running shortly before
+    /// EC2 takes the instance end as `interrupted` (so their clients hear it
+    /// from the agent rather than from a dead connection). Whether the notice
+    /// was news; the operator is told of it at once.
+    pub fn take_notice(&self, notice: InterruptionNotice) -> bool {
+        {
+            let mut known = self.interruption.lock().unwrap_or_else(|e| e.into_inner());
+            let news = match known.as_ref() {
+                None => true,
+                // An interruption outranks a rebalance recommendation.
+                Some(old) => {
+                    old.kind == InterruptionKind::RebalanceRecommendation
+                        && notice.kind == InterruptionKind::SpotInterruption
+                }
+            };
+            if !news {
+                return false;
+            }
+            tracing::warn!(?notice, "EC2 gave notice about this instance");
+            *known = Some(notice.clone());
+        }
+        match notice.kind {
+            InterruptionKind::SpotInterruption => {
+                let left = notice
+                    .time
+                    .duration_since(jiff::Timestamp::now())
+                    .try_into()
+                    .unwrap_or(Duration::ZERO);
+                let at = Instant::now() + left.saturating_sub(INTERRUPTION_MARGIN);
+                self.drain_until(at, TerminationReason::Interrupted);
+            }
+            InterruptionKind::RebalanceRecommendation => self.start_drain(),
+        }
+        true
     }
 
     /// Waits up to `deadline` for callbacks in flight, then abandons the rest.
@@ -273,6 +339,11 @@ impl<Q: Queues + 'static> Agent<Q> {
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             artifact_sha256: self.artifact_sha256.get().cloned(),
             draining: self.is_draining(),
+            interruption: self
+                .interruption
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .clone(),
             slots: count(table.pool.slots),
             free_slots: count(table.pool.free_slots()),
             ready_since: timestamp(self.ready_since),

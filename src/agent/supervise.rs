@@ -47,7 +47,7 @@ pub struct Supervisor<'a, Q> {
     /// Ends what the verdict or the drain says to end.
     pub ends: Ends<'a, Q>,
     /// The drain's deadline, once a drain has started.
-    pub draining: watch::Receiver<Option<Instant>>,
+    pub draining: watch::Receiver<Option<super::runtime::DrainDeadline>>,
     /// When page URLs were last read, and when old profiles were last
     /// looked for: both are slower than the tick.
     pub use_checked: Instant,
@@ -102,8 +102,8 @@ impl<Q: Queues> Supervisor<'_, Q> {
         if remaining.is_empty() && launching == 0 {
             return Pass::Drained;
         }
-        if Instant::now() >= deadline {
-            self.ends.drain(remaining).await;
+        if Instant::now() >= deadline.at {
+            self.ends.drain(remaining, deadline.ends_as).await;
             return Pass::Drained;
         }
         Pass::Continue

@@ -1210,6 +1210,37 @@ pub struct InstanceStatus {
     /// until that one is drained (cleared once that one is gone).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<String>,
+    /// The notice EC2 gave about its end, as its agent reported it: it
+    /// takes no new sessions from then, and a replacement is launched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interruption: Option<InstanceInterruption>,
+}
+
+/// A notice EC2 gave about an instance's end.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InstanceInterruption {
+    /// Which notice.
+    pub kind: InterruptionKind,
+    /// What EC2 does at `time` (`terminate`, `stop`, `hibernate`), for a
+    /// spot interruption.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// When EC2 acts (a spot interruption) or when it made the
+    /// recommendation (a rebalance).
+    pub time: Time,
+}
+
+/// The kinds of [`InstanceInterruption`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum InterruptionKind {
+    /// EC2 takes the spot instance back at the notice's time, about two
+    /// minutes after the notice; its sessions end then as `Interrupted`.
+    SpotInterruption,
+    /// EC2 recommends moving off the spot instance, which is at elevated
+    /// risk of interruption; it is drained like one the fleet no longer
+    /// needs, and its sessions run to their end.
+    RebalanceRecommendation,
 }
 
 /// Outcome of an SSM Run Command invocation on one instance.

@@ -253,6 +253,9 @@ pub enum SessionEndReason {
     Rejected,
     /// No agent started it within its start timeout.
     StartTimeout,
+    /// EC2 took its instance back (a spot interruption); the agent had
+    /// announced it and taken no new sessions since.
+    Interrupted,
 }
 
 /// Where clients reach the session; both go through the node's gateway and

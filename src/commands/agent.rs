@@ -92,17 +92,24 @@ pub(super) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             .as_deref()
             .map(agent::browser_user::BrowserUser::lookup)
             .transpose()?;
-        let identity = match args.instance_id.zip(args.advertise_address) {
-            Some((instance_id, advertise)) => NodeIdentity {
-                instance_id,
-                advertise,
-            },
-            None => {
-                let metadata = agent::imds::read(&aws).await?;
+        let metadata = agent::imds::client(&aws);
+        // On EC2 the identity comes from the metadata service, which then
+        // also gives EC2's notices; off EC2 it answers only where named.
+        let (identity, notices) = match args.instance_id.zip(args.advertise_address) {
+            Some((instance_id, advertise)) => (
                 NodeIdentity {
-                    advertise: format!("{}:{}", metadata.private_ip, settings.config.gateway_port),
-                    instance_id: metadata.instance_id,
-                }
+                    instance_id,
+                    advertise,
+                },
+                agent::imds::endpoint_named().then_some(metadata),
+            ),
+            None => {
+                let found = agent::imds::read(&metadata).await?;
+                let identity = NodeIdentity {
+                    advertise: format!("{}:{}", found.private_ip, settings.config.gateway_port),
+                    instance_id: found.instance_id,
+                };
+                (identity, Some(metadata))
             }
         };
         // Listening for SIGTERM before the start, which re-adopts browsers
@@ -118,6 +125,7 @@ pub(super) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             Sqs::new(&aws),
             agent::RunOptions {
                 aws_calls: Some(aws.recorder().clone()),
+                notices,
                 ..Default::default()
             },
         )

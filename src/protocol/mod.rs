@@ -37,7 +37,8 @@ pub use reply::{
 };
 pub use request::{CreateRequest, DeleteRequest, Inbound, MAX_TTL, parse_message};
 pub use state::{
-    AgentState, AnnouncementKind, HostedPhase, NodeAnnouncement, SessionState, StateError,
+    AgentState, AnnouncementKind, HostedPhase, InterruptionKind, InterruptionNotice,
+    NodeAnnouncement, SessionState, StateError,
 };
 pub use urls::{CallbackUrl, ReplyQueueUrl};
 

@@ -210,6 +210,8 @@ pub enum TerminationReason {
     /// The agent found it after a restart without a record it could adopt,
     /// and stopped it.
     Orphaned,
+    /// EC2 took its instance back (a spot interruption).
+    Interrupted,
 }
 
 /// `Display` and `as_str` give the wire spelling of a reason enum.
@@ -254,6 +256,7 @@ wire_names!(TerminationReason {
     Drained => "drained",
     FailedToStart => "failedToStart",
     Orphaned => "orphaned",
+    Interrupted => "interrupted",
 });
 
 /// A delete request an agent could not serve because it does not host the
@@ -658,6 +661,7 @@ mod tests {
             (TerminationReason::Drained, "drained"),
             (TerminationReason::FailedToStart, "failedToStart"),
             (TerminationReason::Orphaned, "orphaned"),
+            (TerminationReason::Interrupted, "interrupted"),
         ];
         for (reason, name) in all {
             assert_eq!(reason.to_string(), name);

@@ -51,6 +51,39 @@ pub struct AgentState {
     /// flight and as the slot reserved for it. Absent from older agents.
     #[serde(default)]
     pub held_requests: u32,
+    /// The notice EC2 gave about this instance's end, once the agent has
+    /// read one: it then takes no new sessions (`draining`). Absent from
+    /// older agents.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interruption: Option<InterruptionNotice>,
+}
+
+/// A notice the instance metadata service gives before EC2 takes a spot
+/// instance back, or when it recommends moving off one.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct InterruptionNotice {
+    /// Which notice.
+    pub kind: InterruptionKind,
+    /// What EC2 will do (`terminate`, `stop`, `hibernate`); interruptions
+    /// only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// When EC2 acts (an interruption) or when it made the recommendation
+    /// (a rebalance).
+    pub time: Timestamp,
+}
+
+/// The kinds of [`InterruptionNotice`].
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub enum InterruptionKind {
+    /// `spot/instance-action`: the instance is taken back at `time`, about
+    /// two minutes after the notice.
+    SpotInterruption,
+    /// `events/recommendations/rebalance`: the instance is at elevated risk
+    /// of interruption; nothing happens to it by itself.
+    RebalanceRecommendation,
 }
 
 /// One session in [`AgentState`].
@@ -179,6 +212,7 @@ mod tests {
             agent_version: "0.1.0".into(),
             artifact_sha256: None,
             draining: false,
+            interruption: None,
             slots: 2,
             free_slots: 1,
             ready_since: Timestamp::from_second(1_700_000_000).unwrap(),
@@ -202,6 +236,22 @@ mod tests {
         let text = String::from_utf8(json).unwrap();
         assert!(text.contains(r#""phase":"active""#), "{text}");
         assert!(!text.contains("idleSince"), "{text}");
+        assert!(!text.contains("interruption"), "{text}");
+    }
+
+    #[test]
+    fn an_interruption_notice_reads_back_as_written() {
+        let mut noticed = state();
+        noticed.draining = true;
+        noticed.interruption = Some(InterruptionNotice {
+            kind: InterruptionKind::SpotInterruption,
+            action: Some("terminate".into()),
+            time: Timestamp::from_second(1_700_000_120).unwrap(),
+        });
+        let json = serde_json::to_vec(&noticed).unwrap();
+        assert_eq!(AgentState::parse(&json).unwrap(), noticed);
+        let text = String::from_utf8(json).unwrap();
+        assert!(text.contains(r#""kind":"spotInterruption""#), "{text}");
     }
 
     #[test]

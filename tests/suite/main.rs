@@ -41,3 +41,4 @@ mod protocol_fuzz;
 mod scaling;
 mod session_policy;
 mod sessions;
+mod spot;

@@ -91,7 +91,7 @@ async fn ask_agents(
             let answer = match ctx.agents.state(&address, token).await {
                 // An address that now answers for another instance (reused
                 // by a new agent) says nothing about this one.
-                Ok(state) if state.instance_id == id.as_str() => AgentAnswer::State(state),
+                Ok(state) if state.instance_id == id.as_str() => AgentAnswer::State(Box::new(state)),
                 Ok(state) => {
                     tracing::warn!(instance = %id, %address, answered_for = %state.instance_id, "an agent of another instance answers at this address");
                     AgentAnswer::Silent

@@ -26,10 +26,12 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::BrowserFleetSpec;
 use crate::api::disruption::{DisruptionReason, ReplacementWaiting};
-use crate::api::fleet::{InstanceState, InstanceStatus, LaunchIntent};
+use crate::api::fleet::{
+    InstanceInterruption, InstanceState, InstanceStatus, InterruptionKind, LaunchIntent,
+};
 use crate::cloud::{Ec2State, FleetInstance, InstanceId, LaunchHash, QueueDepth};
 use crate::operator::fleet::launch::{self, LaunchProgress};
-use crate::protocol::AgentState;
+use crate::protocol::{self, AgentState, InterruptionNotice};
 use crate::scaling::policy::{
     self, Decision, InstanceView, Observation, PolicyConfig, PolicyMemory,
 };
@@ -72,7 +74,7 @@ pub struct Registration {
 #[derive(Clone, Debug, PartialEq)]
 pub enum AgentAnswer {
     /// It answered `GET /v1/state`.
-    State(AgentState),
+    State(Box<AgentState>),
     /// It was asked and did not answer (in time, or with an error).
     Silent,
 }
@@ -431,11 +433,23 @@ pub fn plan(
 
     // Everything EC2 lists (or has just launched) counts towards
     // maxInstances until it is gone, also what this reconcile terminates:
-    // its replacement is launched once it has left the listing.
+    // its replacement is launched once it has left the listing. Not an
+    // instance EC2 takes back within minutes: its replacement is needed
+    // before it goes.
+    let reclaimed = assessed
+        .iter()
+        .filter(|a| {
+            a.status
+                .interruption
+                .as_ref()
+                .is_some_and(|i| i.kind == InterruptionKind::SpotInterruption)
+        })
+        .count();
     let existing = u32::try_from(assessed.len()).unwrap_or(u32::MAX);
+    let counted_for_max = u32::try_from(assessed.len() - reclaimed).unwrap_or(u32::MAX);
     let room = u32::try_from(spec.capacity.max_instances)
         .unwrap_or(0)
-        .saturating_sub(existing);
+        .saturating_sub(counted_for_max);
     let backing_off = backoff_until.is_some_and(|until| now < until);
 
     let progress = launch::progress(previous.intent.as_ref(), &observed.instances);
@@ -456,7 +470,7 @@ pub fn plan(
             assessed: &assessed,
             retiring: &decision.drain,
             demand: observation.demand(),
-            existing,
+            existing: counted_for_max,
             policy_launch,
             launches_held,
         },
@@ -579,6 +593,20 @@ pub fn plan(
     (plan, memory)
 }
 
+/// A notice an agent reported, as status shows it.
+fn interruption(notice: &InterruptionNotice) -> InstanceInterruption {
+    InstanceInterruption {
+        kind: match notice.kind {
+            protocol::InterruptionKind::SpotInterruption => InterruptionKind::SpotInterruption,
+            protocol::InterruptionKind::RebalanceRecommendation => {
+                InterruptionKind::RebalanceRecommendation
+            }
+        },
+        action: notice.action.clone(),
+        time: Time(notice.time),
+    }
+}
+
 fn live_sessions(status: &InstanceStatus) -> u32 {
     u32::try_from(status.sessions).unwrap_or(0)
 }
@@ -669,6 +697,7 @@ fn assess(
         // Judged after the assessment, from the listing.
         disruption: None,
         replaces: before.and_then(|b| b.replaces.clone()),
+        interruption: before.and_then(|b| b.interruption.clone()),
     };
     let was = before.map(|b| b.state);
     let newly_registered = status.address.is_some()
@@ -721,6 +750,9 @@ fn assess(
                     status.agent_version = Some(state.agent_version.clone());
                     if state.artifact_sha256.is_some() {
                         status.agent_artifact_sha256 = state.artifact_sha256.clone();
+                    }
+                    if let Some(notice) = &state.interruption {
+                        status.interruption = Some(interruption(notice));
                     }
                     let stale = status
                         .last_seen

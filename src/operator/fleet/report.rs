@@ -64,6 +64,7 @@ pub(super) fn status_of(
             bootstrap: None,
             disruption: None,
             replaces: plan.replacing.get(n).map(|i| i.as_str().to_owned()),
+            interruption: None,
         });
     }
     instances.sort_by(|a, b| a.instance_id.cmp(&b.instance_id));

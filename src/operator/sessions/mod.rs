@@ -174,6 +174,10 @@ pub struct SessionMemory {
     pub send_failures: u32,
     /// No send before this.
     pub retry_at: Option<std::time::Instant>,
+    /// When last seen, the session's instance had EC2's notice that it is
+    /// taken back: once the instance is gone, the session was interrupted,
+    /// not crashed.
+    pub instance_reclaimed: bool,
 }
 
 impl SessionMemory {
@@ -315,7 +319,7 @@ async fn reconcile_session(
         SessionPhase::Pending | SessionPhase::Starting => {
             give_up_when_due(session, &status, ctx).await
         }
-        SessionPhase::Ready => check_ready(session, &status, ctx, fleets).await,
+        SessionPhase::Ready => check_ready(session, &status, ctx, fleets, memory).await,
         // Only set while the resource is being deleted.
         SessionPhase::Terminating => Ok(Action::requeue(Duration::from_secs(30))),
         SessionPhase::Terminated | SessionPhase::Failed => Ok(Action::await_change()),
@@ -658,6 +662,10 @@ async fn give_up_when_due(
     Ok(Action::await_change())
 }
 
+/// How often a ready session whose instance EC2 takes back is looked at:
+/// its end is reported by its agent, or found when the instance is gone.
+const RECLAIM_CHECK: Duration = Duration::from_secs(5);
+
 /// A ready session whose instance is gone, or whose end reply never came,
 /// has ended.
 async fn check_ready(
@@ -665,6 +673,7 @@ async fn check_ready(
     status: &BrowserSessionStatus,
     ctx: &Context,
     fleets: &FleetLink,
+    memory: &mut SessionMemory,
 ) -> Result<Action, Error> {
     let now = Timestamp::now();
     let instance = status.instance_id.clone().unwrap_or_default();
@@ -677,11 +686,22 @@ async fn check_ready(
             .is_none_or(|s| s.instances.iter().any(|i| i.instance_id == instance))
             || replies::address_of(fleets, f, &instance).is_some()
     });
+    if fleet
+        .as_ref()
+        .is_some_and(|f| replies::instance_reclaimed(f, &instance))
+    {
+        memory.instance_reclaimed = true;
+    }
     let overdue = status
         .expires_at
         .as_ref()
         .map(|e| later(e.0, END_REPLY_GRACE));
-    let ended = if ctx.caches.fleets_synced() && !hosted {
+    let ended = if ctx.caches.fleets_synced() && !hosted && memory.instance_reclaimed {
+        Some((
+            SessionEndReason::Interrupted,
+            format!("instance {instance} was taken back by EC2 (spot interruption)"),
+        ))
+    } else if ctx.caches.fleets_synced() && !hosted {
         Some((
             SessionEndReason::Crashed,
             format!("instance {instance} is gone"),
@@ -696,7 +716,12 @@ async fn check_ready(
     };
     let Some((reason, message)) = ended else {
         let next = overdue.map_or(Duration::from_secs(60), |o| until(o, now));
-        return Ok(Action::requeue(next.min(Duration::from_secs(60))));
+        let longest = if memory.instance_reclaimed {
+            RECLAIM_CHECK
+        } else {
+            Duration::from_secs(60)
+        };
+        return Ok(Action::requeue(next.min(longest)));
     };
     let terminated = Transition {
         status: BrowserSessionStatus {

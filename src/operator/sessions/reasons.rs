@@ -30,6 +30,7 @@ pub fn of_termination(reason: TerminationReason) -> SessionEndReason {
         TerminationReason::Deleted => SessionEndReason::Deleted,
         TerminationReason::Drained => SessionEndReason::Drained,
         TerminationReason::FailedToStart => SessionEndReason::FailedToStart,
+        TerminationReason::Interrupted => SessionEndReason::Interrupted,
     }
 }
 
@@ -60,6 +61,10 @@ mod tests {
         assert_eq!(
             of_termination(TerminationReason::Orphaned),
             SessionEndReason::Crashed
+        );
+        assert_eq!(
+            of_termination(TerminationReason::Interrupted),
+            SessionEndReason::Interrupted
         );
     }
 }

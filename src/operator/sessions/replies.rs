@@ -410,6 +410,19 @@ pub fn instance_alive(fleet: &BrowserFleet, instance: &str) -> bool {
     })
 }
 
+/// Whether the fleet's status says that EC2 takes the instance back (its
+/// agent reported a spot interruption notice).
+pub fn instance_reclaimed(fleet: &BrowserFleet, instance: &str) -> bool {
+    fleet.status.as_ref().is_some_and(|s| {
+        s.instances.iter().any(|i| {
+            i.instance_id == instance
+                && i.interruption.as_ref().is_some_and(|n| {
+                    n.kind == crate::api::fleet::InterruptionKind::SpotInterruption
+                })
+        })
+    })
+}
+
 /// Every agent address of the fleet.
 fn all_addresses(fleets: &FleetLink, fleet: &BrowserFleet) -> Vec<String> {
     let mut addresses = fleets.registered_addresses(fleet);

@@ -5,10 +5,12 @@
 //! agent process (`browserfleet agent`, the same binary) once the instance's
 //! launch time plus the boot delay has passed and its fleet's configuration
 //! parameter exists. The agent reads that parameter from SSM as on EC2, and
-//! gets from the command line what EC2 would give it through the metadata
-//! service and what many agents on one host must not share: the instance id,
-//! a loopback address to advertise, its own listener port, browser ports and
-//! state directory (`<work dir>/<instance id>`).
+//! gets from the command line what many agents on one host must not share:
+//! the instance id, a loopback address to advertise, its own listener port,
+//! browser ports and state directory (`<work dir>/<instance id>`). Each node
+//! also serves its own instance metadata ([`metadata`]), where EC2's spot
+//! interruption and rebalance notices are posted
+//! ([`NodeSimulator::interrupt`], [`NodeSimulator::recommend_rebalance`]).
 //!
 //! When the instance stops, terminates or leaves the listing, the agent is
 //! stopped (SIGTERM, then SIGKILL after a grace period) and every browser it
@@ -28,6 +30,7 @@
 //! the agent as root without a script: most tests need nodes, not boots,
 //! and a boot copies the agent and creates users.
 
+mod metadata;
 mod run_command;
 pub mod user_data;
 
@@ -249,6 +252,8 @@ struct Node {
     /// so that a restarted agent is found where its sessions' clients and
     /// browsers look for it.
     listen_ports: Option<(u16, u16)>,
+    /// Its instance metadata service ([`metadata`]).
+    metadata: metadata::Metadata,
 }
 
 /// What one listing means for the nodes, decided by [`plan`].
@@ -351,7 +356,8 @@ struct Shared {
 /// Plays EC2 and the node's service manager for the instances moto reports.
 pub struct NodeSimulator {
     shared: Arc<Shared>,
-    /// The Run Command stand-ins serving.
+    /// The Run Command stand-ins serving, and reclaims of interrupted spot
+    /// instances to come.
     stand_ins: Mutex<Vec<JoinHandle<()>>>,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<()>>,
@@ -456,6 +462,51 @@ impl NodeSimulator {
         // SIGKILL cannot be caught; the bound only guards against a runtime
         // that no longer reaps.
         let _ = tokio::time::timeout(self.shared.options.stop_grace, exit.wait()).await;
+        Ok(())
+    }
+
+    /// Gives the node of `instance` EC2's spot interruption notice, as AWS
+    /// does about two minutes ahead: its metadata service shows the
+    /// instance terminated `warning` from now, and then the simulator
+    /// terminates the instance in EC2.
+    pub fn interrupt(&self, instance: &InstanceId, warning: Duration) -> Result<(), NodeError> {
+        let at = jiff::Timestamp::now()
+            .checked_add(jiff::SignedDuration::try_from(warning).unwrap_or_default())
+            .unwrap_or_else(|_| jiff::Timestamp::now());
+        {
+            let nodes = self.shared.lock();
+            let node = nodes
+                .get(instance)
+                .ok_or_else(|| NodeError::NoAgent(instance.clone()))?;
+            node.metadata.post_interruption(at);
+        }
+        tracing::info!(instance = %instance, ?warning, "spot interruption notice posted");
+        let shared = self.shared.clone();
+        let id = instance.clone();
+        let reclaim = tokio::spawn(async move {
+            tokio::time::sleep(warning).await;
+            match shared.compute.terminate(std::slice::from_ref(&id)).await {
+                Ok(()) => tracing::info!(instance = %id, "spot instance taken back"),
+                Err(error) => {
+                    tracing::warn!(instance = %id, %error, "cannot take the spot instance back")
+                }
+            }
+        });
+        self.stand_ins
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(reclaim);
+        Ok(())
+    }
+
+    /// Gives the node of `instance` EC2's rebalance recommendation; nothing
+    /// happens to the instance by itself.
+    pub fn recommend_rebalance(&self, instance: &InstanceId) -> Result<(), NodeError> {
+        let nodes = self.shared.lock();
+        let node = nodes
+            .get(instance)
+            .ok_or_else(|| NodeError::NoAgent(instance.clone()))?;
+        node.metadata.post_rebalance(jiff::Timestamp::now());
         Ok(())
     }
 
@@ -704,6 +755,13 @@ impl Shared {
                     tracing::warn!(instance = %id, "no browser ports left for another node");
                     continue;
                 };
+                let metadata = match metadata::Metadata::serve(&id) {
+                    Ok(metadata) => metadata,
+                    Err(error) => {
+                        tracing::warn!(instance = %id, %error, "cannot serve the node's metadata; trying again at the next poll");
+                        continue;
+                    }
+                };
                 tracing::info!(instance = %id, fleet = %format!("{}/{}", fleet.0, fleet.1), "instance running; booting");
                 let phase = Phase::Booting { due };
                 nodes.insert(
@@ -714,6 +772,7 @@ impl Shared {
                         phase,
                         unit: None,
                         listen_ports: None,
+                        metadata,
                     },
                 );
             }
@@ -805,7 +864,9 @@ impl Shared {
             return;
         }
         let spawned = match (self.options.boot, &node.unit) {
-            (BootMode::Direct, _) => self.spawn_agent(id, &parameter, node.block),
+            (BootMode::Direct, _) => {
+                self.spawn_agent(id, &parameter, node.block, &node.metadata.endpoint)
+            }
             (BootMode::UserData, Some(unit)) => {
                 let ports = match node.listen_ports {
                     Some(ports) => ports,
@@ -817,7 +878,7 @@ impl Shared {
                         }
                     },
                 };
-                self.spawn_unit(id, unit, node.block, ports)
+                self.spawn_unit(id, unit, node.block, ports, &node.metadata.endpoint)
             }
             (BootMode::UserData, None) => {
                 tracing::info!("running the instance's user data");
@@ -847,6 +908,7 @@ impl Shared {
         id: &InstanceId,
         parameter: &str,
         block: usize,
+        metadata: &str,
     ) -> Result<Spawned, NodeStartError> {
         let (first, last) = self
             .options
@@ -861,12 +923,23 @@ impl Shared {
         let spec = LaunchSpec {
             program: self.options.agent_binary.clone(),
             args: agent_args(id, parameter, (first, last), &state_dir),
-            env: self.aws_env.clone(),
+            env: self.agent_env(metadata),
             working_dir: Some(self.options.work_dir.clone()),
             log_file: Some(self.options.work_dir.join(format!("{id}.log"))),
             run_as: None,
         };
         Ok(self.processes.spawn(&spec)?)
+    }
+
+    /// The agent's environment: the simulator's AWS endpoint and region, and
+    /// its node's metadata service.
+    fn agent_env(&self, metadata: &str) -> Vec<(String, String)> {
+        let mut env = self.aws_env.clone();
+        env.push((
+            "AWS_EC2_METADATA_SERVICE_ENDPOINT".to_owned(),
+            metadata.to_owned(),
+        ));
+        env
     }
 
     /// Starts the agent as its unit says, with the node's identity and ports.
@@ -876,6 +949,7 @@ impl Shared {
         unit: &AgentUnit,
         block: usize,
         listen_ports: (u16, u16),
+        metadata: &str,
     ) -> Result<Spawned, NodeStartError> {
         let ports = self
             .options
@@ -886,7 +960,7 @@ impl Shared {
         let spec = LaunchSpec {
             program,
             args,
-            env: self.aws_env.clone(),
+            env: self.agent_env(metadata),
             working_dir: Some(self.options.work_dir.clone()),
             log_file: Some(self.options.work_dir.join(format!("{id}.log"))),
             run_as: None,

@@ -49,7 +49,7 @@ fn instance(id: &str, launched: i64, state: Ec2State) -> FleetInstance {
 }
 
 fn agent(id: &str, sessions: usize, draining: bool) -> AgentAnswer {
-    AgentAnswer::State(AgentState {
+    AgentAnswer::State(Box::new(AgentState {
         held_requests: 0,
         version: STATE_VERSION,
         instance_id: id.into(),
@@ -57,6 +57,7 @@ fn agent(id: &str, sessions: usize, draining: bool) -> AgentAnswer {
         agent_version: "0.1.0".into(),
         artifact_sha256: None,
         draining,
+        interruption: None,
         slots: 2,
         free_slots: 2 - sessions as u32,
         ready_since: at(10),
@@ -72,7 +73,7 @@ fn agent(id: &str, sessions: usize, draining: bool) -> AgentAnswer {
                 used: true,
             })
             .collect(),
-    })
+    }))
 }
 
 fn registration(address: &str, heard: i64) -> Registration {
@@ -205,6 +206,7 @@ fn a_just_launched_instance_the_listing_does_not_show_yet_still_counts() {
         bootstrap: None,
         disruption: None,
         replaces: None,
+        interruption: None,
     }];
     let plan = world.plan();
     assert_eq!(plan.launch, None, "{}", plan.decision.reason);
@@ -234,6 +236,7 @@ fn a_draining_agent_that_went_silent_after_an_empty_answer_has_drained() {
         bootstrap: None,
         disruption: None,
         replaces: None,
+        interruption: None,
     }];
     world
         .observed
@@ -263,6 +266,7 @@ fn a_restarted_operator_judges_silence_from_when_it_started_watching() {
         bootstrap: None,
         disruption: None,
         replaces: None,
+        interruption: None,
     }];
     world.observed.registrations.clear();
     world
@@ -389,6 +393,7 @@ fn a_registration_resets_the_back_off() {
         bootstrap: None,
         disruption: None,
         replaces: None,
+        interruption: None,
     }];
     let plan = world.plan();
     assert_eq!(plan.boot_failures, 0);
@@ -421,6 +426,7 @@ fn a_draining_instance_with_a_session_stays_until_it_ends_or_the_timeout() {
         bootstrap: None,
         disruption: None,
         replaces: None,
+        interruption: None,
     }];
     world
         .observed
@@ -456,6 +462,7 @@ fn a_draining_instance_whose_agent_is_silent_is_not_terminated_as_empty() {
         bootstrap: None,
         disruption: None,
         replaces: None,
+        interruption: None,
     }];
     world
         .observed
@@ -492,6 +499,7 @@ fn a_draining_agent_that_said_it_drained_as_it_stopped_is_terminated() {
         bootstrap: None,
         disruption: None,
         replaces: None,
+        interruption: None,
     }];
     world
         .observed
@@ -728,6 +736,7 @@ impl World {
             bootstrap: None,
             disruption: None,
             replaces: Some(original.into()),
+            interruption: None,
         });
         if registered {
             self.observed
@@ -952,4 +961,36 @@ fn a_replacement_forgets_its_original_once_that_one_is_gone() {
     let world = drifting(1, 2, "1", 60).replacement("i-3", "i-1", 50, true);
     let plan = world.plan();
     assert_eq!(world.status_of(&plan, "i-3").replaces, None);
+}
+
+#[test]
+fn a_spot_notice_drains_its_instance_and_launches_a_replacement_beyond_a_full_fleet() {
+    // A full fleet (maxInstances 2) whose busy instance gets EC2's notice.
+    let mut world = World::new(spec(2, 2), 100).ready("i-1", 1).ready("i-2", 1);
+    if let Some(AgentAnswer::State(state)) = world.observed.answers.get_mut(&InstanceId::new("i-1"))
+    {
+        state.draining = true;
+        state.interruption = Some(crate::protocol::InterruptionNotice {
+            kind: crate::protocol::InterruptionKind::SpotInterruption,
+            action: Some("terminate".into()),
+            time: at(220),
+        });
+    }
+    let plan = world.plan();
+    let noticed = plan
+        .instances
+        .iter()
+        .find(|i| i.instance_id == "i-1")
+        .expect("listed");
+    assert_eq!(noticed.state, InstanceState::Draining);
+    let interruption = noticed.interruption.as_ref().expect("shown");
+    assert_eq!(interruption.kind, InterruptionKind::SpotInterruption);
+    assert_eq!(interruption.time, Time(at(220)));
+    assert!(plan.terminate.is_empty(), "its session still runs");
+    assert_eq!(
+        plan.launch.map(|l| l.count),
+        Some(1),
+        "a replacement, though the fleet is at maxInstances"
+    );
+    assert_eq!(plan.current, 2, "status still counts the instance");
 }
