@@ -586,15 +586,20 @@ fn stabilized_requirement(memory: &PolicyMemory, config: &PolicyConfig, now: Tim
         .unwrap_or(0)
 }
 
-/// Up to `excess` booting instances that host no session, disrupted ones
+/// Up to `excess` instances EC2 has not started yet, disrupted ones
 /// first, then newest first: a launch no longer needed costs nothing more
 /// once cancelled, and the newest has the longest boot still ahead of it.
 fn pick_booting_to_cancel(observation: &Observation, excess: u32) -> Vec<InstanceId> {
     let mut booting: Vec<&InstanceView> = observation
         .instances
         .iter()
-        // One that hosts sessions is serving, only not yet heard from.
-        .filter(|i| i.phase.is_booting() && i.sessions == 0)
+        // Only one EC2 has not started: once it runs, its agent may take
+        // requests before the operator hears its registration, and its
+        // sessions are then counted nowhere yet (their requests gone from
+        // the queue, their Ready replies not read). One that runs either
+        // registers (and, idle, is drained by the rule below) or is
+        // replaced at the ready timeout.
+        .filter(|i| i.phase == InstanceState::Pending && i.sessions == 0)
         .collect();
     booting.sort_by_key(|i| (!i.disrupted, std::cmp::Reverse(i.launched_at), i.id.clone()));
     booting

@@ -670,9 +670,21 @@ fn a_booting_instance_that_browser_sessions_name_is_not_cancelled() {
         plan.terminate,
         plan.decision.reason
     );
-    // Without them, nothing says it serves: the same booting instance is
-    // cancelled as no longer needed.
+    // Without them nothing says it serves, yet it runs: its agent may have
+    // taken requests whose sessions no status names yet (their Ready
+    // replies unread). It is not cancelled either.
     world.observed.session_hosts.clear();
+    world.observed.now = at(600);
+    let plan = plan_after_the_window(&mut world, 1);
+    assert!(
+        plan.terminate.is_empty(),
+        "{:?}: {}",
+        plan.terminate,
+        plan.decision.reason
+    );
+    // One EC2 has not started runs no agent: it is cancelled as no longer
+    // needed.
+    world.observed.instances.last_mut().expect("i-3").state = Ec2State::Pending;
     world.observed.now = at(600);
     let plan = plan_after_the_window(&mut world, 1);
     assert_eq!(
