@@ -1,8 +1,9 @@
-//! Spot interruptions end to end: the node simulator posts EC2's notice on
-//! a node's metadata service and takes the instance back when the notice
-//! says; the agent reads the notice, takes no more work and tells the
-//! operator, which launches a replacement at once; the node's sessions end
-//! `Interrupted`, reported by their agent before the instance goes.
+//! Spot notices end to end: the node simulator posts EC2's rebalance
+//! recommendation, then its interruption notice, on a node's metadata
+//! service, and takes the instance back when the notice says; the agent
+//! reads each, takes no more work and tells the operator, which launches a
+//! replacement at once; the node's sessions end `Interrupted`, reported by
+//! their agent before the instance goes.
 
 use std::time::Duration;
 
@@ -29,8 +30,16 @@ fn instance<'a>(fleet: &'a BrowserFleet, id: &str) -> Option<&'a InstanceStatus>
         .find(|i| i.instance_id == id)
 }
 
+/// Whether status shows `id` draining with a notice of `kind`.
+fn noticed(fleet: &BrowserFleet, id: &str, kind: InterruptionKind) -> bool {
+    instance(fleet, id).is_some_and(|i| {
+        i.state == InstanceState::Draining
+            && i.interruption.as_ref().is_some_and(|n| n.kind == kind)
+    })
+}
+
 #[tokio::test(flavor = "multi_thread")]
-async fn a_spot_notice_stops_intake_launches_a_replacement_and_ends_sessions_interrupted() {
+async fn spot_notices_stop_intake_launch_a_replacement_and_end_sessions_interrupted() {
     let world = OperatorWorld::new("spot-notice").await;
     let _operator = world.start_operator(test_settings(), None).await;
     let nodes = world.start_nodes(|_| {});
@@ -44,39 +53,47 @@ async fn a_spot_notice_stops_intake_launches_a_replacement_and_ends_sessions_int
     let doomed = before.status.clone().unwrap().instance_id.unwrap();
     assert_eq!(world.instances().await.len(), 1);
 
+    // A rebalance recommendation first: the agent takes no new sessions,
+    // status shows it, and a replacement is launched; the session runs on.
     nodes
-        .interrupt(&InstanceId::new(&doomed), WARNING)
-        .expect("a node to interrupt");
-    // The agent tells the operator: status shows the notice, the instance
-    // takes no new sessions, and a replacement is launched beside it
-    // (maxInstances 2 has room for it even if the fleet were full, since
-    // the reclaimed instance no longer counts).
-    let noticed = world
-        .wait_for("the notice in status", |f| {
-            instance(f, &doomed).is_some_and(|i| {
-                i.state == InstanceState::Draining
-                    && i.interruption
-                        .as_ref()
-                        .is_some_and(|n| n.kind == InterruptionKind::SpotInterruption)
-            })
+        .recommend_rebalance(&InstanceId::new(&doomed))
+        .expect("a node to warn");
+    world
+        .wait_for("the recommendation in status", |f| {
+            noticed(f, &doomed, InterruptionKind::RebalanceRecommendation)
         })
         .await;
-    let notice = instance(&noticed, &doomed)
-        .and_then(|i| i.interruption.clone())
-        .expect("notice");
-    assert_eq!(notice.action.as_deref(), Some("terminate"));
     eventually("a replacement launched", WAIT, || async {
         world.instances().await.len() == 2
     })
     .await;
-
     // A session asked for now starts on the replacement.
     world
         .apply_session(&world.session("after", json!({})))
         .await;
     let after = world.wait_for_phase("after", SessionPhase::Ready).await;
     let host = after.status.clone().unwrap().instance_id.unwrap();
-    assert_ne!(host, doomed, "the interrupted node took no new session");
+    assert_ne!(host, doomed, "the warned node took no new session");
+
+    // Then EC2's interruption notice.
+    nodes
+        .interrupt(&InstanceId::new(&doomed), WARNING)
+        .expect("a node to interrupt");
+    let fleet = world
+        .wait_for("the interruption in status", |f| {
+            noticed(f, &doomed, InterruptionKind::SpotInterruption)
+        })
+        .await;
+    let notice = instance(&fleet, &doomed)
+        .and_then(|i| i.interruption.clone())
+        .expect("notice");
+    assert_eq!(notice.action.as_deref(), Some("terminate"));
+    let live = world.sessions().get("before").await.expect("session");
+    assert_eq!(
+        live.status.map(|s| s.phase),
+        Some(SessionPhase::Ready),
+        "a notice alone ends nothing"
+    );
 
     // The interrupted node's session ends as such, before EC2 takes the
     // instance back.
