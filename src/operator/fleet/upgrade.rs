@@ -115,11 +115,7 @@ fn excerpt(stderr: &str, stdout: &str) -> Option<String> {
         stderr
     };
     let line = text.lines().rev().find(|l| !l.trim().is_empty())?.trim();
-    let mut end = line.len().min(MESSAGE_LIMIT);
-    while !line.is_char_boundary(end) {
-        end -= 1;
-    }
-    Some(line[..end].to_owned())
+    Some(line[..line.floor_char_boundary(MESSAGE_LIMIT)].to_owned())
 }
 
 /// Runs the step on `status` (see the module's docs).

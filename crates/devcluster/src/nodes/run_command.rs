@@ -323,13 +323,7 @@ async fn run(
 }
 
 fn cut(mut text: String) -> String {
-    if text.len() > OUTPUT_LIMIT {
-        let mut end = OUTPUT_LIMIT;
-        while !text.is_char_boundary(end) {
-            end -= 1;
-        }
-        text.truncate(end);
-    }
+    text.truncate(text.floor_char_boundary(OUTPUT_LIMIT));
     text
 }
 
