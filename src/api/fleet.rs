@@ -1274,6 +1274,10 @@ pub struct BootstrapStatus {
     /// A short excerpt of its output when it failed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
+    /// When it was sent: an upgrade that succeeded counts as failed if the
+    /// agent does not report the artifact within five minutes of this.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sent_at: Option<Time>,
 }
 
 /// The queues the fleet uses.

@@ -16,7 +16,10 @@
 //!    rollout stands.
 //!
 //! An instance is up to date when its agent reports the artifact's SHA-256
-//! as its own executable's: what runs, not what was sent.
+//! as its own executable's: what runs, not what was sent. A command that
+//! succeeded holds its place in the batch until then; one whose agent still
+//! reports another artifact [`CONFIRM_WITHIN`] after it was sent counts as
+//! failed (a restart that did not take, an agent that cannot read itself).
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
@@ -34,6 +37,11 @@ pub const CONDITION_AGENTS_UP_TO_DATE: &str = "AgentsUpToDate";
 
 /// Longest excerpt of a failed command's output kept in status.
 const MESSAGE_LIMIT: usize = 200;
+
+/// How long after an upgrade was sent its agent may take to report the new
+/// artifact: a restart and one digest of the executable, with room for a
+/// slow Windows logon.
+pub const CONFIRM_WITHIN: std::time::Duration = std::time::Duration::from_secs(300);
 
 /// What the rollout does now.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -71,9 +79,11 @@ pub fn decide(desired: &str, instances: &[InstanceStatus], limits: &UpgradeSpec)
         decision.outdated += 1;
         match running_for(instance, desired).map(|b| b.state) {
             None => candidates.push(instance.instance_id.clone()),
-            Some(CommandState::Pending | CommandState::InProgress) => in_flight += 1,
-            // Sent and done: the restarted agent reports soon.
-            Some(CommandState::Success) => {}
+            // Sent and done, the restarted agent not yet reporting: still
+            // part of its batch.
+            Some(CommandState::Pending | CommandState::InProgress | CommandState::Success) => {
+                in_flight += 1
+            }
             Some(CommandState::Failed | CommandState::TimedOut | CommandState::Cancelled) => {
                 decision.failed.push(instance.instance_id.clone())
             }
@@ -130,6 +140,7 @@ pub(super) async fn roll_out(fleet: &BrowserFleet, status: &mut BrowserFleetStat
     };
     let desired = artifact.sha256.to_ascii_lowercase();
     poll(status, ctx).await;
+    unconfirmed_fail(status, &desired, jiff::Timestamp::now());
     let limits = &spec.agent.upgrade;
     let decision = decide(&desired, &status.instances, limits);
     let mut sending_failed = None;
@@ -194,6 +205,40 @@ async fn poll(status: &mut BrowserFleetStatus, ctx: &Context) {
     }
 }
 
+/// Marks failed each upgrade to `desired` that succeeded more than
+/// [`CONFIRM_WITHIN`] after it was sent while its ready agent still reports
+/// another artifact. An upgrade without a send time (recorded by an older
+/// operator) is timed from now.
+fn unconfirmed_fail(status: &mut BrowserFleetStatus, desired: &str, now: jiff::Timestamp) {
+    for instance in &mut status.instances {
+        let reports = instance.agent_artifact_sha256.clone();
+        if instance.state != InstanceState::Ready || reports.as_deref() == Some(desired) {
+            continue;
+        }
+        let Some(bootstrap) = instance.bootstrap.as_mut() else {
+            continue;
+        };
+        if bootstrap.artifact_sha256.as_deref() != Some(desired)
+            || bootstrap.state != CommandState::Success
+        {
+            continue;
+        }
+        let sent = bootstrap.sent_at.get_or_insert(Time(now)).0;
+        let waited: std::time::Duration = now
+            .duration_since(sent)
+            .try_into()
+            .unwrap_or(std::time::Duration::ZERO);
+        if waited >= CONFIRM_WITHIN {
+            bootstrap.state = CommandState::Failed;
+            bootstrap.message = Some(format!(
+                "the command succeeded, but {}s later the agent still reports artifact {}",
+                CONFIRM_WITHIN.as_secs(),
+                reports.as_deref().map_or("(none)", short)
+            ));
+        }
+    }
+}
+
 fn record_sent(
     status: &mut BrowserFleetStatus,
     sent: &[String],
@@ -207,6 +252,7 @@ fn record_sent(
                 artifact_sha256: Some(desired.to_owned()),
                 state: CommandState::Pending,
                 message: None,
+                sent_at: Some(Time(jiff::Timestamp::now())),
             });
         }
     }
@@ -291,6 +337,7 @@ mod tests {
             artifact_sha256: Some(artifact.to_owned()),
             state,
             message: None,
+            sent_at: None,
         });
         status
     }
@@ -326,11 +373,70 @@ mod tests {
             artifact_sha256: Some("v2".into()),
             state: CommandState::InProgress,
             message: None,
+            sent_at: None,
         });
         assert_eq!(decide("v2", &instances, &limits(2, 0)).send, ["i-2"]);
-        // Done but not yet reporting: not sent again.
+        // Done but its agent not yet reporting: not sent again, and still
+        // part of its batch.
         instances[0].bootstrap.as_mut().unwrap().state = CommandState::Success;
+        assert_eq!(decide("v2", &instances, &limits(2, 0)).send, ["i-2"]);
+        assert!(decide("v2", &instances, &limits(1, 0)).send.is_empty());
+        // Reporting: the batch has room again.
+        instances[0].agent_artifact_sha256 = Some("v2".into());
         assert_eq!(decide("v2", &instances, &limits(1, 0)).send, ["i-2"]);
+    }
+
+    #[test]
+    fn a_success_the_agent_never_confirms_fails_after_the_grace() {
+        let t0: jiff::Timestamp = "2026-12-07T10:00:00Z".parse().unwrap();
+        let mut status = BrowserFleetStatus {
+            instances: vec![instance(
+                "i-1",
+                InstanceState::Ready,
+                "v1",
+                Some(("v2", CommandState::Success)),
+            )],
+            ..Default::default()
+        };
+        // No send time (an older operator's record): timed from now.
+        unconfirmed_fail(&mut status, "v2", t0);
+        let bootstrap = status.instances[0].bootstrap.clone().unwrap();
+        assert_eq!(bootstrap.state, CommandState::Success);
+        assert_eq!(bootstrap.sent_at, Some(Time(t0)));
+        let later = |seconds: i64| t0 + jiff::SignedDuration::from_secs(seconds);
+        unconfirmed_fail(&mut status, "v2", later(299));
+        assert_eq!(
+            status.instances[0].bootstrap.as_ref().unwrap().state,
+            CommandState::Success
+        );
+        unconfirmed_fail(&mut status, "v2", later(300));
+        let failed = status.instances[0].bootstrap.clone().unwrap();
+        assert_eq!(failed.state, CommandState::Failed);
+        assert!(
+            failed
+                .message
+                .as_deref()
+                .unwrap()
+                .contains("still reports artifact v1"),
+            "{failed:?}"
+        );
+        let decision = decide("v2", &status.instances, &limits(1, 0));
+        assert!(decision.halted, "{decision:?}");
+        // One whose agent reports the artifact is left alone.
+        let mut confirmed = BrowserFleetStatus {
+            instances: vec![instance(
+                "i-2",
+                InstanceState::Ready,
+                "v2",
+                Some(("v2", CommandState::Success)),
+            )],
+            ..Default::default()
+        };
+        unconfirmed_fail(&mut confirmed, "v2", later(3600));
+        assert_eq!(
+            confirmed.instances[0].bootstrap.as_ref().unwrap().state,
+            CommandState::Success
+        );
     }
 
     #[test]
