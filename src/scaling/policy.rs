@@ -15,7 +15,8 @@
 //!   Windows boot does not trigger a second launch for the same demand;
 //! * scale up at once, within `maxLaunchesPerMinute`;
 //! * scale down only to the highest requirement seen over the stabilization
-//!   window: first cancel launches still booting (newest first), then retire
+//!   window: first cancel launches EC2 has not started (newest first; a
+//!   running one not yet heard from waits for its registration), then retire
 //!   instances that have been idle for `idleTimeoutSeconds`. An idle instance
 //!   is drained first (its agent stops taking requests) and terminated on a
 //!   later decision if it is still empty, so a request taken in between is
@@ -381,7 +382,17 @@ pub fn decide(
         let keep = if held { counted } else { needed };
         let excess = counted.saturating_sub(keep);
         let cancel = pick_booting_to_cancel(observation, excess);
-        let left = excess.saturating_sub(u32::try_from(cancel.len()).unwrap_or(u32::MAX));
+        // A running instance not yet heard from is excess too, though it is
+        // not cancelled: it is drained once it registers and idles, so a
+        // ready one is not drained in its place now.
+        let unheard = observation
+            .instances
+            .iter()
+            .filter(|i| i.phase == InstanceState::Bootstrapping && i.sessions == 0)
+            .count();
+        let left = excess
+            .saturating_sub(u32::try_from(cancel.len()).unwrap_or(u32::MAX))
+            .saturating_sub(u32::try_from(unheard).unwrap_or(u32::MAX));
         let drain = pick_idle_to_drain(observation, config, left);
         let action = if held {
             "holding: no scale-in within one stabilization window of taking over".to_owned()
@@ -758,6 +769,36 @@ mod tests {
             !d.drain.contains(&InstanceId::new("i-1")),
             "busy instance kept"
         );
+    }
+
+    #[test]
+    fn a_running_instance_not_yet_heard_from_is_neither_cancelled_nor_drained_for() {
+        let c = config();
+        let unheard = InstanceView {
+            id: InstanceId::new("b-1"),
+            phase: InstanceState::Bootstrapping,
+            sessions: 0,
+            idle_since: None,
+            launched_at: at(400),
+            ready_at: None,
+            disrupted: false,
+        };
+        // min 1 + warm 1 = 2 needed; three instances, all idle long enough.
+        let fleet = vec![ready(1, 0, Some(0)), ready(2, 0, Some(0)), unheard.clone()];
+        let memory = PolicyMemory::default();
+        let (d, _) = decide(&c, &observe(1000, 0, 0, fleet), &memory);
+        assert!(d.terminate.is_empty(), "{d:?}");
+        assert!(
+            d.drain.is_empty(),
+            "the unheard one is the excess, not a ready one: {d:?}"
+        );
+        // EC2 has not started it: it is cancelled.
+        let mut pending = unheard;
+        pending.phase = InstanceState::Pending;
+        let fleet = vec![ready(1, 0, Some(0)), ready(2, 0, Some(0)), pending];
+        let (d, _) = decide(&c, &observe(1000, 0, 0, fleet), &memory);
+        assert_eq!(d.terminate, vec![InstanceId::new("b-1")], "{d:?}");
+        assert!(d.drain.is_empty(), "{d:?}");
     }
 
     #[test]
