@@ -105,13 +105,29 @@ pub async fn look(client: &imds::Client) -> Result<Option<InterruptionNotice>, N
     }
 }
 
-/// Reads the notices every [`POLL_INTERVAL`] until the agent stops, and
-/// hands each new one to the agent. A service that does not answer is
-/// reported once per outage, not every poll.
+/// Reads the notices once and hands a new one to the agent, which then
+/// tells the operator.
+pub async fn look_once<Q: Queues + 'static>(
+    agent: &Agent<Q>,
+    client: &imds::Client,
+) -> Result<(), NoticeError> {
+    if let Some(notice) = look(client).await?
+        && agent.take_notice(notice)
+    {
+        agent.announce(AnnouncementKind::Heartbeat).await;
+    }
+    Ok(())
+}
+
+/// Reads the notices every [`POLL_INTERVAL`] until the agent stops. A
+/// service that does not answer is reported once per outage, not every
+/// poll.
 pub async fn watch<Q: Queues + 'static>(agent: Arc<Agent<Q>>, client: imds::Client) {
     let mut stopping = agent.stopping();
     let mut tick = tokio::time::interval(POLL_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first tick is at once, and [`look_once`] has just looked.
+    tick.tick().await;
     let mut failing = false;
     loop {
         tokio::select! {
@@ -121,25 +137,15 @@ pub async fn watch<Q: Queues + 'static>(agent: Arc<Agent<Q>>, client: imds::Clie
         if *stopping.borrow() {
             return;
         }
-        match look(&client).await {
-            Ok(notice) => {
-                if failing {
-                    tracing::info!("EC2's notices are readable again");
-                }
-                failing = false;
-                if let Some(notice) = notice
-                    && agent.take_notice(notice)
-                {
-                    agent.announce(AnnouncementKind::Heartbeat).await;
-                }
+        let looked = look_once(&agent, &client).await;
+        match &looked {
+            Ok(()) if failing => tracing::info!("EC2's notices are readable again"),
+            Err(error) if !failing => {
+                tracing::warn!(%error, "cannot read EC2's notices; trying again every 5 s")
             }
-            Err(error) => {
-                if !failing {
-                    tracing::warn!(%error, "cannot read EC2's notices; trying again");
-                }
-                failing = true;
-            }
+            _ => {}
         }
+        failing = looked.is_err();
     }
 }
 

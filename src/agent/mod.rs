@@ -260,10 +260,18 @@ async fn serve<Q: Queues + 'static>(
     // request. An agent that hosts sessions the operator cannot see would
     // look like an empty booting instance, which scaling may cancel.
     register(&agent, &mut stopping).await;
+    // A notice already posted (an agent restarted during an interruption)
+    // is taken before the first request.
+    let notices = match options.notices {
+        Some(client) => {
+            if let Err(error) = interruptions::look_once(&agent, &client).await {
+                tracing::warn!(%error, "cannot read EC2's notices before taking requests");
+            }
+            Some(tokio::spawn(interruptions::watch(agent.clone(), client)))
+        }
+        None => None,
+    };
     let intake = tokio::spawn(agent.intake(options.intake).run());
-    if let Some(client) = options.notices {
-        tokio::spawn(interruptions::watch(agent.clone(), client));
-    }
     let mut supervisor = agent.supervisor();
     let mut tick = tokio::time::interval(SUPERVISION_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -291,6 +299,10 @@ async fn serve<Q: Queues + 'static>(
         }
     }
     let _ = intake.await;
+    if let Some(notices) = notices {
+        // It ends at the stop too, after a metadata call in flight.
+        notices.abort();
+    }
     // Websocket clients keep their connections to the browsers open; the
     // listener's graceful shutdown would wait for them, so it gets a moment.
     let _ = tokio::time::timeout(Duration::from_secs(2), server).await;

@@ -52,6 +52,37 @@ pub struct DrainDeadline {
     pub ends_as: TerminationReason,
 }
 
+impl DrainDeadline {
+    /// The deadline EC2's interruption at `time` sets: [`INTERRUPTION_MARGIN`]
+    /// before it, or now when that has passed. `now` is the present on both
+    /// clocks.
+    pub fn before_interruption(time: jiff::Timestamp, now: (Instant, jiff::Timestamp)) -> Self {
+        let left: Duration = time
+            .duration_since(now.1)
+            .try_into()
+            .unwrap_or(Duration::ZERO);
+        DrainDeadline {
+            at: now.0 + left.saturating_sub(INTERRUPTION_MARGIN),
+            ends_as: TerminationReason::Interrupted,
+        }
+    }
+
+    /// Whether this deadline takes the place of `current`: the earlier one
+    /// holds.
+    fn replaces(&self, current: Option<&DrainDeadline>) -> bool {
+        current.is_none_or(|current| self.at < current.at)
+    }
+}
+
+/// Whether `notice` tells more than `known`: a first notice does, and an
+/// interruption after a rebalance recommendation.
+fn is_news(known: Option<&InterruptionNotice>, notice: &InterruptionNotice) -> bool {
+    known.is_none_or(|old| {
+        old.kind == InterruptionKind::RebalanceRecommendation
+            && notice.kind == InterruptionKind::SpotInterruption
+    })
+}
+
 /// Who this agent is.
 #[derive(Clone, Debug)]
 pub struct NodeIdentity {
@@ -229,27 +260,30 @@ impl<Q: Queues + 'static> Agent<Q> {
     /// still running at the drain timeout end as `drained`; then the agent
     /// stops.
     pub fn start_drain(&self) {
-        self.drain_until(
-            Instant::now() + self.settings.drain_timeout,
-            TerminationReason::Drained,
-        );
+        self.drain_until(DrainDeadline {
+            at: Instant::now() + self.settings.drain_timeout,
+            ends_as: TerminationReason::Drained,
+        });
     }
 
-    /// Drains by `at` at the latest: an earlier deadline than the drain's
-    /// (if one runs) takes its place, with the reason the sessions still
-    /// running then end with.
-    fn drain_until(&self, at: Instant, ends_as: TerminationReason) {
-        self.draining.send_if_modified(|deadline| match deadline {
-            Some(current) if current.at <= at => false,
-            _ => {
-                tracing::info!(
-                    in_seconds = at.saturating_duration_since(Instant::now()).as_secs(),
-                    %ends_as,
-                    "drain started"
-                );
-                *deadline = Some(DrainDeadline { at, ends_as });
-                true
+    /// Drains by `deadline` at the latest: one earlier than the drain's (if
+    /// one runs) takes its place, with the reason the sessions still running
+    /// then end with.
+    fn drain_until(&self, deadline: DrainDeadline) {
+        self.draining.send_if_modified(|current| {
+            if !deadline.replaces(current.as_ref()) {
+                return false;
             }
+            tracing::info!(
+                in_seconds = deadline
+                    .at
+                    .saturating_duration_since(Instant::now())
+                    .as_secs(),
+                ends_as = %deadline.ends_as,
+                "drain deadline set"
+            );
+            *current = Some(deadline);
+            true
         });
     }
 
@@ -257,19 +291,11 @@ impl<Q: Queues + 'static> Agent<Q> {
     /// now, and on an interruption the sessions still running shortly before
     /// EC2 takes the instance end as `interrupted` (so their clients hear it
     /// from the agent rather than from a dead connection). Whether the notice
-    /// was news; the operator is told of it at once.
+    /// was news, which the operator is then to be told.
     pub fn take_notice(&self, notice: InterruptionNotice) -> bool {
         {
             let mut known = self.interruption.lock().unwrap_or_else(|e| e.into_inner());
-            let news = match known.as_ref() {
-                None => true,
-                // An interruption outranks a rebalance recommendation.
-                Some(old) => {
-                    old.kind == InterruptionKind::RebalanceRecommendation
-                        && notice.kind == InterruptionKind::SpotInterruption
-                }
-            };
-            if !news {
+            if !is_news(known.as_ref(), &notice) {
                 return false;
             }
             tracing::warn!(?notice, "EC2 gave notice about this instance");
@@ -277,13 +303,10 @@ impl<Q: Queues + 'static> Agent<Q> {
         }
         match notice.kind {
             InterruptionKind::SpotInterruption => {
-                let left = notice
-                    .time
-                    .duration_since(jiff::Timestamp::now())
-                    .try_into()
-                    .unwrap_or(Duration::ZERO);
-                let at = Instant::now() + left.saturating_sub(INTERRUPTION_MARGIN);
-                self.drain_until(at, TerminationReason::Interrupted);
+                self.drain_until(DrainDeadline::before_interruption(
+                    notice.time,
+                    (Instant::now(), jiff::Timestamp::now()),
+                ))
             }
             InterruptionKind::RebalanceRecommendation => self.start_drain(),
         }
@@ -497,4 +520,62 @@ fn own_digest() -> std::io::Result<String> {
         context.update(&buffer[..read]);
     }
     Ok(hex::encode(context.finish()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn notice(kind: InterruptionKind, time: &str) -> InterruptionNotice {
+        InterruptionNotice {
+            kind,
+            action: None,
+            time: time.parse().unwrap(),
+        }
+    }
+
+    #[test]
+    fn an_interruption_ends_sessions_a_margin_before_it_or_now() {
+        let now = (Instant::now(), "2026-12-07T10:00:00Z".parse().unwrap());
+        let two_minutes =
+            DrainDeadline::before_interruption("2026-12-07T10:02:00Z".parse().unwrap(), now);
+        assert_eq!(two_minutes.at, now.0 + Duration::from_secs(105));
+        assert_eq!(two_minutes.ends_as, TerminationReason::Interrupted);
+        for passed in ["2026-12-07T10:00:10Z", "2026-12-07T09:59:00Z"] {
+            let deadline = DrainDeadline::before_interruption(passed.parse().unwrap(), now);
+            assert_eq!(deadline.at, now.0, "{passed}");
+        }
+    }
+
+    #[test]
+    fn the_earlier_deadline_holds() {
+        let now = Instant::now();
+        let drain = DrainDeadline {
+            at: now + Duration::from_secs(3600),
+            ends_as: TerminationReason::Drained,
+        };
+        let interruption = DrainDeadline {
+            at: now + Duration::from_secs(105),
+            ends_as: TerminationReason::Interrupted,
+        };
+        assert!(drain.replaces(None));
+        assert!(interruption.replaces(Some(&drain)));
+        assert!(!drain.replaces(Some(&interruption)));
+        assert!(!interruption.replaces(Some(&interruption)));
+    }
+
+    #[test]
+    fn an_interruption_after_a_recommendation_is_news_and_nothing_else_is() {
+        let rebalance = notice(
+            InterruptionKind::RebalanceRecommendation,
+            "2026-12-07T10:00:00Z",
+        );
+        let interruption = notice(InterruptionKind::SpotInterruption, "2026-12-07T10:02:00Z");
+        assert!(is_news(None, &rebalance));
+        assert!(is_news(None, &interruption));
+        assert!(is_news(Some(&rebalance), &interruption));
+        assert!(!is_news(Some(&interruption), &rebalance));
+        assert!(!is_news(Some(&interruption), &interruption));
+        assert!(!is_news(Some(&rebalance), &rebalance));
+    }
 }

@@ -1211,7 +1211,9 @@ pub struct InstanceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub replaces: Option<String>,
     /// The notice EC2 gave about its end, as its agent reported it: it
-    /// takes no new sessions from then, and a replacement is launched.
+    /// takes no new sessions from then (`Draining`), so the fleet launches
+    /// what its demand needs; a spot-interrupted instance no longer counts
+    /// against `maxInstances`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interruption: Option<InstanceInterruption>,
 }

@@ -53,8 +53,13 @@ pub struct AgentState {
     pub held_requests: u32,
     /// The notice EC2 gave about this instance's end, once the agent has
     /// read one: it then takes no new sessions (`draining`). Absent from
-    /// older agents.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// older agents; one this reader cannot read (a kind of notice added
+    /// later) reads as absent rather than making the whole state unreadable.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "readable_or_none"
+    )]
     pub interruption: Option<InterruptionNotice>,
 }
 
@@ -72,6 +77,17 @@ pub struct InterruptionNotice {
     /// When EC2 acts (an interruption) or when it made the recommendation
     /// (a rebalance).
     pub time: Timestamp,
+}
+
+/// A field that is `None` when its value is absent, null or not one this
+/// build knows.
+fn readable_or_none<'de, D, T>(deserializer: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: serde::de::DeserializeOwned,
+{
+    let value = Option::<serde_json::Value>::deserialize(deserializer)?;
+    Ok(value.and_then(|v| serde_json::from_value(v).ok()))
 }
 
 /// The kinds of [`InterruptionNotice`].
@@ -252,6 +268,11 @@ mod tests {
         assert_eq!(AgentState::parse(&json).unwrap(), noticed);
         let text = String::from_utf8(json).unwrap();
         assert!(text.contains(r#""kind":"spotInterruption""#), "{text}");
+        // A kind this build does not know leaves the rest readable.
+        let later = text.replace("spotInterruption", "scheduledMaintenance");
+        let read = AgentState::parse(later.as_bytes()).unwrap();
+        assert_eq!(read.interruption, None);
+        assert!(read.draining);
     }
 
     #[test]

@@ -45,6 +45,9 @@ async fn spot_notices_stop_intake_launch_a_replacement_and_end_sessions_interrup
     let nodes = world.start_nodes(|_| {});
     let mut fleet = world.fleet(1, 2);
     fleet["spec"]["instance"]["capacityType"] = json!("spot");
+    // The rebalance drain must not end the session before the interruption
+    // does, however long the replacement takes to boot.
+    fleet["spec"]["scaling"]["drainTimeoutSeconds"] = json!(600);
     world.apply(&fleet).await;
     world
         .apply_session(&world.session("before", json!({})))

@@ -447,9 +447,15 @@ pub fn plan(
         .count();
     let existing = u32::try_from(assessed.len()).unwrap_or(u32::MAX);
     let counted_for_max = u32::try_from(assessed.len() - reclaimed).unwrap_or(u32::MAX);
+    // Nor past what status can list, so that every instance's state
+    // survives a restart.
+    let listable = u32::try_from(MAX_LISTED_INSTANCES)
+        .unwrap_or(u32::MAX)
+        .saturating_sub(existing);
     let room = u32::try_from(spec.capacity.max_instances)
         .unwrap_or(0)
-        .saturating_sub(counted_for_max);
+        .saturating_sub(counted_for_max)
+        .min(listable);
     let backing_off = backoff_until.is_some_and(|until| now < until);
 
     let progress = launch::progress(previous.intent.as_ref(), &observed.instances);
@@ -734,8 +740,9 @@ fn assess(
             }
         }
         Ec2State::Running => {
+            // An agent with EC2's notice drains itself.
             let draining = was == Some(InstanceState::Draining)
-                || matches!(answer, Some(AgentAnswer::State(s)) if s.draining);
+                || matches!(answer, Some(AgentAnswer::State(s)) if s.draining || s.interruption.is_some());
             match (&status.address, answer) {
                 (None, _) => {
                     status.state = InstanceState::Bootstrapping;

@@ -305,6 +305,7 @@ async fn reconcile_session(
     }
     let status = session.status.clone().unwrap_or_default();
     if finished(status.phase) {
+        memory.instance_reclaimed = false;
         return collect_when_due(session, &status, ctx).await;
     }
     let session = &if session.finalizers().iter().any(|f| f == FINALIZER) {

@@ -154,3 +154,109 @@ async fn item(
         None => StatusCode::NOT_FOUND.into_response(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    use super::*;
+
+    /// One HTTP/1.1 exchange: the status code and the body.
+    async fn call(
+        endpoint: &str,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> (u16, String) {
+        let address = endpoint.trim_start_matches("http://");
+        let mut stream = tokio::net::TcpStream::connect(address).await.unwrap();
+        let mut request = format!(
+            "{method} {path} HTTP/1.1\r\nHost: {address}\r\nConnection: close\r\nContent-Length: 0\r\n"
+        );
+        for (name, value) in headers {
+            request.push_str(&format!("{name}: {value}\r\n"));
+        }
+        request.push_str("\r\n");
+        stream.write_all(request.as_bytes()).await.unwrap();
+        let mut response = String::new();
+        stream.read_to_string(&mut response).await.unwrap();
+        let code = response[9..12].parse().unwrap();
+        let body = response
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        (code, body)
+    }
+
+    #[tokio::test]
+    async fn it_answers_as_imdsv2_does() {
+        let metadata = Metadata::serve(&InstanceId::new("i-0abc")).unwrap();
+        let endpoint = metadata.endpoint.clone();
+        let get = |path: &'static str, token: Option<String>| {
+            let endpoint = endpoint.clone();
+            async move {
+                let headers: Vec<(&str, &str)> = token
+                    .as_deref()
+                    .map(|t| vec![(TOKEN_HEADER, t)])
+                    .unwrap_or_default();
+                call(&endpoint, "GET", path, &headers).await
+            }
+        };
+        for ttl in ["0", "21601", "soon"] {
+            let (code, _) = call(
+                &endpoint,
+                "PUT",
+                "/latest/api/token",
+                &[(TOKEN_TTL_HEADER, ttl)],
+            )
+            .await;
+            assert_eq!(code, 400, "ttl {ttl}");
+        }
+        let (code, token) = call(
+            &endpoint,
+            "PUT",
+            "/latest/api/token",
+            &[(TOKEN_TTL_HEADER, "21600")],
+        )
+        .await;
+        assert_eq!(code, 200);
+        assert_eq!(get("/latest/meta-data/instance-id", None).await.0, 401);
+        assert_eq!(
+            get("/latest/meta-data/instance-id", Some("forged".into()))
+                .await
+                .0,
+            401
+        );
+        let token = Some(token);
+        assert_eq!(
+            get("/latest/meta-data/instance-id", token.clone()).await,
+            (200, "i-0abc".to_owned())
+        );
+        assert_eq!(
+            get("/latest/meta-data/local-ipv4", token.clone()).await,
+            (200, "127.0.0.1".to_owned())
+        );
+        let action = "/latest/meta-data/spot/instance-action";
+        let rebalance = "/latest/meta-data/events/recommendations/rebalance";
+        assert_eq!(get(action, token.clone()).await.0, 404);
+        assert_eq!(get(rebalance, token.clone()).await.0, 404);
+
+        let at: Timestamp = "2026-12-07T10:02:00.5Z".parse().unwrap();
+        metadata.post_rebalance(at);
+        metadata.post_interruption(at);
+        let (code, body) = get(action, token.clone()).await;
+        assert_eq!(code, 200);
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"action": "terminate", "time": "2026-12-07T10:02:00Z"})
+        );
+        let (code, body) = get(rebalance, token).await;
+        assert_eq!(code, 200);
+        let body: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(
+            body,
+            serde_json::json!({"noticeTime": "2026-12-07T10:02:00Z"})
+        );
+    }
+}

@@ -468,7 +468,7 @@ impl NodeSimulator {
     /// Gives the node of `instance` EC2's spot interruption notice, as AWS
     /// does about two minutes ahead: its metadata service shows the
     /// instance terminated `warning` from now, and then the simulator
-    /// terminates the instance in EC2.
+    /// terminates the instance in EC2. Must run inside a tokio runtime.
     pub fn interrupt(&self, instance: &InstanceId, warning: Duration) -> Result<(), NodeError> {
         let at = jiff::Timestamp::now()
             .checked_add(jiff::SignedDuration::try_from(warning).unwrap_or_default())

@@ -981,7 +981,7 @@ fn a_spot_notice_drains_its_instance_and_launches_a_replacement_beyond_a_full_fl
     let mut world = World::new(spec(2, 2), 100).ready("i-1", 1).ready("i-2", 1);
     if let Some(AgentAnswer::State(state)) = world.observed.answers.get_mut(&InstanceId::new("i-1"))
     {
-        state.draining = true;
+        // What its agent reports besides `draining`, which it also sets.
         state.interruption = Some(crate::protocol::InterruptionNotice {
             kind: crate::protocol::InterruptionKind::SpotInterruption,
             action: Some("terminate".into()),
