@@ -1233,7 +1233,23 @@ pub struct InstanceInterruption {
     pub time: Time,
 }
 
-/// The kinds of [`InstanceInterruption`].
+impl From<&crate::protocol::InterruptionNotice> for InstanceInterruption {
+    /// A notice as its agent reported it, as status shows it.
+    fn from(notice: &crate::protocol::InterruptionNotice) -> Self {
+        use crate::protocol::InterruptionKind as Wire;
+        InstanceInterruption {
+            kind: match notice.kind {
+                Wire::SpotInterruption => InterruptionKind::SpotInterruption,
+                Wire::RebalanceRecommendation => InterruptionKind::RebalanceRecommendation,
+            },
+            action: notice.action.clone(),
+            time: Time(notice.time),
+        }
+    }
+}
+
+/// The kinds of [`InstanceInterruption`] (those of
+/// `protocol::InterruptionKind`, spelt as the API spells enums).
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 pub enum InterruptionKind {
     /// EC2 takes the spot instance back at the notice's time, about two

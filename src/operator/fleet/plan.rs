@@ -31,7 +31,7 @@ use crate::api::fleet::{
 };
 use crate::cloud::{Ec2State, FleetInstance, InstanceId, LaunchHash, QueueDepth};
 use crate::operator::fleet::launch::{self, LaunchProgress};
-use crate::protocol::{self, AgentState, InterruptionNotice};
+use crate::protocol::AgentState;
 use crate::scaling::policy::{
     self, Decision, InstanceView, Observation, PolicyConfig, PolicyMemory,
 };
@@ -599,20 +599,6 @@ pub fn plan(
     (plan, memory)
 }
 
-/// A notice an agent reported, as status shows it.
-fn interruption(notice: &InterruptionNotice) -> InstanceInterruption {
-    InstanceInterruption {
-        kind: match notice.kind {
-            protocol::InterruptionKind::SpotInterruption => InterruptionKind::SpotInterruption,
-            protocol::InterruptionKind::RebalanceRecommendation => {
-                InterruptionKind::RebalanceRecommendation
-            }
-        },
-        action: notice.action.clone(),
-        time: Time(notice.time),
-    }
-}
-
 fn live_sessions(status: &InstanceStatus) -> u32 {
     u32::try_from(status.sessions).unwrap_or(0)
 }
@@ -759,7 +745,7 @@ fn assess(
                         status.agent_artifact_sha256 = state.artifact_sha256.clone();
                     }
                     if let Some(notice) = &state.interruption {
-                        status.interruption = Some(interruption(notice));
+                        status.interruption = Some(InstanceInterruption::from(notice));
                     }
                     let stale = status
                         .last_seen
