@@ -234,6 +234,9 @@ enum Phase {
     },
     /// The agent exited by itself; it stays down while the instance runs.
     Down,
+    /// The agent is being stopped to be started again (a unit restart by
+    /// Run Command); the poll loop leaves the node alone meanwhile.
+    Restarting,
 }
 
 /// One running instance the simulator plays a node for.
@@ -680,20 +683,18 @@ impl Shared {
     /// be re-adopted), then its unit's command again, which now runs
     /// whatever file is installed.
     async fn restart_agent(&self, id: &InstanceId) {
-        // Held back from the poll loop while the old agent stops.
-        let held = SystemTime::now() + Duration::from_secs(3600);
         let agent = {
             let mut nodes = self.lock();
             let Some(node) = nodes.get_mut(id) else {
                 return;
             };
-            match std::mem::replace(&mut node.phase, Phase::Booting { due: held }) {
+            match std::mem::replace(&mut node.phase, Phase::Restarting) {
                 Phase::Running { agent, .. } => Some(agent),
                 Phase::Installing { script } => {
                     node.phase = Phase::Installing { script };
                     return;
                 }
-                Phase::Booting { .. } | Phase::Down => None,
+                Phase::Booting { .. } | Phase::Down | Phase::Restarting => None,
             }
         };
         if let Some(agent) = agent {
@@ -704,7 +705,7 @@ impl Shared {
             self.stop_agent(agent).await;
         }
         if let Some(node) = self.lock().get_mut(id)
-            && matches!(node.phase, Phase::Booting { due } if due == held)
+            && matches!(node.phase, Phase::Restarting)
         {
             node.phase = Phase::Booting {
                 due: SystemTime::now(),
@@ -839,7 +840,7 @@ impl Shared {
                     }
                     return;
                 }
-                Phase::Down => return,
+                Phase::Down | Phase::Restarting => return,
                 Phase::Booting { due } if *due > now => return,
                 Phase::Booting { .. } => node.fleet.clone(),
             }
@@ -975,7 +976,7 @@ impl Shared {
         match node.phase {
             Phase::Running { agent, .. } => self.stop_agent(agent).await,
             Phase::Installing { script } => script.abort(),
-            Phase::Booting { .. } | Phase::Down => {}
+            Phase::Booting { .. } | Phase::Down | Phase::Restarting => {}
         }
         self.kill_browsers(&self.state_dir(id)).await;
         let node_dir = self.node_dir(id);
