@@ -17,9 +17,10 @@ use testkit::agent_world::eventually;
 use testkit::operator_world::{OperatorWorld, WAIT, test_settings};
 
 /// How long before the reclaim the notice comes: shorter than EC2's two
-/// minutes, longer than the agent's end-of-sessions margin (15 s) plus its
-/// 5 s poll, so that the sessions are seen to end before their instance.
-const WARNING: Duration = Duration::from_secs(30);
+/// minutes, and 30 s longer than the agent's end-of-sessions margin (15 s),
+/// so that a loaded machine still shows the notice in status while the
+/// session runs, and the session ending before its instance.
+const WARNING: Duration = Duration::from_secs(45);
 
 fn instance<'a>(fleet: &'a BrowserFleet, id: &str) -> Option<&'a InstanceStatus> {
     fleet
