@@ -1105,6 +1105,17 @@ pub struct BrowserFleetStatus {
     pub conditions: Vec<Condition>,
 }
 
+impl BrowserFleet {
+    /// What the fleet's status says of `instance`, if it lists it.
+    pub fn instance_status(&self, instance: &str) -> Option<&InstanceStatus> {
+        self.status
+            .as_ref()?
+            .instances
+            .iter()
+            .find(|i| i.instance_id == instance)
+    }
+}
+
 /// A launch decided and not yet complete.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]

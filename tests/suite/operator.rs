@@ -194,17 +194,24 @@ async fn a_queue_burst_scales_out_is_served_and_idle_scales_back_to_the_minimum(
     drop(cdp);
 
     // End every session: the fleet goes back to its minimum.
-    let fleet = world.get().await;
+    // The fleet's status names an agent's address on the fleet
+    // reconciler's schedule, which may come after the agent's reply.
+    let hosts: Vec<&str> = ready
+        .iter()
+        .map(|s| s["instanceId"].as_str().unwrap())
+        .collect();
+    let fleet = world
+        .wait_for("the hosting instances' addresses", |f| {
+            hosts
+                .iter()
+                .all(|id| f.instance_status(id).is_some_and(|i| i.address.is_some()))
+        })
+        .await;
     let token = world.fleet_token().await;
     for session in &ready {
         let instance = session["instanceId"].as_str().unwrap();
         let address = fleet
-            .status
-            .as_ref()
-            .unwrap()
-            .instances
-            .iter()
-            .find(|i| i.instance_id == instance)
+            .instance_status(instance)
             .and_then(|i| i.address.clone())
             .expect("address of the hosting instance");
         let (code, body) = testkit::http::call(

@@ -376,16 +376,7 @@ async fn an_operator_restarted_between_enqueue_and_reply_makes_the_session_ready
     // reconciler writes on its own schedule: a session can be Ready before
     // the status names the address of the instance that serves it.
     let instance = first.status.clone().unwrap().instance_id.unwrap();
-    let address_of = |fleet: &BrowserFleet| {
-        fleet
-            .status
-            .as_ref()?
-            .instances
-            .iter()
-            .find(|i| i.instance_id == instance)?
-            .address
-            .clone()
-    };
+    let address_of = |fleet: &BrowserFleet| fleet.instance_status(&instance)?.address.clone();
     let fleet = world
         .wait_for("the instance's registered address", |f| {
             address_of(f).is_some()

@@ -8,7 +8,7 @@
 use std::time::Duration;
 
 use browserfleet::api::BrowserFleet;
-use browserfleet::api::fleet::{InstanceState, InstanceStatus, InterruptionKind};
+use browserfleet::api::fleet::{InstanceState, InterruptionKind};
 use browserfleet::api::session::{SessionEndReason, SessionPhase};
 use browserfleet::cloud::InstanceId;
 use serde_json::json;
@@ -22,18 +22,9 @@ use testkit::operator_world::{OperatorWorld, WAIT, test_settings};
 /// session runs, and the session ending before its instance.
 const WARNING: Duration = Duration::from_secs(45);
 
-fn instance<'a>(fleet: &'a BrowserFleet, id: &str) -> Option<&'a InstanceStatus> {
-    fleet
-        .status
-        .as_ref()?
-        .instances
-        .iter()
-        .find(|i| i.instance_id == id)
-}
-
 /// Whether status shows `id` draining with a notice of `kind`.
 fn noticed(fleet: &BrowserFleet, id: &str, kind: InterruptionKind) -> bool {
-    instance(fleet, id).is_some_and(|i| {
+    fleet.instance_status(id).is_some_and(|i| {
         i.state == InstanceState::Draining
             && i.interruption.as_ref().is_some_and(|n| n.kind == kind)
     })
@@ -88,7 +79,8 @@ async fn spot_notices_stop_intake_launch_a_replacement_and_end_sessions_interrup
             noticed(f, &doomed, InterruptionKind::SpotInterruption)
         })
         .await;
-    let notice = instance(&fleet, &doomed)
+    let notice = fleet
+        .instance_status(&doomed)
         .and_then(|i| i.interruption.clone())
         .expect("notice");
     assert_eq!(notice.action.as_deref(), Some("terminate"));

@@ -387,40 +387,26 @@ async fn end_unwanted(
 /// The address to dial for an instance's agent: its registration, else the
 /// one recorded in fleet status.
 pub fn address_of(fleets: &FleetLink, fleet: &BrowserFleet, instance: &str) -> Option<String> {
-    fleets.registered_address(fleet, instance).or_else(|| {
-        fleet
-            .status
-            .as_ref()?
-            .instances
-            .iter()
-            .find(|i| i.instance_id == instance)?
-            .address
-            .clone()
-    })
+    fleets
+        .registered_address(fleet, instance)
+        .or_else(|| fleet.instance_status(instance)?.address.clone())
 }
 
 /// Whether the fleet still lists the instance as one that may run a
 /// browser.
 pub fn instance_alive(fleet: &BrowserFleet, instance: &str) -> bool {
-    fleet.status.as_ref().is_some_and(|s| {
-        s.instances.iter().any(|i| {
-            i.instance_id == instance
-                && !matches!(i.state, crate::api::fleet::InstanceState::Terminating)
-        })
-    })
+    fleet
+        .instance_status(instance)
+        .is_some_and(|i| !matches!(i.state, crate::api::fleet::InstanceState::Terminating))
 }
 
 /// Whether the fleet's status says that EC2 takes the instance back (its
 /// agent reported a spot interruption notice).
 pub fn instance_reclaimed(fleet: &BrowserFleet, instance: &str) -> bool {
-    fleet.status.as_ref().is_some_and(|s| {
-        s.instances.iter().any(|i| {
-            i.instance_id == instance
-                && i.interruption.as_ref().is_some_and(|n| {
-                    n.kind == crate::api::fleet::InterruptionKind::SpotInterruption
-                })
-        })
-    })
+    fleet
+        .instance_status(instance)
+        .and_then(|i| i.interruption.as_ref())
+        .is_some_and(|n| n.kind == crate::api::fleet::InterruptionKind::SpotInterruption)
 }
 
 /// Every agent address of the fleet.
