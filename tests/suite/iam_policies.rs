@@ -142,15 +142,23 @@ async fn every_call_of_an_end_to_end_run_is_allowed_by_its_policy() {
     world.delete_session("iam").await;
     world.wait_session_gone("iam").await;
 
-    // Every agent's calls, while they run.
-    let fleet = world.get().await;
-    let addresses: Vec<String> = fleet
-        .status
-        .iter()
-        .flat_map(|s| s.instances.iter())
-        .filter_map(|i| i.address.clone())
-        .collect();
-    assert!(addresses.len() >= 2, "the burst scaled out: {addresses:?}");
+    // Every agent's calls, while they run. The fleet's status names the
+    // agents' addresses on the fleet reconciler's schedule, which may come
+    // after their replies.
+    let addresses_in = |fleet: &browserfleet::api::BrowserFleet| -> Vec<String> {
+        fleet
+            .status
+            .iter()
+            .flat_map(|s| s.instances.iter())
+            .filter_map(|i| i.address.clone())
+            .collect()
+    };
+    let fleet = world
+        .wait_for("the burst scaled out to two agents with addresses", |f| {
+            addresses_in(f).len() >= 2
+        })
+        .await;
+    let addresses = addresses_in(&fleet);
     let mut node_calls = BTreeSet::new();
     for address in &addresses {
         node_calls.extend(agent_calls(address).await);
