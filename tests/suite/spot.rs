@@ -2,8 +2,9 @@
 //! recommendation, then its interruption notice, on a node's metadata
 //! service, and takes the instance back when the notice says; the agent
 //! reads each, takes no more work and tells the operator, which launches a
-//! replacement at once; the node's sessions end `Interrupted`, reported by
-//! their agent before the instance goes.
+//! replacement at once — on a full fleet too, since an instance EC2 takes
+//! back no longer counts against `maxInstances`; the node's sessions end
+//! `Interrupted`, reported by their agent before the instance goes.
 
 use std::time::Duration;
 
@@ -120,5 +121,55 @@ async fn spot_notices_stop_intake_launch_a_replacement_and_end_sessions_interrup
     .await;
     let after = world.sessions().get("after").await.expect("session");
     assert_eq!(after.status.map(|s| s.phase), Some(SessionPhase::Ready));
+    nodes.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_full_fleet_replaces_an_interrupted_instance_before_ec2_takes_it() {
+    let world = OperatorWorld::new("spot-full").await;
+    let _operator = world.start_operator(test_settings(), None).await;
+    let nodes = world.start_nodes(|_| {});
+    // Full at one instance: only a reclaimed instance's exemption from
+    // maxInstances lets its replacement in before it goes.
+    let mut fleet = world.fleet(1, 1);
+    fleet["spec"]["instance"]["capacityType"] = json!("spot");
+    world.apply(&fleet).await;
+    world.apply_session(&world.session("only", json!({}))).await;
+    let only = world.wait_for_phase("only", SessionPhase::Ready).await;
+    let doomed = only.status.clone().unwrap().instance_id.unwrap();
+
+    nodes
+        .interrupt(&InstanceId::new(&doomed), WARNING)
+        .expect("a node to interrupt");
+    world
+        .wait_for("the interruption in status", |f| {
+            noticed(f, &doomed, InterruptionKind::SpotInterruption)
+        })
+        .await;
+    eventually(
+        "a replacement beside the interrupted instance",
+        WAIT,
+        || async {
+            let ids: Vec<String> = world
+                .instances()
+                .await
+                .iter()
+                .map(|i| i.id.as_str().to_owned())
+                .collect();
+            ids.len() == 2 && ids.contains(&doomed)
+        },
+    )
+    .await;
+    let ended = world.wait_for_phase("only", SessionPhase::Terminated).await;
+    assert_eq!(
+        ended.status.and_then(|s| s.reason),
+        Some(SessionEndReason::Interrupted)
+    );
+    // Once EC2 has taken it, the fleet is back at its maximum of one.
+    eventually("the interrupted instance gone", WAIT, || async {
+        let instances = world.instances().await;
+        instances.len() == 1 && instances[0].id.as_str() != doomed
+    })
+    .await;
     nodes.shutdown().await;
 }
