@@ -1244,6 +1244,16 @@ pub struct InstanceInterruption {
     pub time: Time,
 }
 
+impl InstanceStatus {
+    /// Whether EC2 takes the instance back: its agent reported a spot
+    /// interruption notice.
+    pub fn reclaimed(&self) -> bool {
+        self.interruption
+            .as_ref()
+            .is_some_and(|i| i.kind == InterruptionKind::SpotInterruption)
+    }
+}
+
 impl From<&crate::protocol::InterruptionNotice> for InstanceInterruption {
     /// A notice as its agent reported it, as status shows it.
     fn from(notice: &crate::protocol::InterruptionNotice) -> Self {

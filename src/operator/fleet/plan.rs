@@ -26,9 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::BrowserFleetSpec;
 use crate::api::disruption::{DisruptionReason, ReplacementWaiting};
-use crate::api::fleet::{
-    InstanceInterruption, InstanceState, InstanceStatus, InterruptionKind, LaunchIntent,
-};
+use crate::api::fleet::{InstanceInterruption, InstanceState, InstanceStatus, LaunchIntent};
 use crate::cloud::{Ec2State, FleetInstance, InstanceId, LaunchHash, QueueDepth};
 use crate::operator::fleet::launch::{self, LaunchProgress};
 use crate::protocol::AgentState;
@@ -295,7 +293,8 @@ fn seconds(value: i32) -> Duration {
     Duration::from_secs(u64::try_from(value).unwrap_or(0))
 }
 
-fn since(now: Timestamp, earlier: Timestamp) -> Duration {
+/// Time from `earlier` to `now`; zero when `earlier` is later.
+pub(super) fn since(now: Timestamp, earlier: Timestamp) -> Duration {
     now.duration_since(earlier)
         .try_into()
         .unwrap_or(Duration::ZERO)
@@ -436,15 +435,7 @@ pub fn plan(
     // its replacement is launched once it has left the listing. Not an
     // instance EC2 takes back within minutes: its replacement is needed
     // before it goes.
-    let reclaimed = assessed
-        .iter()
-        .filter(|a| {
-            a.status
-                .interruption
-                .as_ref()
-                .is_some_and(|i| i.kind == InterruptionKind::SpotInterruption)
-        })
-        .count();
+    let reclaimed = assessed.iter().filter(|a| a.status.reclaimed()).count();
     let existing = u32::try_from(assessed.len()).unwrap_or(u32::MAX);
     let counted_for_max = u32::try_from(assessed.len() - reclaimed).unwrap_or(u32::MAX);
     // Nor past what status can list, so that every instance's state

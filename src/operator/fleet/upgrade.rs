@@ -224,11 +224,7 @@ fn unconfirmed_fail(status: &mut BrowserFleetStatus, desired: &str, now: jiff::T
             continue;
         }
         let sent = bootstrap.sent_at.get_or_insert(Time(now)).0;
-        let waited: std::time::Duration = now
-            .duration_since(sent)
-            .try_into()
-            .unwrap_or(std::time::Duration::ZERO);
-        if waited >= CONFIRM_WITHIN {
+        if super::plan::since(now, sent) >= CONFIRM_WITHIN {
             bootstrap.state = CommandState::Failed;
             bootstrap.message = Some(format!(
                 "the command succeeded, but {}s later the agent still reports artifact {}",

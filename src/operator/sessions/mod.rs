@@ -697,16 +697,18 @@ async fn check_ready(
         .expires_at
         .as_ref()
         .map(|e| later(e.0, END_REPLY_GRACE));
-    let ended = if ctx.caches.fleets_synced() && !hosted && memory.instance_reclaimed {
-        Some((
-            SessionEndReason::Interrupted,
-            format!("instance {instance} was taken back by EC2 (spot interruption)"),
-        ))
-    } else if ctx.caches.fleets_synced() && !hosted {
-        Some((
-            SessionEndReason::Crashed,
-            format!("instance {instance} is gone"),
-        ))
+    let ended = if ctx.caches.fleets_synced() && !hosted {
+        Some(if memory.instance_reclaimed {
+            (
+                SessionEndReason::Interrupted,
+                format!("instance {instance} was taken back by EC2 (spot interruption)"),
+            )
+        } else {
+            (
+                SessionEndReason::Crashed,
+                format!("instance {instance} is gone"),
+            )
+        })
     } else if overdue.is_some_and(|o| now >= o) {
         Some((
             SessionEndReason::Expired,

@@ -405,8 +405,7 @@ pub fn instance_alive(fleet: &BrowserFleet, instance: &str) -> bool {
 pub fn instance_reclaimed(fleet: &BrowserFleet, instance: &str) -> bool {
     fleet
         .instance_status(instance)
-        .and_then(|i| i.interruption.as_ref())
-        .is_some_and(|n| n.kind == crate::api::fleet::InterruptionKind::SpotInterruption)
+        .is_some_and(|i| i.reclaimed())
 }
 
 /// Every agent address of the fleet.

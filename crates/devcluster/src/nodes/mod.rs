@@ -476,13 +476,7 @@ impl NodeSimulator {
         let at = jiff::Timestamp::now()
             .checked_add(jiff::SignedDuration::try_from(warning).unwrap_or_default())
             .unwrap_or_else(|_| jiff::Timestamp::now());
-        {
-            let nodes = self.shared.lock();
-            let node = nodes
-                .get(instance)
-                .ok_or_else(|| NodeError::NoAgent(instance.clone()))?;
-            node.metadata.post_interruption(at);
-        }
+        self.post(instance, |metadata| metadata.post_interruption(at))?;
         tracing::info!(instance = %instance, ?warning, "spot interruption notice posted");
         let shared = self.shared.clone();
         let id = instance.clone();
@@ -505,11 +499,22 @@ impl NodeSimulator {
     /// Gives the node of `instance` EC2's rebalance recommendation; nothing
     /// happens to the instance by itself.
     pub fn recommend_rebalance(&self, instance: &InstanceId) -> Result<(), NodeError> {
+        self.post(instance, |metadata| {
+            metadata.post_rebalance(jiff::Timestamp::now())
+        })
+    }
+
+    /// Posts a notice on the metadata service of `instance`'s node.
+    fn post(
+        &self,
+        instance: &InstanceId,
+        notice: impl FnOnce(&metadata::Metadata),
+    ) -> Result<(), NodeError> {
         let nodes = self.shared.lock();
         let node = nodes
             .get(instance)
             .ok_or_else(|| NodeError::NoAgent(instance.clone()))?;
-        node.metadata.post_rebalance(jiff::Timestamp::now());
+        notice(&node.metadata);
         Ok(())
     }
 

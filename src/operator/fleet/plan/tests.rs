@@ -996,7 +996,10 @@ fn a_spot_notice_drains_its_instance_and_launches_a_replacement_beyond_a_full_fl
         .expect("listed");
     assert_eq!(noticed.state, InstanceState::Draining);
     let interruption = noticed.interruption.as_ref().expect("shown");
-    assert_eq!(interruption.kind, InterruptionKind::SpotInterruption);
+    assert_eq!(
+        interruption.kind,
+        crate::api::fleet::InterruptionKind::SpotInterruption
+    );
     assert_eq!(interruption.time, Time(at(220)));
     assert!(plan.terminate.is_empty(), "its session still runs");
     assert_eq!(
