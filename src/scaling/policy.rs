@@ -363,7 +363,9 @@ pub fn decide(
         required,
     });
 
-    let (launch, drain, cancel, action) = if required > counted {
+    // `waiting`: excess instances not yet heard from, left to go once they
+    // register and idle; the fleet's desired size already leaves them out.
+    let (launch, drain, cancel, waiting, action) = if required > counted {
         let launch = scale_up(&mut memory, config, now, required - counted);
         let limited = if launch < required - counted {
             format!(", launch rate limit {}/min", config.max_launches_per_minute)
@@ -374,6 +376,7 @@ pub fn decide(
             launch,
             Vec::new(),
             Vec::new(),
+            0,
             format!("launching {launch}{limited}"),
         )
     } else {
@@ -390,10 +393,9 @@ pub fn decide(
             .iter()
             .filter(|i| i.phase == InstanceState::Bootstrapping && i.sessions == 0)
             .count();
-        let left = excess
-            .saturating_sub(u32::try_from(cancel.len()).unwrap_or(u32::MAX))
-            .saturating_sub(u32::try_from(unheard).unwrap_or(u32::MAX));
-        let drain = pick_idle_to_drain(observation, config, left);
+        let uncancelled = excess.saturating_sub(u32::try_from(cancel.len()).unwrap_or(u32::MAX));
+        let waiting = uncancelled.min(u32::try_from(unheard).unwrap_or(u32::MAX));
+        let drain = pick_idle_to_drain(observation, config, uncancelled - waiting);
         let action = if held {
             "holding: no scale-in within one stabilization window of taking over".to_owned()
         } else if cancel.is_empty() && drain.is_empty() {
@@ -406,14 +408,16 @@ pub fn decide(
                 drain.len()
             )
         };
-        (0, drain, cancel, action)
+        (0, drain, cancel, waiting, action)
     };
     let kind = DecisionKind::of(
         launch,
         required.saturating_sub(counted),
         drain.len() + cancel.len(),
     );
-    let removed = u32::try_from(drain.len() + cancel.len()).unwrap_or(u32::MAX);
+    let removed = u32::try_from(drain.len() + cancel.len())
+        .unwrap_or(u32::MAX)
+        .saturating_add(waiting);
     let mut terminate = draining_and_empty(observation);
     terminate.extend(cancel);
     let decision = Decision {
@@ -792,6 +796,7 @@ mod tests {
             d.drain.is_empty(),
             "the unheard one is the excess, not a ready one: {d:?}"
         );
+        assert_eq!(d.desired, 2, "the unheard one is not wanted: {d:?}");
         // EC2 has not started it: it is cancelled.
         let mut pending = unheard;
         pending.phase = InstanceState::Pending;
