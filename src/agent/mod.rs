@@ -21,6 +21,7 @@ pub mod config;
 pub mod devtools;
 pub mod egress;
 pub mod end;
+pub mod handover;
 pub mod http;
 pub mod imds;
 pub mod intake;

@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
+use tokio_util::task::TaskTracker;
 
 use super::config::AgentSettings;
 use bytes::Bytes;
@@ -114,6 +115,9 @@ pub struct Agent<Q> {
     interruption: std::sync::Mutex<Option<InterruptionNotice>>,
     /// Set when the agent should stop (SIGTERM, or the end of a drain).
     stopping: watch::Sender<bool>,
+    /// The gateway's open DevTools relays, which an agent that hands over
+    /// in place keeps serving until they close ([`super::handover`]).
+    relays: TaskTracker,
 }
 
 impl<Q: Queues + 'static> Agent<Q> {
@@ -173,6 +177,7 @@ impl<Q: Queues + 'static> Agent<Q> {
             draining: watch::Sender::new(None),
             interruption: std::sync::Mutex::new(None),
             stopping: watch::Sender::new(false),
+            relays: TaskTracker::new(),
             settings,
             identity,
             queues,
@@ -238,6 +243,17 @@ impl<Q: Queues + 'static> Agent<Q> {
     /// Where clients reach the gateway.
     pub fn advertised_gateway(&self) -> String {
         self.identity.advertise.clone()
+    }
+
+    /// The gateway's open DevTools relays.
+    pub fn relays(&self) -> &TaskTracker {
+        &self.relays
+    }
+
+    /// Leaves the session table to an agent taking over in place: see
+    /// [`Sessions::release_to_successor`].
+    pub fn release_to_successor(&self) {
+        self.sessions.release_to_successor();
     }
 
     /// Whether a drain has started.

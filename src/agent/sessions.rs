@@ -581,6 +581,22 @@ impl Sessions {
         adoption
     }
 
+    /// Readies the table for the agent that takes over in place
+    /// ([`super::handover`]): saves it with every client connection noted,
+    /// and closes every chained proxy's listener so that the successor can
+    /// open it again on the same port. The sessions stay in memory, but
+    /// this agent ends none of them from now on.
+    pub fn release_to_successor(&self) {
+        let snapshot = {
+            let mut state = self.lock();
+            for session in state.sessions.values_mut() {
+                session._chain = None;
+            }
+            self.snapshot(&state)
+        };
+        self.persist(snapshot);
+    }
+
     /// Saves the table as it is.
     pub fn save(&self) {
         let snapshot = self.snapshot(&self.lock());

@@ -11,6 +11,33 @@ use crate::agent::{self, config::AgentConfig, config::ConfigOverrides, runtime::
 use crate::api::fleet::PortRange;
 use crate::cloud::{Aws, AwsSettings, Parameters, Sqs, Ssm};
 
+/// What a signal asked of the agent.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Asked {
+    /// Nothing yet.
+    Run,
+    /// SIGTERM or Ctrl-C: stop, leaving the browsers to the next agent.
+    Stop,
+    /// SIGHUP: stop and hand the node over to the installed binary
+    /// ([`agent::handover`]).
+    HandOver,
+}
+
+/// Completes on SIGHUP (Unix; never elsewhere). Listens from the call on.
+fn hangup_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    #[cfg(unix)]
+    {
+        let mut signal =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+                .context("listening for SIGHUP")?;
+        Ok(async move {
+            signal.recv().await;
+        })
+    }
+    #[cfg(not(unix))]
+    Ok(std::future::pending())
+}
+
 #[derive(clap::Args, Debug)]
 pub(super) struct AgentArgs {
     /// The configuration JSON file.
@@ -112,12 +139,17 @@ pub(super) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
                 (identity, Some(metadata))
             }
         };
-        // Listening for SIGTERM before the start, which re-adopts browsers
-        // and may take a while: a signal then stops the agent right after.
-        let (signalled, mut on_signal) = tokio::sync::watch::channel(false);
+        // Listening for SIGTERM and SIGHUP before the start, which re-adopts
+        // browsers and may take a while: a signal then stops the agent right
+        // after. SIGHUP's default would end the process.
+        let (asked, mut on_signal) = tokio::sync::watch::channel(Asked::Run);
+        let hangup = hangup_signal()?;
         tokio::spawn(async move {
-            shutdown_signal().await;
-            signalled.send_replace(true);
+            let asked_for = tokio::select! {
+                () = shutdown_signal() => Asked::Stop,
+                () = hangup => Asked::HandOver,
+            };
+            asked.send_replace(asked_for);
         });
         let running = agent::start(
             settings,
@@ -132,12 +164,28 @@ pub(super) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         .await?;
         println!("listening on {}", running.address);
         let agent = running.agent.clone();
+        let mut stop_on_signal = on_signal.clone();
         tokio::spawn(async move {
-            if on_signal.wait_for(|s| *s).await.is_ok() {
+            if stop_on_signal.wait_for(|a| *a != Asked::Run).await.is_ok() {
                 agent.stop();
             }
         });
+        let agent = running.agent.clone();
         running.wait().await;
+        if *on_signal.borrow_and_update() != Asked::HandOver {
+            return Ok(ExitCode::SUCCESS);
+        }
+        match agent::handover::hand_over(&agent).await {
+            Ok(successor) => tracing::info!(successor, "handed the node over"),
+            Err(error) => {
+                tracing::error!(%error, "cannot hand the node over; exiting for a restart");
+                return Ok(ExitCode::FAILURE);
+            }
+        }
+        tokio::select! {
+            () = agent::handover::relay_until_closed(&agent) => {}
+            () = shutdown_signal() => tracing::info!("stopped while relaying"),
+        }
         Ok(ExitCode::SUCCESS)
     })
 }

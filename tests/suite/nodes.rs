@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::api::Api;
 use serde_json::{Value, json};
 
-use testkit::agent_world::{Cdp, evaluate_in_new_page, eventually};
+use testkit::agent_world::{Cdp, attach_new_page, evaluate_in, evaluate_in_new_page, eventually};
 use testkit::artifact::Artifact;
 use testkit::operator_world::{OperatorHandle, OperatorWorld, test_settings};
 
@@ -605,8 +605,16 @@ async fn a_new_artifact_reaches_every_node_in_place_one_at_a_time_without_ending
     let session = world.wait_for_phase("through", SessionPhase::Ready).await;
     let status = session.status.clone().expect("status");
     let host = status.instance_id.clone().expect("host");
-    let browsers = browsers_on(&world, &host);
     let url = devtools_url(&world, &status).await;
+    // A client connected before the upgrade, with a page attached: its
+    // connection must answer all through the upgrade.
+    let mut cdp = Cdp::connect(&url).await.expect("connects");
+    let page = attach_new_page(&mut cdp, "about:blank").await;
+    assert_eq!(evaluate_in(&mut cdp, &page, "1 + 1").await, json!(2));
+    let browsers = browsers_on(&world, &host);
+    let mut asked = 0;
+    let host_agents = format!("--instance-id\0{host}\0");
+    assert_eq!(processes(&host_agents).len(), 1);
     let mut instances: Vec<String> = world
         .instances()
         .await
@@ -621,6 +629,12 @@ async fn a_new_artifact_reaches_every_node_in_place_one_at_a_time_without_ending
     let started = std::time::Instant::now();
     let mut most_at_once = 0;
     loop {
+        asked += 1;
+        assert_eq!(
+            evaluate_in(&mut cdp, &page, &format!("{asked} * 2")).await,
+            json!(asked * 2),
+            "the open connection stopped answering"
+        );
         let now = world.get().await;
         if up_to_date(&now, &v2.sha256, 2) {
             break;
@@ -652,8 +666,16 @@ async fn a_new_artifact_reaches_every_node_in_place_one_at_a_time_without_ending
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
     assert!(most_at_once <= 1, "{most_at_once} upgrades ran at once");
-    // No instance was replaced, the session lives on its browser, and its
-    // client reconnects at the same endpoint with the same token.
+    // The connection from before the upgrade still answers, relayed by the
+    // agent that handed over, which runs beside the new one until the
+    // connection closes.
+    assert_eq!(
+        evaluate_in(&mut cdp, &page, "document.readyState").await,
+        json!("complete")
+    );
+    assert_eq!(processes(&host_agents).len(), 2, "the former agent relays");
+    // No instance was replaced, the session lives on its browser, and a
+    // new client connects at the same endpoint with the same token.
     let mut after: Vec<String> = world
         .instances()
         .await
@@ -673,8 +695,15 @@ async fn a_new_artifact_reaches_every_node_in_place_one_at_a_time_without_ending
             .as_deref(),
         Some(host.as_str())
     );
-    let mut cdp = reconnect(&url).await;
-    assert_eq!(evaluate_in_new_page(&mut cdp, "3 * 3").await, json!(9));
+    let mut second = reconnect(&url).await;
+    assert_eq!(evaluate_in_new_page(&mut second, "3 * 3").await, json!(9));
+    drop(second);
+    // Once its last connection closes, the former agent exits.
+    drop(cdp);
+    eventually("the former agent exits", Duration::from_secs(15), || async {
+        processes(&host_agents).len() == 1
+    })
+    .await;
     // What the nodes run now is the v2 file.
     for instance in &instances {
         let installed = node_dir(&world, instance).join("root/usr/local/bin/browserfleet");
@@ -683,7 +712,6 @@ async fn a_new_artifact_reaches_every_node_in_place_one_at_a_time_without_ending
             std::fs::metadata(&v2.path).unwrap().len()
         );
     }
-    drop(cdp);
     world.delete_session("through").await;
     world.wait_session_gone("through").await;
     nodes.shutdown().await;

@@ -282,6 +282,28 @@ fn command_for(spec: &LaunchSpec) -> Result<Command, ProcessError> {
 /// exits) and publishes its exit. The task ends with the process; if the
 /// runtime shuts down first, the process keeps running (the next agent
 /// re-adopts it) and watchers see [`ProcessExit::Unknown`].
+/// Watches for the exit of a process this one did not start and so cannot
+/// reap (a node's agent that another one started): asks `is_alive` every
+/// `every`; how it ended is [`ProcessExit::Unknown`]. Must be called
+/// within a tokio runtime.
+pub fn watch_from_outside(
+    id: ProcessIdentity,
+    is_alive: impl Fn(&ProcessIdentity) -> bool + Send + 'static,
+    every: std::time::Duration,
+) -> ExitWatch {
+    let (publish, exit) = watch::channel(None);
+    tokio::spawn(async move {
+        while is_alive(&id) {
+            tokio::time::sleep(every).await;
+            if publish.is_closed() {
+                return;
+            }
+        }
+        let _ = publish.send(Some(ProcessExit::Unknown));
+    });
+    ExitWatch { exit }
+}
+
 fn watch_exit(mut child: Child) -> ExitWatch {
     let (publish, exit) = watch::channel(None);
     tokio::spawn(async move {

@@ -28,6 +28,9 @@ pub enum Signal {
     Terminate,
     /// SIGKILL: ends it at once, as a crash would.
     Kill,
+    /// SIGHUP: asks it to reload (an agent hands its node over to the
+    /// binary installed at its path).
+    Hangup,
 }
 
 impl UnixProcesses {
@@ -52,6 +55,7 @@ impl UnixProcesses {
         let number = match which {
             Signal::Terminate => libc::SIGTERM,
             Signal::Kill => libc::SIGKILL,
+            Signal::Hangup => libc::SIGHUP,
         };
         Ok(if signal(id.pid.into(), number)? {
             KillOutcome::Killed

@@ -12,7 +12,9 @@
 //! * the agent's systemd unit: the agent user with exactly the capabilities
 //!   it needs to run and stop browsers as the other user, `KillMode=process`
 //!   (browsers outlive an agent restart and are re-adopted), restarted on
-//!   failure, and the usual hardening.
+//!   failure, reloaded by SIGHUP (an in-place upgrade: the agent hands over
+//!   to the new file and tells systemd its PID, `NotifyAccess=main`), and
+//!   the usual hardening.
 //!
 //! Every path is written under `$root`, which is empty on an instance. The
 //! node simulator runs this very script with `BROWSERFLEET_NODE_ROOT` set to
@@ -110,15 +112,18 @@ pub fn script(
 
 /// The commands that upgrade a running node's agent in place (SSM's
 /// `AWS-RunShellScript` runs them with `sh`): the boot script's download and
-/// digest check, then a restart of the agent's unit, which with
-/// `KillMode=process` leaves the browsers running for the new agent to
-/// re-adopt.
+/// digest check, then a reload of the agent's unit: the running agent hands
+/// the node over to the new file and keeps relaying the open DevTools
+/// connections until they close (`agent::handover`); the browsers run on
+/// and the new agent re-adopts them. An agent that does not run (or a unit
+/// written before reloads existed) is restarted instead, which
+/// `KillMode=process` also leaves the browsers to.
 pub fn upgrade_commands(artifact: &AgentArtifact) -> Vec<String> {
     let script = format!(
         "set -euo pipefail\n\
          root=\"${{BROWSERFLEET_NODE_ROOT:-}}\"\n\
          {install}\
-         systemctl restart {AGENT_UNIT}\n",
+         systemctl reload-or-restart {AGENT_UNIT}\n",
         install = install(Some(artifact)),
     );
     let mut lines = vec!["bash -s <<'UPGRADE'".to_owned()];
@@ -171,6 +176,8 @@ fn agent_unit(parameter: &str) -> String {
          Restart=on-failure\n\
          RestartSec=2\n\
          KillMode=process\n\
+         ExecReload=/bin/kill -HUP $MAINPID\n\
+         NotifyAccess=main\n\
          AmbientCapabilities={AGENT_CAPABILITIES}\n\
          CapabilityBoundingSet={AGENT_CAPABILITIES}\n\
          ProtectSystem=full\n\

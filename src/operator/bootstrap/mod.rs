@@ -137,6 +137,8 @@ mod tests {
         for line in [
             "User=browserfleet\n",
             "KillMode=process\n",
+            "ExecReload=/bin/kill -HUP $MAINPID\n",
+            "NotifyAccess=main\n",
             "Restart=on-failure\n",
             "AmbientCapabilities=CAP_SETUID CAP_SETGID CAP_KILL CAP_CHOWN CAP_DAC_OVERRIDE CAP_FOWNER\n",
             "CapabilityBoundingSet=CAP_SETUID CAP_SETGID CAP_KILL CAP_CHOWN CAP_DAC_OVERRIDE CAP_FOWNER\n",
@@ -385,8 +387,11 @@ mod tests {
         assert!(script.ends_with("\nUPGRADE"), "{script}");
         let check = position(&script, "sha256sum --check --status; then");
         let install = position(&script, "install -D -m 0755");
-        let restart = position(&script, "systemctl restart browserfleet-agent.service");
-        assert!(check < install && install < restart, "{script}");
+        let reload = position(
+            &script,
+            "systemctl reload-or-restart browserfleet-agent.service",
+        );
+        assert!(check < install && install < reload, "{script}");
 
         let mut spec = headful_windows();
         spec.agent.artifact = Some(AgentArtifact {

@@ -31,6 +31,7 @@
 //! and a boot copies the agent and creates users.
 
 mod metadata;
+mod notify;
 mod run_command;
 pub mod user_data;
 
@@ -48,7 +49,7 @@ use tracing::Instrument;
 
 use browserfleet::agent::process::{
     KillOutcome, LaunchSpec, ProcessControl, ProcessError, ProcessIdentity, Signal, Spawned,
-    UnixProcesses,
+    UnixProcesses, watch_from_outside,
 };
 use browserfleet::agent::profiles::{browser_marker, profiles_root};
 use browserfleet::cloud::fleet_tags::FLEET_TAG;
@@ -58,6 +59,7 @@ use browserfleet::cloud::{
 };
 use browserfleet::operator::agent_config::parameter_name;
 use browserfleet::operator::bootstrap::linux::STATE_DIR as LINUX_STATE_DIR;
+use notify::NotifySocket;
 use user_data::{AgentUnit, BootError};
 
 /// How often instances are listed unless told otherwise.
@@ -72,6 +74,9 @@ const BOOT_SCRIPT_TIMEOUT: Duration = Duration::from_secs(120);
 const STOP_CONCURRENCY: usize = 8;
 /// How long the browsers of a stopped agent may take to disappear.
 const BROWSER_KILL_DEADLINE: Duration = Duration::from_secs(10);
+/// How often a unit's main process the simulator did not start (named by
+/// `MAINPID=`) is looked at, to see it end.
+const MAIN_PROCESS_WATCH: Duration = Duration::from_millis(200);
 
 /// The browser ports of the simulated nodes: one block of `per_node` ports
 /// per instance, disjoint, out of `first..=last`.
@@ -257,6 +262,12 @@ struct Node {
     listen_ports: Option<(u16, u16)>,
     /// Its instance metadata service ([`metadata`]).
     metadata: metadata::Metadata,
+    /// Its agent unit's `NOTIFY_SOCKET`, once the unit asks for one.
+    notify: Option<NotifySocket>,
+    /// Former main processes of the agent's unit that still run (an agent
+    /// that handed over and still relays open connections): not the unit's
+    /// concern any more, killed with the node.
+    former: Vec<Spawned>,
 }
 
 /// What one listing means for the nodes, decided by [`plan`].
@@ -568,6 +579,12 @@ impl Drop for NodeSimulator {
                     .processes
                     .signal_alone(agent.identity, Signal::Kill);
             }
+            for former in &node.former {
+                let _ = self
+                    .shared
+                    .processes
+                    .signal_alone(former.identity, Signal::Kill);
+            }
             // UnixProcesses answers at once; nothing here waits on the runtime.
             let marker = browser_marker(&profiles_root(&self.shared.state_dir(&id)));
             let found = futures::executor::block_on(self.shared.processes.find_by_marker(&marker));
@@ -671,10 +688,15 @@ impl Shared {
             .lock()
             .get(id)
             .and_then(|n| n.unit.as_ref().map(|u| u.name.clone()));
-        if let Some(unit) = agent_unit
-            && user_data::started_units(&asked).contains(&unit)
-        {
-            self.restart_agent(id).await;
+        if let Some(unit) = agent_unit {
+            let reload = user_data::reloaded_units(&asked)
+                .into_iter()
+                .find(|(reloaded, _)| *reloaded == unit);
+            if user_data::started_units(&asked).contains(&unit) {
+                self.restart_agent(id).await;
+            } else if let Some((_, or_restart)) = reload {
+                self.reload_agent(id, or_restart).await;
+            }
         }
         Ok((
             output.status.code().unwrap_or(-1),
@@ -716,6 +738,76 @@ impl Shared {
                 due: SystemTime::now(),
             };
         }
+    }
+
+    /// Reloads node `id`'s agent unit as `systemctl reload` would: SIGHUP to
+    /// its main process when its `ExecReload=` says so; a restart instead
+    /// when `or_restart` (`reload-or-restart`) and it cannot reload or does
+    /// not run.
+    async fn reload_agent(&self, id: &InstanceId, or_restart: bool) {
+        let main = {
+            let nodes = self.lock();
+            let Some(node) = nodes.get(id) else {
+                return;
+            };
+            match (&node.phase, &node.unit) {
+                (Phase::Running { agent, .. }, Some(unit))
+                    if unit.reload_by_hangup && agent.exit.exited().is_none() =>
+                {
+                    Some(agent.identity)
+                }
+                _ => None,
+            }
+        };
+        match main {
+            Some(main) => {
+                tracing::info!(pid = main.pid, "reloading the agent (Run Command): SIGHUP");
+                if let Err(error) = self.processes.signal_alone(main, Signal::Hangup) {
+                    tracing::warn!(%error, "cannot send SIGHUP to the agent");
+                }
+            }
+            None if or_restart => self.restart_agent(id).await,
+            None => tracing::warn!("the agent's unit cannot reload now; nothing done"),
+        }
+    }
+
+    /// Makes the process a `MAINPID=` named the main process of `node`'s
+    /// agent unit, as systemd does; the former one goes on running.
+    fn follow_main_process(&self, node: &mut Node) {
+        node.former.retain(|former| former.exit.exited().is_none());
+        let Some(pid) = node.notify.as_ref().and_then(NotifySocket::main_pid) else {
+            return;
+        };
+        let Phase::Running {
+            agent, started_at, ..
+        } = &mut node.phase
+        else {
+            return;
+        };
+        if agent.identity.pid == pid {
+            return;
+        }
+        let Some(identity) = self.processes.identity(pid) else {
+            tracing::warn!(pid, "MAINPID= names no running process; ignored");
+            return;
+        };
+        let processes = self.processes;
+        let successor = Spawned {
+            identity,
+            exit: watch_from_outside(
+                identity,
+                move |id| processes.is_alive(id),
+                MAIN_PROCESS_WATCH,
+            ),
+        };
+        let former = std::mem::replace(agent, successor);
+        *started_at = SystemTime::now();
+        tracing::info!(
+            former = former.identity.pid,
+            main = pid,
+            "the agent's unit has a new main process (MAINPID=)"
+        );
+        node.former.push(former);
     }
 
     /// Reads the instance's user data and runs it, in a task of its own.
@@ -779,6 +871,8 @@ impl Shared {
                         unit: None,
                         listen_ports: None,
                         metadata,
+                        notify: None,
+                        former: Vec::new(),
                     },
                 );
             }
@@ -803,6 +897,7 @@ impl Shared {
             let Some(node) = nodes.get_mut(id) else {
                 return;
             };
+            self.follow_main_process(node);
             match &node.phase {
                 Phase::Running { agent, crashed, .. } => {
                     let Some(exit) = agent.exit.exited() else {
@@ -884,7 +979,16 @@ impl Shared {
                         }
                     },
                 };
-                self.spawn_unit(id, unit, node.block, ports, &node.metadata.endpoint)
+                if unit.notify_access && node.notify.is_none() {
+                    match NotifySocket::bind(&self.node_dir(id)) {
+                        Ok(socket) => node.notify = Some(socket),
+                        Err(error) => {
+                            tracing::warn!(%error, "cannot bind the unit's notification socket; the agent runs without one")
+                        }
+                    }
+                }
+                let notify = node.notify.as_ref().map(NotifySocket::path);
+                self.spawn_unit(id, unit, node.block, ports, &node.metadata.endpoint, notify)
             }
             (BootMode::UserData, None) => {
                 tracing::info!("running the instance's user data");
@@ -956,6 +1060,7 @@ impl Shared {
         block: usize,
         listen_ports: (u16, u16),
         metadata: &str,
+        notify: Option<&Path>,
     ) -> Result<Spawned, NodeStartError> {
         let ports = self
             .options
@@ -963,10 +1068,14 @@ impl Shared {
             .block(block)
             .ok_or(NodeStartError::NoPorts)?;
         let (program, args) = unit.launch(&identity_args(id, ports, listen_ports));
+        let mut env = self.agent_env(metadata);
+        if let Some(socket) = notify {
+            env.push(("NOTIFY_SOCKET".to_owned(), socket.display().to_string()));
+        }
         let spec = LaunchSpec {
             program,
             args,
-            env: self.agent_env(metadata),
+            env,
             working_dir: Some(self.options.work_dir.clone()),
             log_file: Some(self.options.work_dir.join(format!("{id}.log"))),
             run_as: None,
@@ -982,6 +1091,11 @@ impl Shared {
             Phase::Running { agent, .. } => self.stop_agent(agent).await,
             Phase::Installing { script } => script.abort(),
             Phase::Booting { .. } | Phase::Down | Phase::Restarting => {}
+        }
+        for former in node.former {
+            if let Err(error) = self.processes.signal_alone(former.identity, Signal::Kill) {
+                tracing::warn!(%error, pid = former.identity.pid, "cannot kill a former agent");
+            }
         }
         self.kill_browsers(&self.state_dir(id)).await;
         let node_dir = self.node_dir(id);

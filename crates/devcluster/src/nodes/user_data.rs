@@ -22,8 +22,17 @@
 //!   arguments; once the script has finished, the simulator starts every
 //!   unit it enabled with `--now`, in order: a `Type=oneshot` unit's
 //!   `ExecStart=` runs to its end as root, the one long-running unit is the
-//!   agent. `Restart=`, `KillMode=` and the sandboxing directives are not
-//!   played: the simulator stops and restarts agents itself.
+//!   agent. A command sent through Run Command that `restart`s the agent's
+//!   unit restarts the agent (SIGTERM to it alone, as `KillMode=process`);
+//!   one that `reload`s it sends the unit's main process SIGHUP when its
+//!   `ExecReload=` is `kill -HUP $MAINPID` (`reload-or-restart` restarts
+//!   it otherwise). With `NotifyAccess=main` the agent gets a
+//!   `NOTIFY_SOCKET` of its node, and a `MAINPID=` on it makes that process
+//!   the unit's main one, as systemd does (the sender's credentials are not
+//!   checked); the former main process is left running, and killed with
+//!   the node. `Restart=`, the rest of `KillMode=` and the sandboxing
+//!   directives are not played: the simulator stops and restarts agents
+//!   itself.
 //! * **The image.** `/usr/local/bin/browserfleet` under the node's root is a
 //!   link to the agent binary under test, as an image that carries the agent
 //!   would have it; an artifact the script installs replaces it.
@@ -83,6 +92,13 @@ pub struct AgentUnit {
     pub group: Option<String>,
     /// `AmbientCapabilities=`, as systemd names them (`CAP_KILL`).
     pub capabilities: Vec<String>,
+    /// `ExecReload=kill -HUP $MAINPID`: a reload sends the main process
+    /// SIGHUP. Any other `ExecReload=` is not played (the unit cannot
+    /// reload).
+    pub reload_by_hangup: bool,
+    /// `NotifyAccess=main` or `all`: the agent gets `NOTIFY_SOCKET`, and a
+    /// `MAINPID=` it sends names the unit's new main process.
+    pub notify_access: bool,
 }
 
 impl AgentUnit {
@@ -314,6 +330,37 @@ pub fn started_units(log: &str) -> Vec<String> {
     units
 }
 
+/// The units a `systemctl` log reloaded, in order: `reload`, and
+/// `reload-or-restart` (`true`: restarted when it cannot reload or does
+/// not run).
+pub fn reloaded_units(log: &str) -> Vec<(String, bool)> {
+    let mut units: Vec<(String, bool)> = Vec::new();
+    for line in log.lines() {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let (named, or_restart): (&[&str], bool) = match words.as_slice() {
+            ["reload", rest @ ..] => (rest, false),
+            ["reload-or-restart" | "try-reload-or-restart", rest @ ..] => (rest, true),
+            _ => (&[], false),
+        };
+        for unit in named {
+            if !units.iter().any(|(u, _)| u == unit) {
+                units.push(((*unit).to_owned(), or_restart));
+            }
+        }
+    }
+    units
+}
+
+/// Whether an `ExecReload=` line sends the main process SIGHUP.
+fn is_hangup_of_main(exec: &str) -> bool {
+    let words = shlex::split(exec).unwrap_or_default();
+    matches!(
+        words.iter().map(String::as_str).collect::<Vec<_>>().as_slice(),
+        [kill, "-HUP" | "-SIGHUP" | "-1", "$MAINPID" | "${MAINPID}"]
+            if Path::new(kill).file_name().is_some_and(|n| n == "kill")
+    )
+}
+
 /// What the simulator reads of a service unit.
 #[derive(Debug, PartialEq, Eq)]
 struct Service {
@@ -334,6 +381,8 @@ fn parse_service(text: &str, root: &Path) -> Result<Service, String> {
         user: None,
         group: None,
         capabilities: Vec::new(),
+        reload_by_hangup: false,
+        notify_access: false,
     };
     for line in text.lines().map(str::trim) {
         if line.starts_with('[') {
@@ -354,6 +403,8 @@ fn parse_service(text: &str, root: &Path) -> Result<Service, String> {
             "AmbientCapabilities" => {
                 unit.capabilities = value.split_whitespace().map(str::to_owned).collect()
             }
+            "ExecReload" => unit.reload_by_hangup = is_hangup_of_main(value),
+            "NotifyAccess" => unit.notify_access = matches!(value, "main" | "exec" | "all"),
             _ => {}
         }
     }
@@ -381,6 +432,19 @@ fn parse_service(text: &str, root: &Path) -> Result<Service, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn reloads_name_their_units_and_whether_a_restart_may_replace_them() {
+        let log = "restart a.service\nreload b.service\nreload-or-restart c.service\nreload b.service\n";
+        assert_eq!(
+            reloaded_units(log),
+            [("b.service".to_owned(), false), ("c.service".to_owned(), true)]
+        );
+        assert!(is_hangup_of_main("/bin/kill -HUP $MAINPID"));
+        assert!(is_hangup_of_main("kill -HUP ${MAINPID}"));
+        assert!(!is_hangup_of_main("/bin/kill -TERM $MAINPID"));
+        assert!(!is_hangup_of_main("/usr/bin/reload-it"));
+    }
 
     #[test]
     fn units_started_now_count_in_order_and_once() {
