@@ -16,7 +16,10 @@
 //!
 //! The successor re-adopts the browsers as after any restart and serves
 //! every new connection; this process only relays the open ones, each as it
-//! was, and exits when the last one closes — at the latest when its session
+//! was, lets a long poll its stop interrupted end and gives its messages
+//! back to the queue at once (an abandoned poll could keep them invisible
+//! for a whole visibility timeout), and exits when the last connection
+//! closes — at the latest when its session
 //! ends and the successor stops its browser. It runs the old code until
 //! then, as the browsers do; `KillMode=process` leaves it alone on a later
 //! stop of the unit, as it leaves the browsers.
@@ -63,7 +66,7 @@ pub fn successor_command_line(
 
 /// Hands the node over to a successor (see the module's docs) once this
 /// agent has stopped; returns the successor's PID. The open relays go on:
-/// [`relay_until_closed`].
+/// [`finish_lingering`].
 pub async fn hand_over<Q: Queues + 'static>(agent: &Agent<Q>) -> Result<u32, HandOverError> {
     agent.release_to_successor();
     let (program, args) = successor_command_line(std::env::args_os())
@@ -94,15 +97,17 @@ pub async fn hand_over<Q: Queues + 'static>(agent: &Agent<Q>) -> Result<u32, Han
     Ok(pid)
 }
 
-/// Waits until the last DevTools connection this agent relays has closed.
-pub async fn relay_until_closed<Q: Queues + 'static>(agent: &Agent<Q>) {
-    let relays = agent.relays();
-    relays.close();
+/// Waits until the last DevTools connection this agent relays has closed,
+/// and a long poll its stop interrupted has ended and given back what it
+/// received.
+pub async fn finish_lingering<Q: Queues + 'static>(agent: &Agent<Q>) {
+    let lingering = agent.lingering();
+    lingering.close();
     tracing::info!(
-        open = relays.len(),
+        tasks = lingering.len(),
         "relaying the open DevTools connections until they close"
     );
-    relays.wait().await;
+    lingering.wait().await;
     tracing::info!("the last relayed connection closed");
 }
 
@@ -132,7 +137,10 @@ mod tests {
         ]);
         let (program, args) = successor_command_line(own.into_iter()).expect("a command line");
         assert_eq!(program, "/usr/local/bin/browserfleet");
-        assert_eq!(args, words(&["agent", "--state-dir", "/var/lib/browserfleet"]));
+        assert_eq!(
+            args,
+            words(&["agent", "--state-dir", "/var/lib/browserfleet"])
+        );
         assert!(successor_command_line(std::iter::empty()).is_none());
         assert!(successor_command_line(words(&[""]).into_iter()).is_none());
     }

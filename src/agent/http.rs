@@ -409,7 +409,7 @@ async fn websocket<Q: Queues + 'static>(
         files: route.files.clone(),
         refusals: agent.cdp_refusals(),
     };
-    agent.relays().spawn(async move {
+    agent.lingering().spawn(async move {
         let Ok(upgraded) = on_upgrade.await else {
             return;
         };

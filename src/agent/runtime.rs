@@ -115,9 +115,13 @@ pub struct Agent<Q> {
     interruption: std::sync::Mutex<Option<InterruptionNotice>>,
     /// Set when the agent should stop (SIGTERM, or the end of a drain).
     stopping: watch::Sender<bool>,
-    /// The gateway's open DevTools relays, which an agent that hands over
-    /// in place keeps serving until they close ([`super::handover`]).
-    relays: TaskTracker,
+    /// Set with `stopping` when the stop is a hand-over to a successor
+    /// ([`super::handover`]): the process outlives the stop.
+    handing_over: std::sync::atomic::AtomicBool,
+    /// Work an agent that hands over finishes after its stop: the gateway's
+    /// open DevTools relays, and a long poll the stop interrupted, whose
+    /// messages go back to the queue.
+    lingering: TaskTracker,
 }
 
 impl<Q: Queues + 'static> Agent<Q> {
@@ -177,7 +181,8 @@ impl<Q: Queues + 'static> Agent<Q> {
             draining: watch::Sender::new(None),
             interruption: std::sync::Mutex::new(None),
             stopping: watch::Sender::new(false),
-            relays: TaskTracker::new(),
+            handing_over: std::sync::atomic::AtomicBool::new(false),
+            lingering: TaskTracker::new(),
             settings,
             identity,
             queues,
@@ -245,9 +250,22 @@ impl<Q: Queues + 'static> Agent<Q> {
         self.identity.advertise.clone()
     }
 
-    /// The gateway's open DevTools relays.
-    pub fn relays(&self) -> &TaskTracker {
-        &self.relays
+    /// Work that outlives a stop that hands over (see the field).
+    pub fn lingering(&self) -> &TaskTracker {
+        &self.lingering
+    }
+
+    /// Asks the agent to stop and hand over to a successor (SIGHUP): as
+    /// [`Agent::stop`], but the work in [`Agent::lingering`] goes on.
+    pub fn stop_to_hand_over(&self) {
+        self.handing_over
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        self.stop();
+    }
+
+    /// Whether the stop under way hands over.
+    pub fn is_handing_over(&self) -> bool {
+        self.handing_over.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// Leaves the session table to an agent taking over in place: see

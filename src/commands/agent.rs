@@ -27,9 +27,8 @@ enum Asked {
 fn hangup_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
     #[cfg(unix)]
     {
-        let mut signal =
-            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-                .context("listening for SIGHUP")?;
+        let mut signal = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("listening for SIGHUP")?;
         Ok(async move {
             signal.recv().await;
         })
@@ -166,8 +165,12 @@ pub(super) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         let agent = running.agent.clone();
         let mut stop_on_signal = on_signal.clone();
         tokio::spawn(async move {
-            if stop_on_signal.wait_for(|a| *a != Asked::Run).await.is_ok() {
-                agent.stop();
+            if let Ok(asked) = stop_on_signal.wait_for(|a| *a != Asked::Run).await {
+                if *asked == Asked::HandOver {
+                    agent.stop_to_hand_over();
+                } else {
+                    agent.stop();
+                }
             }
         });
         let agent = running.agent.clone();
@@ -183,7 +186,7 @@ pub(super) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
             }
         }
         tokio::select! {
-            () = agent::handover::relay_until_closed(&agent) => {}
+            () = agent::handover::finish_lingering(&agent) => {}
             () = shutdown_signal() => tracing::info!("stopped while relaying"),
         }
         Ok(ExitCode::SUCCESS)

@@ -1,13 +1,15 @@
 //! The agent process killed with SIGKILL and started again: its browsers
 //! live on, are re-adopted from the session table and stay supervised, and a
-//! browser that no session owns is killed.
+//! browser that no session owns is killed. And the agent handing over on
+//! SIGHUP: its successor takes the node, the open connections stay.
 
 use std::process::Stdio;
 use std::time::Duration;
 
 use serde_json::{Value, json};
 use testkit::agent_world::{
-    AgentWorld, CHROMIUM, Cdp, TEST_BROWSER_ARGS, evaluate_in_new_page, eventually, processes_with,
+    AgentWorld, CHROMIUM, Cdp, TEST_BROWSER_ARGS, attach_new_page, evaluate_in,
+    evaluate_in_new_page, eventually, processes_with,
 };
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -20,6 +22,18 @@ async fn spawn_agent(
     config: &std::path::Path,
     identity: Option<(&str, &str)>,
 ) -> (Child, String) {
+    let (child, address, _) = spawn_agent_with(world, config, identity, &[]).await;
+    (child, address)
+}
+
+/// [`spawn_agent`] with more environment; also returns the lines the agent
+/// (and any successor it starts, which shares its stdout) prints later.
+async fn spawn_agent_with(
+    world: &AgentWorld,
+    config: &std::path::Path,
+    identity: Option<(&str, &str)>,
+    env: &[(&str, &str)],
+) -> (Child, String, tokio::sync::mpsc::UnboundedReceiver<String>) {
     let moto = testkit::moto::moto();
     let mut command = Command::new(env!("CARGO_BIN_EXE_browserfleet"));
     command.args(["agent", "--config"]).arg(config);
@@ -39,6 +53,7 @@ async fn spawn_agent(
         .env("AWS_REGION", "us-east-1")
         .env("AWS_EC2_METADATA_DISABLED", "true")
         .env("RUST_LOG", "info")
+        .envs(env.iter().copied())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .kill_on_drop(true)
@@ -55,8 +70,15 @@ async fn spawn_agent(
         .strip_prefix("listening on ")
         .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
         .to_owned();
+    // Read on, so that a later line is never written into a closed pipe.
+    let (later, later_lines) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok(Some(line)) = lines.next_line().await {
+            let _ = later.send(line);
+        }
+    });
     let _ = world;
-    (child, address)
+    (child, address, later_lines)
 }
 
 fn sigkill(child: &Child) {
@@ -177,4 +199,154 @@ async fn a_killed_agent_readopts_its_browsers_and_kills_strangers() {
         .expect("agent exits on SIGTERM")
         .expect("exit status");
     assert!(status.success(), "{status}");
+}
+
+/// A loopback port free now.
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .expect("a free port")
+        .port()
+}
+
+/// Kills a process this test did not start (and so cannot `kill_on_drop`)
+/// when the test ends, passed or not.
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        if runs(self.0) {
+            // SAFETY: a plain kill(2) of a process the test caused.
+            unsafe { libc::kill(self.0 as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// Whether process `pid` runs (a zombie does not).
+fn runs(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_agent_handed_over_by_sighup_keeps_open_connections_and_its_successor_takes_the_node() {
+    let mut world = AgentWorld::new("agent-handover", 3).await;
+    world.config["sessions"] = json!({
+        "defaultTtlSeconds": 300, "maxTtlSeconds": 600, "neverUsedTimeoutSeconds": 600
+    });
+    // A node's ports are fixed: the successor listens where the agent did.
+    world.config["gatewayPort"] = json!(free_port());
+    world.config["egress"]["proxyPort"] = json!(free_port());
+    let config_path = world.state_dir.path().join("config.json");
+    std::fs::write(&config_path, world.config.to_string()).unwrap();
+    // systemd's notification socket, as `NotifyAccess=main` gives one.
+    let notify_path = world.state_dir.path().join("notify.sock");
+    let notify = tokio::net::UnixDatagram::bind(&notify_path).expect("notify socket");
+    let (mut agent, address, mut later) = spawn_agent_with(
+        &world,
+        &config_path,
+        Some(("i-handover", "127.0.0.1:0")),
+        &[("NOTIFY_SOCKET", notify_path.to_str().unwrap())],
+    )
+    .await;
+    let (proxy, seen) =
+        testkit::http_proxy::authenticating_proxy("127.0.0.7", "Basic Ym9iOmgwcA==").await;
+    world.request("s-open", json!({})).await;
+    let open = world.reply("session.ready", "s-open").await;
+    world
+        .request(
+            "s-chained",
+            json!({"proxy": {"server": format!("http://{proxy}"), "username": "bob", "password": "h0p"}}),
+        )
+        .await;
+    let chained = world.reply("session.ready", "s-chained").await;
+    let url = |ready: &Value| {
+        format!(
+            "{}?token={}",
+            ready["endpoints"]["webSocketDebuggerUrl"].as_str().unwrap(),
+            ready["token"].as_str().unwrap()
+        )
+    };
+    let mut cdp = Cdp::connect(&url(&open)).await.expect("connects");
+    let page = attach_new_page(&mut cdp, "about:blank").await;
+    assert_eq!(evaluate_in(&mut cdp, &page, "1 + 1").await, json!(2));
+
+    let old = agent.id().expect("agent pid");
+    // SAFETY: a plain kill(2) of the agent process this test started.
+    unsafe { libc::kill(old as i32, libc::SIGHUP) };
+    let mut message = [0u8; 256];
+    let length = tokio::time::timeout(Duration::from_secs(30), notify.recv(&mut message))
+        .await
+        .expect("MAINPID= in time")
+        .expect("a notification");
+    let text = String::from_utf8_lossy(&message[..length]).into_owned();
+    let successor: u32 = text
+        .trim()
+        .strip_prefix("MAINPID=")
+        .and_then(|pid| pid.parse().ok())
+        .unwrap_or_else(|| panic!("not a MAINPID=: {text:?}"));
+    assert_ne!(successor, old);
+    let _successor_killed_at_the_end = KillOnDrop(successor);
+    let line = tokio::time::timeout(Duration::from_secs(30), later.recv())
+        .await
+        .expect("the successor listens in time")
+        .expect("a line");
+    assert_eq!(line, format!("listening on {address}"), "the same listener");
+
+    // The open connection is still relayed by the old agent...
+    assert_eq!(evaluate_in(&mut cdp, &page, "6 * 7").await, json!(42));
+    assert!(
+        runs(old),
+        "the old agent relays until its connections close"
+    );
+    // ...while the successor serves new ones: the chained proxy listens
+    // again on its port, which the old agent gave up.
+    let mut fresh = Cdp::connect(&url(&chained))
+        .await
+        .expect("the successor admits a client");
+    let (_, title) =
+        testkit::agent_world::open_titled_page(&mut fresh, "http://site.example/").await;
+    assert_eq!(title, "via proxy", "the chained proxy listens again");
+    assert!(
+        seen.lock()
+            .unwrap()
+            .iter()
+            .any(|(line, auth)| line.starts_with("GET http://site.example/")
+                && auth.as_deref() == Some("Basic Ym9iOmgwcA==")),
+        "the proxy saw the session's credentials through the successor"
+    );
+    drop(fresh);
+    // The last open connection closes, and the long poll the hand-over
+    // interrupted ends within its 20 s wait: the old agent exits, cleanly.
+    drop(cdp);
+    let status = tokio::time::timeout(Duration::from_secs(40), agent.wait())
+        .await
+        .expect("the old agent exits once its connections closed")
+        .expect("exit status");
+    assert!(status.success(), "{status}");
+
+    // The successor ends both sessions as the owner of the node...
+    for id in ["s-open", "s-chained"] {
+        world
+            .send_raw(&json!({"version": 1, "action": "delete", "sessionId": id}).to_string())
+            .await;
+    }
+    for id in ["s-open", "s-chained"] {
+        let ended = world.reply("session.terminated", id).await;
+        assert_eq!(ended["sessionId"], id);
+        let profile = world.profiles_root().join("tmp").join(id);
+        eventually("browser gone", Duration::from_secs(10), || async {
+            processes_with(&profile.display().to_string()).is_empty()
+        })
+        .await;
+    }
+    // ...and stops on SIGTERM.
+    // SAFETY: a plain kill(2) of the successor this test caused.
+    unsafe { libc::kill(successor as i32, libc::SIGTERM) };
+    eventually("the successor exits", Duration::from_secs(10), || async {
+        !runs(successor)
+    })
+    .await;
 }

@@ -203,12 +203,23 @@ impl<Q: Queues + 'static> Intake<Q> {
                 continue;
             }
             previous_receive = Some(Instant::now());
-            let receive = intake.requests.receive(plan.max_messages, options.wait);
+            let mut receive = {
+                let intake = intake.clone();
+                Box::pin(async move {
+                    tokio::time::timeout(
+                        options.wait + RECEIVE_SLACK,
+                        intake.requests.receive(plan.max_messages, options.wait),
+                    )
+                    .await
+                })
+            };
             // The end of a drain does not cut a long poll short: SQS may still
             // hand the abandoned poll a message, which would then stay invisible
             // for its whole visibility timeout. The poll ends within its wait
             // and what it got goes back below. A stop that is not a drain's end
-            // (SIGTERM) does cut it, so the process exits at once.
+            // (SIGTERM) does cut it, so the process exits at once; a stop
+            // that hands over lets it end in the background instead, since
+            // the process lives on.
             let interrupted = async {
                 loop {
                     if *stopping.borrow() && !agent.is_draining() {
@@ -220,11 +231,23 @@ impl<Q: Queues + 'static> Intake<Q> {
                 }
             };
             let messages = tokio::select! {
-                received = tokio::time::timeout(options.wait + RECEIVE_SLACK, receive) => match received {
+                received = &mut receive => match received {
                     Ok(received) => received,
                     Err(_) => continue,
                 },
-                () = interrupted => break,
+                () = interrupted => {
+                    if agent.is_handing_over() {
+                        let intake = intake.clone();
+                        agent.lingering().spawn(async move {
+                            if let Ok(Ok(messages)) = receive.await {
+                                for message in &messages {
+                                    intake.requests.return_now(message).await;
+                                }
+                            }
+                        });
+                    }
+                    break;
+                }
             };
             let messages = match messages {
                 Ok(messages) if agent.is_draining() || *stopping.borrow() => {

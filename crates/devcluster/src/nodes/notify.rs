@@ -61,8 +61,7 @@ fn main_pid_of(message: &str) -> Option<u32> {
         .lines()
         .filter_map(|line| line.strip_prefix("MAINPID="))
         .filter_map(|pid| pid.trim().parse().ok())
-        .filter(|&pid| pid > 0)
-        .next_back()
+        .rfind(|&pid| pid > 0)
 }
 
 #[cfg(test)]

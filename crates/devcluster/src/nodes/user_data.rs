@@ -435,10 +435,14 @@ mod tests {
 
     #[test]
     fn reloads_name_their_units_and_whether_a_restart_may_replace_them() {
-        let log = "restart a.service\nreload b.service\nreload-or-restart c.service\nreload b.service\n";
+        let log =
+            "restart a.service\nreload b.service\nreload-or-restart c.service\nreload b.service\n";
         assert_eq!(
             reloaded_units(log),
-            [("b.service".to_owned(), false), ("c.service".to_owned(), true)]
+            [
+                ("b.service".to_owned(), false),
+                ("c.service".to_owned(), true)
+            ]
         );
         assert!(is_hangup_of_main("/bin/kill -HUP $MAINPID"));
         assert!(is_hangup_of_main("kill -HUP ${MAINPID}"));
