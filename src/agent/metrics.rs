@@ -31,6 +31,8 @@ pub struct AgentMetrics {
     pub queue_receive_errors: Counter,
     /// Creates received while every slot was taken and put back as copies.
     pub requests_requeued: Counter,
+    /// Creates of sessions this agent already served and ended, dropped.
+    pub creates_already_served: Counter,
     /// Browsers found running without a session after a restart, and killed.
     pub orphans_killed: Counter,
     /// Request-queue messages received and not yet deleted or given back
@@ -92,6 +94,7 @@ impl AgentMetrics {
         let ports = Family::default();
         let queue_receive_errors = Counter::default();
         let requests_requeued = Counter::default();
+        let creates_already_served = Counter::default();
         let orphans_killed = Counter::default();
         let requests_held = Gauge::default();
         let egress_refused: Family<Vec<(String, String)>, Counter> = Family::default();
@@ -125,6 +128,11 @@ impl AgentMetrics {
             requests_requeued.clone(),
         );
         registry.register(
+            "creates_already_served",
+            "Creates of a session this agent already served and ended (a redelivery), dropped unanswered",
+            creates_already_served.clone(),
+        );
+        registry.register(
             "orphans_killed",
             "Browsers without a session killed after a restart",
             orphans_killed.clone(),
@@ -154,6 +162,7 @@ impl AgentMetrics {
             ports,
             queue_receive_errors,
             requests_requeued,
+            creates_already_served,
             orphans_killed,
             requests_held,
             egress_refused,

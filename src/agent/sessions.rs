@@ -45,6 +45,9 @@ struct LiveSession {
     /// Requesters of deletes that reached the session, answered when it
     /// ends (whoever ends it) besides the create's. Kept in memory only.
     deleters: Vec<Requester>,
+    /// Whether it became active here (or was adopted active): its create
+    /// was answered `session.ready`.
+    served: bool,
 }
 
 impl LiveSession {
@@ -59,6 +62,9 @@ struct State {
     /// Deletes of sessions not hosted here, which refuse a later create of
     /// the same id.
     tombstones: Tombstones,
+    /// Sessions served here (they became active) and since ended: a later
+    /// create of the same id is a redelivery, dropped, never started again.
+    served: Tombstones,
     /// When the last session ended (or the agent started, before any).
     emptied: SystemTime,
 }
@@ -193,6 +199,7 @@ impl Sessions {
                 pool,
                 sessions: BTreeMap::new(),
                 tombstones: Tombstones::default(),
+                served: Tombstones::default(),
                 emptied: made,
             }),
             file,
@@ -277,6 +284,12 @@ impl Sessions {
         self.lock().tombstones.contains(id, Instant::now())
     }
 
+    /// Whether `id` was served here and has ended (within the tombstone
+    /// TTL): a create of it is a redelivery.
+    pub fn was_served(&self, id: &SessionId) -> bool {
+        self.lock().served.contains(id, Instant::now())
+    }
+
     /// Removes `id`'s tombstone once a create of it has been answered as
     /// `cancelled` (kept until then, so a create whose answer did not go
     /// out is refused again when it reappears).
@@ -349,6 +362,7 @@ impl Sessions {
                     profile,
                     _chain: chain,
                     deleters: Vec::new(),
+                    served: false,
                 },
             );
             (self.snapshot(&state), cancelled)
@@ -379,6 +393,7 @@ impl Sessions {
             return Err("session ended during its start".into());
         }
         session.phase = HostedPhase::Active;
+        session.served = true;
         session.record.browser_path = browser_path;
         let active = ActiveSession {
             record: session.record.clone(),
@@ -418,11 +433,13 @@ impl Sessions {
             if let Err(error) = state.pool.release(id, port) {
                 tracing::warn!(session = %id, %error, "port was not held");
             }
-            let deleters = state
-                .sessions
-                .remove(id)
-                .map(|s| s.deleters)
-                .unwrap_or_default();
+            let removed = state.sessions.remove(id);
+            // Ending phase is reached from Active or from Starting; only a
+            // session that was once active was answered `session.ready`.
+            if removed.as_ref().is_some_and(|s| s.served) {
+                state.served.record(id, Instant::now());
+            }
+            let deleters = removed.map(|s| s.deleters).unwrap_or_default();
             if state.sessions.is_empty() {
                 state.emptied = SystemTime::now();
             }
@@ -458,6 +475,7 @@ impl Sessions {
     pub fn expire(&self, now: Instant) -> Vec<(Port, SessionId)> {
         let mut state = self.lock();
         state.tombstones.prune(now);
+        state.served.prune(now);
         state.pool.expire(now)
     }
 
@@ -565,6 +583,9 @@ impl Sessions {
         } else {
             (HostedPhase::Starting, Adoption::ToEnd)
         };
+        // A browser path is recorded when the session became active: its
+        // create was answered ready, whether its browser survived or not.
+        let served = !record.browser_path.is_empty();
         state.sessions.insert(
             record.id.clone(),
             LiveSession {
@@ -576,6 +597,7 @@ impl Sessions {
                 profile,
                 _chain: chain,
                 deleters: Vec::new(),
+                served,
             },
         );
         adoption
@@ -789,5 +811,31 @@ mod tests {
         assert_eq!(sessions.port_state(FIRST), Some("free"));
         sessions.save();
         assert_eq!(sessions.saved().unwrap().len(), 1);
+    }
+
+    #[test]
+    fn a_session_that_was_active_is_remembered_as_served_once_ended() {
+        let dir = tempfile::tempdir().unwrap();
+        let sessions = table(dir.path(), 3);
+        let ports = [FIRST, Port(FIRST.0 + 1), Port(FIRST.0 + 2)];
+        let (alive, profile) = saved(dir.path(), "s-alive", ports[0]);
+        sessions.adopt(alive, true, Ok(profile), None);
+        let (died, profile) = saved(dir.path(), "s-died", ports[1]);
+        sessions.adopt(died, false, Ok(profile), None);
+        // Saved while its browser was still starting: never answered ready.
+        let (starting, profile) = saved(dir.path(), "s-starting", ports[2]);
+        let starting = SessionRecord {
+            browser_path: String::new(),
+            ..starting
+        };
+        sessions.adopt(starting, false, Ok(profile), None);
+        for (session, port) in ["s-alive", "s-died", "s-starting"].into_iter().zip(ports) {
+            assert!(!sessions.was_served(&id(session)), "{session} still hosted");
+            assert!(sessions.claim_end(&id(session)).is_ok());
+            sessions.remove(&id(session), port);
+        }
+        assert!(sessions.was_served(&id("s-alive")));
+        assert!(sessions.was_served(&id("s-died")));
+        assert!(!sessions.was_served(&id("s-starting")));
     }
 }

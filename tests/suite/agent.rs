@@ -1360,3 +1360,49 @@ async fn a_producer_speaking_for_the_operator_is_refused_and_never_answered_on_t
     assert_eq!(verify(&ready), Ok(()));
     end_and_stop(running, &["bs-signed"]).await;
 }
+
+/// Issue #28, item 2: a create delivered again after its session was served
+/// and ended (SQS's at-least-once delivery, a producer's retry) is dropped;
+/// it used to start a second browser and answer `session.ready` again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_delivered_again_after_its_session_ended_is_dropped_not_started_again() {
+    let world = AgentWorld::new("agent-served", 2).await;
+    let running = world.start_agent().await;
+    ready_session(&world, "s-once", json!({})).await;
+    let port = world.port_of(&running, "s-once").await;
+    delete_by_queue(&world, "s-once").await;
+    assert_cleaned_up(&world, &running, "s-once", port).await;
+    assert_eq!(
+        metric(&running, "browserfleet_agent_launches_total").await,
+        Some(1.0)
+    );
+
+    // The same create again, then another session's, taken after it.
+    world.request("s-once", json!({})).await;
+    ready_session(&world, "s-next", json!({})).await;
+    assert_eq!(
+        metric(&running, "browserfleet_agent_launches_total").await,
+        Some(2.0),
+        "only s-next started"
+    );
+    let state = world.state(&running).await;
+    let hosted: Vec<&str> = state["sessions"]
+        .as_array()
+        .expect("sessions")
+        .iter()
+        .filter_map(|s| s["id"].as_str())
+        .collect();
+    assert_eq!(hosted, ["s-next"], "{state}");
+    eventually(
+        "the second delivery dropped",
+        Duration::from_secs(30),
+        || async {
+            metric(&running, "browserfleet_agent_creates_already_served_total").await == Some(1.0)
+        },
+    )
+    .await;
+    // The message is gone from the queue, not waiting to be delivered again.
+    let depth = world.sqs.depth(&world.requests).await.expect("depth");
+    assert_eq!((depth.visible, depth.in_flight), (0, 0));
+    running.stop().await;
+}

@@ -385,6 +385,19 @@ impl<Q: Queues + 'static> Intake<Q> {
                     });
                     return;
                 }
+                if self.sessions.was_served(&id) {
+                    // Its requester has had `session.ready` and
+                    // `session.terminated`: a second browser, or a third
+                    // answer, would serve nobody.
+                    let intake = self.clone();
+                    handlers.spawn(async move {
+                        intake.metrics.creates_already_served.inc();
+                        tracing::info!(session = %id, message_id = %message.message_id, "a create of a session already served and ended; dropped");
+                        intake.requests.finish(&message).await;
+                        drop(held);
+                    });
+                    return;
+                }
                 let refusal = refusal_before_start(
                     self.sessions.is_cancelled(&id),
                     request.start_deadline,
