@@ -421,7 +421,11 @@ impl<Q: Queues + 'static> Agent<Q> {
             address: self.identity.advertise.clone(),
             agent_version: state.agent_version,
             slots: state.slots,
-            sessions: u32::try_from(state.sessions.len()).unwrap_or(u32::MAX),
+            // Slots held: a slot reserved for a create being started counts,
+            // so that a draining agent never reads as drained while one is.
+            sessions: u32::try_from(state.sessions.len())
+                .unwrap_or(u32::MAX)
+                .max(state.slots.saturating_sub(state.free_slots)),
             draining: state.draining,
             at: jiff::Timestamp::now(),
         }

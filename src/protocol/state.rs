@@ -154,7 +154,8 @@ pub struct NodeAnnouncement {
     pub agent_version: String,
     /// Sessions it hosts at once.
     pub slots: u32,
-    /// Sessions it hosts now.
+    /// Sessions it hosts now, counting slots reserved for requests being
+    /// started (a draining agent that reports none has drained).
     pub sessions: u32,
     /// Whether it takes no new sessions.
     pub draining: bool,
@@ -212,6 +213,15 @@ impl AgentState {
     /// Sessions that hold a slot (every phase does until it is released).
     pub fn live_sessions(&self) -> usize {
         self.sessions.len()
+    }
+
+    /// Whether nothing on the agent could become a session: no session, no
+    /// slot reserved for a request being started (a create just taken off
+    /// the queue holds one before its session exists), no request message
+    /// received and not yet deleted or given back. Only such an agent may
+    /// be terminated as drained.
+    pub fn is_empty(&self) -> bool {
+        self.sessions.is_empty() && self.free_slots >= self.slots && self.held_requests == 0
     }
 }
 

@@ -116,7 +116,7 @@ async fn retire_for_deletion(
                 // Another instance's agent at a reused address says nothing
                 // about this one: wait for the drain timeout.
                 Ok(state) if state.instance_id != instance.id.as_str() => false,
-                Ok(state) if state.live_sessions() == 0 => true,
+                Ok(state) if state.is_empty() => true,
                 Ok(state) => {
                     if !state.draining
                         && let Err(error) = ctx.agents.drain(address, token.expose()).await

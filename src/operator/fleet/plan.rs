@@ -754,11 +754,15 @@ fn assess(
                     };
                 }
                 (Some(_), _) if draining => {
-                    // A draining agent exits once its last session ended:
-                    // silent after an empty answer, it has drained. With
-                    // sessions it waits for the drain timeout, below.
+                    // A draining agent exits once its last session ended,
+                    // and says so first (its last heartbeat: draining, no
+                    // session). Silence alone says nothing: the last answer
+                    // may predate the drain — an idle agent whose long poll
+                    // took a create just before it, then slow to answer,
+                    // hosts a session now. It waits for that announcement
+                    // or the drain timeout, below.
                     status.state = InstanceState::Draining;
-                    if status.sessions == 0 || registration.is_some_and(|r| r.drained) {
+                    if registration.is_some_and(|r| r.drained) {
                         terminate = Some(TerminateReason::Drained);
                     }
                 }
@@ -781,7 +785,7 @@ fn assess(
             }
             if status.state == InstanceState::Draining {
                 let from = status.draining_since.get_or_insert(Time(now)).0;
-                let empty = matches!(answer, Some(AgentAnswer::State(s)) if s.live_sessions() == 0);
+                let empty = matches!(answer, Some(AgentAnswer::State(s)) if s.is_empty());
                 if terminate.is_none() {
                     if empty {
                         terminate = Some(TerminateReason::Drained);

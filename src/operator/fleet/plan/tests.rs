@@ -218,9 +218,9 @@ fn a_just_launched_instance_the_listing_does_not_show_yet_still_counts() {
     );
 }
 
-#[test]
-fn a_draining_agent_that_went_silent_after_an_empty_answer_has_drained() {
-    let mut world = World::new(spec(0, 10), 60).ready("i-1", 0);
+/// An instance draining since 50 s whose last answer said no session.
+fn draining_world(now: i64) -> World {
+    let mut world = World::new(spec(0, 10), now).ready("i-1", 0);
     world.previous.instances = vec![InstanceStatus {
         instance_id: "i-1".into(),
         state: InstanceState::Draining,
@@ -239,9 +239,75 @@ fn a_draining_agent_that_went_silent_after_an_empty_answer_has_drained() {
         interruption: None,
     }];
     world
+}
+
+/// Issue #28, item 4: the empty answer may predate the drain (an idle agent
+/// whose long poll took a create just before it), so silence alone never
+/// terminates a draining instance; its drained announcement or the drain
+/// timeout does.
+#[test]
+fn a_draining_agent_that_went_silent_has_drained_only_once_it_said_so() {
+    let mut world = draining_world(60);
+    world
         .observed
         .answers
         .insert(InstanceId::new("i-1"), AgentAnswer::Silent);
+    assert!(
+        world.plan().terminate.is_empty(),
+        "silence after an empty answer"
+    );
+
+    world
+        .observed
+        .registrations
+        .get_mut(&InstanceId::new("i-1"))
+        .expect("registered")
+        .drained = true;
+    assert_eq!(
+        world.plan().terminate,
+        vec![(InstanceId::new("i-1"), TerminateReason::Drained)]
+    );
+
+    let mut world = draining_world(50 + 600);
+    world
+        .observed
+        .answers
+        .insert(InstanceId::new("i-1"), AgentAnswer::Silent);
+    assert_eq!(
+        world.plan().terminate,
+        vec![(InstanceId::new("i-1"), TerminateReason::DrainTimeout)]
+    );
+}
+
+/// Issue #28, item 4: a draining agent that hosts no session yet but holds
+/// a slot for a create it is starting, or a request it has not yet given
+/// back, is not empty.
+#[test]
+fn a_draining_agent_holding_a_reserved_slot_or_a_request_is_not_drained() {
+    let holding = |reserved: bool| {
+        let AgentAnswer::State(mut state) = agent("i-1", 0, true) else {
+            unreachable!()
+        };
+        if reserved {
+            state.free_slots -= 1;
+        } else {
+            state.held_requests = 1;
+        }
+        AgentAnswer::State(state)
+    };
+    for reserved in [true, false] {
+        let mut world = draining_world(60);
+        world
+            .observed
+            .answers
+            .insert(InstanceId::new("i-1"), holding(reserved));
+        assert!(world.plan().terminate.is_empty(), "reserved: {reserved}");
+    }
+    let mut world = draining_world(60);
+    world
+        .observed
+        .answers
+        .insert(InstanceId::new("i-1"), agent("i-1", 0, true));
     assert_eq!(
         world.plan().terminate,
         vec![(InstanceId::new("i-1"), TerminateReason::Drained)]
