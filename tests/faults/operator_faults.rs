@@ -6,6 +6,7 @@
 use browserfleet::api::fleet::CONDITION_DEGRADED;
 use kube::ResourceExt;
 
+use browserfleet::cloud::Compute;
 use testkit::fault_proxy::{Fault, proxy};
 use testkit::operator_world::{OperatorWorld, condition, test_settings};
 
@@ -131,5 +132,65 @@ async fn throttling_beyond_the_retries_is_a_condition_and_passes() {
         .await;
     world.wait_for("recovered", |f| healthy_with(f, 1)).await;
     assert!(rule.seen() >= 6);
+    operator.stop().await.expect("graceful stop");
+}
+
+/// An empty `DescribeInstances` answer: EC2's listing right after
+/// `RunInstances`, which may omit the instances just launched (EC2's
+/// documented eventual consistency).
+fn empty_listing() -> Fault {
+    Fault::Respond {
+        status: 200,
+        content_type: "text/xml;charset=UTF-8",
+        body: "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<DescribeInstancesResponse \
+               xmlns=\"http://ec2.amazonaws.com/doc/2016-11-15/\"><requestId>fault-proxy</requestId>\
+               <reservationSet/></DescribeInstancesResponse>"
+            .into(),
+    }
+}
+
+/// Issue #28, item 3: a fleet deleted while EC2's listing does not show
+/// its new instance yet terminates that instance (recorded in its status)
+/// before it lets go; the deletion used to trust the empty listing and
+/// leave the instance running, with no fleet, queue or finalizer left.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_fleet_deleted_while_the_listing_lags_terminates_its_new_instance() {
+    let world = world("deleted-lagging").await;
+    let operator = world.start_operator(test_settings(), None).await;
+    world.apply(&world.fleet(1, 2)).await;
+    let fleet = world
+        .wait_for("the launch recorded", |f| {
+            f.status.as_ref().is_some_and(|s| s.instances.len() == 1)
+        })
+        .await;
+    let id = world.fleet_id().await;
+    let instance = fleet.status.expect("status").instances[0]
+        .instance_id
+        .clone();
+    let faults = 4;
+    let lag = proxy().inject("DescribeInstances", id.uid(), vec![empty_listing(); faults]);
+    world.delete().await;
+    world
+        .wait_fleet_gone(std::time::Duration::from_secs(60))
+        .await;
+    // The listing shows what EC2 has again once the lag has passed.
+    let compute = browserfleet::cloud::Ec2Compute::new(&world.aws);
+    let mut listed = Vec::new();
+    for _ in 0..=faults {
+        if lag.seen() >= faults {
+            listed = compute.list_instances(&id).await.expect("listing");
+            break;
+        }
+        let _ = compute.list_instances(&id).await;
+    }
+    assert!(lag.seen() >= faults, "the lag lasted: {}", lag.seen());
+    let running: Vec<_> = listed
+        .iter()
+        .filter(|i| !matches!(i.state, browserfleet::cloud::Ec2State::ShuttingDown))
+        .collect();
+    assert!(
+        running.is_empty(),
+        "{instance} orphaned by the deletion: {running:?}"
+    );
     operator.stop().await.expect("graceful stop");
 }

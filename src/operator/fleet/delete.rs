@@ -1,6 +1,12 @@
 //! A fleet being deleted: its instances drained and terminated (for at most
 //! `drainTimeoutSeconds`), its queues and agent configuration deleted, then
 //! its finalizer removed.
+//!
+//! EC2's listing may omit instances for a while after `RunInstances`, so the
+//! listing alone never proves a fleet has no instance: instances status
+//! records as launched but the listing does not show are terminated by id,
+//! and a launch still in doubt (recorded, its instances not all listed) is
+//! waited for, each within [`LISTING_LAG`] of its launch.
 
 use std::time::Duration;
 
@@ -8,7 +14,9 @@ use jiff::Timestamp;
 use kube::runtime::controller::Action;
 use kube::{Resource, ResourceExt};
 
+use super::launch::{LaunchProgress, progress};
 use super::observe::addresses;
+use super::plan::{LISTING_LAG, since};
 use super::{Error, FINALIZER, FleetController, FleetMemory, Reconciled, api};
 use crate::api::BrowserFleet;
 use crate::cloud::{
@@ -34,8 +42,28 @@ pub(super) async fn delete_fleet(
         .iter()
         .filter(|i| !matches!(i.state, Ec2State::ShuttingDown | Ec2State::Terminated))
         .collect();
+    let now = Timestamp::now();
+    let unlisted = launched_but_unlisted(fleet, &instances, now);
+    // A terminate EC2 accepts settles an unlisted instance (the listing
+    // leaves terminated ones out, so it may never show it); one EC2 does
+    // not know yet is asked again at the next pass. Nothing runs on an
+    // instance whose agent was never listed, so there is nothing to drain.
+    let unsettled = !unlisted.is_empty()
+        && match ctx.compute.terminate(&unlisted).await {
+            Ok(()) => false,
+            Err(error) => {
+                tracing::info!(%error, "instances launched but not listed yet: not terminated yet");
+                true
+            }
+        };
+    let in_doubt = launch_in_doubt(fleet, &instances, now);
+    if in_doubt {
+        tracing::info!("a launch is in doubt; waiting for EC2's listing to show it");
+    }
     if !live.is_empty() {
         retire_for_deletion(fleet, id, &instances, controller, memory).await?;
+    }
+    if !live.is_empty() || unsettled || in_doubt {
         return Ok(Reconciled::Live(Action::requeue(Duration::from_secs(2))));
     }
     // Its watches stop before its queues go.
@@ -147,4 +175,166 @@ async fn retire_for_deletion(
         .await;
     }
     Ok(())
+}
+
+/// Instances status records as launched, within [`LISTING_LAG`] of their
+/// launch, that EC2's listing does not show in any state.
+fn launched_but_unlisted(
+    fleet: &BrowserFleet,
+    listed: &[FleetInstance],
+    now: Timestamp,
+) -> Vec<InstanceId> {
+    let Some(status) = fleet.status.as_ref() else {
+        return Vec::new();
+    };
+    status
+        .instances
+        .iter()
+        .filter(|s| !listed.iter().any(|i| i.id.as_str() == s.instance_id))
+        .filter(|s| {
+            s.launch_time
+                .as_ref()
+                .is_some_and(|t| since(now, t.0) < LISTING_LAG)
+        })
+        .map(|s| InstanceId::new(&s.instance_id))
+        .collect()
+}
+
+/// Whether a recorded launch may have instances nobody knows: decided
+/// within [`LISTING_LAG`], and fewer of its instances listed (by their
+/// launch's tag) or recorded in status (launched since the decision) than
+/// it launches — the operator stopped between `RunInstances` and the status
+/// write, or the deletion came in between.
+fn launch_in_doubt(fleet: &BrowserFleet, listed: &[FleetInstance], now: Timestamp) -> bool {
+    let Some(status) = fleet.status.as_ref() else {
+        return false;
+    };
+    let Some(intent) = status.launch_intent.as_ref() else {
+        return false;
+    };
+    if since(now, intent.decided_at.0) >= LISTING_LAG {
+        return false;
+    }
+    let LaunchProgress::Unfinished { missing, .. } = progress(Some(intent), listed) else {
+        return false;
+    };
+    let recorded = status
+        .instances
+        .iter()
+        .filter(|s| !listed.iter().any(|i| i.id.as_str() == s.instance_id))
+        .filter(|s| {
+            s.launch_time
+                .as_ref()
+                .is_some_and(|t| t.0 >= intent.decided_at.0)
+        })
+        .count();
+    usize::try_from(missing).unwrap_or(usize::MAX) > recorded
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+
+    use super::*;
+    use crate::api::fleet::{BrowserFleetStatus, InstanceState, InstanceStatus, LaunchIntent};
+    use crate::cloud::fleet_tags::LAUNCH_SEQUENCE_TAG;
+
+    fn at(seconds: i64) -> Timestamp {
+        Timestamp::from_second(1_700_000_000 + seconds).unwrap()
+    }
+
+    fn recorded(id: &str, launched: i64) -> InstanceStatus {
+        InstanceStatus {
+            instance_id: id.into(),
+            state: InstanceState::Pending,
+            subnet_id: None,
+            private_ip: None,
+            launch_time: Some(Time(at(launched))),
+            sessions: 0,
+            address: None,
+            agent_version: None,
+            agent_artifact_sha256: None,
+            last_seen: None,
+            draining_since: None,
+            bootstrap: None,
+            disruption: None,
+            replaces: None,
+            interruption: None,
+        }
+    }
+
+    fn listed(id: &str, sequence: u64, state: Ec2State) -> FleetInstance {
+        FleetInstance {
+            id: InstanceId::new(id),
+            state,
+            instance_type: None,
+            image_id: None,
+            subnet_id: None,
+            availability_zone: None,
+            private_ip: None,
+            launch_time: None,
+            tags: BTreeMap::from([(LAUNCH_SEQUENCE_TAG.to_owned(), sequence.to_string())]),
+        }
+    }
+
+    fn fleet(instances: Vec<InstanceStatus>, intent: Option<LaunchIntent>) -> BrowserFleet {
+        let spec = serde_json::from_value(serde_json::json!({
+            "instance": {
+                "platform": "Linux",
+                "image": {"id": "ami-12345678"},
+                "instanceTypes": ["m6i.large"],
+                "subnetIds": ["subnet-01234567"],
+                "securityGroupIds": ["sg-01234567"],
+                "instanceProfile": "node",
+            },
+            "capacity": {"minInstances": 0, "maxInstances": 10},
+        }))
+        .expect("spec");
+        let mut fleet = BrowserFleet::new("web", spec);
+        fleet.status = Some(BrowserFleetStatus {
+            instances,
+            launch_intent: intent,
+            ..Default::default()
+        });
+        fleet
+    }
+
+    #[test]
+    fn recorded_instances_the_listing_omits_are_unlisted_until_the_lag_has_passed() {
+        let fleet = fleet(vec![recorded("i-new", 100), recorded("i-shown", 100)], None);
+        let shown = [listed("i-shown", 1, Ec2State::Terminated)];
+        assert_eq!(
+            launched_but_unlisted(&fleet, &shown, at(110)),
+            [InstanceId::new("i-new")]
+        );
+        assert!(launched_but_unlisted(&fleet, &shown, at(100 + 120)).is_empty());
+    }
+
+    #[test]
+    fn a_launch_whose_instances_are_not_all_listed_is_in_doubt_until_the_lag_has_passed() {
+        let intent = LaunchIntent {
+            sequence: 3,
+            count: 2,
+            decided_at: Time(at(100)),
+        };
+        let fleet = fleet(Vec::new(), Some(intent));
+        let one = [listed("i-1", 3, Ec2State::Pending)];
+        assert!(launch_in_doubt(&fleet, &one, at(110)));
+        assert!(!launch_in_doubt(&fleet, &one, at(100 + 120)));
+        let both = [
+            listed("i-1", 3, Ec2State::Pending),
+            listed("i-2", 3, Ec2State::ShuttingDown),
+        ];
+        assert!(!launch_in_doubt(&fleet, &both, at(110)));
+        // The other one recorded in status (launched after the decision),
+        // though the listing leaves it out: known.
+        let mut known = fleet.clone();
+        known.status.as_mut().unwrap().instances = vec![recorded("i-2", 101)];
+        assert!(!launch_in_doubt(&known, &one, at(110)));
+        // One recorded from before the decision is another launch's.
+        known.status.as_mut().unwrap().instances = vec![recorded("i-0", 90)];
+        assert!(launch_in_doubt(&known, &one, at(110)));
+    }
 }
