@@ -3,13 +3,13 @@
 //! [`FleetMemory`] per fleet, loaded when a reconcile starts and stored once
 //! when it ends.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Mutex;
 use std::time::Instant;
 
 use jiff::Timestamp;
 
-use crate::api::fleet::ImageSource;
+use crate::api::fleet::{BootstrapStatus, ImageSource};
 use crate::cloud::ImageId;
 
 use crate::operator::agent_config::{FleetQueues, FleetSecrets};
@@ -46,6 +46,10 @@ pub struct FleetMemory {
     pub watching_since: Option<Timestamp>,
     /// The AMI the fleet's image source named when last read.
     pub image: Option<ResolvedImage>,
+    /// The last agent upgrade this process sent to each instance: a
+    /// reconcile that reads a status older than its own last write (a
+    /// lagging cache, a lost write) must not send it again.
+    pub upgrades: BTreeMap<String, BootstrapStatus>,
 }
 
 /// An image source and the AMI it named.

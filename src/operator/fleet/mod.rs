@@ -327,7 +327,7 @@ async fn reconcile_fleet(
     )
     .await;
     let mut status = report::status_of(fleet, &ensured, &plan, &observed, &acted, failure.as_ref());
-    upgrade::roll_out(fleet, &mut status, ctx).await;
+    upgrade::roll_out(fleet, &mut status, ctx, &mut memory.upgrades).await;
     ctx.metrics.fleet(
         &id.to_string(),
         plan.decision.desired,

@@ -21,6 +21,8 @@
 //! reports another artifact [`CONFIRM_WITHIN`] after it was sent counts as
 //! failed (a restart that did not take, an agent that cannot read itself).
 
+use std::collections::BTreeMap;
+
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
 use crate::api::fleet::{
@@ -52,6 +54,8 @@ pub struct Decision {
     pub up_to_date: u32,
     /// Ready instances whose agent does not (yet).
     pub outdated: u32,
+    /// Ready instances whose agent has not reported its artifact yet.
+    pub unreported: u32,
     /// Invocations of this artifact that failed, on instances still outdated.
     pub failed: Vec<String>,
     /// Whether more than `maxErrors` failed: nothing more is sent.
@@ -72,9 +76,19 @@ pub fn decide(desired: &str, instances: &[InstanceStatus], limits: &UpgradeSpec)
     let mut in_flight = 0usize;
     let mut candidates = Vec::new();
     for instance in instances.iter().filter(|i| i.state == InstanceState::Ready) {
-        if instance.agent_artifact_sha256.as_deref() == Some(desired) {
-            decision.up_to_date += 1;
-            continue;
+        match instance.agent_artifact_sha256.as_deref() {
+            Some(reported) if reported == desired => {
+                decision.up_to_date += 1;
+                continue;
+            }
+            // Not reported yet: an agent hashes its executable after it
+            // starts. Unknown is not outdated; an upgrade sent now would
+            // only install what it runs and reload it.
+            None => {
+                decision.unreported += 1;
+                continue;
+            }
+            Some(_) => {}
         }
         decision.outdated += 1;
         match running_for(instance, desired).map(|b| b.state) {
@@ -129,7 +143,12 @@ fn excerpt(stderr: &str, stdout: &str) -> Option<String> {
 }
 
 /// Runs the step on `status` (see the module's docs).
-pub(super) async fn roll_out(fleet: &BrowserFleet, status: &mut BrowserFleetStatus, ctx: &Context) {
+pub(super) async fn roll_out(
+    fleet: &BrowserFleet,
+    status: &mut BrowserFleetStatus,
+    ctx: &Context,
+    sent: &mut BTreeMap<String, BootstrapStatus>,
+) {
     let spec: &BrowserFleetSpec = &fleet.spec;
     let Some(artifact) = &spec.agent.artifact else {
         status.up_to_date_instances = 0;
@@ -139,6 +158,7 @@ pub(super) async fn roll_out(fleet: &BrowserFleet, status: &mut BrowserFleetStat
         return;
     };
     let desired = artifact.sha256.to_ascii_lowercase();
+    remember_sent(status, sent);
     poll(status, ctx).await;
     unconfirmed_fail(status, &desired, jiff::Timestamp::now());
     let limits = &spec.agent.upgrade;
@@ -170,6 +190,12 @@ pub(super) async fn roll_out(fleet: &BrowserFleet, status: &mut BrowserFleetStat
             }
         }
     }
+    sent.retain(|id, _| status.instances.iter().any(|i| &i.instance_id == id));
+    for instance in &status.instances {
+        if let Some(bootstrap) = &instance.bootstrap {
+            sent.insert(instance.instance_id.clone(), bootstrap.clone());
+        }
+    }
     status.up_to_date_instances = i32::try_from(decision.up_to_date).unwrap_or(i32::MAX);
     let wanted = condition(&desired, &decision, status, limits, sending_failed);
     status.conditions = conditions::merge(
@@ -178,6 +204,24 @@ pub(super) async fn roll_out(fleet: &BrowserFleet, status: &mut BrowserFleetStat
         fleet.metadata.generation,
         &Time(jiff::Timestamp::now()),
     );
+}
+
+/// Puts back the upgrade this process last sent to an instance when the
+/// status read lacks it or records an earlier one: the status may be older
+/// than this process's last write.
+fn remember_sent(status: &mut BrowserFleetStatus, sent: &BTreeMap<String, BootstrapStatus>) {
+    for instance in &mut status.instances {
+        let Some(remembered) = sent.get(&instance.instance_id) else {
+            continue;
+        };
+        let older = instance.bootstrap.as_ref().is_none_or(|b| {
+            b.command_id != remembered.command_id
+                && b.sent_at.as_ref().map(|t| t.0) < remembered.sent_at.as_ref().map(|t| t.0)
+        });
+        if older {
+            instance.bootstrap = Some(remembered.clone());
+        }
+    }
 }
 
 /// Reads every invocation still running into its instance's status.
@@ -266,7 +310,18 @@ fn condition(
     sending_failed: Option<String>,
 ) -> Wanted {
     let artifact = short(desired);
-    let ready = decision.up_to_date + decision.outdated;
+    let ready = decision.up_to_date + decision.outdated + decision.unreported;
+    if decision.outdated == 0 && decision.unreported > 0 {
+        return Wanted::new(
+            CONDITION_AGENTS_UP_TO_DATE,
+            false,
+            "Upgrading",
+            format!(
+                "{} of {ready} ready instances run agent {artifact}; {} not yet reported",
+                decision.up_to_date, decision.unreported
+            ),
+        );
+    }
     if decision.outdated == 0 {
         return Wanted::new(
             CONDITION_AGENTS_UP_TO_DATE,
@@ -462,5 +517,57 @@ mod tests {
         );
         assert_eq!(excerpt("", "only out\n"), Some("only out".into()));
         assert_eq!(excerpt(" ", ""), None);
+    }
+
+    #[test]
+    fn an_upgrade_this_process_sent_is_put_back_into_a_status_read_that_lacks_it() {
+        let sent_at = |s: i64| {
+            Some(Time(
+                jiff::Timestamp::from_second(1_700_000_000 + s).unwrap(),
+            ))
+        };
+        let remembered = BootstrapStatus {
+            command_id: "c-2".into(),
+            artifact_sha256: Some("v2".into()),
+            state: CommandState::Success,
+            message: None,
+            sent_at: sent_at(20),
+        };
+        let memory = BTreeMap::from([("i-1".to_owned(), remembered.clone())]);
+        let mut status = BrowserFleetStatus {
+            instances: vec![instance("i-1", InstanceState::Ready, "v1", None)],
+            ..Default::default()
+        };
+        remember_sent(&mut status, &memory);
+        assert_eq!(status.instances[0].bootstrap, Some(remembered.clone()));
+        // An earlier command in the status read is replaced too...
+        status.instances[0].bootstrap = Some(BootstrapStatus {
+            command_id: "c-1".into(),
+            sent_at: sent_at(10),
+            ..remembered.clone()
+        });
+        remember_sent(&mut status, &memory);
+        assert_eq!(status.instances[0].bootstrap, Some(remembered.clone()));
+        // ...a later one (another operator's, say) is not.
+        let later = BootstrapStatus {
+            command_id: "c-3".into(),
+            sent_at: sent_at(30),
+            ..remembered
+        };
+        status.instances[0].bootstrap = Some(later.clone());
+        remember_sent(&mut status, &memory);
+        assert_eq!(status.instances[0].bootstrap, Some(later));
+        // With it, the instance is in its batch, not sent again.
+        let decision = decide("v2", &status.instances, &limits(1, 0));
+        assert!(decision.send.is_empty(), "{decision:?}");
+    }
+
+    #[test]
+    fn an_agent_that_has_not_reported_its_artifact_yet_gets_no_upgrade() {
+        let mut starting = instance("i-1", InstanceState::Ready, "v2", None);
+        starting.agent_artifact_sha256 = None;
+        let decision = decide("v2", &[starting], &limits(1, 0));
+        assert!(decision.send.is_empty(), "{decision:?}");
+        assert_eq!(decision.up_to_date, 0);
     }
 }
