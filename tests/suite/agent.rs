@@ -1406,3 +1406,79 @@ async fn a_create_delivered_again_after_its_session_ended_is_dropped_not_started
     assert_eq!((depth.visible, depth.in_flight), (0, 0));
     running.stop().await;
 }
+
+/// Issue #28, item 1: a create stays invisible for as long as its browser
+/// takes to start. Without renewal, a start longer than the visibility
+/// timeout let another agent receive the same create (and start it twice);
+/// the control below shows that is what a plain wait does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_stays_invisible_however_long_its_start_takes() {
+    use browserfleet::agent::intake::{OperatorTrust, RequestQueue};
+    use browserfleet::cloud::queues::ReceiveOptions;
+    let world = AgentWorld::new("agent-hold", 1).await;
+    let visibility = Duration::from_secs(2);
+    let queue = RequestQueue::new(
+        std::sync::Arc::new(world.sqs.clone()),
+        world.requests.clone(),
+        None,
+        visibility,
+        OperatorTrust {
+            message_key: browserfleet::cloud::SecretValue::new(testkit::agent_world::MESSAGE_KEY),
+            events: world.events.as_str().to_owned(),
+        },
+    );
+    // Another agent polling the same queue all along.
+    let other_agent = || async {
+        let options = ReceiveOptions {
+            max_messages: 1,
+            wait: Duration::from_secs(1),
+            visibility: Some(Duration::from_secs(30)),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            let got = world
+                .sqs
+                .receive(&world.requests, options)
+                .await
+                .expect("receive");
+            if !got.is_empty() {
+                return true;
+            }
+        }
+        false
+    };
+
+    world.request("s-held", json!({})).await;
+    let message = queue
+        .receive(1, Duration::from_secs(5))
+        .await
+        .expect("receive")
+        .pop()
+        .expect("the create");
+    // A start of 5 s, more than twice the visibility timeout.
+    let seen_elsewhere = queue.hold_while(&message, other_agent()).await;
+    assert!(
+        !seen_elsewhere,
+        "another agent received the create while it started"
+    );
+    queue.finish(&message).await;
+    let depth = world.sqs.depth(&world.requests).await.expect("depth");
+    assert_eq!(
+        (depth.visible, depth.in_flight),
+        (0, 0),
+        "deleted with its receipt"
+    );
+
+    // The control: the same wait without renewal lets the other agent in.
+    world.request("s-unheld", json!({})).await;
+    let _unheld = queue
+        .receive(1, Duration::from_secs(5))
+        .await
+        .expect("receive")
+        .pop()
+        .expect("the create");
+    assert!(
+        other_agent().await,
+        "the create reappears after its visibility timeout"
+    );
+}

@@ -373,10 +373,13 @@ impl<Q: Queues + 'static> Intake<Q> {
                     return;
                 }
                 let request = with_default_targets(request, &self.default_targets);
+                // A create that names no session is named after its message,
+                // the same on every delivery, so that a redelivery is known
+                // for what it is.
                 let id = request
                     .session_id
                     .clone()
-                    .unwrap_or_else(SessionId::generate);
+                    .unwrap_or_else(|| requeue::session_for(&message.message_id));
                 if self.sessions.hosts(&id) {
                     let intake = self.clone();
                     handlers.spawn(async move {
@@ -436,8 +439,11 @@ impl<Q: Queues + 'static> Intake<Q> {
                 let intake = self.clone();
                 handlers.spawn(async move {
                     let launched = intake
-                        .agent
-                        .launch(id.clone(), port, &request, received)
+                        .requests
+                        .hold_while(
+                            &message,
+                            intake.agent.launch(id.clone(), port, &request, received),
+                        )
                         .await;
                     intake.answer_launch(id, &request, &message, launched).await;
                     drop(held);

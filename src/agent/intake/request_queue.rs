@@ -116,6 +116,37 @@ impl<Q: Queues> RequestQueue<Q> {
         self.queues.receive(&self.url, options).await
     }
 
+    /// Runs `work` while keeping `message` invisible: its visibility timeout
+    /// is renewed every third of it, so that no other agent receives it
+    /// while its browser starts, however slow the start (issue #28 item 1:
+    /// a start that outlived the timeout let a second agent take the
+    /// create, and on SQS the first agent's delete with its stale receipt
+    /// then deleted nothing). A renewal that fails is logged; the work goes
+    /// on.
+    pub async fn hold_while<T>(
+        &self,
+        message: &ReceivedMessage,
+        work: impl std::future::Future<Output = T>,
+    ) -> T {
+        let every = (self.visibility / 3).max(Duration::from_secs(1));
+        let renew = async {
+            loop {
+                tokio::time::sleep(every).await;
+                if let Err(error) = self
+                    .queues
+                    .change_visibility(&self.url, &message.receipt, self.visibility)
+                    .await
+                {
+                    tracing::warn!(message_id = %message.message_id, %error, "cannot keep a request invisible while it starts");
+                }
+            }
+        };
+        tokio::select! {
+            done = work => done,
+            never = renew => never,
+        }
+    }
+
     /// Makes a message visible again at once (one received as the agent
     /// began to drain or stop).
     pub async fn return_now(&self, message: &ReceivedMessage) {
