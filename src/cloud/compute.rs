@@ -960,6 +960,19 @@ impl Compute for Ec2Compute {
                                     code: fault.code,
                                 });
                             }
+                            // Instances of earlier groups exist: they are
+                            // returned, so that status records them by id,
+                            // and the rest stays missing from the recorded
+                            // launch for the next reconcile (issue #28 item
+                            // 5: the error used to drop them from sight).
+                            Err(other) if !outcome.instances.is_empty() => {
+                                tracing::warn!(
+                                    error = %other,
+                                    launched = outcome.instances.len(),
+                                    "a placement failed after earlier ones launched; keeping those"
+                                );
+                                return Ok(outcome);
+                            }
                             Err(other) => return Err(other),
                         }
                     }

@@ -430,3 +430,44 @@ async fn spot_without_capacity_anywhere_falls_back_to_on_demand() {
         Some(aws_sdk_ec2::types::InstanceLifecycleType::Spot)
     );
 }
+
+/// Issue #28, item 5: a launch over two subnets whose second group fails
+/// with an error that is not about capacity returns the first group's
+/// instance (status then records it by id); it used to return only the
+/// error, leaving that instance known to nothing but EC2's listing.
+#[tokio::test]
+async fn a_later_groups_error_keeps_the_instances_of_the_earlier_groups() {
+    let aws = aws(2).await;
+    let world = world(&aws, "later-error").await;
+    let fleet = testkit::unique_fleet("later-error");
+    let compute = Ec2Compute::new(&aws);
+    let blueprint = blueprint(&world);
+    let rule = proxy().inject(
+        "RunInstances",
+        fleet.uid(),
+        vec![
+            // The first group's call goes through to moto.
+            Fault::Stall(Duration::ZERO),
+            Fault::ec2_error(
+                400,
+                "InvalidParameterValue",
+                "The second group's placement is refused.",
+            ),
+        ],
+    );
+    let request = LaunchRequest {
+        count: 2,
+        sequence: 4,
+        first_subnet: 0,
+    };
+    let outcome = compute
+        .launch(&fleet, &blueprint, request)
+        .await
+        .expect("the first group's instance is returned");
+    assert_eq!(rule.seen(), 2, "one call per group");
+    assert_eq!(outcome.instances.len(), 1);
+    assert_eq!(
+        outcome.instances[0].subnet_id.as_deref(),
+        Some(world.subnets[0].as_str())
+    );
+}

@@ -215,20 +215,10 @@ fn launch_in_doubt(fleet: &BrowserFleet, listed: &[FleetInstance], now: Timestam
     if since(now, intent.decided_at.0) >= LISTING_LAG {
         return false;
     }
-    let LaunchProgress::Unfinished { missing, .. } = progress(Some(intent), listed) else {
-        return false;
-    };
-    let recorded = status
-        .instances
-        .iter()
-        .filter(|s| !listed.iter().any(|i| i.id.as_str() == s.instance_id))
-        .filter(|s| {
-            s.launch_time
-                .as_ref()
-                .is_some_and(|t| t.0 >= intent.decided_at.0)
-        })
-        .count();
-    usize::try_from(missing).unwrap_or(usize::MAX) > recorded
+    matches!(
+        progress(Some(intent), listed, &status.instances),
+        LaunchProgress::Unfinished { .. }
+    )
 }
 
 #[cfg(test)]

@@ -9,7 +9,7 @@
 //! one launch, the SDK's retries of a call reuse its token, so a lost answer
 //! never doubles it.
 
-use crate::api::fleet::LaunchIntent;
+use crate::api::fleet::{InstanceStatus, LaunchIntent};
 use crate::cloud::FleetInstance;
 
 /// What to do about the fleet's recorded launch, given its instances.
@@ -29,10 +29,18 @@ pub enum LaunchProgress {
     Complete,
 }
 
-/// Compares the recorded launch with the fleet's instances. An instance
-/// being terminated still counts (it was launched; replacing it is a new
-/// decision); one already gone from the listing does not.
-pub fn progress(intent: Option<&LaunchIntent>, instances: &[FleetInstance]) -> LaunchProgress {
+/// Compares the recorded launch with the fleet's instances: those listed
+/// with its sequence, and those status records by id (launched since the
+/// launch was decided) that EC2's listing does not show yet — `RunInstances`
+/// answered with them, the listing lags (issue #28 item 5: resuming from
+/// the listing alone launched them again). An instance being terminated
+/// still counts (it was launched; replacing it is a new decision); one
+/// already gone from the listing and from status does not.
+pub fn progress(
+    intent: Option<&LaunchIntent>,
+    instances: &[FleetInstance],
+    recorded: &[InstanceStatus],
+) -> LaunchProgress {
     let Some(intent) = intent else {
         return LaunchProgress::Idle;
     };
@@ -40,10 +48,20 @@ pub fn progress(intent: Option<&LaunchIntent>, instances: &[FleetInstance]) -> L
         // Not a sequence this operator wrote; nothing can be launched for it.
         return LaunchProgress::Complete;
     };
-    let launched = instances
+    let listed = instances
         .iter()
         .filter(|i| i.launch_sequence() == Some(sequence))
         .count();
+    let recorded_unlisted = recorded
+        .iter()
+        .filter(|s| !instances.iter().any(|i| i.id.as_str() == s.instance_id))
+        .filter(|s| {
+            s.launch_time
+                .as_ref()
+                .is_some_and(|t| t.0 >= intent.decided_at.0)
+        })
+        .count();
+    let launched = listed + recorded_unlisted;
     let wanted = usize::try_from(intent.count).unwrap_or(0);
     match wanted.saturating_sub(launched) {
         0 => LaunchProgress::Complete,
@@ -88,9 +106,48 @@ mod tests {
         }
     }
 
+    fn recorded(id: &str, launched_at: i64) -> InstanceStatus {
+        let mut status: InstanceStatus = serde_json::from_value(serde_json::json!({
+            "instanceId": id,
+            "state": "Pending",
+        }))
+        .expect("status");
+        status.launch_time = Some(Time(
+            jiff::Timestamp::from_second(launched_at).expect("time"),
+        ));
+        status
+    }
+
+    #[test]
+    fn instances_status_records_count_while_the_listing_omits_them() {
+        let decided = LaunchIntent {
+            decided_at: Time(jiff::Timestamp::from_second(100).expect("time")),
+            ..intent(3, 3)
+        };
+        let listed = [instance("i-1", Some(3), Ec2State::Pending)];
+        // i-2 launched by this launch and not listed yet; i-0 is older.
+        let statuses = [
+            recorded("i-1", 101),
+            recorded("i-2", 101),
+            recorded("i-0", 50),
+        ];
+        assert_eq!(
+            progress(Some(&decided), &listed, &statuses),
+            LaunchProgress::Unfinished {
+                sequence: 3,
+                missing: 1
+            }
+        );
+        let statuses = [recorded("i-2", 101), recorded("i-3", 102)];
+        assert_eq!(
+            progress(Some(&decided), &listed, &statuses),
+            LaunchProgress::Complete
+        );
+    }
+
     #[test]
     fn no_intent_is_idle() {
-        assert_eq!(progress(None, &[]), LaunchProgress::Idle);
+        assert_eq!(progress(None, &[], &[]), LaunchProgress::Idle);
     }
 
     #[test]
@@ -101,7 +158,7 @@ mod tests {
             instance("i-3", None, Ec2State::Running),
         ];
         assert_eq!(
-            progress(Some(&intent(3, 4)), &instances),
+            progress(Some(&intent(3, 4)), &instances, &[]),
             LaunchProgress::Unfinished {
                 sequence: 3,
                 missing: 3
@@ -116,7 +173,7 @@ mod tests {
             instance("i-2", Some(5), Ec2State::Terminated),
         ];
         assert_eq!(
-            progress(Some(&intent(5, 2)), &instances),
+            progress(Some(&intent(5, 2)), &instances, &[]),
             LaunchProgress::Complete
         );
     }

@@ -449,7 +449,11 @@ pub fn plan(
         .min(listable);
     let backing_off = backoff_until.is_some_and(|until| now < until);
 
-    let progress = launch::progress(previous.intent.as_ref(), &observed.instances);
+    let progress = launch::progress(
+        previous.intent.as_ref(),
+        &observed.instances,
+        &previous.instances,
+    );
     let policy_launch = match progress {
         LaunchProgress::Unfinished { .. } => 0,
         _ => decision.launch.min(room),
