@@ -233,6 +233,29 @@ async fn register<Q: Queues + 'static>(
 /// Longest wait between two tries of `node.registered`.
 const REGISTER_RETRY_CAP: Duration = Duration::from_secs(10);
 
+/// Sends `node.heartbeat` every heartbeat interval until the agent stops,
+/// in a task of its own: a slow supervision pass (DevTools calls to
+/// browsers that do not answer, each up to its timeout) must not hold the
+/// heartbeats back, or the operator takes a busy agent for a dead one
+/// (issue #28 item 8).
+async fn heartbeats<Q: Queues + 'static>(agent: Arc<Agent<Q>>) {
+    let mut stopping = agent.stopping();
+    let period = agent.heartbeat_interval();
+    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
+    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        if *stopping.borrow_and_update() {
+            return;
+        }
+        tokio::select! {
+            _ = heartbeat.tick() => {
+                agent.announce(AnnouncementKind::Heartbeat).await;
+            }
+            changed = stopping.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
 async fn serve<Q: Queues + 'static>(
     agent: Arc<Agent<Q>>,
     listener: tokio::net::TcpListener,
@@ -273,12 +296,10 @@ async fn serve<Q: Queues + 'static>(
         None => None,
     };
     let intake = tokio::spawn(agent.intake(options.intake).run());
+    let heartbeats = tokio::spawn(heartbeats(agent.clone()));
     let mut supervisor = agent.supervisor();
     let mut tick = tokio::time::interval(SUPERVISION_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let period = agent.heartbeat_interval();
-    let mut heartbeat = tokio::time::interval_at(tokio::time::Instant::now() + period, period);
-    heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tokio::select! {
             _ = tick.tick() => {
@@ -290,9 +311,6 @@ async fn serve<Q: Queues + 'static>(
                     agent.stop();
                 }
             }
-            _ = heartbeat.tick() => {
-                agent.announce(AnnouncementKind::Heartbeat).await;
-            }
             _ = stopping.changed() => {}
         }
         if *stopping.borrow() {
@@ -300,6 +318,7 @@ async fn serve<Q: Queues + 'static>(
         }
     }
     let _ = intake.await;
+    let _ = heartbeats.await;
     if let Some(notices) = notices {
         // It ends at the stop too, after a metadata call in flight.
         notices.abort();

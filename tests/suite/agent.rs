@@ -1482,3 +1482,65 @@ async fn a_request_stays_invisible_however_long_its_start_takes() {
         "the create reappears after its visibility timeout"
     );
 }
+
+/// Issue #28, item 8: heartbeats keep their pace while supervision is slow.
+/// Two unused sessions whose browsers are stopped (SIGSTOP) make every
+/// use check wait for its DevTools timeout, so a supervision pass takes
+/// seconds; heartbeats shared that loop and fell far behind their interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn heartbeats_keep_their_pace_while_supervision_is_slow() {
+    let mut world = AgentWorld::new("agent-busy", 2).await;
+    world.config["heartbeatIntervalSeconds"] = json!(1);
+    world.config["sessions"] = json!({
+        "defaultTtlSeconds": 300, "maxTtlSeconds": 600, "neverUsedTimeoutSeconds": 600
+    });
+    let running = world.start_agent().await;
+    let mut pids = Vec::new();
+    for id in ["s-stuck-1", "s-stuck-2"] {
+        ready_session(&world, id, json!({})).await;
+    }
+    let state = world.state(&running).await;
+    for session in state["sessions"].as_array().expect("sessions") {
+        pids.push(session["pid"].as_i64().expect("pid") as i32);
+    }
+    assert_eq!(pids.len(), 2);
+    for &pid in &pids {
+        // SAFETY: a plain kill(2) of a browser this test's agent started.
+        unsafe { libc::kill(pid, libc::SIGSTOP) };
+    }
+    // Heartbeats sent from now on, over twelve seconds.
+    let since = jiff::Timestamp::now();
+    let started = std::time::Instant::now();
+    let mut heartbeats = 0;
+    while started.elapsed() < Duration::from_secs(12) {
+        let options = browserfleet::cloud::queues::ReceiveOptions {
+            max_messages: 10,
+            wait: Duration::from_secs(1),
+            visibility: None,
+        };
+        for message in world
+            .sqs
+            .receive(&world.events, options)
+            .await
+            .expect("receive")
+        {
+            let body: Value = serde_json::from_str(&message.body).unwrap_or_default();
+            let at = body["at"]
+                .as_str()
+                .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+            if body["type"] == "node.heartbeat" && at.is_some_and(|at| at >= since) {
+                heartbeats += 1;
+            }
+            world.sqs.delete(&world.events, &message.receipt).await.ok();
+        }
+    }
+    for &pid in &pids {
+        // SAFETY: as above.
+        unsafe { libc::kill(pid, libc::SIGCONT) };
+    }
+    assert!(
+        heartbeats >= 8,
+        "{heartbeats} heartbeats in 12 s at an interval of 1 s"
+    );
+    end_and_stop(running, &["s-stuck-1", "s-stuck-2"]).await;
+}
