@@ -99,6 +99,8 @@ pub(super) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
     };
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async {
+        // SIGHUP's default would end the process: caught from the start.
+        let hangup = hangup_signal()?;
         let aws = Aws::load(AwsSettings::default()).await?;
         let json = match (&args.config, &args.config_ssm_parameter) {
             (Some(path), _) => std::fs::read_to_string(path)
@@ -140,9 +142,8 @@ pub(super) fn run(args: AgentArgs) -> anyhow::Result<ExitCode> {
         };
         // Listening for SIGTERM and SIGHUP before the start, which re-adopts
         // browsers and may take a while: a signal then stops the agent right
-        // after. SIGHUP's default would end the process.
+        // after.
         let (asked, mut on_signal) = tokio::sync::watch::channel(Asked::Run);
-        let hangup = hangup_signal()?;
         tokio::spawn(async move {
             let asked_for = tokio::select! {
                 () = shutdown_signal() => Asked::Stop,
