@@ -228,7 +228,7 @@ mod tests {
     use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 
     use super::*;
-    use crate::api::fleet::{BrowserFleetStatus, InstanceState, InstanceStatus, LaunchIntent};
+    use crate::api::fleet::{BrowserFleetStatus, InstanceStatus, LaunchIntent};
     use crate::cloud::fleet_tags::LAUNCH_SEQUENCE_TAG;
 
     fn at(seconds: i64) -> Timestamp {
@@ -236,23 +236,13 @@ mod tests {
     }
 
     fn recorded(id: &str, launched: i64) -> InstanceStatus {
-        InstanceStatus {
-            instance_id: id.into(),
-            state: InstanceState::Pending,
-            subnet_id: None,
-            private_ip: None,
-            launch_time: Some(Time(at(launched))),
-            sessions: 0,
-            address: None,
-            agent_version: None,
-            agent_artifact_sha256: None,
-            last_seen: None,
-            draining_since: None,
-            bootstrap: None,
-            disruption: None,
-            replaces: None,
-            interruption: None,
-        }
+        let mut status: InstanceStatus = serde_json::from_value(serde_json::json!({
+            "instanceId": id,
+            "state": "Pending",
+        }))
+        .expect("status");
+        status.launch_time = Some(Time(at(launched)));
+        status
     }
 
     fn listed(id: &str, sequence: u64, state: Ec2State) -> FleetInstance {
