@@ -19,10 +19,10 @@
 //! was, lets a long poll its stop interrupted end and gives its messages
 //! back to the queue at once (an abandoned poll could keep them invisible
 //! for a whole visibility timeout), and exits when the last connection
-//! closes — at the latest when its session
-//! ends and the successor stops its browser. It runs the old code until
-//! then, as the browsers do; `KillMode=process` leaves it alone on a later
-//! stop of the unit, as it leaves the browsers.
+//! closes — at the latest when its session ends and the successor stops
+//! its browser. It runs the old code until then, as the browsers do;
+//! `KillMode=process` leaves it alone on a later stop of the unit, as it
+//! leaves the browsers.
 //!
 //! Windows has no such hand-over: its upgrade restarts the agent's task,
 //! which cuts open connections (`docs/nodes.md`).
