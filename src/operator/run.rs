@@ -34,6 +34,68 @@ use crate::operator::metrics::Metrics;
 use crate::operator::sessions::{self, FleetLink, SessionController, SessionMemories};
 use crate::operator::watches::{FleetWatches, WatchTiming};
 
+/// Completes once this replica can no longer show that it holds the Lease:
+/// another holder, or the Lease may expire before the next read (its last
+/// confirmed renewal plus its duration is less than `poll` away). The lease
+/// manager only logs API errors and keeps believing it leads, so a leader
+/// cut off from the API server would go on acting after another replica
+/// took over (issue #28 item 6); this reads the Lease itself every `poll`.
+async fn lease_watchdog(
+    leases: Api<k8s_openapi::api::coordination::v1::Lease>,
+    election: LeaderElection,
+    poll: Duration,
+) {
+    let margin = poll;
+    // Just acquired: held for a whole duration from now at least.
+    let mut trusted_until = std::time::Instant::now() + election.duration;
+    loop {
+        tokio::time::sleep(margin).await;
+        match leases.get(&election.lease).await {
+            Ok(lease) => match held_for(&lease, &election.identity, election.duration) {
+                Some(left) => trusted_until = std::time::Instant::now() + left,
+                None => {
+                    tracing::warn!("the Lease names another holder");
+                    return;
+                }
+            },
+            Err(error) => tracing::warn!(%error, "cannot read the leader Lease"),
+        }
+        if std::time::Instant::now() + margin >= trusted_until {
+            tracing::error!(
+                "the leader Lease could not be confirmed before it may expire; stopping"
+            );
+            return;
+        }
+    }
+}
+
+/// How much longer `lease` holds for `identity` from now: its last renewal
+/// plus `duration` (the Lease's own when it names one); `None` when
+/// another identity holds it.
+fn held_for(
+    lease: &k8s_openapi::api::coordination::v1::Lease,
+    identity: &str,
+    duration: Duration,
+) -> Option<Duration> {
+    let spec = lease.spec.as_ref()?;
+    if spec.holder_identity.as_deref() != Some(identity) {
+        return None;
+    }
+    let duration = spec
+        .lease_duration_seconds
+        .and_then(|s| u64::try_from(s).ok())
+        .map_or(duration, Duration::from_secs);
+    let Some(renewed) = spec.renew_time.as_ref().or(spec.acquire_time.as_ref()) else {
+        return Some(duration);
+    };
+    let until = renewed
+        .0
+        .checked_add(jiff::SignedDuration::try_from(duration).unwrap_or_default())
+        .ok()?;
+    let left = jiff::Timestamp::now().duration_until(until);
+    Some(Duration::try_from(left).unwrap_or(Duration::ZERO))
+}
+
 /// How long a graceful stop waits for reconciles in flight: under the 30 s
 /// a pod is given by default between SIGTERM and SIGKILL.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -184,11 +246,22 @@ pub async fn run(
         }
         tracing::info!(identity = %election.identity, "leading");
         let _ = leader_tx.send(true);
-        // Stop reconciling when the Lease goes to another replica.
+        // Stop reconciling when the Lease goes to another replica, or can no
+        // longer be shown to be this one's.
         let lost = {
             let mut state = state.clone();
+            // Twice per renewal lead: the manager renews `grace` before
+            // expiry, so a healthy Lease always has more than one poll left.
+            let watchdog = lease_watchdog(
+                Api::namespaced(client.clone(), &election.namespace),
+                election.clone(),
+                Duration::from_secs(grace) / 2,
+            );
             async move {
-                let _ = state.wait_for(|leading| !*leading).await;
+                tokio::select! {
+                    _ = state.wait_for(|leading| !*leading) => {}
+                    () = watchdog => {}
+                }
             }
         };
         let outcome = run_controller(
@@ -475,4 +548,40 @@ async fn serve_health(
         }
     });
     Ok((bound, task))
+}
+
+#[cfg(test)]
+mod tests {
+    use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
+
+    use super::*;
+
+    fn lease(holder: &str, renewed_ago: i64, seconds: i32) -> Lease {
+        let renewed = jiff::Timestamp::now() - jiff::SignedDuration::from_secs(renewed_ago);
+        Lease {
+            spec: Some(LeaseSpec {
+                holder_identity: Some(holder.into()),
+                lease_duration_seconds: Some(seconds),
+                renew_time: Some(MicroTime(renewed)),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_lease_holds_for_its_holder_until_its_renewal_plus_its_duration() {
+        let six = Duration::from_secs(6);
+        let left = held_for(&lease("one", 2, 6), "one", six).expect("held");
+        assert!(
+            left <= Duration::from_secs(4) && left > Duration::from_secs(3),
+            "{left:?}"
+        );
+        assert_eq!(
+            held_for(&lease("one", 9, 6), "one", six),
+            Some(Duration::ZERO)
+        );
+        assert_eq!(held_for(&lease("two", 0, 6), "one", six), None);
+    }
 }

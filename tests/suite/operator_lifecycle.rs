@@ -457,3 +457,90 @@ async fn an_agent_that_stops_answering_is_replaced() {
     nodes.shutdown().await;
     operator.stop().await.expect("graceful stop");
 }
+
+/// A TCP relay to `upstream` (`host:port`) on a loopback port of its own;
+/// sending `true` on the returned channel cuts every relayed connection
+/// and refuses new ones, as a network partition would.
+async fn cuttable_relay(upstream: String) -> (String, tokio::sync::watch::Sender<bool>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("relay listens");
+    let address = listener.local_addr().expect("address").to_string();
+    let (cut, _) = tokio::sync::watch::channel(false);
+    let mut cut_seen = cut.subscribe();
+    let cuts = cut.clone();
+    tokio::spawn(async move {
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = cut_seen.wait_for(|c| *c) => return,
+            };
+            let Ok((mut client, _)) = accepted else {
+                continue;
+            };
+            let upstream = upstream.clone();
+            let mut cut = cuts.subscribe();
+            tokio::spawn(async move {
+                let Ok(mut server) = tokio::net::TcpStream::connect(&upstream).await else {
+                    return;
+                };
+                tokio::select! {
+                    _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                    _ = cut.wait_for(|c| *c) => {}
+                }
+            });
+        }
+    });
+    (address, cut)
+}
+
+/// Issue #28, item 6: a leader cut off from the API server stops acting
+/// before its Lease can expire, so that the replica that takes the Lease is
+/// the only one acting. The lease manager only logged the API errors, and
+/// the cut-off leader went on reconciling (and could drain and terminate)
+/// from its stale cache.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_leader_cut_off_from_the_api_server_stops_before_another_takes_over() {
+    let world = OperatorWorld::new("partition").await;
+    let Some(dev) = world.cluster.dev.as_ref() else {
+        // A real cluster's address is not ours to relay.
+        return;
+    };
+    let direct = dev.kubeconfig();
+    let server = direct
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("server: "))
+        .expect("server")
+        .to_owned();
+    let upstream = server
+        .split_once("://")
+        .map_or(server.as_str(), |(_, rest)| rest)
+        .trim_end_matches('/')
+        .to_owned();
+    let (relay, cut) = cuttable_relay(upstream.clone()).await;
+    let relayed = world.work.path().join("kubeconfig-relayed");
+    std::fs::write(&relayed, direct.replace(&upstream, &relay)).expect("kubeconfig");
+    let direct_path = world.work.path().join("kubeconfig");
+    std::fs::write(&direct_path, &direct).expect("kubeconfig");
+
+    let (mut one, _) = spawn_operator(&world, &relayed, "one");
+    eventually("one holds the Lease", Duration::from_secs(30), || async {
+        holder(&world).await.as_deref() == Some("one")
+    })
+    .await;
+    let (_two, _) = spawn_operator(&world, &direct_path, "two");
+    cut.send_replace(true);
+    let cut_at = tokio::time::Instant::now();
+    // The Lease lasts 6 s from its last renewal: the cut-off leader stops
+    // within that, before the other replica may take it.
+    let stopped = tokio::time::timeout(Duration::from_secs(15), one.wait()).await;
+    assert!(
+        stopped.is_ok(),
+        "the cut-off leader was still running {:?} after the cut",
+        cut_at.elapsed()
+    );
+    eventually("two takes the Lease", Duration::from_secs(30), || async {
+        holder(&world).await.as_deref() == Some("two")
+    })
+    .await;
+}
