@@ -50,15 +50,18 @@ async fn lease_watchdog(
     let mut trusted_until = std::time::Instant::now() + election.duration;
     loop {
         tokio::time::sleep(margin).await;
-        match leases.get(&election.lease).await {
-            Ok(lease) => match held_for(&lease, &election.identity, election.duration) {
+        // Bounded: a partition that swallows packets would hold a read for
+        // the client's whole timeout, past the Lease's expiry.
+        match tokio::time::timeout(poll, leases.get(&election.lease)).await {
+            Ok(Ok(lease)) => match held_for(&lease, &election.identity, election.duration) {
                 Some(left) => trusted_until = std::time::Instant::now() + left,
                 None => {
                     tracing::warn!("the Lease names another holder");
                     return;
                 }
             },
-            Err(error) => tracing::warn!(%error, "cannot read the leader Lease"),
+            Ok(Err(error)) => tracing::warn!(%error, "cannot read the leader Lease"),
+            Err(_) => tracing::warn!("no answer reading the leader Lease"),
         }
         if std::time::Instant::now() + margin >= trusted_until {
             tracing::error!(
