@@ -205,6 +205,9 @@ pub struct AgentSettings {
     /// The user browsers run as, when not the agent's own (`--browser-user`,
     /// set by the node, not by the fleet's configuration).
     pub browser_user: Option<crate::agent::browser_user::BrowserUser>,
+    /// When a failed callback is tried again (about two minutes in all);
+    /// tests shorten it.
+    pub callback_retries: crate::protocol::callback::RetrySchedule,
 }
 
 /// Values from the agent's command line that replace the configuration's,
@@ -497,6 +500,7 @@ impl AgentConfig {
             egress_blocked,
             egress_allowed,
             browser_user: None,
+            callback_retries: crate::protocol::callback::RetrySchedule::default(),
             config: self,
         })
     }

@@ -33,6 +33,8 @@ pub struct AgentMetrics {
     pub requests_requeued: Counter,
     /// Creates of sessions this agent already served and ended, dropped.
     pub creates_already_served: Counter,
+    /// Callbacks given up undelivered.
+    pub callbacks_abandoned: Counter,
     /// Browsers found running without a session after a restart, and killed.
     pub orphans_killed: Counter,
     /// Request-queue messages received and not yet deleted or given back
@@ -95,6 +97,7 @@ impl AgentMetrics {
         let queue_receive_errors = Counter::default();
         let requests_requeued = Counter::default();
         let creates_already_served = Counter::default();
+        let callbacks_abandoned = Counter::default();
         let orphans_killed = Counter::default();
         let requests_held = Gauge::default();
         let egress_refused: Family<Vec<(String, String)>, Counter> = Family::default();
@@ -133,6 +136,11 @@ impl AgentMetrics {
             creates_already_served.clone(),
         );
         registry.register(
+            "callbacks_abandoned",
+            "Callbacks given up undelivered (every attempt failed, or the receiver refused one for good)",
+            callbacks_abandoned.clone(),
+        );
+        registry.register(
             "orphans_killed",
             "Browsers without a session killed after a restart",
             orphans_killed.clone(),
@@ -163,6 +171,7 @@ impl AgentMetrics {
             queue_receive_errors,
             requests_requeued,
             creates_already_served,
+            callbacks_abandoned,
             orphans_killed,
             requests_held,
             egress_refused,

@@ -308,7 +308,7 @@ async fn serve<Q: Queues + 'static>(
                     // Said before the listener closes: the operator may not
                     // have asked since the last session ended.
                     agent.announce(AnnouncementKind::Heartbeat).await;
-                    agent.stop();
+                    agent.stop_after_drain();
                 }
             }
             _ = stopping.changed() => {}
@@ -325,7 +325,17 @@ async fn serve<Q: Queues + 'static>(
     }
     // Websocket clients keep their connections to the browsers open; the
     // listener's graceful shutdown would wait for them, so it gets a moment.
-    let _ = tokio::time::timeout(Duration::from_secs(2), server).await;
+    // A SIGTERM cuts both waits short.
+    let _ = agent
+        .unless_cut_short(tokio::time::timeout(Duration::from_secs(2), server))
+        .await;
     let _ = egress_proxy.await;
-    agent.finish_replies(Duration::from_secs(5)).await;
+    let replies_deadline = if agent.is_cut_short() {
+        Duration::ZERO
+    } else {
+        Duration::from_secs(5)
+    };
+    let _ = agent
+        .unless_cut_short(agent.finish_replies(replies_deadline))
+        .await;
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use serde::Serialize;
 
-use super::replies::{Replier, ReplyTargets};
+use super::replies::{Delivery, Replier, ReplyTargets};
 use super::requesters::{Requester, termination_replies};
 use super::sessions::{ActiveSession, timestamp};
 use super::table::SessionRecord;
@@ -121,8 +121,13 @@ impl<Q: Queues> Outbox<Q> {
     }
 
     /// Sends `reply` to the queue target (waiting for SQS to take it) and
-    /// starts its callback in the background.
-    pub async fn send(&self, targets: &ReplyTargets, reply: &Reply) -> Result<(), QueueError> {
+    /// starts its callback in the background; returns how the callback
+    /// ends, when there is one.
+    pub async fn send(
+        &self,
+        targets: &ReplyTargets,
+        reply: &Reply,
+    ) -> Result<Option<Delivery>, QueueError> {
         self.replier.send(&*self.queues, targets, reply).await
     }
 

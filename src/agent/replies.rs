@@ -1,7 +1,10 @@
 //! Answering requesters: a reply on the requester's SQS queue and a signed
 //! HTTP callback. The queue reply is sent before the request message is
 //! deleted (so a request is never lost without an answer); callbacks are
-//! retried with backoff in the background and never hold up a launch.
+//! retried with backoff in the background and never hold up a launch. Each
+//! callback reports how it ended ([`Delivery`]): a request whose only
+//! target is its callback is deleted only once the callback was delivered
+//! (issue #28 item 7).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -12,6 +15,8 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::oneshot;
 use tokio::task::JoinSet;
 
 use crate::api::fleet::ReplyFormat;
@@ -25,6 +30,20 @@ use crate::protocol::{CallbackUrl, Reply, ReplyQueueUrl};
 const MAX_CALLBACKS_IN_FLIGHT: usize = 64;
 /// Deadline of one callback attempt.
 const CALLBACK_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a callback ended.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CallbackOutcome {
+    /// The receiver answered 2xx.
+    Delivered,
+    /// Every attempt failed, or the receiver refused it for good (a 4xx
+    /// other than those worth a retry): why the last attempt failed.
+    Abandoned(String),
+}
+
+/// The end of one callback, once it comes; an error when the callback was
+/// cut off unfinished (the agent stopped).
+pub type Delivery = oneshot::Receiver<CallbackOutcome>;
 
 /// Where a reply goes.
 #[derive(Clone, Debug, Default)]
@@ -72,13 +91,25 @@ pub struct Replier {
     http: Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     callbacks: Mutex<JoinSet<()>>,
     permits: Arc<tokio::sync::Semaphore>,
+    schedule: RetrySchedule,
+    /// Callbacks that ended without delivery.
+    abandoned: Counter,
 }
 
 impl Replier {
     /// A replier signing callbacks with `secret` and writing replies to
     /// requesters in `format` (those on the fleet's `events` queue always
     /// in protocol v1, signed with `message_key`).
-    pub fn new(secret: &str, message_key: &str, format: ReplyFormat, events: &str) -> Self {
+    /// Callbacks are tried on `schedule`; those abandoned are counted in
+    /// `abandoned`.
+    pub fn new(
+        secret: &str,
+        message_key: &str,
+        format: ReplyFormat,
+        events: &str,
+        schedule: RetrySchedule,
+        abandoned: Counter,
+    ) -> Self {
         // The system's roots (corporate CAs included); Mozilla's bundled roots
         // on an image that has none.
         let builder = hyper_rustls::HttpsConnectorBuilder::new();
@@ -95,17 +126,20 @@ impl Replier {
             http: Client::builder(TokioExecutor::new()).build(connector),
             callbacks: Mutex::new(JoinSet::new()),
             permits: Arc::new(tokio::sync::Semaphore::new(MAX_CALLBACKS_IN_FLIGHT)),
+            schedule,
+            abandoned,
         }
     }
 
     /// Sends `reply` to the queue target (waiting for SQS to take it) and
-    /// starts its callback in the background.
+    /// starts its callback in the background; returns how the callback
+    /// ends, when there is one.
     pub async fn send<Q: Queues>(
         &self,
         queues: &Q,
         targets: &ReplyTargets,
         reply: &Reply,
-    ) -> Result<(), QueueError> {
+    ) -> Result<Option<Delivery>, QueueError> {
         let encode = |format: ReplyFormat| {
             let body = match format {
                 ReplyFormat::V1 => serde_json::to_string(reply),
@@ -113,11 +147,19 @@ impl Replier {
             };
             body.inspect_err(|error| tracing::error!(%error, "reply could not be encoded"))
         };
-        if let Some(url) = &targets.callback_url
-            && let Ok(body) = encode(self.format)
-        {
-            self.start_callback(url.as_str().to_owned(), body);
-        }
+        let delivery = targets
+            .callback_url
+            .as_ref()
+            .map(|url| match encode(self.format) {
+                Ok(body) => self.start_callback(url.as_str().to_owned(), body),
+                Err(error) => {
+                    let (done, delivery) = oneshot::channel();
+                    let _ = done.send(CallbackOutcome::Abandoned(format!(
+                        "the reply could not be encoded: {error}"
+                    )));
+                    delivery
+                }
+            });
         if let Some(queue) = &targets.reply_to {
             let to_events = queue.as_str() == self.events;
             let format = if to_events {
@@ -126,7 +168,7 @@ impl Replier {
                 self.format
             };
             let Ok(body) = encode(format) else {
-                return Ok(());
+                return Ok(delivery);
             };
             let message = if to_events {
                 self.event_message(body)
@@ -140,7 +182,7 @@ impl Replier {
                 .send(&QueueUrl::new(queue.as_str()), &message)
                 .await?;
         }
-        Ok(())
+        Ok(delivery)
     }
 
     /// `body` as a message for the events queue, signed: the operator
@@ -159,16 +201,19 @@ impl Replier {
         }
     }
 
-    fn start_callback(&self, url: String, body: String) {
+    fn start_callback(&self, url: String, body: String) -> Delivery {
+        let (done, delivery) = oneshot::channel();
         let http = self.http.clone();
         let secret = self.secret.clone();
         let permits = self.permits.clone();
+        let schedule = self.schedule;
+        let abandoned = self.abandoned.clone();
         let mut callbacks = self.callbacks.lock().unwrap_or_else(|p| p.into_inner());
         // Reap finished callbacks so the set does not grow.
         while callbacks.try_join_next().is_some() {}
         callbacks.spawn(async move {
-            let schedule = RetrySchedule::default();
             let mut attempt = 1;
+            let mut last_error = String::from("never tried");
             while let Some(delay) = schedule.delay_before(attempt) {
                 // Jitter spreads the retries of many callbacks to one
                 // receiver that came back.
@@ -180,13 +225,25 @@ impl Replier {
                     return;
                 };
                 match post_signed(&http, &url, &secret, &body).await {
-                    Ok(()) => return,
-                    Err(error) => tracing::warn!(attempt, %error, "callback failed"),
+                    Ok(()) => {
+                        let _ = done.send(CallbackOutcome::Delivered);
+                        return;
+                    }
+                    Err(failure) => {
+                        tracing::warn!(attempt, error = %failure.error, "callback failed");
+                        last_error = failure.error;
+                        if !failure.retryable {
+                            break;
+                        }
+                    }
                 }
                 attempt += 1;
             }
-            tracing::warn!("callback abandoned after its last attempt");
+            tracing::warn!(%last_error, "callback abandoned");
+            abandoned.inc();
+            let _ = done.send(CallbackOutcome::Abandoned(last_error));
         });
+        delivery
     }
 
     /// Waits up to `deadline` for callbacks in flight, then abandons the rest.
@@ -203,12 +260,27 @@ impl Replier {
     }
 }
 
+/// Why one callback attempt failed, and whether another may succeed.
+struct AttemptFailure {
+    error: String,
+    retryable: bool,
+}
+
+impl AttemptFailure {
+    fn retryable(error: impl Into<String>) -> Self {
+        AttemptFailure {
+            error: error.into(),
+            retryable: true,
+        }
+    }
+}
+
 async fn post_signed(
     http: &Client<HttpsConnector<HttpConnector>, Full<Bytes>>,
     url: &str,
     secret: &[u8],
     body: &str,
-) -> Result<(), String> {
+) -> Result<(), AttemptFailure> {
     let timestamp = jiff::Timestamp::now().as_second();
     let signature = callback::sign(secret, timestamp, body.as_bytes());
     let mut request =
@@ -218,14 +290,23 @@ async fn post_signed(
     }
     let request = request
         .body(Full::new(Bytes::from(body.to_owned())))
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| AttemptFailure {
+            error: e.to_string(),
+            retryable: false,
+        })?;
     let response = tokio::time::timeout(CALLBACK_TIMEOUT, http.request(request))
         .await
-        .map_err(|_| "timed out".to_owned())?
-        .map_err(|e| e.to_string())?;
-    if response.status().is_success() {
+        .map_err(|_| AttemptFailure::retryable("timed out"))?
+        .map_err(|e| AttemptFailure::retryable(e.to_string()))?;
+    let status = response.status();
+    // As `protocol::callback` documents: a redirect is not followed, and
+    // counts as delivered.
+    if status.is_success() || status.is_redirection() {
         Ok(())
     } else {
-        Err(format!("HTTP {}", response.status()))
+        Err(AttemptFailure {
+            error: format!("HTTP {status}"),
+            retryable: callback::is_retryable_status(status.as_u16()),
+        })
     }
 }

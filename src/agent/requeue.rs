@@ -113,6 +113,21 @@ pub fn copy_body(
     session_id: &SessionId,
     record: Requeued,
 ) -> Result<String, CopyError> {
+    copy_with(body, session_id, Some(record))
+}
+
+/// The body of a copy of `body` (a create, in either shape) that names
+/// `session_id` when the create names no session, and is otherwise the same:
+/// a create given back as a copy, its receive count starting afresh.
+pub fn same_session_body(body: &str, session_id: &SessionId) -> Result<String, CopyError> {
+    copy_with(body, session_id, None)
+}
+
+fn copy_with(
+    body: &str,
+    session_id: &SessionId,
+    record: Option<Requeued>,
+) -> Result<String, CopyError> {
     let Ok(Value::Object(mut map)) = serde_json::from_str::<Value>(strip_bom(body)) else {
         return Err(CopyError::NotAnObject);
     };
@@ -123,10 +138,12 @@ pub fn copy_body(
             Value::String(session_id.as_str().to_owned()),
         );
     }
-    map.insert(
-        REQUEUED_FIELD.to_owned(),
-        json!({"count": record.count, "since": record.since.to_string()}),
-    );
+    if let Some(record) = record {
+        map.insert(
+            REQUEUED_FIELD.to_owned(),
+            json!({"count": record.count, "since": record.since.to_string()}),
+        );
+    }
     let copy = Value::Object(map).to_string();
     if copy.len() > MAX_MESSAGE_BYTES {
         return Err(CopyError::TooLarge { size: copy.len() });

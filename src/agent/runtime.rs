@@ -115,6 +115,11 @@ pub struct Agent<Q> {
     interruption: std::sync::Mutex<Option<InterruptionNotice>>,
     /// Set when the agent should stop (SIGTERM, or the end of a drain).
     stopping: watch::Sender<bool>,
+    /// Set with `stopping` by a stop asked from outside (SIGTERM, a
+    /// hand-over): work a drain's end lets finish (the long poll in flight,
+    /// callbacks, the listener's goodbyes) is cut short instead, however
+    /// late in the drain the signal comes (issue #28 item 9).
+    cut_short: std::sync::atomic::AtomicBool,
     /// Set with `stopping` when the stop is a hand-over to a successor
     /// ([`super::handover`]): the process outlives the stop.
     handing_over: std::sync::atomic::AtomicBool,
@@ -144,6 +149,7 @@ impl<Q: Queues + 'static> Agent<Q> {
             settings.last_port,
         );
         let queues = Arc::new(queues);
+        let metrics = Arc::new(AgentMetrics::with_aws_calls(aws_calls));
         let outbox = Outbox::new(
             queues.clone(),
             Replier::new(
@@ -151,6 +157,8 @@ impl<Q: Queues + 'static> Agent<Q> {
                 config.message_key.expose(),
                 config.replies.format,
                 &config.events_queue_url,
+                settings.callback_retries,
+                metrics.callbacks_abandoned.clone(),
             ),
             InstanceId::new(identity.instance_id.clone()),
             identity.advertise.clone(),
@@ -159,7 +167,6 @@ impl<Q: Queues + 'static> Agent<Q> {
         // A launch reports back within its timeout; the slack covers the
         // steps around the wait.
         let reservation_ttl = settings.launch_timeout + Duration::from_secs(10);
-        let metrics = Arc::new(AgentMetrics::with_aws_calls(aws_calls));
         Agent {
             sessions: Arc::new(Sessions::new(
                 pool,
@@ -181,6 +188,7 @@ impl<Q: Queues + 'static> Agent<Q> {
             draining: watch::Sender::new(None),
             interruption: std::sync::Mutex::new(None),
             stopping: watch::Sender::new(false),
+            cut_short: std::sync::atomic::AtomicBool::new(false),
             handing_over: std::sync::atomic::AtomicBool::new(false),
             lingering: TaskTracker::new(),
             settings,
@@ -284,10 +292,51 @@ impl<Q: Queues + 'static> Agent<Q> {
         self.stopping.subscribe()
     }
 
-    /// Asks the agent to stop (SIGTERM): intake ends, sessions stay alive for
-    /// the next agent to re-adopt.
+    /// Asks the agent to stop (SIGTERM): intake ends at once, a long poll
+    /// in flight is cut, sessions stay alive for the next agent to re-adopt.
+    /// Also during or after a drain, which then ends here.
     pub fn stop(&self) {
+        self.cut_short
+            .store(true, std::sync::atomic::Ordering::Relaxed);
+        // Sent even when already stopping (a drain's end): the waits of the
+        // drained stop are woken to see the cut.
         self.stopping.send_replace(true);
+    }
+
+    /// Stops once a drain has finished: the long poll in flight runs to its
+    /// end, so that nothing SQS hands it stays invisible in a dead poll.
+    pub(super) fn stop_after_drain(&self) {
+        self.stopping
+            .send_if_modified(|stopping| !std::mem::replace(stopping, true));
+    }
+
+    /// Whether a stop asked from outside cuts short what a drain's end would
+    /// let finish.
+    pub fn is_cut_short(&self) -> bool {
+        self.cut_short.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Runs `work` to its end, or until the agent is asked to stop at once
+    /// (then `None`).
+    pub async fn unless_cut_short<T>(
+        &self,
+        work: impl std::future::Future<Output = T>,
+    ) -> Option<T> {
+        let mut stopping = self.stopping();
+        let cut = async {
+            loop {
+                if self.is_cut_short() {
+                    return;
+                }
+                if stopping.changed().await.is_err() {
+                    std::future::pending::<()>().await;
+                }
+            }
+        };
+        tokio::select! {
+            done = work => Some(done),
+            () = cut => None,
+        }
     }
 
     /// Starts a drain: no more intake; sessions run to their end, and those

@@ -1544,3 +1544,194 @@ async fn heartbeats_keep_their_pace_while_supervision_is_slow() {
     );
     end_and_stop(running, &["s-stuck-1", "s-stuck-2"]).await;
 }
+
+/// A create whose only target is its callback (issue #28 item 7).
+fn callback_only_create(id: &str, callback_url: &str) -> String {
+    json!({
+        "version": 1,
+        "action": "create",
+        "sessionId": id,
+        "requestId": format!("req-{id}"),
+        "callbackUrl": callback_url,
+    })
+    .to_string()
+}
+
+/// Callback retries a test waits out in seconds, not minutes.
+fn quick_callback_retries(max_attempts: u32) -> callback::RetrySchedule {
+    callback::RetrySchedule {
+        first_delay: Duration::from_millis(300),
+        multiplier: 1,
+        max_delay: Duration::from_millis(300),
+        max_attempts,
+    }
+}
+
+/// Issue #28 item 7: a create whose only target is its callback was deleted
+/// as soon as the callback was scheduled, so a receiver that refused every
+/// attempt left its producer with no answer anywhere. Now the create ends on
+/// the dead-letter queue, saying why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_whose_only_callback_cannot_be_delivered_ends_on_the_dead_letter_queue() {
+    let world = AgentWorld::new("agent-callback-dlq", 1).await;
+    let callbacks = CallbackReceiver::start().await;
+    callbacks.refuse(true);
+    let mut settings = world.settings();
+    settings.callback_retries = quick_callback_retries(3);
+    let running = world.start_agent_on(settings).await;
+    world
+        .send_raw(&callback_only_create("s-unheard", &callbacks.url))
+        .await;
+    eventually(
+        "the create dead-lettered",
+        Duration::from_secs(60),
+        || async { world.dead_lettered().await == 1 },
+    )
+    .await;
+    assert_eq!(callbacks.attempts(), 3, "every attempt was made");
+    assert_eq!(
+        world.queued_requests().await,
+        0,
+        "nothing left on the queue"
+    );
+    let moved = testkit::agent_world::receive_batch(&world.sqs, &world.dead_letter, None).await;
+    assert_eq!(moved.len(), 1);
+    let why = &moved[0].attributes["browserfleet-dead-lettered-because"];
+    assert!(why.contains("503"), "{why}");
+    let body: Value = serde_json::from_str(&moved[0].body).unwrap();
+    assert_eq!(body["sessionId"], "s-unheard", "the create itself");
+    assert_eq!(
+        metric(&running, "browserfleet_agent_callbacks_abandoned_total").await,
+        Some(1.0)
+    );
+    end_and_stop(running, &["s-unheard"]).await;
+}
+
+/// Issue #28 item 7: a callback still being retried when the agent stopped
+/// was abandoned, and its create already deleted. Now the create stays on
+/// the queue, invisible, until its callback is delivered; a stop gives it
+/// back, and the next agent answers it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_answered_only_by_callback_stays_queued_until_delivered_and_survives_a_stop() {
+    let world = AgentWorld::new("agent-callback-stop", 1).await;
+    let callbacks = CallbackReceiver::start().await;
+    callbacks.refuse(true);
+    let mut settings = world.settings();
+    settings.callback_retries = quick_callback_retries(100);
+    let running = world.start_agent_on(settings.clone()).await;
+    world
+        .send_raw(&callback_only_create("s-retried", &callbacks.url))
+        .await;
+    eventually("the callback retried", Duration::from_secs(60), || async {
+        callbacks.attempts() >= 3
+    })
+    .await;
+    assert_eq!(
+        world.queued_requests().await,
+        1,
+        "the create stays queued while its answer is not delivered"
+    );
+    running.stop().await;
+    let depth = world.sqs.depth(&world.requests).await.unwrap();
+    assert_eq!(depth.visible, 1, "the stop gave the create back: {depth:?}");
+    callbacks.refuse(false);
+    let running = world.start_agent_on(settings).await;
+    eventually(
+        "answered by the next agent",
+        Duration::from_secs(60),
+        || async { world.queued_requests().await == 0 },
+    )
+    .await;
+    let delivered: Vec<Value> = callbacks
+        .received
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|c| serde_json::from_str(&c.body).unwrap())
+        .collect();
+    assert_eq!(delivered.len(), 1, "{delivered:?}");
+    assert_eq!(delivered[0]["type"], "session.ready");
+    assert_eq!(delivered[0]["sessionId"], "s-retried");
+    assert_eq!(world.dead_lettered().await, 0);
+    end_and_stop(running, &["s-retried"]).await;
+}
+
+/// Issue #28 item 7: on a request queue without a dead-letter queue the
+/// agent knows (an adopted queue), a message that belongs there was made
+/// visible again at once and went round every poll. Now it is hidden,
+/// longer at each receive.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn without_a_dead_letter_queue_an_unreadable_message_is_hidden_not_received_at_every_poll() {
+    let mut world = AgentWorld::new("agent-no-dlq", 1).await;
+    world
+        .config
+        .as_object_mut()
+        .unwrap()
+        .remove("deadLetterQueueUrl");
+    let running = world.start_agent().await;
+    world.send_raw("this is not a request").await;
+    eventually("the message refused", Duration::from_secs(20), || async {
+        metric(
+            &running,
+            "browserfleet_agent_failures_total{reason=\"invalidRequest\"}",
+        )
+        .await
+        .is_some()
+    })
+    .await;
+    // The test agent polls every second.
+    tokio::time::sleep(Duration::from_secs(8)).await;
+    assert_eq!(
+        metric(
+            &running,
+            "browserfleet_agent_failures_total{reason=\"invalidRequest\"}"
+        )
+        .await,
+        Some(1.0),
+        "received once, then hidden"
+    );
+    let depth = world.sqs.depth(&world.requests).await.unwrap();
+    assert_eq!(
+        (depth.visible, depth.in_flight),
+        (0, 1),
+        "still on the queue, hidden"
+    );
+    assert_eq!(world.dead_lettered().await, 0);
+    running.stop().await;
+}
+
+/// Issue #28 item 7: a create given back for no fault of its own (free
+/// slots, but every browser port busy at the OS) counted towards the
+/// queue's `maxReceiveCount`, and the redrive policy moved it to the
+/// dead-letter queue, where nobody answers. Now it goes back as a copy
+/// whose count starts afresh, and is served once a port frees.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_given_back_while_no_port_is_free_is_not_dead_lettered_and_is_served_later() {
+    let queue = browserfleet::api::fleet::QueueSpec {
+        max_receive_count: 1,
+        ..Default::default()
+    };
+    let world = AgentWorld::with_queue("agent-no-port", 1, &queue).await;
+    let range = &world.config["browserPortRange"];
+    let (first, last) = (
+        range["start"].as_u64().unwrap() as u16,
+        range["end"].as_u64().unwrap() as u16,
+    );
+    let busy: Vec<std::net::TcpListener> = (first..=last)
+        .filter_map(|port| std::net::TcpListener::bind(("127.0.0.1", port)).ok())
+        .collect();
+    assert_eq!(busy.len(), usize::from(last - first) + 1, "every port held");
+    let running = world.start_agent().await;
+    world.request("s-portless", json!({})).await;
+    // Received at once and given back for 5 s, twice at least in 14 s: the
+    // second receive of the original would have moved it to the dead-letter
+    // queue.
+    tokio::time::sleep(Duration::from_secs(14)).await;
+    assert_eq!(world.dead_lettered().await, 0, "nothing dead-lettered");
+    assert_eq!(world.queued_requests().await, 1, "the create waits");
+    drop(busy);
+    let ready = world.reply("session.ready", "s-portless").await;
+    assert_eq!(ready["requestId"], "req-s-portless");
+    assert_eq!(world.dead_lettered().await, 0);
+    end_and_stop(running, &["s-portless"]).await;
+}

@@ -1,7 +1,8 @@
 //! The agent process killed with SIGKILL and started again: its browsers
 //! live on, are re-adopted from the session table and stay supervised, and a
 //! browser that no session owns is killed. And the agent handing over on
-//! SIGHUP: its successor takes the node, the open connections stay.
+//! SIGHUP: its successor takes the node, the open connections stay. And
+//! SIGTERM ends a draining or drained agent at once.
 
 use std::process::Stdio;
 use std::time::Duration;
@@ -199,6 +200,54 @@ async fn a_killed_agent_readopts_its_browsers_and_kills_strangers() {
         .expect("agent exits on SIGTERM")
         .expect("exit status");
     assert!(status.success(), "{status}");
+}
+
+/// Issue #28 item 9: a drained agent lets its long poll in flight run to
+/// its end (up to 20 s) so that SQS hands nothing to a dead poll; a SIGTERM
+/// then went unheard for that long, while the docs promise it exits at once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_ends_a_drained_agent_at_once() {
+    let world = AgentWorld::new("agent-drained-sigterm", 1).await;
+    let config_path = world.state_dir.path().join("config.json");
+    std::fs::write(&config_path, world.config.to_string()).unwrap();
+    let (mut agent, address) =
+        spawn_agent(&world, &config_path, Some(("i-drained", "127.0.0.1:0"))).await;
+    // A session served and ended: the intake runs, and its next long poll
+    // (20 s) is under way.
+    world
+        .request("s-before-the-drain", json!({"ttlSeconds": 2}))
+        .await;
+    world.reply("session.ready", "s-before-the-drain").await;
+    world
+        .reply("session.terminated", "s-before-the-drain")
+        .await;
+    let (code, _) = testkit::http::call(
+        "POST",
+        &format!("http://{address}/v1/drain"),
+        Some(&world.fleet_token()),
+    )
+    .await;
+    assert_eq!(code, 202);
+    // No session: the drain ends at the next supervision pass (0.5 s).
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(
+        agent.try_wait().unwrap().is_none(),
+        "a drained agent waits for its long poll unless told to stop"
+    );
+    let pid = agent.id().expect("agent pid");
+    let signalled = std::time::Instant::now();
+    // SAFETY: a plain kill(2) of the agent process this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let status = tokio::time::timeout(Duration::from_secs(15), agent.wait())
+        .await
+        .expect("agent exits on SIGTERM")
+        .expect("exit status");
+    let took = signalled.elapsed();
+    assert!(status.success(), "{status}");
+    assert!(
+        took < Duration::from_secs(3),
+        "exited {took:?} after SIGTERM; at once expected"
+    );
 }
 
 /// A loopback port free now.

@@ -67,10 +67,20 @@ pub struct AgentWorld {
 impl AgentWorld {
     /// Queues named after `name`, and a configuration with `slots` slots.
     pub async fn new(name: &str, slots: u16) -> Self {
+        Self::with_queue(name, slots, &Default::default()).await
+    }
+
+    /// [`AgentWorld::new`] with its request queue made from `queue` (say,
+    /// a lower `maxReceiveCount`).
+    pub async fn with_queue(
+        name: &str,
+        slots: u16,
+        queue: &browserfleet::api::fleet::QueueSpec,
+    ) -> Self {
         let aws = super::aws().await;
         let sqs = Sqs::new(&aws);
         let fleet = super::unique_fleet(name);
-        let mut requests = QueueDefinition::requests_for(&fleet, &Default::default());
+        let mut requests = QueueDefinition::requests_for(&fleet, queue);
         requests.visibility_timeout = Duration::from_secs(60);
         let ensured = sqs.ensure_queue(&requests).await.expect("request queue");
         let events = sqs
@@ -168,6 +178,21 @@ impl AgentWorld {
             sqs,
             RunOptions {
                 intake,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("agent starts")
+    }
+
+    /// Starts an agent on `settings` (this world's, changed by the test).
+    pub async fn start_agent_on(&self, settings: AgentSettings) -> RunningAgent<Sqs> {
+        browserfleet::agent::start(
+            settings,
+            None,
+            self.sqs.clone(),
+            RunOptions {
+                intake: Self::test_intake(),
                 ..Default::default()
             },
         )
@@ -495,18 +520,33 @@ pub struct ReceivedCallback {
 /// A local HTTP server that records callbacks.
 pub struct CallbackReceiver {
     pub url: String,
+    /// Callbacks accepted (answered 200).
     pub received: Arc<Mutex<Vec<ReceivedCallback>>>,
+    /// While set, every callback is answered 503 Service Unavailable.
+    pub refusing: Arc<std::sync::atomic::AtomicBool>,
+    /// Callbacks that arrived, accepted or refused.
+    pub attempts: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl CallbackReceiver {
     pub async fn start() -> Self {
         let received: Arc<Mutex<Vec<ReceivedCallback>>> = Arc::default();
+        let refusing: Arc<std::sync::atomic::AtomicBool> = Arc::default();
+        let attempts: Arc<std::sync::atomic::AtomicUsize> = Arc::default();
         let sink = received.clone();
+        let refuse = refusing.clone();
+        let count = attempts.clone();
         let app = axum::Router::new().route(
             "/callback",
             axum::routing::post(move |headers: axum::http::HeaderMap, body: String| {
                 let sink = sink.clone();
+                let refuse = refuse.clone();
+                let count = count.clone();
                 async move {
+                    count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                    if refuse.load(std::sync::atomic::Ordering::SeqCst) {
+                        return axum::http::StatusCode::SERVICE_UNAVAILABLE;
+                    }
                     let headers = headers
                         .iter()
                         .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
@@ -514,7 +554,7 @@ impl CallbackReceiver {
                     sink.lock()
                         .unwrap()
                         .push(ReceivedCallback { headers, body });
-                    "ok"
+                    axum::http::StatusCode::OK
                 }
             }),
         );
@@ -526,7 +566,20 @@ impl CallbackReceiver {
         CallbackReceiver {
             url: format!("http://{address}/callback"),
             received,
+            refusing,
+            attempts,
         }
+    }
+
+    /// Callbacks that arrived so far, accepted or refused.
+    pub fn attempts(&self) -> usize {
+        self.attempts.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Answers every callback from now on 503 (`true`) or 200 (`false`).
+    pub fn refuse(&self, refusing: bool) {
+        self.refusing
+            .store(refusing, std::sync::atomic::Ordering::SeqCst);
     }
 }
 

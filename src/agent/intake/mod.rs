@@ -25,7 +25,7 @@ use super::end::{DeleteOutcome, NotHostedDelete};
 use super::launch::LaunchFailure;
 use super::metrics::AgentMetrics;
 use super::outbox::Outbox;
-use super::replies::ReplyTargets;
+use super::replies::{CallbackOutcome, ReplyTargets};
 use super::requeue::{self, WhileFull};
 use super::runtime::Agent;
 use super::sessions::Sessions;
@@ -34,7 +34,8 @@ use super::tombstones::CANCELLED_MESSAGE;
 use crate::cloud::queues::{MAX_BATCH, OutgoingMessage, Queues, ReceivedMessage};
 use crate::protocol::signing::{self, RESERVED_SESSION_PREFIX};
 use crate::protocol::{
-    CreateRequest, Failed, FailureReason, Inbound, Reply, ReplyKind, SessionId, parse_message,
+    CreateRequest, Failed, FailureReason, Inbound, Reply, ReplyKind, SessionId, TerminationReason,
+    parse_message,
 };
 
 pub use request_queue::{OperatorTrust, RequestQueue};
@@ -216,13 +217,13 @@ impl<Q: Queues + 'static> Intake<Q> {
             // The end of a drain does not cut a long poll short: SQS may still
             // hand the abandoned poll a message, which would then stay invisible
             // for its whole visibility timeout. The poll ends within its wait
-            // and what it got goes back below. A stop that is not a drain's end
-            // (SIGTERM) does cut it, so the process exits at once; a stop
-            // that hands over lets it end in the background instead, since
-            // the process lives on.
+            // and what it got goes back below. A stop asked from outside
+            // (SIGTERM, also during or after a drain) does cut it, so the
+            // process exits at once; a stop that hands over lets it end in the
+            // background instead, since the process lives on.
             let interrupted = async {
                 loop {
-                    if *stopping.borrow() && !agent.is_draining() {
+                    if *stopping.borrow() && agent.is_cut_short() {
                         return;
                     }
                     if stopping.changed().await.is_err() {
@@ -428,7 +429,7 @@ impl<Q: Queues + 'static> Intake<Q> {
                     }
                     Err(error) => {
                         tracing::info!(%error, "no slot for a request; giving it back");
-                        self.requests.give_back(&message).await;
+                        self.give_back_create(&message, &id).await;
                         // Free slots but no usable port: wait before
                         // receiving again, so requests do not cycle towards
                         // the DLQ.
@@ -592,8 +593,19 @@ impl<Q: Queues + 'static> Intake<Q> {
         // When the reply does not reach the requester's queue the request stays
         // and becomes visible again after its visibility timeout; a ready browser
         // is kept too: the redelivered request finds it.
-        self.answer(&request_targets(request), &reply, message)
+        let answered = self
+            .answer_with(&request_targets(request), &reply, message)
             .await;
+        if answered == Answered::CutOffByStop && matches!(reply.kind, ReplyKind::Ready(_)) {
+            // Nobody heard of this browser, and the agent that takes the
+            // create next (this node's after a restart too, which does not
+            // keep tokens) cannot hand it over: it goes, the create starts
+            // afresh.
+            tracing::info!(session = %id, "ending a session whose ready callback was not delivered before the stop");
+            self.agent
+                .end(&id, TerminationReason::FailedToStart, false)
+                .await;
+        }
     }
 
     /// Answers a create that will not run with `session.failed` and, once the
@@ -651,20 +663,66 @@ impl<Q: Queues + 'static> Intake<Q> {
 
     /// Sends `reply` and, once it is on the requester's queue, deletes the
     /// request. Returns whether it did.
+    ///
+    /// A request whose only target is its callback is deleted once the
+    /// callback was delivered, and kept invisible while it is retried (issue
+    /// #28 item 7: it was deleted as soon as the callback was scheduled, and
+    /// the answer lost when every attempt failed or the agent stopped). A
+    /// callback given up moves the request to the dead-letter queue, its one
+    /// outcome; a stop meanwhile gives it back to be answered again.
     async fn answer(
         &self,
         targets: &ReplyTargets,
         reply: &Reply,
         message: &ReceivedMessage,
     ) -> bool {
-        match self.outbox.send(targets, reply).await {
-            Ok(()) => {
-                self.requests.finish(message).await;
-                true
-            }
+        self.answer_with(targets, reply, message).await == Answered::Yes
+    }
+
+    /// [`Intake::answer`], telling how it went.
+    async fn answer_with(
+        &self,
+        targets: &ReplyTargets,
+        reply: &Reply,
+        message: &ReceivedMessage,
+    ) -> Answered {
+        let delivery = match self.outbox.send(targets, reply).await {
+            Ok(delivery) => delivery,
             Err(error) => {
                 tracing::warn!(session = %reply.session_id, %error, "reply not sent; the request stays queued");
-                false
+                return Answered::NotSent;
+            }
+        };
+        let Some(delivery) = delivery.filter(|_| targets.reply_to.is_none()) else {
+            self.requests.finish(message).await;
+            return Answered::Yes;
+        };
+        let mut stopping = self.agent.stopping();
+        let ended = self
+            .requests
+            .hold_while(message, async {
+                tokio::select! {
+                    outcome = delivery => outcome.ok(),
+                    _ = stopping.wait_for(|stopping| *stopping) => None,
+                }
+            })
+            .await;
+        match ended {
+            Some(CallbackOutcome::Delivered) => {
+                self.requests.finish(message).await;
+                Answered::Yes
+            }
+            Some(CallbackOutcome::Abandoned(why)) => {
+                tracing::warn!(session = %reply.session_id, kind = reply.kind.type_name(), %why, "the request's only answer, its callback, could not be delivered; dead-lettering the request");
+                self.requests
+                    .dead_letter_because(message, &format!("callback not delivered: {why}"))
+                    .await;
+                Answered::Yes
+            }
+            None => {
+                tracing::info!(session = %reply.session_id, "stopping before the request's callback was delivered; it goes back to the queue");
+                self.requests.return_now(message).await;
+                Answered::CutOffByStop
             }
         }
     }
@@ -684,7 +742,19 @@ impl<Q: Queues + 'static> Intake<Q> {
                     .await;
             }
             // Still starting: the first delivery will answer.
-            None => self.requests.give_back(message).await,
+            None => self.give_back_create(message, id).await,
+        }
+    }
+
+    /// Gives back a create of session `id` that waits for nothing of its
+    /// own, as a copy whose receive count starts afresh.
+    async fn give_back_create(&self, message: &ReceivedMessage, id: &SessionId) {
+        match requeue::same_session_body(&message.body, id) {
+            Ok(body) => self.requests.give_back_as_copy(message, body).await,
+            Err(error) => {
+                tracing::warn!(message_id = %message.message_id, %error, "create not copied; giving it back");
+                self.requests.give_back(message).await;
+            }
         }
     }
 
@@ -726,6 +796,19 @@ impl<Q: Queues + 'static> Intake<Q> {
         }
         self.requests.dead_letter(message).await;
     }
+}
+
+/// How [`Intake::answer_with`] went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Answered {
+    /// The answer is out (or, for a callback given up, the request is on
+    /// the dead-letter queue) and the request deleted.
+    Yes,
+    /// The reply did not reach the requester's queue: the request stays.
+    NotSent,
+    /// The agent stopped while the request's only answer, its callback,
+    /// was being tried: the request went back to the queue.
+    CutOffByStop,
 }
 
 /// Why a create must not start, decided before a slot is reserved: a delete

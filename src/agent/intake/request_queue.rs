@@ -53,6 +53,22 @@ impl OperatorTrust {
     }
 }
 
+/// The attribute of a message the agent moved to the dead-letter queue
+/// that says why, when the reason is not the message itself.
+pub const DEAD_LETTER_REASON_ATTRIBUTE: &str = "browserfleet-dead-lettered-because";
+/// SQS's limit of attributes on one message.
+const MAX_MESSAGE_ATTRIBUTES: usize = 10;
+
+/// How long a message that belongs on a dead-letter queue is hidden when
+/// there is none, at its `receive_count`th receive: 30 s, doubling with each
+/// receive up to SQS's longest visibility timeout, 12 h.
+pub fn hidden_without_dead_letter_queue(receive_count: u32) -> Duration {
+    const FIRST: Duration = Duration::from_secs(30);
+    const LONGEST: Duration = Duration::from_secs(12 * 3600);
+    let doublings = receive_count.saturating_sub(1).min(16);
+    FIRST.saturating_mul(1 << doublings).min(LONGEST)
+}
+
 /// The request queue and its dead-letter queue.
 pub struct RequestQueue<Q> {
     queues: Arc<Q>,
@@ -168,6 +184,32 @@ impl<Q: Queues> RequestQueue<Q> {
         }
     }
 
+    /// Gives a create back that is no failure of its own (its session is
+    /// still starting here, or the agent has a free slot but no usable
+    /// port) as a copy with `body` that appears after a short delay, and
+    /// deletes the original once the copy is on the queue: a give-back
+    /// would count towards the queue's `maxReceiveCount`, and the redrive
+    /// policy would move a create that only waited to the dead-letter
+    /// queue, where nobody answers it (issue #28 item 7). Falls back to a
+    /// plain give-back when the copy cannot be sent.
+    pub async fn give_back_as_copy(&self, message: &ReceivedMessage, body: String) {
+        let copy = OutgoingMessage {
+            attributes: self.copy_attributes(message, &body),
+            body,
+            delay: GIVE_BACK_DELAY,
+        };
+        if let Err(error) = self.queues.send(&self.url, &copy).await {
+            tracing::warn!(%error, "create not copied; giving it back");
+            self.give_back(message).await;
+            return;
+        }
+        if let Err(error) = self.queues.delete(&self.url, &message.receipt).await {
+            // The original comes back beside its copy: one session's
+            // duplicate deliveries, both naming it.
+            tracing::warn!(%error, "original of a create given back not deleted; it will be delivered twice");
+        }
+    }
+
     /// Deletes an answered message.
     pub async fn finish(&self, message: &ReceivedMessage) {
         if let Err(error) = self.queues.delete(&self.url, &message.receipt).await {
@@ -179,14 +221,51 @@ impl<Q: Queues> RequestQueue<Q> {
     /// visible again so the queue's redrive policy moves it after
     /// maxReceiveCount receives.
     pub async fn dead_letter(&self, message: &ReceivedMessage) {
+        self.move_to_dead_letter(message, None).await;
+    }
+
+    /// [`RequestQueue::dead_letter`], saying why in the moved message's
+    /// attribute [`DEAD_LETTER_REASON_ATTRIBUTE`] (when the message has room
+    /// for one more attribute).
+    pub async fn dead_letter_because(&self, message: &ReceivedMessage, why: &str) {
+        self.move_to_dead_letter(message, Some(why)).await;
+    }
+
+    async fn move_to_dead_letter(&self, message: &ReceivedMessage, why: Option<&str>) {
         let Some(dlq) = &self.dead_letter else {
-            self.return_now(message).await;
+            // No dead-letter queue of ours (an adopted request queue): the
+            // message is hidden longer at each receive, so that it does not
+            // circle through every poll (issue #28 item 7); the queue's own
+            // redrive policy, when it has one, moves it after its
+            // maxReceiveCount receives, else it stays until its retention
+            // ends.
+            let hidden = hidden_without_dead_letter_queue(message.receive_count);
+            tracing::warn!(
+                message_id = %message.message_id,
+                receive_count = message.receive_count,
+                hidden_seconds = hidden.as_secs(),
+                "no dead-letter queue configured; the message is hidden instead"
+            );
+            if let Err(error) = self
+                .queues
+                .change_visibility(&self.url, &message.receipt, hidden)
+                .await
+            {
+                tracing::warn!(%error, "could not hide the message; it reappears after its visibility timeout");
+            }
             return;
         };
+        let mut attributes = message.attributes.clone();
+        if let Some(why) = why
+            && attributes.len() < MAX_MESSAGE_ATTRIBUTES
+        {
+            let why: String = why.chars().take(500).collect();
+            attributes.insert(DEAD_LETTER_REASON_ATTRIBUTE.to_owned(), why);
+        }
         let moved = OutgoingMessage {
             body: message.body.clone(),
             delay: Duration::ZERO,
-            attributes: message.attributes.clone(),
+            attributes,
         };
         match self.queues.send(dlq, &moved).await {
             Ok(_) => self.finish(message).await,
@@ -209,5 +288,19 @@ impl<Q: Queues> RequestQueue<Q> {
             Ok(outcome) => outcome.failed.len(),
             Err(_) => receipts.len(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn without_a_dead_letter_queue_a_message_hides_longer_at_each_receive_up_to_twelve_hours() {
+        let seconds: Vec<u64> = [0, 1, 2, 3, 5, 11, 12, 40, u32::MAX]
+            .into_iter()
+            .map(|n| hidden_without_dead_letter_queue(n).as_secs())
+            .collect();
+        assert_eq!(seconds, [30, 30, 60, 120, 480, 30720, 43200, 43200, 43200]);
     }
 }
