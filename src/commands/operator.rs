@@ -61,9 +61,10 @@ pub(super) struct OperatorArgs {
     #[arg(long, default_value_t = 8)]
     concurrency: u16,
     /// This cluster's name, tagged on every instance it launches
-    /// (`browserfleet.io/cluster`). The orphan sweep runs only with it and
-    /// terminates only instances tagged with it, so clusters sharing an AWS
-    /// account never sweep each other's instances.
+    /// (`browserfleet.io/cluster`). The orphan sweep terminates only
+    /// instances tagged with it, so clusters sharing an AWS account never
+    /// sweep each other's instances. Default: the uid of the `kube-system`
+    /// namespace (without read access to it, no tag and no sweep).
     #[arg(long, env = "BROWSERFLEET_CLUSTER_NAME")]
     cluster_name: Option<String>,
     /// The AWS SDK's retry strategy: `standard`, or `adaptive` (which also

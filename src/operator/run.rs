@@ -127,9 +127,10 @@ pub struct OperatorOptions {
     pub listen: Option<SocketAddr>,
     /// Leader election; `None` runs as the only replica.
     pub leader_election: Option<LeaderElection>,
-    /// This cluster's name, tagged on every instance it launches. The
-    /// orphan sweep runs only with one, and takes only instances tagged with
-    /// it: an AWS account may hold the fleets of several clusters.
+    /// This cluster's name, tagged on every instance it launches; the
+    /// orphan sweep takes only instances tagged with it, since an AWS
+    /// account may hold the fleets of several clusters. `None`: the uid of
+    /// the `kube-system` namespace ([`cluster_identity`]).
     pub cluster: Option<String>,
 }
 
@@ -300,6 +301,39 @@ pub async fn run(
     .await
 }
 
+/// The name of a cluster that was given none: the uid of its `kube-system`
+/// namespace, which lives as long as the cluster, differs between clusters,
+/// and is what tools that need a cluster id commonly take (issue #28 item
+/// 3: without a name the orphan sweep did not run, and the chart named
+/// none). `None`, logged, when it cannot be read (RBAC without the chart's
+/// `cluster-identity` rule): then instances are launched untagged and the
+/// sweep stays off, as before.
+pub async fn cluster_identity(client: &kube::Client) -> Option<String> {
+    let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
+    match namespaces.get("kube-system").await {
+        Ok(namespace) => {
+            let uid = namespace.metadata.uid.filter(|uid| !uid.is_empty());
+            match &uid {
+                Some(uid) => tracing::info!(
+                    cluster = %uid,
+                    "no --cluster-name: this cluster is named by its kube-system namespace's uid"
+                ),
+                None => tracing::warn!(
+                    "no --cluster-name, and the kube-system namespace has no uid: no orphan sweep"
+                ),
+            }
+            uid
+        }
+        Err(error) => {
+            tracing::warn!(
+                %error,
+                "no --cluster-name, and the kube-system namespace cannot be read: no orphan sweep"
+            );
+            None
+        }
+    }
+}
+
 #[allow(clippy::too_many_arguments)]
 async fn run_controller(
     client: kube::Client,
@@ -339,8 +373,12 @@ async fn run_controller(
         fleets_listed: synced.clone(),
         sessions: session_reader.clone(),
     };
+    let cluster = match &options.cluster {
+        Some(name) => Some(name.clone()),
+        None => cluster_identity(&client).await,
+    };
     let mut ctx = Context::new(client, &aws, settings, metrics, caches);
-    ctx.cluster = options.cluster.clone();
+    ctx.cluster = cluster.clone();
     let ctx = Arc::new(ctx);
     let fleet_memories = Arc::new(FleetMemories::default());
     let fleet_link = FleetLink::new(
@@ -368,7 +406,7 @@ async fn run_controller(
     // future is dropped (a lost Lease, a caller that gives up), they end
     // with it, and so do the per-fleet watches.
     let _watches = StopWatchesOnDrop(watches.clone());
-    let _sweep = options.cluster.clone().map(|cluster| {
+    let _sweep = cluster.map(|cluster| {
         AbortOnDrop(tokio::spawn(crate::operator::orphans::sweep_forever(
             ctx.compute.clone(),
             reader.clone(),

@@ -351,11 +351,33 @@ fn default_release_grants_cluster_wide_rules_and_the_lease_in_its_namespace() {
     assert_eq!(service_account["metadata"]["namespace"], namespace);
     let subject = json!([{"kind": "ServiceAccount", "name": account, "namespace": namespace}]);
 
-    let cluster_role = only(&release.objects, "ClusterRole");
+    let cluster_role = find(&release.objects, "ClusterRole", name);
     assert_eq!(cluster_role["rules"], operator_rules());
-    let binding = only(&release.objects, "ClusterRoleBinding");
+    let binding = find(&release.objects, "ClusterRoleBinding", name);
     assert_eq!(binding["roleRef"]["name"], cluster_role["metadata"]["name"]);
     assert_eq!(binding["subjects"], subject);
+    // No clusterName: the operator reads the kube-system namespace's uid,
+    // and nothing else of the Namespaces.
+    let identity = find(
+        &release.objects,
+        "ClusterRole",
+        &format!("{name}-cluster-identity"),
+    );
+    assert_eq!(
+        identity["rules"],
+        json!([{"apiGroups": [""], "resources": ["namespaces"], "resourceNames": ["kube-system"], "verbs": ["get"]}])
+    );
+    let identity_binding = find(
+        &release.objects,
+        "ClusterRoleBinding",
+        &format!("{name}-cluster-identity"),
+    );
+    assert_eq!(
+        identity_binding["roleRef"]["name"],
+        identity["metadata"]["name"]
+    );
+    assert_eq!(identity_binding["subjects"], subject);
+    assert_eq!(count(&release.objects, "ClusterRole"), 2);
 
     let lease_role = find(&release.objects, "Role", &format!("{name}-leader-election"));
     assert_eq!(lease_role["metadata"]["namespace"], namespace);

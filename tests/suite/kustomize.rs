@@ -72,7 +72,11 @@ fn default_base_renders_the_operator_in_its_namespace() {
     assert_eq!(
         kinds,
         [
+            // The operator's rules, and the read of the kube-system
+            // namespace's uid that names the cluster.
             "ClusterRole",
+            "ClusterRole",
+            "ClusterRoleBinding",
             "ClusterRoleBinding",
             "CustomResourceDefinition",
             "CustomResourceDefinition",

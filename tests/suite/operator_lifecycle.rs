@@ -6,7 +6,6 @@
 //! without a duplicate launch.
 
 use std::collections::BTreeSet;
-use std::process::Stdio;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -214,17 +213,61 @@ async fn a_paused_fleet_is_observed_and_launches_nothing_until_resumed() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn instances_of_a_fleet_that_is_gone_are_swept_after_the_grace_period() {
-    let world = OperatorWorld::new("orphan").await;
+    sweep_orphans("orphan", true).await;
+}
+
+/// Issue #28 item 3: without `--cluster-name` (the chart's default) there
+/// was no sweep at all. The operator now names its cluster by the uid of
+/// the kube-system namespace, tags its instances with it, and sweeps.
+#[tokio::test(flavor = "multi_thread")]
+async fn without_a_cluster_name_the_kube_system_uid_names_the_cluster_and_orphans_are_swept() {
+    sweep_orphans("orphan-unnamed", false).await;
+}
+
+/// A fleet's instance tagged with the cluster's name, and an instance of a
+/// fleet that is gone terminated after the grace period, while the live
+/// fleet's stays; with `named`, the operator is given the cluster's name.
+async fn sweep_orphans(test: &str, named: bool) {
+    let world = OperatorWorld::new(test).await;
     let mut settings = test_settings();
     settings.orphan_grace = Duration::from_secs(1);
     settings.orphan_sweep = Duration::from_millis(500);
-    let operator = world.start_operator(settings, None).await;
+    let cluster = if named {
+        world.cluster_name()
+    } else {
+        let namespaces: Api<k8s_openapi::api::core::v1::Namespace> =
+            Api::all(world.cluster.client.clone());
+        namespaces
+            .get("kube-system")
+            .await
+            .expect("kube-system")
+            .metadata
+            .uid
+            .expect("kube-system's uid")
+    };
+    let operator = world
+        .start_operator_with(
+            world.cluster.client.clone(),
+            Some(world.cluster.ns.clone()),
+            settings,
+            None,
+            named.then(|| world.cluster_name()),
+        )
+        .await;
     world.apply(&world.fleet(1, 1)).await;
     world
         .wait_for("the live fleet launched", |f| {
             f.status.as_ref().is_some_and(|s| s.current_instances == 1)
         })
         .await;
+    let live = world.instances().await;
+    assert_eq!(
+        live[0]
+            .tags
+            .get(browserfleet::cloud::fleet_tags::CLUSTER_TAG),
+        Some(&cluster),
+        "the cluster's name on its instance"
+    );
     // An instance of a fleet that no longer exists in this namespace.
     let ghost = FleetId::new(&world.cluster.ns, "ghost", uuid::Uuid::new_v4().to_string()).unwrap();
     let compute = Ec2Compute::new(&world.aws);
@@ -232,7 +275,7 @@ async fn instances_of_a_fleet_that_is_gone_are_swept_after_the_grace_period() {
         .launch(
             &ghost,
             &browserfleet::cloud::InstanceBlueprint {
-                cluster: Some(world.cluster_name()),
+                cluster: Some(cluster.clone()),
                 ..testkit::launch_world::blueprint(&world.launch)
             },
             LaunchRequest {
@@ -263,51 +306,26 @@ async fn instances_of_a_fleet_that_is_gone_are_swept_after_the_grace_period() {
     operator.stop().await.expect("graceful stop");
 }
 
-/// `browserfleet operator` as a process, so that it can be killed, serving
-/// its metrics at the address returned.
+/// `browserfleet operator` as a process with leader election, so that it
+/// can be killed, serving its metrics at the address returned.
 fn spawn_operator(
     world: &OperatorWorld,
     kubeconfig: &std::path::Path,
     identity: &str,
 ) -> (tokio::process::Child, String) {
-    // A port the kernel just handed out and took back: free for the
-    // operator to bind a moment later.
-    let address = std::net::TcpListener::bind("127.0.0.1:0")
-        .and_then(|listener| listener.local_addr())
-        .expect("a free loopback port")
-        .to_string();
-    let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_browserfleet"))
-        .args([
-            "operator",
-            "--namespace",
-            &world.cluster.ns,
-            "--listen",
-            &address,
-        ])
-        .args([
+    let ns = world.cluster.ns.clone();
+    world.spawn_operator_process(
+        kubeconfig,
+        &[
             "--leader-election",
             "--lease-namespace",
-            &world.cluster.ns,
+            &ns,
             "--identity",
             identity,
-        ])
-        .args([
             "--lease-duration",
             "6s",
-            "--resync",
-            "2s",
-            "--queue-poll",
-            "500ms",
-            "--events-wait",
-            "1s",
-        ])
-        .env("KUBECONFIG", kubeconfig)
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("operator process");
-    (child, address)
+        ],
+    )
 }
 
 async fn holder(world: &OperatorWorld) -> Option<String> {
@@ -326,16 +344,7 @@ async fn with_leader_election_one_operator_acts_and_a_killed_leader_is_replaced_
  {
     let world = OperatorWorld::new("leader").await;
     let kubeconfig = world.work.path().join("kubeconfig");
-    match std::env::var_os("BROWSERFLEET_TEST_KUBECONFIG") {
-        Some(path) => {
-            std::fs::copy(path, &kubeconfig).expect("kubeconfig");
-        }
-        None => std::fs::write(
-            &kubeconfig,
-            world.cluster.dev.as_ref().unwrap().kubeconfig(),
-        )
-        .expect("kubeconfig"),
-    }
+    std::fs::write(&kubeconfig, world.kubeconfig_text()).expect("kubeconfig");
     let (mut one, one_address) = spawn_operator(&world, &kubeconfig, "one");
     let (mut two, two_address) = spawn_operator(&world, &kubeconfig, "two");
     world.apply(&world.fleet(1, 6)).await;
@@ -502,10 +511,7 @@ async fn cuttable_relay(upstream: String) -> (String, tokio::sync::watch::Sender
 #[tokio::test(flavor = "multi_thread")]
 async fn a_leader_cut_off_from_the_api_server_stops_before_another_takes_over() {
     let world = OperatorWorld::new("partition").await;
-    let direct = match std::env::var_os("BROWSERFLEET_TEST_KUBECONFIG") {
-        Some(path) => std::fs::read_to_string(path).expect("kubeconfig"),
-        None => world.cluster.dev.as_ref().unwrap().kubeconfig(),
-    };
+    let direct = world.kubeconfig_text();
     let server = direct
         .lines()
         .find_map(|l| l.trim().strip_prefix("server: "))

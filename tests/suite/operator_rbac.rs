@@ -234,7 +234,7 @@ async fn prove_least_privilege(test: &str, watch_own_namespace: bool) {
     };
     dev.clear_requests();
     let operator = world
-        .start_operator_with(client, watched, test_settings(), Some(election))
+        .start_operator_with(client, watched, test_settings(), Some(election), None)
         .await;
     run_the_fleet_through_its_life(&world).await;
     operator.stop().await.expect("graceful stop");

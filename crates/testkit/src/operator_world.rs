@@ -232,21 +232,32 @@ impl OperatorWorld {
             settings,
             election,
             self.aws.clone(),
+            Some(self.cluster_name()),
         )
         .await
     }
 
     /// Starts an operator with a client of the caller's (another user
-    /// agent, say) watching `namespace` (`None`: every namespace).
+    /// agent, say) watching `namespace` (`None`: every namespace), naming
+    /// its cluster `cluster` (`None`: by the kube-system namespace's uid, as
+    /// the chart runs it by default).
     pub async fn start_operator_with(
         &self,
         client: kube::Client,
         namespace: Option<String>,
         settings: Settings,
         election: Option<LeaderElection>,
+        cluster: Option<String>,
     ) -> OperatorHandle {
-        self.launch_operator(client, namespace, settings, election, self.aws.clone())
-            .await
+        self.launch_operator(
+            client,
+            namespace,
+            settings,
+            election,
+            self.aws.clone(),
+            cluster,
+        )
+        .await
     }
 
     /// Starts an operator for this world's namespace with AWS clients of
@@ -264,6 +275,7 @@ impl OperatorWorld {
             settings,
             election,
             aws,
+            Some(self.cluster_name()),
         )
         .await
     }
@@ -275,6 +287,7 @@ impl OperatorWorld {
         settings: Settings,
         election: Option<LeaderElection>,
         aws: Aws,
+        cluster: Option<String>,
     ) -> OperatorHandle {
         let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
         let (started, running) = tokio::sync::oneshot::channel::<Running>();
@@ -283,7 +296,7 @@ impl OperatorWorld {
             settings,
             listen: Some("127.0.0.1:0".parse().unwrap()),
             leader_election: election,
-            cluster: Some(self.cluster_name()),
+            cluster,
         };
         let task = tokio::spawn(run(
             client,
@@ -301,6 +314,60 @@ impl OperatorWorld {
             metrics: running.metrics,
             address: running.address.expect("health listener"),
         }
+    }
+
+    /// The cluster's kubeconfig as a file in the work dir, for operator
+    /// processes: the real cluster's when the tests run against one
+    /// (`BROWSERFLEET_TEST_KUBECONFIG`), else the development API server's.
+    pub fn kubeconfig_text(&self) -> String {
+        match std::env::var_os("BROWSERFLEET_TEST_KUBECONFIG") {
+            Some(path) => std::fs::read_to_string(path).expect("kubeconfig"),
+            None => self
+                .cluster
+                .dev
+                .as_ref()
+                .expect("a development API server")
+                .kubeconfig(),
+        }
+    }
+
+    /// `browserfleet operator` as a process of its own, so that a test can
+    /// kill it: this world's namespace, the test settings' timers, the
+    /// cluster reached through `kubeconfig`, and `extra` arguments. Returns
+    /// it and the address of its health and metrics listener.
+    pub fn spawn_operator_process(
+        &self,
+        kubeconfig: &std::path::Path,
+        extra: &[&str],
+    ) -> (tokio::process::Child, String) {
+        // A port the kernel just handed out and took back: free for the
+        // operator to bind a moment later.
+        let address = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|listener| listener.local_addr())
+            .expect("a free loopback port")
+            .to_string();
+        let child = tokio::process::Command::new(crate::tools::browserfleet_binary())
+            .args([
+                "operator",
+                "--namespace",
+                &self.cluster.ns,
+                "--listen",
+                &address,
+                "--resync",
+                "2s",
+                "--queue-poll",
+                "500ms",
+                "--events-wait",
+                "1s",
+            ])
+            .args(extra)
+            .env("KUBECONFIG", kubeconfig)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("operator process");
+        (child, address)
     }
 
     /// Starts the node simulator for this world's fleet.
