@@ -35,6 +35,15 @@ test-kube-apiserver: kubectl kube-apiserver
 	bash scripts/with-kube-apiserver.sh $(CARGO) test --locked --test suite --test faults -- \
 		--test-threads=$(TEST_THREADS) apiserver:: kubectl:: operator:: operator_lifecycle:: operator_faults:: sessions::
 
+## chaos: the full chaos run (docs/reliability.md): the operator SIGKILLed
+##       100 times while bursts scale its fleet (make test runs 20);
+##       BROWSERFLEET_CHAOS_KILLS and BROWSERFLEET_CHAOS_SEED change it
+.PHONY: chaos
+chaos: moto chromium
+	$(CARGO) build --locked --bins
+	BROWSERFLEET_CHAOS_KILLS=$${BROWSERFLEET_CHAOS_KILLS:-100} \
+		$(CARGO) test --locked --test suite -- chaos:: --nocapture
+
 ## moto: install moto[server] into .venv/ when it is missing (idempotent)
 moto:
 	bash scripts/install-moto.sh

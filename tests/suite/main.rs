@@ -15,6 +15,7 @@ mod agent;
 mod agent_process;
 mod agent_restart;
 mod apiserver;
+mod chaos;
 mod chart;
 mod chart_install;
 mod cloud_compute;

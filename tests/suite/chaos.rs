@@ -1,0 +1,243 @@
+//! Chaos (issue #28): the operator, a process of its own, SIGKILLed at
+//! random moments while bursts of requests scale its fleet out and in, on
+//! the development API server, moto, the node simulator and Chromium. After
+//! the run every request has ended exactly once, the fleet never had more
+//! instances than `maxInstances`, and deleting it leaves no instance and no
+//! process behind.
+//!
+//! `BROWSERFLEET_CHAOS_KILLS` sets the number of kills (20 here, in
+//! `make test`; `make chaos` runs 100) and `BROWSERFLEET_CHAOS_SEED` the
+//! seed of the moments and bursts, which the test prints with its figures.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use browserfleet::cloud::compute::Ec2State;
+use browserfleet::cloud::queues::queue_name;
+use browserfleet::cloud::{Compute, Ec2Compute, FleetId, Queues, Sqs};
+use proptest::prelude::Rng;
+use proptest::test_runner::{RngAlgorithm, TestRng};
+use serde_json::Value;
+use testkit::agent_world::{processes_with, receive_batch};
+use testkit::operator_world::OperatorWorld;
+
+const MAX_INSTANCES: usize = 4;
+
+fn from_env(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+/// What the requester heard about one session, in order.
+type Heard = BTreeMap<String, Vec<Value>>;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn operator_kills_during_bursts_lose_no_request_and_leave_nothing_behind() {
+    let kills = from_env("BROWSERFLEET_CHAOS_KILLS", 20);
+    let seed = from_env("BROWSERFLEET_CHAOS_SEED", 28);
+    let mut seed_bytes = [0u8; 32];
+    seed_bytes[..8].copy_from_slice(&seed.to_le_bytes());
+    let mut rng = TestRng::from_seed(RngAlgorithm::ChaCha, &seed_bytes);
+
+    let world = OperatorWorld::new("chaos").await;
+    let _nodes = world.start_nodes(|_| {});
+    let kubeconfig = world.work.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, world.kubeconfig_text()).expect("kubeconfig");
+    let cluster = world.cluster_name();
+    let operator_args = ["--cluster-name", cluster.as_str()];
+    let (mut operator, _) = world.spawn_operator_process(&kubeconfig, &operator_args);
+    world.apply(&world.fleet(1, MAX_INSTANCES as i32)).await;
+    world
+        .wait_for("one ready instance", |f| {
+            f.status.as_ref().is_some_and(|s| s.ready_instances == 1)
+        })
+        .await;
+    let fleet = world.fleet_id().await;
+    let replies_to = world.reply_queue().await;
+
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let sampler = tokio::spawn(sample_instances(
+        Ec2Compute::new(&world.aws),
+        fleet.clone(),
+        stopped.clone(),
+    ));
+    let heard: Arc<Mutex<Heard>> = Arc::default();
+    let listener = tokio::spawn(listen(
+        Sqs::new(&world.aws),
+        replies_to.clone(),
+        heard.clone(),
+        stopped,
+    ));
+
+    let started = tokio::time::Instant::now();
+    let mut sent = Vec::new();
+    for kill in 0..kills {
+        let burst = rng.next_u32() % 4;
+        if burst > 0 {
+            let prefix = format!("chaos-{kill}");
+            let ttl = 3 + rng.next_u32() % 6;
+            world
+                .send_requests(&prefix, burst as usize, &replies_to, ttl)
+                .await;
+            sent.extend((0..burst).map(|n| format!("{prefix}-{n}")));
+        }
+        let pause = 300 + u64::from(rng.next_u32() % 2700);
+        tokio::time::sleep(Duration::from_millis(pause)).await;
+        operator.start_kill().expect("SIGKILL the operator");
+        let _ = operator.wait().await;
+        (operator, _) = world.spawn_operator_process(&kubeconfig, &operator_args);
+    }
+    let chaos_took = started.elapsed();
+
+    // Every request ends: served (ready, then terminated) or refused.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(240);
+    loop {
+        let open: Vec<(String, Vec<Value>)> = {
+            let heard = heard.lock().unwrap();
+            sent.iter()
+                .filter(|id| !heard.get(*id).is_some_and(|h| has_ended(h)))
+                .map(|id| (id.clone(), heard.get(id).cloned().unwrap_or_default()))
+                .collect()
+        };
+        if open.is_empty() {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} of {} requests have not ended; what their requesters heard: {open:#?}",
+            open.len(),
+            sent.len()
+        );
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    // A moment for a second answer, should there be one.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let _ = stop.send(true);
+    listener.await.expect("listener");
+    let (most, over) = sampler.await.expect("sampler");
+    let heard = std::mem::take(&mut *heard.lock().unwrap());
+
+    let mut served = 0;
+    let mut refused = 0;
+    for id in &sent {
+        let all = heard.get(id).cloned().unwrap_or_default();
+        let kinds: Vec<&str> = all.iter().filter_map(|r| r["type"].as_str()).collect();
+        match kinds.as_slice() {
+            ["session.ready", "session.terminated"] => {
+                assert_eq!(
+                    all[1]["reason"], "expired",
+                    "{id}: a served session ends at its TTL, not by the chaos: {all:#?}"
+                );
+                served += 1;
+            }
+            ["session.failed"] => refused += 1,
+            _ => panic!("{id}: not exactly one outcome: {all:#?}"),
+        }
+    }
+    let strangers: Vec<&String> = heard.keys().filter(|id| !sent.contains(id)).collect();
+    assert!(
+        strangers.is_empty(),
+        "replies for sessions never asked: {strangers:?}"
+    );
+    let sqs = Sqs::new(&world.aws);
+    let dead_letter = sqs
+        .find_queue(&queue_name(&fleet, "requests-dlq"))
+        .await
+        .expect("find the dead-letter queue")
+        .expect("the dead-letter queue");
+    let depth = sqs.depth(&dead_letter).await.expect("DLQ depth");
+    let dead_lettered = depth.visible + depth.in_flight + depth.delayed;
+    assert_eq!(dead_lettered, 0, "nothing dead-lettered");
+    assert!(
+        over.is_empty(),
+        "more than {MAX_INSTANCES} instances at {} samples: {over:?}",
+        over.len()
+    );
+
+    // Deleting the fleet leaves nothing: no instance, no agent, no browser.
+    world.delete().await;
+    world.wait_fleet_gone(Duration::from_secs(180)).await;
+    let left: Vec<_> = Ec2Compute::new(&world.aws)
+        .list_instances(&fleet)
+        .await
+        .expect("list instances")
+        .into_iter()
+        .filter(|i| !matches!(i.state, Ec2State::Terminated | Ec2State::ShuttingDown))
+        .collect();
+    assert!(left.is_empty(), "instances left: {left:#?}");
+    let nodes = world.work.path().join("nodes").display().to_string();
+    testkit::agent_world::eventually(
+        "no agent or browser process left",
+        Duration::from_secs(30),
+        || async { processes_with(&nodes).is_empty() },
+    )
+    .await;
+    let _ = operator.start_kill();
+    eprintln!(
+        "chaos (seed {seed}): {kills} operator kills in {:.0} s; {} requests: {served} served, \
+         {refused} refused, {dead_lettered} dead-lettered; at most {most} instances (max {MAX_INSTANCES})",
+        chaos_took.as_secs_f64(),
+        sent.len()
+    );
+}
+
+/// Whether a session's replies include its last one.
+fn has_ended(heard: &[Value]) -> bool {
+    heard
+        .iter()
+        .any(|r| r["type"] == "session.terminated" || r["type"] == "session.failed")
+}
+
+/// Reads the requester's queue until stopped, keeping every reply by
+/// session.
+async fn listen(
+    sqs: Sqs,
+    queue: browserfleet::cloud::QueueUrl,
+    heard: Arc<Mutex<Heard>>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) {
+    while !*stopped.borrow() {
+        for message in receive_batch(&sqs, &queue, None).await {
+            let reply: Value = serde_json::from_str(&message.body).expect("a reply is JSON");
+            sqs.delete(&queue, &message.receipt)
+                .await
+                .expect("delete a reply");
+            let session = reply["sessionId"].as_str().unwrap_or_default().to_owned();
+            heard
+                .lock()
+                .unwrap()
+                .entry(session)
+                .or_default()
+                .push(reply);
+        }
+    }
+}
+
+/// Counts the fleet's pending and running instances every 300 ms until
+/// stopped; returns the most seen and the samples above the maximum.
+async fn sample_instances(
+    compute: Ec2Compute,
+    fleet: FleetId,
+    stopped: tokio::sync::watch::Receiver<bool>,
+) -> (usize, Vec<Vec<String>>) {
+    let mut most = 0;
+    let mut over = Vec::new();
+    while !*stopped.borrow() {
+        if let Ok(instances) = compute.list_instances(&fleet).await {
+            let live: Vec<String> = instances
+                .iter()
+                .filter(|i| matches!(i.state, Ec2State::Pending | Ec2State::Running))
+                .map(|i| i.id.to_string())
+                .collect();
+            most = most.max(live.len());
+            if live.len() > MAX_INSTANCES {
+                over.push(live);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    (most, over)
+}
