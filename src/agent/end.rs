@@ -88,8 +88,12 @@ impl<Q: Queues> Ends<'_, Q> {
     /// answered once, by the `end` that removes it. Callers that may be
     /// cancelled (an HTTP handler) run it in a task of its own.
     pub async fn end(&self, id: &SessionId, reason: TerminationReason, announce: bool) -> Ending {
-        let (record, profile) = match self.sessions.claim_end(id) {
-            Ok(Claimed { record, profile }) => (record, profile),
+        let (record, profile, unheard_of) = match self.sessions.claim_end(id, reason) {
+            Ok(Claimed {
+                record,
+                profile,
+                unheard_of,
+            }) => (record, profile, unheard_of),
             Err(Unclaimed::AlreadyEnding) => return Ending::AlreadyEnding,
             Err(Unclaimed::NotHosted) => return Ending::NotHosted,
         };
@@ -102,7 +106,10 @@ impl<Q: Queues> Ends<'_, Q> {
         self.metrics.terminated(&reason.to_string());
         tracing::info!(session = %id, %reason, "session ended");
         let mut requesters = Vec::with_capacity(1 + deleters.len());
-        if announce {
+        // A requester never sent `session.ready` by a killed agent (whose
+        // successor took the browser back) hears nothing of its end: its
+        // create comes back and starts afresh.
+        if announce && !unheard_of {
             requesters.push(Requester {
                 request_id: record.request_id.clone(),
                 targets: ReplyTargets::new(record.reply_to.as_ref(), record.callback_url.as_ref()),

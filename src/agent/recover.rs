@@ -2,7 +2,7 @@
 //! still run and answer DevTools are taken back; the others are ended and
 //! reported; browsers of ours that no session owns are killed.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use super::devtools::DevTools;
 use super::egress::{ChainGuard, Egress, Upstream};
@@ -11,7 +11,7 @@ use super::metrics::AgentMetrics;
 use super::process::ProcessControl;
 use super::profiles::{ProfileStore, browser_marker};
 use super::sessions::{Adoption, Sessions};
-use super::table::{ChainedProxy, TableError};
+use super::table::{ChainedProxy, SessionRecord, TableError};
 use crate::cloud::queues::Queues;
 use crate::protocol::{SessionId, TerminationReason};
 
@@ -87,8 +87,9 @@ impl<Q: Queues> Recovery<'_, Q> {
                 tracing::info!(session = %record.id, port = record.port, "session re-adopted");
                 report.adopted.push(record.id);
             } else {
+                // One never answered ends unheard of (`Claimed::unheard_of`).
                 self.ends
-                    .end(&record.id, TerminationReason::Crashed, true)
+                    .end(&record.id, reason_gone(&record, SystemTime::now()), true)
                     .await;
                 report.ended.push(record.id);
             }
@@ -141,5 +142,74 @@ impl<Q: Queues> Recovery<'_, Q> {
             Err(error) => tracing::warn!(%error, "could not look for orphaned browsers"),
         }
         killed
+    }
+}
+
+/// Why a saved session whose browser is gone ended: for the reason its end
+/// began with, when the previous agent was killed while ending it; at its
+/// TTL, when that had passed (the agent died before it could end it);
+/// otherwise its browser crashed.
+fn reason_gone(record: &SessionRecord, now: SystemTime) -> TerminationReason {
+    match record.ending {
+        Some(reason) => reason,
+        None if record.expires <= now => TerminationReason::Expired,
+        None => TerminationReason::Crashed,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::agent::process::ProcessIdentity;
+
+    fn record(expires: SystemTime, ending: Option<TerminationReason>) -> SessionRecord {
+        SessionRecord {
+            id: SessionId::new("s-gone").unwrap(),
+            request_id: None,
+            port: 9300,
+            token_sha256: "0".repeat(64),
+            process: ProcessIdentity {
+                pid: 4242,
+                start_time: 1,
+            },
+            profile_dir: PathBuf::from("/state/profiles/tmp/s-gone"),
+            profile_temporary: true,
+            browser_path: "/devtools/browser/x".into(),
+            started: expires - Duration::from_secs(60),
+            expires,
+            ttl_was_cut: false,
+            use_by: expires,
+            used: true,
+            start_url: None,
+            reply_to: None,
+            callback_url: None,
+            labels: BTreeMap::new(),
+            chained_proxy: None,
+            ending,
+            unanswered: false,
+            more_token_sha256: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_session_found_gone_ends_for_the_reason_its_end_began_with_else_its_ttl_else_a_crash() {
+        let now = SystemTime::now();
+        let later = now + Duration::from_secs(30);
+        let earlier = now - Duration::from_secs(1);
+        assert_eq!(
+            reason_gone(&record(later, Some(TerminationReason::Deleted)), now),
+            TerminationReason::Deleted
+        );
+        assert_eq!(
+            reason_gone(&record(earlier, None), now),
+            TerminationReason::Expired
+        );
+        assert_eq!(
+            reason_gone(&record(later, None), now),
+            TerminationReason::Crashed
+        );
     }
 }

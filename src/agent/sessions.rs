@@ -22,9 +22,9 @@ use super::requesters::Requester;
 use super::session_files::SessionFiles;
 use super::slots::{PoolUsage, Port, PortState, SlotError, SlotPool};
 use super::supervise::{BrowserHealth, Deadlines};
-use super::table::{SessionRecord, TableError, TableFileStore};
+use super::table::{SavedTable, ServedSession, SessionRecord, TableError, TableFileStore};
 use super::tombstones::Tombstones;
-use crate::protocol::{HostedPhase, SessionId, SessionState, SessionToken};
+use crate::protocol::{HostedPhase, SessionId, SessionState, SessionToken, TerminationReason};
 
 /// A session hosted here.
 struct LiveSession {
@@ -78,12 +78,24 @@ pub struct GatewayRoute {
     pub port: Port,
     /// SHA-256 (hex) of its token.
     pub token_sha256: String,
+    /// Those of tokens given out after a restart ([`Sessions::mint_token`]).
+    pub more_token_sha256: Vec<String>,
     /// The files its client may touch, which the CDP filter confines it to.
     pub files: SessionFiles,
     used: Arc<AtomicBool>,
 }
 
 impl GatewayRoute {
+    /// Whether a token whose SHA-256 (hex) is `digest` opens the session;
+    /// compared in constant time.
+    pub fn admits(&self, digest: &str) -> bool {
+        std::iter::once(&self.token_sha256)
+            .chain(&self.more_token_sha256)
+            .fold(false, |admitted, known| {
+                crate::agent::http::same_secret(digest, known) | admitted
+            })
+    }
+
     /// Records that a client used the session.
     pub fn mark_used(&self) {
         self.used.store(true, Ordering::Relaxed);
@@ -144,6 +156,10 @@ pub struct Claimed {
     pub record: SessionRecord,
     /// Its profile.
     pub profile: Profile,
+    /// Taken back after a restart before its requester was sent
+    /// `session.ready`: nobody is to hear of its end, since its create
+    /// comes back and starts afresh.
+    pub unheard_of: bool,
 }
 
 /// Why an end could not claim a session.
@@ -169,8 +185,13 @@ pub enum Adoption {
 
 struct Snapshot {
     sequence: u64,
-    records: Vec<SessionRecord>,
+    table: SavedTable,
 }
+
+/// Most served sessions the table file keeps for a restarted agent, the
+/// newest: a redelivery comes a visibility timeout after the receive, so the
+/// recent ones are what count, and the file is written at every change.
+const SERVED_SAVED: usize = 1000;
 
 /// The session table of one agent.
 pub struct Sessions {
@@ -258,6 +279,7 @@ impl Sessions {
             id: id.clone(),
             port: session.record.port(),
             token_sha256: session.record.token_sha256.clone(),
+            more_token_sha256: session.record.more_token_sha256.clone(),
             files: SessionFiles::of_profile(&session.record.profile_dir),
             used: session.used.clone(),
         })
@@ -405,22 +427,90 @@ impl Sessions {
         Ok(active)
     }
 
-    /// Marks the session as ending, unless another end has, so that a
-    /// drain does not finish early and a second end (a delete racing the
-    /// supervisor) sees it is already ending.
-    pub fn claim_end(&self, id: &SessionId) -> Result<Claimed, Unclaimed> {
-        let mut state = self.lock();
-        let Some(session) = state.sessions.get_mut(id) else {
-            return Err(Unclaimed::NotHosted);
+    /// A token for an active session that has none (taken back after a
+    /// restart, which does not keep tokens), its digest saved with the
+    /// others: so a create of it that comes again is answered `session.ready`
+    /// with the running browser (issue #28: it was answered
+    /// `session.failed`, `sessionExists`, while the browser ran on). The
+    /// session as it is when it has a token already; `None` when it is not
+    /// active.
+    pub fn mint_token(&self, id: &SessionId) -> Option<ActiveSession> {
+        let (active, snapshot) = {
+            let mut state = self.lock();
+            let session = state.sessions.get_mut(id)?;
+            if session.phase != HostedPhase::Active {
+                return None;
+            }
+            if session.token.is_some() {
+                return Some(ActiveSession {
+                    record: session.record.clone(),
+                    token: session.token.clone(),
+                });
+            }
+            let token = crate::agent::launch::command::new_token();
+            session
+                .record
+                .more_token_sha256
+                .push(super::table::token_digest(&token));
+            session.token = Some(SessionToken::new(token));
+            let active = ActiveSession {
+                record: session.record.clone(),
+                token: session.token.clone(),
+            };
+            (active, self.snapshot(&state))
         };
-        if session.phase == HostedPhase::Ending {
-            return Err(Unclaimed::AlreadyEnding);
-        }
-        session.phase = HostedPhase::Ending;
-        Ok(Claimed {
-            record: session.record.clone(),
-            profile: session.profile.clone(),
-        })
+        self.persist(snapshot);
+        Some(active)
+    }
+
+    /// Notes whether the requester of `id` was sent `session.ready`
+    /// ([`SessionRecord::unanswered`]), and saves the table: only an
+    /// answered session counts as served when it ends.
+    pub fn set_answered(&self, id: &SessionId, answered: bool) {
+        let snapshot = {
+            let mut state = self.lock();
+            let Some(session) = state.sessions.get_mut(id) else {
+                return;
+            };
+            if session.record.unanswered != answered {
+                return;
+            }
+            session.record.unanswered = !answered;
+            self.snapshot(&state)
+        };
+        self.persist(snapshot);
+    }
+
+    /// Marks the session as ending for `reason`, unless another end has, so
+    /// that a drain does not finish early and a second end (a delete racing
+    /// the supervisor) sees it is already ending. The reason is saved with
+    /// the table: an agent killed before the end is done leaves it to its
+    /// successor (issue #28: a successor took such a session for crashed).
+    pub fn claim_end(
+        &self,
+        id: &SessionId,
+        reason: TerminationReason,
+    ) -> Result<Claimed, Unclaimed> {
+        let (claimed, snapshot) = {
+            let mut state = self.lock();
+            let Some(session) = state.sessions.get_mut(id) else {
+                return Err(Unclaimed::NotHosted);
+            };
+            if session.phase == HostedPhase::Ending {
+                return Err(Unclaimed::AlreadyEnding);
+            }
+            session.phase = HostedPhase::Ending;
+            session.record.ending = Some(reason);
+            let claimed = Claimed {
+                record: session.record.clone(),
+                profile: session.profile.clone(),
+                // A session started here holds its token until it ends.
+                unheard_of: session.record.unanswered && session.token.is_none(),
+            };
+            (claimed, self.snapshot(&state))
+        };
+        self.persist(snapshot);
+        Ok(claimed)
     }
 
     /// Removes a claimed session once its browser and profile are gone:
@@ -436,7 +526,10 @@ impl Sessions {
             let removed = state.sessions.remove(id);
             // Ending phase is reached from Active or from Starting; only a
             // session that was once active was answered `session.ready`.
-            if removed.as_ref().is_some_and(|s| s.served) {
+            if removed
+                .as_ref()
+                .is_some_and(|s| s.served && !s.record.unanswered)
+            {
                 state.served.record(id, Instant::now());
             }
             let deleters = removed.map(|s| s.deleters).unwrap_or_default();
@@ -540,13 +633,28 @@ impl Sessions {
             .collect()
     }
 
-    /// The table saved by the previous agent. An unreadable file is moved
-    /// aside for a person to look at, and the table starts empty: every
-    /// browser of ours still running becomes an orphan. Fails only when the
-    /// file cannot be moved aside.
+    /// The table saved by the previous agent; the sessions it served and
+    /// that ended are taken back at once, so that a create of one delivered
+    /// again is dropped here too (issue #28: an agent killed between its
+    /// reply and its delete left the create to come back to its successor,
+    /// which started it again). An unreadable file is moved aside for a
+    /// person to look at, and the table starts empty: every browser of ours
+    /// still running becomes an orphan. Fails only when the file cannot be
+    /// moved aside.
     pub fn saved(&self) -> Result<Vec<SessionRecord>, TableError> {
         match self.file.load() {
-            Ok(records) => Ok(records),
+            Ok(table) => {
+                let now = Instant::now();
+                let wall = jiff::Timestamp::now().as_second();
+                let mut state = self.lock();
+                // Oldest first: recording order is age order.
+                for served in table.served.iter().rev() {
+                    let age =
+                        Duration::from_secs(wall.saturating_sub(served.ended_at).max(0) as u64);
+                    state.served.record_aged(&served.id, age, now);
+                }
+                Ok(table.sessions)
+            }
             Err(error) => {
                 tracing::error!(%error, "session table unreadable; moving it aside");
                 let aside = self.file.path().with_extension("json.unreadable");
@@ -583,9 +691,10 @@ impl Sessions {
         } else {
             (HostedPhase::Starting, Adoption::ToEnd)
         };
-        // A browser path is recorded when the session became active: its
-        // create was answered ready, whether its browser survived or not.
-        let served = !record.browser_path.is_empty();
+        // A browser path is recorded when the session became active, and
+        // `unanswered` cleared once its ready reply was sent: its create was
+        // answered, whether its browser survived or not.
+        let served = !record.browser_path.is_empty() && !record.unanswered;
         state.sessions.insert(
             record.id.clone(),
             LiveSession {
@@ -637,9 +746,22 @@ impl Sessions {
                 record
             })
             .collect();
+        let wall = jiff::Timestamp::now().as_second();
+        let served = state
+            .served
+            .newest(SERVED_SAVED, Instant::now())
+            .into_iter()
+            .map(|(id, age)| ServedSession {
+                id,
+                ended_at: wall.saturating_sub(i64::try_from(age.as_secs()).unwrap_or(i64::MAX)),
+            })
+            .collect();
         Snapshot {
             sequence: self.sequence.fetch_add(1, Ordering::Relaxed) + 1,
-            records,
+            table: SavedTable {
+                sessions: records,
+                served,
+            },
         }
     }
 
@@ -648,7 +770,7 @@ impl Sessions {
         if snapshot.sequence <= *written {
             return;
         }
-        match self.file.save(&snapshot.records) {
+        match self.file.save(&snapshot.table) {
             Ok(()) => *written = snapshot.sequence,
             // The sessions still run; only a restart would lose track of them.
             Err(error) => tracing::error!(%error, "session table not saved"),
@@ -719,6 +841,9 @@ mod tests {
             callback_url: None,
             labels: BTreeMap::new(),
             chained_proxy: None,
+            ending: None,
+            unanswered: false,
+            more_token_sha256: Vec::new(),
         };
         (record, profile)
     }
@@ -776,9 +901,13 @@ mod tests {
         // A delete of a hosted session waits for the end, whoever ends it.
         assert!(sessions.note_delete(&id("s-1"), &deleter("d-1")));
         assert!(!sessions.is_cancelled(&id("s-1")));
-        let claimed = sessions.claim_end(&id("s-1")).unwrap();
+        let claimed = sessions
+            .claim_end(&id("s-1"), TerminationReason::Closed)
+            .unwrap();
         assert_eq!(
-            sessions.claim_end(&id("s-1")).unwrap_err(),
+            sessions
+                .claim_end(&id("s-1"), TerminationReason::Closed)
+                .unwrap_err(),
             Unclaimed::AlreadyEnding
         );
         // Still in the table while it ends, but no longer reachable.
@@ -788,7 +917,9 @@ mod tests {
         assert_eq!(deleters.len(), 1);
         assert!(sessions.remove(&id("s-1"), FIRST).is_empty());
         assert_eq!(
-            sessions.claim_end(&id("s-1")).unwrap_err(),
+            sessions
+                .claim_end(&id("s-1"), TerminationReason::Closed)
+                .unwrap_err(),
             Unclaimed::NotHosted
         );
         assert_eq!(sessions.port_state(FIRST), Some("free"));
@@ -831,11 +962,42 @@ mod tests {
         sessions.adopt(starting, false, Ok(profile), None);
         for (session, port) in ["s-alive", "s-died", "s-starting"].into_iter().zip(ports) {
             assert!(!sessions.was_served(&id(session)), "{session} still hosted");
-            assert!(sessions.claim_end(&id(session)).is_ok());
+            assert!(
+                sessions
+                    .claim_end(&id(session), TerminationReason::Closed)
+                    .is_ok()
+            );
             sessions.remove(&id(session), port);
         }
         assert!(sessions.was_served(&id("s-alive")));
         assert!(sessions.was_served(&id("s-died")));
         assert!(!sessions.was_served(&id("s-starting")));
+
+        // The next agent on this state directory knows them too.
+        let next = table(dir.path(), 3);
+        assert!(next.saved().unwrap().is_empty(), "no session hosted");
+        assert!(next.was_served(&id("s-alive")));
+        assert!(next.was_served(&id("s-died")));
+        assert!(!next.was_served(&id("s-starting")));
+    }
+
+    #[test]
+    fn the_table_keeps_the_newest_served_sessions_with_their_age() {
+        let mut served = Tombstones::default();
+        let now = Instant::now();
+        for n in 0..5u64 {
+            served.record_aged(
+                &id(&format!("s-{n}")),
+                Duration::from_secs(50 - n * 10),
+                now,
+            );
+        }
+        // Older than the tombstones' hour: forgotten.
+        served.record_aged(&id("s-old"), Duration::from_secs(4000), now);
+        let newest = served.newest(3, now);
+        let ids: Vec<&str> = newest.iter().map(|(id, _)| id.as_str()).collect();
+        assert_eq!(ids, ["s-4", "s-3", "s-2"]);
+        assert_eq!(newest[0].1, Duration::from_secs(10));
+        assert!(!served.contains(&id("s-old"), now));
     }
 }

@@ -15,7 +15,7 @@ use thiserror::Error;
 
 use super::process::ProcessIdentity;
 use super::slots::Port;
-use crate::protocol::{CallbackUrl, ReplyQueueUrl, RequestId, SessionId};
+use crate::protocol::{CallbackUrl, ReplyQueueUrl, RequestId, SessionId, TerminationReason};
 
 /// Format version of the file; a newer agent reads older versions.
 const TABLE_VERSION: u32 = 1;
@@ -65,6 +65,24 @@ pub struct SessionRecord {
     /// after a restart the agent listens on the same port again.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub chained_proxy: Option<ChainedProxy>,
+    /// Why it ends, once its end began: an agent killed while ending it
+    /// leaves the reason to its successor, which finishes the end with it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ending: Option<TerminationReason>,
+    /// Its requester has not been sent `session.ready` yet (cleared just
+    /// before the send). A successor takes such a browser back all the same
+    /// (its create was not deleted and comes back, to be answered then), but
+    /// does not count it as served, and ends it unannounced when it is
+    /// gone. (Absent, false, in tables written before issue #28, whose
+    /// sessions count as answered once they have a browser path.)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub unanswered: bool,
+    /// Digests of tokens given out after a restart, when a create of the
+    /// session came again and the first token was gone with the agent that
+    /// made it (only digests are kept); each opens the session as the first
+    /// one does.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub more_token_sha256: Vec<String>,
 }
 
 /// Where a session's chained proxy listens and what it chains to.
@@ -111,10 +129,33 @@ pub fn token_digest(token: &str) -> String {
     hex::encode(sha2::Sha256::digest(token.as_bytes()))
 }
 
+/// A session served here (it became active) that has ended, and when: a
+/// create of it delivered again is dropped, by a restarted agent too.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ServedSession {
+    pub id: SessionId,
+    /// Unix seconds.
+    pub ended_at: i64,
+}
+
+/// What the table file holds.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct SavedTable {
+    /// The sessions hosted.
+    pub sessions: Vec<SessionRecord>,
+    /// Sessions served and ended, newest first.
+    pub served: Vec<ServedSession>,
+}
+
 #[derive(Serialize, Deserialize)]
 struct TableFile {
     version: u32,
     sessions: Vec<SessionRecord>,
+    /// Absent in tables written before issue #28 (an agent that predates it
+    /// ignores the field).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    served: Vec<ServedSession>,
 }
 
 /// Why the table could not be read or written.
@@ -158,10 +199,12 @@ impl TableFileStore {
     }
 
     /// Reads the table; an absent file is an empty table.
-    pub fn load(&self) -> Result<Vec<SessionRecord>, TableError> {
+    pub fn load(&self) -> Result<SavedTable, TableError> {
         let bytes = match std::fs::read(&self.path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(SavedTable::default());
+            }
             Err(source) => {
                 return Err(TableError::Io {
                     path: self.path.clone(),
@@ -179,18 +222,22 @@ impl TableFileStore {
                 message: format!("version {} is newer than this agent", file.version),
             });
         }
-        Ok(file.sessions)
+        Ok(SavedTable {
+            sessions: file.sessions,
+            served: file.served,
+        })
     }
 
     /// Replaces the table atomically.
-    pub fn save(&self, sessions: &[SessionRecord]) -> Result<(), TableError> {
+    pub fn save(&self, table: &SavedTable) -> Result<(), TableError> {
         let io = |source| TableError::Io {
             path: self.path.clone(),
             source,
         };
         let file = TableFile {
             version: TABLE_VERSION,
-            sessions: sessions.to_vec(),
+            sessions: table.sessions.clone(),
+            served: table.served.clone(),
         };
         let json = serde_json::to_vec_pretty(&file).map_err(|e| TableError::Corrupt {
             path: self.path.clone(),

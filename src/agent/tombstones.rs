@@ -79,6 +79,32 @@ impl Tombstones {
         }
     }
 
+    /// The live tombstones, newest first, at most `most` of them, each with
+    /// its age at `now`: what a restarted agent takes back
+    /// ([`Tombstones::record_aged`]).
+    pub fn newest(&self, most: usize, now: Instant) -> Vec<(SessionId, Duration)> {
+        self.order
+            .values()
+            .rev()
+            .filter_map(|id| {
+                let (_, recorded) = self.by_id.get(id)?;
+                (!self.expired(*recorded, now))
+                    .then(|| (id.clone(), now.saturating_duration_since(*recorded)))
+            })
+            .take(most)
+            .collect()
+    }
+
+    /// Records `id` as recorded `age` before `now` (a tombstone an earlier
+    /// agent kept). Take them oldest first: recording order is age order.
+    pub fn record_aged(&mut self, id: &SessionId, age: Duration, now: Instant) {
+        if age >= self.ttl {
+            return;
+        }
+        let recorded = now.checked_sub(age).unwrap_or(now);
+        self.record(id, recorded);
+    }
+
     /// Whether `id` has a tombstone younger than the TTL at `now`.
     pub fn contains(&self, id: &SessionId, now: Instant) -> bool {
         self.by_id

@@ -202,6 +202,46 @@ async fn a_killed_agent_readopts_its_browsers_and_kills_strangers() {
     assert!(status.success(), "{status}");
 }
 
+/// A create of a session the restarted agent took back comes again (the
+/// killed agent's delete of it never happened, or a producer retried): it
+/// is answered `session.ready` with the running browser and a token of its
+/// own, the first token still valid. Before issue #28 it was answered
+/// `session.failed` (`sessionExists`) while the browser ran on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_of_a_readopted_session_that_comes_again_is_answered_with_the_running_browser() {
+    let world = AgentWorld::new("agent-readopted-again", 1).await;
+    let config_path = world.state_dir.path().join("config.json");
+    std::fs::write(&config_path, world.config.to_string()).unwrap();
+    let identity = Some(("i-again", "127.0.0.1:0"));
+    let (agent, _) = spawn_agent(&world, &config_path, identity).await;
+    world.request("s-again", json!({"ttlSeconds": 300})).await;
+    let first = world.reply("session.ready", "s-again").await;
+    sigkill(&agent);
+    let (mut restarted, address) = spawn_agent(&world, &config_path, identity).await;
+    world.request("s-again", json!({"ttlSeconds": 300})).await;
+    let again = world.reply("session.ready", "s-again").await;
+    assert_ne!(again["token"], first["token"], "a token of its own");
+    for token in [&again["token"], &first["token"]] {
+        let ws = again["endpoints"]["webSocketDebuggerUrl"].as_str().unwrap();
+        let mut cdp = Cdp::connect(&format!("{ws}?token={}", token.as_str().unwrap()))
+            .await
+            .expect("both tokens open the running session");
+        assert_eq!(evaluate_in_new_page(&mut cdp, "1 + 1").await, json!(2));
+    }
+    let (code, _) = testkit::http::call(
+        "DELETE",
+        &format!("http://{address}/v1/sessions/s-again"),
+        Some(&world.fleet_token()),
+    )
+    .await;
+    assert!(code < 300, "{code}");
+    world.reply("session.terminated", "s-again").await;
+    let pid = restarted.id().expect("agent pid");
+    // SAFETY: a plain kill(2) of the agent process this test started.
+    unsafe { libc::kill(pid as i32, libc::SIGTERM) };
+    let _ = restarted.wait().await;
+}
+
 /// Issue #28 item 9: a drained agent lets its long poll in flight run to
 /// its end (up to 20 s) so that SQS hands nothing to a dead poll; a SIGTERM
 /// then went unheard for that long, while the docs promise it exits at once.

@@ -597,11 +597,11 @@ impl<Q: Queues + 'static> Intake<Q> {
             .answer_with(&request_targets(request), &reply, message)
             .await;
         if answered == Answered::CutOffByStop && matches!(reply.kind, ReplyKind::Ready(_)) {
-            // Nobody heard of this browser, and the agent that takes the
-            // create next (this node's after a restart too, which does not
-            // keep tokens) cannot hand it over: it goes, the create starts
-            // afresh.
+            // Nobody heard of this browser, and the create goes back to
+            // the queue, where any node's agent may take it: it goes, so
+            // that the create's next start is its only browser.
             tracing::info!(session = %id, "ending a session whose ready callback was not delivered before the stop");
+            self.sessions.set_answered(&id, false);
             self.agent
                 .end(&id, TerminationReason::FailedToStart, false)
                 .await;
@@ -686,6 +686,10 @@ impl<Q: Queues + 'static> Intake<Q> {
         reply: &Reply,
         message: &ReceivedMessage,
     ) -> Answered {
+        // Noted before the send: an agent killed while sending leaves a
+        // successor that counts the session as answered, and answers the
+        // create again if it comes back (with the running browser).
+        self.noted_as_answered(reply);
         let delivery = match self.outbox.send(targets, reply).await {
             Ok(delivery) => delivery,
             Err(error) => {
@@ -727,6 +731,14 @@ impl<Q: Queues + 'static> Intake<Q> {
         }
     }
 
+    /// A ready reply goes out: noted in the table, so that a successor
+    /// counts the session as served.
+    fn noted_as_answered(&self, reply: &Reply) {
+        if matches!(reply.kind, ReplyKind::Ready(_)) {
+            self.sessions.set_answered(&reply.session_id, true);
+        }
+    }
+
     async fn redelivered(
         &self,
         id: &SessionId,
@@ -736,6 +748,15 @@ impl<Q: Queues + 'static> Intake<Q> {
         // The same create again (its first reply was lost, or a producer
         // retried): answer with the running session instead of a second browser.
         match self.sessions.active(id) {
+            Some(session) if session.token.is_none() => {
+                // Taken back after a restart, which does not keep tokens:
+                // answered with the running browser and a token of its own.
+                if let Some(session) = self.sessions.mint_token(id) {
+                    let reply = self.outbox.ready(&session);
+                    self.answer(&request_targets(request), &reply, message)
+                        .await;
+                }
+            }
             Some(session) => {
                 let reply = self.outbox.ready(&session);
                 self.answer(&request_targets(request), &reply, message)

@@ -360,6 +360,9 @@ impl<Q: Queues> Launcher<'_, Q> {
                     bypass: sealed.bypass,
                 })
             }),
+            ending: None,
+            unanswered: true,
+            more_token_sha256: Vec::new(),
         };
         Ok(Started {
             record,
