@@ -53,7 +53,12 @@ async fn operator_kills_during_bursts_lose_no_request_and_leave_nothing_behind()
     let cluster = world.cluster_name();
     let operator_args = ["--cluster-name", cluster.as_str()];
     let (mut operator, _) = world.spawn_operator_process(&kubeconfig, &operator_args);
-    world.apply(&world.fleet(1, MAX_INSTANCES as i32)).await;
+    let mut manifest = world.fleet(1, MAX_INSTANCES as i32);
+    // The shortest visibility timeout a fleet takes: a create whose agent
+    // was killed before its delete comes back, and the run ends, that much
+    // sooner.
+    manifest["spec"]["queue"] = serde_json::json!({"visibilityTimeoutSeconds": 31});
+    world.apply(&manifest).await;
     world
         .wait_for("one ready instance", |f| {
             f.status.as_ref().is_some_and(|s| s.ready_instances == 1)
