@@ -330,12 +330,7 @@ async fn serve<Q: Queues + 'static>(
         .unless_cut_short(tokio::time::timeout(Duration::from_secs(2), server))
         .await;
     let _ = egress_proxy.await;
-    let replies_deadline = if agent.is_cut_short() {
-        Duration::ZERO
-    } else {
-        Duration::from_secs(5)
-    };
     let _ = agent
-        .unless_cut_short(agent.finish_replies(replies_deadline))
+        .unless_cut_short(agent.finish_replies(Duration::from_secs(5)))
         .await;
 }

@@ -316,26 +316,26 @@ impl<Q: Queues + 'static> Agent<Q> {
         self.cut_short.load(std::sync::atomic::Ordering::Relaxed)
     }
 
+    /// Completes once the agent is asked to stop at once (never, should
+    /// the agent go first).
+    pub async fn cut_short_asked(&self) {
+        let mut stopping = self.stopping();
+        while !self.is_cut_short() {
+            if stopping.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+    }
+
     /// Runs `work` to its end, or until the agent is asked to stop at once
     /// (then `None`).
     pub async fn unless_cut_short<T>(
         &self,
         work: impl std::future::Future<Output = T>,
     ) -> Option<T> {
-        let mut stopping = self.stopping();
-        let cut = async {
-            loop {
-                if self.is_cut_short() {
-                    return;
-                }
-                if stopping.changed().await.is_err() {
-                    std::future::pending::<()>().await;
-                }
-            }
-        };
         tokio::select! {
             done = work => Some(done),
-            () = cut => None,
+            () = self.cut_short_asked() => None,
         }
     }
 

@@ -45,12 +45,16 @@ struct LiveSession {
     /// Requesters of deletes that reached the session, answered when it
     /// ends (whoever ends it) besides the create's. Kept in memory only.
     deleters: Vec<Requester>,
-    /// Whether it became active here (or was adopted active): its create
-    /// was answered `session.ready`.
-    served: bool,
 }
 
 impl LiveSession {
+    /// Whether its create was answered `session.ready`: it became active
+    /// (a browser path is recorded then), and the table notes the ready
+    /// went out (`unanswered` is cleared just before the send).
+    fn served(&self) -> bool {
+        !self.record.browser_path.is_empty() && !self.record.unanswered
+    }
+
     fn used(&self) -> bool {
         self.record.used || self.used.load(Ordering::Relaxed)
     }
@@ -78,7 +82,7 @@ pub struct GatewayRoute {
     pub port: Port,
     /// SHA-256 (hex) of its token.
     pub token_sha256: String,
-    /// Those of tokens given out after a restart ([`Sessions::mint_token`]).
+    /// Those of tokens given out after a restart ([`Sessions::with_token`]).
     pub more_token_sha256: Vec<String>,
     /// The files its client may touch, which the CDP filter confines it to.
     pub files: SessionFiles,
@@ -290,16 +294,6 @@ impl Sessions {
         self.lock().sessions.contains_key(id)
     }
 
-    /// The session, when it is hosted here and active.
-    pub fn active(&self, id: &SessionId) -> Option<ActiveSession> {
-        let state = self.lock();
-        let session = state.sessions.get(id)?;
-        (session.phase == HostedPhase::Active).then(|| ActiveSession {
-            record: session.record.clone(),
-            token: session.token.clone(),
-        })
-    }
-
     /// Whether a delete of `id` came while it was not hosted here, within
     /// the tombstone TTL: a create of it must be refused as `cancelled`.
     pub fn is_cancelled(&self, id: &SessionId) -> bool {
@@ -384,7 +378,6 @@ impl Sessions {
                     profile,
                     _chain: chain,
                     deleters: Vec::new(),
-                    served: false,
                 },
             );
             (self.snapshot(&state), cancelled)
@@ -415,7 +408,6 @@ impl Sessions {
             return Err("session ended during its start".into());
         }
         session.phase = HostedPhase::Active;
-        session.served = true;
         session.record.browser_path = browser_path;
         let active = ActiveSession {
             record: session.record.clone(),
@@ -427,14 +419,13 @@ impl Sessions {
         Ok(active)
     }
 
-    /// A token for an active session that has none (taken back after a
-    /// restart, which does not keep tokens), its digest saved with the
-    /// others: so a create of it that comes again is answered `session.ready`
-    /// with the running browser (issue #28: it was answered
-    /// `session.failed`, `sessionExists`, while the browser ran on). The
-    /// session as it is when it has a token already; `None` when it is not
-    /// active.
-    pub fn mint_token(&self, id: &SessionId) -> Option<ActiveSession> {
+    /// An active session with a token to hand out: its own, or, for one
+    /// taken back after a restart (which does not keep tokens), a new one
+    /// whose digest is saved beside the first: so a create of it that comes
+    /// again is answered `session.ready` with the running browser (issue
+    /// #28: it was answered `session.failed`, `sessionExists`, while the
+    /// browser ran on). `None` when it is not active.
+    pub fn with_token(&self, id: &SessionId) -> Option<ActiveSession> {
         let (active, snapshot) = {
             let mut state = self.lock();
             let session = state.sessions.get_mut(id)?;
@@ -524,12 +515,7 @@ impl Sessions {
                 tracing::warn!(session = %id, %error, "port was not held");
             }
             let removed = state.sessions.remove(id);
-            // Ending phase is reached from Active or from Starting; only a
-            // session that was once active was answered `session.ready`.
-            if removed
-                .as_ref()
-                .is_some_and(|s| s.served && !s.record.unanswered)
-            {
+            if removed.as_ref().is_some_and(LiveSession::served) {
                 state.served.record(id, Instant::now());
             }
             let deleters = removed.map(|s| s.deleters).unwrap_or_default();
@@ -691,10 +677,6 @@ impl Sessions {
         } else {
             (HostedPhase::Starting, Adoption::ToEnd)
         };
-        // A browser path is recorded when the session became active, and
-        // `unanswered` cleared once its ready reply was sent: its create was
-        // answered, whether its browser survived or not.
-        let served = !record.browser_path.is_empty() && !record.unanswered;
         state.sessions.insert(
             record.id.clone(),
             LiveSession {
@@ -706,7 +688,6 @@ impl Sessions {
                 profile,
                 _chain: chain,
                 deleters: Vec::new(),
-                served,
             },
         );
         adoption

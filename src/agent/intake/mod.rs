@@ -221,16 +221,7 @@ impl<Q: Queues + 'static> Intake<Q> {
             // (SIGTERM, also during or after a drain) does cut it, so the
             // process exits at once; a stop that hands over lets it end in the
             // background instead, since the process lives on.
-            let interrupted = async {
-                loop {
-                    if *stopping.borrow() && agent.is_cut_short() {
-                        return;
-                    }
-                    if stopping.changed().await.is_err() {
-                        std::future::pending::<()>().await;
-                    }
-                }
-            };
+            let interrupted = agent.cut_short_asked();
             let messages = tokio::select! {
                 received = &mut receive => match received {
                     Ok(received) => received,
@@ -747,16 +738,7 @@ impl<Q: Queues + 'static> Intake<Q> {
     ) {
         // The same create again (its first reply was lost, or a producer
         // retried): answer with the running session instead of a second browser.
-        match self.sessions.active(id) {
-            Some(session) if session.token.is_none() => {
-                // Taken back after a restart, which does not keep tokens:
-                // answered with the running browser and a token of its own.
-                if let Some(session) = self.sessions.mint_token(id) {
-                    let reply = self.outbox.ready(&session);
-                    self.answer(&request_targets(request), &reply, message)
-                        .await;
-                }
-            }
+        match self.sessions.with_token(id) {
             Some(session) => {
                 let reply = self.outbox.ready(&session);
                 self.answer(&request_targets(request), &reply, message)
